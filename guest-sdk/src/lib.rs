@@ -1,0 +1,37 @@
+//! Write gale policy plugins in Rust.
+//!
+//! A plugin is a type that implements one of [`Balancer`], [`HealthPolicy`]
+//! or [`DnsPolicy`], plus one macro call that exports it as a WebAssembly
+//! component for the matching world of the `gale:plugin` contract:
+//!
+//! ```ignore
+//! use gale_sdk::{Backend, Balancer, BackendId, RequestContext, Settings};
+//!
+//! struct FirstHealthy;
+//!
+//! impl Balancer for FirstHealthy {
+//!     fn new(_settings: &Settings) -> Result<Self, String> {
+//!         Ok(FirstHealthy)
+//!     }
+//!     fn select(&mut self, pool: &[Backend], _ctx: &RequestContext) -> Vec<BackendId> {
+//!         pool.iter().filter(|b| b.healthy).map(|b| b.id).collect()
+//!     }
+//! }
+//!
+//! gale_sdk::export_balancer!(FirstHealthy);
+//! ```
+//!
+//! Build with `cargo build --release --target wasm32-wasip2`; the `.wasm`
+//! in `target/wasm32-wasip2/release/` is the component gale loads.
+//!
+//! The policy helpers ([`wrr`], [`threshold`]) are plain Rust and also work
+//! outside WebAssembly (gale's own fallback balancer uses [`wrr`]).
+#![deny(missing_docs)]
+
+pub mod threshold;
+pub mod wrr;
+
+#[cfg(feature = "bindings")]
+mod api;
+#[cfg(feature = "bindings")]
+pub use api::*;

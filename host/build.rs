@@ -1,0 +1,71 @@
+//! Compiles the default plugins in `plugins/` to WebAssembly components and
+//! embeds them, so `gale` ships its built-in policies inside the binary.
+//!
+//! The guests are built by a nested `cargo build --target wasm32-wasip2`
+//! into `target/wasm` (a separate target dir, so it never waits on the
+//! outer build's lock), as wasmtime's test-programs do.
+
+use std::env;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::Command;
+
+const PLUGINS: [(&str, &str); 4] = [
+    ("weighted-round-robin", "weighted_round_robin"),
+    ("failover", "failover"),
+    ("threshold-health", "threshold_health"),
+    ("weighted-dns", "weighted_dns"),
+];
+
+fn main() {
+    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
+    let root = manifest.parent().unwrap().to_path_buf();
+    for watched in ["plugins", "guest-sdk", "wit", "Cargo.lock"] {
+        println!("cargo:rerun-if-changed={}", root.join(watched).display());
+    }
+    let target_dir = root.join("target").join("wasm");
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&root)
+        .args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir"])
+        .arg(&target_dir);
+    for (package, _) in PLUGINS {
+        cmd.args(["-p", package]);
+    }
+    // The outer build's flags and wrappers (clippy, coverage) are for the
+    // host target, not for the guests.
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "CARGO_PROFILE_RELEASE_DEBUG",
+    ] {
+        cmd.env_remove(var);
+    }
+    let status = cmd.status().expect("failed to run cargo for the plugins");
+    if !status.success() {
+        panic!(
+            "building the default plugins for wasm32-wasip2 failed (see above). \
+             If the target is missing: rustup target add wasm32-wasip2"
+        );
+    }
+
+    let out = PathBuf::from(env::var("OUT_DIR").unwrap());
+    let mut code = String::from("/// (name, component bytes) of every built-in plugin.\n");
+    code.push_str("pub static BUILTIN: [(&str, &[u8]); 4] = [\n");
+    for (package, file) in PLUGINS {
+        let built = target_dir
+            .join("wasm32-wasip2")
+            .join("release")
+            .join(format!("{file}.wasm"));
+        let copy = out.join(format!("{file}.wasm"));
+        std::fs::copy(&built, &copy).unwrap_or_else(|e| panic!("{}: {e}", built.display()));
+        writeln!(code, "    ({package:?}, include_bytes!({:?})),", copy.display()).unwrap();
+    }
+    code.push_str("];\n");
+    std::fs::write(out.join("builtin_plugins.rs"), code).unwrap();
+}

@@ -1,0 +1,178 @@
+//! The TOML file as written: serde structs with `deny_unknown_fields`, so a
+//! typo is rejected at load, not discovered under traffic. Values that need
+//! checking beyond their type carry their position (`Spanned`) so that
+//! [`super::validate`] can name the line.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The whole file. Every key is documented in `config/gale.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// `[plugins]`: runtime-wide plugin limits and the compile cache.
+    #[serde(default)]
+    pub plugins: PluginsSection,
+    /// `[admin]`: the admin/metrics listener.
+    pub admin: Option<AdminSection>,
+    /// `[listeners.NAME]`.
+    #[serde(default)]
+    pub listeners: BTreeMap<String, ListenerSection>,
+    /// `[pools.NAME]`.
+    #[serde(default)]
+    pub pools: BTreeMap<String, PoolSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsSection {
+    /// `cache_dir`: where compiled plugins are kept across restarts.
+    pub cache_dir: Option<String>,
+    /// `deadline`: default CPU deadline per plugin call, e.g. "1ms".
+    pub deadline: Option<Spanned<String>>,
+    /// `memory_mb`: default memory cap per plugin instance.
+    pub memory_mb: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// `address`: ip:port to listen on.
+    pub address: Spanned<String>,
+    /// `token`: bearer token required on every call.
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Smtp,
+    Http,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSection {
+    /// `protocol`: "smtp" or "http".
+    pub protocol: Protocol,
+    /// `address`: ip:port to listen on.
+    pub address: Spanned<String>,
+    /// `pool`: name of the pool that serves this listener.
+    pub pool: Spanned<String>,
+    /// `hostname`: name used in replies gale writes itself (the SMTP 421).
+    pub hostname: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSection {
+    /// `balancer`: the backend-selection plugin.
+    pub balancer: Option<Spanned<PluginSection>>,
+    /// `health`: the health-evaluation plugin.
+    pub health: Option<Spanned<PluginSection>>,
+    /// `[pools.NAME.probe]`: active health checks.
+    #[serde(default)]
+    pub probe: ProbeSection,
+    /// `[[pools.NAME.backends]]`.
+    #[serde(default)]
+    pub backends: Vec<BackendSection>,
+}
+
+/// A plugin reference: a built-in name or a `.wasm` file, with settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginSection {
+    /// `builtin`: name of a plugin shipped inside gale.
+    pub builtin: Option<Spanned<String>>,
+    /// `path`: a component file, relative to the config file.
+    pub path: Option<Spanned<String>>,
+    /// `settings`: key/value pairs handed to the plugin's `init`.
+    #[serde(default)]
+    pub settings: BTreeMap<String, SettingValue>,
+    /// `deadline`: CPU deadline per call, overriding `[plugins] deadline`.
+    pub deadline: Option<Spanned<String>>,
+    /// `memory_mb`: memory cap, overriding `[plugins] memory_mb`.
+    pub memory_mb: Option<u32>,
+}
+
+/// Plugin settings reach the plugin as strings; numbers and booleans are
+/// accepted unquoted for convenience.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SettingValue {
+    String(String),
+    Integer(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl SettingValue {
+    pub fn into_string(self) -> String {
+        match self {
+            SettingValue::String(s) => s,
+            SettingValue::Integer(i) => i.to_string(),
+            SettingValue::Float(f) => f.to_string(),
+            SettingValue::Bool(b) => b.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeKind {
+    #[default]
+    Tcp,
+    Smtp,
+    Http,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeSection {
+    /// `kind`: "tcp", "smtp" or "http".
+    #[serde(default)]
+    pub kind: ProbeKind,
+    /// `interval`: time between probes of one backend, e.g. "2s".
+    pub interval: Option<Spanned<String>>,
+    /// `timeout`: time one probe may take, e.g. "1s".
+    pub timeout: Option<Spanned<String>>,
+    /// `ehlo`: name sent in the SMTP probe's EHLO.
+    pub ehlo: Option<String>,
+    /// `method`: HTTP probe method.
+    pub method: Option<String>,
+    /// `path`: HTTP probe path.
+    pub path: Option<String>,
+    /// `expect_status`: HTTP statuses counted as healthy, e.g. [200, 399].
+    pub expect_status: Option<Spanned<[u16; 2]>>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    #[default]
+    Primary,
+    Standby,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSection {
+    /// `name`: unique in the pool.
+    pub name: Spanned<String>,
+    /// `address`: ip:port of the backend.
+    pub address: Spanned<String>,
+    /// `weight`: share of sessions (default 1; 0 takes none).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// `role`: "primary" (default) or "standby".
+    #[serde(default)]
+    pub role: Role,
+    /// `priority`: explicit tier (0 = first); defaults from `role`.
+    pub priority: Option<u32>,
+}
+
+fn default_weight() -> u32 {
+    1
+}

@@ -1,0 +1,446 @@
+//! Configuration: the TOML file ([`file`]) parsed strictly, then validated
+//! into the typed [`Config`] the rest of gale uses.
+//!
+//! Owns: reading and checking the file. Does not touch: sockets, plugins
+//! (a plugin *reference* is checked for shape here; loading it is
+//! [`crate::plugin`]'s job, and `gale check` does both).
+//!
+//! Every error names the file, the line and the key, so an operator fixes a
+//! typo from the message alone.
+
+mod file;
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use file::{ProbeKind, Protocol, Role};
+use file::{FileConfig, PluginSection};
+use toml::Spanned;
+
+/// Default CPU deadline of one plugin call.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(1);
+/// Default memory cap of one plugin instance.
+pub const DEFAULT_MEMORY_MB: u32 = 64;
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from.
+    pub source: PathBuf,
+    pub plugins: PluginDefaults,
+    pub admin: Option<AdminConfig>,
+    pub listeners: Vec<ListenerConfig>,
+    pub pools: Vec<PoolConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PluginDefaults {
+    /// Compiled-plugin cache; `None` disables it.
+    pub cache_dir: Option<PathBuf>,
+    pub deadline: Duration,
+    pub memory_mb: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub address: SocketAddr,
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub protocol: Protocol,
+    pub address: SocketAddr,
+    /// Index into [`Config::pools`].
+    pub pool: usize,
+    pub hostname: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub name: String,
+    pub balancer: PluginSpec,
+    pub health: PluginSpec,
+    pub probe: ProbeConfig,
+    pub backends: Vec<BackendConfig>,
+}
+
+/// Where a plugin's component comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PluginSource {
+    /// Shipped inside the gale binary (see `gale plugin list`).
+    Builtin(String),
+    /// A component file (absolute, or resolved against the config's folder).
+    File(PathBuf),
+}
+
+impl std::fmt::Display for PluginSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PluginSource::Builtin(name) => write!(f, "builtin:{name}"),
+            PluginSource::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PluginSpec {
+    pub source: PluginSource,
+    pub settings: Vec<(String, String)>,
+    pub deadline: Duration,
+    pub memory_mb: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProbeConfig {
+    pub kind: ProbeKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub ehlo: String,
+    pub method: String,
+    pub path: String,
+    /// Inclusive range of HTTP statuses counted as healthy.
+    pub expect_status: (u16, u16),
+}
+
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    pub name: String,
+    pub address: SocketAddr,
+    pub weight: u32,
+    /// 0 = primary; standby tiers are higher.
+    pub priority: u32,
+}
+
+/// A configuration that cannot be used, with where and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read: {source}", file.display())]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}:{line}:{column}: {key}: {message}", file.display())]
+    Invalid {
+        file: PathBuf,
+        line: usize,
+        column: usize,
+        /// Dotted path of the offending key, e.g. `pools.mta.backends[1].address`.
+        key: String,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Read and validate `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Validate `text` as if read from `path` (used for messages and for
+    /// resolving relative plugin paths).
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let errors = Errors { file: path, text };
+        let de = toml::Deserializer::parse(text).map_err(|e| errors.toml("(file)", e))?;
+        let file: FileConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            errors.toml(&key, e.into_inner())
+        })?;
+        validate(file, path, &errors)
+    }
+
+    /// The pool serving `listener`.
+    pub fn pool_of(&self, listener: &ListenerConfig) -> &PoolConfig {
+        &self.pools[listener.pool]
+    }
+}
+
+/// Builds [`ConfigError::Invalid`] from spans of the source text.
+struct Errors<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Errors<'_> {
+    fn at(&self, span: Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
+        let start = span.start.min(self.text.len());
+        let before = &self.text[..start];
+        let line = before.matches('\n').count() + 1;
+        let column = start - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        ConfigError::Invalid {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn toml(&self, key: &str, e: toml::de::Error) -> ConfigError {
+        let key = if key.is_empty() || key == "." { "(top level)" } else { key };
+        // toml's own message repeats the line in a snippet; keep the first line.
+        let message = e.message().lines().next().unwrap_or("invalid").to_string();
+        self.at(e.span().unwrap_or(0..0), key, message)
+    }
+
+    fn spanned<T>(&self, value: &Spanned<T>, key: &str, message: impl Into<String>) -> ConfigError {
+        self.at(value.span(), key, message)
+    }
+}
+
+fn parse_duration(
+    errors: &Errors<'_>,
+    value: Option<&Spanned<String>>,
+    key: &str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    let d = humantime::parse_duration(value.get_ref()).map_err(|e| {
+        errors.spanned(
+            value,
+            key,
+            format!("{e} (write a duration like \"500ms\", \"2s\" or \"1m\")"),
+        )
+    })?;
+    if d.is_zero() {
+        return Err(errors.spanned(value, key, "must be greater than zero"));
+    }
+    Ok(d)
+}
+
+fn parse_addr(
+    errors: &Errors<'_>,
+    value: &Spanned<String>,
+    key: &str,
+) -> Result<SocketAddr, ConfigError> {
+    value.get_ref().parse().map_err(|_| {
+        errors.spanned(
+            value,
+            key,
+            format!(
+                "invalid address {:?}: expected ip:port, e.g. \"127.0.0.1:2525\" or \"[::1]:25\"",
+                value.get_ref()
+            ),
+        )
+    })
+}
+
+fn validate(file: FileConfig, path: &Path, errors: &Errors<'_>) -> Result<Config, ConfigError> {
+    let base = path.parent().unwrap_or(Path::new("."));
+    let defaults = PluginDefaults {
+        cache_dir: file.plugins.cache_dir.as_deref().map(|d| base.join(d)),
+        deadline: parse_duration(
+            errors,
+            file.plugins.deadline.as_ref(),
+            "plugins.deadline",
+            DEFAULT_DEADLINE,
+        )?,
+        memory_mb: file.plugins.memory_mb.unwrap_or(DEFAULT_MEMORY_MB),
+    };
+
+    let admin = match &file.admin {
+        None => None,
+        Some(a) => Some(AdminConfig {
+            address: parse_addr(errors, &a.address, "admin.address")?,
+            token: a.token.clone(),
+        }),
+    };
+
+    let pool_names: Vec<&String> = file.pools.keys().collect();
+    let mut pools = Vec::with_capacity(file.pools.len());
+    for (name, pool) in &file.pools {
+        let key = format!("pools.{name}");
+        let plugin = |section: Option<&Spanned<PluginSection>>, hook: &str, builtin: &str| {
+            plugin_spec(errors, base, &defaults, section, &format!("{key}.{hook}"), builtin)
+        };
+        let balancer = plugin(pool.balancer.as_ref(), "balancer", "weighted-round-robin")?;
+        let health = plugin(pool.health.as_ref(), "health", "threshold-health")?;
+
+        let p = &pool.probe;
+        let interval = parse_duration(
+            errors,
+            p.interval.as_ref(),
+            &format!("{key}.probe.interval"),
+            Duration::from_secs(2),
+        )?;
+        let timeout = parse_duration(
+            errors,
+            p.timeout.as_ref(),
+            &format!("{key}.probe.timeout"),
+            Duration::from_secs(1),
+        )?;
+        let expect_status = match &p.expect_status {
+            None => (200, 399),
+            Some(s) => {
+                let [lo, hi] = *s.get_ref();
+                if !(100..=599).contains(&lo) || !(lo..=599).contains(&hi) {
+                    return Err(errors.spanned(
+                        s,
+                        &format!("{key}.probe.expect_status"),
+                        "expected [low, high] with 100 <= low <= high <= 599",
+                    ));
+                }
+                (lo, hi)
+            }
+        };
+
+        let mut backends: Vec<BackendConfig> = Vec::with_capacity(pool.backends.len());
+        for (i, b) in pool.backends.iter().enumerate() {
+            let bkey = format!("{key}.backends[{i}]");
+            let bname = b.name.get_ref();
+            if bname.is_empty() {
+                return Err(errors.spanned(&b.name, &format!("{bkey}.name"), "must not be empty"));
+            }
+            if backends.iter().any(|other| &other.name == bname) {
+                return Err(errors.spanned(
+                    &b.name,
+                    &format!("{bkey}.name"),
+                    format!("duplicate backend {bname:?} in pool {name:?}"),
+                ));
+            }
+            backends.push(BackendConfig {
+                name: bname.clone(),
+                address: parse_addr(errors, &b.address, &format!("{bkey}.address"))?,
+                weight: b.weight,
+                priority: b.priority.unwrap_or(match b.role {
+                    Role::Primary => 0,
+                    Role::Standby => 1,
+                }),
+            });
+        }
+
+        pools.push(PoolConfig {
+            name: name.clone(),
+            balancer,
+            health,
+            probe: ProbeConfig {
+                kind: p.kind,
+                interval,
+                timeout,
+                ehlo: p.ehlo.clone().unwrap_or_else(|| "gale.invalid".to_string()),
+                method: p.method.clone().unwrap_or_else(|| "GET".to_string()),
+                path: p.path.clone().unwrap_or_else(|| "/".to_string()),
+                expect_status,
+            },
+            backends,
+        });
+    }
+
+    let mut listeners = Vec::with_capacity(file.listeners.len());
+    for (name, l) in &file.listeners {
+        let key = format!("listeners.{name}");
+        let address = parse_addr(errors, &l.address, &format!("{key}.address"))?;
+        if let Some(other) = listeners.iter().find(|o: &&ListenerConfig| o.address == address) {
+            return Err(errors.spanned(
+                &l.address,
+                &format!("{key}.address"),
+                format!("{address} is already used by listener {:?}", other.name),
+            ));
+        }
+        let pool = pool_names
+            .iter()
+            .position(|p| *p == l.pool.get_ref())
+            .ok_or_else(|| {
+                let known = if pool_names.is_empty() {
+                    "no pools are defined".to_string()
+                } else {
+                    let names: Vec<&str> = pool_names.iter().map(|s| s.as_str()).collect();
+                    format!("defined pools: {}", names.join(", "))
+                };
+                errors.spanned(
+                    &l.pool,
+                    &format!("{key}.pool"),
+                    format!("no pool named {:?} ({known})", l.pool.get_ref()),
+                )
+            })?;
+        listeners.push(ListenerConfig {
+            name: name.clone(),
+            protocol: l.protocol,
+            address,
+            pool,
+            hostname: l.hostname.clone().unwrap_or_else(|| "gale".to_string()),
+        });
+    }
+
+    Ok(Config {
+        source: path.to_path_buf(),
+        plugins: defaults,
+        admin,
+        listeners,
+        pools,
+    })
+}
+
+fn plugin_spec(
+    errors: &Errors<'_>,
+    base: &Path,
+    defaults: &PluginDefaults,
+    section: Option<&Spanned<PluginSection>>,
+    key: &str,
+    default_builtin: &str,
+) -> Result<PluginSpec, ConfigError> {
+    let Some(spanned) = section else {
+        return Ok(PluginSpec {
+            source: PluginSource::Builtin(default_builtin.to_string()),
+            settings: Vec::new(),
+            deadline: defaults.deadline,
+            memory_mb: defaults.memory_mb,
+        });
+    };
+    let s = spanned.get_ref();
+    let source = match (&s.builtin, &s.path) {
+        (Some(name), None) => {
+            if !crate::plugin::builtin::NAMES.contains(&name.get_ref().as_str()) {
+                return Err(errors.spanned(
+                    name,
+                    &format!("{key}.builtin"),
+                    format!(
+                        "no built-in plugin {:?} (built-in: {})",
+                        name.get_ref(),
+                        crate::plugin::builtin::NAMES.join(", ")
+                    ),
+                ));
+            }
+            PluginSource::Builtin(name.get_ref().clone())
+        }
+        (None, Some(p)) => PluginSource::File(base.join(p.get_ref())),
+        (Some(name), Some(_)) => {
+            return Err(errors.spanned(
+                name,
+                key,
+                "set either `builtin` or `path`, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(errors.spanned(
+                spanned,
+                key,
+                "set `builtin = \"NAME\"` or `path = \"FILE.wasm\"`",
+            ));
+        }
+    };
+    Ok(PluginSpec {
+        source,
+        settings: s
+            .settings
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone().into_string()))
+            .collect(),
+        deadline: parse_duration(
+            errors,
+            s.deadline.as_ref(),
+            &format!("{key}.deadline"),
+            defaults.deadline,
+        )?,
+        memory_mb: s.memory_mb.unwrap_or(defaults.memory_mb),
+    })
+}

@@ -1,0 +1,80 @@
+//! A generation: one validated config with every pool and plugin it names,
+//! built completely before anything uses it. Reload builds a new one and
+//! swaps it in whole; sessions keep the generation they started with.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::plugin::types::{IpAddress, ProbeResult, ProbeSource, Protocol, RequestContext};
+use crate::plugin::{PluginError, PluginRuntime};
+use crate::pool::Pool;
+
+pub struct Generation {
+    pub id: u64,
+    pub config: Config,
+    pub pools: Vec<Arc<Pool>>,
+}
+
+impl Generation {
+    /// Load every plugin of `config` and call each once on a sample input,
+    /// so a plugin that traps or answers garbage is refused here rather
+    /// than discovered under traffic. Blocking.
+    pub fn build(
+        id: u64,
+        runtime: &PluginRuntime,
+        config: Config,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Generation, PluginError> {
+        let mut pools = Vec::with_capacity(config.pools.len());
+        for pool_config in &config.pools {
+            let pool = Pool::build(runtime, pool_config, metrics)?;
+            pool.self_check(&sample_context(), &sample_result())?;
+            pools.push(Arc::new(pool));
+        }
+        Ok(Generation { id, config, pools })
+    }
+
+    pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+}
+
+/// What a self-check asks a balancer.
+pub fn sample_context() -> RequestContext {
+    RequestContext {
+        protocol: Protocol::Smtp,
+        listener: "self-check".into(),
+        client_ip: IpAddress::V4((192, 0, 2, 1)),
+        client_port: 40000,
+        method: None,
+        host: None,
+        path: None,
+    }
+}
+
+fn sample_result() -> ProbeResult {
+    ProbeResult {
+        ok: true,
+        latency_us: 1000,
+        code: Some(220),
+        detail: "self-check".into(),
+        source: ProbeSource::Probe,
+    }
+}
+
+/// A client address in the form plugins see it.
+pub fn ip_address(ip: IpAddr) -> IpAddress {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            IpAddress::V4((a, b, c, d))
+        }
+        IpAddr::V6(v6) => {
+            let [a, b, c, d, e, f, g, h] = v6.segments();
+            IpAddress::V6((a, b, c, d, e, f, g, h))
+        }
+    }
+}
+

@@ -1,0 +1,134 @@
+//! The `gale` command: a thin shell over the library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use gale::config::Config;
+use gale::generation::Generation;
+use gale::metrics::Metrics;
+use gale::plugin::PluginRuntime;
+
+/// gale balances SMTP and HTTP sessions across a fleet of MTAs; which
+/// backend takes a session, when a backend is healthy and what DNS
+/// publishes are decided by WebAssembly plugins.
+#[derive(Parser)]
+#[command(name = "gale", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run gale with a config file.
+    Run {
+        /// The TOML config (see config/gale.toml for every key).
+        #[arg(short, long, default_value = "config/gale.toml")]
+        config: PathBuf,
+    },
+    /// Validate a config and load every plugin it names, then exit:
+    /// 0 when gale would start with it, 1 with the reason otherwise.
+    Check {
+        #[arg(short, long, default_value = "config/gale.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config } => run(&config),
+        Command::Check { config } => check(&config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gale: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The compiled-plugin cache: the config's `[plugins] cache_dir`, else
+/// `$GALE_CACHE_DIR`, else `$XDG_CACHE_HOME/gale`, else `~/.cache/gale`.
+fn cache_dir(config: &Config) -> Option<PathBuf> {
+    if let Some(dir) = &config.plugins.cache_dir {
+        return Some(dir.clone());
+    }
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    env("GALE_CACHE_DIR")
+        .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("gale")))
+        .or_else(|| env("HOME").map(|d| d.join(".cache").join("gale")))
+}
+
+fn load(path: &Path) -> anyhow::Result<(PluginRuntime, Generation, Arc<Metrics>)> {
+    let config = Config::load(path)?;
+    let runtime = PluginRuntime::new(cache_dir(&config))?;
+    let metrics = Arc::new(Metrics::new());
+    let generation = Generation::build(1, &runtime, config, &metrics)?;
+    Ok((runtime, generation, metrics))
+}
+
+fn check(path: &Path) -> anyhow::Result<()> {
+    let (_runtime, generation, _) = load(path)?;
+    println!("{}: ok", path.display());
+    for pool in &generation.pools {
+        println!(
+            "  pool {}: {} backends, balancer {}, health {}",
+            pool.name,
+            pool.len(),
+            pool.balancer_name(),
+            pool.health_name()
+        );
+    }
+    for l in &generation.config.listeners {
+        println!(
+            "  listener {}: {:?} on {} -> pool {}",
+            l.name,
+            l.protocol,
+            l.address,
+            generation.config.pool_of(l).name
+        );
+    }
+    Ok(())
+}
+
+fn run(path: &Path) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async {
+        let path = path.to_path_buf();
+        let (_runtime, generation, _metrics) =
+            tokio::task::spawn_blocking(move || load(&path)).await??;
+        tracing::info!(
+            generation = generation.id,
+            pools = generation.pools.len(),
+            listeners = generation.config.listeners.len(),
+            "gale is ready"
+        );
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

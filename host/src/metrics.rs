@@ -1,0 +1,65 @@
+//! Prometheus metrics (text exposition via prometheus-client). Handles
+//! used on hot paths are resolved once, at construction, so a decision
+//! touches only atomics.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginLabels {
+    pub pool: String,
+    pub hook: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FallbackLabels {
+    pub pool: String,
+    pub hook: String,
+    pub reason: String,
+}
+
+/// Every metric gale exports.
+pub struct Metrics {
+    registry: Registry,
+    pub plugin_calls: Family<PluginLabels, Counter>,
+    pub plugin_fallbacks: Family<FallbackLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("gale");
+        let plugin_calls = Family::<PluginLabels, Counter>::default();
+        registry.register(
+            "plugin_calls",
+            "Plugin decisions asked for, by pool and hook",
+            plugin_calls.clone(),
+        );
+        let plugin_fallbacks = Family::<FallbackLabels, Counter>::default();
+        registry.register(
+            "plugin_fallbacks",
+            "Decisions taken by the built-in fallback because the plugin trapped, hit its deadline or memory cap, or answered garbage",
+            plugin_fallbacks.clone(),
+        );
+        Self {
+            registry,
+            plugin_calls,
+            plugin_fallbacks,
+        }
+    }
+
+    /// Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

@@ -1,0 +1,109 @@
+//! Backend selection through a balancer plugin.
+
+use std::sync::Arc;
+
+use super::bindings::balancer::Balancer;
+use super::bindings::types::{Backend, RequestContext};
+use super::instance::Guest;
+use super::runtime::PluginRuntime;
+use super::state::LiveCounters;
+use super::{CallFailure, PluginError};
+use crate::config::PluginSpec;
+
+/// The pool as pushed to balancers: changes only on membership, weight,
+/// health or drain changes, never per session.
+#[derive(Debug, Clone)]
+pub struct PushedPool {
+    /// Increases on every change; never 0.
+    pub version: u64,
+    pub backends: Vec<Backend>,
+    /// Backends that may take a session (healthy, not draining, weight > 0).
+    pub eligible: usize,
+}
+
+impl PushedPool {
+    pub fn new(version: u64, backends: Vec<Backend>) -> Self {
+        let eligible = backends
+            .iter()
+            .filter(|b| b.healthy && !b.draining && b.weight > 0)
+            .count();
+        Self {
+            version,
+            backends,
+            eligible,
+        }
+    }
+}
+
+/// A loaded balancer plugin with its reused instance.
+pub struct BalancerPlugin {
+    guest: Guest<Balancer>,
+}
+
+impl BalancerPlugin {
+    /// Load and start the plugin (blocking: compiles on a cache miss).
+    pub fn load(
+        runtime: &PluginRuntime,
+        spec: &PluginSpec,
+        name: &str,
+        live: Arc<LiveCounters>,
+    ) -> Result<Self, PluginError> {
+        Ok(Self {
+            guest: Guest::load(runtime, spec, name, live)?,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.guest.name
+    }
+
+    /// The order to try backends in, as indices into `pool.backends`,
+    /// checked: every id exists, none repeats, and the list is empty only
+    /// when no backend is eligible.
+    pub fn select(
+        &self,
+        pool: &PushedPool,
+        ctx: &RequestContext,
+    ) -> Result<Vec<u32>, CallFailure> {
+        let ticks = self.guest.deadline_ticks;
+        let mut order = self.guest.call(|live, pushed| {
+            let api = live.exports.gale_plugin_selector();
+            if *pushed != pool.version {
+                // Pushing a pool costs one marshal of every backend; it gets
+                // ten decisions' worth of CPU.
+                live.store.set_epoch_deadline(ticks * 10);
+                api.call_set_pool(&mut live.store, &pool.backends)?;
+                *pushed = pool.version;
+            }
+            live.store.set_epoch_deadline(ticks);
+            api.call_select(&mut live.store, ctx)
+        })?;
+        check_order(&mut order, pool)?;
+        Ok(order)
+    }
+}
+
+fn check_order(order: &mut Vec<u32>, pool: &PushedPool) -> Result<(), CallFailure> {
+    let n = pool.backends.len();
+    if let Some(bad) = order.iter().find(|&&id| id as usize >= n) {
+        return Err(CallFailure::Malformed(format!(
+            "backend id {bad} is not in the pool of {n}"
+        )));
+    }
+    if order.is_empty() && pool.eligible > 0 {
+        return Err(CallFailure::Malformed(format!(
+            "empty answer while {} backends can take sessions",
+            pool.eligible
+        )));
+    }
+    // Repeats are harmless to drop; the list is short.
+    let mut i = 1;
+    while i < order.len() {
+        if order[..i].contains(&order[i]) {
+            order.remove(i);
+        } else {
+            i += 1;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,50 @@
+//! DNS record planning through a DNS plugin.
+
+use std::sync::Arc;
+
+use super::bindings::dns::Dns;
+use super::bindings::types::{DnsRecord, DnsSnapshot};
+use super::instance::Guest;
+use super::runtime::PluginRuntime;
+use super::state::LiveCounters;
+use super::{CallFailure, PluginError};
+use crate::config::PluginSpec;
+
+/// A loaded DNS plugin.
+pub struct DnsPlugin {
+    guest: Guest<Dns>,
+}
+
+impl DnsPlugin {
+    pub fn load(
+        runtime: &PluginRuntime,
+        spec: &PluginSpec,
+        name: &str,
+    ) -> Result<Self, PluginError> {
+        Ok(Self {
+            guest: Guest::load(runtime, spec, name, Arc::new(LiveCounters::default()))?,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.guest.name
+    }
+
+    /// The records wanted for `snapshot`. An empty plan while members exist
+    /// is refused: removing every record is never what an operator wants.
+    pub fn plan(&self, snapshot: &DnsSnapshot) -> Result<Vec<DnsRecord>, CallFailure> {
+        let ticks = self.guest.deadline_ticks;
+        let records = self.guest.call(|live, _| {
+            live.arm(ticks);
+            live.exports
+                .gale_plugin_publisher()
+                .call_plan(&mut live.store, snapshot)
+        })?;
+        if records.is_empty() && !snapshot.members.is_empty() {
+            return Err(CallFailure::Malformed(
+                "empty plan would remove every record".into(),
+            ));
+        }
+        Ok(records)
+    }
+}

@@ -1,0 +1,124 @@
+//! The plugin runtime: loads WebAssembly components that implement the
+//! `gale:plugin` worlds and calls them under a CPU deadline and a memory
+//! cap.
+//!
+//! Owns: the wasmtime engine, compilation and its disk cache, instances
+//! and their stores, the host side of the imported interfaces, and the
+//! classification of every way a call can fail. Does not touch: pools,
+//! health state or sockets; callers decide what a failed call falls back
+//! to (the pool uses the built-in weighted round-robin).
+
+mod balancer;
+mod bindings;
+pub mod builtin;
+mod dns;
+mod health;
+mod instance;
+mod runtime;
+mod state;
+
+pub use balancer::{BalancerPlugin, PushedPool};
+pub use bindings::types;
+pub use dns::DnsPlugin;
+pub use health::HealthPlugin;
+pub use runtime::{PluginRuntime, TICK};
+pub use state::LiveCounters;
+
+/// The hook a component implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum World {
+    Balancer,
+    Health,
+    Dns,
+}
+
+impl World {
+    pub fn name(self) -> &'static str {
+        match self {
+            World::Balancer => "balancer",
+            World::Health => "health",
+            World::Dns => "dns",
+        }
+    }
+
+    /// The interface a component of this world exports.
+    pub fn export(self) -> &'static str {
+        bindings::WORLDS
+            .iter()
+            .find(|(w, _)| *w == self.name())
+            .map(|(_, e)| *e)
+            .expect("every world is listed")
+    }
+}
+
+/// A plugin that could not be loaded. Loading errors keep whatever was
+/// running before (see the reload path); they never take gale down.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("plugin runtime: {0}")]
+    Engine(String),
+    #[error("{plugin}: no such built-in plugin (built-in: {})", builtin::NAMES.join(", "))]
+    NotFound { plugin: String },
+    #[error("{plugin}: cannot read: {reason}")]
+    Read { plugin: String, reason: String },
+    #[error("{plugin}: not a valid WebAssembly component: {reason}")]
+    Compile { plugin: String, reason: String },
+    #[error("{plugin}: {message}")]
+    WrongWorld { plugin: String, message: String },
+    #[error("{plugin}: cannot be instantiated: {reason}")]
+    Instantiate { plugin: String, reason: String },
+    #[error("{plugin}: rejected its settings: {reason}")]
+    Init { plugin: String, reason: String },
+    #[error("{plugin}: self-check failed: {failure}")]
+    SelfCheck {
+        plugin: String,
+        failure: CallFailure,
+    },
+}
+
+impl PluginError {
+    fn engine(reason: String) -> Self {
+        PluginError::Engine(reason)
+    }
+}
+
+/// Why one plugin call produced no usable answer. The caller falls back
+/// for that decision only and counts the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallFailure {
+    #[error("trapped: {0}")]
+    Trap(String),
+    #[error("exceeded its CPU deadline")]
+    Deadline,
+    #[error("exceeded its memory cap")]
+    MemoryLimit,
+    #[error("malformed answer: {0}")]
+    Malformed(String),
+    #[error("no instance: {0}")]
+    Unavailable(String),
+}
+
+impl CallFailure {
+    /// Metric label value.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            CallFailure::Trap(_) => "trap",
+            CallFailure::Deadline => "deadline",
+            CallFailure::MemoryLimit => "memory",
+            CallFailure::Malformed(_) => "malformed",
+            CallFailure::Unavailable(_) => "unavailable",
+        }
+    }
+
+    /// Classify an error returned by a call into the guest.
+    fn from_call(err: wasmtime::Error, memory_cap_hit: bool) -> Self {
+        if memory_cap_hit {
+            return CallFailure::MemoryLimit;
+        }
+        match err.downcast_ref::<wasmtime::Trap>() {
+            Some(wasmtime::Trap::Interrupt) => CallFailure::Deadline,
+            Some(trap) => CallFailure::Trap(trap.to_string()),
+            None => CallFailure::Trap(format!("{err:#}")),
+        }
+    }
+}

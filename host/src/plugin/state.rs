@@ -1,0 +1,167 @@
+//! What a plugin's store holds, and the host side of the imported
+//! interfaces (`host`, `pool-state`), one impl block per interface.
+//!
+//! A plugin reaches nothing but these: its WASI context has no preopened
+//! directories, no environment, no arguments, no stdio and no sockets; it
+//! exists only because language runtimes link WASI for their own start-up.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::Level;
+use super::bindings::balancer::gale::plugin::{host, pool_state, types};
+
+/// Longest log message a plugin may write; the rest is cut.
+const MAX_LOG_BYTES: usize = 1024;
+
+/// Live per-backend numbers a balancer may read through `pool-state`.
+#[derive(Debug, Default)]
+pub struct LiveCounters {
+    active: Vec<AtomicU32>,
+}
+
+impl LiveCounters {
+    pub fn new(backends: usize) -> Self {
+        Self {
+            active: (0..backends).map(|_| AtomicU32::new(0)).collect(),
+        }
+    }
+
+    pub fn active(&self, id: usize) -> u32 {
+        self.active.get(id).map_or(0, |a| a.load(Ordering::Relaxed))
+    }
+
+    pub fn enter(&self, id: usize) {
+        if let Some(a) = self.active.get(id) {
+            a.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn leave(&self, id: usize) {
+        if let Some(a) = self.active.get(id) {
+            a.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Store data of one plugin instance.
+pub struct PluginState {
+    /// For log lines: "<pool>/<hook>" or the file name.
+    pub plugin: Arc<str>,
+    pub live: Arc<LiveCounters>,
+    pub limiter: MemoryCap,
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl PluginState {
+    pub fn new(plugin: Arc<str>, memory_bytes: usize, live: Arc<LiveCounters>) -> Self {
+        Self {
+            plugin,
+            live,
+            limiter: MemoryCap::new(memory_bytes),
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+        }
+    }
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Memory cap of one instance. Growth past the cap fails (the guest sees
+/// an allocation failure, which Rust and most runtimes turn into a trap)
+/// and `hit` records why, so the host can count it as a memory-limit
+/// fallback rather than a generic trap.
+pub struct MemoryCap {
+    max_bytes: usize,
+    hit: AtomicBool,
+}
+
+impl MemoryCap {
+    fn new(max_bytes: usize) -> Self {
+        Self {
+            max_bytes,
+            hit: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the cap refused a growth since the last call.
+    pub fn take_hit(&self) -> bool {
+        self.hit.swap(false, Ordering::Relaxed)
+    }
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.hit.store(true, Ordering::Relaxed);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+fn origin() -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+impl types::Host for PluginState {}
+
+impl host::Host for PluginState {
+    fn log(&mut self, level: Level, message: String) {
+        let mut message = message;
+        if message.len() > MAX_LOG_BYTES {
+            let mut cut = MAX_LOG_BYTES;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push('…');
+        }
+        let plugin = &*self.plugin;
+        match level {
+            Level::Trace => tracing::trace!(target: "gale::plugin", plugin, "{message}"),
+            Level::Debug => tracing::debug!(target: "gale::plugin", plugin, "{message}"),
+            Level::Info => tracing::info!(target: "gale::plugin", plugin, "{message}"),
+            Level::Warn => tracing::warn!(target: "gale::plugin", plugin, "{message}"),
+            Level::Error => tracing::error!(target: "gale::plugin", plugin, "{message}"),
+        }
+    }
+
+    fn monotonic_now(&mut self) -> u64 {
+        origin().elapsed().as_nanos() as u64
+    }
+}
+
+impl pool_state::Host for PluginState {
+    fn active_sessions(&mut self, backend: u32) -> u32 {
+        self.live.active(backend as usize)
+    }
+}

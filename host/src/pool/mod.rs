@@ -1,0 +1,294 @@
+//! A pool of backends: their health state, the balancer and health
+//! plugins that decide over them, and the built-in fallbacks used when a
+//! plugin fails a call.
+//!
+//! Owns: per-backend state (health verdict, recent results, sessions in
+//! flight) and the pool snapshot pushed to balancers. Does not touch:
+//! sockets or probes (they report results here through [`Pool::record`]).
+
+mod fallback;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use prometheus_client::metrics::counter::Counter;
+
+use crate::config::{BackendConfig, PoolConfig};
+use crate::metrics::{FallbackLabels, Metrics, PluginLabels};
+use crate::plugin::PushedPool;
+use crate::plugin::types::{Backend, ProbeResult, RequestContext};
+use crate::plugin::{BalancerPlugin, CallFailure, HealthPlugin, LiveCounters, PluginError, PluginRuntime};
+use fallback::{FallbackBalancer, RateLimitedLog};
+use gale_sdk::threshold::RiseFall;
+
+/// Results kept per backend for the health plugin; thresholds up to this
+/// long can be evaluated.
+pub const HISTORY: usize = 16;
+
+/// Who decided a session's backend order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decider {
+    Plugin,
+    Fallback(CallFailure),
+}
+
+/// The order to try backends in (indices into the pool) and who chose it.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub order: Vec<u32>,
+    pub decider: Decider,
+}
+
+struct BackendState {
+    config: BackendConfig,
+    healthy: AtomicBool,
+    history: Mutex<VecDeque<ProbeResult>>,
+}
+
+struct HookStats {
+    calls: Counter,
+    fallbacks: Family,
+    log: RateLimitedLog,
+}
+
+/// Fallback counters by reason, resolved once.
+struct Family {
+    metrics: Arc<Metrics>,
+    pool: String,
+    hook: &'static str,
+}
+
+impl Family {
+    fn inc(&self, reason: &str) {
+        self.metrics
+            .plugin_fallbacks
+            .get_or_create(&FallbackLabels {
+                pool: self.pool.clone(),
+                hook: self.hook.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+}
+
+impl HookStats {
+    fn new(metrics: &Arc<Metrics>, pool: &str, hook: &'static str) -> Self {
+        let calls = metrics
+            .plugin_calls
+            .get_or_create(&PluginLabels {
+                pool: pool.to_string(),
+                hook: hook.to_string(),
+            })
+            .clone();
+        Self {
+            calls,
+            fallbacks: Family {
+                metrics: metrics.clone(),
+                pool: pool.to_string(),
+                hook,
+            },
+            log: RateLimitedLog::default(),
+        }
+    }
+
+    fn failed(&self, pool: &str, plugin: &str, failure: &CallFailure) {
+        self.fallbacks.inc(failure.reason());
+        self.log.warn(pool, self.fallbacks.hook, plugin, failure);
+    }
+}
+
+pub struct Pool {
+    pub name: String,
+    backends: Vec<BackendState>,
+    live: Arc<LiveCounters>,
+    pushed: ArcSwap<PushedPool>,
+    version: AtomicU64,
+    balancer: BalancerPlugin,
+    health: HealthPlugin,
+    fallback: FallbackBalancer,
+    balancer_stats: HookStats,
+    health_stats: HookStats,
+}
+
+impl Pool {
+    /// Load the pool's plugins and set every backend healthy until results
+    /// say otherwise. Blocking (plugin compilation).
+    pub fn build(
+        runtime: &PluginRuntime,
+        config: &PoolConfig,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Pool, PluginError> {
+        let live = Arc::new(LiveCounters::new(config.backends.len()));
+        let balancer = BalancerPlugin::load(
+            runtime,
+            &config.balancer,
+            &format!("{}/balancer ({})", config.name, config.balancer.source),
+            live.clone(),
+        )?;
+        let health = HealthPlugin::load(
+            runtime,
+            &config.health,
+            &format!("{}/health ({})", config.name, config.health.source),
+        )?;
+        let backends: Vec<BackendState> = config
+            .backends
+            .iter()
+            .map(|b| BackendState {
+                config: b.clone(),
+                healthy: AtomicBool::new(true),
+                history: Mutex::new(VecDeque::with_capacity(HISTORY)),
+            })
+            .collect();
+        let pool = Pool {
+            name: config.name.clone(),
+            live,
+            pushed: ArcSwap::from_pointee(PushedPool::new(1, Vec::new())),
+            version: AtomicU64::new(1),
+            balancer,
+            health,
+            fallback: FallbackBalancer::default(),
+            balancer_stats: HookStats::new(metrics, &config.name, "balancer"),
+            health_stats: HookStats::new(metrics, &config.name, "health"),
+            backends,
+        };
+        pool.publish();
+        Ok(pool)
+    }
+
+    /// Number of backends.
+    pub fn len(&self) -> usize {
+        self.backends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.backends.is_empty()
+    }
+
+    pub fn backend(&self, id: usize) -> &BackendConfig {
+        &self.backends[id].config
+    }
+
+    pub fn is_healthy(&self, id: usize) -> bool {
+        self.backends[id].healthy.load(Ordering::Acquire)
+    }
+
+    /// Sessions in flight, as balancers see them through `pool-state`.
+    pub fn live(&self) -> &Arc<LiveCounters> {
+        &self.live
+    }
+
+    pub fn balancer_name(&self) -> &str {
+        self.balancer.name()
+    }
+
+    pub fn health_name(&self) -> &str {
+        self.health.name()
+    }
+
+    /// Rebuild the snapshot balancers see; called after any state change.
+    fn publish(&self) {
+        let version = self.version.fetch_add(1, Ordering::AcqRel) + 1;
+        let backends = self
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| Backend {
+                id: i as u32,
+                name: b.config.name.clone(),
+                address: b.config.address.to_string(),
+                weight: b.config.weight,
+                priority: b.config.priority,
+                healthy: b.healthy.load(Ordering::Acquire),
+                draining: false,
+            })
+            .collect();
+        self.pushed.store(Arc::new(PushedPool::new(version, backends)));
+    }
+
+    /// Backend order for one session. Never fails: a plugin failure is
+    /// counted and the built-in weighted round-robin decides instead.
+    pub fn select(&self, ctx: &RequestContext) -> Decision {
+        let pool = self.pushed.load();
+        self.balancer_stats.calls.inc();
+        match self.balancer.select(&pool, ctx) {
+            Ok(order) => Decision {
+                order,
+                decider: Decider::Plugin,
+            },
+            Err(failure) => {
+                self.balancer_stats
+                    .failed(&self.name, self.balancer.name(), &failure);
+                Decision {
+                    order: self.fallback.order(&pool),
+                    decider: Decider::Fallback(failure),
+                }
+            }
+        }
+    }
+
+    /// Feed one probe or traffic result for backend `id` through the
+    /// health plugin. Returns the new verdict if it changed.
+    pub fn record(&self, id: usize, result: ProbeResult) -> Option<bool> {
+        let state = &self.backends[id];
+        let recent: Vec<ProbeResult> = {
+            let mut history = state.history.lock().unwrap_or_else(|p| p.into_inner());
+            if history.len() == HISTORY {
+                history.pop_front();
+            }
+            history.push_back(result);
+            history.iter().cloned().collect()
+        };
+        let current = state.healthy.load(Ordering::Acquire);
+        let snapshot = self.pushed.load();
+        self.health_stats.calls.inc();
+        let verdict = match self
+            .health
+            .evaluate(&snapshot.backends[id], current, &recent)
+        {
+            Ok(v) => v.healthy,
+            Err(failure) => {
+                self.health_stats
+                    .failed(&self.name, self.health.name(), &failure);
+                RiseFall::default().next_state(current, recent.iter().map(|r| r.ok))
+            }
+        };
+        if verdict == current {
+            return None;
+        }
+        state.healthy.store(verdict, Ordering::Release);
+        tracing::info!(
+            pool = %self.name,
+            backend = %state.config.name,
+            address = %state.config.address,
+            healthy = verdict,
+            "backend {}",
+            if verdict { "is back in rotation" } else { "left rotation" }
+        );
+        self.publish();
+        Some(verdict)
+    }
+}
+
+impl Pool {
+    /// Call both plugins once, directly (no fallback), on sample input.
+    pub fn self_check(&self, ctx: &RequestContext, result: &ProbeResult) -> Result<(), PluginError> {
+        let pool = self.pushed.load();
+        self.balancer
+            .select(&pool, ctx)
+            .map_err(|failure| PluginError::SelfCheck {
+                plugin: self.balancer.name().to_string(),
+                failure,
+            })?;
+        if let Some(backend) = pool.backends.first() {
+            self.health
+                .evaluate(backend, true, std::slice::from_ref(result))
+                .map_err(|failure| PluginError::SelfCheck {
+                    plugin: self.health.name().to_string(),
+                    failure,
+                })?;
+        }
+        Ok(())
+    }
+}
