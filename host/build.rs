@@ -27,7 +27,13 @@ fn main() {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&root)
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--target-dir",
+        ])
         .arg(&target_dir);
     for (package, _) in PLUGINS {
         cmd.args(["-p", package]);
@@ -64,7 +70,12 @@ fn main() {
             .join(format!("{file}.wasm"));
         let copy = out.join(format!("{file}.wasm"));
         std::fs::copy(&built, &copy).unwrap_or_else(|e| panic!("{}: {e}", built.display()));
-        writeln!(code, "    ({package:?}, include_bytes!({:?})),", copy.display()).unwrap();
+        writeln!(
+            code,
+            "    ({package:?}, include_bytes!({:?})),",
+            copy.display()
+        )
+        .unwrap();
     }
     code.push_str("];\n");
     std::fs::write(out.join("builtin_plugins.rs"), code).unwrap();

@@ -44,12 +44,24 @@ pub mod __bindings {
     }
 }
 
-use __bindings::balancer::gale::plugin::{host, pool_state};
 pub use __bindings::balancer::gale::plugin::host::Level;
 pub use __bindings::balancer::gale::plugin::types::{
-    Backend, BackendId, DnsRecord, DnsSnapshot, HealthVerdict, IpAddress, Member, MemberKind,
-    ProbeResult, ProbeSource, Protocol, RecordType, RequestContext,
+    Backend, BackendId, DnsRecord, DnsSnapshot, HealthVerdict, HttpRequest, IpAddress, Member,
+    MemberKind, ProbeResult, ProbeSource, Protocol, RecordType, RequestContext,
 };
+
+impl RequestContext {
+    /// The client's address as a standard IP address.
+    pub fn client_ip(&self) -> std::net::IpAddr {
+        match self.client_ip {
+            IpAddress::V4(bits) => std::net::Ipv4Addr::from_bits(bits).into(),
+            IpAddress::V6((hi, lo)) => {
+                std::net::Ipv6Addr::from_bits((u128::from(hi) << 64) | u128::from(lo)).into()
+            }
+        }
+    }
+}
+use __bindings::balancer::gale::plugin::{host, pool_state};
 
 /// Plugin settings: the key/value pairs under the plugin's `settings` table
 /// in gale's TOML config, delivered once at load.
@@ -93,6 +105,32 @@ impl Settings {
     }
 }
 
+/// The pool as gale last pushed it. Derefs to its backends, indexed by
+/// [`BackendId`].
+#[derive(Debug, Clone, Default)]
+pub struct Pool {
+    /// Backends; `backends[i].id == i`.
+    pub backends: Vec<Backend>,
+    /// Names of the listeners this pool serves.
+    pub listeners: Vec<String>,
+}
+
+impl Pool {
+    /// Name of the listener that accepted `ctx`'s connection.
+    pub fn listener_name(&self, ctx: &RequestContext) -> &str {
+        self.listeners
+            .get(ctx.listener as usize)
+            .map_or("", |s| s.as_str())
+    }
+}
+
+impl std::ops::Deref for Pool {
+    type Target = [Backend];
+    fn deref(&self) -> &[Backend] {
+        &self.backends
+    }
+}
+
 /// Backend selection policy (world `balancer`).
 pub trait Balancer: Sized + 'static {
     /// Build the policy from its settings; an error rejects the plugin.
@@ -100,11 +138,11 @@ pub trait Balancer: Sized + 'static {
 
     /// The pool changed. The SDK keeps the pool and passes it to
     /// [`Balancer::select`]; override this to precompute from it.
-    fn pool_changed(&mut self, _pool: &[Backend]) {}
+    fn pool_changed(&mut self, _pool: &Pool) {}
 
     /// Backends to try for this session, best first. Return every backend
     /// that may take it: gale retries down the list without asking again.
-    fn select(&mut self, pool: &[Backend], ctx: &RequestContext) -> Vec<BackendId>;
+    fn select(&mut self, pool: &Pool, ctx: &RequestContext) -> Vec<BackendId>;
 }
 
 /// Health evaluation policy (world `health`).
@@ -149,27 +187,34 @@ pub fn active_sessions(backend: BackendId) -> u32 {
 
 /// Glue between the generated bindings and the traits. Not public API.
 #[doc(hidden)]
+#[allow(clippy::new_without_default)] // `const fn new` is what the export macros need.
 pub mod __rt {
     use super::*;
 
     pub struct BalancerState<P> {
         policy: Option<P>,
-        pool: Vec<Backend>,
+        pool: Pool,
     }
 
     impl<P: Balancer> BalancerState<P> {
         pub const fn new() -> Self {
             Self {
                 policy: None,
-                pool: Vec::new(),
+                pool: Pool {
+                    backends: Vec::new(),
+                    listeners: Vec::new(),
+                },
             }
         }
         pub fn init(&mut self, pairs: Vec<(String, String)>) -> Result<(), String> {
             self.policy = Some(P::new(&Settings::new(pairs))?);
             Ok(())
         }
-        pub fn set_pool(&mut self, pool: Vec<Backend>) {
-            self.pool = pool;
+        pub fn set_pool(&mut self, backends: Vec<Backend>, listeners: Vec<String>) {
+            self.pool = Pool {
+                backends,
+                listeners,
+            };
             if let Some(p) = self.policy.as_mut() {
                 p.pool_changed(&self.pool);
             }
@@ -225,8 +270,11 @@ macro_rules! export_balancer {
                     -> ::core::result::Result<(), ::std::string::String> {
                     STATE.with_borrow_mut(|s| s.init(settings))
                 }
-                fn set_pool(pool: ::std::vec::Vec<$crate::Backend>) {
-                    STATE.with_borrow_mut(|s| s.set_pool(pool))
+                fn set_pool(
+                    pool: ::std::vec::Vec<$crate::Backend>,
+                    listeners: ::std::vec::Vec<::std::string::String>,
+                ) {
+                    STATE.with_borrow_mut(|s| s.set_pool(pool, listeners))
                 }
                 fn select(ctx: $crate::RequestContext) -> ::std::vec::Vec<$crate::BackendId> {
                     STATE.with_borrow_mut(|s| s.select(ctx))
@@ -296,8 +344,9 @@ macro_rules! export_dns {
             }
             struct __GaleDns;
             impl $crate::__bindings::dns::exports::gale::plugin::publisher::Guest for __GaleDns {
-                fn init(settings: ::std::vec::Vec<(::std::string::String, ::std::string::String)>)
-                    -> ::core::result::Result<(), ::std::string::String> {
+                fn init(
+                    settings: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+                ) -> ::core::result::Result<(), ::std::string::String> {
                     STATE.with_borrow_mut(|s| s.init(settings, <$policy as $crate::DnsPolicy>::new))
                 }
                 fn plan(snapshot: $crate::DnsSnapshot) -> ::std::vec::Vec<$crate::DnsRecord> {

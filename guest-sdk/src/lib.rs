@@ -5,7 +5,7 @@
 //! component for the matching world of the `gale:plugin` contract:
 //!
 //! ```ignore
-//! use gale_sdk::{Backend, Balancer, BackendId, RequestContext, Settings};
+//! use gale_sdk::{Balancer, BackendId, Pool, RequestContext, Settings};
 //!
 //! struct FirstHealthy;
 //!
@@ -13,7 +13,7 @@
 //!     fn new(_settings: &Settings) -> Result<Self, String> {
 //!         Ok(FirstHealthy)
 //!     }
-//!     fn select(&mut self, pool: &[Backend], _ctx: &RequestContext) -> Vec<BackendId> {
+//!     fn select(&mut self, pool: &Pool, _ctx: &RequestContext) -> Vec<BackendId> {
 //!         pool.iter().filter(|b| b.healthy).map(|b| b.id).collect()
 //!     }
 //! }

@@ -29,7 +29,11 @@ impl RiseFall {
         I::IntoIter: DoubleEndedIterator,
     {
         // A streak against the current state is what may flip it.
-        let needed = if currently_healthy { self.fall } else { self.rise };
+        let needed = if currently_healthy {
+            self.fall
+        } else {
+            self.rise
+        };
         let streak = recent
             .into_iter()
             .rev()

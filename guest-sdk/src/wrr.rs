@@ -6,70 +6,86 @@
 //! times, and picks are spread out (5/1/1 gives `a a b a c a a`, not
 //! `a a a a a b c`), so a burst never lands on one MTA.
 
-/// Running state of a smooth weighted round-robin over a pool.
+/// Smooth weighted round-robin over a fixed set of weights.
 ///
-/// Scores are kept per backend index; call [`SmoothWrr::reset`] when the
-/// pool changes so that stale scores do not skew the next picks.
+/// A weight of 0 means "not eligible" (unhealthy, draining, zero-weight).
+/// Build a new one (or call [`SmoothWrr::set_weights`]) when the pool
+/// changes; scores start from zero again.
 #[derive(Debug, Default, Clone)]
 pub struct SmoothWrr {
+    weights: Vec<u32>,
     current: Vec<i64>,
+    total: i64,
+    /// Eligible indices, heaviest first (ties by index): the retry order.
+    by_weight: Vec<u32>,
 }
 
 impl SmoothWrr {
-    /// A balancer with no history.
-    pub fn new() -> Self {
-        Self::default()
+    /// A round-robin over `weights`, indexed like the pool.
+    pub fn new(weights: &[u32]) -> Self {
+        let mut wrr = Self::default();
+        wrr.set_weights(weights);
+        wrr
     }
 
-    /// Forget all scores (the pool changed).
-    pub fn reset(&mut self) {
+    /// Replace the weights and forget all scores.
+    pub fn set_weights(&mut self, weights: &[u32]) {
+        self.weights.clear();
+        self.weights.extend_from_slice(weights);
         self.current.clear();
+        self.current.resize(weights.len(), 0);
+        self.total = weights.iter().map(|&w| i64::from(w)).sum();
+        self.by_weight.clear();
+        self.by_weight
+            .extend((0..weights.len() as u32).filter(|&i| weights[i as usize] > 0));
+        self.by_weight
+            .sort_by_key(|&i| std::cmp::Reverse(weights[i as usize]));
     }
 
-    /// Pick one backend. `weights[i]` is backend `i`'s effective weight; a
-    /// weight of 0 means "not eligible" (unhealthy, draining, zero-weight).
-    /// Returns `None` when nothing is eligible.
-    pub fn pick(&mut self, weights: &[u32]) -> Option<usize> {
-        if self.current.len() != weights.len() {
-            self.current.clear();
-            self.current.resize(weights.len(), 0);
-        }
-        let mut total: i64 = 0;
+    /// The weights in force.
+    pub fn weights(&self) -> &[u32] {
+        &self.weights
+    }
+
+    /// How many backends are eligible (weight > 0): the longest order.
+    pub fn eligible(&self) -> usize {
+        self.by_weight.len()
+    }
+
+    /// Pick one backend, or `None` when nothing is eligible.
+    pub fn pick(&mut self) -> Option<usize> {
         let mut best: Option<usize> = None;
-        for (i, &w) in weights.iter().enumerate() {
+        let mut best_score = i64::MIN;
+        for (i, (&w, score)) in self.weights.iter().zip(self.current.iter_mut()).enumerate() {
             if w == 0 {
                 continue;
             }
-            let w = i64::from(w);
-            self.current[i] += w;
-            total += w;
-            if best.is_none_or(|b| self.current[i] > self.current[b]) {
+            *score += i64::from(w);
+            if *score > best_score {
+                best_score = *score;
                 best = Some(i);
             }
         }
         let best = best?;
-        self.current[best] -= total;
+        self.current[best] -= self.total;
         Some(best)
     }
 
     /// Pick one backend and write the full try order into `order`: the pick
-    /// first, then every other eligible backend, highest score first (the
-    /// ones that would be picked next), so a retry goes where the next
-    /// session would have gone anyway.
-    pub fn order(&mut self, weights: &[u32], order: &mut Vec<u32>) {
+    /// first, then every other eligible backend, heaviest first, so a retry
+    /// goes where most capacity is.
+    pub fn order(&mut self, order: &mut Vec<u32>) {
         order.clear();
-        let Some(first) = self.pick(weights) else {
+        let Some(first) = self.pick() else {
             return;
         };
+        order.reserve(self.by_weight.len());
         order.push(first as u32);
-        let start = order.len();
-        order.extend(
-            (0..weights.len())
-                .filter(|&i| i != first && weights[i] > 0)
-                .map(|i| i as u32),
-        );
-        let current = &self.current;
-        order[start..].sort_by(|&a, &b| current[b as usize].cmp(&current[a as usize]));
+        for &i in &self.by_weight {
+            if i as usize != first {
+                order.push(i);
+            }
+        }
     }
 }
 
@@ -79,31 +95,37 @@ mod tests {
 
     #[test]
     fn spreads_picks_like_nginx() {
-        let mut wrr = SmoothWrr::new();
-        let picks: Vec<usize> = (0..7).map(|_| wrr.pick(&[5, 1, 1]).unwrap()).collect();
+        let mut wrr = SmoothWrr::new(&[5, 1, 1]);
+        let picks: Vec<usize> = (0..7).map(|_| wrr.pick().unwrap()).collect();
         assert_eq!(picks, vec![0, 0, 1, 0, 2, 0, 0]);
     }
 
     #[test]
     fn exact_split_over_a_window() {
-        let mut wrr = SmoothWrr::new();
+        let mut wrr = SmoothWrr::new(&[5, 3, 1, 1]);
         let mut counts = [0u32; 4];
         for _ in 0..10 * 100 {
-            counts[wrr.pick(&[5, 3, 1, 1]).unwrap()] += 1;
+            counts[wrr.pick().unwrap()] += 1;
         }
         assert_eq!(counts, [500, 300, 100, 100]);
     }
 
     #[test]
-    fn zero_weight_is_never_picked_and_follows_nowhere() {
-        let mut wrr = SmoothWrr::new();
+    fn order_is_pick_then_heaviest_first() {
+        let mut wrr = SmoothWrr::new(&[1, 0, 3, 2]);
         let mut order = Vec::new();
-        for _ in 0..20 {
-            wrr.order(&[2, 0, 1], &mut order);
-            assert_eq!(order.len(), 2);
-            assert!(!order.contains(&1));
-        }
-        wrr.order(&[0, 0, 0], &mut order);
+        wrr.order(&mut order);
+        assert_eq!(order, vec![2, 3, 0]);
+        wrr.order(&mut order);
+        assert_eq!(order, vec![3, 2, 0]);
+    }
+
+    #[test]
+    fn nothing_eligible_gives_an_empty_order() {
+        let mut wrr = SmoothWrr::new(&[0, 0]);
+        let mut order = vec![7];
+        wrr.order(&mut order);
         assert!(order.is_empty());
+        assert_eq!(SmoothWrr::new(&[]).pick(), None);
     }
 }

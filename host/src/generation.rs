@@ -45,12 +45,10 @@ impl Generation {
 pub fn sample_context() -> RequestContext {
     RequestContext {
         protocol: Protocol::Smtp,
-        listener: "self-check".into(),
-        client_ip: IpAddress::V4((192, 0, 2, 1)),
+        listener: 0,
+        client_ip: IpAddress::V4(0xc000_0201),
         client_port: 40000,
-        method: None,
-        host: None,
-        path: None,
+        http: None,
     }
 }
 
@@ -67,14 +65,10 @@ fn sample_result() -> ProbeResult {
 /// A client address in the form plugins see it.
 pub fn ip_address(ip: IpAddr) -> IpAddress {
     match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, c, d] = v4.octets();
-            IpAddress::V4((a, b, c, d))
-        }
+        IpAddr::V4(v4) => IpAddress::V4(v4.to_bits()),
         IpAddr::V6(v6) => {
-            let [a, b, c, d, e, f, g, h] = v6.segments();
-            IpAddress::V6((a, b, c, d, e, f, g, h))
+            let bits = v6.to_bits();
+            IpAddress::V6(((bits >> 64) as u64, bits as u64))
         }
     }
 }
-

@@ -65,7 +65,11 @@ fn cache_dir(config: &Config) -> Option<PathBuf> {
     if let Some(dir) = &config.plugins.cache_dir {
         return Some(dir.clone());
     }
-    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     env("GALE_CACHE_DIR")
         .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("gale")))
         .or_else(|| env("HOME").map(|d| d.join(".cache").join("gale")))

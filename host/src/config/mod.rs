@@ -15,8 +15,8 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use file::{ProbeKind, Protocol, Role};
 use file::{FileConfig, PluginSection};
+pub use file::{ProbeKind, Protocol, Role};
 use toml::Spanned;
 
 /// Default CPU deadline of one plugin call.
@@ -56,12 +56,17 @@ pub struct ListenerConfig {
     pub address: SocketAddr,
     /// Index into [`Config::pools`].
     pub pool: usize,
+    /// Index into that pool's [`PoolConfig::listeners`], as balancer
+    /// plugins see it in `request-context.listener`.
+    pub index_in_pool: u32,
     pub hostname: String,
 }
 
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     pub name: String,
+    /// Names of the listeners this pool serves.
+    pub listeners: Vec<String>,
     pub balancer: PluginSpec,
     pub health: PluginSpec,
     pub probe: ProbeConfig,
@@ -148,7 +153,7 @@ impl Config {
     /// resolving relative plugin paths).
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let errors = Errors { file: path, text };
-        let de = toml::Deserializer::parse(text).map_err(|e| errors.toml("(file)", e))?;
+        let de = toml::Deserializer::parse(text).map_err(|e| errors.toml("syntax", e))?;
         let file: FileConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             errors.toml(&key, e.into_inner())
@@ -184,7 +189,11 @@ impl Errors<'_> {
     }
 
     fn toml(&self, key: &str, e: toml::de::Error) -> ConfigError {
-        let key = if key.is_empty() || key == "." { "(top level)" } else { key };
+        let key = if key.is_empty() || key == "." {
+            "(top level)"
+        } else {
+            key
+        };
         // toml's own message repeats the line in a snippet; keep the first line.
         let message = e.message().lines().next().unwrap_or("invalid").to_string();
         self.at(e.span().unwrap_or(0..0), key, message)
@@ -260,7 +269,14 @@ fn validate(file: FileConfig, path: &Path, errors: &Errors<'_>) -> Result<Config
     for (name, pool) in &file.pools {
         let key = format!("pools.{name}");
         let plugin = |section: Option<&Spanned<PluginSection>>, hook: &str, builtin: &str| {
-            plugin_spec(errors, base, &defaults, section, &format!("{key}.{hook}"), builtin)
+            plugin_spec(
+                errors,
+                base,
+                &defaults,
+                section,
+                &format!("{key}.{hook}"),
+                builtin,
+            )
         };
         let balancer = plugin(pool.balancer.as_ref(), "balancer", "weighted-round-robin")?;
         let health = plugin(pool.health.as_ref(), "health", "threshold-health")?;
@@ -320,6 +336,7 @@ fn validate(file: FileConfig, path: &Path, errors: &Errors<'_>) -> Result<Config
 
         pools.push(PoolConfig {
             name: name.clone(),
+            listeners: Vec::new(),
             balancer,
             health,
             probe: ProbeConfig {
@@ -339,7 +356,10 @@ fn validate(file: FileConfig, path: &Path, errors: &Errors<'_>) -> Result<Config
     for (name, l) in &file.listeners {
         let key = format!("listeners.{name}");
         let address = parse_addr(errors, &l.address, &format!("{key}.address"))?;
-        if let Some(other) = listeners.iter().find(|o: &&ListenerConfig| o.address == address) {
+        if let Some(other) = listeners
+            .iter()
+            .find(|o: &&ListenerConfig| o.address == address)
+        {
             return Err(errors.spanned(
                 &l.address,
                 &format!("{key}.address"),
@@ -362,11 +382,14 @@ fn validate(file: FileConfig, path: &Path, errors: &Errors<'_>) -> Result<Config
                     format!("no pool named {:?} ({known})", l.pool.get_ref()),
                 )
             })?;
+        let served: &mut Vec<String> = &mut pools[pool].listeners;
+        served.push(name.clone());
         listeners.push(ListenerConfig {
             name: name.clone(),
             protocol: l.protocol,
             address,
             pool,
+            index_in_pool: (served.len() - 1) as u32,
             hostname: l.hostname.clone().unwrap_or_else(|| "gale".to_string()),
         });
     }
@@ -414,11 +437,7 @@ fn plugin_spec(
         }
         (None, Some(p)) => PluginSource::File(base.join(p.get_ref())),
         (Some(name), Some(_)) => {
-            return Err(errors.spanned(
-                name,
-                key,
-                "set either `builtin` or `path`, not both",
-            ));
+            return Err(errors.spanned(name, key, "set either `builtin` or `path`, not both"));
         }
         (None, None) => {
             return Err(errors.spanned(

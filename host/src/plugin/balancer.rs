@@ -17,12 +17,14 @@ pub struct PushedPool {
     /// Increases on every change; never 0.
     pub version: u64,
     pub backends: Vec<Backend>,
+    /// Names of the listeners the pool serves (`request-context.listener`).
+    pub listeners: Vec<String>,
     /// Backends that may take a session (healthy, not draining, weight > 0).
     pub eligible: usize,
 }
 
 impl PushedPool {
-    pub fn new(version: u64, backends: Vec<Backend>) -> Self {
+    pub fn new(version: u64, backends: Vec<Backend>, listeners: Vec<String>) -> Self {
         let eligible = backends
             .iter()
             .filter(|b| b.healthy && !b.draining && b.weight > 0)
@@ -30,6 +32,7 @@ impl PushedPool {
         Self {
             version,
             backends,
+            listeners,
             eligible,
         }
     }
@@ -60,11 +63,7 @@ impl BalancerPlugin {
     /// The order to try backends in, as indices into `pool.backends`,
     /// checked: every id exists, none repeats, and the list is empty only
     /// when no backend is eligible.
-    pub fn select(
-        &self,
-        pool: &PushedPool,
-        ctx: &RequestContext,
-    ) -> Result<Vec<u32>, CallFailure> {
+    pub fn select(&self, pool: &PushedPool, ctx: &RequestContext) -> Result<Vec<u32>, CallFailure> {
         let ticks = self.guest.deadline_ticks;
         let mut order = self.guest.call(|live, pushed| {
             let api = live.exports.gale_plugin_selector();
@@ -72,7 +71,7 @@ impl BalancerPlugin {
                 // Pushing a pool costs one marshal of every backend; it gets
                 // ten decisions' worth of CPU.
                 live.store.set_epoch_deadline(ticks * 10);
-                api.call_set_pool(&mut live.store, &pool.backends)?;
+                api.call_set_pool(&mut live.store, &pool.backends, &pool.listeners)?;
                 *pushed = pool.version;
             }
             live.store.set_epoch_deadline(ticks);
@@ -96,14 +95,19 @@ fn check_order(order: &mut Vec<u32>, pool: &PushedPool) -> Result<(), CallFailur
             pool.eligible
         )));
     }
-    // Repeats are harmless to drop; the list is short.
-    let mut i = 1;
-    while i < order.len() {
-        if order[..i].contains(&order[i]) {
-            order.remove(i);
-        } else {
-            i += 1;
-        }
+    // Repeats are harmless to drop. Pools are small: a bit set covers the
+    // common case without allocating.
+    if n <= 64 {
+        let mut seen = 0u64;
+        order.retain(|&id| {
+            let bit = 1u64 << id;
+            let fresh = seen & bit == 0;
+            seen |= bit;
+            fresh
+        });
+    } else {
+        let mut seen = vec![false; n];
+        order.retain(|&id| !std::mem::replace(&mut seen[id as usize], true));
     }
     Ok(())
 }

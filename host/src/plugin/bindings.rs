@@ -6,6 +6,7 @@ pub mod balancer {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "gale:plugin/balancer@0.1.0",
+        additional_derives: [PartialEq],
     });
 }
 

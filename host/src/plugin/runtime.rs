@@ -4,6 +4,7 @@
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -30,6 +31,8 @@ struct Inner {
     engine: Engine,
     linker: Linker<PluginState>,
     cache_dir: Option<PathBuf>,
+    compiled: AtomicU64,
+    cache_hits: AtomicU64,
 }
 
 impl PluginRuntime {
@@ -58,8 +61,18 @@ impl PluginRuntime {
                 engine,
                 linker,
                 cache_dir,
+                compiled: AtomicU64::new(0),
+                cache_hits: AtomicU64::new(0),
             }),
         })
+    }
+
+    /// (components compiled, components loaded from the cache) so far.
+    pub fn stats(&self) -> (u64, u64) {
+        (
+            self.inner.compiled.load(Ordering::Relaxed),
+            self.inner.cache_hits.load(Ordering::Relaxed),
+        )
     }
 
     pub fn engine(&self) -> &Engine {
@@ -95,7 +108,9 @@ impl PluginRuntime {
         let name = source.to_string();
         let bytes: std::borrow::Cow<'static, [u8]> = match source {
             PluginSource::Builtin(b) => super::builtin::bytes(b)
-                .ok_or_else(|| PluginError::NotFound { plugin: name.clone() })?
+                .ok_or_else(|| PluginError::NotFound {
+                    plugin: name.clone(),
+                })?
                 .into(),
             PluginSource::File(path) => std::fs::read(path)
                 .map_err(|e| PluginError::Read {
@@ -106,20 +121,19 @@ impl PluginRuntime {
         };
         let engine = &self.inner.engine;
         let cached = self.cache_path(&bytes);
-        if let Some(path) = &cached {
-            if path.exists() {
-                // SAFETY: the file was written by `Component::serialize` of
-                // this same engine configuration (its name hashes the engine's
-                // compatibility hash and the source bytes) into gale's own
-                // cache directory. A file that fails to load is recompiled.
-                match unsafe { Component::deserialize_file(engine, path) } {
-                    Ok(c) => {
-                        tracing::debug!(plugin = %name, cache = %path.display(), "loaded compiled plugin from cache");
-                        return Ok(c);
-                    }
-                    Err(e) => {
-                        tracing::warn!(plugin = %name, cache = %path.display(), "ignoring unusable cache entry: {e}");
-                    }
+        if let Some(path) = cached.as_ref().filter(|p| p.exists()) {
+            // SAFETY: the file was written by `Component::serialize` of
+            // this same engine configuration (its name hashes the engine's
+            // compatibility hash and the source bytes) into gale's own
+            // cache directory. A file that fails to load is recompiled.
+            match unsafe { Component::deserialize_file(engine, path) } {
+                Ok(c) => {
+                    self.inner.cache_hits.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(plugin = %name, cache = %path.display(), "loaded compiled plugin from cache");
+                    return Ok(c);
+                }
+                Err(e) => {
+                    tracing::warn!(plugin = %name, cache = %path.display(), "ignoring unusable cache entry: {e}");
                 }
             }
         }
@@ -128,11 +142,10 @@ impl PluginRuntime {
             plugin: name.clone(),
             reason: format!("{e:#}"),
         })?;
+        self.inner.compiled.fetch_add(1, Ordering::Relaxed);
         tracing::info!(plugin = %name, elapsed_ms = started.elapsed().as_millis() as u64, "compiled plugin");
-        if let Some(path) = cached {
-            if let Err(e) = write_cache(&component, &path) {
-                tracing::warn!(plugin = %name, cache = %path.display(), "cannot cache compiled plugin: {e}");
-            }
+        if let Some(Err(e)) = cached.as_ref().map(|path| write_cache(&component, path)) {
+            tracing::warn!(plugin = %name, "cannot cache compiled plugin: {e}");
         }
         Ok(component)
     }

@@ -10,32 +10,50 @@ use gale_sdk::wrr::SmoothWrr;
 
 use crate::plugin::CallFailure;
 use crate::plugin::PushedPool;
+use crate::plugin::types::Backend;
 
 #[derive(Default)]
 pub struct FallbackBalancer {
-    wrr: Mutex<SmoothWrr>,
+    /// The round-robin and the pool version its weights came from.
+    wrr: Mutex<(u64, SmoothWrr)>,
 }
 
 impl FallbackBalancer {
     /// Smooth WRR over the eligible backends of the best tier, then the
     /// eligible backends of later tiers, best tier first.
     pub fn order(&self, pool: &PushedPool) -> Vec<u32> {
-        let eligible = |b: &crate::plugin::types::Backend| b.healthy && !b.draining && b.weight > 0;
-        let Some(best) = pool.backends.iter().filter(|b| eligible(b)).map(|b| b.priority).min()
+        let eligible = |b: &Backend| b.healthy && !b.draining && b.weight > 0;
+        let Some(best) = pool
+            .backends
+            .iter()
+            .filter(|b| eligible(b))
+            .map(|b| b.priority)
+            .min()
         else {
             return Vec::new();
         };
-        let weights: Vec<u32> = pool
-            .backends
-            .iter()
-            .map(|b| if eligible(b) && b.priority == best { b.weight } else { 0 })
-            .collect();
         let mut order = Vec::with_capacity(pool.backends.len());
-        self.wrr
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .order(&weights, &mut order);
-        let mut rest: Vec<&crate::plugin::types::Backend> = pool
+        {
+            let mut guard = self.wrr.lock().unwrap_or_else(|p| p.into_inner());
+            let (version, wrr) = &mut *guard;
+            if *version != pool.version {
+                let weights: Vec<u32> = pool
+                    .backends
+                    .iter()
+                    .map(|b| {
+                        if eligible(b) && b.priority == best {
+                            b.weight
+                        } else {
+                            0
+                        }
+                    })
+                    .collect();
+                wrr.set_weights(&weights);
+                *version = pool.version;
+            }
+            wrr.order(&mut order);
+        }
+        let mut rest: Vec<&Backend> = pool
             .backends
             .iter()
             .filter(|b| eligible(b) && b.priority != best)

@@ -19,7 +19,9 @@ use crate::config::{BackendConfig, PoolConfig};
 use crate::metrics::{FallbackLabels, Metrics, PluginLabels};
 use crate::plugin::PushedPool;
 use crate::plugin::types::{Backend, ProbeResult, RequestContext};
-use crate::plugin::{BalancerPlugin, CallFailure, HealthPlugin, LiveCounters, PluginError, PluginRuntime};
+use crate::plugin::{
+    BalancerPlugin, CallFailure, HealthPlugin, LiveCounters, PluginError, PluginRuntime,
+};
 use fallback::{FallbackBalancer, RateLimitedLog};
 use gale_sdk::threshold::RiseFall;
 
@@ -101,6 +103,7 @@ impl HookStats {
 
 pub struct Pool {
     pub name: String,
+    listeners: Vec<String>,
     backends: Vec<BackendState>,
     live: Arc<LiveCounters>,
     pushed: ArcSwap<PushedPool>,
@@ -143,8 +146,9 @@ impl Pool {
             .collect();
         let pool = Pool {
             name: config.name.clone(),
+            listeners: config.listeners.clone(),
             live,
-            pushed: ArcSwap::from_pointee(PushedPool::new(1, Vec::new())),
+            pushed: ArcSwap::from_pointee(PushedPool::new(1, Vec::new(), Vec::new())),
             version: AtomicU64::new(1),
             balancer,
             health,
@@ -204,7 +208,11 @@ impl Pool {
                 draining: false,
             })
             .collect();
-        self.pushed.store(Arc::new(PushedPool::new(version, backends)));
+        self.pushed.store(Arc::new(PushedPool::new(
+            version,
+            backends,
+            self.listeners.clone(),
+        )));
     }
 
     /// Backend order for one session. Never fails: a plugin failure is
@@ -273,7 +281,11 @@ impl Pool {
 
 impl Pool {
     /// Call both plugins once, directly (no fallback), on sample input.
-    pub fn self_check(&self, ctx: &RequestContext, result: &ProbeResult) -> Result<(), PluginError> {
+    pub fn self_check(
+        &self,
+        ctx: &RequestContext,
+        result: &ProbeResult,
+    ) -> Result<(), PluginError> {
         let pool = self.pushed.load();
         self.balancer
             .select(&pool, ctx)

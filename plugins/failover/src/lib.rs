@@ -9,7 +9,7 @@
 //! `standby_retry = "false"` to keep standbys out of primary sessions.
 
 use gale_sdk::wrr::SmoothWrr;
-use gale_sdk::{Backend, BackendId, Balancer, RequestContext, Settings};
+use gale_sdk::{BackendId, Balancer, Pool, RequestContext, Settings};
 
 struct Failover {
     standby_retry: bool,
@@ -17,11 +17,8 @@ struct Failover {
     tiers: Vec<Tier>,
 }
 
-struct Tier {
-    wrr: SmoothWrr,
-    /// Effective weight per backend id: 0 outside this tier or unhealthy.
-    weights: Vec<u32>,
-}
+/// Round-robin of one tier: weight 0 for backends outside it or down.
+type Tier = SmoothWrr;
 
 impl Balancer for Failover {
     fn new(settings: &Settings) -> Result<Self, String> {
@@ -31,34 +28,34 @@ impl Balancer for Failover {
         })
     }
 
-    fn pool_changed(&mut self, pool: &[Backend]) {
+    fn pool_changed(&mut self, pool: &Pool) {
         let mut priorities: Vec<u32> = pool.iter().map(|b| b.priority).collect();
         priorities.sort_unstable();
         priorities.dedup();
         self.tiers = priorities
             .into_iter()
-            .map(|p| Tier {
-                wrr: SmoothWrr::new(),
-                weights: pool
+            .map(|p| {
+                let weights: Vec<u32> = pool
                     .iter()
                     .map(|b| {
                         let up = b.priority == p && b.healthy && !b.draining;
                         if up { b.weight } else { 0 }
                     })
-                    .collect(),
+                    .collect();
+                SmoothWrr::new(&weights)
             })
-            .filter(|t| t.weights.iter().any(|&w| w > 0))
+            .filter(|t| t.weights().iter().any(|&w| w > 0))
             .collect();
     }
 
-    fn select(&mut self, _pool: &[Backend], _ctx: &RequestContext) -> Vec<BackendId> {
+    fn select(&mut self, _pool: &Pool, _ctx: &RequestContext) -> Vec<BackendId> {
         let mut order = Vec::new();
         let mut tier_order = Vec::new();
         for (i, tier) in self.tiers.iter_mut().enumerate() {
             if i > 0 && !self.standby_retry {
                 break;
             }
-            tier.wrr.order(&tier.weights, &mut tier_order);
+            tier.order(&mut tier_order);
             order.extend_from_slice(&tier_order);
         }
         order

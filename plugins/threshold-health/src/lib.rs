@@ -19,7 +19,9 @@ impl HealthPolicy for ThresholdHealth {
         };
         for (key, v) in [("rise", rf.rise), ("fall", rf.fall)] {
             if !(1..=MAX_THRESHOLD).contains(&v) {
-                return Err(format!("setting `{key}` = {v}: must be 1..={MAX_THRESHOLD}"));
+                return Err(format!(
+                    "setting `{key}` = {v}: must be 1..={MAX_THRESHOLD}"
+                ));
             }
         }
         Ok(Self(rf))
@@ -32,7 +34,9 @@ impl HealthPolicy for ThresholdHealth {
         recent: &[ProbeResult],
     ) -> HealthVerdict {
         HealthVerdict {
-            healthy: self.0.next_state(currently_healthy, recent.iter().map(|r| r.ok)),
+            healthy: self
+                .0
+                .next_state(currently_healthy, recent.iter().map(|r| r.ok)),
             weight: None,
         }
     }

@@ -43,7 +43,11 @@ impl DnsPolicy for WeightedDns {
         } else if !snapshot.published.is_empty() {
             snapshot.published.clone()
         } else {
-            snapshot.members.iter().map(|m| record(snapshot, m)).collect()
+            snapshot
+                .members
+                .iter()
+                .map(|m| record(snapshot, m))
+                .collect()
         }
     }
 }

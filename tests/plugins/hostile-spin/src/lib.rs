@@ -1,5 +1,5 @@
 //! Never returns from a selection: only the host's CPU deadline stops it.
-use gale_sdk::{Backend, BackendId, Balancer, RequestContext, Settings};
+use gale_sdk::{BackendId, Balancer, Pool, RequestContext, Settings};
 
 struct Spin;
 
@@ -7,7 +7,7 @@ impl Balancer for Spin {
     fn new(_: &Settings) -> Result<Self, String> {
         Ok(Spin)
     }
-    fn select(&mut self, pool: &[Backend], _: &RequestContext) -> Vec<BackendId> {
+    fn select(&mut self, pool: &Pool, _: &RequestContext) -> Vec<BackendId> {
         let mut n: u64 = 0;
         loop {
             // Keep the loop observable so it is not optimised into a trap.

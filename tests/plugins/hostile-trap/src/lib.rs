@@ -1,5 +1,6 @@
-//! Traps (an explicit `unreachable`) on every selection, after a valid init.
-use gale_sdk::{Backend, BackendId, Balancer, RequestContext, Settings};
+//! Traps (abort is `unreachable` in WebAssembly) on every selection, after a
+//! valid init.
+use gale_sdk::{BackendId, Balancer, Pool, RequestContext, Settings};
 
 struct Trap;
 
@@ -7,8 +8,8 @@ impl Balancer for Trap {
     fn new(_: &Settings) -> Result<Self, String> {
         Ok(Trap)
     }
-    fn select(&mut self, _: &[Backend], _: &RequestContext) -> Vec<BackendId> {
-        core::arch::wasm32::unreachable()
+    fn select(&mut self, _: &Pool, _: &RequestContext) -> Vec<BackendId> {
+        std::process::abort()
     }
 }
 

@@ -8,7 +8,10 @@ impl HealthPolicy for AlwaysUp {
         Ok(AlwaysUp)
     }
     fn evaluate(&mut self, _: &Backend, _: bool, _: &[ProbeResult]) -> HealthVerdict {
-        HealthVerdict { healthy: true, weight: None }
+        HealthVerdict {
+            healthy: true,
+            weight: None,
+        }
     }
 }
 

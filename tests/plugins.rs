@@ -1,0 +1,372 @@
+//! Default and hostile plugins through the real host runtime, compiled
+//! from source.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use gale::generation::sample_context;
+use gale::plugin::types::{ProbeResult, ProbeSource};
+use gale::plugin::{CallFailure, PluginError};
+use gale::pool::Decider;
+use support::{counter, first_choices, plugin, pool, runtime};
+
+fn backends(weights: &[(u32, &str)]) -> String {
+    weights
+        .iter()
+        .enumerate()
+        .map(|(i, (w, role))| {
+            format!(
+                "[[pools.p.backends]]\nname = \"b{i}\"\naddress = \"127.0.0.1:{}\"\nweight = {w}\nrole = \"{role}\"\n",
+                30000 + i
+            )
+        })
+        .collect()
+}
+
+fn result(ok: bool) -> ProbeResult {
+    ProbeResult {
+        ok,
+        latency_us: 500,
+        code: Some(if ok { 220 } else { 421 }),
+        detail: String::new(),
+        source: ProbeSource::Probe,
+    }
+}
+
+#[test]
+fn weighted_round_robin_splits_by_weight() {
+    let (rt, _cache) = runtime();
+    let toml = format!(
+        "[pools.p]\nbalancer = {{ builtin = \"weighted-round-robin\" }}\n{}",
+        backends(&[
+            (5, "primary"),
+            (3, "primary"),
+            (1, "primary"),
+            (1, "primary")
+        ])
+    );
+    let (pool, _) = pool(&rt, &toml);
+    let counts = first_choices(&pool, 10_000);
+    for (i, want) in [5000.0, 3000.0, 1000.0, 1000.0].iter().enumerate() {
+        let got = counts[i] as f64;
+        assert!(
+            (got - want).abs() / 10_000.0 <= 0.01,
+            "backend {i}: {got} of 10000, want {want}: {counts:?}"
+        );
+    }
+    // Every healthy backend follows in the order, for retries.
+    let decision = pool.select(&sample_context());
+    let mut sorted = decision.order.clone();
+    sorted.sort();
+    assert_eq!(sorted, vec![0, 1, 2, 3]);
+}
+
+#[test]
+fn unhealthy_backends_are_never_chosen_first() {
+    let (rt, _cache) = runtime();
+    let toml = format!(
+        "[pools.p]\n{}",
+        backends(&[(5, "primary"), (3, "primary"), (1, "primary")])
+    );
+    let (pool, _) = pool(&rt, &toml);
+    // threshold-health defaults: fall 3.
+    assert_eq!(pool.record(0, result(false)), None);
+    assert_eq!(pool.record(0, result(false)), None);
+    assert_eq!(pool.record(0, result(false)), Some(false));
+    let ctx = sample_context();
+    for _ in 0..1000 {
+        let d = pool.select(&ctx);
+        assert_eq!(d.decider, Decider::Plugin);
+        assert_ne!(d.order[0], 0, "unhealthy backend chosen first");
+        assert!(!d.order.contains(&0), "unhealthy backend offered for retry");
+    }
+    let counts = first_choices(&pool, 4000);
+    assert_eq!(counts, vec![0, 3000, 1000]);
+}
+
+#[test]
+fn failover_goes_primary_standby_primary() {
+    let (rt, _cache) = runtime();
+    let toml = format!(
+        "[pools.p]\nbalancer = {{ builtin = \"failover\" }}\nhealth = {{ builtin = \"threshold-health\", settings = {{ rise = 2, fall = 1 }} }}\n{}",
+        backends(&[(1, "primary"), (1, "primary"), (1, "standby")])
+    );
+    let (pool, _) = pool(&rt, &toml);
+    let counts = first_choices(&pool, 100);
+    assert_eq!(
+        counts,
+        vec![50, 50, 0],
+        "standby took sessions while primaries were up"
+    );
+    // Standby follows the primaries for retries.
+    assert_eq!(pool.select(&sample_context()).order[2], 2);
+
+    pool.record(0, result(false));
+    assert_eq!(
+        first_choices(&pool, 10),
+        vec![0, 10, 0],
+        "one primary down: the other takes all"
+    );
+    pool.record(1, result(false));
+    assert_eq!(
+        first_choices(&pool, 10),
+        vec![0, 0, 10],
+        "every primary down: standby takes all"
+    );
+
+    pool.record(1, result(true));
+    assert_eq!(
+        first_choices(&pool, 10),
+        vec![0, 0, 10],
+        "rise 2: one good result is not enough"
+    );
+    pool.record(1, result(true));
+    assert_eq!(
+        first_choices(&pool, 10),
+        vec![0, 10, 0],
+        "primary recovered: traffic returns at once"
+    );
+}
+
+#[test]
+fn thresholds_flip_exactly_after_rise_and_fall() {
+    let (rt, _cache) = runtime();
+    let toml = format!(
+        "[pools.p]\nhealth = {{ builtin = \"threshold-health\", settings = {{ rise = 3, fall = 2 }} }}\n{}",
+        backends(&[(1, "primary")])
+    );
+    let (pool, _) = pool(&rt, &toml);
+    assert_eq!(pool.record(0, result(false)), None);
+    assert_eq!(
+        pool.record(0, result(true)),
+        None,
+        "a good result resets the failure streak"
+    );
+    assert_eq!(pool.record(0, result(false)), None);
+    assert_eq!(pool.record(0, result(false)), Some(false), "fall 2");
+    assert!(!pool.is_healthy(0));
+    assert_eq!(pool.record(0, result(true)), None);
+    assert_eq!(pool.record(0, result(true)), None);
+    assert_eq!(
+        pool.record(0, result(false)),
+        None,
+        "a failure resets the rise streak"
+    );
+    assert_eq!(pool.record(0, result(true)), None);
+    assert_eq!(pool.record(0, result(true)), None);
+    assert_eq!(pool.record(0, result(true)), Some(true), "rise 3");
+    assert!(pool.is_healthy(0));
+}
+
+#[test]
+fn threshold_health_rejects_bad_settings() {
+    let (rt, _cache) = runtime();
+    let toml = format!(
+        "[pools.p]\nhealth = {{ builtin = \"threshold-health\", settings = {{ rise = \"often\" }} }}\n{}",
+        backends(&[(1, "primary")])
+    );
+    let config = support::config(&toml);
+    let err = gale::pool::Pool::build(&rt, &config.pools[0], &Default::default())
+        .err()
+        .expect("bad settings must be refused");
+    assert!(matches!(err, PluginError::Init { .. }), "{err}");
+    assert!(
+        err.to_string().contains("setting `rise` = \"often\""),
+        "{err}"
+    );
+}
+
+/// Run `n` decisions through a hostile balancer and check each is
+/// contained: back within the deadline (plus scheduling slack), decided by
+/// the fallback, counted.
+fn contained(crate_name: &str, reason: &str, deadline: Duration, slack: Duration) {
+    let (rt, _cache) = runtime();
+    let toml = format!(
+        "[pools.p]\nbalancer = {{ path = {:?}, deadline = \"{}ms\", memory_mb = 16 }}\n{}",
+        plugin(crate_name).display(),
+        deadline.as_millis(),
+        backends(&[(2, "primary"), (1, "primary")])
+    );
+    let (pool, metrics) = pool(&rt, &toml);
+    let ctx = sample_context();
+    let n = 20;
+    for i in 0..n {
+        let started = Instant::now();
+        let d = pool.select(&ctx);
+        let took = started.elapsed();
+        match &d.decider {
+            Decider::Fallback(f) => assert_eq!(f.reason(), reason, "call {i}: {f}"),
+            Decider::Plugin => panic!("call {i}: hostile plugin's answer was used: {d:?}"),
+        }
+        assert!(
+            !d.order.is_empty() && d.order.len() == 2,
+            "fallback gave {d:?}"
+        );
+        assert!(took <= deadline + slack, "call {i} took {took:?}");
+    }
+    let labels = [("pool", "p"), ("hook", "balancer"), ("reason", reason)];
+    assert_eq!(
+        counter(&metrics, "gale_plugin_fallbacks_total", &labels),
+        n as f64
+    );
+    assert_eq!(
+        counter(
+            &metrics,
+            "gale_plugin_calls_total",
+            &[("pool", "p"), ("hook", "balancer")]
+        ),
+        n as f64
+    );
+}
+
+#[test]
+fn trapping_plugin_is_contained() {
+    contained(
+        "hostile-trap",
+        "trap",
+        Duration::from_millis(1),
+        Duration::from_millis(20),
+    );
+}
+
+#[test]
+fn looping_plugin_is_stopped_by_the_deadline() {
+    // The deadline itself is the bound here: 5 ms of CPU, then the trap.
+    contained(
+        "hostile-spin",
+        "deadline",
+        Duration::from_millis(5),
+        Duration::from_millis(20),
+    );
+}
+
+#[test]
+fn allocating_plugin_is_stopped_by_the_memory_cap() {
+    contained(
+        "hostile-hog",
+        "memory",
+        Duration::from_millis(50),
+        Duration::from_millis(50),
+    );
+}
+
+#[test]
+fn garbage_answers_are_refused() {
+    contained(
+        "hostile-garbage",
+        "malformed",
+        Duration::from_millis(1),
+        Duration::from_millis(20),
+    );
+}
+
+#[test]
+fn wrong_world_is_refused_at_load_naming_the_expected_world() {
+    let (rt, _cache) = runtime();
+    let toml = format!(
+        "[pools.p]\nbalancer = {{ path = {:?} }}\n{}",
+        plugin("hostile-wrong-world").display(),
+        backends(&[(1, "primary")])
+    );
+    let config = support::config(&toml);
+    let err = gale::pool::Pool::build(&rt, &config.pools[0], &Default::default())
+        .err()
+        .expect("a health plugin must not load as a balancer");
+    let msg = err.to_string();
+    assert!(matches!(err, PluginError::WrongWorld { .. }), "{msg}");
+    assert!(
+        msg.contains("does not implement world `gale:plugin/balancer@0.1.0`"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("gale:plugin/evaluator@0.1.0 (world `health`)"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_plugin_that_fails_self_check_is_refused() {
+    let (rt, _cache) = runtime();
+    let toml = format!(
+        "[pools.p]\nbalancer = {{ path = {:?} }}\n{}",
+        plugin("hostile-trap").display(),
+        backends(&[(1, "primary")])
+    );
+    let config = support::config(&toml);
+    let err = gale::generation::Generation::build(1, &rt, config, &Default::default())
+        .err()
+        .expect("a plugin that traps on its sample call must be refused");
+    assert!(
+        matches!(
+            &err,
+            PluginError::SelfCheck {
+                failure: CallFailure::Trap(_),
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn compiled_plugins_are_cached_across_runtimes() {
+    let cache = tempfile::tempdir().unwrap();
+    let toml = format!("[pools.p]\n{}", backends(&[(1, "primary")]));
+    let first = gale::plugin::PluginRuntime::new(Some(cache.path().to_path_buf())).unwrap();
+    let _ = pool(&first, &toml);
+    assert_eq!(
+        first.stats(),
+        (2, 0),
+        "(compiled, cache hits) on a cold cache"
+    );
+    let second = gale::plugin::PluginRuntime::new(Some(cache.path().to_path_buf())).unwrap();
+    let _ = pool(&second, &toml);
+    assert_eq!(second.stats(), (0, 2), "a restart must not recompile");
+}
+
+#[test]
+fn weighted_dns_publishes_healthy_members_and_keeps_the_last() {
+    use gale::config::PluginSpec;
+    use gale::plugin::DnsPlugin;
+    use gale::plugin::types::{DnsSnapshot, Member, MemberKind};
+
+    let (rt, _cache) = runtime();
+    let spec = PluginSpec {
+        source: gale::config::PluginSource::Builtin("weighted-dns".into()),
+        settings: vec![],
+        deadline: Duration::from_millis(5),
+        memory_mb: 16,
+    };
+    let dns = DnsPlugin::load(&rt, &spec, "dns").unwrap();
+    let member = |name: &str, address: &str, healthy| Member {
+        name: name.into(),
+        address: address.into(),
+        weight: 50,
+        healthy,
+        kind: MemberKind::Peer,
+    };
+    let mut snapshot = DnsSnapshot {
+        zone: "example.test.".into(),
+        name: "mx.example.test.".into(),
+        ttl: 30,
+        members: vec![member("a", "127.0.0.2", true), member("b", "::1", true)],
+        published: vec![],
+    };
+    let plan = dns.plan(&snapshot).unwrap();
+    assert_eq!(plan.len(), 2);
+    assert_eq!(plan[1].value, "::1");
+    assert_eq!(plan[1].rtype, gale::plugin::types::RecordType::Aaaa);
+
+    snapshot.members[1].healthy = false;
+    let plan = dns.plan(&snapshot).unwrap();
+    assert_eq!(plan.len(), 1);
+    assert_eq!(
+        (plan[0].value.as_str(), plan[0].weight, plan[0].ttl),
+        ("127.0.0.2", 50, 30)
+    );
+
+    snapshot.members[0].healthy = false;
+    snapshot.published = plan.clone();
+    assert_eq!(dns.plan(&snapshot).unwrap(), plan, "the last record stays");
+}
