@@ -370,3 +370,28 @@ fn weighted_dns_publishes_healthy_members_and_keeps_the_last() {
     snapshot.published = plan.clone();
     assert_eq!(dns.plan(&snapshot).unwrap(), plan, "the last record stays");
 }
+
+#[test]
+fn host_imports_reach_the_plugin() {
+    let (rt, _cache) = runtime();
+    let toml = format!(
+        "[listeners.in]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:2525\"\npool = \"p\"\n[pools.p]\nbalancer = {{ path = {:?} }}\n{}",
+        plugin("imports-probe").display(),
+        backends(&[(1, "primary"), (1, "primary"), (1, "primary")])
+    );
+    let (pool, _) = pool(&rt, &toml);
+    for _ in 0..3 {
+        pool.live().enter(0);
+    }
+    pool.live().enter(1);
+    let ctx = sample_context();
+    for _ in 0..10 {
+        let d = pool.select(&ctx);
+        assert_eq!(d.decider, Decider::Plugin, "{d:?}");
+        assert_eq!(d.order, vec![2, 1, 0], "fewest sessions in flight first");
+    }
+    pool.live().leave(0);
+    pool.live().leave(0);
+    pool.live().leave(0);
+    assert_eq!(pool.select(&ctx).order, vec![0, 2, 1]);
+}

@@ -172,7 +172,17 @@ pub trait DnsPolicy: Sized + 'static {
 
 /// Log a message through gale's logger, tagged with this plugin.
 pub fn log(level: Level, message: &str) {
-    host::log(level, message);
+    host::log(level, message, &[]);
+}
+
+/// Log a message with key/value fields, e.g.
+/// `log_with(Level::Info, "picked", &[("backend", "mta-a")])`.
+pub fn log_with(level: Level, message: &str, fields: &[(&str, &str)]) {
+    let fields: Vec<(String, String)> = fields
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    host::log(level, message, &fields);
 }
 
 /// Nanoseconds from a fixed origin; never goes backwards.

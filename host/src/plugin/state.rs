@@ -127,6 +127,19 @@ impl ResourceLimiter for MemoryCap {
     }
 }
 
+/// Cut a plugin-supplied string to [`MAX_LOG_BYTES`].
+fn truncate(mut s: String) -> String {
+    if s.len() > MAX_LOG_BYTES {
+        let mut cut = MAX_LOG_BYTES;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
+}
+
 fn origin() -> Instant {
     static ORIGIN: OnceLock<Instant> = OnceLock::new();
     *ORIGIN.get_or_init(Instant::now)
@@ -135,23 +148,25 @@ fn origin() -> Instant {
 impl types::Host for PluginState {}
 
 impl host::Host for PluginState {
-    fn log(&mut self, level: Level, message: String) {
-        let mut message = message;
-        if message.len() > MAX_LOG_BYTES {
-            let mut cut = MAX_LOG_BYTES;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
+    fn log(&mut self, level: Level, message: String, fields: Vec<(String, String)>) {
+        // Field names are the plugin's, so they cannot become tracing's
+        // static field names; they travel as one `fields` value.
+        let mut fields_text = String::new();
+        for (k, v) in &fields {
+            if !fields_text.is_empty() {
+                fields_text.push(' ');
             }
-            message.truncate(cut);
-            message.push('…');
+            fields_text.push_str(&format!("{k}={v:?}"));
         }
+        let message = truncate(message);
+        let fields = truncate(fields_text);
         let plugin = &*self.plugin;
         match level {
-            Level::Trace => tracing::trace!(target: "gale::plugin", plugin, "{message}"),
-            Level::Debug => tracing::debug!(target: "gale::plugin", plugin, "{message}"),
-            Level::Info => tracing::info!(target: "gale::plugin", plugin, "{message}"),
-            Level::Warn => tracing::warn!(target: "gale::plugin", plugin, "{message}"),
-            Level::Error => tracing::error!(target: "gale::plugin", plugin, "{message}"),
+            Level::Trace => tracing::trace!(target: "gale::plugin", plugin, fields, "{message}"),
+            Level::Debug => tracing::debug!(target: "gale::plugin", plugin, fields, "{message}"),
+            Level::Info => tracing::info!(target: "gale::plugin", plugin, fields, "{message}"),
+            Level::Warn => tracing::warn!(target: "gale::plugin", plugin, fields, "{message}"),
+            Level::Error => tracing::error!(target: "gale::plugin", plugin, fields, "{message}"),
         }
     }
 
