@@ -6,10 +6,16 @@
 //!   deadline and a memory cap.
 //! - [`pool`]: backends, their health, and the decisions over them.
 //! - [`generation`]: one consistent set of config, pools and plugins.
+//! - [`smtp`]: SMTP listeners (retry while holding the client, 421).
+//! - [`health`]: active health probes.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`server`]: binds listeners, starts probes, drains on shutdown.
 
 pub mod config;
 pub mod generation;
+pub mod health;
 pub mod metrics;
 pub mod plugin;
 pub mod pool;
+pub mod server;
+pub mod smtp;

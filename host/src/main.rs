@@ -114,16 +114,15 @@ fn run(path: &Path) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     rt.block_on(async {
         let path = path.to_path_buf();
+        // Compiling plugins is CPU work: keep it off the async workers.
         let (_runtime, generation, _metrics) =
             tokio::task::spawn_blocking(move || load(&path)).await??;
-        tracing::info!(
-            generation = generation.id,
-            pools = generation.pools.len(),
-            listeners = generation.config.listeners.len(),
-            "gale is ready"
-        );
+        let (id, pools) = (generation.id, generation.pools.len());
+        let server = gale::server::Server::start(generation).await?;
+        tracing::info!(generation = id, pools, listeners = ?server.addresses, "gale is ready");
         shutdown_signal().await;
-        tracing::info!("shutting down");
+        tracing::info!("shutting down: no new sessions");
+        server.shutdown().await;
         Ok(())
     })
 }

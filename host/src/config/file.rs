@@ -15,6 +15,9 @@ pub struct FileConfig {
     /// `[plugins]`: runtime-wide plugin limits and the compile cache.
     #[serde(default)]
     pub plugins: PluginsSection,
+    /// `[server]`: process-wide settings.
+    #[serde(default)]
+    pub server: ServerSection,
     /// `[admin]`: the admin/metrics listener.
     pub admin: Option<AdminSection>,
     /// `[listeners.NAME]`.
@@ -23,6 +26,13 @@ pub struct FileConfig {
     /// `[pools.NAME]`.
     #[serde(default)]
     pub pools: BTreeMap<String, PoolSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// `drain_timeout`: how long sessions may run on after SIGTERM/SIGINT.
+    pub drain_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -63,6 +73,16 @@ pub struct ListenerSection {
     pub pool: Spanned<String>,
     /// `hostname`: name used in replies gale writes itself (the SMTP 421).
     pub hostname: Option<String>,
+    /// `max_sessions`: sessions open at once; more wait in the accept queue.
+    pub max_sessions: Option<u32>,
+    /// `max_attempts`: backends tried for one session before 421.
+    pub max_attempts: Option<u32>,
+    /// `connect_timeout`: per backend connection attempt.
+    pub connect_timeout: Option<Spanned<String>>,
+    /// `banner_timeout`: wait for the backend's greeting.
+    pub banner_timeout: Option<Spanned<String>>,
+    /// `idle_timeout`: a session with no bytes either way this long ends.
+    pub idle_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -171,6 +191,20 @@ pub struct BackendSection {
     pub role: Role,
     /// `priority`: explicit tier (0 = first); defaults from `role`.
     pub priority: Option<u32>,
+    /// `proxy_protocol`: "none" (default), "v1" or "v2".
+    #[serde(default)]
+    pub proxy_protocol: ProxyProtocol,
+    /// `max_sessions`: sessions this backend takes at once (maxconn).
+    pub max_sessions: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocol {
+    #[default]
+    None,
+    V1,
+    V2,
 }
 
 fn default_weight() -> u32 {

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use file::{FileConfig, PluginSection};
-pub use file::{ProbeKind, Protocol, Role};
+pub use file::{ProbeKind, Protocol, ProxyProtocol, Role};
 use toml::Spanned;
 
 /// Default CPU deadline of one plugin call.
@@ -29,6 +29,8 @@ pub const DEFAULT_MEMORY_MB: u32 = 64;
 pub struct Config {
     /// The file it was read from.
     pub source: PathBuf,
+    /// Sessions may run this long after a shutdown signal.
+    pub drain_timeout: Duration,
     pub plugins: PluginDefaults,
     pub admin: Option<AdminConfig>,
     pub listeners: Vec<ListenerConfig>,
@@ -60,6 +62,11 @@ pub struct ListenerConfig {
     /// plugins see it in `request-context.listener`.
     pub index_in_pool: u32,
     pub hostname: String,
+    pub max_sessions: u32,
+    pub max_attempts: u32,
+    pub connect_timeout: Duration,
+    pub banner_timeout: Duration,
+    pub idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -118,6 +125,9 @@ pub struct BackendConfig {
     pub weight: u32,
     /// 0 = primary; standby tiers are higher.
     pub priority: u32,
+    pub proxy_protocol: ProxyProtocol,
+    /// At most this many sessions at once (u32::MAX: no limit).
+    pub max_sessions: u32,
 }
 
 /// A configuration that cannot be used, with where and why.
@@ -331,6 +341,8 @@ fn validate(file: FileConfig, path: &Path, errors: &Errors<'_>) -> Result<Config
                     Role::Primary => 0,
                     Role::Standby => 1,
                 }),
+                proxy_protocol: b.proxy_protocol,
+                max_sessions: b.max_sessions.unwrap_or(u32::MAX),
             });
         }
 
@@ -391,11 +403,37 @@ fn validate(file: FileConfig, path: &Path, errors: &Errors<'_>) -> Result<Config
             pool,
             index_in_pool: (served.len() - 1) as u32,
             hostname: l.hostname.clone().unwrap_or_else(|| "gale".to_string()),
+            max_sessions: l.max_sessions.unwrap_or(10_000).max(1),
+            max_attempts: l.max_attempts.unwrap_or(3).max(1),
+            connect_timeout: parse_duration(
+                errors,
+                l.connect_timeout.as_ref(),
+                &format!("{key}.connect_timeout"),
+                Duration::from_secs(3),
+            )?,
+            banner_timeout: parse_duration(
+                errors,
+                l.banner_timeout.as_ref(),
+                &format!("{key}.banner_timeout"),
+                Duration::from_secs(10),
+            )?,
+            idle_timeout: parse_duration(
+                errors,
+                l.idle_timeout.as_ref(),
+                &format!("{key}.idle_timeout"),
+                Duration::from_secs(300),
+            )?,
         });
     }
 
     Ok(Config {
         source: path.to_path_buf(),
+        drain_timeout: parse_duration(
+            errors,
+            file.server.drain_timeout.as_ref(),
+            "server.drain_timeout",
+            Duration::from_secs(30),
+        )?,
         plugins: defaults,
         admin,
         listeners,

@@ -36,6 +36,17 @@ impl LiveCounters {
         self.active.get(id).map_or(0, |a| a.load(Ordering::Relaxed))
     }
 
+    /// Count a session on `id` unless it already has `max`.
+    pub fn try_enter(&self, id: usize, max: u32) -> bool {
+        let Some(a) = self.active.get(id) else {
+            return false;
+        };
+        a.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .is_ok()
+    }
+
     pub fn enter(&self, id: usize) {
         if let Some(a) = self.active.get(id) {
             a.fetch_add(1, Ordering::Relaxed);

@@ -1,0 +1,170 @@
+//! Active health probes: one loop per backend that probes it every
+//! `interval` (bounded by `timeout`) and feeds the result to its pool,
+//! whose health plugin turns results into verdicts. Probes keep running
+//! for unhealthy backends, which is how they come back.
+//!
+//! Owns: probe connections. Does not touch: verdicts (the pool's health
+//! plugin) or sessions.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{ProbeConfig, ProbeKind, ProxyProtocol};
+use crate::generation::Generation;
+use crate::plugin::types::{ProbeResult, ProbeSource};
+use crate::smtp::proxy_header;
+use crate::smtp::reply::read_reply;
+
+/// Start a probe loop for every backend of every pool of `generation`.
+pub fn spawn_probes(
+    generation: &Arc<Generation>,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) {
+    for pool in &generation.pools {
+        let probe = generation
+            .config
+            .pools
+            .iter()
+            .find(|p| p.name == pool.name)
+            .map(|p| p.probe.clone())
+            .expect("every pool has a config");
+        for id in 0..pool.len() {
+            let pool = pool.clone();
+            let probe = probe.clone();
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move {
+                let backend = pool.backend(id).clone();
+                // Spread the first probes over the interval so a large pool
+                // does not probe every backend in the same instant.
+                let offset = probe.interval.mul_f64(id as f64 / pool.len().max(1) as f64);
+                let mut next = tokio::time::Instant::now() + offset;
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep_until(next) => {}
+                    }
+                    let result = probe_once(&probe, backend.address, backend.proxy_protocol).await;
+                    tracing::debug!(pool = %pool.name, backend = %backend.name, ok = result.ok, detail = %result.detail, "probe");
+                    pool.record(id, result);
+                    next += probe.interval;
+                    let now = tokio::time::Instant::now();
+                    if next < now {
+                        next = now;
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// One probe, never longer than `probe.timeout`.
+pub async fn probe_once(
+    probe: &ProbeConfig,
+    address: SocketAddr,
+    proxy: ProxyProtocol,
+) -> ProbeResult {
+    let started = Instant::now();
+    let outcome = timeout(probe.timeout, run_probe(probe, address, proxy)).await;
+    let (ok, code, detail) = match outcome {
+        Err(_) => (false, None, "timeout".to_string()),
+        Ok(Ok(code)) => (true, code, "ok".to_string()),
+        Ok(Err((code, detail))) => (false, code, detail),
+    };
+    ProbeResult {
+        ok,
+        latency_us: started.elapsed().as_micros() as u64,
+        code,
+        detail,
+        source: ProbeSource::Probe,
+    }
+}
+
+type ProbeOutcome = Result<Option<u16>, (Option<u16>, String)>;
+
+async fn run_probe(probe: &ProbeConfig, address: SocketAddr, proxy: ProxyProtocol) -> ProbeOutcome {
+    let mut stream = TcpStream::connect(address)
+        .await
+        .map_err(|e| (None, format!("connect: {}", e.kind())))?;
+    let header = proxy_header::for_probe(proxy);
+    if !header.is_empty() {
+        stream
+            .write_all(&header)
+            .await
+            .map_err(|e| (None, e.to_string()))?;
+    }
+    match probe.kind {
+        ProbeKind::Tcp => Ok(None),
+        ProbeKind::Smtp => smtp_probe(&mut stream, &probe.ehlo).await,
+        ProbeKind::Http => http_probe(&mut stream, probe, address).await,
+    }
+}
+
+/// Banner, EHLO, QUIT: one command at a time, as a polite client does, so
+/// the MTA logs nothing worse than a connect and a QUIT.
+async fn smtp_probe(stream: &mut TcpStream, ehlo: &str) -> ProbeOutcome {
+    let banner = read_reply(stream)
+        .await
+        .map_err(|e| (None, format!("banner: {e}")))?;
+    if banner.code != 220 {
+        return Err((
+            Some(banner.code),
+            format!("banner {:?}", banner.first_line()),
+        ));
+    }
+    stream
+        .write_all(format!("EHLO {ehlo}\r\n").as_bytes())
+        .await
+        .map_err(|e| (Some(220), e.to_string()))?;
+    let reply = read_reply(stream)
+        .await
+        .map_err(|e| (Some(220), format!("EHLO: {e}")))?;
+    if reply.code != 250 {
+        return Err((
+            Some(reply.code),
+            format!("EHLO answered {:?}", reply.first_line()),
+        ));
+    }
+    let _ = stream.write_all(b"QUIT\r\n").await;
+    let _ = timeout(Duration::from_millis(500), read_reply(stream)).await;
+    Ok(Some(220))
+}
+
+/// A minimal HTTP/1.0 request; the status must fall in the expected range.
+async fn http_probe(
+    stream: &mut TcpStream,
+    probe: &ProbeConfig,
+    address: SocketAddr,
+) -> ProbeOutcome {
+    use tokio::io::AsyncReadExt;
+    let request = format!(
+        "{} {} HTTP/1.0\r\nHost: {}\r\nUser-Agent: gale-probe\r\n\r\n",
+        probe.method, probe.path, address
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| (None, e.to_string()))?;
+    let mut buf = [0u8; 64];
+    let n = stream
+        .read(&mut buf)
+        .await
+        .map_err(|e| (None, e.to_string()))?;
+    let line = String::from_utf8_lossy(&buf[..n]);
+    let status: Option<u16> = line
+        .strip_prefix("HTTP/1.")
+        .and_then(|rest| rest.get(2..5))
+        .and_then(|s| s.parse().ok());
+    match status {
+        Some(s) if (probe.expect_status.0..=probe.expect_status.1).contains(&s) => Ok(Some(s)),
+        Some(s) => Err((Some(s), format!("status {s}"))),
+        None => Err((None, "not an HTTP response".into())),
+    }
+}

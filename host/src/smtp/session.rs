@@ -1,0 +1,230 @@
+//! One SMTP session: find a backend that greets with 220 while the client
+//! waits (it has received nothing yet), then join the two streams.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use super::proxy_header;
+use super::reply::{ReplyError, read_reply};
+use crate::config::ListenerConfig;
+use crate::generation::{Generation, ip_address};
+use crate::plugin::types::{ProbeResult, ProbeSource, Protocol, RequestContext};
+use crate::pool::Pool;
+
+/// Why a backend could not take the session.
+#[derive(Debug)]
+enum Attempt {
+    Full,
+    Connect(String),
+    ConnectTimeout,
+    BannerTimeout,
+    Greeting(ReplyError),
+    Refused(u16, String),
+}
+
+impl Attempt {
+    fn describe(&self) -> String {
+        match self {
+            Attempt::Full => "at max_sessions".into(),
+            Attempt::Connect(e) => format!("connect: {e}"),
+            Attempt::ConnectTimeout => "connect timeout".into(),
+            Attempt::BannerTimeout => "no greeting (timeout)".into(),
+            Attempt::Greeting(e) => format!("greeting: {e}"),
+            Attempt::Refused(_, line) => format!("greeted {line:?}"),
+        }
+    }
+
+    fn code(&self) -> Option<u16> {
+        match self {
+            Attempt::Refused(code, _) => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// The 421 a client gets when no backend can take its session: the
+/// sending MTA defers the message and retries later.
+pub fn unavailable_reply(hostname: &str) -> String {
+    format!("421 4.3.2 {hostname} Service temporarily unavailable, try again later\r\n")
+}
+
+pub async fn run(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    generation: Arc<Generation>,
+    listener: usize,
+) {
+    let started = Instant::now();
+    let l: &ListenerConfig = &generation.config.listeners[listener];
+    let pool: &Arc<Pool> = &generation.pools[l.pool];
+    let ctx = RequestContext {
+        protocol: Protocol::Smtp,
+        listener: l.index_in_pool,
+        client_ip: ip_address(peer.ip()),
+        client_port: peer.port(),
+        http: None,
+    };
+    let decision = pool.select(&ctx);
+    let mut tried = String::new();
+    for &id in decision.order.iter().take(l.max_attempts as usize) {
+        let id = id as usize;
+        let backend = pool.backend(id);
+        if !pool.live().try_enter(id, backend.max_sessions) {
+            let _ = write!(tried, "{}: {}; ", backend.name, Attempt::Full.describe());
+            continue;
+        }
+        let attempt_started = Instant::now();
+        match connect_and_greet(l, backend.address, backend.proxy_protocol, peer, local).await {
+            Ok((mut upstream, greeting)) => {
+                let greet_ms = attempt_started.elapsed().as_millis();
+                let _ = write!(tried, "{}: 220 in {greet_ms}ms", backend.name);
+                let outcome = join(&mut client, &mut upstream, &greeting, l.idle_timeout).await;
+                pool.live().leave(id);
+                let (up, down, end) = match outcome {
+                    Ok((up, down)) => (up, down, "closed".to_string()),
+                    Err((up, down, e)) => (up, down, e),
+                };
+                tracing::info!(
+                    listener = %l.name,
+                    client = %peer,
+                    backend = %backend.name,
+                    tried = %tried,
+                    bytes_up = up,
+                    bytes_down = down,
+                    duration_ms = started.elapsed().as_millis() as u64,
+                    end = %end,
+                    "smtp session"
+                );
+                return;
+            }
+            Err(failure) => {
+                pool.live().leave(id);
+                let latency = attempt_started.elapsed();
+                let _ = write!(
+                    tried,
+                    "{}: {} in {}ms; ",
+                    backend.name,
+                    failure.describe(),
+                    latency.as_millis()
+                );
+                // Live traffic counts as a health result, so a dead backend
+                // leaves the pool before its next probe.
+                pool.record(
+                    id,
+                    ProbeResult {
+                        ok: false,
+                        latency_us: latency.as_micros() as u64,
+                        code: failure.code(),
+                        detail: failure.describe(),
+                        source: ProbeSource::Traffic,
+                    },
+                );
+            }
+        }
+    }
+    let reply = unavailable_reply(&l.hostname);
+    let sent = timeout(Duration::from_secs(5), async {
+        client.write_all(reply.as_bytes()).await?;
+        client.shutdown().await
+    })
+    .await;
+    tracing::warn!(
+        listener = %l.name,
+        client = %peer,
+        tried = %tried,
+        duration_ms = started.elapsed().as_millis() as u64,
+        end = if matches!(sent, Ok(Ok(()))) { "deferred with 421" } else { "421 not delivered" },
+        "smtp session: no backend could take it"
+    );
+}
+
+async fn connect_and_greet(
+    l: &ListenerConfig,
+    address: SocketAddr,
+    proxy: crate::config::ProxyProtocol,
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> Result<(TcpStream, super::reply::Reply), Attempt> {
+    let mut upstream = match timeout(l.connect_timeout, TcpStream::connect(address)).await {
+        Err(_) => return Err(Attempt::ConnectTimeout),
+        Ok(Err(e)) => return Err(Attempt::Connect(e.kind().to_string())),
+        Ok(Ok(s)) => s,
+    };
+    let _ = upstream.set_nodelay(true);
+    let header = proxy_header::for_client(proxy, peer, local);
+    if !header.is_empty() {
+        upstream
+            .write_all(&header)
+            .await
+            .map_err(|e| Attempt::Connect(e.to_string()))?;
+    }
+    let greeting = match timeout(l.banner_timeout, read_reply(&mut upstream)).await {
+        Err(_) => return Err(Attempt::BannerTimeout),
+        Ok(Err(e)) => return Err(Attempt::Greeting(e)),
+        Ok(Ok(r)) => r,
+    };
+    if greeting.code != 220 {
+        return Err(Attempt::Refused(greeting.code, greeting.first_line()));
+    }
+    Ok((upstream, greeting))
+}
+
+/// Forward the greeting, then copy both ways until both sides close or
+/// nothing moves for `idle`. Returns bytes client→backend and back.
+async fn join(
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
+    greeting: &super::reply::Reply,
+    idle: Duration,
+) -> Result<(u64, u64), (u64, u64, String)> {
+    let mut down = (greeting.raw.len() + greeting.rest.len()) as u64;
+    if let Err(e) = async {
+        client.write_all(&greeting.raw).await?;
+        client.write_all(&greeting.rest).await
+    }
+    .await
+    {
+        return Err((0, 0, format!("client write: {e}")));
+    }
+    let mut up = 0u64;
+    let (mut cr, mut cw) = client.split();
+    let (mut ur, mut uw) = upstream.split();
+    let mut cbuf = vec![0u8; 16 * 1024];
+    let mut ubuf = vec![0u8; 16 * 1024];
+    let (mut client_open, mut upstream_open) = (true, true);
+    while client_open || upstream_open {
+        tokio::select! {
+            r = cr.read(&mut cbuf), if client_open => match r {
+                Ok(0) | Err(_) => {
+                    client_open = false;
+                    let _ = uw.shutdown().await;
+                }
+                Ok(n) => {
+                    uw.write_all(&cbuf[..n]).await.map_err(|e| (up, down, format!("backend write: {e}")))?;
+                    up += n as u64;
+                }
+            },
+            r = ur.read(&mut ubuf), if upstream_open => match r {
+                Ok(0) | Err(_) => {
+                    upstream_open = false;
+                    let _ = cw.shutdown().await;
+                }
+                Ok(n) => {
+                    cw.write_all(&ubuf[..n]).await.map_err(|e| (up, down, format!("client write: {e}")))?;
+                    down += n as u64;
+                }
+            },
+            _ = tokio::time::sleep(idle) => {
+                return Err((up, down, "idle timeout".into()));
+            }
+        }
+    }
+    Ok((up, down))
+}

@@ -1,0 +1,249 @@
+//! SMTP balancing end to end through gale's server on 127.0.0.1:0, with
+//! in-test backends that refuse, greet 421, never greet or talk garbage.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use gale::generation::Generation;
+use gale::server::Server;
+use support::smtp::{Backend, Behaviour, Client, closed_port};
+
+struct BackendSpec {
+    address: std::net::SocketAddr,
+    role: &'static str,
+    proxy: &'static str,
+}
+
+fn spec(address: std::net::SocketAddr) -> BackendSpec {
+    BackendSpec {
+        address,
+        role: "primary",
+        proxy: "none",
+    }
+}
+
+async fn start(backends: &[BackendSpec], extra_pool: &str) -> Server {
+    let mut toml = String::from(
+        "[server]\ndrain_timeout = \"10s\"\n\
+         [listeners.in]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\npool = \"mta\"\n\
+         hostname = \"gale.test\"\nbanner_timeout = \"300ms\"\nconnect_timeout = \"300ms\"\nmax_attempts = 5\n\
+         [pools.mta]\n",
+    );
+    toml.push_str(extra_pool);
+    toml.push_str(
+        "\n[pools.mta.probe]\nkind = \"smtp\"\ninterval = \"200ms\"\ntimeout = \"300ms\"\n",
+    );
+    for (i, b) in backends.iter().enumerate() {
+        toml.push_str(&format!(
+            "[[pools.mta.backends]]\nname = \"b{i}\"\naddress = \"{}\"\nrole = \"{}\"\nproxy_protocol = \"{}\"\n",
+            b.address, b.role, b.proxy
+        ));
+    }
+    let config = support::config(&toml);
+    let (runtime, _cache) = support::runtime();
+    let generation = Generation::build(1, &runtime, config, &Default::default()).unwrap();
+    Server::start(generation).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_backends_are_skipped_while_the_client_waits() {
+    let good = Backend::start(Behaviour::Sink).await;
+    let busy = Backend::start(Behaviour::Busy).await;
+    let silent = Backend::start(Behaviour::Silent).await;
+    let garbage = Backend::start(Behaviour::Garbage).await;
+    let refused = closed_port().await;
+    let server = start(
+        &[
+            spec(refused),
+            spec(busy.address),
+            spec(silent.address),
+            spec(garbage.address),
+            spec(good.address),
+        ],
+        "",
+    )
+    .await;
+    let addr = server.address("in").unwrap();
+    for i in 0..20 {
+        let mut c = Client::connect(addr).await;
+        let greeting = c.reply().await;
+        assert_eq!(
+            greeting,
+            vec!["220-sink.test ESMTP", "220 ready"],
+            "session {i}: multi-line greeting intact"
+        );
+        assert!(c.send_mail().await.starts_with("250"), "session {i}");
+        assert_eq!(c.command("QUIT").await[0], "221 bye");
+    }
+    assert_eq!(
+        good.messages.load(Ordering::SeqCst),
+        20,
+        "every message reached the good backend"
+    );
+    // Live-traffic failures took the bad backends out (fall 3).
+    let generation = server.current.load_full();
+    let pool = &generation.pools[0];
+    for (id, name) in [(0, "refused"), (1, "421"), (2, "silent"), (3, "garbage")] {
+        assert!(!pool.is_healthy(id), "{name} backend still in rotation");
+    }
+    assert!(pool.is_healthy(4));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_backend_means_421_and_a_clean_close() {
+    let busy = Backend::start(Behaviour::Busy).await;
+    let refused = closed_port().await;
+    let server = start(&[spec(refused), spec(busy.address)], "").await;
+    let addr = server.address("in").unwrap();
+    for _ in 0..5 {
+        let mut c = Client::connect(addr).await;
+        assert_eq!(
+            c.reply().await,
+            vec!["421 4.3.2 gale.test Service temporarily unavailable, try again later"]
+        );
+        assert!(c.closed().await, "gale must close after the 421");
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_headers_carry_the_client_address() {
+    let v1 = Backend::start_on("127.0.0.1:0".parse().unwrap(), Behaviour::Sink, Some(1)).await;
+    let v2 = Backend::start_on("127.0.0.1:0".parse().unwrap(), Behaviour::Sink, Some(2)).await;
+    let backends = [
+        BackendSpec {
+            address: v1.address,
+            role: "primary",
+            proxy: "v1",
+        },
+        BackendSpec {
+            address: v2.address,
+            role: "standby",
+            proxy: "v2",
+        },
+    ];
+    let server = start(&backends, "balancer = { builtin = \"failover\" }").await;
+    let addr = server.address("in").unwrap();
+    let mut c = Client::connect(addr).await;
+    c.reply().await;
+    assert!(c.send_mail().await.starts_with("250"));
+    let expected = format!(
+        "PROXY TCP4 127.0.0.1 127.0.0.1 {} {}\r\n",
+        c.local.port(),
+        addr.port()
+    );
+    let headers = v1.proxy_headers.lock().unwrap().clone();
+    assert!(
+        headers.iter().any(|h| h == expected.as_bytes()),
+        "no PROXY v1 header with the client's address {expected:?} in {headers:?}"
+    );
+    // Probes send the address-less forms and are not counted as clients.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let probes = v1
+                .proxy_headers
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|h| h.as_slice() == b"PROXY UNKNOWN\r\n")
+                .count();
+            let locals = v2
+                .proxy_headers
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|h| h[12] == 0x20)
+                .count();
+            if probes > 0 && locals > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("probes with UNKNOWN (v1) and LOCAL (v2) headers");
+    drop(c);
+    assert_eq!(server.shutdown().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_backend_returns_when_it_recovers() {
+    let spare = closed_port().await;
+    let good = Backend::start(Behaviour::Sink).await;
+    let server = start(&[spec(spare), spec(good.address)], "").await;
+    let generation = server.current.load_full();
+    let pool = generation.pools[0].clone();
+    // Probes every 200 ms, fall 3: out within about a second.
+    wait_for(
+        || !pool.is_healthy(0),
+        Duration::from_secs(5),
+        "dead backend leaves",
+    )
+    .await;
+    let revived = Backend::start_on(spare, Behaviour::Sink, None).await;
+    // rise 2 at 200 ms: back within interval × rise + one interval.
+    let started = std::time::Instant::now();
+    wait_for(
+        || pool.is_healthy(0),
+        Duration::from_secs(5),
+        "recovered backend returns",
+    )
+    .await;
+    assert!(
+        started.elapsed() <= Duration::from_millis(200 * 3 + 300),
+        "took {:?}",
+        started.elapsed()
+    );
+    let addr = server.address("in").unwrap();
+    for _ in 0..4 {
+        let mut c = Client::connect(addr).await;
+        c.reply().await;
+        assert!(c.send_mail().await.starts_with("250"));
+    }
+    assert!(
+        revived.messages.load(Ordering::SeqCst) >= 1,
+        "the revived backend takes sessions again"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_a_session_in_data_finish() {
+    let good = Backend::start(Behaviour::Sink).await;
+    let server = start(&[spec(good.address)], "").await;
+    let addr = server.address("in").unwrap();
+    let mut c = Client::connect(addr).await;
+    c.reply().await;
+    c.command("EHLO client.test").await;
+    c.command("MAIL FROM:<a@client.test>").await;
+    c.command("RCPT TO:<b@sink.test>").await;
+    assert!(c.command("DATA").await[0].starts_with("354"));
+    c.send_raw("Subject: half\r\n\r\nfirst half\r\n").await;
+    let shutdown = tokio::spawn(server.shutdown());
+    // New sessions are refused at the socket once accepting stops.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still accepting after shutdown"
+    );
+    let end = c.command("second half\r\n.").await;
+    assert_eq!(end[0], "250 2.0.0 queued");
+    assert_eq!(c.command("QUIT").await[0], "221 bye");
+    drop(c);
+    assert_eq!(shutdown.await.unwrap(), 0, "no session was cut");
+    assert_eq!(good.messages.load(Ordering::SeqCst), 1);
+}
+
+async fn wait_for(mut cond: impl FnMut() -> bool, limit: Duration, what: &str) {
+    let deadline = std::time::Instant::now() + limit;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
