@@ -9,9 +9,11 @@
 //! - [`smtp`]: SMTP listeners (retry while holding the client, 421).
 //! - [`health`]: active health probes.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`demo`]: in-process demo backends for `gale demo`.
 //! - [`server`]: binds listeners, starts probes, drains on shutdown.
 
 pub mod config;
+pub mod demo;
 pub mod generation;
 pub mod health;
 pub mod metrics;

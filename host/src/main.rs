@@ -29,6 +29,14 @@ enum Command {
         #[arg(short, long, default_value = "config/gale.toml")]
         config: PathBuf,
     },
+    /// Run gale on the shipped config with demo SMTP backends started in
+    /// the same process (in-memory sinks; one goes down and comes back
+    /// every 10 s). Send mail with
+    /// `swaks --server 127.0.0.1:2525 --to you@example.test` and watch the log.
+    Demo {
+        #[arg(short, long, default_value = "config/gale.toml")]
+        config: PathBuf,
+    },
     /// Validate a config and load every plugin it names, then exit:
     /// 0 when gale would start with it, 1 with the reason otherwise.
     Check {
@@ -47,7 +55,8 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config } => run(&config),
+        Command::Run { config } => run(&config, false),
+        Command::Demo { config } => run(&config, true),
         Command::Check { config } => check(&config),
     };
     match result {
@@ -107,7 +116,7 @@ fn check(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(path: &Path) -> anyhow::Result<()> {
+fn run(path: &Path, demo: bool) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -118,11 +127,18 @@ fn run(path: &Path) -> anyhow::Result<()> {
         let (_runtime, generation, _metrics) =
             tokio::task::spawn_blocking(move || load(&path)).await??;
         let (id, pools) = (generation.id, generation.pools.len());
+        let demo_stop = tokio_util::sync::CancellationToken::new();
+        if demo {
+            let config = generation.config.clone();
+            let stop = demo_stop.clone();
+            tokio::spawn(async move { gale::demo::run_backends(&config, stop).await });
+        }
         let server = gale::server::Server::start(generation).await?;
         tracing::info!(generation = id, pools, listeners = ?server.addresses, "gale is ready");
         shutdown_signal().await;
         tracing::info!("shutting down: no new sessions");
         server.shutdown().await;
+        demo_stop.cancel();
         Ok(())
     })
 }
