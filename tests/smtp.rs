@@ -140,7 +140,8 @@ async fn proxy_headers_carry_the_client_address() {
         headers.iter().any(|h| h == expected.as_bytes()),
         "no PROXY v1 header with the client's address {expected:?} in {headers:?}"
     );
-    // Probes send the address-less forms and are not counted as clients.
+    // Probes send headers too (v1 with the probe's own addresses, v2
+    // LOCAL), so the MTA never waits for one.
     tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             let probes = v1
@@ -148,7 +149,7 @@ async fn proxy_headers_carry_the_client_address() {
                 .lock()
                 .unwrap()
                 .iter()
-                .filter(|h| h.as_slice() == b"PROXY UNKNOWN\r\n")
+                .filter(|h| h.as_slice() != expected.as_bytes())
                 .count();
             let locals = v2
                 .proxy_headers
@@ -164,7 +165,7 @@ async fn proxy_headers_carry_the_client_address() {
         }
     })
     .await
-    .expect("probes with UNKNOWN (v1) and LOCAL (v2) headers");
+    .expect("probes with PROXY v1 and v2 LOCAL headers");
     drop(c);
     assert_eq!(server.shutdown().await, 0);
 }
@@ -246,4 +247,72 @@ async fn wait_for(mut cond: impl FnMut() -> bool, limit: Duration, what: &str) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standby_takes_sessions_only_while_every_primary_is_down() {
+    let primary = Backend::start(Behaviour::Sink).await;
+    let primary_addr = primary.address;
+    let standby = Backend::start(Behaviour::Sink).await;
+    let backends = [
+        BackendSpec {
+            address: primary_addr,
+            role: "primary",
+            proxy: "none",
+        },
+        BackendSpec {
+            address: standby.address,
+            role: "standby",
+            proxy: "none",
+        },
+    ];
+    let server = start(&backends, "balancer = { builtin = \"failover\" }").await;
+    let addr = server.address("in").unwrap();
+    let send = |n: usize| async move {
+        for _ in 0..n {
+            let mut c = Client::connect(addr).await;
+            assert!(c.reply().await.last().unwrap().starts_with("220"));
+            assert!(c.send_mail().await.starts_with("250"));
+            c.command("QUIT").await;
+        }
+    };
+    send(10).await;
+    assert_eq!(primary.messages.load(Ordering::SeqCst), 10);
+    assert_eq!(
+        standby.messages.load(Ordering::SeqCst),
+        0,
+        "standby took sessions while the primary was up"
+    );
+
+    drop(primary);
+    send(10).await;
+    assert_eq!(
+        standby.messages.load(Ordering::SeqCst),
+        10,
+        "every session failed over, none lost"
+    );
+    let generation = server.current.load_full();
+    let pool = generation.pools[0].clone();
+    wait_for(
+        || !pool.is_healthy(0),
+        Duration::from_secs(5),
+        "primary leaves",
+    )
+    .await;
+
+    let revived = Backend::start_on(primary_addr, Behaviour::Sink, None).await;
+    wait_for(
+        || pool.is_healthy(0),
+        Duration::from_secs(5),
+        "primary returns",
+    )
+    .await;
+    send(10).await;
+    assert_eq!(
+        revived.messages.load(Ordering::SeqCst),
+        10,
+        "traffic back on the primary"
+    );
+    assert_eq!(standby.messages.load(Ordering::SeqCst), 10);
+    assert_eq!(server.shutdown().await, 0);
 }

@@ -40,6 +40,9 @@ impl Server {
                 .await
                 .with_context(|| format!("listener {}: cannot bind {}", l.name, l.address))?;
             let bound = socket.local_addr()?;
+            // Logged before "gale is ready": tests and scripts read the port
+            // the kernel chose from this line.
+            tracing::info!(listener = %l.name, address = %bound, protocol = ?l.protocol, "listening");
             addresses.push((l.name.clone(), bound));
             match l.protocol {
                 Protocol::Smtp => {

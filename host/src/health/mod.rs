@@ -93,7 +93,8 @@ async fn run_probe(probe: &ProbeConfig, address: SocketAddr, proxy: ProxyProtoco
     let mut stream = TcpStream::connect(address)
         .await
         .map_err(|e| (None, format!("connect: {}", e.kind())))?;
-    let header = proxy_header::for_probe(proxy);
+    let local = stream.local_addr().map_err(|e| (None, e.to_string()))?;
+    let header = proxy_header::for_probe(proxy, local, address);
     if !header.is_empty() {
         stream
             .write_all(&header)

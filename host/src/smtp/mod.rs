@@ -43,8 +43,6 @@ pub async fn serve(
             .map_or(1, |l| l.max_sessions as usize)
     };
     let slots = Arc::new(Semaphore::new(max));
-    let local = listener.local_addr().ok();
-    tracing::info!(listener = %name, address = ?local, "smtp listener ready");
     loop {
         // Past max_sessions, stop accepting: clients wait in the kernel's
         // backlog instead of being accepted and starved.

@@ -1,7 +1,8 @@
 //! PROXY protocol headers (HAProxy's spec, via the `ppp` crate) that carry
-//! the client's address to backends that expect them. Health probes send
-//! the address-less form (v1 `UNKNOWN`, v2 `LOCAL`) so the MTA neither
-//! waits for a header nor logs a probe as a client.
+//! the client's address to backends that expect them. Health probes send a
+//! header too, so the MTA does not wait for one: v2 `LOCAL` (no address),
+//! and for v1 the probe connection's own addresses, since Postfix rejects
+//! the v1 `UNKNOWN` form.
 
 use std::net::SocketAddr;
 
@@ -40,11 +41,12 @@ pub fn for_client(kind: ProxyProtocol, client: SocketAddr, local: SocketAddr) ->
     }
 }
 
-/// The header for a connection made on gale's own behalf (health probe).
-pub fn for_probe(kind: ProxyProtocol) -> Vec<u8> {
+/// The header for a connection made on gale's own behalf (health probe)
+/// from `local` to `backend`.
+pub fn for_probe(kind: ProxyProtocol, local: SocketAddr, backend: SocketAddr) -> Vec<u8> {
     match kind {
         ProxyProtocol::None => Vec::new(),
-        ProxyProtocol::V1 => b"PROXY UNKNOWN\r\n".to_vec(),
+        ProxyProtocol::V1 => for_client(kind, local, backend),
         ProxyProtocol::V2 => v2::Builder::with_addresses(
             v2::Version::Two | v2::Command::Local,
             v2::Protocol::Unspecified,
@@ -80,7 +82,7 @@ mod tests {
         let v2 = for_client(ProxyProtocol::V2, client, local);
         let parsed = ppp::v2::Header::try_from(&v2[..]).unwrap();
         assert_eq!(parsed.addresses, ppp::v2::Addresses::from((client, local)));
-        let local_probe = for_probe(ProxyProtocol::V2);
+        let local_probe = for_probe(ProxyProtocol::V2, local, client);
         let parsed = ppp::v2::Header::try_from(&local_probe[..]).unwrap();
         assert_eq!(parsed.command, ppp::v2::Command::Local);
         assert!(for_client(ProxyProtocol::None, client, local).is_empty());

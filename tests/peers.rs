@@ -1,0 +1,259 @@
+//! gale against real peers from Debian: Postfix as the backend MTA (PROXY
+//! protocol), swaks and smtp-source as clients, smtp-sink as fast backends.
+//! `tests/run` installs them.
+
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::process::{Gale, Postfix, SmtpSink, free_port, require, signal};
+use support::smtp::{Backend, Behaviour, Client};
+
+fn config(backends: &[(String, &str)], pool_extra: &str) -> String {
+    let mut toml = String::from(
+        "[server]\ndrain_timeout = \"20s\"\n\
+         [listeners.in]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\npool = \"mta\"\nhostname = \"gale.test\"\n\
+         banner_timeout = \"500ms\"\nconnect_timeout = \"500ms\"\nmax_attempts = 6\n\
+         [pools.mta]\n",
+    );
+    toml.push_str(pool_extra);
+    toml.push_str(
+        "\n[pools.mta.probe]\nkind = \"smtp\"\ninterval = \"300ms\"\ntimeout = \"500ms\"\n",
+    );
+    for (i, (address, proxy)) in backends.iter().enumerate() {
+        toml.push_str(&format!(
+            "[[pools.mta.backends]]\nname = \"b{i}\"\naddress = \"{address}\"\nproxy_protocol = \"{proxy}\"\n"
+        ));
+    }
+    toml
+}
+
+#[test]
+fn postfix_accepts_mail_and_logs_the_real_client_address() {
+    let postfix = Postfix::start();
+    for (proxy, client_ip) in [("v2", "127.0.0.2"), ("v1", "127.0.0.3")] {
+        let gale = Gale::start(&config(&[(postfix.address.to_string(), proxy)], ""));
+        let out = Command::new(require("swaks"))
+            .args(["--server", &gale.address("in").to_string()])
+            .args(["--local-interface", client_ip])
+            .args([
+                "--from",
+                "sender@client.test",
+                "--to",
+                &format!("rcpt-{proxy}@example.test"),
+            ])
+            .output()
+            .unwrap();
+        let transcript = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "swaks failed through gale ({proxy}):\n{transcript}"
+        );
+        let queued = transcript
+            .lines()
+            .find(|l| l.contains("250 2.0.0 Ok: queued as"))
+            .unwrap_or_else(|| panic!("no queue id in:\n{transcript}"));
+        let queue_id = queued.rsplit(' ').next().unwrap();
+        // Postfix saw the client's own address, carried by the PROXY header.
+        postfix.wait_log(
+            &[queue_id, &format!("client=unknown[{client_ip}]")],
+            Duration::from_secs(10),
+        );
+        postfix.wait_log(
+            &[
+                queue_id,
+                &format!("to=<rcpt-{proxy}@example.test>"),
+                "status=sent",
+            ],
+            Duration::from_secs(10),
+        );
+    }
+    // Probes (EHLO/QUIT over PROXY LOCAL/UNKNOWN) left no errors behind.
+    let log = postfix.maillog();
+    for bad in [
+        "improper command pipelining",
+        "lost connection",
+        "haproxy read: time limit exceeded",
+        "warning",
+    ] {
+        assert!(!log.contains(bad), "postfix logged {bad:?}:\n{log}");
+    }
+}
+
+#[test]
+fn smtp_source_sees_no_errors_while_bad_backends_are_skipped() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (busy, silent) = rt.block_on(async {
+        (
+            Backend::start(Behaviour::Busy).await,
+            Backend::start(Behaviour::Silent).await,
+        )
+    });
+    let closed = format!("127.0.0.1:{}", free_port());
+    let sink_a = SmtpSink::start(free_port());
+    let sink_b = SmtpSink::start(free_port());
+    let gale = Gale::start(&config(
+        &[
+            (closed, "none"),
+            (busy.address.to_string(), "none"),
+            (silent.address.to_string(), "none"),
+            (sink_a.address.to_string(), "none"),
+            (sink_b.address.to_string(), "none"),
+        ],
+        "",
+    ));
+    let messages = 300;
+    let out = Command::new(require("smtp-source"))
+        .args([
+            "-s",
+            "10",
+            "-m",
+            &messages.to_string(),
+            "-f",
+            "a@client.test",
+            "-t",
+            "b@example.test",
+        ])
+        .arg(gale.address("in").to_string())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.trim().is_empty(),
+        "smtp-source reported errors:\n{stderr}"
+    );
+    // A session's line is written once both sides have closed, just
+    // after smtp-source exits.
+    let sessions = gale.wait_count("smtp session listener=in", messages, Duration::from_secs(5));
+    assert_eq!(sessions.len(), messages, "one session per message");
+    for s in &sessions {
+        assert!(
+            s.contains("backend=b3") || s.contains("backend=b4"),
+            "a session landed elsewhere: {s}"
+        );
+    }
+    assert!(
+        gale.log_lines("421 not delivered").is_empty()
+            && gale.log_lines("deferred with 421").is_empty()
+    );
+}
+
+#[test]
+fn a_killed_backend_costs_no_new_session_and_returns_after_restart() {
+    let port_a = free_port();
+    let mut sink_a = SmtpSink::start(port_a);
+    let sink_b = SmtpSink::start(free_port());
+    let gale = Gale::start(&config(
+        &[
+            (sink_a.address.to_string(), "none"),
+            (sink_b.address.to_string(), "none"),
+        ],
+        "health = { builtin = \"threshold-health\", settings = { rise = 2, fall = 3 } }",
+    ));
+    let addr = gale.address("in");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // Bounded load: 4 clients, 6 s, one message per session.
+    let kill_at = Duration::from_secs(2);
+    let started = Instant::now();
+    let failures = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            tasks.push(tokio::spawn(async move {
+                let mut failed_after_kill = Vec::new();
+                let mut sessions = 0;
+                while started.elapsed() < Duration::from_secs(6) {
+                    let began = started.elapsed();
+                    // Its own task: a session cut by the kill panics in the
+                    // client, which counts as a failed session.
+                    let outcome =
+                        tokio::spawn(tokio::time::timeout(Duration::from_secs(5), async move {
+                            let mut c = Client::connect(addr).await;
+                            let greeting = c.reply().await;
+                            assert!(greeting.last().unwrap().starts_with("220"), "{greeting:?}");
+                            c.send_mail().await
+                        }))
+                        .await;
+                    sessions += 1;
+                    let ok = matches!(&outcome, Ok(Ok(r)) if r.starts_with("250"));
+                    // Sessions begun before the kill may have been on the killed
+                    // backend; every later one must succeed.
+                    if !ok && began > kill_at + Duration::from_millis(50) {
+                        failed_after_kill.push(format!("{began:?}: {outcome:?}"));
+                    }
+                }
+                (sessions, failed_after_kill)
+            }));
+        }
+        tokio::time::sleep(kill_at.saturating_sub(started.elapsed())).await;
+        signal(sink_a.child.id(), "KILL");
+        let mut all = Vec::new();
+        let mut total = 0;
+        for t in tasks {
+            let (n, f) = t.await.unwrap();
+            total += n;
+            all.extend(f);
+        }
+        assert!(total > 100, "only {total} sessions in the load");
+        all
+    });
+    assert!(
+        failures.is_empty(),
+        "new sessions failed after the kill: {failures:?}"
+    );
+    gale.wait_log(
+        "backend left rotation pool=mta backend=b0",
+        Duration::from_secs(5),
+    );
+
+    let _ = sink_a.child.wait();
+    let restarted = Instant::now();
+    sink_a = SmtpSink::start(port_a);
+    gale.wait_log(
+        "backend is back in rotation pool=mta backend=b0",
+        Duration::from_secs(5),
+    );
+    // interval 300 ms × rise 2, plus one interval.
+    assert!(
+        restarted.elapsed() <= Duration::from_millis(300 * 3 + 200),
+        "took {:?}",
+        restarted.elapsed()
+    );
+    drop(sink_a);
+}
+
+#[test]
+fn sigterm_drains_a_session_in_the_middle_of_data() {
+    let sink = SmtpSink::start(free_port());
+    let mut gale = Gale::start(&config(&[(sink.address.to_string(), "none")], ""));
+    let addr = gale.address("in");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut c = Client::connect(addr).await;
+        c.reply().await;
+        c.command("EHLO client.test").await;
+        c.command("MAIL FROM:<a@client.test>").await;
+        c.command("RCPT TO:<b@example.test>").await;
+        assert!(c.command("DATA").await[0].starts_with("354"));
+        c.send_raw("Subject: drain\r\n\r\nfirst half\r\n").await;
+        signal(gale.child.id(), "TERM");
+        gale_wait_log_async(&gale, "shutting down").await;
+        assert!(
+            tokio::net::TcpStream::connect(addr).await.is_err(),
+            "accepting after SIGTERM"
+        );
+        let end = c.command("second half\r\n.").await;
+        assert!(end[0].starts_with("250"), "{end:?}");
+        assert!(c.command("QUIT").await[0].starts_with("221"));
+    });
+    let status = gale.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "gale must exit 0 after draining");
+}
+
+async fn gale_wait_log_async(gale: &Gale, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gale.log_lines(needle).is_empty() {
+        assert!(Instant::now() < deadline, "no {needle:?} in gale's log");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

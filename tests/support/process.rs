@@ -1,0 +1,313 @@
+//! Real processes under test: the `gale` binary (bound ports read from its
+//! `listening` log lines), Postfix instances in a temp dir, `smtp-sink`.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Fail with the install hint if a Debian peer is missing.
+pub fn require(tool: &str) -> PathBuf {
+    for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
+        let p = Path::new(dir).join(tool);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{tool} is not installed: run tests/run (it installs postfix, swaks and haproxy)");
+}
+
+/// A port on 127.0.0.1 that was free a moment ago, for peers (Postfix,
+/// smtp-sink) that cannot report the port they bound.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Wait until something accepts on `addr`.
+pub fn wait_listening(addr: SocketAddr, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not start listening on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success(), "kill -{sig} {pid}");
+}
+
+/// The gale binary running a config.
+pub struct Gale {
+    pub child: Child,
+    pub log: Arc<Mutex<Vec<String>>>,
+    pub listeners: Vec<(String, SocketAddr)>,
+    _dir: tempfile::TempDir,
+}
+
+impl Gale {
+    /// Start `gale run` on `toml` and wait until every listener is bound.
+    pub fn start(toml: &str) -> Gale {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("gale.toml");
+        std::fs::write(&config, toml).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gale"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("GALE_CACHE_DIR", dir.path().join("cache"))
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("gale is ready") || line.starts_with("gale: ") {
+                    let _ = tx.send(line.clone());
+                }
+                sink.lock().unwrap().push(line);
+            }
+            let _ = tx.send(String::new());
+        });
+        let ready = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("gale did not start in 60 s");
+        assert!(
+            ready.contains("gale is ready"),
+            "gale failed to start: {ready}\n{:?}",
+            log.lock().unwrap()
+        );
+        let listeners = log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(" listening "))
+            .map(|l| {
+                let field = |k: &str| {
+                    l.split_whitespace()
+                        .find_map(|w| w.strip_prefix(k))
+                        .unwrap_or_else(|| panic!("no {k} in {l}"))
+                        .to_string()
+                };
+                (field("listener="), field("address=").parse().unwrap())
+            })
+            .collect();
+        Gale {
+            child,
+            log,
+            listeners,
+            _dir: dir,
+        }
+    }
+
+    pub fn address(&self, name: &str) -> SocketAddr {
+        self.listeners
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+            .expect("listener")
+    }
+
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
+    }
+
+    /// Wait until `n` log lines contain `needle`; returns them.
+    pub fn wait_count(&self, needle: &str, n: usize, limit: Duration) -> Vec<String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let lines = self.log_lines(needle);
+            if lines.len() >= n || Instant::now() >= deadline {
+                return lines;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Wait until a log line containing `needle` appears.
+    pub fn wait_log(&self, needle: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(l) = self.log_lines(needle).into_iter().next() {
+                return l;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {needle:?} within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Gale {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `smtp-sink` on 127.0.0.1:`port`.
+pub struct SmtpSink {
+    pub child: Child,
+    pub address: SocketAddr,
+}
+
+impl SmtpSink {
+    pub fn start(port: u16) -> SmtpSink {
+        let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let child = Command::new(require("smtp-sink"))
+            .args(["-u", "nobody", &address.to_string(), "256"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_listening(address, "smtp-sink");
+        SmtpSink { child, address }
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Postfix instance of its own (config, queue, log) in a temp dir,
+/// listening on 127.0.0.1 with `smtpd_upstream_proxy_protocol = haproxy`,
+/// discarding what it accepts.
+pub struct Postfix {
+    pub address: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Postfix {
+    pub fn start() -> Postfix {
+        let postfix = require("postfix");
+        let dir = tempfile::Builder::new()
+            .prefix("gale-postfix")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let d = dir.path();
+        for sub in ["conf", "queue", "data"] {
+            std::fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        let port = free_port();
+        let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        std::fs::write(
+            d.join("conf/main.cf"),
+            format!(
+                "compatibility_level = 3.6\n\
+                 queue_directory = {q}\ndata_directory = {data}\n\
+                 mail_owner = postfix\nsetgid_group = postdrop\n\
+                 inet_interfaces = 127.0.0.1\ninet_protocols = ipv4\n\
+                 myhostname = postfix.test\nmydestination =\nmynetworks = 127.0.0.0/8\n\
+                 relay_domains = example.test\n\
+                 default_transport = discard\nrelay_transport = discard\nlocal_transport = discard\n\
+                 alias_maps =\nalias_database =\n\
+                 maillog_file_prefixes = /tmp\nmaillog_file = {log}\n\
+                 smtpd_upstream_proxy_protocol = haproxy\nsmtpd_upstream_proxy_timeout = 5s\n",
+                q = d.join("queue").display(),
+                data = d.join("data").display(),
+                log = d.join("maillog").display(),
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("conf/master.cf"),
+            format!(
+                "127.0.0.1:{port} inet n - n - - smtpd\n\
+                 pickup unix n - n 60 1 pickup\ncleanup unix n - n - 0 cleanup\n\
+                 qmgr unix n - n 300 1 qmgr\nrewrite unix - - n - - trivial-rewrite\n\
+                 bounce unix - - n - 0 bounce\ndefer unix - - n - 0 bounce\n\
+                 trace unix - - n - 0 bounce\nverify unix - - n - 1 verify\n\
+                 flush unix n - n 1000? 0 flush\nproxymap unix - - n - - proxymap\n\
+                 showq unix n - n - - showq\nerror unix - - n - - error\n\
+                 retry unix - - n - - error\ndiscard unix - - n - - discard\n\
+                 anvil unix - - n - 1 anvil\nscache unix - - n - 1 scache\n\
+                 postlog unix-dgram n - n - 1 postlogd\n"
+            ),
+        )
+        .unwrap();
+        let chown = Command::new("chown")
+            .arg("postfix")
+            .arg(d.join("data"))
+            .status()
+            .unwrap();
+        assert!(chown.success());
+        let status = Command::new(postfix)
+            .arg("-c")
+            .arg(d.join("conf"))
+            .arg("start")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        let log = std::fs::read_to_string(d.join("maillog")).unwrap_or_default();
+        assert!(status.success(), "postfix did not start:\n{log}");
+        let postfix = Postfix { address, dir };
+        // Not a probe connection: smtpd would log the missing PROXY header.
+        postfix.wait_log(&["daemon started"], Duration::from_secs(15));
+        postfix
+    }
+
+    pub fn maillog(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("maillog")).unwrap_or_default()
+    }
+
+    /// Wait for a maillog line containing every one of `needles`.
+    pub fn wait_log(&self, needles: &[&str], limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(l) = self
+                .maillog()
+                .lines()
+                .find(|l| needles.iter().all(|n| l.contains(n)))
+            {
+                return l.to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no maillog line with {needles:?}:\n{}",
+                self.maillog()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        let _ = Command::new(require("postfix"))
+            .arg("-c")
+            .arg(self.dir.path().join("conf"))
+            .arg("abort")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
