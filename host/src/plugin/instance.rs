@@ -166,6 +166,7 @@ impl<E: Exports> Guest<E> {
             self.runtime
                 .new_store(self.name.clone(), self.memory_mb, self.live.clone());
         store.set_epoch_deadline(PluginRuntime::deadline_ticks(SETUP_DEADLINE));
+        let _running = self.runtime.running();
         let exports = E::instantiate(&self.pre, &mut store).map_err(|e| {
             Setup::Failed(CallFailure::from_call(e, store.data().limiter.take_hit()))
         })?;
@@ -196,7 +197,10 @@ impl<E: Exports> Guest<E> {
             })?);
         }
         let live = slot.live.as_mut().expect("just filled");
-        match f(live, &mut slot.pushed) {
+        let running = self.runtime.running();
+        let result = f(live, &mut slot.pushed);
+        drop(running);
+        match result {
             Ok(r) => Ok(r),
             Err(e) => {
                 let hit = live.store.data().limiter.take_hit();

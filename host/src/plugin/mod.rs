@@ -16,13 +16,15 @@ mod health;
 mod instance;
 mod runtime;
 mod state;
+mod ticker;
 
 pub use balancer::{BalancerPlugin, PushedPool};
 pub use bindings::types;
 pub use dns::DnsPlugin;
 pub use health::HealthPlugin;
-pub use runtime::{PluginRuntime, TICK};
+pub use runtime::PluginRuntime;
 pub use state::LiveCounters;
+pub use ticker::TICK;
 
 /// The hook a component implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

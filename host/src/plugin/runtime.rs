@@ -13,13 +13,9 @@ use wasmtime::{Config, Engine, Store};
 
 use super::bindings::{self, WORLDS};
 use super::state::{LiveCounters, PluginState};
+use super::ticker::{Running, TICK, Ticker};
 use super::{PluginError, World};
 use crate::config::PluginSource;
-
-/// Epoch tick period. A deadline of `d` traps after between `d - TICK` and
-/// `d` of CPU time; 250 µs keeps the 1 ms default within 25 % while the
-/// ticker thread wakes only 4,000 times a second.
-pub const TICK: Duration = Duration::from_micros(250);
 
 /// One engine for every plugin of the process; cheap to clone.
 #[derive(Clone)]
@@ -28,6 +24,7 @@ pub struct PluginRuntime {
 }
 
 struct Inner {
+    ticker: Arc<Ticker>,
     engine: Engine,
     linker: Linker<PluginState>,
     cache_dir: Option<PathBuf>,
@@ -55,9 +52,10 @@ impl PluginRuntime {
         )
         .map_err(|e| PluginError::engine(e.to_string()))?;
 
-        spawn_ticker(&engine);
+        let ticker = Ticker::spawn(&engine);
         Ok(Self {
             inner: Arc::new(Inner {
+                ticker,
                 engine,
                 linker,
                 cache_dir,
@@ -75,6 +73,13 @@ impl PluginRuntime {
         )
     }
 
+    /// Keep the epoch ticking while the returned guard lives: hold it
+    /// across every entry into guest code.
+    #[inline]
+    pub fn running(&self) -> Running<'_> {
+        self.inner.ticker.running()
+    }
+
     pub fn engine(&self) -> &Engine {
         &self.inner.engine
     }
@@ -83,9 +88,10 @@ impl PluginRuntime {
         &self.inner.linker
     }
 
-    /// Epoch ticks for a deadline, at least one.
+    /// Epoch ticks that let a call run at least `deadline`: the first tick
+    /// may come at any moment after the call starts, so one more.
     pub fn deadline_ticks(deadline: Duration) -> u64 {
-        deadline.as_micros().div_ceil(TICK.as_micros()).max(1) as u64
+        deadline.as_micros().div_ceil(TICK.as_micros()) as u64 + 1
     }
 
     /// A store for one instance, with its memory cap and epoch trap set.
@@ -212,19 +218,4 @@ fn write_cache(component: &Component, path: &Path) -> anyhow::Result<()> {
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)?;
     Ok(())
-}
-
-/// Advance the engine's epoch every [`TICK`] until the engine is dropped.
-fn spawn_ticker(engine: &Engine) {
-    let weak = engine.weak();
-    std::thread::Builder::new()
-        .name("gale-epoch".into())
-        .spawn(move || {
-            while let Some(engine) = weak.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(TICK);
-            }
-        })
-        .expect("spawning the epoch ticker thread");
 }

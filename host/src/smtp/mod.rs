@@ -74,9 +74,8 @@ pub async fn serve(
         else {
             break;
         };
-        let local = client.local_addr().unwrap_or(peer);
         sessions.spawn(async move {
-            session::run(client, peer, local, generation, index).await;
+            session::run(client, peer, generation, index).await;
             drop(permit);
         });
     }
