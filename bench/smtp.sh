@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MESSAGES=${1:-20000}
 SESSIONS=20
-ROUNDS=3
+ROUNDS=5
 
 for tool in smtp-source smtp-sink haproxy taskset python3; do
     command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install postfix haproxy util-linux)"; exit 1; }
@@ -79,20 +79,17 @@ TOKIO_WORKER_THREADS=1 RUST_LOG=warn taskset -c 0 "$GALE" run --config "$work/ga
 wait_port "$HP"; wait_port "$GP"
 sleep 1
 
-# messages/s for one smtp-source run; best of $ROUNDS.
+# messages/s of one smtp-source run.
 rate() {
     local target=$1; shift
-    local best=0
-    for _ in $(seq $ROUNDS); do
-        local start end
-        start=$(date +%s.%N)
-        taskset -c 1 smtp-source "$@" -s $SESSIONS -m "$MESSAGES" -l 512 -f a@bench.test -t b@bench.test 127.0.0.1:"$target" 2>"$work/err"
-        end=$(date +%s.%N)
-        if [ -s "$work/err" ]; then echo "smtp-source errors against $target:"; cat "$work/err"; exit 1; fi
-        best=$(python3 -c "print(max($best, $MESSAGES/($end-$start)))")
-    done
-    printf '%.0f' "$best"
+    local start end
+    start=$(date +%s.%N)
+    taskset -c 1 smtp-source "$@" -s $SESSIONS -m "$MESSAGES" -l 512 -f a@bench.test -t b@bench.test 127.0.0.1:"$target" 2>"$work/err"
+    end=$(date +%s.%N)
+    if [ -s "$work/err" ]; then echo "smtp-source errors against $target:" >&2; cat "$work/err" >&2; exit 1; fi
+    python3 -c "print(round($MESSAGES/($end-$start)))"
 }
+median() { python3 -c "import statistics,sys; print(round(statistics.median(map(float, sys.argv[1:]))))" "$@"; }
 
 # connect-to-220 latency (p50 and p99, microseconds) over 2000 sessions.
 latency() {
@@ -114,13 +111,20 @@ print(f"{samples[len(samples)//2]:.0f} {samples[int(len(samples)*0.99)]:.0f}")
 PY
 }
 
-echo "messages: $MESSAGES per run, $SESSIONS parallel sessions, best of $ROUNDS; 512-byte messages"
-declare -A NEW REUSE LAT50 LAT99
+echo "messages: $MESSAGES per run, $SESSIONS parallel sessions, 512-byte messages; median of $ROUNDS interleaved rounds"
+declare -A NEW REUSE LAT50 LAT99 PORT=([direct]=$S1 [haproxy]=$HP [gale]=$GP)
+for round in $(seq $ROUNDS); do
+    # Interleaved, so drift in the machine's speed hits every target alike.
+    for who in direct haproxy gale; do
+        NEW[$who]+=" $(rate "${PORT[$who]}")"
+        REUSE[$who]+=" $(rate "${PORT[$who]}" -d)"
+    done
+    echo "round $round done" >&2
+done
 for who in direct haproxy gale; do
-    case $who in direct) p=$S1 ;; haproxy) p=$HP ;; gale) p=$GP ;; esac
-    NEW[$who]=$(rate "$p")
-    REUSE[$who]=$(rate "$p" -d)
-    read -r LAT50[$who] LAT99[$who] < <(latency "$p")
+    NEW[$who]=$(median ${NEW[$who]})
+    REUSE[$who]=$(median ${REUSE[$who]})
+    read -r LAT50[$who] LAT99[$who] < <(latency "${PORT[$who]}")
 done
 
 ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
