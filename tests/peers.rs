@@ -231,13 +231,15 @@ fn sigterm_drains_a_session_in_the_middle_of_data() {
     rt.block_on(async {
         let mut c = Client::connect(addr).await;
         c.reply().await;
-        c.command("EHLO client.test").await;
-        c.command("MAIL FROM:<a@client.test>").await;
-        c.command("RCPT TO:<b@example.test>").await;
-        assert!(c.command("DATA").await[0].starts_with("354"));
+        c.start_data().await;
         c.send_raw("Subject: drain\r\n\r\nfirst half\r\n").await;
         signal(gale.child.id(), "TERM");
-        gale_wait_log_async(&gale, "shutting down").await;
+        support::wait_until(
+            || !gale.log_lines("shutting down").is_empty(),
+            Duration::from_secs(5),
+            "shutdown logged",
+        )
+        .await;
         assert!(
             tokio::net::TcpStream::connect(addr).await.is_err(),
             "accepting after SIGTERM"
@@ -248,12 +250,4 @@ fn sigterm_drains_a_session_in_the_middle_of_data() {
     });
     let status = gale.child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "gale must exit 0 after draining");
-}
-
-async fn gale_wait_log_async(gale: &Gale, needle: &str) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while gale.log_lines(needle).is_empty() {
-        assert!(Instant::now() < deadline, "no {needle:?} in gale's log");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

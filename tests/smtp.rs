@@ -9,6 +9,7 @@ use std::time::Duration;
 use gale::generation::Generation;
 use gale::server::Server;
 use support::smtp::{Backend, Behaviour, Client, closed_port};
+use support::wait_until;
 
 struct BackendSpec {
     address: std::net::SocketAddr,
@@ -178,7 +179,7 @@ async fn a_dead_backend_returns_when_it_recovers() {
     let generation = server.current.load_full();
     let pool = generation.pools[0].clone();
     // Probes every 200 ms, fall 3: out within about a second.
-    wait_for(
+    wait_until(
         || !pool.is_healthy(0),
         Duration::from_secs(5),
         "dead backend leaves",
@@ -187,7 +188,7 @@ async fn a_dead_backend_returns_when_it_recovers() {
     let revived = Backend::start_on(spare, Behaviour::Sink, None).await;
     // rise 2 at 200 ms: back within interval × rise + one interval.
     let started = std::time::Instant::now();
-    wait_for(
+    wait_until(
         || pool.is_healthy(0),
         Duration::from_secs(5),
         "recovered backend returns",
@@ -218,10 +219,7 @@ async fn shutdown_lets_a_session_in_data_finish() {
     let addr = server.address("in").unwrap();
     let mut c = Client::connect(addr).await;
     c.reply().await;
-    c.command("EHLO client.test").await;
-    c.command("MAIL FROM:<a@client.test>").await;
-    c.command("RCPT TO:<b@sink.test>").await;
-    assert!(c.command("DATA").await[0].starts_with("354"));
+    c.start_data().await;
     c.send_raw("Subject: half\r\n\r\nfirst half\r\n").await;
     let shutdown = tokio::spawn(server.shutdown());
     // New sessions are refused at the socket once accepting stops.
@@ -236,17 +234,6 @@ async fn shutdown_lets_a_session_in_data_finish() {
     drop(c);
     assert_eq!(shutdown.await.unwrap(), 0, "no session was cut");
     assert_eq!(good.messages.load(Ordering::SeqCst), 1);
-}
-
-async fn wait_for(mut cond: impl FnMut() -> bool, limit: Duration, what: &str) {
-    let deadline = std::time::Instant::now() + limit;
-    while !cond() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{what}: not within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -293,7 +280,7 @@ async fn standby_takes_sessions_only_while_every_primary_is_down() {
     );
     let generation = server.current.load_full();
     let pool = generation.pools[0].clone();
-    wait_for(
+    wait_until(
         || !pool.is_healthy(0),
         Duration::from_secs(5),
         "primary leaves",
@@ -301,7 +288,7 @@ async fn standby_takes_sessions_only_while_every_primary_is_down() {
     .await;
 
     let revived = Backend::start_on(primary_addr, Behaviour::Sink, None).await;
-    wait_for(
+    wait_until(
         || pool.is_healthy(0),
         Duration::from_secs(5),
         "primary returns",

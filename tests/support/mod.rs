@@ -124,3 +124,15 @@ pub fn counter(metrics: &Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {
     }
     0.0
 }
+
+/// Poll `cond` every 20 ms until it holds; fail naming `what` after `limit`.
+pub async fn wait_until(mut cond: impl FnMut() -> bool, limit: std::time::Duration, what: &str) {
+    let deadline = std::time::Instant::now() + limit;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {limit:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -216,9 +216,9 @@ impl Client {
         )
     }
 
-    /// A complete mail transaction after the greeting; returns the reply
-    /// to the final dot.
-    pub async fn send_mail(&mut self) -> String {
+    /// EHLO, MAIL, RCPT and DATA after the greeting, each accepted: the
+    /// client is then inside DATA.
+    pub async fn start_data(&mut self) {
         assert!(
             self.command("EHLO client.test")
                 .await
@@ -227,8 +227,14 @@ impl Client {
                 .starts_with("250")
         );
         assert!(self.command("MAIL FROM:<a@client.test>").await[0].starts_with("250"));
-        assert!(self.command("RCPT TO:<b@sink.test>").await[0].starts_with("250"));
+        assert!(self.command("RCPT TO:<b@example.test>").await[0].starts_with("250"));
         assert!(self.command("DATA").await[0].starts_with("354"));
+    }
+
+    /// A complete mail transaction after the greeting; returns the reply
+    /// to the final dot.
+    pub async fn send_mail(&mut self) -> String {
+        self.start_data().await;
         self.command("Subject: t\r\n\r\nhello\r\n.").await[0].clone()
     }
 }
