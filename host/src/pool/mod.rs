@@ -51,18 +51,18 @@ struct BackendState {
 
 struct HookStats {
     calls: Counter,
-    fallbacks: Family,
+    fallbacks: FallbackCounters,
     log: RateLimitedLog,
 }
 
 /// Fallback counters by reason, resolved once.
-struct Family {
+struct FallbackCounters {
     metrics: Arc<Metrics>,
     pool: String,
     hook: &'static str,
 }
 
-impl Family {
+impl FallbackCounters {
     fn inc(&self, reason: &str) {
         self.metrics
             .plugin_fallbacks
@@ -86,7 +86,7 @@ impl HookStats {
             .clone();
         Self {
             calls,
-            fallbacks: Family {
+            fallbacks: FallbackCounters {
                 metrics: metrics.clone(),
                 pool: pool.to_string(),
                 hook,
