@@ -54,6 +54,7 @@ listen smtp
     server s2 127.0.0.1:$S2 check inter 2s
 CFG
 taskset -c 0 haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & pids+=($!)
+HAPROXY_PID=$!
 
 cat > "$work/gale.toml" <<CFG
 [plugins]
@@ -76,18 +77,24 @@ CFG
 # One worker thread, like haproxy's nbthread 1; session logs off (HAProxy
 # logs nothing here either).
 TOKIO_WORKER_THREADS=1 RUST_LOG=warn taskset -c 0 "$GALE" run --config "$work/gale.toml" >"$work/gale.log" 2>&1 & pids+=($!)
+GALE_PID=$!
 wait_port "$HP"; wait_port "$GP"
 sleep 1
 
-# messages/s of one smtp-source run.
+# CPU time (user + system, in clock ticks) a process has used so far.
+cpu_ticks() { [ -n "$1" ] && awk '{print $14+$15}' "/proc/$1/stat" || echo 0; }
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
+
+# "messages/s proxy-CPU-us-per-message" of one smtp-source run against
+# port $1, with the proxy's pid in $2 (empty for direct).
 rate() {
-    local target=$1; shift
-    local start end
-    start=$(date +%s.%N)
+    local target=$1 pid=$2; shift 2
+    local start end c0 c1
+    c0=$(cpu_ticks "$pid"); start=$(date +%s.%N)
     taskset -c 1 smtp-source "$@" -s $SESSIONS -m "$MESSAGES" -l 512 -f a@bench.test -t b@bench.test 127.0.0.1:"$target" 2>"$work/err"
-    end=$(date +%s.%N)
+    end=$(date +%s.%N); c1=$(cpu_ticks "$pid")
     if [ -s "$work/err" ]; then echo "smtp-source errors against $target:" >&2; cat "$work/err" >&2; exit 1; fi
-    python3 -c "print(round($MESSAGES/($end-$start)))"
+    python3 -c "print(round($MESSAGES/($end-$start)), round(($c1-$c0)*$TICK_US/$MESSAGES, 1))"
 }
 median() { python3 -c "import statistics,sys; print(round(statistics.median(map(float, sys.argv[1:]))))" "$@"; }
 
@@ -112,18 +119,20 @@ PY
 }
 
 echo "messages: $MESSAGES per run, $SESSIONS parallel sessions, 512-byte messages; median of $ROUNDS interleaved rounds"
-declare -A NEW REUSE LAT50 LAT99 PORT=([direct]=$S1 [haproxy]=$HP [gale]=$GP)
+declare -A NEW REUSE NEWCPU REUSECPU LAT50 LAT99 PORT=([direct]=$S1 [haproxy]=$HP [gale]=$GP) PID=([direct]= [haproxy]=$HAPROXY_PID [gale]=$GALE_PID)
 for round in $(seq $ROUNDS); do
     # Interleaved, so drift in the machine's speed hits every target alike.
     for who in direct haproxy gale; do
-        NEW[$who]+=" $(rate "${PORT[$who]}")"
-        REUSE[$who]+=" $(rate "${PORT[$who]}" -d)"
+        read -r r c < <(rate "${PORT[$who]}" "${PID[$who]}")
+        NEW[$who]+=" $r"; NEWCPU[$who]+=" $c"
+        read -r r c < <(rate "${PORT[$who]}" "${PID[$who]}" -d)
+        REUSE[$who]+=" $r"; REUSECPU[$who]+=" $c"
     done
     echo "round $round done" >&2
 done
 for who in direct haproxy gale; do
-    NEW[$who]=$(median ${NEW[$who]})
-    REUSE[$who]=$(median ${REUSE[$who]})
+    NEW[$who]=$(median ${NEW[$who]}); NEWCPU[$who]=$(median ${NEWCPU[$who]})
+    REUSE[$who]=$(median ${REUSE[$who]}); REUSECPU[$who]=$(median ${REUSECPU[$who]})
     read -r LAT50[$who] LAT99[$who] < <(latency "${PORT[$who]}")
 done
 
@@ -133,5 +142,7 @@ printf '\n| %-36s | %9s | %9s | %9s | %10s | %10s |\n' "" direct haproxy gale ga
 printf '|%s|\n' "--------------------------------------|-----------|-----------|-----------|------------|-----------"
 printf '| %-36s | %9s | %9s | %9s | %10s | %10s |\n' "msgs/s, one connection per message" "${NEW[direct]}" "${NEW[haproxy]}" "${NEW[gale]}" "$(ratio "${NEW[gale]}" "${NEW[haproxy]}")" "$(ratio "${NEW[gale]}" "${NEW[direct]}")"
 printf '| %-36s | %9s | %9s | %9s | %10s | %10s |\n' "msgs/s, reused connections" "${REUSE[direct]}" "${REUSE[haproxy]}" "${REUSE[gale]}" "$(ratio "${REUSE[gale]}" "${REUSE[haproxy]}")" "$(ratio "${REUSE[gale]}" "${REUSE[direct]}")"
+printf '| %-36s | %9s | %9s | %9s | %10s | %10s |\n' "proxy CPU us/msg, new conn (other/gale)" "-" "${NEWCPU[haproxy]}" "${NEWCPU[gale]}" "$(lat_ratio "${NEWCPU[gale]}" "${NEWCPU[haproxy]}")" "-"
+printf '| %-36s | %9s | %9s | %9s | %10s | %10s |\n' "proxy CPU us/msg, reused (other/gale)" "-" "${REUSECPU[haproxy]}" "${REUSECPU[gale]}" "$(lat_ratio "${REUSECPU[gale]}" "${REUSECPU[haproxy]}")" "-"
 printf '| %-36s | %9s | %9s | %9s | %10s | %10s |\n' "setup p50, us (ratio: other/gale)" "${LAT50[direct]}" "${LAT50[haproxy]}" "${LAT50[gale]}" "$(lat_ratio "${LAT50[gale]}" "${LAT50[haproxy]}")" "$(lat_ratio "${LAT50[gale]}" "${LAT50[direct]}")"
 printf '| %-36s | %9s | %9s | %9s | %10s | %10s |\n' "setup p99, us (ratio: other/gale)" "${LAT99[direct]}" "${LAT99[haproxy]}" "${LAT99[gale]}" "$(lat_ratio "${LAT99[gale]}" "${LAT99[haproxy]}")" "$(lat_ratio "${LAT99[gale]}" "${LAT99[direct]}")"
