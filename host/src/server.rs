@@ -36,6 +36,12 @@ impl Server {
         let stop_background = CancellationToken::new();
         let mut addresses = Vec::new();
         for l in &generation.config.listeners {
+            if l.protocol == Protocol::Http {
+                // The HTTP proxy is not built yet: leave the port closed
+                // rather than accept connections nobody answers.
+                tracing::warn!(listener = %l.name, "HTTP listeners are not served yet; not binding");
+                continue;
+            }
             let socket = TcpListener::bind(l.address)
                 .await
                 .with_context(|| format!("listener {}: cannot bind {}", l.name, l.address))?;
@@ -44,21 +50,13 @@ impl Server {
             // the kernel chose from this line.
             tracing::info!(listener = %l.name, address = %bound, protocol = ?l.protocol, "listening");
             addresses.push((l.name.clone(), bound));
-            match l.protocol {
-                Protocol::Smtp => {
-                    background.spawn(crate::smtp::serve(
-                        socket,
-                        l.name.clone(),
-                        current.clone(),
-                        sessions.clone(),
-                        stop_accepting.clone(),
-                    ));
-                }
-                Protocol::Http => {
-                    tracing::warn!(listener = %l.name, "HTTP listeners are not served yet; bound but idle");
-                    drop(socket);
-                }
-            }
+            background.spawn(crate::smtp::serve(
+                socket,
+                l.name.clone(),
+                current.clone(),
+                sessions.clone(),
+                stop_accepting.clone(),
+            ));
         }
         crate::health::spawn_probes(&generation, &background, &stop_background);
         Ok(Server {

@@ -67,8 +67,14 @@ pub fn runtime() -> (PluginRuntime, tempfile::TempDir) {
 
 /// Parse a config from TOML text; relative paths resolve against the
 /// workspace root.
+///
+/// Plugin deadlines are measured in wall time (epochs): on a 2-core
+/// machine running tests in parallel a 0.5 us call can be descheduled for
+/// over the 1 ms default and fall back. Tests that expect the plugin to
+/// decide get 100 ms; hostile-plugin tests set their own deadline.
 pub fn config(toml: &str) -> Config {
-    Config::parse(&workspace().join("test.toml"), toml)
+    let toml = format!("[plugins]\ndeadline = \"100ms\"\n{toml}");
+    Config::parse(&workspace().join("test.toml"), &toml)
         .unwrap_or_else(|e| panic!("test config is invalid: {e}"))
 }
 

@@ -190,13 +190,15 @@ async fn join(
     idle: Duration,
 ) -> Result<(u64, u64), (u64, u64, String)> {
     let mut down = (greeting.raw.len() + greeting.rest.len()) as u64;
-    if let Err(e) = async {
+    let forwarded = timeout(idle, async {
         client.write_all(&greeting.raw).await?;
         client.write_all(&greeting.rest).await
-    }
-    .await
-    {
-        return Err((0, 0, format!("client write: {e}")));
+    })
+    .await;
+    match forwarded {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err((0, 0, format!("client write: {e}"))),
+        Err(_) => return Err((0, 0, "client stopped reading (idle timeout)".into())),
     }
     let mut up = 0u64;
     let (mut cr, mut cw) = client.split();
@@ -222,7 +224,13 @@ async fn join(
                     }
                 }
                 Ok(n) => {
-                    uw.write_all(&cbuf[..n]).await.map_err(|e| (up, down, format!("backend write: {e}")))?;
+                    // A peer that stops reading must not hold the session
+                    // past the idle timeout either.
+                    match timeout(idle, uw.write_all(&cbuf[..n])).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return Err((up, down, format!("backend write: {e}"))),
+                        Err(_) => return Err((up, down, "backend stopped reading (idle timeout)".into())),
+                    }
                     up += n as u64;
                     last_activity = tokio::time::Instant::now();
                 }
@@ -235,7 +243,11 @@ async fn join(
                     }
                 }
                 Ok(n) => {
-                    cw.write_all(&ubuf[..n]).await.map_err(|e| (up, down, format!("client write: {e}")))?;
+                    match timeout(idle, cw.write_all(&ubuf[..n])).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return Err((up, down, format!("client write: {e}"))),
+                        Err(_) => return Err((up, down, "client stopped reading (idle timeout)".into())),
+                    }
                     down += n as u64;
                     last_activity = tokio::time::Instant::now();
                 }
