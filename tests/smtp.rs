@@ -25,21 +25,40 @@ fn spec(address: std::net::SocketAddr) -> BackendSpec {
     }
 }
 
+const LISTENER_LIMITS: &str =
+    "banner_timeout = \"300ms\"\nconnect_timeout = \"300ms\"\nmax_attempts = 5\n";
+
 async fn start(backends: &[BackendSpec], extra_pool: &str) -> Server {
-    let mut toml = String::from(
+    start_with(backends, extra_pool, LISTENER_LIMITS, &[]).await
+}
+
+/// `limits`: the listener's timeout and attempt keys; `backend_extra[i]`:
+/// more keys for backend `i`.
+async fn start_with(
+    backends: &[BackendSpec],
+    extra_pool: &str,
+    limits: &str,
+    backend_extra: &[&str],
+) -> Server {
+    let mut toml = format!(
         "[server]\ndrain_timeout = \"10s\"\n\
          [listeners.in]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\npool = \"mta\"\n\
-         hostname = \"gale.test\"\nbanner_timeout = \"300ms\"\nconnect_timeout = \"300ms\"\nmax_attempts = 5\n\
+         hostname = \"gale.test\"\n{limits}\
          [pools.mta]\n",
     );
     toml.push_str(extra_pool);
-    toml.push_str(
-        "\n[pools.mta.probe]\nkind = \"smtp\"\ninterval = \"200ms\"\ntimeout = \"300ms\"\n",
-    );
+    if !extra_pool.contains("[pools.mta.probe]") {
+        toml.push_str(
+            "\n[pools.mta.probe]\nkind = \"smtp\"\ninterval = \"200ms\"\ntimeout = \"300ms\"\n",
+        );
+    }
     for (i, b) in backends.iter().enumerate() {
         toml.push_str(&format!(
-            "[[pools.mta.backends]]\nname = \"b{i}\"\naddress = \"{}\"\nrole = \"{}\"\nproxy_protocol = \"{}\"\n",
-            b.address, b.role, b.proxy
+            "[[pools.mta.backends]]\nname = \"b{i}\"\naddress = \"{}\"\nrole = \"{}\"\nproxy_protocol = \"{}\"\n{}\n",
+            b.address,
+            b.role,
+            b.proxy,
+            backend_extra.get(i).unwrap_or(&"")
         ));
     }
     let config = support::config(&toml);
@@ -301,5 +320,95 @@ async fn standby_takes_sessions_only_while_every_primary_is_down() {
         "traffic back on the primary"
     );
     assert_eq!(standby.messages.load(Ordering::SeqCst), 10);
+    assert_eq!(server.shutdown().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_at_max_sessions_is_skipped() {
+    let a = Backend::start(Behaviour::Sink).await;
+    let b = Backend::start(Behaviour::Sink).await;
+    // Failover keeps b as the standby: it takes sessions only when a cannot.
+    let backends = [
+        BackendSpec {
+            address: a.address,
+            role: "primary",
+            proxy: "none",
+        },
+        BackendSpec {
+            address: b.address,
+            role: "standby",
+            proxy: "none",
+        },
+    ];
+    let server = start_with(
+        &backends,
+        "balancer = { builtin = \"failover\" }",
+        LISTENER_LIMITS,
+        &["max_sessions = 1"],
+    )
+    .await;
+    let addr = server.address("in").unwrap();
+    let mut held = Client::connect(addr).await;
+    held.reply().await;
+    held.start_data().await;
+    // a holds one session, its maximum: the next goes to the standby.
+    let mut next = Client::connect(addr).await;
+    next.reply().await;
+    assert!(next.send_mail().await.starts_with("250"));
+    assert_eq!(b.messages.load(Ordering::SeqCst), 1);
+    assert_eq!(held.command("held\r\n.").await[0], "250 2.0.0 queued");
+    assert_eq!(a.messages.load(Ordering::SeqCst), 1);
+    drop((held, next));
+    assert_eq!(server.shutdown().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_session_is_closed_after_the_idle_timeout() {
+    let good = Backend::start(Behaviour::Sink).await;
+    let limits = format!("{LISTENER_LIMITS}idle_timeout = \"300ms\"\n");
+    let server = start_with(&[spec(good.address)], "", &limits, &[]).await;
+    let mut c = Client::connect(server.address("in").unwrap()).await;
+    c.reply().await;
+    let started = std::time::Instant::now();
+    assert!(c.closed().await, "an idle session must be closed");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+        "closed after {waited:?}"
+    );
+    assert_eq!(server.shutdown().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_per_session_are_capped() {
+    let mut busy = Vec::new();
+    for _ in 0..4 {
+        busy.push(Backend::start(Behaviour::Busy).await);
+    }
+    let specs: Vec<BackendSpec> = busy.iter().map(|b| spec(b.address)).collect();
+    let limits = "banner_timeout = \"300ms\"\nconnect_timeout = \"300ms\"\nmax_attempts = 2\n";
+    // Probes are spread over the interval: with an hour, only backend 0 is
+    // probed, once, at start; wait for it so it cannot blur the count.
+    let probe = "[pools.mta.probe]\nkind = \"tcp\"\ninterval = \"1h\"\n";
+    let server = start_with(&specs, probe, limits, &[]).await;
+    wait_until(
+        || busy[0].sessions.load(Ordering::SeqCst) == 1,
+        Duration::from_secs(5),
+        "first probe",
+    )
+    .await;
+    let connects = || {
+        busy.iter()
+            .map(|b| b.sessions.load(Ordering::SeqCst))
+            .sum::<usize>()
+    };
+    let before = connects();
+    let mut c = Client::connect(server.address("in").unwrap()).await;
+    assert!(c.reply().await[0].starts_with("421 4.3.2"));
+    assert_eq!(
+        connects() - before,
+        2,
+        "max_attempts = 2: two backends tried, then 421"
+    );
     assert_eq!(server.shutdown().await, 0);
 }
