@@ -14,6 +14,7 @@ use super::proxy_header;
 use super::reply::{ReplyError, read_reply};
 use crate::config::ListenerConfig;
 use crate::generation::{Generation, ip_address};
+use crate::plugin::LiveCounters;
 use crate::plugin::types::{ProbeResult, ProbeSource, Protocol, RequestContext};
 use crate::pool::Pool;
 
@@ -48,6 +49,16 @@ impl Attempt {
     }
 }
 
+/// A session counted on a backend (for `max_sessions` and the balancers'
+/// `active-sessions`) until dropped.
+struct Counted<'a>(&'a LiveCounters, usize);
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.leave(self.1);
+    }
+}
+
 /// The 421 a client gets when no backend can take its session: the
 /// sending MTA defers the message and retries later.
 pub fn unavailable_reply(hostname: &str) -> String {
@@ -79,6 +90,8 @@ pub async fn run(
             let _ = write!(tried, "{}: {}; ", backend.name, Attempt::Full.describe());
             continue;
         }
+        // Leaves on every path, a cancelled session included.
+        let _counted = Counted(pool.live(), id);
         let attempt_started = Instant::now();
         // Where the client connected to: only PROXY headers need it, and it
         // costs a syscall.
@@ -91,7 +104,6 @@ pub async fn run(
                 let greet_ms = attempt_started.elapsed().as_millis();
                 let _ = write!(tried, "{}: 220 in {greet_ms}ms", backend.name);
                 let outcome = join(&mut client, &mut upstream, &greeting, l.idle_timeout).await;
-                pool.live().leave(id);
                 let (up, down, end) = match outcome {
                     Ok((up, down)) => (up, down, "closed".to_string()),
                     Err((up, down, e)) => (up, down, e),
@@ -110,7 +122,6 @@ pub async fn run(
                 return;
             }
             Err(failure) => {
-                pool.live().leave(id);
                 let latency = attempt_started.elapsed();
                 let _ = write!(
                     tried,
