@@ -242,11 +242,7 @@ async fn shutdown_lets_a_session_in_data_finish() {
     c.send_raw("Subject: half\r\n\r\nfirst half\r\n").await;
     let shutdown = tokio::spawn(server.shutdown());
     // New sessions are refused at the socket once accepting stops.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(
-        tokio::net::TcpStream::connect(addr).await.is_err(),
-        "still accepting after shutdown"
-    );
+    support::wait_refused(addr, Duration::from_secs(2)).await;
     let end = c.command("second half\r\n.").await;
     assert_eq!(end[0], "250 2.0.0 queued");
     assert_eq!(c.command("QUIT").await[0], "221 bye");

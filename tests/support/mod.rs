@@ -142,3 +142,17 @@ pub async fn wait_until(mut cond: impl FnMut() -> bool, limit: std::time::Durati
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// Wait until connections to `addr` are refused (the listener is closed):
+/// stopping to accept happens on the server's own schedule after the
+/// shutdown starts.
+pub async fn wait_refused(addr: std::net::SocketAddr, limit: std::time::Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{addr} still accepts {limit:?} after shutdown"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

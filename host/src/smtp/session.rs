@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
@@ -201,15 +201,12 @@ async fn join(
     idle: Duration,
 ) -> Result<(u64, u64), (u64, u64, String)> {
     let mut down = (greeting.raw.len() + greeting.rest.len()) as u64;
-    let forwarded = timeout(idle, async {
-        client.write_all(&greeting.raw).await?;
-        client.write_all(&greeting.rest).await
-    })
-    .await;
-    match forwarded {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err((0, 0, format!("client write: {e}"))),
-        Err(_) => return Err((0, 0, "client stopped reading (idle timeout)".into())),
+    let greeted = async {
+        send(client, &greeting.raw, idle, "client").await?;
+        send(client, &greeting.rest, idle, "client").await
+    };
+    if let Err(e) = greeted.await {
+        return Err((0, 0, e));
     }
     let mut up = 0u64;
     let (mut cr, mut cw) = client.split();
@@ -235,13 +232,7 @@ async fn join(
                     }
                 }
                 Ok(n) => {
-                    // A peer that stops reading must not hold the session
-                    // past the idle timeout either.
-                    match timeout(idle, uw.write_all(&cbuf[..n])).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => return Err((up, down, format!("backend write: {e}"))),
-                        Err(_) => return Err((up, down, "backend stopped reading (idle timeout)".into())),
-                    }
+                    send(&mut uw, &cbuf[..n], idle, "backend").await.map_err(|e| (up, down, e))?;
                     up += n as u64;
                     last_activity = tokio::time::Instant::now();
                 }
@@ -254,11 +245,7 @@ async fn join(
                     }
                 }
                 Ok(n) => {
-                    match timeout(idle, cw.write_all(&ubuf[..n])).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => return Err((up, down, format!("client write: {e}"))),
-                        Err(_) => return Err((up, down, "client stopped reading (idle timeout)".into())),
-                    }
+                    send(&mut cw, &ubuf[..n], idle, "client").await.map_err(|e| (up, down, e))?;
                     down += n as u64;
                     last_activity = tokio::time::Instant::now();
                 }
@@ -273,4 +260,19 @@ async fn join(
         }
     }
     Ok((up, down))
+}
+
+/// Write all of `data` to `peer`. A peer that stops reading must not hold
+/// the session past the idle timeout either.
+async fn send<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    data: &[u8],
+    idle: Duration,
+    peer: &str,
+) -> Result<(), String> {
+    match timeout(idle, w.write_all(data)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("{peer} write: {e}")),
+        Err(_) => Err(format!("{peer} stopped reading (idle timeout)")),
+    }
 }
