@@ -7,6 +7,7 @@
 //! the choice of backend (the pool's balancer makes it).
 
 pub mod proxy_header;
+mod relay;
 pub mod reply;
 mod session;
 

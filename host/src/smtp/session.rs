@@ -6,12 +6,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use super::proxy_header;
 use super::reply::{ReplyError, read_reply};
+use super::{proxy_header, relay};
 use crate::config::ListenerConfig;
 use crate::generation::{Generation, ip_address};
 use crate::plugin::LiveCounters;
@@ -104,17 +104,14 @@ pub async fn run(
                 let greet_ms = attempt_started.elapsed().as_millis();
                 let _ = write!(tried, "{}: 220 in {greet_ms}ms", backend.name);
                 let outcome = join(&mut client, &mut upstream, &greeting, l.idle_timeout).await;
-                let (up, down, end) = match outcome {
-                    Ok((up, down)) => (up, down, "closed".to_string()),
-                    Err((up, down, e)) => (up, down, e),
-                };
+                let end = outcome.error.as_deref().unwrap_or("closed");
                 tracing::info!(
                     listener = %l.name,
                     client = %peer,
                     backend = %backend.name,
                     tried = %tried,
-                    bytes_up = up,
-                    bytes_down = down,
+                    bytes_up = outcome.up,
+                    bytes_down = outcome.down,
                     duration_ms = started.elapsed().as_millis() as u64,
                     end = %end,
                     "smtp session"
@@ -192,74 +189,30 @@ async fn connect_and_greet(
     Ok((upstream, greeting))
 }
 
-/// Forward the greeting, then copy both ways until both sides close or
-/// nothing moves for `idle`. Returns bytes client→backend and back.
+/// Forward the greeting, then relay both ways until both sides close or
+/// nothing moves for `idle`.
 async fn join(
     client: &mut TcpStream,
     upstream: &mut TcpStream,
     greeting: &super::reply::Reply,
     idle: Duration,
-) -> Result<(u64, u64), (u64, u64, String)> {
-    let mut down = (greeting.raw.len() + greeting.rest.len()) as u64;
+) -> relay::Outcome {
     let greeted = async {
         send(client, &greeting.raw, idle, "client").await?;
         send(client, &greeting.rest, idle, "client").await
     };
     if let Err(e) = greeted.await {
-        return Err((0, 0, e));
+        return relay::Outcome {
+            up: 0,
+            down: 0,
+            error: Some(e),
+        };
     }
-    let mut up = 0u64;
-    let (mut cr, mut cw) = client.split();
-    let (mut ur, mut uw) = upstream.split();
     // SMTP commands are small; 8 KiB per direction still moves DATA in
     // few reads and keeps a quiet session's footprint down.
-    let mut cbuf = vec![0u8; 8 * 1024];
-    let mut ubuf = vec![0u8; 8 * 1024];
-    let (mut client_open, mut upstream_open) = (true, true);
-    // One timer for the whole session, re-armed only when it fires: moving
-    // a timer on every read costs more than the read on a busy splice.
-    let mut last_activity = tokio::time::Instant::now();
-    let idle_timer = tokio::time::sleep(idle);
-    tokio::pin!(idle_timer);
-    while client_open || upstream_open {
-        tokio::select! {
-            r = cr.read(&mut cbuf), if client_open => match r {
-                Ok(0) | Err(_) => {
-                    client_open = false;
-                    // Once the backend has closed, it reads nothing more.
-                    if upstream_open {
-                        let _ = uw.shutdown().await;
-                    }
-                }
-                Ok(n) => {
-                    send(&mut uw, &cbuf[..n], idle, "backend").await.map_err(|e| (up, down, e))?;
-                    up += n as u64;
-                    last_activity = tokio::time::Instant::now();
-                }
-            },
-            r = ur.read(&mut ubuf), if upstream_open => match r {
-                Ok(0) | Err(_) => {
-                    upstream_open = false;
-                    if client_open {
-                        let _ = cw.shutdown().await;
-                    }
-                }
-                Ok(n) => {
-                    send(&mut cw, &ubuf[..n], idle, "client").await.map_err(|e| (up, down, e))?;
-                    down += n as u64;
-                    last_activity = tokio::time::Instant::now();
-                }
-            },
-            _ = &mut idle_timer => {
-                let deadline = last_activity + idle;
-                if deadline <= tokio::time::Instant::now() {
-                    return Err((up, down, "idle timeout".into()));
-                }
-                idle_timer.as_mut().reset(deadline);
-            }
-        }
-    }
-    Ok((up, down))
+    let mut outcome = relay::relay(client, upstream, 8 * 1024, idle).await;
+    outcome.down += (greeting.raw.len() + greeting.rest.len()) as u64;
+    outcome
 }
 
 /// Write all of `data` to `peer`. A peer that stops reading must not hold
