@@ -178,9 +178,25 @@ fn threshold_health_rejects_bad_settings() {
 }
 
 /// Run `n` decisions through a hostile balancer and check each is
-/// contained: back within the deadline (plus scheduling slack), decided by
-/// the fallback, counted.
+/// contained: back within the deadline (plus slack), decided by the
+/// fallback, counted.
 fn contained(crate_name: &str, reason: &str, deadline: Duration, slack: Duration) {
+    contained_within(
+        crate_name,
+        reason,
+        deadline,
+        Duration::ZERO,
+        deadline + slack,
+    )
+}
+
+fn contained_within(
+    crate_name: &str,
+    reason: &str,
+    deadline: Duration,
+    min: Duration,
+    max: Duration,
+) {
     let (rt, _cache) = runtime();
     let toml = format!(
         "[pools.p]\nbalancer = {{ path = {:?}, deadline = \"{}ms\", memory_mb = 16 }}\n{}",
@@ -203,7 +219,7 @@ fn contained(crate_name: &str, reason: &str, deadline: Duration, slack: Duration
             !d.order.is_empty() && d.order.len() == 2,
             "fallback gave {d:?}"
         );
-        assert!(took <= deadline + slack, "call {i} took {took:?}");
+        assert!(min <= took && took <= max, "call {i} took {took:?}");
     }
     let labels = [("pool", "p"), ("hook", "balancer"), ("reason", reason)];
     assert_eq!(
@@ -232,12 +248,15 @@ fn trapping_plugin_is_contained() {
 
 #[test]
 fn looping_plugin_is_stopped_by_the_deadline() {
-    // The deadline itself is the bound here: 5 ms of CPU, then the trap.
-    contained(
+    // The deadline itself is the bound here: never stopped before 5 ms of
+    // CPU; a bare busy loop burns fuel slower than the calibration loop, so
+    // it runs longer (~12 ms here), and the bound leaves room for that.
+    contained_within(
         "hostile-spin",
         "deadline",
         Duration::from_millis(5),
-        Duration::from_millis(20),
+        Duration::from_millis(5),
+        Duration::from_millis(25),
     );
 }
 

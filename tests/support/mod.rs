@@ -68,13 +68,11 @@ pub fn runtime() -> (PluginRuntime, tempfile::TempDir) {
 /// Parse a config from TOML text; relative paths resolve against the
 /// workspace root.
 ///
-/// Plugin deadlines are measured in wall time (epochs): on a 2-core
-/// machine running tests in parallel a 0.5 us call can be descheduled for
-/// over the 1 ms default and fall back. Tests that expect the plugin to
-/// decide get 100 ms; hostile-plugin tests set their own deadline.
+/// Plugin deadlines count the guest's own instructions (fuel), so a test
+/// machine busy with parallel tests cannot push an honest call over its
+/// deadline: tests run with the default.
 pub fn config(toml: &str) -> Config {
-    let toml = format!("[plugins]\ndeadline = \"100ms\"\n{toml}");
-    Config::parse(&workspace().join("test.toml"), &toml)
+    Config::parse(&workspace().join("test.toml"), toml)
         .unwrap_or_else(|e| panic!("test config is invalid: {e}"))
 }
 

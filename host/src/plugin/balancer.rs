@@ -64,17 +64,17 @@ impl BalancerPlugin {
     /// checked: every id exists, none repeats, and the list is empty only
     /// when no backend is eligible.
     pub fn select(&self, pool: &PushedPool, ctx: &RequestContext) -> Result<Vec<u32>, CallFailure> {
-        let ticks = self.guest.deadline_ticks;
+        let budget = self.guest.budget;
         let mut order = self.guest.call(|live, pushed| {
             let api = live.exports.gale_plugin_selector();
             if *pushed != pool.version {
                 // Pushing a pool costs one marshal of every backend; it gets
                 // ten decisions' worth of CPU.
-                live.store.set_epoch_deadline(ticks * 10);
+                let _ = live.store.set_fuel(budget * 10);
                 api.call_set_pool(&mut live.store, &pool.backends, &pool.listeners)?;
                 *pushed = pool.version;
             }
-            live.store.set_epoch_deadline(ticks);
+            let _ = live.store.set_fuel(budget);
             api.call_select(&mut live.store, ctx)
         })?;
         check_order(&mut order, pool)?;

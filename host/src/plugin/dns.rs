@@ -33,9 +33,9 @@ impl DnsPlugin {
     /// The records wanted for `snapshot`. An empty plan while members exist
     /// is refused: removing every record is never what an operator wants.
     pub fn plan(&self, snapshot: &DnsSnapshot) -> Result<Vec<DnsRecord>, CallFailure> {
-        let ticks = self.guest.deadline_ticks;
+        let budget = self.guest.budget;
         let records = self.guest.call(|live, _| {
-            live.arm(ticks);
+            live.arm(budget);
             live.exports
                 .gale_plugin_publisher()
                 .call_plan(&mut live.store, snapshot)

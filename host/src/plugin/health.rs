@@ -38,9 +38,9 @@ impl HealthPlugin {
         currently_healthy: bool,
         recent: &[ProbeResult],
     ) -> Result<HealthVerdict, CallFailure> {
-        let ticks = self.guest.deadline_ticks;
+        let budget = self.guest.budget;
         self.guest.call(|live, _| {
-            live.arm(ticks);
+            live.arm(budget);
             live.exports.gale_plugin_evaluator().call_evaluate(
                 &mut live.store,
                 backend,

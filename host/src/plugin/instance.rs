@@ -84,9 +84,10 @@ pub(super) struct Live<E> {
 }
 
 impl<E> Live<E> {
-    /// Give the next guest call `ticks` epochs of CPU.
-    pub fn arm(&mut self, ticks: u64) {
-        self.store.set_epoch_deadline(ticks);
+    /// Give the next guest call `fuel` to spend.
+    pub fn arm(&mut self, fuel: u64) {
+        // Fails only when the engine does not consume fuel, and ours does.
+        let _ = self.store.set_fuel(fuel);
     }
 }
 
@@ -99,7 +100,8 @@ pub(super) struct Slot<E> {
 
 pub(super) struct Guest<E: Exports> {
     pub name: Arc<str>,
-    pub deadline_ticks: u64,
+    /// Fuel budget of one call.
+    pub budget: u64,
     runtime: PluginRuntime,
     pre: E::Pre,
     settings: Vec<(String, String)>,
@@ -130,7 +132,7 @@ impl<E: Exports> Guest<E> {
         let pre = E::pre(pre).map_err(instantiate_err)?;
         let guest = Guest {
             name: name.into(),
-            deadline_ticks: PluginRuntime::deadline_ticks(spec.deadline),
+            budget: runtime.fuel_for(spec.deadline),
             runtime: runtime.clone(),
             pre,
             settings: spec.settings.clone(),
@@ -165,8 +167,7 @@ impl<E: Exports> Guest<E> {
         let mut store =
             self.runtime
                 .new_store(self.name.clone(), self.memory_mb, self.live.clone());
-        store.set_epoch_deadline(PluginRuntime::deadline_ticks(SETUP_DEADLINE));
-        let _running = self.runtime.running();
+        let _ = store.set_fuel(self.runtime.fuel_for(SETUP_DEADLINE));
         let exports = E::instantiate(&self.pre, &mut store).map_err(|e| {
             Setup::Failed(CallFailure::from_call(e, store.data().limiter.take_hit()))
         })?;
@@ -197,9 +198,7 @@ impl<E: Exports> Guest<E> {
             })?);
         }
         let live = slot.live.as_mut().expect("just filled");
-        let running = self.runtime.running();
         let result = f(live, &mut slot.pushed);
-        drop(running);
         match result {
             Ok(r) => Ok(r),
             Err(e) => {

@@ -12,11 +12,11 @@ mod balancer;
 mod bindings;
 pub mod builtin;
 mod dns;
+mod fuel;
 mod health;
 mod instance;
 mod runtime;
 mod state;
-mod ticker;
 
 pub use balancer::{BalancerPlugin, PushedPool};
 pub use bindings::types;
@@ -24,7 +24,6 @@ pub use dns::DnsPlugin;
 pub use health::HealthPlugin;
 pub use runtime::PluginRuntime;
 pub use state::LiveCounters;
-pub use ticker::TICK;
 
 /// The hook a component implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -118,7 +117,7 @@ impl CallFailure {
             return CallFailure::MemoryLimit;
         }
         match err.downcast_ref::<wasmtime::Trap>() {
-            Some(wasmtime::Trap::Interrupt) => CallFailure::Deadline,
+            Some(wasmtime::Trap::OutOfFuel) => CallFailure::Deadline,
             Some(trap) => CallFailure::Trap(trap.to_string()),
             None => CallFailure::Trap(format!("{err:#}")),
         }

@@ -1,5 +1,6 @@
 //! The shared wasmtime engine: compilation (cached on disk), linking, the
-//! epoch ticker that enforces CPU deadlines, and stores with memory caps.
+//! fuel rate that turns CPU deadlines into budgets, and stores with memory
+//! caps.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -12,8 +13,8 @@ use wasmtime::component::{Component, Linker, types::ComponentItem};
 use wasmtime::{Config, Engine, Store};
 
 use super::bindings::{self, WORLDS};
+use super::fuel::FuelRate;
 use super::state::{LiveCounters, PluginState};
-use super::ticker::{Running, TICK, Ticker};
 use super::{PluginError, World};
 use crate::config::PluginSource;
 
@@ -24,7 +25,7 @@ pub struct PluginRuntime {
 }
 
 struct Inner {
-    ticker: Arc<Ticker>,
+    fuel: FuelRate,
     engine: Engine,
     linker: Linker<PluginState>,
     cache_dir: Option<PathBuf>,
@@ -33,11 +34,11 @@ struct Inner {
 }
 
 impl PluginRuntime {
-    /// Build the engine and start its epoch ticker. `cache_dir` keeps
+    /// Build the engine and calibrate its fuel rate. `cache_dir` keeps
     /// compiled components across restarts (`None`: compile every time).
     pub fn new(cache_dir: Option<PathBuf>) -> Result<Self, PluginError> {
         let mut config = Config::new();
-        config.epoch_interruption(true);
+        config.consume_fuel(true);
         // Plugins are synchronous and short; no async machinery on the path.
         config.concurrency_support(false);
         config.max_wasm_stack(512 * 1024);
@@ -52,10 +53,15 @@ impl PluginRuntime {
         )
         .map_err(|e| PluginError::engine(e.to_string()))?;
 
-        let ticker = Ticker::spawn(&engine);
+        let fuel = FuelRate::calibrate(&engine)
+            .map_err(|e| PluginError::engine(format!("calibrating fuel: {e:#}")))?;
+        tracing::debug!(
+            fuel_per_us = fuel.per_microsecond(),
+            "plugin CPU deadlines calibrated"
+        );
         Ok(Self {
             inner: Arc::new(Inner {
-                ticker,
+                fuel,
                 engine,
                 linker,
                 cache_dir,
@@ -73,13 +79,6 @@ impl PluginRuntime {
         )
     }
 
-    /// Keep the epoch ticking while the returned guard lives: hold it
-    /// across every entry into guest code.
-    #[inline]
-    pub fn running(&self) -> Running<'_> {
-        self.inner.ticker.running()
-    }
-
     pub fn engine(&self) -> &Engine {
         &self.inner.engine
     }
@@ -88,13 +87,13 @@ impl PluginRuntime {
         &self.inner.linker
     }
 
-    /// Epoch ticks that let a call run at least `deadline`: the first tick
-    /// may come at any moment after the call starts, so one more.
-    pub fn deadline_ticks(deadline: Duration) -> u64 {
-        deadline.as_micros().div_ceil(TICK.as_micros()) as u64 + 1
+    /// The fuel budget of a call that may run for `deadline`.
+    pub fn fuel_for(&self, deadline: Duration) -> u64 {
+        self.inner.fuel.budget(deadline)
     }
 
-    /// A store for one instance, with its memory cap and epoch trap set.
+    /// A store for one instance, with its memory cap (and no fuel: every
+    /// entry into the guest is given its budget first).
     pub fn new_store(
         &self,
         plugin: Arc<str>,
@@ -104,7 +103,6 @@ impl PluginRuntime {
         let bytes = (memory_mb as usize).saturating_mul(1 << 20);
         let mut store = Store::new(&self.inner.engine, PluginState::new(plugin, bytes, live));
         store.limiter(|s| &mut s.limiter);
-        store.epoch_deadline_trap();
         store
     }
 
