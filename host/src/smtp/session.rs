@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use socket2::{Domain, Socket, Type};
+use tokio::io::Interest;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -165,12 +167,7 @@ async fn connect_and_greet(
     peer: SocketAddr,
     local: SocketAddr,
 ) -> Result<(TcpStream, super::reply::Reply), Attempt> {
-    let mut upstream = match timeout(l.connect_timeout, TcpStream::connect(address)).await {
-        Err(_) => return Err(Attempt::ConnectTimeout),
-        Ok(Err(e)) => return Err(Attempt::Connect(e.kind().to_string())),
-        Ok(Ok(s)) => s,
-    };
-    let _ = upstream.set_nodelay(true);
+    let mut upstream = connect(address, l.connect_timeout).await?;
     let header = proxy_header::for_client(proxy, peer, local);
     if !header.is_empty() {
         upstream
@@ -187,6 +184,38 @@ async fn connect_and_greet(
         return Err(Attempt::Refused(greeting.code, greeting.first_line()));
     }
     Ok((upstream, greeting))
+}
+
+/// Connect without the syscalls a generic connect spends: no-delay is set
+/// before connecting, and success is not confirmed with `SO_ERROR` (that
+/// is read only when the connection failed); the greeting read that comes
+/// next reports anything else.
+async fn connect(address: SocketAddr, limit: Duration) -> Result<TcpStream, Attempt> {
+    let failed = |e: std::io::Error| Attempt::Connect(e.kind().to_string());
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM.nonblocking(),
+        None,
+    )
+    .map_err(failed)?;
+    socket.set_tcp_nodelay(true).map_err(failed)?;
+    match socket.connect(&address.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(failed(e)),
+    }
+    let stream = TcpStream::from_std(std::net::TcpStream::from(socket)).map_err(failed)?;
+    match timeout(limit, stream.ready(Interest::WRITABLE)).await {
+        Err(_) => Err(Attempt::ConnectTimeout),
+        Ok(Err(e)) => Err(failed(e)),
+        Ok(Ok(ready)) if ready.is_error() || ready.is_write_closed() => {
+            let e = stream.take_error().ok().flatten();
+            Err(failed(e.unwrap_or_else(|| {
+                std::io::ErrorKind::ConnectionRefused.into()
+            })))
+        }
+        Ok(Ok(_)) => Ok(stream),
+    }
 }
 
 /// Forward the greeting, then relay both ways until both sides close or
