@@ -11,12 +11,13 @@
 # each as ratios gale/HAProxy and gale/direct. Everything is on loopback
 # and every run is bounded by its message count.
 #
-# Usage: bench/smtp.sh [messages]   (needs postfix, haproxy; builds gale)
+# Usage: [ROUNDS=9] bench/smtp.sh [messages]   (needs postfix, haproxy; builds gale)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MESSAGES=${1:-20000}
-SESSIONS=20
-ROUNDS=5
+MESSAGES=${1:-10000}
+SESSIONS=${SESSIONS:-20}
+ROUNDS=${ROUNDS:-9}
+LATENCY_SESSIONS=1000
 
 for tool in smtp-source smtp-sink haproxy taskset python3; do
     command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install postfix haproxy util-linux)"; exit 1; }
@@ -85,25 +86,27 @@ sleep 1
 cpu_ticks() { [ -n "$1" ] && awk '{print $14+$15}' "/proc/$1/stat" || echo 0; }
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
 
-# "messages/s proxy-CPU-us-per-message" of one smtp-source run against
-# port $1, with the proxy's pid in $2 (empty for direct).
-rate() {
-    local target=$1 pid=$2; shift 2
+# One smtp-source run against port $2 with the proxy's pid in $3 (empty for
+# direct); appends "round target mode msgs/s proxy-CPU-us-per-msg" to
+# $work/runs.
+run() {
+    local round=$1 who=$2 mode=$3 target=$4 pid=$5; shift 5
     local start end c0 c1
     c0=$(cpu_ticks "$pid"); start=$(date +%s.%N)
     taskset -c 1 smtp-source "$@" -s $SESSIONS -m "$MESSAGES" -l 512 -f a@bench.test -t b@bench.test 127.0.0.1:"$target" 2>"$work/err"
     end=$(date +%s.%N); c1=$(cpu_ticks "$pid")
-    if [ -s "$work/err" ]; then echo "smtp-source errors against $target:" >&2; cat "$work/err" >&2; exit 1; fi
-    python3 -c "print(round($MESSAGES/($end-$start)), round(($c1-$c0)*$TICK_US/$MESSAGES, 1))"
+    if [ -s "$work/err" ]; then echo "smtp-source errors against $who:" >&2; cat "$work/err" >&2; exit 1; fi
+    python3 -c "print($round, '$who', '$mode', $MESSAGES/($end-$start), ($c1-$c0)*$TICK_US/$MESSAGES)" >>"$work/runs"
 }
-median() { python3 -c "import statistics,sys; print(round(statistics.median(map(float, sys.argv[1:]))))" "$@"; }
 
-# connect-to-220 latency (p50 and p99, microseconds) over 2000 sessions.
+# connect-to-220 latency of $LATENCY_SESSIONS sessions against port $3;
+# appends "round target latency-us..." to $work/latency.
 latency() {
-    taskset -c 1 python3 - "$1" <<'PY'
+    taskset -c 1 python3 - "$1" "$2" "$3" "$LATENCY_SESSIONS" >>"$work/latency" <<'PY'
 import socket, sys, time
-port = int(sys.argv[1]); samples = []
-for _ in range(2000):
+rnd, who, port, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+samples = []
+for _ in range(n):
     t = time.perf_counter_ns()
     s = socket.create_connection(("127.0.0.1", port))
     buf = b""
@@ -113,36 +116,57 @@ for _ in range(2000):
         buf += chunk
     samples.append((time.perf_counter_ns() - t) / 1000)
     s.sendall(b"QUIT\r\n"); s.recv(4096); s.close()
-samples.sort()
-print(f"{samples[len(samples)//2]:.0f} {samples[int(len(samples)*0.99)]:.0f}")
+print(rnd, who, *(round(x) for x in samples))
 PY
 }
 
-echo "messages: $MESSAGES per run, $SESSIONS parallel sessions, 512-byte messages; median of $ROUNDS interleaved rounds"
-declare -A NEW REUSE NEWCPU REUSECPU LAT50 LAT99 PORT=([direct]=$S1 [haproxy]=$HP [gale]=$GP) PID=([direct]= [haproxy]=$HAPROXY_PID [gale]=$GALE_PID)
-for round in $(seq $ROUNDS); do
-    # Interleaved, so drift in the machine's speed hits every target alike.
-    for who in direct haproxy gale; do
-        read -r r c < <(rate "${PORT[$who]}" "${PID[$who]}")
-        NEW[$who]+=" $r"; NEWCPU[$who]+=" $c"
-        read -r r c < <(rate "${PORT[$who]}" "${PID[$who]}" -d)
-        REUSE[$who]+=" $r"; REUSECPU[$who]+=" $c"
+echo "$MESSAGES messages per run, $SESSIONS parallel sessions, 512-byte messages, $ROUNDS rounds"
+declare -A PORT=([direct]=$S1 [haproxy]=$HP [gale]=$GP) PID=([direct]= [haproxy]=$HAPROXY_PID [gale]=$GALE_PID)
+for round in $(seq "$ROUNDS"); do
+    # Interleaved, and the proxies' order alternates, so drift in the
+    # machine's speed hits every target alike; ratios are taken per round.
+    if (( round % 2 )); then order=(haproxy gale direct); else order=(gale haproxy direct); fi
+    for who in "${order[@]}"; do
+        run "$round" "$who" new "${PORT[$who]}" "${PID[$who]}"
+        run "$round" "$who" reuse "${PORT[$who]}" "${PID[$who]}" -d
+        latency "$round" "$who" "${PORT[$who]}"
     done
-    echo "round $round done" >&2
-done
-for who in direct haproxy gale; do
-    NEW[$who]=$(median ${NEW[$who]}); NEWCPU[$who]=$(median ${NEWCPU[$who]})
-    REUSE[$who]=$(median ${REUSE[$who]}); REUSECPU[$who]=$(median ${REUSECPU[$who]})
-    read -r LAT50[$who] LAT99[$who] < <(latency "${PORT[$who]}")
+    echo "round $round of $ROUNDS done" >&2
 done
 
-ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
-lat_ratio() { python3 -c "print(f'{$2/$1:.2f}')"; }  # higher is better for gale
-printf '\n| %-36s | %9s | %9s | %9s | %10s | %10s |\n' "" direct haproxy gale gale/HAProxy gale/direct
-printf '|%s|\n' "--------------------------------------|-----------|-----------|-----------|------------|-----------"
-printf '| %-36s | %9s | %9s | %9s | %10s | %10s |\n' "msgs/s, one connection per message" "${NEW[direct]}" "${NEW[haproxy]}" "${NEW[gale]}" "$(ratio "${NEW[gale]}" "${NEW[haproxy]}")" "$(ratio "${NEW[gale]}" "${NEW[direct]}")"
-printf '| %-36s | %9s | %9s | %9s | %10s | %10s |\n' "msgs/s, reused connections" "${REUSE[direct]}" "${REUSE[haproxy]}" "${REUSE[gale]}" "$(ratio "${REUSE[gale]}" "${REUSE[haproxy]}")" "$(ratio "${REUSE[gale]}" "${REUSE[direct]}")"
-printf '| %-36s | %9s | %9s | %9s | %10s | %10s |\n' "proxy CPU us/msg, new conn (other/gale)" "-" "${NEWCPU[haproxy]}" "${NEWCPU[gale]}" "$(lat_ratio "${NEWCPU[gale]}" "${NEWCPU[haproxy]}")" "-"
-printf '| %-36s | %9s | %9s | %9s | %10s | %10s |\n' "proxy CPU us/msg, reused (other/gale)" "-" "${REUSECPU[haproxy]}" "${REUSECPU[gale]}" "$(lat_ratio "${REUSECPU[gale]}" "${REUSECPU[haproxy]}")" "-"
-printf '| %-36s | %9s | %9s | %9s | %10s | %10s |\n' "setup p50, us (ratio: other/gale)" "${LAT50[direct]}" "${LAT50[haproxy]}" "${LAT50[gale]}" "$(lat_ratio "${LAT50[gale]}" "${LAT50[haproxy]}")" "$(lat_ratio "${LAT50[gale]}" "${LAT50[direct]}")"
-printf '| %-36s | %9s | %9s | %9s | %10s | %10s |\n' "setup p99, us (ratio: other/gale)" "${LAT99[direct]}" "${LAT99[haproxy]}" "${LAT99[gale]}" "$(lat_ratio "${LAT99[gale]}" "${LAT99[haproxy]}")" "$(lat_ratio "${LAT99[gale]}" "${LAT99[direct]}")"
+python3 - "$work/runs" "$work/latency" <<'PY'
+import statistics as st, sys
+from collections import defaultdict
+runs = defaultdict(dict)     # (mode) -> {(round, who): (rate, cpu)}
+for line in open(sys.argv[1]):
+    rnd, who, mode, rate, cpu = line.split()
+    runs[mode][(int(rnd), who)] = (float(rate), float(cpu))
+lat = {}                     # (round, who) -> sorted samples
+for line in open(sys.argv[2]):
+    rnd, who, *xs = line.split()
+    lat[(int(rnd), who)] = sorted(map(float, xs))
+rounds = sorted({r for r, _ in runs["new"]})
+pct = lambda xs, q: xs[min(len(xs) - 1, int(len(xs) * q))]
+
+def row(name, value, better_high=True, proxies_only=False):
+    """value(round, who) -> number; ratios are per round, then the median."""
+    med = {w: st.median(value(r, w) for r in rounds) for w in ("direct", "haproxy", "gale")}
+    def ratio(other):
+        rs = sorted((value(r, "gale") / value(r, other)) if better_high else (value(r, other) / value(r, "gale")) for r in rounds)
+        return f"{st.median(rs):.2f} ({rs[0]:.2f}-{rs[-1]:.2f})"
+    d = "" if proxies_only else f"{med['direct']:.0f}"
+    print(f"| {name} | {d} | {med['haproxy']:.0f} | {med['gale']:.0f} | {ratio('haproxy')} | {'' if proxies_only else ratio('direct')} |")
+
+print()
+print("| | direct | HAProxy | gale | gale/HAProxy (range) | gale/direct (range) |")
+print("|---|---:|---:|---:|---:|---:|")
+row("msgs/s, one connection per message", lambda r, w: runs["new"][(r, w)][0])
+row("msgs/s, reused connections", lambda r, w: runs["reuse"][(r, w)][0])
+row("proxy CPU µs per message, new connection", lambda r, w: runs["new"][(r, w)][1], False, True)
+row("proxy CPU µs per message, reused", lambda r, w: runs["reuse"][(r, w)][1], False, True)
+row("session setup (connect to 220) p50, µs", lambda r, w: pct(lat[(r, w)], 0.5), False)
+row("session setup p99, µs", lambda r, w: pct(lat[(r, w)], 0.99), False)
+print()
+print("Ratios are medians of per-round ratios, with their range; for CPU and")
+print("latency the ratio is other/gale, so above 1 means gale is better.")
+PY
