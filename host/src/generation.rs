@@ -36,6 +36,16 @@ impl Generation {
         Ok(Generation { id, config, pools })
     }
 
+    /// Carry `old`'s health state over to the pools and backends that
+    /// are in both.
+    pub fn inherit(&self, old: &Generation) {
+        for pool in &self.pools {
+            if let Some(before) = old.pool(&pool.name) {
+                pool.inherit(before);
+            }
+        }
+    }
+
     pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
         self.pools.iter().find(|p| p.name == name)
     }

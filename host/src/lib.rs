@@ -10,7 +10,9 @@
 //! - [`health`]: active health probes.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`demo`]: in-process demo backends for `gale demo`.
-//! - [`server`]: binds listeners, starts probes, drains on shutdown.
+//! - [`server`]: binds listeners, starts probes, swaps generations,
+//!   drains on shutdown.
+//! - [`reload`]: builds the next generation on SIGHUP or a file change.
 
 pub mod config;
 pub mod demo;
@@ -19,5 +21,6 @@ pub mod health;
 pub mod metrics;
 pub mod plugin;
 pub mod pool;
+pub mod reload;
 pub mod server;
 pub mod smtp;

@@ -10,6 +10,8 @@ use gale::config::Config;
 use gale::generation::Generation;
 use gale::metrics::Metrics;
 use gale::plugin::PluginRuntime;
+use gale::reload;
+use tokio::signal::unix::{SignalKind, signal};
 
 /// gale balances SMTP and HTTP sessions across a fleet of MTAs; which
 /// backend takes a session, when a backend is healthy and what DNS
@@ -125,8 +127,10 @@ fn run(path: &Path, demo: bool) -> anyhow::Result<()> {
     rt.block_on(async {
         let path = path.to_path_buf();
         // Compiling plugins is CPU work: keep it off the async workers.
-        let (_runtime, generation, _metrics) =
-            tokio::task::spawn_blocking(move || load(&path)).await??;
+        let (runtime, generation, metrics) = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || load(&path)).await??
+        };
         let (id, pools) = (generation.id, generation.pools.len());
         let demo_stop = tokio_util::sync::CancellationToken::new();
         if demo {
@@ -134,9 +138,33 @@ fn run(path: &Path, demo: bool) -> anyhow::Result<()> {
             let stop = demo_stop.clone();
             tokio::spawn(async move { gale::demo::run_backends(&config, stop).await });
         }
+        let files = reload::files_of(&path, &generation.config);
+        let reloader = reload::Reloader::new(&path, runtime, metrics, id);
         let server = gale::server::Server::start(generation).await?;
-        tracing::info!(generation = id, pools, listeners = ?server.addresses, "gale is ready");
-        shutdown_signal().await;
+        let mut watcher = reload::FileWatcher::new(&files)
+            .inspect_err(|e| tracing::warn!("config and plugin files are not watched: {e}"))
+            .ok();
+        let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        tracing::info!(generation = id, pools, listeners = ?server.addresses(), "gale is ready");
+        let stop = shutdown_signal();
+        tokio::pin!(stop);
+        loop {
+            let trigger = tokio::select! {
+                _ = &mut stop => break,
+                _ = hangup.recv() => "SIGHUP",
+                _ = async {
+                    match watcher.as_mut() {
+                        Some(w) => w.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => "file change",
+            };
+            if reloader.reload(&server, trigger).await.is_ok()
+                && let Some(w) = watcher.as_mut()
+            {
+                w.watch(&reload::files_of(&path, &server.current.load().config));
+            }
+        }
         tracing::info!("shutting down: no new sessions");
         server.shutdown().await;
         demo_stop.cancel();
@@ -145,7 +173,6 @@ fn run(path: &Path, demo: bool) -> anyhow::Result<()> {
 }
 
 async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

@@ -5,6 +5,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -20,11 +21,20 @@ pub struct FallbackLabels {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `ok` or `failed`.
+    pub result: String,
+}
+
 /// Every metric gale exports.
 pub struct Metrics {
     registry: Registry,
     pub plugin_calls: Family<PluginLabels, Counter>,
     pub plugin_fallbacks: Family<FallbackLabels, Counter>,
+    pub reloads: Family<ReloadLabels, Counter>,
+    /// Id of the generation serving new sessions.
+    pub generation: Gauge,
 }
 
 impl Default for Metrics {
@@ -48,10 +58,24 @@ impl Metrics {
             "Decisions taken by the built-in fallback because the plugin trapped, hit its deadline or memory cap, or answered garbage",
             plugin_fallbacks.clone(),
         );
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "reloads",
+            "Config and plugin reloads, by result",
+            reloads.clone(),
+        );
+        let generation = Gauge::default();
+        registry.register(
+            "generation",
+            "Id of the generation serving new sessions",
+            generation.clone(),
+        );
         Self {
             registry,
             plugin_calls,
             plugin_fallbacks,
+            reloads,
+            generation,
         }
     }
 

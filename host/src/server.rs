@@ -1,9 +1,10 @@
 //! The running server: binds every listener of a generation, starts the
-//! health probes, and on shutdown stops accepting, lets sessions finish up
-//! to the drain deadline, then ends the rest.
+//! health probes, swaps in new generations on reload, and on shutdown
+//! stops accepting, lets sessions finish up to the drain deadline, then
+//! ends the rest.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
@@ -11,70 +12,172 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Protocol;
+use crate::config::{Config, Protocol};
 use crate::generation::Generation;
 
 pub struct Server {
+    /// The generation new sessions start on.
     pub current: Arc<ArcSwap<Generation>>,
-    /// (listener name, bound address): with port 0 in the config, the
-    /// address the kernel chose.
-    pub addresses: Vec<(String, SocketAddr)>,
+    listeners: Mutex<Vec<Bound>>,
+    /// Stops the current generation's probes when it is replaced.
+    probes: Mutex<CancellationToken>,
     sessions: TaskTracker,
     background: TaskTracker,
     stop_accepting: CancellationToken,
     stop_background: CancellationToken,
 }
 
+/// A listener socket and its accept loop.
+struct Bound {
+    name: String,
+    /// The address in the config (port 0 stays 0 here).
+    configured: SocketAddr,
+    /// The address the kernel gave.
+    address: SocketAddr,
+    stop: CancellationToken,
+}
+
+/// Sockets bound for a generation that is not swapped in yet.
+struct Pending {
+    bound: Vec<(Bound, TcpListener)>,
+}
+
 impl Server {
     /// Bind every listener and start serving `generation`.
     pub async fn start(generation: Generation) -> anyhow::Result<Server> {
+        let server = Server {
+            current: Arc::new(ArcSwap::new(Arc::new(generation))),
+            listeners: Mutex::new(Vec::new()),
+            probes: Mutex::new(CancellationToken::new()),
+            sessions: TaskTracker::new(),
+            background: TaskTracker::new(),
+            stop_accepting: CancellationToken::new(),
+            stop_background: CancellationToken::new(),
+        };
+        let generation = server.current.load_full();
+        let pending = server.bind_new(&generation.config).await?;
+        server.serve(pending);
+        let probes = server.stop_background.child_token();
+        crate::health::spawn_probes(&generation, &server.background, &probes);
+        *server.probes.lock().unwrap_or_else(|p| p.into_inner()) = probes;
+        Ok(server)
+    }
+
+    /// Make `generation` current: listeners whose address did not change
+    /// keep their sockets, new or moved ones are bound first (a failure
+    /// leaves everything as it was), the new generation's probes start
+    /// from the health state it inherited, and the old generation stays
+    /// alive until its last session ends.
+    pub async fn swap(&self, generation: Generation) -> anyhow::Result<()> {
+        let pending = self.bind_new(&generation.config).await?;
+        // Before anyone can see it, and again right after the swap for
+        // results recorded in between: no window where a backend known
+        // dead looks healthy.
+        generation.inherit(&self.current.load());
         let generation = Arc::new(generation);
-        let current = Arc::new(ArcSwap::new(generation.clone()));
-        let sessions = TaskTracker::new();
-        let background = TaskTracker::new();
-        let stop_accepting = CancellationToken::new();
-        let stop_background = CancellationToken::new();
-        let mut addresses = Vec::new();
-        for l in &generation.config.listeners {
+        let old = self.current.swap(generation.clone());
+        generation.inherit(&old);
+        self.serve(pending);
+        self.retire_listeners(&generation.config);
+        let probes = self.stop_background.child_token();
+        crate::health::spawn_probes(&generation, &self.background, &probes);
+        let previous = std::mem::replace(
+            &mut *self.probes.lock().unwrap_or_else(|p| p.into_inner()),
+            probes,
+        );
+        previous.cancel();
+        Ok(())
+    }
+
+    /// Bind the SMTP listeners of `config` that are not bound already at
+    /// the same address.
+    async fn bind_new(&self, config: &Config) -> anyhow::Result<Pending> {
+        let mut bound = Vec::new();
+        for l in &config.listeners {
             if l.protocol == Protocol::Http {
                 // The HTTP proxy is not built yet: leave the port closed
                 // rather than accept connections nobody answers.
                 tracing::warn!(listener = %l.name, "HTTP listeners are not served yet; not binding");
                 continue;
             }
+            let kept = self
+                .listeners
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .any(|b| b.name == l.name && b.configured == l.address);
+            if kept {
+                continue;
+            }
             let socket = TcpListener::bind(l.address)
                 .await
                 .with_context(|| format!("listener {}: cannot bind {}", l.name, l.address))?;
-            let bound = socket.local_addr()?;
+            let address = socket.local_addr()?;
+            let stop = self.stop_accepting.child_token();
+            let b = Bound {
+                name: l.name.clone(),
+                configured: l.address,
+                address,
+                stop,
+            };
+            bound.push((b, socket));
+        }
+        Ok(Pending { bound })
+    }
+
+    /// Start accepting on freshly bound sockets.
+    fn serve(&self, pending: Pending) {
+        let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        for (b, socket) in pending.bound {
             // Logged before "gale is ready": tests and scripts read the port
             // the kernel chose from this line.
-            tracing::info!(listener = %l.name, address = %bound, protocol = ?l.protocol, "listening");
-            addresses.push((l.name.clone(), bound));
-            background.spawn(crate::smtp::serve(
+            tracing::info!(listener = %b.name, address = %b.address, "listening");
+            self.background.spawn(crate::smtp::serve(
                 socket,
-                l.name.clone(),
-                current.clone(),
-                sessions.clone(),
-                stop_accepting.clone(),
+                b.name.clone(),
+                self.current.clone(),
+                self.sessions.clone(),
+                b.stop.clone(),
             ));
+            // A listener that moved: the old socket stops in retire_listeners.
+            listeners.push(b);
         }
-        crate::health::spawn_probes(&generation, &background, &stop_background);
-        Ok(Server {
-            current,
-            addresses,
-            sessions,
-            background,
-            stop_accepting,
-            stop_background,
-        })
+    }
+
+    /// Stop accepting on listeners the current config no longer has at
+    /// their address; their sessions carry on.
+    fn retire_listeners(&self, config: &Config) {
+        let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        listeners.retain(|b| {
+            let wanted = config
+                .listeners
+                .iter()
+                .any(|l| l.name == b.name && l.address == b.configured);
+            if !wanted {
+                tracing::info!(listener = %b.name, address = %b.address, "listener removed by reload");
+                b.stop.cancel();
+            }
+            wanted
+        });
+    }
+
+    /// (listener name, bound address) of every listener accepting now:
+    /// with port 0 in the config, the address the kernel chose.
+    pub fn addresses(&self) -> Vec<(String, SocketAddr)> {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|b| (b.name.clone(), b.address))
+            .collect()
     }
 
     /// The bound address of listener `name`.
     pub fn address(&self, name: &str) -> Option<SocketAddr> {
-        self.addresses
-            .iter()
+        self.addresses()
+            .into_iter()
             .find(|(n, _)| n == name)
-            .map(|(_, a)| *a)
+            .map(|(_, a)| a)
     }
 
     /// Stop accepting, wait up to the config's drain timeout for sessions

@@ -54,6 +54,8 @@ pub struct Gale {
     pub child: Child,
     pub log: Arc<Mutex<Vec<String>>>,
     pub listeners: Vec<(String, SocketAddr)>,
+    /// The config file it runs, for reload tests to rewrite.
+    pub config: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -113,6 +115,7 @@ impl Gale {
             child,
             log,
             listeners,
+            config,
             _dir: dir,
         }
     }
@@ -123,6 +126,14 @@ impl Gale {
             .find(|(n, _)| n == name)
             .map(|(_, a)| *a)
             .expect("listener")
+    }
+
+    /// Replace the config file the way editors and deploy tools do: write
+    /// a new file beside it, then rename it over the old one.
+    pub fn rewrite_config(&self, toml: &str) {
+        let next = self.config.with_extension("toml.new");
+        std::fs::write(&next, toml).unwrap();
+        std::fs::rename(&next, &self.config).unwrap();
     }
 
     pub fn log_lines(&self, needle: &str) -> Vec<String> {

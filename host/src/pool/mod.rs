@@ -236,6 +236,31 @@ impl Pool {
         }
     }
 
+    /// Take over the health state of `old`'s backends that are still here
+    /// (same name and address), so a reload never puts a dead backend back
+    /// in rotation until its probes say so.
+    pub fn inherit(&self, old: &Pool) {
+        let mut changed = false;
+        for state in &self.backends {
+            let Some(before) = old.backends.iter().find(|b| {
+                b.config.name == state.config.name && b.config.address == state.config.address
+            }) else {
+                continue;
+            };
+            let healthy = before.healthy.load(Ordering::Acquire);
+            changed |= state.healthy.swap(healthy, Ordering::AcqRel) != healthy;
+            let history = before
+                .history
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            *state.history.lock().unwrap_or_else(|p| p.into_inner()) = history;
+        }
+        if changed {
+            self.publish();
+        }
+    }
+
     /// Feed one probe or traffic result for backend `id` through the
     /// health plugin. Returns the new verdict if it changed.
     pub fn record(&self, id: usize, result: ProbeResult) -> Option<bool> {

@@ -1,0 +1,186 @@
+//! Reloading: build the next generation from the config file and the
+//! plugins it names, then swap it in whole, or keep the running one and
+//! say why. Triggered by SIGHUP and by changes to those files.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
+use tokio::sync::mpsc;
+
+use crate::config::{Config, PluginSource};
+use crate::generation::Generation;
+use crate::metrics::{Metrics, ReloadLabels};
+use crate::plugin::PluginRuntime;
+use crate::server::Server;
+
+/// Quiet time after a file event before reloading: an editor's save is
+/// several events (write, rename, chmod), and a copy of a large plugin
+/// arrives in pieces.
+const DEBOUNCE: Duration = Duration::from_millis(200);
+
+pub struct Reloader {
+    path: PathBuf,
+    runtime: PluginRuntime,
+    metrics: Arc<Metrics>,
+    next_id: AtomicU64,
+    /// One reload at a time; a trigger during a reload waits its turn.
+    busy: tokio::sync::Mutex<()>,
+}
+
+impl Reloader {
+    /// Reload `path`; the running generation is `current_id`.
+    pub fn new(
+        path: &Path,
+        runtime: PluginRuntime,
+        metrics: Arc<Metrics>,
+        current_id: u64,
+    ) -> Self {
+        metrics.generation.set(current_id as i64);
+        Reloader {
+            path: path.to_path_buf(),
+            runtime,
+            metrics,
+            next_id: AtomicU64::new(current_id + 1),
+            busy: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Build, check and swap in a new generation. On any error the running
+    /// generation stays, and the error says which file, line and key, or
+    /// which plugin, is at fault.
+    pub async fn reload(&self, server: &Server, trigger: &str) -> anyhow::Result<u64> {
+        let _one = self.busy.lock().await;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let (path, runtime, metrics) = (
+            self.path.clone(),
+            self.runtime.clone(),
+            self.metrics.clone(),
+        );
+        let result = async {
+            // Parsing and compiling are blocking CPU work: off the workers.
+            let generation = tokio::task::spawn_blocking(move || -> anyhow::Result<Generation> {
+                let config = Config::load(&path)?;
+                Ok(Generation::build(id, &runtime, config, &metrics)?)
+            })
+            .await??;
+            server.swap(generation).await
+        }
+        .await;
+        let running = server.current.load().id;
+        let label = |result: &str| ReloadLabels {
+            result: result.to_string(),
+        };
+        match result {
+            Ok(()) => {
+                self.metrics.reloads.get_or_create(&label("ok")).inc();
+                self.metrics.generation.set(id as i64);
+                tracing::info!(
+                    generation = id,
+                    trigger,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "reloaded"
+                );
+                Ok(id)
+            }
+            Err(e) => {
+                self.metrics.reloads.get_or_create(&label("failed")).inc();
+                tracing::warn!(
+                    generation = running,
+                    trigger,
+                    "reload failed, still serving generation {running}: {e:#}"
+                );
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The files a config depends on: itself and every plugin file it names.
+pub fn files_of(path: &Path, config: &Config) -> Vec<PathBuf> {
+    let mut files = vec![path.to_path_buf()];
+    for pool in &config.pools {
+        for spec in [&pool.balancer, &pool.health] {
+            if let PluginSource::File(file) = &spec.source {
+                files.push(file.clone());
+            }
+        }
+    }
+    files
+}
+
+/// Watches files for changes. Their folders are watched rather than the
+/// files: editors and deploy tools replace a file by renaming a new one
+/// over it, which a watch on the old file would never see.
+pub struct FileWatcher {
+    watcher: RecommendedWatcher,
+    folders: HashSet<PathBuf>,
+    files: Arc<Mutex<HashSet<PathBuf>>>,
+    events: mpsc::UnboundedReceiver<()>,
+}
+
+impl FileWatcher {
+    pub fn new(files: &[PathBuf]) -> notify::Result<Self> {
+        let watched: Arc<Mutex<HashSet<PathBuf>>> = Arc::default();
+        let (tx, events) = mpsc::unbounded_channel();
+        let filter = watched.clone();
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            let Ok(event) = event else { return };
+            // Reads (ours included, when reloading) are not changes.
+            let change = matches!(
+                event.kind,
+                EventKind::Create(_)
+                    | EventKind::Modify(_)
+                    | EventKind::Remove(_)
+                    | EventKind::Access(AccessKind::Close(AccessMode::Write))
+            );
+            let files = filter.lock().unwrap_or_else(|p| p.into_inner());
+            if change && event.paths.iter().any(|p| files.contains(p)) {
+                let _ = tx.send(());
+            }
+        })?;
+        let mut w = FileWatcher {
+            watcher,
+            folders: HashSet::new(),
+            files: watched,
+            events,
+        };
+        w.watch(files);
+        Ok(w)
+    }
+
+    /// Watch exactly `files` from now on (a reload may name new plugins).
+    pub fn watch(&mut self, files: &[PathBuf]) {
+        let files: HashSet<PathBuf> = files
+            .iter()
+            .filter_map(|f| std::path::absolute(f).ok())
+            .collect();
+        let folders: HashSet<PathBuf> = files
+            .iter()
+            .filter_map(|f| f.parent().map(Path::to_path_buf))
+            .collect();
+        for gone in self.folders.difference(&folders) {
+            let _ = self.watcher.unwatch(gone);
+        }
+        for new in folders.difference(&self.folders) {
+            if let Err(e) = self.watcher.watch(new, RecursiveMode::NonRecursive) {
+                tracing::warn!(folder = %new.display(), "cannot watch for changes: {e}");
+            }
+        }
+        self.folders = folders;
+        *self.files.lock().unwrap_or_else(|p| p.into_inner()) = files;
+    }
+
+    /// Wait for a change, then for the files to be quiet for [`DEBOUNCE`].
+    pub async fn changed(&mut self) {
+        if self.events.recv().await.is_none() {
+            return std::future::pending().await;
+        }
+        while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, self.events.recv()).await {}
+    }
+}
