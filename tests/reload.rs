@@ -31,44 +31,58 @@ struct Session {
 }
 
 impl Session {
-    fn open(addr: SocketAddr) -> Session {
-        let stream = TcpStream::connect(addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
+    fn try_open(addr: SocketAddr) -> std::io::Result<Session> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         let mut s = Session {
-            reader: BufReader::new(stream.try_clone().unwrap()),
+            reader: BufReader::new(stream.try_clone()?),
             writer: stream,
         };
-        s.expect("220");
-        s
+        s.expect("220")?;
+        Ok(s)
     }
 
-    /// Read one reply (all its lines); panic unless it starts with `code`.
-    fn expect(&mut self, code: &str) {
+    fn open(addr: SocketAddr) -> Session {
+        Session::try_open(addr).unwrap()
+    }
+
+    /// Read one reply (all its lines); an error unless it starts with `code`.
+    fn expect(&mut self, code: &str) -> std::io::Result<()> {
         loop {
             let mut line = String::new();
-            self.reader.read_line(&mut line).unwrap();
-            assert!(line.starts_with(code), "expected {code}, got {line:?}");
+            self.reader.read_line(&mut line)?;
+            if !line.starts_with(code) {
+                return Err(std::io::Error::other(format!(
+                    "expected {code}, got {line:?}"
+                )));
+            }
             if line.as_bytes().get(3) != Some(&b'-') {
-                return;
+                return Ok(());
             }
         }
     }
 
+    fn try_command(&mut self, line: &str, code: &str) -> std::io::Result<()> {
+        self.writer.write_all(line.as_bytes())?;
+        self.expect(code)
+    }
+
     fn command(&mut self, line: &str, code: &str) {
-        self.writer.write_all(line.as_bytes()).unwrap();
-        self.expect(code);
+        self.try_command(line, code).unwrap();
     }
 
     /// Everything after the greeting: one message, then QUIT.
-    fn send_mail(mut self) {
-        self.command("EHLO client.test\r\n", "250");
-        self.command("MAIL FROM:<a@client.test>\r\n", "250");
-        self.command("RCPT TO:<b@example.test>\r\n", "250");
-        self.command("DATA\r\n", "354");
-        self.command("Subject: reload\r\n\r\nhello\r\n.\r\n", "250");
-        self.command("QUIT\r\n", "221");
+    fn try_send_mail(mut self) -> std::io::Result<()> {
+        self.try_command("EHLO client.test\r\n", "250")?;
+        self.try_command("MAIL FROM:<a@client.test>\r\n", "250")?;
+        self.try_command("RCPT TO:<b@example.test>\r\n", "250")?;
+        self.try_command("DATA\r\n", "354")?;
+        self.try_command("Subject: reload\r\n\r\nhello\r\n.\r\n", "250")?;
+        self.try_command("QUIT\r\n", "221")
+    }
+
+    fn send_mail(self) {
+        self.try_send_mail().unwrap();
     }
 }
 
@@ -212,4 +226,204 @@ fn health_state_survives_a_reload() {
             "a dead backend was tried first: {s}"
         );
     }
+}
+
+/// Resident memory of `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in /proc/pid/status")
+}
+
+#[test]
+fn a_thousand_reloads_do_not_grow_memory() {
+    let sink = SmtpSink::start(free_port());
+    let gale = Gale::start(&config(&[("a", sink.address, 1)]));
+    let pid = gale.child.id();
+    let mut after_ten = 0;
+    for n in 1..=1000u64 {
+        signal(pid, "HUP");
+        // Signals sent faster than reloads run would merge: one at a time.
+        let needle = format!("reloaded generation={} ", n + 1);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while gale.log_lines(&needle).is_empty() {
+            assert!(Instant::now() < deadline, "reload {n} did not finish");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if n == 10 {
+            after_ten = rss_kib(pid);
+        }
+    }
+    send_mail(gale.address("in"));
+    let after = rss_kib(pid);
+    assert!(
+        after * 10 <= after_ten * 11,
+        "resident memory grew from {after_ten} KiB after 10 reloads to {after} KiB after 1000"
+    );
+    eprintln!("RSS after 10 reloads: {after_ten} KiB, after 1000: {after} KiB");
+}
+
+/// The config of the load test: `a` primary, `b` standby, more backends
+/// optional; the balancer is whatever component `balancer.wasm` holds.
+fn swap_config(balancer: &std::path::Path, backends: &[(&str, SocketAddr, u32, &str)]) -> String {
+    let mut toml = format!(
+        "[listeners.in]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\npool = \"mta\"\n\
+         [pools.mta]\nbalancer = {{ path = {balancer:?} }}\n"
+    );
+    for (name, address, weight, role) in backends {
+        toml.push_str(&format!(
+            "[[pools.mta.backends]]\nname = \"{name}\"\naddress = \"{address}\"\nweight = {weight}\nrole = \"{role}\"\n"
+        ));
+    }
+    toml
+}
+
+/// Field `key=` of a log line.
+fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in {line}"))
+}
+
+#[test]
+fn plugin_and_config_swaps_under_load_cost_no_session() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let sinks: Vec<SmtpSink> = (0..3).map(|_| SmtpSink::start(free_port())).collect();
+    let (a, b, c) = (sinks[0].address, sinks[1].address, sinks[2].address);
+    let dir = tempfile::tempdir().unwrap();
+    let balancer = dir.path().join("balancer.wasm");
+    // Round-robin spreads over a and b; failover sends everything to the
+    // primary, a, while it is healthy: which one decided is visible.
+    let versions = [
+        (
+            "weighted-round-robin",
+            std::fs::read(support::plugin("weighted-round-robin")).unwrap(),
+        ),
+        (
+            "failover",
+            std::fs::read(support::plugin("failover")).unwrap(),
+        ),
+    ];
+    let install = |bytes: &[u8]| {
+        let next = balancer.with_extension("wasm.new");
+        std::fs::write(&next, bytes).unwrap();
+        std::fs::rename(&next, &balancer).unwrap();
+    };
+    install(&versions[0].1);
+    let two = [("a", a, 1, "primary"), ("b", b, 1, "standby")];
+    let gale = Gale::start(&swap_config(&balancer, &two));
+    let addr = gale.address("in");
+
+    // Bounded load: four clients until told to stop, at most 60 s.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
+            std::thread::spawn(move || {
+                let until = Instant::now() + Duration::from_secs(60);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+                    let ok = Session::try_open(addr).and_then(Session::try_send_mail);
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = ok {
+                        eprintln!("session failed: {e}");
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+
+    let mut generation = 1;
+    let mut plugin_of = std::collections::HashMap::new();
+    plugin_of.insert(1, versions[0].0);
+    let mut slowest = Duration::ZERO;
+    let mut apply = |change: &dyn Fn(), plugin: &'static str| -> u64 {
+        generation += 1;
+        let written = Instant::now();
+        change();
+        let _ = gale.wait_log(
+            &format!("reloaded generation={generation} "),
+            Duration::from_secs(20),
+        );
+        slowest = slowest.max(written.elapsed());
+        plugin_of.insert(generation, plugin);
+        generation
+    };
+    for i in 1..=50 {
+        let (name, bytes) = &versions[i % 2];
+        apply(&|| install(bytes), name);
+    }
+    // Round-robin again after an even number of swaps; now the config:
+    // new weights, a third backend, and without it again.
+    let rr = versions[0].0;
+    let heavier = [("a", a, 3, "primary"), ("b", b, 1, "standby")];
+    let three = [
+        ("a", a, 1, "primary"),
+        ("b", b, 1, "standby"),
+        ("c", c, 2, "primary"),
+    ];
+    apply(
+        &|| gale.rewrite_config(&swap_config(&balancer, &heavier)),
+        rr,
+    );
+    let with_c = apply(&|| gale.rewrite_config(&swap_config(&balancer, &three)), rr);
+    apply(&|| gale.rewrite_config(&swap_config(&balancer, &two)), rr);
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.join().unwrap();
+    }
+
+    let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert_eq!(failed, 0, "{failed} of {sent} client sessions failed");
+    assert!(sent >= 100, "only {sent} sessions ran during the swaps");
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a change took {slowest:?} to apply"
+    );
+    // Every session was decided by the plugin of the generation it ran on.
+    let sessions = gale.wait_count("smtp session", sent as usize, Duration::from_secs(10));
+    let mut backends_by_generation: std::collections::HashMap<u64, Vec<String>> =
+        Default::default();
+    for line in &sessions {
+        let g: u64 = field(line, "generation=").parse().unwrap();
+        backends_by_generation
+            .entry(g)
+            .or_default()
+            .push(field(line, "backend=").to_string());
+    }
+    for (g, backends) in &backends_by_generation {
+        let enough = backends.len() >= 4;
+        match plugin_of[g] {
+            "failover" => assert!(
+                backends.iter().all(|b| b == "a"),
+                "generation {g} (failover) did not keep to the primary: {backends:?}"
+            ),
+            _ if enough => assert!(
+                backends.iter().any(|b| b == "b"),
+                "generation {g} (round-robin) never chose b: {backends:?}"
+            ),
+            _ => {}
+        }
+        if *g == with_c && enough {
+            assert!(
+                backends.iter().any(|b| b == "c"),
+                "the added backend took nothing: {backends:?}"
+            );
+        } else if *g != with_c {
+            assert!(
+                !backends.iter().any(|b| b == "c"),
+                "generation {g} chose c: {backends:?}"
+            );
+        }
+    }
+    eprintln!(
+        "{sent} sessions over {generation} generations, 0 failed; slowest change applied in {slowest:?}"
+    );
 }

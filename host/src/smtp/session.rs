@@ -108,6 +108,7 @@ pub async fn run(
                 let end = outcome.error.as_deref().unwrap_or("closed");
                 tracing::info!(
                     listener = %l.name,
+                    generation = generation.id,
                     client = %peer,
                     backend = %backend.name,
                     tried = %tried,
@@ -151,6 +152,7 @@ pub async fn run(
     .await;
     tracing::warn!(
         listener = %l.name,
+        generation = generation.id,
         client = %peer,
         tried = %tried,
         duration_ms = started.elapsed().as_millis() as u64,
