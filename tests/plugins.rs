@@ -248,15 +248,28 @@ fn trapping_plugin_is_contained() {
 
 #[test]
 fn looping_plugin_is_stopped_by_the_deadline() {
-    // The deadline itself is the bound here: never stopped before 5 ms of
-    // CPU; a bare busy loop burns fuel slower than the calibration loop, so
-    // it runs longer (~12 ms here), and the bound leaves room for that.
-    contained_within(
+    // 5 ms worth of fuel, then the trap: 2.4-17 ms of wall time here,
+    // depending on how busy the machine is. However busy, the wall-clock
+    // backstop ends it after three deadlines plus three 10 ms ticks.
+    contained(
         "hostile-spin",
         "deadline",
         Duration::from_millis(5),
-        Duration::from_millis(5),
-        Duration::from_millis(25),
+        Duration::from_millis(45),
+    );
+}
+
+#[test]
+fn plugin_looping_over_host_calls_is_stopped_by_the_backstop() {
+    // Each turn copies a 1 MiB log message into the host for a few fuel:
+    // fuel alone would allow minutes. The wall-clock backstop stops it
+    // after three deadlines plus two 10 ms ticks.
+    contained_within(
+        "hostile-chatty",
+        "deadline",
+        Duration::from_millis(1),
+        Duration::ZERO,
+        Duration::from_millis(80),
     );
 }
 

@@ -34,8 +34,8 @@ impl DnsPlugin {
     /// is refused: removing every record is never what an operator wants.
     pub fn plan(&self, snapshot: &DnsSnapshot) -> Result<Vec<DnsRecord>, CallFailure> {
         let budget = self.guest.budget;
-        let records = self.guest.call(|live, _| {
-            live.arm(budget);
+        let records = self.guest.call(|runtime, live, _| {
+            runtime.arm(&mut live.store, budget);
             live.exports
                 .gale_plugin_publisher()
                 .call_plan(&mut live.store, snapshot)

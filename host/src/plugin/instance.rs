@@ -9,7 +9,7 @@ use wasmtime::Store;
 use wasmtime::component::InstancePre;
 
 use super::bindings::{balancer, dns, health};
-use super::runtime::PluginRuntime;
+use super::runtime::{Budget, PluginRuntime};
 use super::state::{LiveCounters, PluginState};
 use super::{CallFailure, PluginError, World};
 use crate::config::PluginSpec;
@@ -83,13 +83,7 @@ pub(super) struct Live<E> {
     pub exports: E,
 }
 
-impl<E> Live<E> {
-    /// Give the next guest call `fuel` to spend.
-    pub fn arm(&mut self, fuel: u64) {
-        // Fails only when the engine does not consume fuel, and ours does.
-        let _ = self.store.set_fuel(fuel);
-    }
-}
+impl<E> Live<E> {}
 
 /// The instance slot: empty until first use and after a failed call.
 pub(super) struct Slot<E> {
@@ -100,8 +94,8 @@ pub(super) struct Slot<E> {
 
 pub(super) struct Guest<E: Exports> {
     pub name: Arc<str>,
-    /// Fuel budget of one call.
-    pub budget: u64,
+    /// What one call may spend.
+    pub budget: Budget,
     runtime: PluginRuntime,
     pre: E::Pre,
     settings: Vec<(String, String)>,
@@ -132,7 +126,7 @@ impl<E: Exports> Guest<E> {
         let pre = E::pre(pre).map_err(instantiate_err)?;
         let guest = Guest {
             name: name.into(),
-            budget: runtime.fuel_for(spec.deadline),
+            budget: runtime.budget(spec.deadline),
             runtime: runtime.clone(),
             pre,
             settings: spec.settings.clone(),
@@ -167,7 +161,8 @@ impl<E: Exports> Guest<E> {
         let mut store =
             self.runtime
                 .new_store(self.name.clone(), self.memory_mb, self.live.clone());
-        let _ = store.set_fuel(self.runtime.fuel_for(SETUP_DEADLINE));
+        self.runtime
+            .arm(&mut store, self.runtime.budget(SETUP_DEADLINE));
         let exports = E::instantiate(&self.pre, &mut store).map_err(|e| {
             Setup::Failed(CallFailure::from_call(e, store.data().limiter.take_hit()))
         })?;
@@ -186,7 +181,7 @@ impl<E: Exports> Guest<E> {
     /// re-entering it, and a fresh one is cheap from the pre-instance.
     pub fn call<R>(
         &self,
-        f: impl FnOnce(&mut Live<E>, &mut u64) -> wasmtime::Result<R>,
+        f: impl FnOnce(&PluginRuntime, &mut Live<E>, &mut u64) -> wasmtime::Result<R>,
     ) -> Result<R, CallFailure> {
         let mut slot = self.lock();
         let slot = &mut *slot;
@@ -198,7 +193,7 @@ impl<E: Exports> Guest<E> {
             })?);
         }
         let live = slot.live.as_mut().expect("just filled");
-        let result = f(live, &mut slot.pushed);
+        let result = f(&self.runtime, live, &mut slot.pushed);
         match result {
             Ok(r) => Ok(r),
             Err(e) => {

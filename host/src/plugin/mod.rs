@@ -17,6 +17,7 @@ mod health;
 mod instance;
 mod runtime;
 mod state;
+mod watchdog;
 
 pub use balancer::{BalancerPlugin, PushedPool};
 pub use bindings::types;
@@ -117,7 +118,7 @@ impl CallFailure {
             return CallFailure::MemoryLimit;
         }
         match err.downcast_ref::<wasmtime::Trap>() {
-            Some(wasmtime::Trap::OutOfFuel) => CallFailure::Deadline,
+            Some(wasmtime::Trap::OutOfFuel | wasmtime::Trap::Interrupt) => CallFailure::Deadline,
             Some(trap) => CallFailure::Trap(trap.to_string()),
             None => CallFailure::Trap(format!("{err:#}")),
         }

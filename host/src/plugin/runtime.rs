@@ -1,6 +1,6 @@
 //! The shared wasmtime engine: compilation (cached on disk), linking, the
-//! fuel rate that turns CPU deadlines into budgets, and stores with memory
-//! caps.
+//! budgets that enforce CPU deadlines (fuel, with an epoch backstop), and
+//! stores with memory caps.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -15,8 +15,27 @@ use wasmtime::{Config, Engine, Store};
 use super::bindings::{self, WORLDS};
 use super::fuel::FuelRate;
 use super::state::{LiveCounters, PluginState};
+use super::watchdog::Watchdog;
 use super::{PluginError, World};
 use crate::config::PluginSource;
+
+/// What one entry into a guest may spend: fuel for its own instructions,
+/// epochs of wall-clock time for everything (host calls included).
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    fuel: u64,
+    ticks: u64,
+}
+
+impl Budget {
+    /// `n` calls' worth.
+    pub fn times(self, n: u64) -> Budget {
+        Budget {
+            fuel: self.fuel.saturating_mul(n),
+            ticks: self.ticks.saturating_mul(n),
+        }
+    }
+}
 
 /// One engine for every plugin of the process; cheap to clone.
 #[derive(Clone)]
@@ -26,6 +45,7 @@ pub struct PluginRuntime {
 
 struct Inner {
     fuel: FuelRate,
+    watchdog: Arc<Watchdog>,
     engine: Engine,
     linker: Linker<PluginState>,
     cache_dir: Option<PathBuf>,
@@ -39,6 +59,7 @@ impl PluginRuntime {
     pub fn new(cache_dir: Option<PathBuf>) -> Result<Self, PluginError> {
         let mut config = Config::new();
         config.consume_fuel(true);
+        config.epoch_interruption(true);
         // Plugins are synchronous and short; no async machinery on the path.
         config.concurrency_support(false);
         config.max_wasm_stack(512 * 1024);
@@ -55,6 +76,7 @@ impl PluginRuntime {
 
         let fuel = FuelRate::calibrate(&engine)
             .map_err(|e| PluginError::engine(format!("calibrating fuel: {e:#}")))?;
+        let watchdog = Watchdog::spawn(&engine);
         tracing::debug!(
             fuel_per_us = fuel.per_microsecond(),
             "plugin CPU deadlines calibrated"
@@ -62,6 +84,7 @@ impl PluginRuntime {
         Ok(Self {
             inner: Arc::new(Inner {
                 fuel,
+                watchdog,
                 engine,
                 linker,
                 cache_dir,
@@ -87,13 +110,25 @@ impl PluginRuntime {
         &self.inner.linker
     }
 
-    /// The fuel budget of a call that may run for `deadline`.
-    pub fn fuel_for(&self, deadline: Duration) -> u64 {
-        self.inner.fuel.budget(deadline)
+    /// The budget of a call that may run for `deadline`.
+    pub fn budget(&self, deadline: Duration) -> Budget {
+        Budget {
+            fuel: self.inner.fuel.budget(deadline),
+            ticks: Watchdog::ticks(deadline),
+        }
+    }
+
+    /// Give the next entry into the guest `budget`, and tell the watchdog
+    /// calls are being made.
+    pub fn arm(&self, store: &mut Store<PluginState>, budget: Budget) {
+        self.inner.watchdog.call();
+        // Fails only when the engine does not consume fuel, and ours does.
+        let _ = store.set_fuel(budget.fuel);
+        store.set_epoch_deadline(budget.ticks);
     }
 
     /// A store for one instance, with its memory cap (and no fuel: every
-    /// entry into the guest is given its budget first).
+    /// entry into the guest is armed with its budget first).
     pub fn new_store(
         &self,
         plugin: Arc<str>,
@@ -103,6 +138,7 @@ impl PluginRuntime {
         let bytes = (memory_mb as usize).saturating_mul(1 << 20);
         let mut store = Store::new(&self.inner.engine, PluginState::new(plugin, bytes, live));
         store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_trap();
         store
     }
 
