@@ -249,8 +249,8 @@ fn trapping_plugin_is_contained() {
 #[test]
 fn looping_plugin_is_stopped_by_the_deadline() {
     // 5 ms worth of fuel, then the trap: 2.4-17 ms of wall time here,
-    // depending on how busy the machine is. However busy, the wall-clock
-    // backstop ends it after three deadlines plus three 10 ms ticks.
+    // depending on how busy the machine is (fuel does not count the time
+    // the OS holds the call back).
     contained(
         "hostile-spin",
         "deadline",
@@ -262,8 +262,8 @@ fn looping_plugin_is_stopped_by_the_deadline() {
 #[test]
 fn plugin_looping_over_host_calls_is_stopped_by_the_backstop() {
     // Each turn copies a 1 MiB log message into the host for a few fuel:
-    // fuel alone would allow minutes. The wall-clock backstop stops it
-    // after three deadlines plus two 10 ms ticks.
+    // fuel alone would allow minutes. The wall-clock backstop in the host
+    // imports stops it after three deadlines plus two 10 ms ticks.
     contained_within(
         "hostile-chatty",
         "deadline",

@@ -7,8 +7,7 @@
 //! is approximate: code that does more or less per instruction than the
 //! loop, or a core that runs faster or slower than during calibration (an
 //! SMT sibling busy or not), moves the stop. Measured here: a bare busy
-//! loop with a 5 ms deadline stops after 2.4-17 ms, and the backstop
-//! ends any call by three deadlines plus three ticks (45 ms for 5 ms).
+//! loop with a 5 ms deadline stops after 2.4-17 ms.
 //!
 //! Why fuel and not epoch interruption alone: epochs need a thread that
 //! ticks at the deadline's resolution (2 kHz for the 1 ms default) for as
@@ -18,8 +17,8 @@
 //! 2-core VM). Wall-clock epochs also charge a call for time the OS had it
 //! descheduled, so an overloaded host turned honest decisions into
 //! fallbacks. Fuel costs a counter update per basic block instead. A
-//! coarse epoch backstop ([`super::watchdog`]) catches what fuel cannot
-//! see: time spent in host calls.
+//! coarse wall-clock backstop in the host imports ([`super::watchdog`])
+//! catches what fuel cannot see: time spent in host calls.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -81,8 +80,6 @@ impl FuelRate {
     fn measure(engine: &Engine) -> wasmtime::Result<Self> {
         let module = Module::new(engine, CALIBRATION_WASM)?;
         let mut store = Store::new(engine, ());
-        // The engine may also interrupt by epoch; not this loop.
-        store.set_epoch_deadline(1 << 32);
         let instance = Instance::new(&mut store, &module, &[])?;
         let spin = instance.get_typed_func::<i32, i32>(&mut store, "spin")?;
         // Runs that end by themselves: an out-of-fuel trap would add the

@@ -118,6 +118,7 @@ impl CallFailure {
             return CallFailure::MemoryLimit;
         }
         match err.downcast_ref::<wasmtime::Trap>() {
+            // Interrupt: the watchdog, from a host call.
             Some(wasmtime::Trap::OutOfFuel | wasmtime::Trap::Interrupt) => CallFailure::Deadline,
             Some(trap) => CallFailure::Trap(trap.to_string()),
             None => CallFailure::Trap(format!("{err:#}")),

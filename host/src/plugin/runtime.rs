@@ -20,7 +20,7 @@ use super::{PluginError, World};
 use crate::config::PluginSource;
 
 /// What one entry into a guest may spend: fuel for its own instructions,
-/// epochs of wall-clock time for everything (host calls included).
+/// watchdog ticks of wall-clock time before a host call traps.
 #[derive(Debug, Clone, Copy)]
 pub struct Budget {
     fuel: u64,
@@ -59,7 +59,6 @@ impl PluginRuntime {
     pub fn new(cache_dir: Option<PathBuf>) -> Result<Self, PluginError> {
         let mut config = Config::new();
         config.consume_fuel(true);
-        config.epoch_interruption(true);
         // Plugins are synchronous and short; no async machinery on the path.
         config.concurrency_support(false);
         config.max_wasm_stack(512 * 1024);
@@ -76,7 +75,7 @@ impl PluginRuntime {
 
         let fuel = FuelRate::calibrate(&engine)
             .map_err(|e| PluginError::engine(format!("calibrating fuel: {e:#}")))?;
-        let watchdog = Watchdog::spawn(&engine);
+        let watchdog = Watchdog::spawn();
         tracing::debug!(
             fuel_per_us = fuel.per_microsecond(),
             "plugin CPU deadlines calibrated"
@@ -124,7 +123,7 @@ impl PluginRuntime {
         self.inner.watchdog.call();
         // Fails only when the engine does not consume fuel, and ours does.
         let _ = store.set_fuel(budget.fuel);
-        store.set_epoch_deadline(budget.ticks);
+        store.data_mut().stop_after = self.inner.watchdog.now() + budget.ticks;
     }
 
     /// A store for one instance, with its memory cap (and no fuel: every
@@ -136,9 +135,9 @@ impl PluginRuntime {
         live: Arc<LiveCounters>,
     ) -> Store<PluginState> {
         let bytes = (memory_mb as usize).saturating_mul(1 << 20);
-        let mut store = Store::new(&self.inner.engine, PluginState::new(plugin, bytes, live));
+        let state = PluginState::new(plugin, bytes, live, self.inner.watchdog.clone());
+        let mut store = Store::new(&self.inner.engine, state);
         store.limiter(|s| &mut s.limiter);
-        store.epoch_deadline_trap();
         store
     }
 

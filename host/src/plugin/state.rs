@@ -15,6 +15,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::Level;
 use super::bindings::balancer::gale::plugin::{host, pool_state, types};
+use super::watchdog::Watchdog;
 
 /// Longest log message a plugin may write; the rest is cut.
 const MAX_LOG_BYTES: usize = 1024;
@@ -66,16 +67,26 @@ pub struct PluginState {
     pub plugin: Arc<str>,
     pub live: Arc<LiveCounters>,
     pub limiter: MemoryCap,
+    /// Watchdog tick after which host calls trap (set when a call is armed).
+    pub stop_after: u64,
+    watchdog: Arc<Watchdog>,
     wasi: WasiCtx,
     table: ResourceTable,
 }
 
 impl PluginState {
-    pub fn new(plugin: Arc<str>, memory_bytes: usize, live: Arc<LiveCounters>) -> Self {
+    pub fn new(
+        plugin: Arc<str>,
+        memory_bytes: usize,
+        live: Arc<LiveCounters>,
+        watchdog: Arc<Watchdog>,
+    ) -> Self {
         Self {
             plugin,
             live,
             limiter: MemoryCap::new(memory_bytes),
+            stop_after: 0,
+            watchdog,
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
         }
@@ -156,10 +167,26 @@ fn origin() -> Instant {
     *ORIGIN.get_or_init(Instant::now)
 }
 
+impl PluginState {
+    /// Trap if the call has used up its wall-clock backstop.
+    fn on_time(&self) -> wasmtime::Result<()> {
+        if self.watchdog.now() > self.stop_after {
+            return Err(wasmtime::Trap::Interrupt.into());
+        }
+        Ok(())
+    }
+}
+
 impl types::Host for PluginState {}
 
 impl host::Host for PluginState {
-    fn log(&mut self, level: Level, message: String, fields: Vec<(String, String)>) {
+    fn log(
+        &mut self,
+        level: Level,
+        message: String,
+        fields: Vec<(String, String)>,
+    ) -> wasmtime::Result<()> {
+        self.on_time()?;
         // Field names are the plugin's, so they cannot become tracing's
         // static field names; they travel as one `fields` value.
         let mut fields_text = String::new();
@@ -179,15 +206,18 @@ impl host::Host for PluginState {
             Level::Warn => tracing::warn!(target: "gale::plugin", plugin, fields, "{message}"),
             Level::Error => tracing::error!(target: "gale::plugin", plugin, fields, "{message}"),
         }
+        Ok(())
     }
 
-    fn monotonic_now(&mut self) -> u64 {
-        origin().elapsed().as_nanos() as u64
+    fn monotonic_now(&mut self) -> wasmtime::Result<u64> {
+        self.on_time()?;
+        Ok(origin().elapsed().as_nanos() as u64)
     }
 }
 
 impl pool_state::Host for PluginState {
-    fn active_sessions(&mut self, backend: u32) -> u32 {
-        self.live.active(backend as usize)
+    fn active_sessions(&mut self, backend: u32) -> wasmtime::Result<u32> {
+        self.on_time()?;
+        Ok(self.live.active(backend as usize))
     }
 }
