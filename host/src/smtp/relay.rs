@@ -21,7 +21,8 @@ pub struct Outcome {
     pub up: u64,
     /// Backend to client.
     pub down: u64,
-    /// `None` when both sides closed; otherwise why the relay gave up.
+    /// `None` when both sides closed; otherwise why the relay gave up (the
+    /// first write that failed, or the idle timeout).
     pub error: Option<String>,
 }
 
@@ -39,22 +40,41 @@ pub async fn relay(
 ) -> Outcome {
     let mut up = Direction::new(buffer, "backend");
     let mut down = Direction::new(buffer, "client");
-    let check_every = idle / CHECKS;
+    // Timers have millisecond resolution.
+    let check_every = (idle / CHECKS).max(Duration::from_millis(1));
     let timer = tokio::time::sleep(check_every);
     tokio::pin!(timer);
     let mut quiet_checks = 0u32;
+    let mut first_error: Option<String> = None;
+    let mut backend_first = false;
     let error = poll_fn(|cx| {
         let mut moved = false;
-        let up_done = match up.poll(cx, client, upstream, &mut moved) {
-            Poll::Ready(Err(e)) => return Poll::Ready(Some(e)),
-            p => p.is_ready(),
+        // Alternate which side goes first, so a client streaming a large
+        // DATA cannot spend the task's whole I/O budget on every poll
+        // while the backend's replies wait.
+        backend_first = !backend_first;
+        let mut step = |d: &mut Direction, from: &mut TcpStream, to: &mut TcpStream| {
+            match d.poll(cx, from, to, &mut moved) {
+                // The side written to is gone. The other direction still
+                // runs: the backend's last reply (a 421 or 554 before it
+                // hung up) must reach the client.
+                Poll::Ready(Err(e)) => {
+                    first_error.get_or_insert(e);
+                    d.finished = true;
+                    true
+                }
+                p => p.is_ready(),
+            }
         };
-        let down_done = match down.poll(cx, upstream, client, &mut moved) {
-            Poll::Ready(Err(e)) => return Poll::Ready(Some(e)),
-            p => p.is_ready(),
+        let (up_done, down_done) = if backend_first {
+            let down_done = step(&mut down, upstream, client);
+            (step(&mut up, client, upstream), down_done)
+        } else {
+            let up_done = step(&mut up, client, upstream);
+            (up_done, step(&mut down, upstream, client))
         };
         if up_done && down_done {
-            return Poll::Ready(None);
+            return Poll::Ready(first_error.take());
         }
         if moved {
             quiet_checks = 0;
@@ -62,6 +82,9 @@ pub async fn relay(
         while timer.as_mut().poll(cx).is_ready() {
             quiet_checks += 1;
             if quiet_checks > CHECKS {
+                if let Some(e) = first_error.take() {
+                    return Poll::Ready(Some(e));
+                }
                 let stuck = [&up, &down].into_iter().find(|d| d.has_pending());
                 return Poll::Ready(Some(match stuck {
                     Some(d) => format!("{} stopped reading (idle timeout)", d.writer),
