@@ -427,3 +427,41 @@ fn plugin_and_config_swaps_under_load_cost_no_session() {
         "{sent} sessions over {generation} generations, 0 failed; slowest change applied in {slowest:?}"
     );
 }
+
+#[test]
+fn a_moved_listener_is_rebound_and_the_others_keep_their_sockets() {
+    let sink = SmtpSink::start(free_port());
+    let listeners = |second: &str| {
+        format!(
+            "[listeners.in]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\npool = \"mta\"\n\
+             [listeners.side]\nprotocol = \"smtp\"\naddress = \"{second}\"\npool = \"mta\"\n\
+             [pools.mta]\n\
+             [[pools.mta.backends]]\nname = \"a\"\naddress = \"{}\"\n",
+            sink.address
+        )
+    };
+    let gale = Gale::start(&listeners("127.0.0.3:0"));
+    let (main, side) = (gale.address("in"), gale.address("side"));
+    // A session on the listener that stays, open across the reload.
+    let mut open = Session::open(main);
+    open.command("EHLO client.test\r\n", "250");
+
+    gale.rewrite_config(&listeners("127.0.0.2:0"));
+    let _ = gale.wait_log("reloaded generation=2", Duration::from_secs(20));
+    let moved = wait_line(&gale, &["listening", "listener=side", "address=127.0.0.2:"]);
+    let moved: SocketAddr = field(&moved, "address=").parse().unwrap();
+    let _ = wait_line(&gale, &["listener removed by reload", "listener=side"]);
+
+    open.send_mail();
+    send_mail(main);
+    send_mail(moved);
+    assert!(
+        TcpStream::connect(side).is_err(),
+        "the old address of a moved listener still accepts"
+    );
+    assert_eq!(
+        gale.log_lines(" listening ").len(),
+        3,
+        "only the moved listener was re-bound"
+    );
+}
