@@ -19,7 +19,7 @@ pub const TICK: Duration = Duration::from_millis(10);
 const IDLE_TICK: Duration = Duration::from_millis(100);
 const IDLE_AFTER: u32 = 100;
 
-/// Lets the thread tell a busy engine from an idle one.
+/// The backstop's clock, which ticks fast only while plugins are called.
 pub struct Watchdog {
     /// Set by calls, cleared by the thread at each tick.
     called: AtomicBool,
