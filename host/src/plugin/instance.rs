@@ -119,8 +119,14 @@ impl<E: Exports> Guest<E> {
             plugin: name.to_string(),
             reason: format!("{e:#}"),
         };
-        let pre = runtime
-            .linker()
+        // WASI interfaces gale does not grant trap when called (see
+        // `link_wasi`), rather than refusing plugins whose standard library
+        // merely imports them.
+        let mut linker = runtime.linker().clone();
+        linker
+            .define_unknown_imports_as_traps(&component)
+            .map_err(instantiate_err)?;
+        let pre = linker
             .instantiate_pre(&component)
             .map_err(instantiate_err)?;
         let pre = E::pre(pre).map_err(instantiate_err)?;

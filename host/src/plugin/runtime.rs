@@ -19,6 +19,38 @@ use super::watchdog::Watchdog;
 use super::{PluginError, World};
 use crate::config::PluginSource;
 
+/// The part of WASI plugins get: clocks, random numbers, and the `cli`
+/// interfaces that standard libraries touch at start-up. Not streams,
+/// polling, files or sockets: in wasmtime-wasi's synchronous bindings
+/// those block on a Tokio runtime, which panics on the async worker a
+/// decision runs on (a Rust plugin's panic message alone did it). Imports
+/// left out become traps when a plugin is loaded, so a plugin that prints
+/// fails that call, falls back and is counted, like any other trap; plugins
+/// log through `gale:plugin/host`.
+fn link_wasi(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
+    use wasmtime_wasi::cli::{WasiCli, WasiCliView};
+    use wasmtime_wasi::clocks::{WasiClocks, WasiClocksView};
+    use wasmtime_wasi::p2::bindings::{cli, clocks, random};
+    use wasmtime_wasi::random::WasiRandom;
+    type S = PluginState;
+    clocks::wall_clock::add_to_linker::<S, WasiClocks>(linker, S::clocks)?;
+    clocks::monotonic_clock::add_to_linker::<S, WasiClocks>(linker, S::clocks)?;
+    random::random::add_to_linker::<S, WasiRandom>(linker, |s| &mut s.random)?;
+    random::insecure::add_to_linker::<S, WasiRandom>(linker, |s| &mut s.random)?;
+    random::insecure_seed::add_to_linker::<S, WasiRandom>(linker, |s| &mut s.random)?;
+    cli::exit::add_to_linker::<S, WasiCli>(linker, S::cli)?;
+    cli::environment::add_to_linker::<S, WasiCli>(linker, S::cli)?;
+    cli::stdin::add_to_linker::<S, WasiCli>(linker, S::cli)?;
+    cli::stdout::add_to_linker::<S, WasiCli>(linker, S::cli)?;
+    cli::stderr::add_to_linker::<S, WasiCli>(linker, S::cli)?;
+    cli::terminal_input::add_to_linker::<S, WasiCli>(linker, S::cli)?;
+    cli::terminal_output::add_to_linker::<S, WasiCli>(linker, S::cli)?;
+    cli::terminal_stdin::add_to_linker::<S, WasiCli>(linker, S::cli)?;
+    cli::terminal_stdout::add_to_linker::<S, WasiCli>(linker, S::cli)?;
+    cli::terminal_stderr::add_to_linker::<S, WasiCli>(linker, S::cli)?;
+    Ok(())
+}
+
 /// What one entry into a guest may spend: fuel for its own instructions,
 /// watchdog ticks of wall-clock time before a host call traps.
 #[derive(Debug, Clone, Copy)]
@@ -65,8 +97,7 @@ impl PluginRuntime {
         let engine = Engine::new(&config).map_err(|e| PluginError::engine(e.to_string()))?;
 
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-            .map_err(|e| PluginError::engine(e.to_string()))?;
+        link_wasi(&mut linker).map_err(|e| PluginError::engine(e.to_string()))?;
         bindings::balancer::Balancer::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
             &mut linker,
             |s| s,

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
+use wasmtime_wasi::random::WasiRandomCtx;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::Level;
@@ -71,6 +72,7 @@ pub struct PluginState {
     pub stop_after: u64,
     watchdog: Arc<Watchdog>,
     wasi: WasiCtx,
+    pub random: WasiRandomCtx,
     table: ResourceTable,
 }
 
@@ -88,6 +90,7 @@ impl PluginState {
             stop_after: 0,
             watchdog,
             wasi: WasiCtx::builder().build(),
+            random: WasiRandomCtx::default(),
             table: ResourceTable::new(),
         }
     }
