@@ -465,3 +465,69 @@ fn a_moved_listener_is_rebound_and_the_others_keep_their_sockets() {
         "only the moved listener was re-bound"
     );
 }
+
+#[test]
+fn a_plugin_version_failing_on_traffic_is_rolled_back() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let (a, b) = (SmtpSink::start(free_port()), SmtpSink::start(free_port()));
+    let dir = tempfile::tempdir().unwrap();
+    let balancer = dir.path().join("balancer.wasm");
+    std::fs::copy(support::plugin("weighted-round-robin"), &balancer).unwrap();
+    let toml = format!(
+        "[plugins]\nrollback_window = \"20s\"\n{}",
+        swap_config(
+            &balancer,
+            &[
+                ("a", a.address, 1, "primary"),
+                ("b", b.address, 1, "primary")
+            ]
+        )
+    );
+    let gale = Gale::start(&toml);
+    let addr = gale.address("in");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
+            std::thread::spawn(move || {
+                let until = Instant::now() + Duration::from_secs(60);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+                    let ok = Session::try_open(addr).and_then(Session::try_send_mail);
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = ok {
+                        eprintln!("session failed: {e}");
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+
+    // A version that passes the self-check and traps on every real client.
+    let next = balancer.with_extension("wasm.new");
+    std::fs::copy(support::plugin("hostile-sneaky"), &next).unwrap();
+    std::fs::rename(&next, &balancer).unwrap();
+    let _ = gale.wait_log("reloaded generation=2", Duration::from_secs(20));
+    let swapped = Instant::now();
+    let rolled = wait_line(&gale, &["rolled back", "serving generation 1 again"]);
+    let took = swapped.elapsed();
+    // The plugin of generation 1 decides again.
+    let before = gale.log_lines("generation=1 ").len();
+    let _ = gale.wait_count("generation=1 ", before + 10, Duration::from_secs(10));
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.join().unwrap();
+    }
+    let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert_eq!(failed, 0, "{failed} of {sent} client sessions failed");
+    assert!(rolled.contains("pool=mta"), "{rolled}");
+    assert!(
+        took < Duration::from_secs(20),
+        "rolled back only after {took:?}"
+    );
+    eprintln!("rolled back {took:?} after the swap; {sent} sessions, 0 failed: {rolled}");
+}

@@ -148,6 +148,7 @@ fn run(path: &Path, demo: bool) -> anyhow::Result<()> {
         tracing::info!(generation = id, pools, listeners = ?server.addresses(), "gale is ready");
         let stop = shutdown_signal();
         tokio::pin!(stop);
+        let mut probation = tokio::time::interval(std::time::Duration::from_millis(250));
         loop {
             let trigger = tokio::select! {
                 _ = &mut stop => break,
@@ -158,6 +159,10 @@ fn run(path: &Path, demo: bool) -> anyhow::Result<()> {
                         None => std::future::pending().await,
                     }
                 } => "file change",
+                _ = probation.tick() => {
+                    reloader.check_rollback(&server).await;
+                    continue;
+                }
             };
             if reloader.reload(&server, trigger).await.is_ok()
                 && let Some(w) = watcher.as_mut()

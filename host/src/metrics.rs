@@ -33,6 +33,8 @@ pub struct Metrics {
     pub plugin_calls: Family<PluginLabels, Counter>,
     pub plugin_fallbacks: Family<FallbackLabels, Counter>,
     pub reloads: Family<ReloadLabels, Counter>,
+    /// Reloads undone because their plugins failed on traffic.
+    pub rollbacks: Counter,
     /// Id of the generation serving new sessions.
     pub generation: Gauge,
 }
@@ -64,6 +66,12 @@ impl Metrics {
             "Config and plugin reloads, by result",
             reloads.clone(),
         );
+        let rollbacks = Counter::default();
+        registry.register(
+            "rollbacks",
+            "Reloads undone because a new plugin trapped or ran out of time in too many decisions",
+            rollbacks.clone(),
+        );
         let generation = Gauge::default();
         registry.register(
             "generation",
@@ -75,6 +83,7 @@ impl Metrics {
             plugin_calls,
             plugin_fallbacks,
             reloads,
+            rollbacks,
             generation,
         }
     }

@@ -23,6 +23,10 @@ use crate::server::Server;
 /// arrives in pieces.
 const DEBOUNCE: Duration = Duration::from_millis(200);
 
+/// Decisions a new generation's pool must have made before its failure
+/// share can roll it back: a couple of early traps prove nothing.
+const MIN_DECISIONS: u64 = 20;
+
 pub struct Reloader {
     path: PathBuf,
     runtime: PluginRuntime,
@@ -30,6 +34,15 @@ pub struct Reloader {
     next_id: AtomicU64,
     /// One reload at a time; a trigger during a reload waits its turn.
     busy: tokio::sync::Mutex<()>,
+    /// The generation on probation since the last reload.
+    watch: Mutex<Option<Watch>>,
+}
+
+/// A freshly swapped-in generation and the one it replaced.
+struct Watch {
+    generation: Arc<Generation>,
+    previous: Arc<Generation>,
+    until: Instant,
 }
 
 impl Reloader {
@@ -47,6 +60,7 @@ impl Reloader {
             metrics,
             next_id: AtomicU64::new(current_id + 1),
             busy: tokio::sync::Mutex::new(()),
+            watch: Mutex::new(None),
         }
     }
 
@@ -77,7 +91,14 @@ impl Reloader {
             result: result.to_string(),
         };
         match result {
-            Ok(()) => {
+            Ok(previous) => {
+                let generation = server.current.load_full();
+                let until = Instant::now() + generation.config.plugins.rollback_window;
+                *self.watch.lock().unwrap_or_else(|p| p.into_inner()) = Some(Watch {
+                    generation,
+                    previous,
+                    until,
+                });
                 self.metrics.reloads.get_or_create(&label("ok")).inc();
                 self.metrics.generation.set(id as i64);
                 tracing::info!(
@@ -97,6 +118,52 @@ impl Reloader {
                 );
                 Err(e)
             }
+        }
+    }
+}
+
+impl Reloader {
+    /// Roll the last reload back if, within its window, a pool's balancer
+    /// trapped or ran out of time in more than the configured share of its
+    /// decisions (each of which the fallback decided, so no session failed).
+    /// Call it now and then; cheap when nothing is on probation.
+    pub async fn check_rollback(&self, server: &Server) {
+        let (generation, previous) = {
+            let mut watch = self.watch.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(w) = watch.as_ref() else { return };
+            if server.current.load().id != w.generation.id || Instant::now() > w.until {
+                *watch = None;
+                return;
+            }
+            (w.generation.clone(), w.previous.clone())
+        };
+        let share = generation.config.plugins.rollback_share;
+        let failing = generation.pools.iter().find_map(|pool| {
+            let (decisions, failed) = pool.decision_counts();
+            (decisions >= MIN_DECISIONS && failed as f64 > share * decisions as f64)
+                .then(|| (pool.clone(), decisions, failed))
+        });
+        let Some((pool, decisions, failed)) = failing else {
+            return;
+        };
+        *self.watch.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        match server.restore(previous.clone()).await {
+            Ok(_) => {
+                self.metrics.rollbacks.inc();
+                self.metrics.generation.set(previous.id as i64);
+                tracing::warn!(
+                    generation = generation.id,
+                    pool = %pool.name,
+                    plugin = %pool.balancer_name(),
+                    "rolled back: the balancer trapped or ran out of time in {failed} of {decisions} decisions; serving generation {} again",
+                    previous.id
+                );
+            }
+            Err(e) => tracing::error!(
+                generation = generation.id,
+                "rollback to generation {} failed: {e:#}",
+                previous.id
+            ),
         }
     }
 }
@@ -122,6 +189,10 @@ pub struct FileWatcher {
     folders: HashSet<PathBuf>,
     files: Arc<Mutex<HashSet<PathBuf>>>,
     events: mpsc::UnboundedReceiver<()>,
+    /// When the latest change not yet reported was seen. Kept here, not in
+    /// `changed`'s future, so a `select!` that drops that future loses
+    /// nothing.
+    last_change: Option<tokio::time::Instant>,
 }
 
 impl FileWatcher {
@@ -149,6 +220,7 @@ impl FileWatcher {
             folders: HashSet::new(),
             files: watched,
             events,
+            last_change: None,
         };
         w.watch(files);
         Ok(w)
@@ -177,10 +249,26 @@ impl FileWatcher {
     }
 
     /// Wait for a change, then for the files to be quiet for [`DEBOUNCE`].
+    /// Cancel-safe.
     pub async fn changed(&mut self) {
-        if self.events.recv().await.is_none() {
-            return std::future::pending().await;
+        loop {
+            let event = match self.last_change {
+                None => self.events.recv().await,
+                Some(at) => {
+                    match tokio::time::timeout_at(at + DEBOUNCE, self.events.recv()).await {
+                        Ok(event) => event,
+                        Err(_) => {
+                            self.last_change = None;
+                            return;
+                        }
+                    }
+                }
+            };
+            if event.is_none() {
+                // The watcher is gone: nothing will change any more.
+                return std::future::pending().await;
+            }
+            self.last_change = Some(tokio::time::Instant::now());
         }
-        while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, self.events.recv()).await {}
     }
 }

@@ -67,14 +67,22 @@ impl Server {
     /// keep their sockets, new or moved ones are bound first (a failure
     /// leaves everything as it was), the new generation's probes start
     /// from the health state it inherited, and the old generation stays
-    /// alive until its last session ends.
-    pub async fn swap(&self, generation: Generation) -> anyhow::Result<()> {
+    /// alive until its last session ends. Returns the old generation.
+    pub async fn swap(&self, generation: Generation) -> anyhow::Result<Arc<Generation>> {
+        self.install(Arc::new(generation)).await
+    }
+
+    /// Make an earlier generation current again (a rollback).
+    pub async fn restore(&self, generation: Arc<Generation>) -> anyhow::Result<Arc<Generation>> {
+        self.install(generation).await
+    }
+
+    async fn install(&self, generation: Arc<Generation>) -> anyhow::Result<Arc<Generation>> {
         let pending = self.bind_new(&generation.config).await?;
         // Before anyone can see it, and again right after the swap for
         // results recorded in between: no window where a backend known
         // dead looks healthy.
         generation.inherit(&self.current.load());
-        let generation = Arc::new(generation);
         let old = self.current.swap(generation.clone());
         generation.inherit(&old);
         self.serve(pending);
@@ -86,7 +94,7 @@ impl Server {
             probes,
         );
         previous.cancel();
-        Ok(())
+        Ok(old)
     }
 
     /// Bind the SMTP listeners of `config` that are not bound already at

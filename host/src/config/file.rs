@@ -44,6 +44,11 @@ pub struct PluginsSection {
     pub deadline: Option<Spanned<String>>,
     /// `memory_mb`: default memory cap per plugin instance.
     pub memory_mb: Option<u32>,
+    /// `rollback_share`: share of a new generation's decisions that may
+    /// trap or hit their deadline before it is rolled back, e.g. 0.5.
+    pub rollback_share: Option<Spanned<f64>>,
+    /// `rollback_window`: how long after a reload that share is watched.
+    pub rollback_window: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -23,6 +23,10 @@ use toml::Spanned;
 pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(1);
 /// Default memory cap of one plugin instance.
 pub const DEFAULT_MEMORY_MB: u32 = 64;
+/// Default share of failing decisions that rolls a reload back.
+pub const DEFAULT_ROLLBACK_SHARE: f64 = 0.5;
+/// Default time a new generation is watched for failing decisions.
+pub const DEFAULT_ROLLBACK_WINDOW: Duration = Duration::from_secs(30);
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
@@ -43,6 +47,10 @@ pub struct PluginDefaults {
     pub cache_dir: Option<PathBuf>,
     pub deadline: Duration,
     pub memory_mb: u32,
+    /// A reload whose plugins trap or hit their deadline in more than this
+    /// share of a pool's decisions within `rollback_window` is undone.
+    pub rollback_share: f64,
+    pub rollback_window: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -264,6 +272,23 @@ fn validate(file: FileConfig, path: &Path, errors: &Errors<'_>) -> Result<Config
             DEFAULT_DEADLINE,
         )?,
         memory_mb: file.plugins.memory_mb.unwrap_or(DEFAULT_MEMORY_MB),
+        rollback_share: match &file.plugins.rollback_share {
+            None => DEFAULT_ROLLBACK_SHARE,
+            Some(v) if *v.get_ref() > 0.0 && *v.get_ref() <= 1.0 => *v.get_ref(),
+            Some(v) => {
+                return Err(errors.spanned(
+                    v,
+                    "plugins.rollback_share",
+                    "must be above 0 and at most 1 (a share of decisions, e.g. 0.5)",
+                ));
+            }
+        },
+        rollback_window: parse_duration(
+            errors,
+            file.plugins.rollback_window.as_ref(),
+            "plugins.rollback_window",
+            DEFAULT_ROLLBACK_WINDOW,
+        )?,
     };
 
     let admin = match &file.admin {

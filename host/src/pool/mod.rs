@@ -113,6 +113,11 @@ pub struct Pool {
     fallback: FallbackBalancer,
     balancer_stats: HookStats,
     health_stats: HookStats,
+    /// This pool's own decisions and how many of them the balancer plugin
+    /// trapped on or ran out of time for (the metrics count across
+    /// generations; a rollback judges one generation).
+    decisions: AtomicU64,
+    failed_decisions: AtomicU64,
 }
 
 impl Pool {
@@ -155,6 +160,8 @@ impl Pool {
             fallback: FallbackBalancer::default(),
             balancer_stats: HookStats::new(metrics, &config.name, "balancer"),
             health_stats: HookStats::new(metrics, &config.name, "health"),
+            decisions: AtomicU64::new(0),
+            failed_decisions: AtomicU64::new(0),
             backends,
         };
         pool.publish();
@@ -220,12 +227,16 @@ impl Pool {
     pub fn select(&self, ctx: &RequestContext) -> Decision {
         let pool = self.pushed.load();
         self.balancer_stats.calls.inc();
+        self.decisions.fetch_add(1, Ordering::Relaxed);
         match self.balancer.select(&pool, ctx) {
             Ok(order) => Decision {
                 order,
                 decider: Decider::Plugin,
             },
             Err(failure) => {
+                if matches!(failure, CallFailure::Trap(_) | CallFailure::Deadline) {
+                    self.failed_decisions.fetch_add(1, Ordering::Relaxed);
+                }
                 self.balancer_stats
                     .failed(&self.name, self.balancer.name(), &failure);
                 Decision {
@@ -234,6 +245,15 @@ impl Pool {
                 }
             }
         }
+    }
+
+    /// (decisions, of which the balancer trapped or ran out of time) since
+    /// this pool was built.
+    pub fn decision_counts(&self) -> (u64, u64) {
+        (
+            self.decisions.load(Ordering::Relaxed),
+            self.failed_decisions.load(Ordering::Relaxed),
+        )
     }
 
     /// Take over the health state of `old`'s backends that are still here
