@@ -531,3 +531,39 @@ fn a_plugin_version_failing_on_traffic_is_rolled_back() {
     );
     eprintln!("rolled back {took:?} after the swap; {sent} sessions, 0 failed: {rolled}");
 }
+
+#[test]
+fn sessions_of_the_old_generation_count_against_max_sessions() {
+    let (a, b) = (SmtpSink::start(free_port()), SmtpSink::start(free_port()));
+    let toml = format!(
+        "[listeners.in]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\npool = \"mta\"\n\
+         [pools.mta]\n\
+         [[pools.mta.backends]]\nname = \"a\"\naddress = \"{}\"\nweight = 100\nmax_sessions = 1\n\
+         [[pools.mta.backends]]\nname = \"b\"\naddress = \"{}\"\nweight = 1\n",
+        a.address, b.address
+    );
+    let gale = Gale::start(&toml);
+    let addr = gale.address("in");
+    // Holds a's only slot, on generation 1.
+    let mut held = Session::open(addr);
+    held.command("EHLO client.test\r\n", "250");
+    signal(gale.child.id(), "HUP");
+    let _ = wait_line(&gale, &["reloaded generation=2", "SIGHUP"]);
+    // One at a time: each must have ended at gale too before the next, or
+    // its own slot would still be taken.
+    for n in 1..=3 {
+        send_mail(addr);
+        let _ = gale.wait_count("smtp session", n, Duration::from_secs(10));
+    }
+    let sessions = gale.log_lines("smtp session");
+    for s in &sessions {
+        assert!(
+            s.contains("generation=2")
+                && s.contains("backend=b")
+                && s.contains("a: at max_sessions"),
+            "a backend at max_sessions took a session after the reload: {s}"
+        );
+    }
+    held.send_mail();
+    let _ = wait_line(&gale, &["smtp session", "generation=1", "backend=a"]);
+}

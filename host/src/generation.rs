@@ -27,9 +27,22 @@ impl Generation {
         config: Config,
         metrics: &Arc<Metrics>,
     ) -> Result<Generation, PluginError> {
+        Self::build_after(id, runtime, config, metrics, None)
+    }
+
+    /// Like [`Generation::build`], for a reload: backends that are also in
+    /// `previous` share their session counters with it.
+    pub fn build_after(
+        id: u64,
+        runtime: &PluginRuntime,
+        config: Config,
+        metrics: &Arc<Metrics>,
+        previous: Option<&Generation>,
+    ) -> Result<Generation, PluginError> {
         let mut pools = Vec::with_capacity(config.pools.len());
         for pool_config in &config.pools {
-            let pool = Pool::build(runtime, pool_config, metrics)?;
+            let before = previous.and_then(|g| g.pool(&pool_config.name));
+            let pool = Pool::build_after(runtime, pool_config, metrics, before.map(|p| &**p))?;
             pool.self_check(&sample_context(), &sample_result())?;
             pools.push(Arc::new(pool));
         }

@@ -76,11 +76,15 @@ impl Reloader {
             self.runtime.clone(),
             self.metrics.clone(),
         );
+        let before = server.current.load_full();
         let result = async {
             // Parsing and compiling are blocking CPU work: off the workers.
             let generation = tokio::task::spawn_blocking(move || -> anyhow::Result<Generation> {
                 let config = Config::load(&path)?;
-                Ok(Generation::build(id, &runtime, config, &metrics)?)
+                let previous = Some(&*before);
+                Ok(Generation::build_after(
+                    id, &runtime, config, &metrics, previous,
+                )?)
             })
             .await??;
             server.swap(generation).await

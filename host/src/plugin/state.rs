@@ -24,14 +24,25 @@ const MAX_LOG_BYTES: usize = 1024;
 /// Live per-backend numbers a balancer may read through `pool-state`.
 #[derive(Debug, Default)]
 pub struct LiveCounters {
-    active: Vec<AtomicU32>,
+    /// One counter per backend. Shared with the generation before when the
+    /// backend is the same, so sessions still running there count against
+    /// `max_sessions` here too, and their end is seen here.
+    active: Vec<Arc<AtomicU32>>,
 }
 
 impl LiveCounters {
     pub fn new(backends: usize) -> Self {
-        Self {
-            active: (0..backends).map(|_| AtomicU32::new(0)).collect(),
-        }
+        Self::from_counters((0..backends).map(|_| Arc::default()).collect())
+    }
+
+    /// Counters given one by one, some of them shared.
+    pub fn from_counters(active: Vec<Arc<AtomicU32>>) -> Self {
+        Self { active }
+    }
+
+    /// Backend `id`'s counter, to share with a later generation.
+    pub fn counter(&self, id: usize) -> Option<Arc<AtomicU32>> {
+        self.active.get(id).cloned()
     }
 
     pub fn active(&self, id: usize) -> u32 {

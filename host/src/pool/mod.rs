@@ -128,7 +128,23 @@ impl Pool {
         config: &PoolConfig,
         metrics: &Arc<Metrics>,
     ) -> Result<Pool, PluginError> {
-        let live = Arc::new(LiveCounters::new(config.backends.len()));
+        Self::build_after(runtime, config, metrics, None)
+    }
+
+    /// Like [`Pool::build`], sharing each backend's session counter with
+    /// `previous` when the backend is there too (same name and address).
+    pub fn build_after(
+        runtime: &PluginRuntime,
+        config: &PoolConfig,
+        metrics: &Arc<Metrics>,
+        previous: Option<&Pool>,
+    ) -> Result<Pool, PluginError> {
+        let counters = config
+            .backends
+            .iter()
+            .map(|b| previous.and_then(|p| p.counter_of(b)).unwrap_or_default())
+            .collect();
+        let live = Arc::new(LiveCounters::from_counters(counters));
         let balancer = BalancerPlugin::load(
             runtime,
             &config.balancer,
@@ -245,6 +261,14 @@ impl Pool {
                 }
             }
         }
+    }
+
+    fn counter_of(&self, backend: &BackendConfig) -> Option<Arc<std::sync::atomic::AtomicU32>> {
+        let id = self
+            .backends
+            .iter()
+            .position(|b| b.config.name == backend.name && b.config.address == backend.address)?;
+        self.live.counter(id)
     }
 
     /// (decisions, of which the balancer trapped or ran out of time) since
