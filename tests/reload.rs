@@ -6,6 +6,8 @@ mod support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use support::process::{Gale, SmtpSink, free_port, signal};
@@ -83,6 +85,56 @@ impl Session {
 
     fn send_mail(self) {
         self.try_send_mail().unwrap();
+    }
+}
+
+/// Bounded client load: `clients` threads sending one message per session
+/// until stopped, and for at most 60 s whatever happens.
+struct Load {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    clients: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let clients = (0..clients)
+            .map(|_| {
+                let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
+                std::thread::spawn(move || {
+                    let until = Instant::now() + Duration::from_secs(60);
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+                        let ok = Session::try_open(addr).and_then(Session::try_send_mail);
+                        sent.fetch_add(1, Ordering::Relaxed);
+                        if let Err(e) = ok {
+                            eprintln!("session failed: {e}");
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            sent,
+            failed,
+            clients,
+        }
+    }
+
+    /// Stop the clients; (sessions sent, sessions failed).
+    fn stop(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for client in self.clients {
+            client.join().unwrap();
+        }
+        (
+            self.sent.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -291,9 +343,6 @@ fn field<'a>(line: &'a str, key: &str) -> &'a str {
 
 #[test]
 fn plugin_and_config_swaps_under_load_cost_no_session() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-
     let sinks: Vec<SmtpSink> = (0..3).map(|_| SmtpSink::start(free_port())).collect();
     let (a, b, c) = (sinks[0].address, sinks[1].address, sinks[2].address);
     let dir = tempfile::tempdir().unwrap();
@@ -320,25 +369,7 @@ fn plugin_and_config_swaps_under_load_cost_no_session() {
     let gale = Gale::start(&swap_config(&balancer, &two));
     let addr = gale.address("in");
 
-    // Bounded load: four clients until told to stop, at most 60 s.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
-            std::thread::spawn(move || {
-                let until = Instant::now() + Duration::from_secs(60);
-                while !stop.load(Ordering::Relaxed) && Instant::now() < until {
-                    let ok = Session::try_open(addr).and_then(Session::try_send_mail);
-                    sent.fetch_add(1, Ordering::Relaxed);
-                    if let Err(e) = ok {
-                        eprintln!("session failed: {e}");
-                        failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            })
-        })
-        .collect();
+    let load = Load::start(addr, 4);
 
     let mut generation = 1;
     let mut plugin_of = std::collections::HashMap::new();
@@ -375,12 +406,7 @@ fn plugin_and_config_swaps_under_load_cost_no_session() {
     );
     let with_c = apply(&|| gale.rewrite_config(&swap_config(&balancer, &three)), rr);
     apply(&|| gale.rewrite_config(&swap_config(&balancer, &two)), rr);
-    stop.store(true, Ordering::Relaxed);
-    for client in clients {
-        client.join().unwrap();
-    }
-
-    let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let (sent, failed) = load.stop();
     assert_eq!(failed, 0, "{failed} of {sent} client sessions failed");
     assert!(sent >= 100, "only {sent} sessions ran during the swaps");
     assert!(
@@ -468,9 +494,6 @@ fn a_moved_listener_is_rebound_and_the_others_keep_their_sockets() {
 
 #[test]
 fn a_plugin_version_failing_on_traffic_is_rolled_back() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-
     let (a, b) = (SmtpSink::start(free_port()), SmtpSink::start(free_port()));
     let dir = tempfile::tempdir().unwrap();
     let balancer = dir.path().join("balancer.wasm");
@@ -488,24 +511,7 @@ fn a_plugin_version_failing_on_traffic_is_rolled_back() {
     let gale = Gale::start(&toml);
     let addr = gale.address("in");
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let clients: Vec<_> = (0..2)
-        .map(|_| {
-            let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
-            std::thread::spawn(move || {
-                let until = Instant::now() + Duration::from_secs(60);
-                while !stop.load(Ordering::Relaxed) && Instant::now() < until {
-                    let ok = Session::try_open(addr).and_then(Session::try_send_mail);
-                    sent.fetch_add(1, Ordering::Relaxed);
-                    if let Err(e) = ok {
-                        eprintln!("session failed: {e}");
-                        failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            })
-        })
-        .collect();
+    let load = Load::start(addr, 2);
 
     // A version that passes the self-check and traps on every real client.
     let next = balancer.with_extension("wasm.new");
@@ -518,11 +524,7 @@ fn a_plugin_version_failing_on_traffic_is_rolled_back() {
     // The plugin of generation 1 decides again.
     let before = gale.log_lines("generation=1 ").len();
     let _ = gale.wait_count("generation=1 ", before + 10, Duration::from_secs(10));
-    stop.store(true, Ordering::Relaxed);
-    for client in clients {
-        client.join().unwrap();
-    }
-    let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let (sent, failed) = load.stop();
     assert_eq!(failed, 0, "{failed} of {sent} client sessions failed");
     assert!(rolled.contains("pool=mta"), "{rolled}");
     assert!(
