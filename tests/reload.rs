@@ -142,26 +142,6 @@ fn send_mail(addr: SocketAddr) {
     Session::open(addr).send_mail();
 }
 
-/// Wait for a log line that contains every one of `needles`.
-fn wait_line(gale: &Gale, needles: &[&str]) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let found = gale
-            .log_lines(needles[0])
-            .into_iter()
-            .find(|l| needles.iter().all(|n| l.contains(n)));
-        if let Some(line) = found {
-            return line;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no log line with {needles:?}; log: {:#?}",
-            gale.log_lines("")
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn reloads_swap_generations_without_losing_a_session() {
     let (a, b) = (SmtpSink::start(free_port()), SmtpSink::start(free_port()));
@@ -193,7 +173,10 @@ fn reloads_swap_generations_without_losing_a_session() {
     gale.rewrite_config(&config(&[("a", a.address, 1), ("b", b.address, 1)]));
     let _ = gale.wait_log("reloaded generation=3", Duration::from_secs(20));
     signal(gale.child.id(), "HUP");
-    let _ = wait_line(&gale, &["reloaded generation=4", "trigger=\"SIGHUP\""]);
+    let _ = gale.wait_line(
+        &["reloaded generation=4", "trigger=\"SIGHUP\""],
+        Duration::from_secs(20),
+    );
     let written = Instant::now();
     gale.rewrite_config(&config(&[("a", a.address, 3), ("b", b.address, 1)]));
     let _ = gale.wait_log("reloaded generation=5", Duration::from_secs(20));
@@ -215,27 +198,21 @@ fn broken_reloads_keep_the_running_generation() {
     let not_a_component = gale.config.with_file_name("garbage.wasm");
     std::fs::write(&not_a_component, b"\0asm but not really").unwrap();
     let wrong_world = support::plugin("hostile-wrong-world");
+    let with_balancer = |path: &std::path::Path| {
+        good.replace(
+            "[pools.mta]\n",
+            &format!("[pools.mta]\nbalancer = {{ path = {path:?} }}\n"),
+        )
+    };
     let cases = [
         ("[listeners.in\n".to_string(), "gale.toml:1:"),
         (
             good.replace("weight = 1", "wieght = 1"),
             "unknown field `wieght`",
         ),
+        (with_balancer(&not_a_component), "garbage.wasm"),
         (
-            good.replace(
-                "[pools.mta]\n",
-                &format!(
-                    "[pools.mta]\nbalancer = {{ path = {:?} }}\n",
-                    not_a_component
-                ),
-            ),
-            "garbage.wasm",
-        ),
-        (
-            good.replace(
-                "[pools.mta]\n",
-                &format!("[pools.mta]\nbalancer = {{ path = {:?} }}\n", wrong_world),
-            ),
+            with_balancer(&wrong_world),
             "does not implement world `gale:plugin/balancer",
         ),
     ];
@@ -243,7 +220,7 @@ fn broken_reloads_keep_the_running_generation() {
         std::fs::write(&gale.config, toml).unwrap();
         // The write itself triggers a reload; SIGHUP asks for another.
         signal(gale.child.id(), "HUP");
-        let line = wait_line(&gale, &["reload failed", reason]);
+        let line = gale.wait_line(&["reload failed", reason], Duration::from_secs(20));
         assert!(
             line.contains("still serving generation 1"),
             "case {i}: {line}"
@@ -265,7 +242,10 @@ fn health_state_survives_a_reload() {
     // Weight 100 would send nearly every session to `dead` first if the
     // reload forgot that it is down.
     signal(gale.child.id(), "HUP");
-    let _ = wait_line(&gale, &["reloaded generation=2", "SIGHUP"]);
+    let _ = gale.wait_line(
+        &["reloaded generation=2", "SIGHUP"],
+        Duration::from_secs(20),
+    );
     gale.rewrite_config(&config(&[("dead", dead, 100), ("good", sink.address, 1)]));
     let _ = gale.wait_log("reloaded generation=3", Duration::from_secs(20));
     for _ in 0..10 {
@@ -474,9 +454,15 @@ fn a_moved_listener_is_rebound_and_the_others_keep_their_sockets() {
 
     gale.rewrite_config(&listeners("127.0.0.2:0"));
     let _ = gale.wait_log("reloaded generation=2", Duration::from_secs(20));
-    let moved = wait_line(&gale, &["listening", "listener=side", "address=127.0.0.2:"]);
+    let moved = gale.wait_line(
+        &["listening", "listener=side", "address=127.0.0.2:"],
+        Duration::from_secs(20),
+    );
     let moved: SocketAddr = field(&moved, "address=").parse().unwrap();
-    let _ = wait_line(&gale, &["listener removed by reload", "listener=side"]);
+    let _ = gale.wait_line(
+        &["listener removed by reload", "listener=side"],
+        Duration::from_secs(20),
+    );
 
     open.send_mail();
     send_mail(main);
@@ -519,7 +505,10 @@ fn a_plugin_version_failing_on_traffic_is_rolled_back() {
     std::fs::rename(&next, &balancer).unwrap();
     let _ = gale.wait_log("reloaded generation=2", Duration::from_secs(20));
     let swapped = Instant::now();
-    let rolled = wait_line(&gale, &["rolled back", "serving generation 1 again"]);
+    let rolled = gale.wait_line(
+        &["rolled back", "serving generation 1 again"],
+        Duration::from_secs(20),
+    );
     let took = swapped.elapsed();
     // The plugin of generation 1 decides again.
     let before = gale.log_lines("generation=1 ").len();
@@ -550,7 +539,10 @@ fn sessions_of_the_old_generation_count_against_max_sessions() {
     let mut held = Session::open(addr);
     held.command("EHLO client.test\r\n", "250");
     signal(gale.child.id(), "HUP");
-    let _ = wait_line(&gale, &["reloaded generation=2", "SIGHUP"]);
+    let _ = gale.wait_line(
+        &["reloaded generation=2", "SIGHUP"],
+        Duration::from_secs(20),
+    );
     // One at a time: each must have ended at gale too before the next, or
     // its own slot would still be taken.
     for n in 1..=3 {
@@ -567,5 +559,8 @@ fn sessions_of_the_old_generation_count_against_max_sessions() {
         );
     }
     held.send_mail();
-    let _ = wait_line(&gale, &["smtp session", "generation=1", "backend=a"]);
+    let _ = gale.wait_line(
+        &["smtp session", "generation=1", "backend=a"],
+        Duration::from_secs(20),
+    );
 }

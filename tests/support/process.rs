@@ -160,14 +160,25 @@ impl Gale {
 
     /// Wait until a log line containing `needle` appears.
     pub fn wait_log(&self, needle: &str, limit: Duration) -> String {
+        self.wait_line(&[needle], limit)
+    }
+
+    /// Wait until a log line contains every one of `needles`; on timeout
+    /// the failure shows the whole log.
+    pub fn wait_line(&self, needles: &[&str], limit: Duration) -> String {
         let deadline = Instant::now() + limit;
         loop {
-            if let Some(l) = self.log_lines(needle).into_iter().next() {
-                return l;
+            let found = self
+                .log_lines(needles[0])
+                .into_iter()
+                .find(|l| needles.iter().all(|n| l.contains(n)));
+            if let Some(line) = found {
+                return line;
             }
             assert!(
                 Instant::now() < deadline,
-                "no log line with {needle:?} within {limit:?}"
+                "no log line with {needles:?} within {limit:?}; log: {:#?}",
+                self.log_lines("")
             );
             std::thread::sleep(Duration::from_millis(20));
         }

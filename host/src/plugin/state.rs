@@ -31,10 +31,6 @@ pub struct LiveCounters {
 }
 
 impl LiveCounters {
-    pub fn new(backends: usize) -> Self {
-        Self::from_counters((0..backends).map(|_| Arc::default()).collect())
-    }
-
     /// Counters given one by one, some of them shared.
     pub fn from_counters(active: Vec<Arc<AtomicU32>>) -> Self {
         Self { active }
