@@ -95,3 +95,13 @@ pub fn ip_address(ip: IpAddr) -> IpAddress {
         }
     }
 }
+
+/// The inverse of [`ip_address`].
+pub fn ip_of(ip: &IpAddress) -> IpAddr {
+    match *ip {
+        IpAddress::V4(bits) => IpAddr::V4(std::net::Ipv4Addr::from_bits(bits)),
+        IpAddress::V6((hi, lo)) => IpAddr::V6(std::net::Ipv6Addr::from_bits(
+            ((hi as u128) << 64) | lo as u128,
+        )),
+    }
+}

@@ -27,12 +27,21 @@ pub struct ReloadLabels {
     pub result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShadowLabels {
+    pub pool: String,
+    /// `agreed`, `disagreed` or `failed`.
+    pub outcome: String,
+}
+
 /// Every metric gale exports.
 pub struct Metrics {
     registry: Registry,
     pub plugin_calls: Family<PluginLabels, Counter>,
     pub plugin_fallbacks: Family<FallbackLabels, Counter>,
     pub reloads: Family<ReloadLabels, Counter>,
+    /// Candidate balancers' decisions compared with the active ones.
+    pub shadow_decisions: Family<ShadowLabels, Counter>,
     /// Reloads undone because their plugins failed on traffic.
     pub rollbacks: Counter,
     /// Id of the generation serving new sessions.
@@ -66,6 +75,12 @@ impl Metrics {
             "Config and plugin reloads, by result",
             reloads.clone(),
         );
+        let shadow_decisions = Family::<ShadowLabels, Counter>::default();
+        registry.register(
+            "shadow_decisions",
+            "Decisions of candidate balancers in shadow mode, by whether they chose the same first backend as the balancer in use",
+            shadow_decisions.clone(),
+        );
         let rollbacks = Counter::default();
         registry.register(
             "rollbacks",
@@ -83,6 +98,7 @@ impl Metrics {
             plugin_calls,
             plugin_fallbacks,
             reloads,
+            shadow_decisions,
             rollbacks,
             generation,
         }

@@ -97,6 +97,8 @@ pub struct PoolSection {
     pub balancer: Option<Spanned<PluginSection>>,
     /// `health`: the health-evaluation plugin.
     pub health: Option<Spanned<PluginSection>>,
+    /// `candidate`: a balancer tried beside `balancer` (with `mode`).
+    pub candidate: Option<Spanned<PluginSection>>,
     /// `[pools.NAME.probe]`: active health checks.
     #[serde(default)]
     pub probe: ProbeSection,
@@ -120,6 +122,8 @@ pub struct PluginSection {
     pub deadline: Option<Spanned<String>>,
     /// `memory_mb`: memory cap, overriding `[plugins] memory_mb`.
     pub memory_mb: Option<u32>,
+    /// `mode`: how a pool's `candidate` runs ("shadow"); only there.
+    pub mode: Option<Spanned<String>>,
 }
 
 /// Plugin settings reach the plugin as strings; numbers and booleans are

@@ -84,6 +84,8 @@ pub struct PoolConfig {
     pub listeners: Vec<String>,
     pub balancer: PluginSpec,
     pub health: PluginSpec,
+    /// A balancer that decides beside `balancer` without acting.
+    pub candidate: Option<CandidateSpec>,
     pub probe: ProbeConfig,
     pub backends: Vec<BackendConfig>,
 }
@@ -112,6 +114,28 @@ pub struct PluginSpec {
     pub settings: Vec<(String, String)>,
     pub deadline: Duration,
     pub memory_mb: u32,
+}
+
+/// A candidate balancer and how it runs.
+#[derive(Debug, Clone)]
+pub struct CandidateSpec {
+    pub plugin: PluginSpec,
+    pub mode: CandidateMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CandidateMode {
+    /// Decides on every session beside the active balancer; its answer is
+    /// compared, never used.
+    Shadow,
+}
+
+impl CandidateMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CandidateMode::Shadow => "shadow",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -293,10 +317,20 @@ fn validate(file: FileConfig, path: &Path, errors: &Errors<'_>) -> Result<Config
 
     let admin = match &file.admin {
         None => None,
-        Some(a) => Some(AdminConfig {
-            address: parse_addr(errors, &a.address, "admin.address")?,
-            token: a.token.clone(),
-        }),
+        Some(a) => {
+            let address = parse_addr(errors, &a.address, "admin.address")?;
+            let token = a.token.clone().filter(|t| !t.is_empty());
+            // The admin API can reload and will steer backends: off the
+            // host only with a token.
+            if !address.ip().is_loopback() && token.is_none() {
+                return Err(errors.spanned(
+                    &a.address,
+                    "admin.address",
+                    format!("{address} is not a loopback address; set admin.token to expose the admin API"),
+                ));
+            }
+            Some(AdminConfig { address, token })
+        }
     };
 
     let pool_names: Vec<&String> = file.pools.keys().collect();
@@ -315,6 +349,13 @@ fn validate(file: FileConfig, path: &Path, errors: &Errors<'_>) -> Result<Config
         };
         let balancer = plugin(pool.balancer.as_ref(), "balancer", "weighted-round-robin")?;
         let health = plugin(pool.health.as_ref(), "health", "threshold-health")?;
+        let candidate = match &pool.candidate {
+            None => None,
+            Some(section) => Some(CandidateSpec {
+                plugin: plugin(Some(section), "candidate", "")?,
+                mode: candidate_mode(errors, section, &format!("{key}.candidate"))?,
+            }),
+        };
 
         let p = &pool.probe;
         let interval = parse_duration(
@@ -376,6 +417,7 @@ fn validate(file: FileConfig, path: &Path, errors: &Errors<'_>) -> Result<Config
             listeners: Vec::new(),
             balancer,
             health,
+            candidate,
             probe: ProbeConfig {
                 kind: p.kind,
                 interval,
@@ -483,6 +525,15 @@ fn plugin_spec(
         });
     };
     let s = spanned.get_ref();
+    if let Some(mode) = &s.mode
+        && !key.ends_with(".candidate")
+    {
+        return Err(errors.spanned(
+            mode,
+            &format!("{key}.mode"),
+            "only a pool's `candidate` has a mode",
+        ));
+    }
     let source = match (&s.builtin, &s.path) {
         (Some(name), None) => {
             if !crate::plugin::builtin::NAMES.contains(&name.get_ref().as_str()) {
@@ -525,4 +576,26 @@ fn plugin_spec(
         )?,
         memory_mb: s.memory_mb.unwrap_or(defaults.memory_mb),
     })
+}
+
+/// A candidate's `mode`: required, so adding modes later never changes
+/// what an existing config means.
+fn candidate_mode(
+    errors: &Errors<'_>,
+    section: &Spanned<PluginSection>,
+    key: &str,
+) -> Result<CandidateMode, ConfigError> {
+    match &section.get_ref().mode {
+        None => Err(errors.spanned(
+            section,
+            key,
+            "set `mode = \"shadow\"` (the candidate decides beside the balancer without acting)",
+        )),
+        Some(mode) if mode.get_ref() == "shadow" => Ok(CandidateMode::Shadow),
+        Some(mode) => Err(errors.spanned(
+            mode,
+            &format!("{key}.mode"),
+            format!("unknown mode {:?} (modes: shadow)", mode.get_ref()),
+        )),
+    }
 }

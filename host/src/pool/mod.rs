@@ -7,6 +7,7 @@
 //! sockets or probes (they report results here through [`Pool::record`]).
 
 mod fallback;
+mod shadow;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,6 +25,7 @@ use crate::plugin::{
 };
 use fallback::{FallbackBalancer, RateLimitedLog};
 use gale_sdk::threshold::RiseFall;
+pub use shadow::{Disagreement, Shadow, ShadowReport};
 
 /// Results kept per backend for the health plugin; thresholds up to this
 /// long can be evaluated.
@@ -41,6 +43,29 @@ pub enum Decider {
 pub struct Decision {
     pub order: Vec<u32>,
     pub decider: Decider,
+}
+
+/// A backend's state for `/status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BackendReport {
+    pub name: String,
+    pub address: String,
+    pub weight: u32,
+    pub priority: u32,
+    pub healthy: bool,
+    pub active_sessions: u32,
+    pub last_result: Option<LastResult>,
+}
+
+/// The latest probe or traffic result of a backend.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LastResult {
+    pub ok: bool,
+    pub latency_us: u64,
+    pub code: Option<u16>,
+    pub detail: String,
+    /// "probe" or "traffic".
+    pub source: &'static str,
 }
 
 struct BackendState {
@@ -110,6 +135,8 @@ pub struct Pool {
     version: AtomicU64,
     balancer: BalancerPlugin,
     health: HealthPlugin,
+    /// A candidate balancer in shadow mode, if the config names one.
+    shadow: Option<Shadow>,
     fallback: FallbackBalancer,
     balancer_stats: HookStats,
     health_stats: HookStats,
@@ -156,6 +183,23 @@ impl Pool {
             &config.health,
             &format!("{}/health ({})", config.name, config.health.source),
         )?;
+        let shadow = match &config.candidate {
+            None => None,
+            Some(candidate) => {
+                let plugin = BalancerPlugin::load(
+                    runtime,
+                    &candidate.plugin,
+                    &format!("{}/candidate ({})", config.name, candidate.plugin.source),
+                    live.clone(),
+                )?;
+                Some(Shadow::new(
+                    plugin,
+                    candidate.mode.as_str(),
+                    metrics,
+                    &config.name,
+                ))
+            }
+        };
         let backends: Vec<BackendState> = config
             .backends
             .iter()
@@ -173,6 +217,7 @@ impl Pool {
             version: AtomicU64::new(1),
             balancer,
             health,
+            shadow,
             fallback: FallbackBalancer::default(),
             balancer_stats: HookStats::new(metrics, &config.name, "balancer"),
             health_stats: HookStats::new(metrics, &config.name, "health"),
@@ -214,6 +259,45 @@ impl Pool {
         self.health.name()
     }
 
+    /// The candidate balancer's record, if the pool has one.
+    pub fn shadow_report(&self) -> Option<ShadowReport> {
+        self.shadow.as_ref().map(Shadow::report)
+    }
+
+    /// Each backend as `/status` shows it.
+    pub fn backend_reports(&self) -> Vec<BackendReport> {
+        self.backends
+            .iter()
+            .enumerate()
+            .map(|(id, b)| {
+                let last = b
+                    .history
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .back()
+                    .cloned();
+                BackendReport {
+                    name: b.config.name.clone(),
+                    address: b.config.address.to_string(),
+                    weight: b.config.weight,
+                    priority: b.config.priority,
+                    healthy: b.healthy.load(Ordering::Acquire),
+                    active_sessions: self.live.active(id),
+                    last_result: last.map(|r| LastResult {
+                        ok: r.ok,
+                        latency_us: r.latency_us,
+                        code: r.code,
+                        detail: r.detail,
+                        source: match r.source {
+                            crate::plugin::types::ProbeSource::Probe => "probe",
+                            crate::plugin::types::ProbeSource::Traffic => "traffic",
+                        },
+                    }),
+                }
+            })
+            .collect()
+    }
+
     /// Rebuild the snapshot balancers see; called after any state change.
     fn publish(&self) {
         let version = self.version.fetch_add(1, Ordering::AcqRel) + 1;
@@ -244,7 +328,15 @@ impl Pool {
         let pool = self.pushed.load();
         self.balancer_stats.calls.inc();
         self.decisions.fetch_add(1, Ordering::Relaxed);
-        match self.balancer.select(&pool, ctx) {
+        let decision = self.decide(&pool, ctx);
+        if let Some(shadow) = &self.shadow {
+            shadow.observe(&pool, ctx, &decision.order);
+        }
+        decision
+    }
+
+    fn decide(&self, pool: &PushedPool, ctx: &RequestContext) -> Decision {
+        match self.balancer.select(pool, ctx) {
             Ok(order) => Decision {
                 order,
                 decider: Decider::Plugin,
@@ -256,7 +348,7 @@ impl Pool {
                 self.balancer_stats
                     .failed(&self.name, self.balancer.name(), &failure);
                 Decision {
-                    order: self.fallback.order(&pool),
+                    order: self.fallback.order(pool),
                     decider: Decider::Fallback(failure),
                 }
             }
@@ -362,6 +454,14 @@ impl Pool {
                 plugin: self.balancer.name().to_string(),
                 failure,
             })?;
+        if let Some(shadow) = &self.shadow {
+            shadow
+                .select(&pool, ctx)
+                .map_err(|failure| PluginError::SelfCheck {
+                    plugin: shadow.name().to_string(),
+                    failure,
+                })?;
+        }
         if let Some(backend) = pool.backends.first() {
             self.health
                 .evaluate(backend, true, std::slice::from_ref(result))
