@@ -4,13 +4,11 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use support::process::{Gale, SmtpSink, free_port, signal};
+use support::client::{Load, Session, send_mail};
+use support::process::{Gale, SmtpSink, curl, free_port, signal};
 
 fn config(backends: &[(&str, SocketAddr, u32)]) -> String {
     let mut toml = String::from(
@@ -24,122 +22,6 @@ fn config(backends: &[(&str, SocketAddr, u32)]) -> String {
         ));
     }
     toml
-}
-
-/// A plain SMTP client session, one step at a time.
-struct Session {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-impl Session {
-    fn try_open(addr: SocketAddr) -> std::io::Result<Session> {
-        let stream = TcpStream::connect(addr)?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        let mut s = Session {
-            reader: BufReader::new(stream.try_clone()?),
-            writer: stream,
-        };
-        s.expect("220")?;
-        Ok(s)
-    }
-
-    fn open(addr: SocketAddr) -> Session {
-        Session::try_open(addr).unwrap()
-    }
-
-    /// Read one reply (all its lines); an error unless it starts with `code`.
-    fn expect(&mut self, code: &str) -> std::io::Result<()> {
-        loop {
-            let mut line = String::new();
-            self.reader.read_line(&mut line)?;
-            if !line.starts_with(code) {
-                return Err(std::io::Error::other(format!(
-                    "expected {code}, got {line:?}"
-                )));
-            }
-            if line.as_bytes().get(3) != Some(&b'-') {
-                return Ok(());
-            }
-        }
-    }
-
-    fn try_command(&mut self, line: &str, code: &str) -> std::io::Result<()> {
-        self.writer.write_all(line.as_bytes())?;
-        self.expect(code)
-    }
-
-    fn command(&mut self, line: &str, code: &str) {
-        self.try_command(line, code).unwrap();
-    }
-
-    /// Everything after the greeting: one message, then QUIT.
-    fn try_send_mail(mut self) -> std::io::Result<()> {
-        self.try_command("EHLO client.test\r\n", "250")?;
-        self.try_command("MAIL FROM:<a@client.test>\r\n", "250")?;
-        self.try_command("RCPT TO:<b@example.test>\r\n", "250")?;
-        self.try_command("DATA\r\n", "354")?;
-        self.try_command("Subject: reload\r\n\r\nhello\r\n.\r\n", "250")?;
-        self.try_command("QUIT\r\n", "221")
-    }
-
-    fn send_mail(self) {
-        self.try_send_mail().unwrap();
-    }
-}
-
-/// Bounded client load: `clients` threads sending one message per session
-/// until stopped, and for at most 60 s whatever happens.
-struct Load {
-    stop: Arc<AtomicBool>,
-    sent: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    clients: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(addr: SocketAddr, clients: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let clients = (0..clients)
-            .map(|_| {
-                let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
-                std::thread::spawn(move || {
-                    let until = Instant::now() + Duration::from_secs(60);
-                    while !stop.load(Ordering::Relaxed) && Instant::now() < until {
-                        let ok = Session::try_open(addr).and_then(Session::try_send_mail);
-                        sent.fetch_add(1, Ordering::Relaxed);
-                        if let Err(e) = ok {
-                            eprintln!("session failed: {e}");
-                            failed.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            sent,
-            failed,
-            clients,
-        }
-    }
-
-    /// Stop the clients; (sessions sent, sessions failed).
-    fn stop(self) -> (u64, u64) {
-        self.stop.store(true, Ordering::Relaxed);
-        for client in self.clients {
-            client.join().unwrap();
-        }
-        (
-            self.sent.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-        )
-    }
-}
-
-fn send_mail(addr: SocketAddr) {
-    Session::open(addr).send_mail();
 }
 
 #[test]
@@ -485,7 +367,7 @@ fn a_plugin_version_failing_on_traffic_is_rolled_back() {
     let balancer = dir.path().join("balancer.wasm");
     std::fs::copy(support::plugin("weighted-round-robin"), &balancer).unwrap();
     let toml = format!(
-        "[plugins]\nrollback_window = \"20s\"\n{}",
+        "[plugins]\nrollback_window = \"20s\"\n[admin]\naddress = \"127.0.0.1:0\"\n{}",
         swap_config(
             &balancer,
             &[
@@ -519,6 +401,23 @@ fn a_plugin_version_failing_on_traffic_is_rolled_back() {
     assert!(
         took < Duration::from_secs(20),
         "rolled back only after {took:?}"
+    );
+    // Shown in /status as well.
+    let (code, body) = curl(&[&format!("http://{}/status", gale.admin_address())]);
+    assert_eq!(code, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let rollback = &status["reloads"]["last_rollback"];
+    assert_eq!(
+        (&status["generation"], &rollback["serving"]),
+        (&1.into(), &1.into()),
+        "{status}"
+    );
+    assert!(
+        rollback["error"]
+            .as_str()
+            .unwrap()
+            .contains("generation 2) trapped"),
+        "{rollback}"
     );
     eprintln!("rolled back {took:?} after the swap; {sent} sessions, 0 failed: {rolled}");
 }
@@ -563,4 +462,33 @@ fn sessions_of_the_old_generation_count_against_max_sessions() {
         &["smtp session", "generation=1", "backend=a"],
         Duration::from_secs(20),
     );
+}
+
+#[test]
+fn a_reload_changes_max_sessions_on_a_kept_listener() {
+    let a = SmtpSink::start(free_port());
+    let toml = config(&[("a", a.address, 1)])
+        .replace("pool = \"mta\"\n", "pool = \"mta\"\nmax_sessions = 1\n");
+    let gale = Gale::start(&toml);
+    let addr = gale.address("in");
+    let held = Session::open(addr);
+    // The second client is queued by the kernel, not accepted: no greeting.
+    let waiting = TcpStream::connect(addr).unwrap();
+    waiting
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut greeting = [0u8; 3];
+    let early = std::io::Read::read(&mut &waiting, &mut greeting);
+    assert!(early.is_err(), "greeted past max_sessions: {early:?}");
+
+    gale.rewrite_config(&toml.replace("max_sessions = 1", "max_sessions = 2"));
+    gale.wait_log("reloaded generation=2", Duration::from_secs(20));
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    std::io::Read::read_exact(&mut &waiting, &mut greeting).unwrap();
+    assert_eq!(&greeting, b"220");
+    // Same socket: the listener was not bound again.
+    assert_eq!(gale.log_lines("listener=in").len(), 1);
+    held.send_mail();
 }

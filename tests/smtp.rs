@@ -240,7 +240,7 @@ async fn shutdown_lets_a_session_in_data_finish() {
     c.reply().await;
     c.start_data().await;
     c.send_raw("Subject: half\r\n\r\nfirst half\r\n").await;
-    let shutdown = tokio::spawn(server.shutdown());
+    let shutdown = tokio::spawn(async move { server.shutdown().await });
     // New sessions are refused at the socket once accepting stops.
     support::wait_refused(addr, Duration::from_secs(2)).await;
     let end = c.command("second half\r\n.").await;

@@ -1,6 +1,7 @@
 //! gale: a load balancer for mail-sending fleets whose policies are
 //! WebAssembly components.
 //!
+//! - [`admin`]: the admin API (`/status`, `/metrics`, `POST /reload`).
 //! - [`config`]: the TOML file, parsed strictly and validated.
 //! - [`plugin`]: the wasmtime runtime that runs policy plugins under a
 //!   deadline and a memory cap.
@@ -14,6 +15,7 @@
 //!   drains on shutdown.
 //! - [`reload`]: builds the next generation on SIGHUP or a file change.
 
+pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod generation;

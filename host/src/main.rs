@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use gale::admin::Admin;
 use gale::config::Config;
 use gale::generation::Generation;
 use gale::metrics::Metrics;
@@ -106,6 +107,12 @@ fn check(path: &Path) -> anyhow::Result<()> {
             pool.balancer_name(),
             pool.health_name()
         );
+        if let Some(candidate) = pool.shadow_report() {
+            println!("    candidate {} ({})", candidate.plugin, candidate.mode);
+        }
+    }
+    if let Some(admin) = &generation.config.admin {
+        println!("  admin on {}", admin.address);
     }
     for l in &generation.config.listeners {
         println!(
@@ -139,8 +146,19 @@ fn run(path: &Path, demo: bool) -> anyhow::Result<()> {
             tokio::spawn(async move { gale::demo::run_backends(&config, stop).await });
         }
         let files = reload::files_of(&path, &generation.config);
-        let reloader = reload::Reloader::new(&path, runtime, metrics, id);
-        let server = gale::server::Server::start(generation).await?;
+        let reloader = reload::Reloader::new(&path, runtime, metrics.clone(), id);
+        let server = Arc::new(gale::server::Server::start(generation).await?);
+        let (reload_tx, mut reload_requests) = tokio::sync::mpsc::channel(8);
+        let admin = Arc::new(Admin::new(
+            server.clone(),
+            reloader.history(),
+            metrics,
+            reload_tx,
+        ));
+        let mut admin_listener = match &server.current.load().config.admin {
+            Some(a) => Some(gale::admin::start(a.address, admin.clone()).await?),
+            None => None,
+        };
         let mut watcher = reload::FileWatcher::new(&files)
             .inspect_err(|e| tracing::warn!("config and plugin files are not watched: {e}"))
             .ok();
@@ -150,25 +168,41 @@ fn run(path: &Path, demo: bool) -> anyhow::Result<()> {
         tokio::pin!(stop);
         let mut probation = tokio::time::interval(std::time::Duration::from_millis(250));
         loop {
-            let trigger = tokio::select! {
+            let (trigger, reply) = tokio::select! {
                 _ = &mut stop => break,
-                _ = hangup.recv() => "SIGHUP",
+                _ = hangup.recv() => ("SIGHUP", None),
                 _ = async {
                     match watcher.as_mut() {
                         Some(w) => w.changed().await,
                         None => std::future::pending().await,
                     }
-                } => "file change",
+                } => ("file change", None),
+                Some(reply) = reload_requests.recv() => ("admin", Some(reply)),
                 _ = probation.tick() => {
                     reloader.check_rollback(&server).await;
                     continue;
                 }
             };
-            if reloader.reload(&server, trigger).await.is_ok()
-                && let Some(w) = watcher.as_mut()
-            {
-                w.watch(&reload::files_of(&path, &server.current.load().config));
+            let result = reloader.reload(&server, trigger).await;
+            if result.is_ok() {
+                if let Some(w) = watcher.as_mut() {
+                    w.watch(&reload::files_of(&path, &server.current.load().config));
+                }
+                let wanted = server
+                    .current
+                    .load()
+                    .config
+                    .admin
+                    .as_ref()
+                    .map(|a| a.address);
+                admin_listener = move_admin(admin_listener, wanted, &admin).await;
             }
+            if let Some(reply) = reply {
+                let _ = reply.send(result.map_err(|e| format!("{e:#}")));
+            }
+        }
+        if let Some(admin) = &admin_listener {
+            admin.stop();
         }
         tracing::info!("shutting down: no new sessions");
         server.shutdown().await;
@@ -183,4 +217,30 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+/// Follow a reload's `[admin] address`: bind the new address before
+/// closing the old one; if it cannot be bound, keep the old listener.
+async fn move_admin(
+    running: Option<gale::admin::Handle>,
+    wanted: Option<std::net::SocketAddr>,
+    admin: &Arc<Admin>,
+) -> Option<gale::admin::Handle> {
+    if running.as_ref().map(|h| h.configured) == wanted {
+        return running;
+    }
+    let next = match wanted {
+        None => None,
+        Some(address) => match gale::admin::start(address, admin.clone()).await {
+            Ok(handle) => Some(handle),
+            Err(e) => {
+                tracing::error!("{e:#}; the admin API stays where it was");
+                return running;
+            }
+        },
+    };
+    if let Some(old) = running {
+        old.stop();
+    }
+    next
 }

@@ -190,7 +190,7 @@ impl Server {
 
     /// Stop accepting, wait up to the config's drain timeout for sessions
     /// in flight, then stop everything. Returns how many sessions were cut.
-    pub async fn shutdown(self) -> usize {
+    pub async fn shutdown(&self) -> usize {
         let drain = self.current.load().config.drain_timeout;
         self.stop_accepting.cancel();
         self.sessions.close();

@@ -3,6 +3,7 @@
 //! pools from TOML the way gale does.
 #![allow(dead_code)]
 
+pub mod client;
 pub mod process;
 pub mod smtp;
 

@@ -100,7 +100,7 @@ impl Gale {
             .lock()
             .unwrap()
             .iter()
-            .filter(|l| l.contains(" listening "))
+            .filter(|l| l.contains(" listening ") && l.contains("listener="))
             .map(|l| {
                 let field = |k: &str| {
                     l.split_whitespace()
@@ -126,6 +126,15 @@ impl Gale {
             .find(|(n, _)| n == name)
             .map(|(_, a)| *a)
             .expect("listener")
+    }
+
+    /// The admin listener's bound address.
+    pub fn admin_address(&self) -> SocketAddr {
+        let line = self.wait_log("admin listening", Duration::from_secs(10));
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix("address="))
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line}"))
     }
 
     /// Replace the config file the way editors and deploy tools do: write
@@ -332,4 +341,22 @@ impl Drop for Postfix {
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// An HTTP call with curl: (status, body). `args` are curl's, e.g.
+/// `["-X", "POST", "http://127.0.0.1:1234/reload"]`.
+pub fn curl(args: &[&str]) -> (u16, String) {
+    let out = Command::new(require("curl"))
+        .args(["-sS", "--max-time", "60", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    (status.parse().unwrap(), body.to_string())
 }

@@ -2,26 +2,22 @@
 //! plugins it names, then swap it in whole, or keep the running one and
 //! say why. Triggered by SIGHUP and by changes to those files.
 
-use std::collections::HashSet;
+pub mod history;
+mod watch;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use notify::event::{AccessKind, AccessMode};
-use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
-use tokio::sync::mpsc;
+pub use history::{History, ReloadEvent};
+pub use watch::{FileWatcher, files_of};
 
-use crate::config::{Config, PluginSource};
+use crate::config::Config;
 use crate::generation::Generation;
 use crate::metrics::{Metrics, ReloadLabels};
 use crate::plugin::PluginRuntime;
 use crate::server::Server;
-
-/// Quiet time after a file event before reloading: an editor's save is
-/// several events (write, rename, chmod), and a copy of a large plugin
-/// arrives in pieces.
-const DEBOUNCE: Duration = Duration::from_millis(200);
 
 /// Decisions a new generation's pool must have made before its failure
 /// share can roll it back: a couple of early traps prove nothing.
@@ -36,6 +32,7 @@ pub struct Reloader {
     busy: tokio::sync::Mutex<()>,
     /// The generation on probation since the last reload.
     watch: Mutex<Option<Watch>>,
+    history: Arc<History>,
 }
 
 /// A freshly swapped-in generation and the one it replaced.
@@ -61,7 +58,13 @@ impl Reloader {
             next_id: AtomicU64::new(current_id + 1),
             busy: tokio::sync::Mutex::new(()),
             watch: Mutex::new(None),
+            history: Arc::default(),
         }
+    }
+
+    /// Reloads and rollbacks so far, shared with the admin API.
+    pub fn history(&self) -> Arc<History> {
+        self.history.clone()
     }
 
     /// Build, check and swap in a new generation. On any error the running
@@ -91,6 +94,11 @@ impl Reloader {
         }
         .await;
         let running = server.current.load().id;
+        let mut event = ReloadEvent::now("reload", trigger, id, running);
+        event.took_ms = started.elapsed().as_millis() as u64;
+        event.ok = result.is_ok();
+        event.error = result.as_ref().err().map(|e| format!("{e:#}"));
+        self.history.record(event);
         let label = |result: &str| ReloadLabels {
             result: result.to_string(),
         };
@@ -153,6 +161,18 @@ impl Reloader {
         *self.watch.lock().unwrap_or_else(|p| p.into_inner()) = None;
         match server.restore(previous.clone()).await {
             Ok(_) => {
+                let mut event = ReloadEvent::now(
+                    "rollback",
+                    &format!("pool {}", pool.name),
+                    previous.id,
+                    previous.id,
+                );
+                event.error = Some(format!(
+                    "{} (generation {}) trapped or ran out of time in {failed} of {decisions} decisions",
+                    pool.balancer_name(),
+                    generation.id
+                ));
+                self.history.record(event);
                 self.metrics.rollbacks.inc();
                 self.metrics.generation.set(previous.id as i64);
                 tracing::warn!(
@@ -168,111 +188,6 @@ impl Reloader {
                 "rollback to generation {} failed: {e:#}",
                 previous.id
             ),
-        }
-    }
-}
-
-/// The files a config depends on: itself and every plugin file it names.
-pub fn files_of(path: &Path, config: &Config) -> Vec<PathBuf> {
-    let mut files = vec![path.to_path_buf()];
-    for pool in &config.pools {
-        for spec in [&pool.balancer, &pool.health] {
-            if let PluginSource::File(file) = &spec.source {
-                files.push(file.clone());
-            }
-        }
-    }
-    files
-}
-
-/// Watches files for changes. Their folders are watched rather than the
-/// files: editors and deploy tools replace a file by renaming a new one
-/// over it, which a watch on the old file would never see.
-pub struct FileWatcher {
-    watcher: RecommendedWatcher,
-    folders: HashSet<PathBuf>,
-    files: Arc<Mutex<HashSet<PathBuf>>>,
-    events: mpsc::UnboundedReceiver<()>,
-    /// When the latest change not yet reported was seen. Kept here, not in
-    /// `changed`'s future, so a `select!` that drops that future loses
-    /// nothing.
-    last_change: Option<tokio::time::Instant>,
-}
-
-impl FileWatcher {
-    pub fn new(files: &[PathBuf]) -> notify::Result<Self> {
-        let watched: Arc<Mutex<HashSet<PathBuf>>> = Arc::default();
-        let (tx, events) = mpsc::unbounded_channel();
-        let filter = watched.clone();
-        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            let Ok(event) = event else { return };
-            // Reads (ours included, when reloading) are not changes.
-            let change = matches!(
-                event.kind,
-                EventKind::Create(_)
-                    | EventKind::Modify(_)
-                    | EventKind::Remove(_)
-                    | EventKind::Access(AccessKind::Close(AccessMode::Write))
-            );
-            let files = filter.lock().unwrap_or_else(|p| p.into_inner());
-            if change && event.paths.iter().any(|p| files.contains(p)) {
-                let _ = tx.send(());
-            }
-        })?;
-        let mut w = FileWatcher {
-            watcher,
-            folders: HashSet::new(),
-            files: watched,
-            events,
-            last_change: None,
-        };
-        w.watch(files);
-        Ok(w)
-    }
-
-    /// Watch exactly `files` from now on (a reload may name new plugins).
-    pub fn watch(&mut self, files: &[PathBuf]) {
-        let files: HashSet<PathBuf> = files
-            .iter()
-            .filter_map(|f| std::path::absolute(f).ok())
-            .collect();
-        let folders: HashSet<PathBuf> = files
-            .iter()
-            .filter_map(|f| f.parent().map(Path::to_path_buf))
-            .collect();
-        for gone in self.folders.difference(&folders) {
-            let _ = self.watcher.unwatch(gone);
-        }
-        for new in folders.difference(&self.folders) {
-            if let Err(e) = self.watcher.watch(new, RecursiveMode::NonRecursive) {
-                tracing::warn!(folder = %new.display(), "cannot watch for changes: {e}");
-            }
-        }
-        self.folders = folders;
-        *self.files.lock().unwrap_or_else(|p| p.into_inner()) = files;
-    }
-
-    /// Wait for a change, then for the files to be quiet for [`DEBOUNCE`].
-    /// Cancel-safe.
-    pub async fn changed(&mut self) {
-        loop {
-            let event = match self.last_change {
-                None => self.events.recv().await,
-                Some(at) => {
-                    match tokio::time::timeout_at(at + DEBOUNCE, self.events.recv()).await {
-                        Ok(event) => event,
-                        Err(_) => {
-                            self.last_change = None;
-                            return;
-                        }
-                    }
-                }
-            };
-            if event.is_none() {
-                // The watcher is gone: nothing will change any more.
-                return std::future::pending().await;
-            }
-            self.last_change = Some(tokio::time::Instant::now());
         }
     }
 }

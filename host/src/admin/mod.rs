@@ -1,0 +1,256 @@
+//! The admin listener: `GET /status` (JSON), `GET /metrics` (Prometheus
+//! text) and `POST /reload`. On loopback by default; when the config sets
+//! a token every call must carry it as `Authorization: Bearer TOKEN`.
+//!
+//! Owns: the admin socket and its HTTP/1 connections. Does not touch:
+//! reloading itself (it asks the main loop, which owns the reloader, over
+//! a channel, so a reload from here and one from SIGHUP are the same).
+
+pub mod status;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::reload::History;
+use crate::reload::history::rfc3339;
+use crate::server::Server;
+
+/// Admin connections served at once; more wait in the accept queue.
+const MAX_CONNECTIONS: usize = 64;
+/// A client has this long to send a request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `POST /reload` waits for the reload to finish.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A reload asked for over the admin API; the answer is the new
+/// generation's id or why the reload failed.
+pub type ReloadRequest = oneshot::Sender<Result<u64, String>>;
+
+/// What the admin endpoints read from.
+pub struct Admin {
+    pub server: Arc<Server>,
+    pub history: Arc<History>,
+    pub metrics: Arc<Metrics>,
+    pub reloads: mpsc::Sender<ReloadRequest>,
+    pub started_at: String,
+}
+
+impl Admin {
+    pub fn new(
+        server: Arc<Server>,
+        history: Arc<History>,
+        metrics: Arc<Metrics>,
+        reloads: mpsc::Sender<ReloadRequest>,
+    ) -> Self {
+        Admin {
+            server,
+            history,
+            metrics,
+            reloads,
+            started_at: rfc3339(SystemTime::now()),
+        }
+    }
+}
+
+/// A running admin listener.
+pub struct Handle {
+    pub address: SocketAddr,
+    /// The address in the config (port 0 stays 0 here).
+    pub configured: SocketAddr,
+    stop: CancellationToken,
+}
+
+impl Handle {
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+}
+
+/// Bind `address` and serve the admin API on it until the handle stops.
+pub async fn start(address: SocketAddr, admin: Arc<Admin>) -> anyhow::Result<Handle> {
+    let socket = TcpListener::bind(address)
+        .await
+        .with_context(|| format!("admin listener: cannot bind {address}"))?;
+    let bound = socket.local_addr()?;
+    tracing::info!(address = %bound, "admin listening");
+    let stop = CancellationToken::new();
+    tokio::spawn(serve(socket, admin, stop.clone()));
+    Ok(Handle {
+        address: bound,
+        configured: address,
+        stop,
+    })
+}
+
+async fn serve(socket: TcpListener, admin: Arc<Admin>, stop: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            _ = stop.cancelled() => break,
+            p = slots.clone().acquire_owned() => p.expect("semaphore is never closed"),
+        };
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            a = socket.accept() => a,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!("admin accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let admin = admin.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(route(&admin, req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => if let Err(e) = r {
+                    tracing::debug!("admin connection: {e}");
+                },
+                _ = stop.cancelled() => conn.as_mut().graceful_shutdown(),
+            }
+            drop(permit);
+        });
+    }
+    tracing::info!("admin listener stopped");
+}
+
+type Reply = Response<Full<Bytes>>;
+
+async fn route(admin: &Admin, req: Request<Incoming>) -> Reply {
+    if !authorized(admin, &req) {
+        let mut reply = text(StatusCode::UNAUTHORIZED, "a bearer token is required\n");
+        reply
+            .headers_mut()
+            .insert(WWW_AUTHENTICATE, "Bearer".parse().expect("valid header"));
+        return reply;
+    }
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    match (path.as_str(), &method) {
+        ("/status", &Method::GET) => json(StatusCode::OK, &status::Status::of(admin)),
+        ("/metrics", &Method::GET) => {
+            let mut reply = text(StatusCode::OK, admin.metrics.encode());
+            reply.headers_mut().insert(
+                CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8"
+                    .parse()
+                    .expect("valid header"),
+            );
+            reply
+        }
+        ("/reload", &Method::POST) => reload(admin).await,
+        ("/status" | "/metrics", _) => not_allowed("GET"),
+        ("/reload", _) => not_allowed("POST"),
+        _ => text(StatusCode::NOT_FOUND, "no such endpoint (try /status)\n"),
+    }
+}
+
+/// With a token in the config, the request must carry it. The token is
+/// read from the current generation, so a reload changes it.
+fn authorized(admin: &Admin, req: &Request<Incoming>) -> bool {
+    let generation = admin.server.current.load();
+    let Some(token) = generation
+        .config
+        .admin
+        .as_ref()
+        .and_then(|a| a.token.as_ref())
+    else {
+        return true;
+    };
+    let given = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    constant_time_eq(given.as_bytes(), token.as_bytes())
+}
+
+/// Compares without stopping at the first difference, so response time
+/// does not tell how much of a guessed token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn reload(admin: &Admin) -> Reply {
+    let (tx, rx) = oneshot::channel();
+    if admin.reloads.send(tx).await.is_err() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "gale is shutting down\n");
+    }
+    match tokio::time::timeout(RELOAD_TIMEOUT, rx).await {
+        Ok(Ok(Ok(generation))) => json(
+            StatusCode::OK,
+            &serde_json::json!({ "ok": true, "generation": generation }),
+        ),
+        Ok(Ok(Err(error))) => json(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &serde_json::json!({
+                "ok": false,
+                "serving": admin.server.current.load().id,
+                "error": error,
+            }),
+        ),
+        Ok(Err(_)) => text(StatusCode::SERVICE_UNAVAILABLE, "gale is shutting down\n"),
+        Err(_) => text(
+            StatusCode::GATEWAY_TIMEOUT,
+            "the reload is still running; see /status\n",
+        ),
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Reply {
+    let mut reply = Response::new(Full::new(body.into()));
+    *reply.status_mut() = status;
+    reply.headers_mut().insert(
+        CONTENT_TYPE,
+        "text/plain; charset=utf-8".parse().expect("valid header"),
+    );
+    reply
+}
+
+fn json(status: StatusCode, value: &impl serde::Serialize) -> Reply {
+    let mut body = serde_json::to_vec_pretty(value).unwrap_or_else(|e| {
+        format!("{{\"error\": \"cannot encode the status: {e}\"}}").into_bytes()
+    });
+    body.push(b'\n');
+    let mut reply = text(status, body);
+    reply.headers_mut().insert(
+        CONTENT_TYPE,
+        "application/json".parse().expect("valid header"),
+    );
+    reply
+}
+
+fn not_allowed(allow: &'static str) -> Reply {
+    let mut reply = text(StatusCode::METHOD_NOT_ALLOWED, format!("use {allow}\n"));
+    reply
+        .headers_mut()
+        .insert(ALLOW, allow.parse().expect("valid header"));
+    reply
+}

@@ -1,0 +1,250 @@
+//! The admin API of the running `gale` binary, called with curl:
+//! `/status`, `POST /reload`, `/metrics`, the bearer token, and candidate
+//! balancers in shadow mode as `/status` reports them.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::client::send_mail;
+use support::process::{Gale, SmtpSink, curl, free_port};
+
+/// One SMTP listener on pool `mta` with `backends` (name, address, extra
+/// backend keys), `pool` extra keys, and the admin listener.
+fn config(backends: &[(&str, SocketAddr, &str)], pool: &str, admin: &str) -> String {
+    let mut toml = format!(
+        "[admin]\naddress = \"127.0.0.1:0\"\n{admin}\n\
+         [listeners.in]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\npool = \"mta\"\n\
+         [pools.mta]\n{pool}\n"
+    );
+    for (name, address, extra) in backends {
+        toml.push_str(&format!(
+            "[[pools.mta.backends]]\nname = \"{name}\"\naddress = \"{address}\"\n{extra}\n"
+        ));
+    }
+    toml
+}
+
+fn url(gale: &Gale, path: &str) -> String {
+    format!("http://{}{path}", gale.admin_address())
+}
+
+fn status(gale: &Gale) -> Value {
+    let (code, body) = curl(&[&url(gale, "/status")]);
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn post_reload(gale: &Gale) -> (u16, Value) {
+    let (code, body) = curl(&["-X", "POST", &url(gale, "/reload")]);
+    (code, serde_json::from_str(&body).unwrap())
+}
+
+/// The value of one sample in Prometheus text, e.g.
+/// `gale_reloads_total{result="failed"}`.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn post_reload_swaps_generations_and_status_shows_each_result() {
+    let a = SmtpSink::start(free_port());
+    let toml = config(&[("a", a.address, "")], "", "");
+    let gale = Gale::start(&toml);
+    let addr = gale.address("in");
+
+    let s = status(&gale);
+    assert_eq!(s["generation"], 1);
+    assert!(s["reloads"]["last_reload"].is_null(), "{s}");
+    assert_eq!(s["listeners"][0]["address"], addr.to_string());
+    assert_eq!(s["pools"][0]["backends"][0]["name"], "a");
+    assert_eq!(s["pools"][0]["backends"][0]["healthy"], true);
+
+    let (code, reply) = post_reload(&gale);
+    assert_eq!(
+        (code, &reply["generation"]),
+        (200, &Value::from(2)),
+        "{reply}"
+    );
+    send_mail(addr);
+    gale.wait_line(&["smtp session", "generation=2"], Duration::from_secs(10));
+    let last = &status(&gale)["reloads"]["last_reload"];
+    assert_eq!(
+        (&last["trigger"], &last["ok"], &last["generation"]),
+        (&Value::from("admin"), &Value::from(true), &Value::from(2)),
+        "{last}"
+    );
+
+    // A typo: the file watcher's reload fails, and so does ours.
+    gale.rewrite_config(&toml.replace(
+        "[[pools.mta.backends]]\n",
+        "[[pools.mta.backends]]\nwieght = 2\n",
+    ));
+    gale.wait_line(&["reload failed", "file change"], Duration::from_secs(10));
+    let (code, reply) = post_reload(&gale);
+    assert_eq!(code, 422, "{reply}");
+    let error = reply["error"].as_str().unwrap();
+    assert!(
+        error.contains("gale.toml:") && error.contains("wieght"),
+        "{error}"
+    );
+    assert_eq!(reply["serving"], 2);
+
+    let s = status(&gale);
+    let last = &s["reloads"]["last_reload"];
+    assert_eq!(
+        (&s["generation"], &last["ok"]),
+        (&Value::from(2), &Value::from(false)),
+        "{s}"
+    );
+    assert!(last["error"].as_str().unwrap().contains("wieght"), "{last}");
+    assert_eq!(s["reloads"]["events"].as_array().unwrap().len(), 3, "{s}");
+    send_mail(addr);
+
+    let (code, metrics) = curl(&[&url(&gale, "/metrics")]);
+    assert_eq!(code, 200);
+    assert_eq!(
+        sample(&metrics, "gale_reloads_total{result=\"ok\"}"),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "gale_reloads_total{result=\"failed\"}"),
+        2.0,
+        "{metrics}"
+    );
+    assert_eq!(sample(&metrics, "gale_generation"), 2.0, "{metrics}");
+}
+
+#[test]
+fn with_a_token_every_call_must_carry_it() {
+    let a = SmtpSink::start(free_port());
+    let gale = Gale::start(&config(&[("a", a.address, "")], "", "token = \"s3cret\""));
+    let status_url = url(&gale, "/status");
+    assert_eq!(curl(&[&status_url]).0, 401);
+    assert_eq!(
+        curl(&["-H", "Authorization: Bearer s3cre", &status_url]).0,
+        401
+    );
+    assert_eq!(curl(&["-X", "POST", &url(&gale, "/reload")]).0, 401);
+    let (code, body) = curl(&["-H", "Authorization: Bearer s3cret", &status_url]);
+    assert_eq!(code, 200, "{body}");
+    let s: Value = serde_json::from_str(&body).unwrap();
+    // The refused POST reloaded nothing.
+    assert_eq!(s["generation"], 1);
+    assert!(s["reloads"]["last_reload"].is_null(), "{s}");
+}
+
+/// Backends for the shadow tests: `a` primary, `b` standby, equal weights.
+/// Round-robin ignores roles and alternates a, b; failover always picks a.
+fn two_tiers(a: &SmtpSink, b: &SmtpSink) -> Vec<(&'static str, SocketAddr, &'static str)> {
+    vec![
+        ("a", a.address, "weight = 1"),
+        ("b", b.address, "weight = 1\nrole = \"standby\""),
+    ]
+}
+
+#[test]
+fn a_shadow_candidate_is_compared_but_not_obeyed_until_promoted() {
+    let (a, b) = (SmtpSink::start(free_port()), SmtpSink::start(free_port()));
+    let backends = two_tiers(&a, &b);
+    let gale = Gale::start(&config(
+        &backends,
+        "balancer = { builtin = \"weighted-round-robin\" }\n\
+         candidate = { builtin = \"failover\", mode = \"shadow\" }",
+        "",
+    ));
+    let addr = gale.address("in");
+    for _ in 0..20 {
+        send_mail(addr);
+    }
+    gale.wait_count("smtp session", 20, Duration::from_secs(10));
+    // Round-robin decided: half the sessions went to the standby.
+    assert_eq!(gale.log_lines("backend=b ").len(), 10);
+
+    let s = status(&gale);
+    let shadow = &s["pools"][0]["candidate"];
+    assert_eq!(shadow["mode"], "shadow");
+    assert!(
+        shadow["plugin"].as_str().unwrap().contains("failover"),
+        "{shadow}"
+    );
+    assert_eq!(
+        [
+            &shadow["decisions"],
+            &shadow["agreed"],
+            &shadow["disagreed"],
+            &shadow["failed"]
+        ],
+        [20, 10, 10, 0].map(Value::from).each_ref(),
+        "{shadow}"
+    );
+    assert_eq!(shadow["agreement"], 0.5);
+    let sample = &shadow["disagreements"][0];
+    assert_eq!(sample["client"], "127.0.0.1");
+    assert_eq!(sample["active"][0], "b", "{sample}");
+    assert_eq!(sample["candidate"][0], "a", "{sample}");
+
+    // Promote: the candidate becomes the balancer.
+    gale.rewrite_config(&config(
+        &backends,
+        "balancer = { builtin = \"failover\" }",
+        "",
+    ));
+    gale.wait_log("reloaded generation=2", Duration::from_secs(20));
+    for _ in 0..10 {
+        send_mail(addr);
+    }
+    let sessions = gale.wait_count(
+        "smtp session listener=in generation=2",
+        10,
+        Duration::from_secs(10),
+    );
+    assert!(
+        sessions.iter().all(|l| l.contains("backend=a ")),
+        "{sessions:#?}"
+    );
+    assert!(status(&gale)["pools"][0]["candidate"].is_null());
+}
+
+#[test]
+fn a_failing_candidate_costs_no_session() {
+    let (a, b) = (SmtpSink::start(free_port()), SmtpSink::start(free_port()));
+    let sneaky = support::plugin("hostile-sneaky");
+    let gale = Gale::start(&config(
+        &two_tiers(&a, &b),
+        &format!(
+            "candidate = {{ path = \"{}\", mode = \"shadow\" }}",
+            sneaky.display()
+        ),
+        "",
+    ));
+    let addr = gale.address("in");
+    // It passed the self-check; on real clients it panics every time.
+    for _ in 0..10 {
+        send_mail(addr);
+    }
+    gale.wait_count("smtp session", 10, Duration::from_secs(10));
+    let pool = &status(&gale)["pools"][0];
+    assert_eq!(pool["candidate"]["failed"], 10, "{pool}");
+    assert_eq!(pool["candidate"]["agreement"], Value::Null);
+    // The balancer in charge decided every session itself.
+    assert_eq!(
+        (&pool["decisions"], &pool["failed_decisions"]),
+        (&Value::from(10), &Value::from(0))
+    );
+    let (_, metrics) = curl(&[&url(&gale, "/metrics")]);
+    assert_eq!(
+        sample(
+            &metrics,
+            "gale_shadow_decisions_total{pool=\"mta\",outcome=\"failed\"}"
+        ),
+        10.0,
+        "{metrics}"
+    );
+}

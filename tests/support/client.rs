@@ -1,0 +1,124 @@
+//! Blocking SMTP clients for tests against the gale binary: one session
+//! driven step by step, and a bounded multi-threaded load.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// A plain SMTP client session, one step at a time.
+pub struct Session {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Session {
+    pub fn try_open(addr: SocketAddr) -> std::io::Result<Session> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut s = Session {
+            reader: BufReader::new(stream.try_clone()?),
+            writer: stream,
+        };
+        s.expect("220")?;
+        Ok(s)
+    }
+
+    pub fn open(addr: SocketAddr) -> Session {
+        Session::try_open(addr).unwrap()
+    }
+
+    /// Read one reply (all its lines); an error unless it starts with `code`.
+    pub fn expect(&mut self, code: &str) -> std::io::Result<()> {
+        loop {
+            let mut line = String::new();
+            self.reader.read_line(&mut line)?;
+            if !line.starts_with(code) {
+                return Err(std::io::Error::other(format!(
+                    "expected {code}, got {line:?}"
+                )));
+            }
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return Ok(());
+            }
+        }
+    }
+
+    pub fn try_command(&mut self, line: &str, code: &str) -> std::io::Result<()> {
+        self.writer.write_all(line.as_bytes())?;
+        self.expect(code)
+    }
+
+    pub fn command(&mut self, line: &str, code: &str) {
+        self.try_command(line, code).unwrap();
+    }
+
+    /// Everything after the greeting: one message, then QUIT.
+    pub fn try_send_mail(mut self) -> std::io::Result<()> {
+        self.try_command("EHLO client.test\r\n", "250")?;
+        self.try_command("MAIL FROM:<a@client.test>\r\n", "250")?;
+        self.try_command("RCPT TO:<b@example.test>\r\n", "250")?;
+        self.try_command("DATA\r\n", "354")?;
+        self.try_command("Subject: reload\r\n\r\nhello\r\n.\r\n", "250")?;
+        self.try_command("QUIT\r\n", "221")
+    }
+
+    pub fn send_mail(self) {
+        self.try_send_mail().unwrap();
+    }
+}
+
+/// Bounded client load: `clients` threads sending one message per session
+/// until stopped, and for at most 60 s whatever happens.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    clients: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(addr: SocketAddr, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let clients = (0..clients)
+            .map(|_| {
+                let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
+                std::thread::spawn(move || {
+                    let until = Instant::now() + Duration::from_secs(60);
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+                        let ok = Session::try_open(addr).and_then(Session::try_send_mail);
+                        sent.fetch_add(1, Ordering::Relaxed);
+                        if let Err(e) = ok {
+                            eprintln!("session failed: {e}");
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            sent,
+            failed,
+            clients,
+        }
+    }
+
+    /// Stop the clients; (sessions sent, sessions failed).
+    pub fn stop(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for client in self.clients {
+            client.join().unwrap();
+        }
+        (
+            self.sent.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+pub fn send_mail(addr: SocketAddr) {
+    Session::open(addr).send_mail();
+}
