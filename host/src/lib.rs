@@ -9,6 +9,8 @@
 //! - [`generation`]: one consistent set of config, pools and plugins.
 //! - [`smtp`]: SMTP listeners (retry while holding the client, 421).
 //! - [`health`]: active health probes.
+//! - [`http`]: HTTP listeners (reverse proxy).
+//! - [`listener`]: the accept loop both protocols share.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`demo`]: in-process demo backends for `gale demo`.
 //! - [`server`]: binds listeners, starts probes, swaps generations,
@@ -20,6 +22,8 @@ pub mod config;
 pub mod demo;
 pub mod generation;
 pub mod health;
+pub mod http;
+pub mod listener;
 pub mod metrics;
 pub mod plugin;
 pub mod pool;

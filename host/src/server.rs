@@ -30,6 +30,7 @@ pub struct Server {
 /// A listener socket and its accept loop.
 struct Bound {
     name: String,
+    protocol: Protocol,
     /// The address in the config (port 0 stays 0 here).
     configured: SocketAddr,
     /// The address the kernel gave.
@@ -97,23 +98,17 @@ impl Server {
         Ok(old)
     }
 
-    /// Bind the SMTP listeners of `config` that are not bound already at
+    /// Bind the listeners of `config` that are not bound already at
     /// the same address.
     async fn bind_new(&self, config: &Config) -> anyhow::Result<Pending> {
         let mut bound = Vec::new();
         for l in &config.listeners {
-            if l.protocol == Protocol::Http {
-                // The HTTP proxy is not built yet: leave the port closed
-                // rather than accept connections nobody answers.
-                tracing::warn!(listener = %l.name, "HTTP listeners are not served yet; not binding");
-                continue;
-            }
             let kept = self
                 .listeners
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .iter()
-                .any(|b| b.name == l.name && b.configured == l.address);
+                .any(|b| b.name == l.name && b.configured == l.address && b.protocol == l.protocol);
             if kept {
                 continue;
             }
@@ -124,6 +119,7 @@ impl Server {
             let stop = self.stop_accepting.child_token();
             let b = Bound {
                 name: l.name.clone(),
+                protocol: l.protocol,
                 configured: l.address,
                 address,
                 stop,
@@ -140,13 +136,22 @@ impl Server {
             // Logged before "gale is ready": tests and scripts read the port
             // the kernel chose from this line.
             tracing::info!(listener = %b.name, address = %b.address, "listening");
-            self.background.spawn(crate::smtp::serve(
-                socket,
+            let (name, current, sessions, stop) = (
                 b.name.clone(),
                 self.current.clone(),
                 self.sessions.clone(),
                 b.stop.clone(),
-            ));
+            );
+            match b.protocol {
+                Protocol::Smtp => {
+                    self.background
+                        .spawn(crate::smtp::serve(socket, name, current, sessions, stop));
+                }
+                Protocol::Http => {
+                    self.background
+                        .spawn(crate::http::serve(socket, name, current, sessions, stop));
+                }
+            }
             // A listener that moved: the old socket stops in retire_listeners.
             listeners.push(b);
         }
@@ -160,7 +165,7 @@ impl Server {
             let wanted = config
                 .listeners
                 .iter()
-                .any(|l| l.name == b.name && l.address == b.configured);
+                .any(|l| l.name == b.name && l.address == b.configured && l.protocol == b.protocol);
             if !wanted {
                 tracing::info!(listener = %b.name, address = %b.address, "listener removed by reload");
                 b.stop.cancel();

@@ -346,8 +346,17 @@ impl Drop for Postfix {
 /// An HTTP call with curl: (status, body). `args` are curl's, e.g.
 /// `["-X", "POST", "http://127.0.0.1:1234/reload"]`.
 pub fn curl(args: &[&str]) -> (u16, String) {
+    let mut all = args.to_vec();
+    all.extend(["-w", "\n%{http_code}"]);
+    let text = curl_output(&all);
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    (status.parse().unwrap(), body.to_string())
+}
+
+/// What curl writes to stdout for `args`; fails the test if curl fails.
+pub fn curl_output(args: &[&str]) -> String {
     let out = Command::new(require("curl"))
-        .args(["-sS", "--max-time", "60", "-w", "\n%{http_code}"])
+        .args(["-sS", "--max-time", "60"])
         .args(args)
         .output()
         .unwrap();
@@ -356,7 +365,5 @@ pub fn curl(args: &[&str]) -> (u16, String) {
         "curl {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let (body, status) = text.rsplit_once('\n').unwrap();
-    (status.parse().unwrap(), body.to_string())
+    String::from_utf8(out.stdout).unwrap()
 }

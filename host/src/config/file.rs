@@ -88,6 +88,11 @@ pub struct ListenerSection {
     pub banner_timeout: Option<Spanned<String>>,
     /// `idle_timeout`: a session with no bytes either way this long ends.
     pub idle_timeout: Option<Spanned<String>>,
+    /// `header_timeout` (HTTP): a client has this long to send a request's
+    /// headers, the first one or the next on a kept-alive connection.
+    pub header_timeout: Option<Spanned<String>>,
+    /// `response_timeout` (HTTP): wait for a backend's response headers.
+    pub response_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -75,6 +75,10 @@ pub struct ListenerConfig {
     pub connect_timeout: Duration,
     pub banner_timeout: Duration,
     pub idle_timeout: Duration,
+    /// HTTP: time allowed for a client's request headers.
+    pub header_timeout: Duration,
+    /// HTTP: time allowed for a backend's response headers.
+    pub response_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -489,6 +493,18 @@ fn validate(file: FileConfig, path: &Path, errors: &Errors<'_>) -> Result<Config
                 l.idle_timeout.as_ref(),
                 &format!("{key}.idle_timeout"),
                 Duration::from_secs(300),
+            )?,
+            header_timeout: parse_duration(
+                errors,
+                l.header_timeout.as_ref(),
+                &format!("{key}.header_timeout"),
+                Duration::from_secs(10),
+            )?,
+            response_timeout: parse_duration(
+                errors,
+                l.response_timeout.as_ref(),
+                &format!("{key}.response_timeout"),
+                Duration::from_secs(30),
             )?,
         });
     }

@@ -12,12 +12,9 @@ pub mod reply;
 mod session;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -36,95 +33,27 @@ pub async fn serve(
     sessions: TaskTracker,
     shutdown: CancellationToken,
 ) {
-    let slots = Arc::new(Slots::default());
-    loop {
-        // Past max_sessions, stop accepting: clients wait in the kernel's
-        // backlog instead of being accepted and starved. The limit is read
-        // from the current generation, so a reload changes it on a socket
-        // that is kept.
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = slots.wait_below(|| max_sessions(&current, &name)) => {}
-        }
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            a = listener.accept() => a,
-        };
-        let (client, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // Out of file descriptors and similar: back off instead of
-                // spinning; sessions already running are unaffected.
-                tracing::warn!(listener = %name, "accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
+    let accept = crate::listener::Accept {
+        name: name.clone(),
+        current: current.clone(),
+        sessions,
+        shutdown,
+    };
+    accept
+        .run(listener, move |client, peer| {
+            let _ = client.set_nodelay(true);
+            let generation = current.load_full();
+            let index = generation
+                .config
+                .listeners
+                .iter()
+                .position(|l| l.name == name);
+            async move {
+                // A listener the generation no longer has is being retired.
+                if let Some(index) = index {
+                    session::run(client, peer, generation, index).await;
+                }
             }
-        };
-        let _ = client.set_nodelay(true);
-        let generation = current.load_full();
-        let Some(index) = generation
-            .config
-            .listeners
-            .iter()
-            .position(|l| l.name == name)
-        else {
-            break;
-        };
-        let slot = slots.take();
-        sessions.spawn(async move {
-            session::run(client, peer, generation, index).await;
-            drop(slot);
-        });
-    }
-    tracing::info!(listener = %name, "smtp listener stopped accepting");
-}
-
-/// The listener's `max_sessions` in the current generation.
-fn max_sessions(current: &ArcSwap<Generation>, name: &str) -> usize {
-    current
-        .load()
-        .config
-        .listeners
-        .iter()
-        .find(|l| l.name == name)
-        .map_or(0, |l| l.max_sessions as usize)
-}
-
-/// Sessions in flight on one listener, against a limit that may change
-/// with each reload (a semaphore's fixed permits could not shrink while
-/// they are held).
-#[derive(Default)]
-struct Slots {
-    taken: AtomicUsize,
-    freed: Notify,
-}
-
-/// One session's place; freed on drop.
-struct Slot(Arc<Slots>);
-
-impl Slots {
-    /// Wait until fewer than `limit()` sessions are in flight.
-    async fn wait_below(&self, limit: impl Fn() -> usize) {
-        loop {
-            let freed = self.freed.notified();
-            if self.taken.load(Ordering::Acquire) < limit() {
-                return;
-            }
-            // A reload may raise the limit while nothing ends: look again
-            // now and then, not only when a session ends.
-            let _ = tokio::time::timeout(Duration::from_millis(250), freed).await;
-        }
-    }
-
-    fn take(self: &Arc<Self>) -> Slot {
-        self.taken.fetch_add(1, Ordering::AcqRel);
-        Slot(self.clone())
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.taken.fetch_sub(1, Ordering::AcqRel);
-        self.0.freed.notify_one();
-    }
+        })
+        .await;
 }

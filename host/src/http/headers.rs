@@ -1,0 +1,117 @@
+//! Proxy header rules (RFC 9110 §7.6): hop-by-hop headers stay on their
+//! hop, the client's address and scheme are passed on in
+//! `X-Forwarded-For`, `X-Forwarded-Proto` and `Forwarded`, `Host` is kept.
+
+use std::net::{IpAddr, SocketAddr};
+
+use hyper::HeaderMap;
+use hyper::header::{CONNECTION, HOST, HeaderName, HeaderValue};
+
+/// Headers that describe one connection, never forwarded.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// Remove hop-by-hop headers, including those the `Connection` header
+/// names. `Transfer-Encoding` is left to hyper, which re-frames the body
+/// for the next hop itself.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Prepare a client's request headers for a backend.
+pub fn forward_request(headers: &mut HeaderMap, client: SocketAddr, host: &str, proto: &str) {
+    strip_hop_by_hop(headers);
+    // HTTP/2 clients send :authority instead of Host; HTTP/1.1 backends
+    // need Host.
+    if !headers.contains_key(HOST)
+        && let Ok(v) = HeaderValue::from_str(host)
+    {
+        headers.insert(HOST, v);
+    }
+    let ip = client.ip();
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(earlier) => format!("{earlier}, {ip}"),
+        None => ip.to_string(),
+    };
+    insert(headers, "x-forwarded-for", &xff);
+    insert(headers, "x-forwarded-proto", proto);
+    let node = match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    let mut forwarded = format!("for={node};proto={proto}");
+    if !host.is_empty() && host.bytes().all(|b| b.is_ascii_graphic() && b != b'"') {
+        forwarded.push_str(&format!(";host=\"{host}\""));
+    }
+    if let Some(earlier) = headers.get("forwarded").and_then(|v| v.to_str().ok()) {
+        forwarded = format!("{earlier}, {forwarded}");
+    }
+    insert(headers, "forwarded", &forwarded);
+}
+
+fn insert(headers: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        headers.insert(name, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        h.insert("content-type", HeaderValue::from_static("text/plain"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("content-type"));
+    }
+
+    #[test]
+    fn forwarded_headers_append_to_what_earlier_proxies_wrote() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("192.0.2.7"));
+        h.insert("forwarded", HeaderValue::from_static("for=192.0.2.7"));
+        forward_request(
+            &mut h,
+            "[2001:db8::1]:5000".parse().unwrap(),
+            "api.test",
+            "http",
+        );
+        assert_eq!(h["x-forwarded-for"], "192.0.2.7, 2001:db8::1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(
+            h["forwarded"],
+            "for=192.0.2.7, for=\"[2001:db8::1]\";proto=http;host=\"api.test\""
+        );
+        assert_eq!(h["host"], "api.test");
+    }
+}

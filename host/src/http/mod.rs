@@ -1,0 +1,99 @@
+//! HTTP listeners: a reverse proxy (hyper) for the injection API and the
+//! tracking web apps, over the same pools, plugins and health as SMTP.
+//! HTTP/1.1 and HTTP/2 with prior knowledge (h2c) from clients; HTTP/1.1
+//! with pooled keep-alive connections to backends.
+//!
+//! Owns: client connections, request and response streaming, proxy
+//! headers, retries ([`proxy`] has the rules). Does not touch: health
+//! verdicts (failures are reported to the pool) or the choice of backend.
+
+mod body;
+mod headers;
+mod proxy;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::generation::Generation;
+pub use proxy::Proxy;
+
+/// Request headers beyond this many are refused (`431`).
+const MAX_HEADERS: usize = 100;
+/// Bytes buffered per connection, which bounds the size of a request's
+/// headers (`431` beyond it).
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Accept connections on `listener` for the HTTP listener named `name`
+/// until `shutdown` is cancelled; then connections finish the request in
+/// flight and close.
+pub async fn serve(
+    listener: TcpListener,
+    name: String,
+    current: Arc<ArcSwap<Generation>>,
+    sessions: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    let proxy = Arc::new(Proxy::new(name.clone(), current.clone()));
+    let accept = crate::listener::Accept {
+        name: name.clone(),
+        current: current.clone(),
+        sessions,
+        shutdown: shutdown.clone(),
+    };
+    accept
+        .run(listener, move |client, peer| {
+            let _ = client.set_nodelay(true);
+            let header_timeout = current
+                .load()
+                .config
+                .listeners
+                .iter()
+                .find(|l| l.name == name)
+                .map_or(Duration::from_secs(10), |l| l.header_timeout);
+            let proxy = proxy.clone();
+            let shutdown = shutdown.clone();
+            async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let proxy = proxy.clone();
+                    async move { Ok::<_, std::convert::Infallible>(proxy.handle(peer, req).await) }
+                });
+                let mut builder = auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    // Also bounds how long an idle kept-alive connection
+                    // waits for its next request.
+                    .header_read_timeout(header_timeout)
+                    .max_headers(MAX_HEADERS)
+                    .max_buf_size(MAX_HEADER_BYTES);
+                builder
+                    .http2()
+                    .timer(TokioTimer::new())
+                    .max_header_list_size(MAX_HEADER_BYTES as u32)
+                    .keep_alive_interval(Some(header_timeout))
+                    .keep_alive_timeout(header_timeout);
+                let conn = builder.serve_connection(TokioIo::new(client), service);
+                tokio::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            tracing::debug!(client = %peer, "http connection: {e}");
+                        }
+                        return;
+                    }
+                    _ = shutdown.cancelled() => {}
+                }
+                // Draining: finish the request in flight, then close.
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        })
+        .await;
+}

@@ -1,0 +1,274 @@
+//! One proxied request: the pool's balancer orders the backends, gale
+//! tries them in that order, and never sends a request twice when the
+//! first backend may have acted on it.
+//!
+//! Retry rules: a connection that could not be made always moves on (the
+//! backend saw nothing). Any other failure before the response headers
+//! moves on only for an idempotent method whose body has not been read
+//! (a GET, say): a POST that reached a backend is answered `502`, never
+//! replayed. Once response headers arrive they go to the client and no
+//! retry is possible.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{CONTENT_TYPE, HOST, HeaderValue, RETRY_AFTER};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use super::body::{Active, ProxyBody, SharedBody};
+use super::headers;
+use crate::config::ListenerConfig;
+use crate::generation::{Generation, ip_address};
+use crate::plugin::types::{HttpRequest, ProbeResult, ProbeSource, Protocol, RequestContext};
+
+/// Seconds a client is asked to wait when no backend can take a request.
+const RETRY_AFTER_SECS: &str = "10";
+/// Idle keep-alive connections to backends are closed after this.
+const BACKEND_IDLE: Duration = Duration::from_secs(60);
+
+type BackendClient = Client<HttpConnector, SharedBody>;
+
+/// One HTTP listener's proxy: the generation to read pools from and the
+/// pooled keep-alive connections to backends.
+pub struct Proxy {
+    name: String,
+    current: Arc<ArcSwap<Generation>>,
+    /// Rebuilt when a reload changes the listener's connect timeout.
+    client: ArcSwap<(Duration, BackendClient)>,
+}
+
+impl Proxy {
+    pub fn new(name: String, current: Arc<ArcSwap<Generation>>) -> Self {
+        let timeout =
+            listener(&current.load(), &name).map_or(Duration::from_secs(3), |l| l.connect_timeout);
+        Proxy {
+            name,
+            current,
+            client: ArcSwap::from_pointee((timeout, client(timeout))),
+        }
+    }
+
+    fn client(&self, connect_timeout: Duration) -> BackendClient {
+        let slot = self.client.load();
+        if slot.0 == connect_timeout {
+            return slot.1.clone();
+        }
+        let fresh = client(connect_timeout);
+        self.client
+            .store(Arc::new((connect_timeout, fresh.clone())));
+        fresh
+    }
+
+    /// Serve one request from `peer`.
+    pub async fn handle(&self, peer: SocketAddr, req: Request<Incoming>) -> Response<ProxyBody> {
+        let started = Instant::now();
+        // Per request, not per connection: a kept-alive connection follows
+        // reloads.
+        let generation = self.current.load_full();
+        let Some(l) = listener(&generation, &self.name) else {
+            return local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "listener is being removed\n",
+            );
+        };
+        let pool = &generation.pools[l.pool];
+        let (mut head, body) = req.into_parts();
+        let host = head
+            .headers
+            .get(HOST)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| head.uri.authority().map(|a| a.as_str()))
+            .unwrap_or("")
+            .to_string();
+        let path = head
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        let ctx = RequestContext {
+            protocol: Protocol::Http,
+            listener: l.index_in_pool,
+            client_ip: ip_address(peer.ip()),
+            client_port: peer.port(),
+            http: Some(HttpRequest {
+                method: head.method.as_str().to_string(),
+                host: host.clone(),
+                path: path.clone(),
+            }),
+        };
+        let decision = pool.select(&ctx);
+        headers::forward_request(&mut head.headers, peer, &host, "http");
+        let body = SharedBody::new(body);
+        let replayable = is_idempotent(&head.method);
+        let client = self.client(l.connect_timeout);
+        let mut tried = String::new();
+        let mut reached_a_backend = false;
+
+        for &id in decision.order.iter().take(l.max_attempts as usize) {
+            let id = id as usize;
+            let backend = pool.backend(id);
+            let Some(active) = Active::enter(pool.live(), id, backend.max_sessions) else {
+                tried.push_str(&format!("{}: at max_sessions; ", backend.name));
+                continue;
+            };
+            let uri = Uri::builder()
+                .scheme("http")
+                .authority(backend.address.to_string())
+                .path_and_query(path.as_str())
+                .build();
+            let Ok(uri) = uri else {
+                return local(StatusCode::BAD_REQUEST, "bad request target\n");
+            };
+            let mut upstream = Request::new(body.clone());
+            *upstream.method_mut() = head.method.clone();
+            *upstream.uri_mut() = uri;
+            *upstream.version_mut() = Version::HTTP_11;
+            *upstream.headers_mut() = head.headers.clone();
+
+            let attempt = Instant::now();
+            let outcome = tokio::time::timeout(l.response_timeout, client.request(upstream)).await;
+            let timed_out = outcome.is_err();
+            let failure = match outcome {
+                Ok(Ok(mut response)) => {
+                    headers::strip_hop_by_hop(response.headers_mut());
+                    tracing::debug!(
+                        listener = %l.name, client = %peer, backend = %backend.name,
+                        method = %head.method, path, status = response.status().as_u16(),
+                        ms = started.elapsed().as_millis() as u64, "http request"
+                    );
+                    return response.map(|body| ProxyBody::Upstream {
+                        body,
+                        _active: active,
+                    });
+                }
+                Ok(Err(e)) if e.is_connect() => {
+                    format!("connect: {}", source_message(&e))
+                }
+                Ok(Err(e)) => {
+                    reached_a_backend = true;
+                    format!("before a response: {}", source_message(&e))
+                }
+                Err(_) => {
+                    reached_a_backend = true;
+                    format!("no response in {:?}", l.response_timeout)
+                }
+            };
+            let latency = attempt.elapsed();
+            tried.push_str(&format!(
+                "{}: {failure} after {}ms; ",
+                backend.name,
+                latency.as_millis()
+            ));
+            pool.record(
+                id,
+                ProbeResult {
+                    ok: false,
+                    latency_us: latency.as_micros() as u64,
+                    code: None,
+                    detail: failure.clone(),
+                    source: ProbeSource::Traffic,
+                },
+            );
+            if reached_a_backend && (timed_out || !replayable || body.touched()) {
+                // The backend may have acted on it: never send it again.
+                let (status, text) = if timed_out {
+                    (
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "the backend did not answer in time\n",
+                    )
+                } else {
+                    (
+                        StatusCode::BAD_GATEWAY,
+                        "the backend failed before responding\n",
+                    )
+                };
+                log_failure(l, peer, &head.method, &path, status, &tried, started);
+                return local(status, text);
+            }
+        }
+        let status = if reached_a_backend {
+            StatusCode::BAD_GATEWAY
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        log_failure(l, peer, &head.method, &path, status, &tried, started);
+        if reached_a_backend {
+            return local(status, "every backend tried failed before responding\n");
+        }
+        let mut reply = local(status, "no backend can take the request, try again later\n");
+        reply
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+        reply
+    }
+}
+
+fn listener<'g>(generation: &'g Generation, name: &str) -> Option<&'g ListenerConfig> {
+    generation.config.listeners.iter().find(|l| l.name == name)
+}
+
+fn client(connect_timeout: Duration) -> BackendClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(connect_timeout));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(BACKEND_IDLE)
+        .build(connector)
+}
+
+/// Methods whose repetition has the effect of one request (RFC 9110 §9.2.2).
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// The innermost error message: the legacy client's own wrapper says
+/// only "client error (Connect)".
+fn source_message(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut inner = e;
+    while let Some(next) = inner.source() {
+        inner = next;
+    }
+    inner.to_string()
+}
+
+fn log_failure(
+    l: &ListenerConfig,
+    peer: SocketAddr,
+    method: &Method,
+    path: &str,
+    status: StatusCode,
+    tried: &str,
+    started: Instant,
+) {
+    tracing::warn!(
+        listener = %l.name,
+        client = %peer,
+        %method,
+        path,
+        status = status.as_u16(),
+        tried = %tried.trim_end_matches("; "),
+        ms = started.elapsed().as_millis() as u64,
+        "http request failed"
+    );
+}
+
+/// A response gale writes itself.
+pub fn local(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
+    let mut reply = Response::new(ProxyBody::Local(Some(Bytes::from_static(text.as_bytes()))));
+    *reply.status_mut() = status;
+    reply.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    reply
+}

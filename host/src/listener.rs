@@ -1,0 +1,117 @@
+//! The accept loop shared by SMTP and HTTP listeners: at most
+//! `max_sessions` connections at once (read from the current generation,
+//! so a reload changes it on a kept socket), back-off on accept errors,
+//! and every connection tracked so shutdown can drain it.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::generation::Generation;
+
+pub struct Accept {
+    /// The listener's name in the config.
+    pub name: String,
+    pub current: Arc<ArcSwap<Generation>>,
+    pub sessions: TaskTracker,
+    pub shutdown: CancellationToken,
+}
+
+impl Accept {
+    /// Accept until shutdown; `connection` makes the task that serves one
+    /// client.
+    pub async fn run<F, Fut>(self, listener: TcpListener, connection: F)
+    where
+        F: Fn(TcpStream, SocketAddr) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let slots = Arc::new(Slots::default());
+        loop {
+            // Past max_sessions, stop accepting: clients wait in the
+            // kernel's backlog instead of being accepted and starved.
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                _ = slots.wait_below(|| self.max_sessions()) => {}
+            }
+            let accepted = tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                a = listener.accept() => a,
+            };
+            let (client, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and similar: back off instead
+                    // of spinning; connections already open are unaffected.
+                    tracing::warn!(listener = %self.name, "accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let slot = slots.take();
+            let task = connection(client, peer);
+            self.sessions.spawn(async move {
+                task.await;
+                drop(slot);
+            });
+        }
+        tracing::info!(listener = %self.name, "listener stopped accepting");
+    }
+
+    /// The listener's `max_sessions` in the current generation.
+    fn max_sessions(&self) -> usize {
+        self.current
+            .load()
+            .config
+            .listeners
+            .iter()
+            .find(|l| l.name == self.name)
+            .map_or(0, |l| l.max_sessions as usize)
+    }
+}
+
+/// Connections in flight on one listener, against a limit that may change
+/// with each reload (a semaphore's fixed permits could not shrink while
+/// they are held).
+#[derive(Default)]
+struct Slots {
+    taken: AtomicUsize,
+    freed: Notify,
+}
+
+/// One connection's place; freed on drop.
+struct Slot(Arc<Slots>);
+
+impl Slots {
+    /// Wait until fewer than `limit()` connections are in flight.
+    async fn wait_below(&self, limit: impl Fn() -> usize) {
+        loop {
+            let freed = self.freed.notified();
+            if self.taken.load(Ordering::Acquire) < limit() {
+                return;
+            }
+            // A reload may raise the limit while nothing ends: look again
+            // now and then, not only when a connection ends.
+            let _ = tokio::time::timeout(Duration::from_millis(250), freed).await;
+        }
+    }
+
+    fn take(self: &Arc<Self>) -> Slot {
+        self.taken.fetch_add(1, Ordering::AcqRel);
+        Slot(self.clone())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.taken.fetch_sub(1, Ordering::AcqRel);
+        self.0.freed.notify_one();
+    }
+}

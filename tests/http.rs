@@ -1,0 +1,212 @@
+//! HTTP listeners of the running `gale` binary, driven by curl and raw
+//! sockets against in-test hyper backends: weights, h2c and HTTP/1.1,
+//! dead backends skipped, no POST sent twice, every error status on cue,
+//! slow headers cut off, a 100 MB upload streamed with flat memory.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use support::http::{Behaviour, HttpBackend};
+use support::process::{Gale, curl, curl_output};
+
+/// An HTTP listener `web` over `backends` (name, address, weight), with
+/// extra listener keys.
+fn config(backends: &[(&str, SocketAddr, u32)], listener: &str) -> String {
+    let mut toml = format!(
+        "[listeners.web]\nprotocol = \"http\"\naddress = \"127.0.0.1:0\"\npool = \"web\"\n\
+         connect_timeout = \"500ms\"\n{listener}\n\
+         [pools.web]\n[pools.web.probe]\nkind = \"tcp\"\ninterval = \"10s\"\n"
+    );
+    for (name, address, weight) in backends {
+        toml.push_str(&format!(
+            "[[pools.web.backends]]\nname = \"{name}\"\naddress = \"{address}\"\nweight = {weight}\n"
+        ));
+    }
+    toml
+}
+
+/// A port nothing listens on.
+fn closed_port() -> SocketAddr {
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    socket.local_addr().unwrap()
+}
+
+fn url(gale: &Gale) -> String {
+    format!("http://{}/", gale.address("web"))
+}
+
+/// `n` requests on one curl keep-alive connection: the status of each.
+fn statuses(gale: &Gale, n: usize, extra: &[&str]) -> Vec<u16> {
+    let url = url(gale);
+    let mut args: Vec<&str> = extra.to_vec();
+    args.extend(["-w", "%{http_code}\\n"]);
+    for _ in 0..n {
+        // -o applies to one URL only.
+        args.extend(["-o", "/dev/null", &url]);
+    }
+    curl_output(&args)
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn weights_are_respected_over_http1_and_h2c() {
+    let a = HttpBackend::start("a", Behaviour::Respond);
+    let b = HttpBackend::start("b", Behaviour::Respond);
+    let gale = Gale::start(&config(&[("a", a.address, 3), ("b", b.address, 1)], ""));
+    assert_eq!(statuses(&gale, 40, &[]), vec![200; 40]);
+    assert_eq!((a.requests(), b.requests()), (30, 10));
+
+    let version = curl_output(&[
+        "--http2-prior-knowledge",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{http_version}",
+        &url(&gale),
+    ]);
+    assert_eq!(version, "200 2");
+    // One request per curl: curl 7.88 sends nothing for the second URL on
+    // a reused h2c connection (against any server; hyper's own too).
+    for _ in 0..7 {
+        assert_eq!(statuses(&gale, 1, &["--http2-prior-knowledge"]), vec![200]);
+    }
+    assert_eq!((a.requests(), b.requests()), (36, 12));
+
+    // The backend saw the client's address; the client kept its Host.
+    let headers = curl_output(&["-D", "-", "-o", "/dev/null", &url(&gale)]);
+    assert!(
+        headers.contains("x-saw-forwarded-for: 127.0.0.1"),
+        "{headers}"
+    );
+}
+
+#[test]
+fn a_dead_backend_is_skipped_without_client_errors() {
+    let a = HttpBackend::start("a", Behaviour::Respond);
+    let gale = Gale::start(&config(
+        &[("dead", closed_port(), 1), ("a", a.address, 1)],
+        "",
+    ));
+    assert_eq!(statuses(&gale, 20, &[]), vec![200; 20]);
+    assert_eq!(a.requests(), 20);
+    gale.wait_log("backend left rotation", Duration::from_secs(10));
+}
+
+#[test]
+fn a_post_that_reached_a_backend_is_never_sent_twice() {
+    let dropper = HttpBackend::start("dropper", Behaviour::DropAfterReading);
+    let good = HttpBackend::start("good", Behaviour::Respond);
+    let gale = Gale::start(&config(
+        &[("dropper", dropper.address, 100), ("good", good.address, 1)],
+        "",
+    ));
+    let (code, body) = curl(&["-X", "POST", "--data", "charge=1", &url(&gale)]);
+    assert_eq!(code, 502, "{body}");
+    assert_eq!((dropper.requests(), good.requests()), (1, 0));
+    let line = gale.wait_log("http request failed", Duration::from_secs(5));
+    assert!(line.contains("dropper: before a response"), "{line}");
+
+    // The same failure on a GET is safe to retry.
+    let (code, body) = curl(&[&url(&gale)]);
+    assert_eq!((code, body.as_str()), (200, "good"));
+    assert_eq!((dropper.requests(), good.requests()), (2, 1));
+}
+
+#[test]
+fn each_error_status_is_produced_on_cue() {
+    // No backend can take it: 503 with Retry-After.
+    let gale = Gale::start(&config(
+        &[("x", closed_port(), 1), ("y", closed_port(), 1)],
+        "",
+    ));
+    let headers = curl_output(&["-D", "-", "-o", "/dev/null", &url(&gale)]);
+    assert!(headers.starts_with("HTTP/1.1 503"), "{headers}");
+    assert!(headers.contains("retry-after: 10"), "{headers}");
+    drop(gale);
+
+    // No answer within response_timeout: 504, and no retry.
+    let hang = HttpBackend::start("hang", Behaviour::Hang);
+    let other = HttpBackend::start("other", Behaviour::Respond);
+    let gale = Gale::start(&config(
+        &[("hang", hang.address, 100), ("other", other.address, 1)],
+        "response_timeout = \"300ms\"",
+    ));
+    let (code, body) = curl(&[&url(&gale)]);
+    assert_eq!(code, 504, "{body}");
+    assert_eq!(other.requests(), 0);
+
+    // Not HTTP at all: 400.
+    let mut raw = TcpStream::connect(gale.address("web")).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    raw.write_all(b"GARBAGE\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    let _ = raw.read_to_string(&mut reply);
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply:?}");
+}
+
+#[test]
+fn slow_request_headers_are_cut_off() {
+    let a = HttpBackend::start("a", Behaviour::Respond);
+    let gale = Gale::start(&config(
+        &[("a", a.address, 1)],
+        "header_timeout = \"300ms\"",
+    ));
+    let mut slow = TcpStream::connect(gale.address("web")).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = Instant::now();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+    // ... and the rest never comes.
+    let mut reply = Vec::new();
+    let _ = slow.read_to_end(&mut reply);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "still open after {took:?}");
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(
+        reply.is_empty() || reply.starts_with("HTTP/1.1 408"),
+        "{reply:?}"
+    );
+    assert_eq!(a.requests(), 0);
+}
+
+/// Peak resident memory of a process, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_100_mb_upload_streams_through_with_flat_memory() {
+    let sink = HttpBackend::start("sink", Behaviour::Respond);
+    let gale = Gale::start(&config(&[("sink", sink.address, 1)], ""));
+    assert_eq!(statuses(&gale, 3, &[]), vec![200; 3]);
+    let before = peak_rss_kib(gale.child.id());
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("upload.bin");
+    let chunk = vec![0x5au8; 1 << 20];
+    let mut f = std::fs::File::create(&file).unwrap();
+    for _ in 0..100 {
+        f.write_all(&chunk).unwrap();
+    }
+    drop(f);
+    let upload = format!("@{}", file.display());
+    let (code, body) = curl(&["-X", "POST", "--data-binary", &upload, &url(&gale)]);
+    assert_eq!((code, body.as_str()), (200, "sink"));
+    assert_eq!(
+        sink.body_bytes.load(std::sync::atomic::Ordering::SeqCst),
+        100 << 20
+    );
+    let grew = peak_rss_kib(gale.child.id()).saturating_sub(before);
+    eprintln!("peak RSS grew {grew} KiB for a 100 MiB upload");
+    assert!(grew < 20 * 1024, "peak RSS grew {grew} KiB");
+}

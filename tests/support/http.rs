@@ -1,0 +1,113 @@
+//! In-test HTTP backends (hyper servers on 127.0.0.1:0, each on its own
+//! thread and runtime) that count what they see and misbehave on demand.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Bytes, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+#[derive(Clone, Copy, Debug)]
+pub enum Behaviour {
+    /// `200` with the backend's name as the body, after reading the whole
+    /// request body.
+    Respond,
+    /// Read the request, then close the connection without a response.
+    DropAfterReading,
+    /// Read the request headers and never answer.
+    Hang,
+}
+
+pub struct HttpBackend {
+    pub address: SocketAddr,
+    /// Requests whose headers arrived.
+    pub requests: Arc<AtomicU64>,
+    /// Request body bytes read.
+    pub body_bytes: Arc<AtomicU64>,
+}
+
+impl HttpBackend {
+    pub fn start(name: &'static str, behaviour: Behaviour) -> HttpBackend {
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let address = socket.local_addr().unwrap();
+        let requests = Arc::new(AtomicU64::new(0));
+        let body_bytes = Arc::new(AtomicU64::new(0));
+        let (seen, bytes) = (requests.clone(), body_bytes.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let socket = tokio::net::TcpListener::from_std(socket).unwrap();
+                loop {
+                    let Ok((stream, _)) = socket.accept().await else {
+                        return;
+                    };
+                    let (seen, bytes) = (seen.clone(), bytes.clone());
+                    tokio::spawn(async move {
+                        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                            let (seen, bytes) = (seen.clone(), bytes.clone());
+                            async move { answer(name, behaviour, req, &seen, &bytes).await }
+                        });
+                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            });
+        });
+        HttpBackend {
+            address,
+            requests,
+            body_bytes,
+        }
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+async fn answer(
+    name: &'static str,
+    behaviour: Behaviour,
+    req: Request<Incoming>,
+    seen: &AtomicU64,
+    bytes: &AtomicU64,
+) -> Result<Response<Full<Bytes>>, std::io::Error> {
+    seen.fetch_add(1, Ordering::SeqCst);
+    if let Behaviour::Hang = behaviour {
+        std::future::pending::<()>().await;
+    }
+    let forwarded = req
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let mut body = req.into_body();
+    while !body.is_end_stream() {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    bytes.fetch_add(data.len() as u64, Ordering::SeqCst);
+                }
+            }
+            Some(Err(e)) => return Err(std::io::Error::other(e)),
+            None => break,
+        }
+    }
+    match behaviour {
+        Behaviour::DropAfterReading => Err(std::io::Error::other("dropping the connection")),
+        _ => Ok(Response::builder()
+            .header("x-backend", name)
+            .header("x-saw-forwarded-for", forwarded)
+            .body(Full::new(Bytes::from(name)))
+            .unwrap()),
+    }
+}
