@@ -1,7 +1,8 @@
 //! HTTP listeners of the running `gale` binary, driven by curl and raw
 //! sockets against in-test hyper backends: weights, h2c and HTTP/1.1,
 //! dead backends skipped, no POST sent twice, every error status on cue,
-//! slow headers cut off, a 100 MB upload streamed with flat memory.
+//! slow headers cut off, a 100 MB upload streamed with flat memory, and
+//! real nginx backends.
 
 mod support;
 
@@ -10,7 +11,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use support::http::{Behaviour, HttpBackend};
-use support::process::{Gale, curl, curl_output};
+use support::process::{Gale, Nginx, curl, curl_output, free_port};
 
 /// An HTTP listener `web` over `backends` (name, address, weight), with
 /// extra listener keys.
@@ -209,4 +210,28 @@ fn a_100_mb_upload_streams_through_with_flat_memory() {
     let grew = peak_rss_kib(gale.child.id()).saturating_sub(before);
     eprintln!("peak RSS grew {grew} KiB for a 100 MiB upload");
     assert!(grew < 20 * 1024, "peak RSS grew {grew} KiB");
+}
+
+#[test]
+fn real_nginx_backends_share_requests_and_a_killed_one_is_skipped() {
+    let mut a = Nginx::start(free_port(), "a");
+    let b = Nginx::start(free_port(), "b");
+    let gale = Gale::start(&config(&[("a", a.address, 1), ("b", b.address, 1)], ""));
+    let bodies = |n: usize| -> Vec<String> {
+        (0..n)
+            .map(|_| {
+                let (code, body) = curl(&[&url(&gale)]);
+                assert_eq!(code, 200, "{body}");
+                body
+            })
+            .collect()
+    };
+    let first = bodies(10);
+    assert_eq!(first.iter().filter(|b| *b == "a").count(), 5, "{first:?}");
+
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    let after = bodies(10);
+    assert!(after.iter().all(|b| b == "b"), "{after:?}");
+    gale.wait_line(&["left rotation", "backend=a"], Duration::from_secs(10));
 }

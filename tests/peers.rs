@@ -1,13 +1,13 @@
 //! gale against real peers from Debian: Postfix as the backend MTA (PROXY
 //! protocol), swaks and smtp-source as clients, smtp-sink as fast backends.
-//! `tests/run` installs them.
+//! The shipped demo, driven by swaks and curl. `tests/run` installs them.
 
 mod support;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::process::{Gale, Postfix, SmtpSink, free_port, require, signal};
+use support::process::{Gale, Postfix, SmtpSink, curl, free_port, require, signal};
 use support::smtp::{Backend, Behaviour, Client};
 
 fn config(backends: &[(String, &str)], pool_extra: &str) -> String {
@@ -247,4 +247,28 @@ fn sigterm_drains_a_session_in_the_middle_of_data() {
     });
     let status = gale.child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "gale must exit 0 after draining");
+}
+
+#[test]
+fn the_demo_balances_mail_and_web_requests() {
+    let gale = Gale::demo(&support::workspace().join("config/gale.toml"));
+    gale.wait_count("demo backend up", 5, Duration::from_secs(10));
+    let out = Command::new(require("swaks"))
+        .args(["--server", "127.0.0.1:2525", "--to", "b@example.test"])
+        .output()
+        .unwrap();
+    let dialogue = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{dialogue}");
+    assert!(dialogue.contains("250 2.0.0 queued as mta-"), "{dialogue}");
+    let bodies: Vec<String> = (0..2)
+        .map(|_| curl(&["http://127.0.0.1:8080/inject"]).1)
+        .collect();
+    assert!(
+        bodies.iter().any(|b| b.starts_with("hello from web-a")),
+        "{bodies:?}"
+    );
+    assert!(
+        bodies.iter().any(|b| b.starts_with("hello from web-b")),
+        "{bodies:?}"
+    );
 }

@@ -1,9 +1,11 @@
-//! `gale demo`: in-memory SMTP sinks started in the gale process on the
-//! backend addresses of the shipped config, so a newcomer sees balancing
-//! and failover without installing an MTA. One of them goes down and comes
-//! back on a cycle.
+//! `gale demo`: in-memory SMTP sinks and small HTTP servers started in the
+//! gale process on the backend addresses of the shipped config, so a
+//! newcomer sees balancing and failover without installing an MTA or a web
+//! server. The second backend of each pool goes down and comes back on a
+//! cycle.
 //!
-//! Owns: the demo sinks only. Not for production: the sinks keep nothing.
+//! Owns: the demo backends only. Not for production: the sinks keep
+//! nothing.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +15,8 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+
+use crate::config::Protocol;
 
 /// How long the flapping backend stays up, then down.
 pub const FLAP: Duration = Duration::from_secs(10);
@@ -25,13 +29,17 @@ pub async fn run_backends(
 ) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     for pool in &config.pools {
+        let http = config
+            .listeners
+            .iter()
+            .any(|l| pool.listeners.contains(&l.name) && l.protocol == Protocol::Http);
         for (i, b) in pool.backends.iter().enumerate() {
             let name = b.name.clone();
             let address = b.address;
             let stop = stop.clone();
             let flaps = i == 1;
             tasks.push(tokio::spawn(async move {
-                if let Err(e) = sink(name.clone(), address, flaps, stop).await {
+                if let Err(e) = serve(name.clone(), address, http, flaps, stop).await {
                     tracing::error!(backend = %name, "demo backend failed: {e:#}");
                 }
             }));
@@ -43,9 +51,11 @@ pub async fn run_backends(
     Ok(())
 }
 
-async fn sink(
+/// One demo backend: an SMTP sink, or with `http` an HTTP server.
+async fn serve(
     name: String,
     address: SocketAddr,
+    http: bool,
     flaps: bool,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -60,7 +70,11 @@ async fn sink(
                 };
                 let (name, messages) = (name.clone(), messages.clone());
                 tokio::spawn(async move {
-                    let _ = session(stream, &name, &messages).await;
+                    if http {
+                        web(stream, name).await;
+                    } else {
+                        let _ = session(stream, &name, &messages).await;
+                    }
                 });
             }
         };
@@ -116,4 +130,25 @@ async fn session(stream: TcpStream, name: &str, messages: &AtomicUsize) -> std::
         w.write_all(reply.as_bytes()).await?;
     }
     Ok(())
+}
+
+/// Answers every request with a line naming the backend.
+async fn web(stream: TcpStream, name: String) {
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let body = format!(
+            "hello from {name} ({} {})\n",
+            req.method(),
+            req.uri().path()
+        );
+        async move {
+            Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                hyper::body::Bytes::from(body),
+            )))
+        }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(60))
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+        .await;
 }

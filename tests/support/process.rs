@@ -16,7 +16,7 @@ pub fn require(tool: &str) -> PathBuf {
             return p;
         }
     }
-    panic!("{tool} is not installed: run tests/run (it installs postfix, swaks and haproxy)");
+    panic!("{tool} is not installed: run tests/run (it installs postfix, swaks, curl and nginx)");
 }
 
 /// A port on 127.0.0.1 that was free a moment ago, for peers (Postfix,
@@ -65,8 +65,17 @@ impl Gale {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("gale.toml");
         std::fs::write(&config, toml).unwrap();
+        Gale::launch("run", config, dir)
+    }
+
+    /// Start `gale demo` on `config` (demo backends in the process).
+    pub fn demo(config: &Path) -> Gale {
+        Gale::launch("demo", config.to_path_buf(), tempfile::tempdir().unwrap())
+    }
+
+    fn launch(command: &str, config: PathBuf, dir: tempfile::TempDir) -> Gale {
         let mut child = Command::new(env!("CARGO_BIN_EXE_gale"))
-            .args(["run", "--config"])
+            .args([command, "--config"])
             .arg(&config)
             .env("GALE_CACHE_DIR", dir.path().join("cache"))
             .env("RUST_LOG", "info")
@@ -222,6 +231,61 @@ impl SmtpSink {
 }
 
 impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An nginx of its own (config, pid, logs in a temp dir; one process, no
+/// master) on 127.0.0.1:`port`, answering every request with `200` and
+/// `name` as the body.
+pub struct Nginx {
+    pub child: Child,
+    pub address: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    pub fn start(port: u16, name: &str) -> Nginx {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let conf = dir.path().join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "daemon off;\nmaster_process off;\nworker_processes 1;\n\
+                 pid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+                 events {{ worker_connections 256; }}\n\
+                 http {{\n  access_log off;\n\
+                   client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+                   fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n\
+                   scgi_temp_path {d}/scgi;\n\
+                   server {{\n    listen {address};\n\
+                     location / {{ return 200 \"{name}\"; }}\n  }}\n}}\n"
+            ),
+        )
+        .unwrap();
+        let child = Command::new(require("nginx"))
+            .arg("-c")
+            .arg(&conf)
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_listening(address, "nginx");
+        Nginx {
+            child,
+            address,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Nginx {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
