@@ -259,7 +259,8 @@ def row(name, value, better_high=True, proxies_only=False):
             rs = sorted((value(r, "gale") / value(r, other)) if better_high else (value(r, other) / value(r, "gale")) for r in rounds)
         except ZeroDivisionError:
             return "n/a"
-        return f"{st.median(rs):.2f} ({rs[0]:.2f}-{rs[-1]:.2f})"
+        f = lambda x: f"{x:.2f}" if x >= 0.1 else f"{x:.3f}"
+        return f"{f(st.median(rs))} ({f(rs[0])}-{f(rs[-1])})"
     d = "" if proxies_only else f"{med['direct']:.0f}"
     print(f"| {name} | {d} | {med['haproxy']:.0f} | {med['nginx']:.0f} | {med['gale']:.0f} | "
           f"{ratio('haproxy')} | {ratio('nginx')} | {'' if proxies_only else ratio('direct')} |")

@@ -42,13 +42,22 @@ fn each_invalid_config_gives_its_expected_message() {
 fn shipped_config_is_valid() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/gale.toml");
     let config = Config::load(&path).unwrap();
-    assert_eq!(config.pools.len(), 1);
+    // Pools and listeners are kept in name order.
+    let names: Vec<&str> = config.pools.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["mta", "web"]);
     assert_eq!(config.pools[0].backends.len(), 3);
     assert_eq!(
         config.pools[0].backends[2].priority, 1,
         "standby role is tier 1"
     );
-    assert_eq!(config.listeners[0].hostname, "gale.localhost");
+    let smtp = config
+        .listeners
+        .iter()
+        .find(|l| l.name == "submission")
+        .unwrap();
+    assert_eq!(smtp.hostname, "gale.localhost");
+    let http = config.listeners.iter().find(|l| l.name == "api").unwrap();
+    assert_eq!(config.pool_of(http).name, "web");
 }
 
 #[test]

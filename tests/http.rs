@@ -235,3 +235,62 @@ fn real_nginx_backends_share_requests_and_a_killed_one_is_skipped() {
     assert!(after.iter().all(|b| b == "b"), "{after:?}");
     gale.wait_line(&["left rotation", "backend=a"], Duration::from_secs(10));
 }
+
+#[test]
+fn https_offers_http2_and_http1_by_alpn() {
+    let a = HttpBackend::start("a", Behaviour::Respond);
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = std::process::Command::new(support::process::require("openssl"))
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let gale = Gale::start(&config(
+        &[("a", a.address, 1)],
+        &format!(
+            "tls = {{ cert = \"{}\", key = \"{}\" }}",
+            cert.display(),
+            key.display()
+        ),
+    ));
+    let https = format!("https://{}/", gale.address("web"));
+    let cacert = cert.display().to_string();
+    let fetch = |version: &str| {
+        curl_output(&[
+            "--cacert",
+            &cacert,
+            version,
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{http_version}",
+            &https,
+        ])
+    };
+    let h2 = fetch("--http2");
+    assert!(h2.ends_with("200 2"), "{h2}");
+    assert!(h2.contains("x-saw-proto: https"), "{h2}");
+    let h1 = fetch("--http1.1");
+    assert!(h1.ends_with("200 1.1"), "{h1}");
+    assert_eq!(a.requests(), 2);
+}

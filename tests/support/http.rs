@@ -84,12 +84,14 @@ async fn answer(
     if let Behaviour::Hang = behaviour {
         std::future::pending::<()>().await;
     }
-    let forwarded = req
-        .headers()
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let (forwarded, proto) = (header("x-forwarded-for"), header("x-forwarded-proto"));
     let mut body = req.into_body();
     while !body.is_end_stream() {
         match body.frame().await {
@@ -107,6 +109,7 @@ async fn answer(
         _ => Ok(Response::builder()
             .header("x-backend", name)
             .header("x-saw-forwarded-for", forwarded)
+            .header("x-saw-proto", proto)
             .body(Full::new(Bytes::from(name)))
             .unwrap()),
     }

@@ -93,6 +93,17 @@ pub struct ListenerSection {
     pub header_timeout: Option<Spanned<String>>,
     /// `response_timeout` (HTTP): wait for a backend's response headers.
     pub response_timeout: Option<Spanned<String>>,
+    /// `tls` (HTTP): serve HTTPS with this certificate.
+    pub tls: Option<Spanned<TlsSection>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// `cert`: PEM certificate chain, leaf first (relative to the config).
+    pub cert: Spanned<String>,
+    /// `key`: PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]

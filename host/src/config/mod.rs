@@ -9,6 +9,7 @@
 //! typo from the message alone.
 
 mod file;
+mod tls;
 
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -79,6 +80,16 @@ pub struct ListenerConfig {
     pub header_timeout: Duration,
     /// HTTP: time allowed for a backend's response headers.
     pub response_timeout: Duration,
+    /// HTTP: serve HTTPS (ALPN h2 and http/1.1).
+    pub tls: Option<TlsConfig>,
+}
+
+/// A listener's certificate, loaded and checked when the config is.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub server: std::sync::Arc<rustls::ServerConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -506,6 +517,17 @@ fn validate(file: FileConfig, path: &Path, errors: &Errors<'_>) -> Result<Config
                 &format!("{key}.response_timeout"),
                 Duration::from_secs(30),
             )?,
+            tls: match &l.tls {
+                None => None,
+                Some(tls) if l.protocol == Protocol::Smtp => {
+                    return Err(errors.spanned(
+                        tls,
+                        &format!("{key}.tls"),
+                        "only HTTP listeners terminate TLS (SMTP's STARTTLS passes through to the MTA)",
+                    ));
+                }
+                Some(tls) => Some(tls::load(errors, base, tls.get_ref(), &format!("{key}.tls"))?),
+            },
         });
     }
 

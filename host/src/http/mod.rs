@@ -1,7 +1,8 @@
 //! HTTP listeners: a reverse proxy (hyper) for the injection API and the
 //! tracking web apps, over the same pools, plugins and health as SMTP.
-//! HTTP/1.1 and HTTP/2 with prior knowledge (h2c) from clients; HTTP/1.1
-//! with pooled keep-alive connections to backends.
+//! HTTP/1.1 and HTTP/2 from clients (h2c by prior knowledge, or HTTPS
+//! with ALPN when the listener has a certificate); HTTP/1.1 with pooled
+//! keep-alive connections to backends.
 //!
 //! Owns: client connections, request and response streaming, proxy
 //! headers, retries ([`proxy`] has the rules). Does not touch: health
@@ -50,50 +51,104 @@ pub async fn serve(
     accept
         .run(listener, move |client, peer| {
             let _ = client.set_nodelay(true);
-            let header_timeout = current
+            let (header_timeout, tls) = current
                 .load()
                 .config
                 .listeners
                 .iter()
                 .find(|l| l.name == name)
-                .map_or(Duration::from_secs(10), |l| l.header_timeout);
+                .map_or((Duration::from_secs(10), None), |l| {
+                    (l.header_timeout, l.tls.as_ref().map(|t| t.server.clone()))
+                });
             let proxy = proxy.clone();
             let shutdown = shutdown.clone();
             async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let proxy = proxy.clone();
-                    async move { Ok::<_, std::convert::Infallible>(proxy.handle(peer, req).await) }
-                });
-                let mut builder = auto::Builder::new(TokioExecutor::new());
-                builder
-                    .http1()
-                    .timer(TokioTimer::new())
-                    // Also bounds how long an idle kept-alive connection
-                    // waits for its next request.
-                    .header_read_timeout(header_timeout)
-                    .max_headers(MAX_HEADERS)
-                    .max_buf_size(MAX_HEADER_BYTES);
-                builder
-                    .http2()
-                    .timer(TokioTimer::new())
-                    .max_header_list_size(MAX_HEADER_BYTES as u32)
-                    .keep_alive_interval(Some(header_timeout))
-                    .keep_alive_timeout(header_timeout);
-                let conn = builder.serve_connection(TokioIo::new(client), service);
-                tokio::pin!(conn);
-                tokio::select! {
-                    r = conn.as_mut() => {
-                        if let Err(e) = r {
-                            tracing::debug!(client = %peer, "http connection: {e}");
-                        }
-                        return;
+                let Some(tls) = tls else {
+                    let conn = Connection {
+                        proxy,
+                        peer,
+                        https: false,
+                        header_timeout,
+                        shutdown,
+                    };
+                    return conn.serve(client).await;
+                };
+                // The handshake counts against the header timeout: a client
+                // that stalls it holds a slot no longer than one that
+                // stalls its headers.
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+                match tokio::time::timeout(header_timeout, acceptor.accept(client)).await {
+                    Ok(Ok(stream)) => {
+                        let conn = Connection {
+                            proxy,
+                            peer,
+                            https: true,
+                            header_timeout,
+                            shutdown,
+                        };
+                        conn.serve(stream).await;
                     }
-                    _ = shutdown.cancelled() => {}
+                    Ok(Err(e)) => tracing::debug!(client = %peer, "TLS handshake failed: {e}"),
+                    Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
                 }
-                // Draining: finish the request in flight, then close.
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
             }
         })
         .await;
+}
+
+/// One client connection, plain or TLS.
+struct Connection {
+    proxy: Arc<Proxy>,
+    peer: std::net::SocketAddr,
+    https: bool,
+    header_timeout: Duration,
+    shutdown: CancellationToken,
+}
+
+impl Connection {
+    async fn serve<IO>(self, io: IO)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection {
+            proxy,
+            peer,
+            https,
+            header_timeout,
+            shutdown,
+        } = self;
+        let service = hyper::service::service_fn(move |req| {
+            let proxy = proxy.clone();
+            async move { Ok::<_, std::convert::Infallible>(proxy.handle(peer, https, req).await) }
+        });
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            // Also bounds how long an idle kept-alive connection waits for
+            // its next request.
+            .header_read_timeout(header_timeout)
+            .max_headers(MAX_HEADERS)
+            .max_buf_size(MAX_HEADER_BYTES);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(MAX_HEADER_BYTES as u32)
+            .keep_alive_interval(Some(header_timeout))
+            .keep_alive_timeout(header_timeout);
+        let conn = builder.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(client = %peer, "http connection: {e}");
+                }
+                return;
+            }
+            _ = shutdown.cancelled() => {}
+        }
+        // Draining: finish the request in flight, then close.
+        conn.as_mut().graceful_shutdown();
+        let _ = conn.await;
+    }
 }

@@ -66,7 +66,12 @@ impl Proxy {
     }
 
     /// Serve one request from `peer`.
-    pub async fn handle(&self, peer: SocketAddr, req: Request<Incoming>) -> Response<ProxyBody> {
+    pub async fn handle(
+        &self,
+        peer: SocketAddr,
+        https: bool,
+        req: Request<Incoming>,
+    ) -> Response<ProxyBody> {
         let started = Instant::now();
         // Per request, not per connection: a kept-alive connection follows
         // reloads.
@@ -103,7 +108,8 @@ impl Proxy {
             }),
         };
         let decision = pool.select(&ctx);
-        headers::forward_request(&mut head.headers, peer, &host, "http");
+        let proto = if https { "https" } else { "http" };
+        headers::forward_request(&mut head.headers, peer, &host, proto);
         let body = SharedBody::new(body);
         let replayable = is_idempotent(&head.method);
         let client = self.client(l.connect_timeout);

@@ -19,6 +19,10 @@ const DEBOUNCE: Duration = Duration::from_millis(200);
 /// The files a config depends on: itself and every plugin file it names.
 pub fn files_of(path: &Path, config: &Config) -> Vec<PathBuf> {
     let mut files = vec![path.to_path_buf()];
+    // A renewed certificate is picked up like any other change.
+    for tls in config.listeners.iter().filter_map(|l| l.tls.as_ref()) {
+        files.extend([tls.cert.clone(), tls.key.clone()]);
+    }
     for pool in &config.pools {
         let candidate = pool.candidate.as_ref().map(|c| &c.plugin);
         for spec in [Some(&pool.balancer), Some(&pool.health), candidate]
