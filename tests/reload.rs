@@ -8,6 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use support::client::{Load, Session, send_mail};
+use support::http::{Behaviour, HttpBackend};
 use support::process::{Gale, SmtpSink, curl, free_port, signal};
 
 fn config(backends: &[(&str, SocketAddr, u32)]) -> String {
@@ -183,6 +184,22 @@ fn a_thousand_reloads_do_not_grow_memory() {
 
 /// The config of the load test: `a` primary, `b` standby, more backends
 /// optional; the balancer is whatever component `balancer.wasm` holds.
+/// `toml` plus an HTTP listener `web` whose pool `web` has the same
+/// balancer over `backends` (equal weights).
+fn with_http(toml: String, balancer: &std::path::Path, backends: &[SocketAddr]) -> String {
+    let mut toml = toml
+        + &format!(
+            "[listeners.web]\nprotocol = \"http\"\naddress = \"127.0.0.1:0\"\npool = \"web\"\n\
+             [pools.web]\nbalancer = {{ path = {balancer:?} }}\n"
+        );
+    for (i, address) in backends.iter().enumerate() {
+        toml.push_str(&format!(
+            "[[pools.web.backends]]\nname = \"w{i}\"\naddress = \"{address}\"\n"
+        ));
+    }
+    toml
+}
+
 fn swap_config(balancer: &std::path::Path, backends: &[(&str, SocketAddr, u32, &str)]) -> String {
     let mut toml = format!(
         "[listeners.in]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\npool = \"mta\"\n\
@@ -227,11 +244,20 @@ fn plugin_and_config_swaps_under_load_cost_no_session() {
         std::fs::rename(&next, &balancer).unwrap();
     };
     install(&versions[0].1);
+    let web = [
+        HttpBackend::start("w0", Behaviour::Respond),
+        HttpBackend::start("w1", Behaviour::Respond),
+    ];
+    let web = [web[0].address, web[1].address];
+    let config = |backends: &[(&str, SocketAddr, u32, &str)]| {
+        with_http(swap_config(&balancer, backends), &balancer, &web)
+    };
     let two = [("a", a, 1, "primary"), ("b", b, 1, "standby")];
-    let gale = Gale::start(&swap_config(&balancer, &two));
+    let gale = Gale::start(&config(&two));
     let addr = gale.address("in");
 
-    let load = Load::start(addr, 4);
+    let load = Load::start(addr, 3);
+    let http_load = Load::http(gale.address("web"), 2);
 
     let mut generation = 1;
     let mut plugin_of = std::collections::HashMap::new();
@@ -262,15 +288,18 @@ fn plugin_and_config_swaps_under_load_cost_no_session() {
         ("b", b, 1, "standby"),
         ("c", c, 2, "primary"),
     ];
-    apply(
-        &|| gale.rewrite_config(&swap_config(&balancer, &heavier)),
-        rr,
-    );
-    let with_c = apply(&|| gale.rewrite_config(&swap_config(&balancer, &three)), rr);
-    apply(&|| gale.rewrite_config(&swap_config(&balancer, &two)), rr);
+    apply(&|| gale.rewrite_config(&config(&heavier)), rr);
+    let with_c = apply(&|| gale.rewrite_config(&config(&three)), rr);
+    apply(&|| gale.rewrite_config(&config(&two)), rr);
     let (sent, failed) = load.stop();
+    let (requests, failed_requests) = http_load.stop();
     assert_eq!(failed, 0, "{failed} of {sent} client sessions failed");
     assert!(sent >= 100, "only {sent} sessions ran during the swaps");
+    assert_eq!(
+        failed_requests, 0,
+        "{failed_requests} of {requests} HTTP connections failed"
+    );
+    assert!(requests >= 20, "only {requests} HTTP connections ran");
     assert!(
         slowest < Duration::from_secs(1),
         "a change took {slowest:?} to apply"
@@ -312,7 +341,7 @@ fn plugin_and_config_swaps_under_load_cost_no_session() {
         }
     }
     eprintln!(
-        "{sent} sessions over {generation} generations, 0 failed; slowest change applied in {slowest:?}"
+        "{sent} SMTP sessions and {requests} HTTP connections (20 requests each) over {generation} generations, 0 failed; slowest change applied in {slowest:?}"
     );
 }
 

@@ -1,5 +1,6 @@
-//! Blocking SMTP clients for tests against the gale binary: one session
-//! driven step by step, and a bounded multi-threaded load.
+//! Blocking clients for tests against the gale binary: an SMTP session
+//! driven step by step, a kept-alive HTTP/1.1 connection, and a bounded
+//! multi-threaded load of either.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -79,16 +80,39 @@ pub struct Load {
 }
 
 impl Load {
+    /// SMTP: each client sends one message per session.
     pub fn start(addr: SocketAddr, clients: usize) -> Load {
+        Load::run(clients, move || {
+            Session::try_open(addr).and_then(Session::try_send_mail)
+        })
+    }
+
+    /// HTTP: each client sends GETs on a kept-alive connection, 20 per
+    /// connection; a request is one "session".
+    pub fn http(addr: SocketAddr, clients: usize) -> Load {
+        Load::run(clients, move || {
+            let mut conn = HttpConnection::open(addr)?;
+            for _ in 0..20 {
+                conn.get("/")?;
+            }
+            Ok(())
+        })
+    }
+
+    fn run<F>(clients: usize, session: F) -> Load
+    where
+        F: Fn() -> std::io::Result<()> + Clone + Send + 'static,
+    {
         let stop = Arc::new(AtomicBool::new(false));
         let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let clients = (0..clients)
             .map(|_| {
                 let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
+                let session = session.clone();
                 std::thread::spawn(move || {
                     let until = Instant::now() + Duration::from_secs(60);
                     while !stop.load(Ordering::Relaxed) && Instant::now() < until {
-                        let ok = Session::try_open(addr).and_then(Session::try_send_mail);
+                        let ok = session();
                         sent.fetch_add(1, Ordering::Relaxed);
                         if let Err(e) = ok {
                             eprintln!("session failed: {e}");
@@ -121,4 +145,51 @@ impl Load {
 
 pub fn send_mail(addr: SocketAddr) {
     Session::open(addr).send_mail();
+}
+
+/// A kept-alive HTTP/1.1 client connection; responses must carry a
+/// Content-Length (the in-test backends' do).
+pub struct HttpConnection {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl HttpConnection {
+    pub fn open(addr: SocketAddr) -> std::io::Result<HttpConnection> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.set_nodelay(true)?;
+        Ok(HttpConnection {
+            reader: BufReader::new(stream.try_clone()?),
+            writer: stream,
+        })
+    }
+
+    /// GET `path`; an error unless the answer is a 200. Returns the body.
+    pub fn get(&mut self, path: &str) -> std::io::Result<String> {
+        // One write: pieces would meet Nagle and delayed ACKs.
+        let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
+        self.writer.write_all(request.as_bytes())?;
+        let mut status = String::new();
+        self.reader.read_line(&mut status)?;
+        if !status.starts_with("HTTP/1.1 200") {
+            return Err(std::io::Error::other(format!("got {status:?}")));
+        }
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            self.reader.read_line(&mut line)?;
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().map_err(std::io::Error::other)?;
+            }
+        }
+        let mut body = vec![0; length];
+        std::io::Read::read_exact(&mut self.reader, &mut body)?;
+        String::from_utf8(body).map_err(std::io::Error::other)
+    }
 }

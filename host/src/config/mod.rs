@@ -452,7 +452,8 @@ fn validate(file: FileConfig, path: &Path, errors: &Errors<'_>) -> Result<Config
         let address = parse_addr(errors, &l.address, &format!("{key}.address"))?;
         if let Some(other) = listeners
             .iter()
-            .find(|o: &&ListenerConfig| o.address == address)
+            // Port 0 asks the kernel for a free port each time: no clash.
+            .find(|o: &&ListenerConfig| o.address == address && address.port() != 0)
         {
             return Err(errors.spanned(
                 &l.address,
