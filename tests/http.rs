@@ -294,3 +294,24 @@ fn https_offers_http2_and_http1_by_alpn() {
     assert!(h1.ends_with("200 1.1"), "{h1}");
     assert_eq!(a.requests(), 2);
 }
+
+#[test]
+fn a_stalled_request_body_is_cut_off_after_the_idle_timeout() {
+    let a = HttpBackend::start("a", Behaviour::Respond);
+    let gale = Gale::start(&config(&[("a", a.address, 1)], "idle_timeout = \"300ms\""));
+    let mut slow = TcpStream::connect(gale.address("web")).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = Instant::now();
+    slow.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+        .unwrap();
+    // ... and the other 90 bytes never come.
+    let mut reply = Vec::new();
+    let _ = slow.read_to_end(&mut reply);
+    let took = started.elapsed();
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 502"), "{reply:?}");
+    assert!(took < Duration::from_secs(5), "answered after {took:?}");
+    let line = gale.wait_log("http request failed", Duration::from_secs(5));
+    assert!(line.contains("idle_timeout"), "{line}");
+}

@@ -14,6 +14,11 @@ use gale::plugin::PluginRuntime;
 use gale::reload;
 use tokio::signal::unix::{SignalKind, signal};
 
+/// Every request allocates (header maps, buffers, futures); glibc's malloc
+/// measured ~10 % of the proxy's CPU under HTTP load.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// gale balances SMTP and HTTP sessions across a fleet of MTAs; which
 /// backend takes a session, when a backend is healthy and what DNS
 /// publishes are decided by WebAssembly plugins.

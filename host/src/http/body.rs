@@ -1,12 +1,17 @@
 //! Bodies that cross the proxy: the client's request body, shared between
 //! attempts so a request that never reached a backend can go to the next
 //! one, and the response body, which keeps its backend's session counted
-//! until it has been streamed to the end.
+//! until it has been streamed to the end. Both give up after the
+//! listener's idle timeout without a byte, so a stalled peer cannot hold
+//! a connection forever.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
 
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 
@@ -17,14 +22,16 @@ use crate::plugin::LiveCounters;
 /// read from, the body is spent and the request cannot be replayed.
 #[derive(Clone)]
 pub struct SharedBody {
-    inner: Arc<Mutex<Incoming>>,
+    inner: Arc<Mutex<Idle>>,
     touched: Arc<AtomicBool>,
 }
 
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 impl SharedBody {
-    pub fn new(body: Incoming) -> Self {
+    pub fn new(body: Incoming, idle: Duration) -> Self {
         Self {
-            inner: Arc::new(Mutex::new(body)),
+            inner: Arc::new(Mutex::new(Idle::new(body, idle))),
             touched: Arc::default(),
         }
     }
@@ -34,29 +41,92 @@ impl SharedBody {
         self.touched.load(Ordering::Acquire)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Incoming> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Idle> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 impl Body for SharedBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.touched.store(true, Ordering::Release);
         Pin::new(&mut *self.lock()).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.lock().is_end_stream()
+        self.lock().body.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.lock().size_hint()
+        self.lock().body.size_hint()
+    }
+}
+
+/// A streamed body that fails after `limit` without a frame.
+pub struct Idle {
+    body: Incoming,
+    limit: Duration,
+    last_frame: Instant,
+    /// Armed on the first wait and moved only when it fires, so streaming
+    /// costs a clock read per frame, not a timer.
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl Idle {
+    pub fn new(body: Incoming, limit: Duration) -> Self {
+        Idle {
+            body,
+            limit,
+            last_frame: Instant::now(),
+            timer: None,
+        }
+    }
+}
+
+impl Body for Idle {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) {
+            this.last_frame = Instant::now();
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        let deadline = this.last_frame + this.limit;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        loop {
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if Instant::now() >= deadline {
+                return Poll::Ready(Some(Err(format!(
+                    "no body bytes for {:?} (idle_timeout)",
+                    this.limit
+                )
+                .into())));
+            }
+            // Frames came since the timer was set: wait from the last one.
+            timer.as_mut().reset(deadline);
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -86,18 +156,18 @@ impl Drop for Active {
 /// What gale sends back: a backend's response body, or a short text gale
 /// wrote itself (errors).
 pub enum ProxyBody {
-    Upstream { body: Incoming, _active: Active },
+    Upstream { body: Idle, _active: Active },
     Local(Option<Bytes>),
 }
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ProxyBody::Upstream { body, .. } => Pin::new(body).poll_frame(cx),
             ProxyBody::Local(text) => Poll::Ready(text.take().map(|t| Ok(Frame::data(t)))),

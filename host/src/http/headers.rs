@@ -38,8 +38,38 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// The client of one connection as proxy headers name it: formatted once
+/// per connection, not per request.
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub https: bool,
+    ip: HeaderValue,
+    /// `for=NODE;proto=SCHEME`
+    forwarded: String,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr, https: bool) -> Self {
+        let ip = addr.ip();
+        let node = match ip {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => format!("\"[{v6}]\""),
+        };
+        Peer {
+            addr,
+            https,
+            ip: HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header"),
+            forwarded: format!("for={node};proto={}", proto(https)),
+        }
+    }
+}
+
+fn proto(https: bool) -> &'static str {
+    if https { "https" } else { "http" }
+}
+
 /// Prepare a client's request headers for a backend.
-pub fn forward_request(headers: &mut HeaderMap, client: SocketAddr, host: &str, proto: &str) {
+pub fn forward_request(headers: &mut HeaderMap, peer: &Peer, host: &str) {
     strip_hop_by_hop(headers);
     // HTTP/2 clients send :authority instead of Host; HTTP/1.1 backends
     // need Host.
@@ -48,23 +78,31 @@ pub fn forward_request(headers: &mut HeaderMap, client: SocketAddr, host: &str, 
     {
         headers.insert(HOST, v);
     }
-    let ip = client.ip();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(earlier) => format!("{earlier}, {ip}"),
-        None => ip.to_string(),
-    };
-    insert(headers, "x-forwarded-for", &xff);
-    insert(headers, "x-forwarded-proto", proto);
-    let node = match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    };
-    let mut forwarded = format!("for={node};proto={proto}");
-    if !host.is_empty() && host.bytes().all(|b| b.is_ascii_graphic() && b != b'"') {
-        forwarded.push_str(&format!(";host=\"{host}\""));
+    match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(earlier) => {
+            let xff = format!("{earlier}, {}", peer.addr.ip());
+            insert(headers, "x-forwarded-for", &xff);
+        }
+        None => {
+            headers.insert("x-forwarded-for", peer.ip.clone());
+        }
     }
-    if let Some(earlier) = headers.get("forwarded").and_then(|v| v.to_str().ok()) {
-        forwarded = format!("{earlier}, {forwarded}");
+    headers.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(proto(peer.https)),
+    );
+    let earlier = headers.get("forwarded").and_then(|v| v.to_str().ok());
+    let mut forwarded =
+        String::with_capacity(peer.forwarded.len() + host.len() + 10 + earlier.map_or(0, str::len));
+    if let Some(earlier) = earlier {
+        forwarded.push_str(earlier);
+        forwarded.push_str(", ");
+    }
+    forwarded.push_str(&peer.forwarded);
+    if !host.is_empty() && host.bytes().all(|b| b.is_ascii_graphic() && b != b'"') {
+        forwarded.push_str(";host=\"");
+        forwarded.push_str(host);
+        forwarded.push('"');
     }
     insert(headers, "forwarded", &forwarded);
 }
@@ -100,12 +138,8 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("192.0.2.7"));
         h.insert("forwarded", HeaderValue::from_static("for=192.0.2.7"));
-        forward_request(
-            &mut h,
-            "[2001:db8::1]:5000".parse().unwrap(),
-            "api.test",
-            "http",
-        );
+        let peer = Peer::new("[2001:db8::1]:5000".parse().unwrap(), false);
+        forward_request(&mut h, &peer, "api.test");
         assert_eq!(h["x-forwarded-for"], "192.0.2.7, 2001:db8::1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(

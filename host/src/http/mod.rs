@@ -117,9 +117,10 @@ impl Connection {
             header_timeout,
             shutdown,
         } = self;
+        let client = Arc::new(headers::Peer::new(peer, https));
         let service = hyper::service::service_fn(move |req| {
-            let proxy = proxy.clone();
-            async move { Ok::<_, std::convert::Infallible>(proxy.handle(peer, https, req).await) }
+            let (proxy, client) = (proxy.clone(), client.clone());
+            async move { Ok::<_, std::convert::Infallible>(proxy.handle(&client, req).await) }
         });
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder

@@ -21,8 +21,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::body::{Active, ProxyBody, SharedBody};
-use super::headers;
+use super::body::{Active, Idle, ProxyBody, SharedBody};
+use super::headers::{self, Peer};
 use crate::config::ListenerConfig;
 use crate::generation::{Generation, ip_address};
 use crate::plugin::types::{HttpRequest, ProbeResult, ProbeSource, Protocol, RequestContext};
@@ -54,24 +54,20 @@ impl Proxy {
         }
     }
 
-    fn client(&self, connect_timeout: Duration) -> BackendClient {
-        let slot = self.client.load();
+    /// The client for `connect_timeout` (one Arc clone on the hot path).
+    fn client(&self, connect_timeout: Duration) -> Arc<(Duration, BackendClient)> {
+        let slot = self.client.load_full();
         if slot.0 == connect_timeout {
-            return slot.1.clone();
+            return slot;
         }
-        let fresh = client(connect_timeout);
-        self.client
-            .store(Arc::new((connect_timeout, fresh.clone())));
+        let fresh = Arc::new((connect_timeout, client(connect_timeout)));
+        self.client.store(fresh.clone());
         fresh
     }
 
     /// Serve one request from `peer`.
-    pub async fn handle(
-        &self,
-        peer: SocketAddr,
-        https: bool,
-        req: Request<Incoming>,
-    ) -> Response<ProxyBody> {
+    pub async fn handle(&self, client: &Peer, req: Request<Incoming>) -> Response<ProxyBody> {
+        let peer = client.addr;
         let started = Instant::now();
         // Per request, not per connection: a kept-alive connection follows
         // reloads.
@@ -108,9 +104,8 @@ impl Proxy {
             }),
         };
         let decision = pool.select(&ctx);
-        let proto = if https { "https" } else { "http" };
-        headers::forward_request(&mut head.headers, peer, &host, proto);
-        let body = SharedBody::new(body);
+        headers::forward_request(&mut head.headers, client, &host);
+        let body = SharedBody::new(body, l.idle_timeout);
         let replayable = is_idempotent(&head.method);
         let client = self.client(l.connect_timeout);
         let mut tried = String::new();
@@ -138,7 +133,8 @@ impl Proxy {
             *upstream.headers_mut() = head.headers.clone();
 
             let attempt = Instant::now();
-            let outcome = tokio::time::timeout(l.response_timeout, client.request(upstream)).await;
+            let outcome =
+                tokio::time::timeout(l.response_timeout, client.1.request(upstream)).await;
             let timed_out = outcome.is_err();
             let failure = match outcome {
                 Ok(Ok(mut response)) => {
@@ -149,7 +145,7 @@ impl Proxy {
                         ms = started.elapsed().as_millis() as u64, "http request"
                     );
                     return response.map(|body| ProxyBody::Upstream {
-                        body,
+                        body: Idle::new(body, l.idle_timeout),
                         _active: active,
                     });
                 }
