@@ -25,7 +25,7 @@ use super::body::{Active, Idle, ProxyBody, SharedBody};
 use super::headers::{self, Peer};
 use crate::config::ListenerConfig;
 use crate::generation::{Generation, ip_address};
-use crate::plugin::types::{HttpRequest, ProbeResult, ProbeSource, Protocol, RequestContext};
+use crate::plugin::types::{HttpRequest, Protocol, RequestContext};
 
 /// Seconds a client is asked to wait when no backend can take a request.
 const RETRY_AFTER_SECS: &str = "10";
@@ -167,16 +167,7 @@ impl Proxy {
                 backend.name,
                 latency.as_millis()
             ));
-            pool.record(
-                id,
-                ProbeResult {
-                    ok: false,
-                    latency_us: latency.as_micros() as u64,
-                    code: None,
-                    detail: failure.clone(),
-                    source: ProbeSource::Traffic,
-                },
-            );
+            pool.record_traffic_failure(id, latency, None, failure);
             if reached_a_backend && (timed_out || !replayable || body.touched()) {
                 // The backend may have acted on it: never send it again.
                 let (status, text) = if timed_out {

@@ -397,6 +397,28 @@ impl Pool {
         }
     }
 
+    /// A failure seen on live traffic (refused, timed out, bad greeting or
+    /// response). It counts as a health result, so a dead backend leaves
+    /// the pool before its next probe.
+    pub fn record_traffic_failure(
+        &self,
+        id: usize,
+        latency: std::time::Duration,
+        code: Option<u16>,
+        detail: String,
+    ) -> Option<bool> {
+        self.record(
+            id,
+            ProbeResult {
+                ok: false,
+                latency_us: latency.as_micros() as u64,
+                code,
+                detail,
+                source: crate::plugin::types::ProbeSource::Traffic,
+            },
+        )
+    }
+
     /// Feed one probe or traffic result for backend `id` through the
     /// health plugin. Returns the new verdict if it changed.
     pub fn record(&self, id: usize, result: ProbeResult) -> Option<bool> {

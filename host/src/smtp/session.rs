@@ -16,7 +16,7 @@ use super::{proxy_header, relay};
 use crate::config::ListenerConfig;
 use crate::generation::{Generation, ip_address};
 use crate::plugin::LiveCounters;
-use crate::plugin::types::{ProbeResult, ProbeSource, Protocol, RequestContext};
+use crate::plugin::types::{Protocol, RequestContext};
 use crate::pool::Pool;
 
 /// Why a backend could not take the session.
@@ -129,18 +129,7 @@ pub async fn run(
                     failure.describe(),
                     latency.as_millis()
                 );
-                // Live traffic counts as a health result, so a dead backend
-                // leaves the pool before its next probe.
-                pool.record(
-                    id,
-                    ProbeResult {
-                        ok: false,
-                        latency_us: latency.as_micros() as u64,
-                        code: failure.code(),
-                        detail: failure.describe(),
-                        source: ProbeSource::Traffic,
-                    },
-                );
+                pool.record_traffic_failure(id, latency, failure.code(), failure.describe());
             }
         }
     }
