@@ -315,3 +315,23 @@ fn a_stalled_request_body_is_cut_off_after_the_idle_timeout() {
     let line = gale.wait_log("http request failed", Duration::from_secs(5));
     assert!(line.contains("idle_timeout"), "{line}");
 }
+
+#[test]
+fn sigterm_lets_a_request_in_flight_finish() {
+    let slow = HttpBackend::start("slow", Behaviour::Slow(700));
+    let mut gale = Gale::start(&config(&[("slow", slow.address, 1)], ""));
+    let url = url(&gale);
+    let request = std::thread::spawn(move || curl(&[&url]));
+    let started = Instant::now();
+    while slow.requests() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the request never reached the backend"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    support::process::signal(gale.child.id(), "TERM");
+    assert_eq!(request.join().unwrap(), (200, "slow".to_string()));
+    let status = gale.child.wait().unwrap();
+    assert!(status.success(), "gale exited with {status}");
+}

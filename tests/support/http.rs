@@ -19,6 +19,8 @@ pub enum Behaviour {
     DropAfterReading,
     /// Read the request headers and never answer.
     Hang,
+    /// Like `Respond`, after this many milliseconds.
+    Slow(u64),
 }
 
 pub struct HttpBackend {
@@ -81,8 +83,10 @@ async fn answer(
     bytes: &AtomicU64,
 ) -> Result<Response<Full<Bytes>>, std::io::Error> {
     seen.fetch_add(1, Ordering::SeqCst);
-    if let Behaviour::Hang = behaviour {
-        std::future::pending::<()>().await;
+    match behaviour {
+        Behaviour::Hang => std::future::pending::<()>().await,
+        Behaviour::Slow(ms) => tokio::time::sleep(std::time::Duration::from_millis(ms)).await,
+        _ => {}
     }
     let header = |name: &str| {
         req.headers()

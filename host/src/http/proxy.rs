@@ -107,7 +107,7 @@ impl Proxy {
         headers::forward_request(&mut head.headers, client, &host);
         let body = SharedBody::new(body, l.idle_timeout);
         let replayable = is_idempotent(&head.method);
-        let client = self.client(l.connect_timeout);
+        let backends = self.client(l.connect_timeout);
         let mut tried = String::new();
         let mut reached_a_backend = false;
 
@@ -134,7 +134,7 @@ impl Proxy {
 
             let attempt = Instant::now();
             let outcome =
-                tokio::time::timeout(l.response_timeout, client.1.request(upstream)).await;
+                tokio::time::timeout(l.response_timeout, backends.1.request(upstream)).await;
             let timed_out = outcome.is_err();
             let failure = match outcome {
                 Ok(Ok(mut response)) => {
