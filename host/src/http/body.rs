@@ -15,6 +15,7 @@ use tokio::time::{Instant, Sleep};
 
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 
+use super::upstream::Lease;
 use crate::plugin::LiveCounters;
 
 /// The client's request body, streamed (never buffered whole). Every
@@ -153,10 +154,44 @@ impl Drop for Active {
     }
 }
 
+/// A backend's response body on its way to the client. Its connection
+/// goes back to the pool once the body was read to the end; a body cut
+/// short closes it.
+pub struct UpstreamBody {
+    body: Idle,
+    lease: Option<Lease>,
+    _active: Active,
+}
+
+impl UpstreamBody {
+    pub fn new(body: Idle, lease: Lease, active: Active) -> Self {
+        UpstreamBody {
+            body,
+            lease: Some(lease),
+            _active: active,
+        }
+    }
+
+    fn finished(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.release();
+        }
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // hyper does not poll a body it knows to be empty.
+        if self.body.is_end_stream() {
+            self.finished();
+        }
+    }
+}
+
 /// What gale sends back: a backend's response body, or a short text gale
 /// wrote itself (errors).
 pub enum ProxyBody {
-    Upstream { body: Idle, _active: Active },
+    Upstream(UpstreamBody),
     Local(Option<Bytes>),
 }
 
@@ -169,21 +204,27 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            ProxyBody::Upstream { body, .. } => Pin::new(body).poll_frame(cx),
+            ProxyBody::Upstream(up) => {
+                let frame = Pin::new(&mut up.body).poll_frame(cx);
+                if let Poll::Ready(None) = frame {
+                    up.finished();
+                }
+                frame
+            }
             ProxyBody::Local(text) => Poll::Ready(text.take().map(|t| Ok(Frame::data(t)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ProxyBody::Upstream { body, .. } => body.is_end_stream(),
+            ProxyBody::Upstream(up) => up.body.is_end_stream(),
             ProxyBody::Local(text) => text.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Upstream { body, .. } => body.size_hint(),
+            ProxyBody::Upstream(up) => up.body.size_hint(),
             ProxyBody::Local(text) => {
                 SizeHint::with_exact(text.as_ref().map_or(0, |t| t.len() as u64))
             }

@@ -11,6 +11,7 @@
 mod body;
 mod headers;
 mod proxy;
+mod upstream;
 
 use std::sync::Arc;
 use std::time::Duration;

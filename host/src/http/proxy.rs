@@ -11,58 +11,36 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use super::body::{Active, Idle, ProxyBody, SharedBody, UpstreamBody};
+use super::headers::{self, Peer};
+use super::upstream::{Failure, Upstreams};
+use crate::config::ListenerConfig;
+use crate::generation::{Generation, ip_address};
+use crate::plugin::types::{HttpRequest, Protocol, RequestContext};
 use arc_swap::ArcSwap;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{CONTENT_TYPE, HOST, HeaderValue, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-
-use super::body::{Active, Idle, ProxyBody, SharedBody};
-use super::headers::{self, Peer};
-use crate::config::ListenerConfig;
-use crate::generation::{Generation, ip_address};
-use crate::plugin::types::{HttpRequest, Protocol, RequestContext};
 
 /// Seconds a client is asked to wait when no backend can take a request.
 const RETRY_AFTER_SECS: &str = "10";
-/// Idle keep-alive connections to backends are closed after this.
-const BACKEND_IDLE: Duration = Duration::from_secs(60);
-
-type BackendClient = Client<HttpConnector, SharedBody>;
-
 /// One HTTP listener's proxy: the generation to read pools from and the
 /// pooled keep-alive connections to backends.
 pub struct Proxy {
     name: String,
     current: Arc<ArcSwap<Generation>>,
-    /// Rebuilt when a reload changes the listener's connect timeout.
-    client: ArcSwap<(Duration, BackendClient)>,
+    upstreams: Arc<Upstreams>,
 }
 
 impl Proxy {
     pub fn new(name: String, current: Arc<ArcSwap<Generation>>) -> Self {
-        let timeout =
-            listener(&current.load(), &name).map_or(Duration::from_secs(3), |l| l.connect_timeout);
         Proxy {
             name,
             current,
-            client: ArcSwap::from_pointee((timeout, client(timeout))),
+            upstreams: Arc::default(),
         }
-    }
-
-    /// The client for `connect_timeout` (one Arc clone on the hot path).
-    fn client(&self, connect_timeout: Duration) -> Arc<(Duration, BackendClient)> {
-        let slot = self.client.load_full();
-        if slot.0 == connect_timeout {
-            return slot;
-        }
-        let fresh = Arc::new((connect_timeout, client(connect_timeout)));
-        self.client.store(fresh.clone());
-        fresh
     }
 
     /// Serve one request from `peer`.
@@ -107,7 +85,6 @@ impl Proxy {
         headers::forward_request(&mut head.headers, client, &host);
         let body = SharedBody::new(body, l.idle_timeout);
         let replayable = is_idempotent(&head.method);
-        let backends = self.client(l.connect_timeout);
         let mut tried = String::new();
         let mut reached_a_backend = false;
 
@@ -118,13 +95,10 @@ impl Proxy {
                 tried.push_str(&format!("{}: at max_sessions; ", backend.name));
                 continue;
             };
-            let uri = Uri::builder()
-                .scheme("http")
-                .authority(backend.address.to_string())
-                .path_and_query(path.as_str())
-                .build();
-            let Ok(uri) = uri else {
-                return local(StatusCode::BAD_REQUEST, "bad request target\n");
+            // Origin form, as HTTP/1.1 sends it to a server.
+            let uri = match Uri::try_from(path.as_str()) {
+                Ok(uri) => uri,
+                Err(_) => return local(StatusCode::BAD_REQUEST, "bad request target\n"),
             };
             let mut upstream = Request::new(body.clone());
             *upstream.method_mut() = head.method.clone();
@@ -133,26 +107,26 @@ impl Proxy {
             *upstream.headers_mut() = head.headers.clone();
 
             let attempt = Instant::now();
-            let outcome =
-                tokio::time::timeout(l.response_timeout, backends.1.request(upstream)).await;
+            let exchange = self
+                .upstreams
+                .request(backend.address, l.connect_timeout, upstream);
+            let outcome = tokio::time::timeout(l.response_timeout, exchange).await;
             let timed_out = outcome.is_err();
             let failure = match outcome {
-                Ok(Ok(mut response)) => {
+                Ok(Ok((mut response, lease))) => {
                     headers::strip_hop_by_hop(response.headers_mut());
                     tracing::debug!(
                         listener = %l.name, client = %peer, backend = %backend.name,
                         method = %head.method, path, status = response.status().as_u16(),
                         ms = started.elapsed().as_millis() as u64, "http request"
                     );
-                    return response.map(|body| ProxyBody::Upstream {
-                        body: Idle::new(body, l.idle_timeout),
-                        _active: active,
+                    return response.map(|body| {
+                        let body = Idle::new(body, l.idle_timeout);
+                        ProxyBody::Upstream(UpstreamBody::new(body, lease, active))
                     });
                 }
-                Ok(Err(e)) if e.is_connect() => {
-                    format!("connect: {}", source_message(&e))
-                }
-                Ok(Err(e)) => {
+                Ok(Err(Failure::Connect(e))) => format!("connect: {e}"),
+                Ok(Err(Failure::Exchange(e))) => {
                     reached_a_backend = true;
                     format!("before a response: {}", source_message(&e))
                 }
@@ -204,16 +178,6 @@ impl Proxy {
 
 fn listener<'g>(generation: &'g Generation, name: &str) -> Option<&'g ListenerConfig> {
     generation.config.listeners.iter().find(|l| l.name == name)
-}
-
-fn client(connect_timeout: Duration) -> BackendClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(BACKEND_IDLE)
-        .build(connector)
 }
 
 /// Methods whose repetition has the effect of one request (RFC 9110 §9.2.2).
