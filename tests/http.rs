@@ -335,3 +335,31 @@ fn sigterm_lets_a_request_in_flight_finish() {
     let status = gale.child.wait().unwrap();
     assert!(status.success(), "gale exited with {status}");
 }
+
+#[test]
+fn backend_connections_are_reused_within_the_keepalive_timeout_only() {
+    // Backend connections opened for 5 sequential requests from separate
+    // clients (the probe's own connections excluded: interval 10 s, and
+    // counted from after the first request).
+    let opened = |pool_keys: &str| {
+        let backend = HttpBackend::start("a", Behaviour::Respond);
+        let toml = config(&[("a", backend.address, 1)], "")
+            .replace("[pools.web]\n", &format!("[pools.web]\n{pool_keys}\n"));
+        let gale = Gale::start(&toml);
+        let connections = || {
+            backend
+                .connections
+                .load(std::sync::atomic::Ordering::SeqCst)
+        };
+        assert_eq!(curl(&[&url(&gale)]).0, 200);
+        let before = connections();
+        for _ in 0..4 {
+            assert_eq!(curl(&[&url(&gale)]).0, 200);
+        }
+        assert_eq!(backend.requests(), 5);
+        connections() - before
+    };
+    assert_eq!(opened(""), 0, "kept-alive connection not reused");
+    // Each curl takes longer than this to start.
+    assert_eq!(opened("keepalive_timeout = \"1ms\""), 4);
+}

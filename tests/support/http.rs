@@ -25,6 +25,8 @@ pub enum Behaviour {
 
 pub struct HttpBackend {
     pub address: SocketAddr,
+    /// Connections accepted.
+    pub connections: Arc<AtomicU64>,
     /// Requests whose headers arrived.
     pub requests: Arc<AtomicU64>,
     /// Request body bytes read.
@@ -38,7 +40,8 @@ impl HttpBackend {
         let address = socket.local_addr().unwrap();
         let requests = Arc::new(AtomicU64::new(0));
         let body_bytes = Arc::new(AtomicU64::new(0));
-        let (seen, bytes) = (requests.clone(), body_bytes.clone());
+        let connections = Arc::new(AtomicU64::new(0));
+        let (seen, bytes, accepted) = (requests.clone(), body_bytes.clone(), connections.clone());
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -50,6 +53,7 @@ impl HttpBackend {
                     let Ok((stream, _)) = socket.accept().await else {
                         return;
                     };
+                    accepted.fetch_add(1, Ordering::SeqCst);
                     let (seen, bytes) = (seen.clone(), bytes.clone());
                     tokio::spawn(async move {
                         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -65,6 +69,7 @@ impl HttpBackend {
         });
         HttpBackend {
             address,
+            connections,
             requests,
             body_bytes,
         }

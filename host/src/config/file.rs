@@ -115,6 +115,9 @@ pub struct PoolSection {
     pub health: Option<Spanned<PluginSection>>,
     /// `candidate`: a balancer tried beside `balancer` (with `mode`).
     pub candidate: Option<Spanned<PluginSection>>,
+    /// `keepalive_timeout` (HTTP): idle backend connections are reused
+    /// only this long; keep it under the backends' own idle timeout.
+    pub keepalive_timeout: Option<Spanned<String>>,
     /// `[pools.NAME.probe]`: active health checks.
     #[serde(default)]
     pub probe: ProbeSection,

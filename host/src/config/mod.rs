@@ -101,6 +101,8 @@ pub struct PoolConfig {
     pub health: PluginSpec,
     /// A balancer that decides beside `balancer` without acting.
     pub candidate: Option<CandidateSpec>,
+    /// HTTP: how long an idle backend connection may wait for reuse.
+    pub keepalive_timeout: Duration,
     pub probe: ProbeConfig,
     pub backends: Vec<BackendConfig>,
 }
@@ -433,6 +435,12 @@ fn validate(file: FileConfig, path: &Path, errors: &Errors<'_>) -> Result<Config
             balancer,
             health,
             candidate,
+            keepalive_timeout: parse_duration(
+                errors,
+                pool.keepalive_timeout.as_ref(),
+                &format!("{key}.keepalive_timeout"),
+                Duration::from_secs(60),
+            )?,
             probe: ProbeConfig {
                 kind: p.kind,
                 interval,

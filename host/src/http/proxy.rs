@@ -57,6 +57,7 @@ impl Proxy {
             );
         };
         let pool = &generation.pools[l.pool];
+        let keepalive = generation.config.pool_of(l).keepalive_timeout;
         let (mut head, body) = req.into_parts();
         let host = head
             .headers
@@ -107,9 +108,9 @@ impl Proxy {
             *upstream.headers_mut() = head.headers.clone();
 
             let attempt = Instant::now();
-            let exchange = self
-                .upstreams
-                .request(backend.address, l.connect_timeout, upstream);
+            let exchange =
+                self.upstreams
+                    .request(backend.address, l.connect_timeout, keepalive, upstream);
             let outcome = tokio::time::timeout(l.response_timeout, exchange).await;
             let timed_out = outcome.is_err();
             let failure = match outcome {

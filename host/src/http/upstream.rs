@@ -22,8 +22,8 @@ use super::body::SharedBody;
 
 /// Idle connections kept per backend address.
 const MAX_IDLE: usize = 256;
-/// Idle connections older than this are not reused.
-const IDLE_FOR: Duration = Duration::from_secs(60);
+/// Idle connections are dropped past this, whatever a pool allows.
+const IDLE_MAX: Duration = Duration::from_secs(3600);
 
 /// A connection waiting for its next request, and since when.
 type IdleConnection = (SendRequest<SharedBody>, Instant);
@@ -58,7 +58,7 @@ impl Lease {
         let conns = idle.entry(self.addr).or_default();
         if conns.len() == MAX_IDLE {
             // Full: make room by dropping what could not be reused anyway.
-            conns.retain(|(s, since)| !s.is_closed() && since.elapsed() < IDLE_FOR);
+            conns.retain(|(s, since)| !s.is_closed() && since.elapsed() < IDLE_MAX);
         }
         if conns.len() < MAX_IDLE {
             conns.push((self.sender, Instant::now()));
@@ -67,15 +67,17 @@ impl Lease {
 }
 
 impl Upstreams {
-    /// Send `req` to `addr` on a pooled connection, or a new one.
+    /// Send `req` to `addr` on a connection idle for less than
+    /// `keepalive`, or a new one.
     pub async fn request(
         self: &Arc<Self>,
         addr: SocketAddr,
         connect_timeout: Duration,
+        keepalive: Duration,
         mut req: Request<SharedBody>,
     ) -> Result<(Response<Incoming>, Lease), Failure> {
         loop {
-            let (mut sender, pooled) = match self.checkout(addr) {
+            let (mut sender, pooled) = match self.checkout(addr, keepalive) {
                 Some(sender) => (sender, true),
                 None => (connect(addr, connect_timeout).await?, false),
             };
@@ -99,11 +101,17 @@ impl Upstreams {
         }
     }
 
-    fn checkout(&self, addr: SocketAddr) -> Option<SendRequest<SharedBody>> {
+    fn checkout(&self, addr: SocketAddr, keepalive: Duration) -> Option<SendRequest<SharedBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let conns = idle.get_mut(&addr)?;
+        // Newest first; anything older than the newest stale one is stale
+        // too.
         while let Some((sender, since)) = conns.pop() {
-            if sender.is_ready() && since.elapsed() < IDLE_FOR {
+            if since.elapsed() >= keepalive {
+                conns.clear();
+                return None;
+            }
+            if sender.is_ready() {
                 return Some(sender);
             }
         }
