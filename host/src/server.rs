@@ -136,22 +136,16 @@ impl Server {
             // Logged before "gale is ready": tests and scripts read the port
             // the kernel chose from this line.
             tracing::info!(listener = %b.name, address = %b.address, "listening");
-            let (name, current, sessions, stop) = (
-                b.name.clone(),
-                self.current.clone(),
-                self.sessions.clone(),
-                b.stop.clone(),
-            );
+            let accept = crate::listener::Accept {
+                name: b.name.clone(),
+                current: self.current.clone(),
+                sessions: self.sessions.clone(),
+                shutdown: b.stop.clone(),
+            };
             match b.protocol {
-                Protocol::Smtp => {
-                    self.background
-                        .spawn(crate::smtp::serve(socket, name, current, sessions, stop));
-                }
-                Protocol::Http => {
-                    self.background
-                        .spawn(crate::http::serve(socket, name, current, sessions, stop));
-                }
-            }
+                Protocol::Smtp => self.background.spawn(crate::smtp::serve(socket, accept)),
+                Protocol::Http => self.background.spawn(crate::http::serve(socket, accept)),
+            };
             // A listener that moved: the old socket stops in retire_listeners.
             listeners.push(b);
         }

@@ -16,14 +16,12 @@ mod upstream;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::generation::Generation;
+use crate::listener::Accept;
 pub use proxy::Proxy;
 
 /// Request headers beyond this many are refused (`431`).
@@ -32,23 +30,15 @@ const MAX_HEADERS: usize = 100;
 /// headers (`431` beyond it).
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 
-/// Accept connections on `listener` for the HTTP listener named `name`
-/// until `shutdown` is cancelled; then connections finish the request in
-/// flight and close.
-pub async fn serve(
-    listener: TcpListener,
-    name: String,
-    current: Arc<ArcSwap<Generation>>,
-    sessions: TaskTracker,
-    shutdown: CancellationToken,
-) {
+/// Accept connections on `listener` until `accept.shutdown` is cancelled;
+/// then connections finish the request in flight and close.
+pub async fn serve(listener: TcpListener, accept: Accept) {
+    let (name, current, shutdown) = (
+        accept.name.clone(),
+        accept.current.clone(),
+        accept.shutdown.clone(),
+    );
     let proxy = Arc::new(Proxy::new(name.clone(), current.clone()));
-    let accept = crate::listener::Accept {
-        name: name.clone(),
-        current: current.clone(),
-        sessions,
-        shutdown: shutdown.clone(),
-    };
     accept
         .run(listener, move |client, peer| {
             let _ = client.set_nodelay(true);

@@ -11,34 +11,16 @@ mod relay;
 pub mod reply;
 mod session;
 
-use std::sync::Arc;
-
-use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 pub use session::unavailable_reply;
 
-use crate::generation::Generation;
+use crate::listener::Accept;
 
-/// Accept sessions on `listener` for the listener named `name` until
-/// `shutdown` is cancelled. Each session runs on the generation current
-/// when it was accepted; sessions are tracked by `sessions` so shutdown
-/// can wait for them.
-pub async fn serve(
-    listener: TcpListener,
-    name: String,
-    current: Arc<ArcSwap<Generation>>,
-    sessions: TaskTracker,
-    shutdown: CancellationToken,
-) {
-    let accept = crate::listener::Accept {
-        name: name.clone(),
-        current: current.clone(),
-        sessions,
-        shutdown,
-    };
+/// Accept sessions on `listener` until `accept.shutdown` is cancelled.
+/// Each session runs on the generation current when it was accepted.
+pub async fn serve(listener: TcpListener, accept: Accept) {
+    let (name, current) = (accept.name.clone(), accept.current.clone());
     accept
         .run(listener, move |client, peer| {
             let _ = client.set_nodelay(true);
