@@ -70,9 +70,7 @@ impl Accept {
         self.current
             .load()
             .config
-            .listeners
-            .iter()
-            .find(|l| l.name == self.name)
+            .listener(&self.name)
             .map_or(0, |l| l.max_sessions as usize)
     }
 }

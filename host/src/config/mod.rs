@@ -221,6 +221,11 @@ impl Config {
     }
 
     /// The pool serving `listener`.
+    /// The listener named `name`.
+    pub fn listener(&self, name: &str) -> Option<&ListenerConfig> {
+        self.listeners.iter().find(|l| l.name == name)
+    }
+
     pub fn pool_of(&self, listener: &ListenerConfig) -> &PoolConfig {
         &self.pools[listener.pool]
     }

@@ -45,9 +45,7 @@ pub async fn serve(listener: TcpListener, accept: Accept) {
             let (header_timeout, tls) = current
                 .load()
                 .config
-                .listeners
-                .iter()
-                .find(|l| l.name == name)
+                .listener(&name)
                 .map_or((Duration::from_secs(10), None), |l| {
                     (l.header_timeout, l.tls.as_ref().map(|t| t.server.clone()))
                 });

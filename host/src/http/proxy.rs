@@ -50,7 +50,7 @@ impl Proxy {
         // Per request, not per connection: a kept-alive connection follows
         // reloads.
         let generation = self.current.load_full();
-        let Some(l) = listener(&generation, &self.name) else {
+        let Some(l) = generation.config.listener(&self.name) else {
             return local(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "listener is being removed\n",
@@ -66,11 +66,13 @@ impl Proxy {
             .or_else(|| head.uri.authority().map(|a| a.as_str()))
             .unwrap_or("")
             .to_string();
-        let path = head
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
+        // Origin form, as HTTP/1.1 sends it to a server; parsed once, each
+        // attempt clones it.
+        let target = match head.uri.path_and_query() {
+            Some(p) => Uri::from(p.clone()),
+            None => Uri::from_static("/"),
+        };
+        let path = target.to_string();
         let ctx = RequestContext {
             protocol: Protocol::Http,
             listener: l.index_in_pool,
@@ -96,14 +98,9 @@ impl Proxy {
                 tried.push_str(&format!("{}: at max_sessions; ", backend.name));
                 continue;
             };
-            // Origin form, as HTTP/1.1 sends it to a server.
-            let uri = match Uri::try_from(path.as_str()) {
-                Ok(uri) => uri,
-                Err(_) => return local(StatusCode::BAD_REQUEST, "bad request target\n"),
-            };
             let mut upstream = Request::new(body.clone());
             *upstream.method_mut() = head.method.clone();
-            *upstream.uri_mut() = uri;
+            *upstream.uri_mut() = target.clone();
             *upstream.version_mut() = Version::HTTP_11;
             *upstream.headers_mut() = head.headers.clone();
 
@@ -177,10 +174,6 @@ impl Proxy {
     }
 }
 
-fn listener<'g>(generation: &'g Generation, name: &str) -> Option<&'g ListenerConfig> {
-    generation.config.listeners.iter().find(|l| l.name == name)
-}
-
 /// Methods whose repetition has the effect of one request (RFC 9110 §9.2.2).
 fn is_idempotent(method: &Method) -> bool {
     matches!(
@@ -189,8 +182,8 @@ fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-/// The innermost error message: the legacy client's own wrapper says
-/// only "client error (Connect)".
+/// The innermost error message: hyper's own wrapper names only the kind
+/// of failure, its cause says what happened.
 fn source_message(e: &(dyn std::error::Error + 'static)) -> String {
     let mut inner = e;
     while let Some(next) = inner.source() {
