@@ -169,27 +169,93 @@ impl HttpConnection {
     pub fn get(&mut self, path: &str) -> std::io::Result<String> {
         // One write: pieces would meet Nagle and delayed ACKs.
         let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
-        self.writer.write_all(request.as_bytes())?;
-        let mut status = String::new();
-        self.reader.read_line(&mut status)?;
-        if !status.starts_with("HTTP/1.1 200") {
-            return Err(std::io::Error::other(format!("got {status:?}")));
+        self.send(request.as_bytes())?;
+        let response = self.response(false)?;
+        if response.status != 200 {
+            return Err(std::io::Error::other(format!("got {response:?}")));
         }
-        let mut length = 0;
+        String::from_utf8(response.body).map_err(std::io::Error::other)
+    }
+
+    /// A second handle on the socket, to write from another thread.
+    pub fn writer(&self) -> TcpStream {
+        self.writer.try_clone().unwrap()
+    }
+
+    /// Write raw request bytes.
+    pub fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.writer.write_all(bytes)
+    }
+
+    /// Read one response (`head`: to a HEAD request, so without a body),
+    /// framed by Content-Length, chunks, or the end of the connection.
+    pub fn response(&mut self, head: bool) -> std::io::Result<HttpResponse> {
+        let mut line = String::new();
+        self.reader.read_line(&mut line)?;
+        let status = line
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+        let mut headers = Vec::new();
         loop {
             let mut line = String::new();
             self.reader.read_line(&mut line)?;
             if line == "\r\n" || line.is_empty() {
                 break;
             }
-            if let Some((name, value)) = line.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse().map_err(std::io::Error::other)?;
-            }
+            let (name, value) = line.split_once(':').unwrap_or((&line, ""));
+            headers.push((name.to_ascii_lowercase(), value.trim().to_string()));
         }
-        let mut body = vec![0; length];
-        std::io::Read::read_exact(&mut self.reader, &mut body)?;
-        String::from_utf8(body).map_err(std::io::Error::other)
+        let header = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+        let mut body = Vec::new();
+        if head || status == 204 || status == 304 {
+        } else if header("transfer-encoding").is_some_and(|v| v.ends_with("chunked")) {
+            loop {
+                let mut size = String::new();
+                self.reader.read_line(&mut size)?;
+                let size =
+                    usize::from_str_radix(size.trim_end().split(';').next().unwrap_or(""), 16)
+                        .map_err(|e| std::io::Error::other(format!("chunk size {size:?}: {e}")))?;
+                let mut chunk = vec![0; size + 2];
+                std::io::Read::read_exact(&mut self.reader, &mut chunk)?;
+                if size == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..size]);
+            }
+        } else if let Some(length) = header("content-length") {
+            body = vec![0; length.parse().map_err(std::io::Error::other)?];
+            std::io::Read::read_exact(&mut self.reader, &mut body)?;
+        } else {
+            std::io::Read::read_to_end(&mut self.reader, &mut body)?;
+        }
+        Ok(HttpResponse {
+            status,
+            headers,
+            body,
+        })
+    }
+}
+
+/// A response as [`HttpConnection::response`] read it; header names in
+/// lower case.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
     }
 }

@@ -21,6 +21,12 @@ pub enum Behaviour {
     Hang,
     /// Like `Respond`, after this many milliseconds.
     Slow(u64),
+    /// `200` with a chunked body: the request line and headers as the
+    /// backend saw them, one per line, a blank line, then the request
+    /// body.
+    Echo,
+    /// `413` at once, without reading the request body.
+    RejectEarly,
 }
 
 pub struct HttpBackend {
@@ -86,13 +92,24 @@ async fn answer(
     req: Request<Incoming>,
     seen: &AtomicU64,
     bytes: &AtomicU64,
-) -> Result<Response<Full<Bytes>>, std::io::Error> {
+) -> Result<Response<EchoBody>, std::io::Error> {
     seen.fetch_add(1, Ordering::SeqCst);
     match behaviour {
         Behaviour::Hang => std::future::pending::<()>().await,
         Behaviour::Slow(ms) => tokio::time::sleep(std::time::Duration::from_millis(ms)).await,
+        Behaviour::RejectEarly => {
+            return Ok(Response::builder()
+                .status(413)
+                .body(EchoBody::full(Bytes::from_static(b"too large")))
+                .unwrap());
+        }
         _ => {}
     }
+    let mut seen_head = format!("{} {}\n", req.method(), req.uri());
+    for (name, value) in req.headers() {
+        seen_head.push_str(&format!("{name}: {}\n", value.to_str().unwrap_or("?")));
+    }
+    seen_head.push('\n');
     let header = |name: &str| {
         req.headers()
             .get(name)
@@ -102,11 +119,15 @@ async fn answer(
     };
     let (forwarded, proto) = (header("x-forwarded-for"), header("x-forwarded-proto"));
     let mut body = req.into_body();
+    let mut received = Vec::new();
     while !body.is_end_stream() {
         match body.frame().await {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     bytes.fetch_add(data.len() as u64, Ordering::SeqCst);
+                    if let Behaviour::Echo = behaviour {
+                        received.extend_from_slice(data);
+                    }
                 }
             }
             Some(Err(e)) => return Err(std::io::Error::other(e)),
@@ -115,11 +136,65 @@ async fn answer(
     }
     match behaviour {
         Behaviour::DropAfterReading => Err(std::io::Error::other("dropping the connection")),
+        Behaviour::Echo => Ok(Response::builder()
+            .header("x-backend", name)
+            .body(EchoBody::Frames(vec![
+                Bytes::from(seen_head),
+                Bytes::from(received),
+            ]))
+            .unwrap()),
         _ => Ok(Response::builder()
             .header("x-backend", name)
             .header("x-saw-forwarded-for", forwarded)
             .header("x-saw-proto", proto)
-            .body(Full::new(Bytes::from(name)))
+            .body(EchoBody::full(Bytes::from(name)))
             .unwrap()),
     }
+}
+
+/// A response body: one frame of known length, or frames of unknown
+/// total length (which hyper sends chunked).
+pub enum EchoBody {
+    Full(Full<Bytes>),
+    Frames(Vec<Bytes>),
+}
+
+impl EchoBody {
+    fn full(bytes: Bytes) -> Self {
+        EchoBody::Full(Full::new(bytes))
+    }
+}
+
+impl Body for EchoBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            EchoBody::Full(full) => std::pin::Pin::new(full).poll_frame(cx),
+            EchoBody::Frames(frames) if frames.is_empty() => std::task::Poll::Ready(None),
+            EchoBody::Frames(frames) => {
+                std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(frames.remove(0)))))
+            }
+        }
+    }
+}
+
+/// An HTTP listener `web` over `backends` (name, address, weight), with
+/// extra listener keys.
+pub fn config(backends: &[(&str, SocketAddr, u32)], listener: &str) -> String {
+    let mut toml = format!(
+        "[listeners.web]\nprotocol = \"http\"\naddress = \"127.0.0.1:0\"\npool = \"web\"\n\
+         connect_timeout = \"500ms\"\n{listener}\n\
+         [pools.web]\n[pools.web.probe]\nkind = \"tcp\"\ninterval = \"10s\"\n"
+    );
+    for (name, address, weight) in backends {
+        toml.push_str(&format!(
+            "[[pools.web.backends]]\nname = \"{name}\"\naddress = \"{address}\"\nweight = {weight}\n"
+        ));
+    }
+    toml
 }

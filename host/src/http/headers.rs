@@ -49,6 +49,7 @@ pub struct Peer {
     pub addr: SocketAddr,
     pub https: bool,
     ip: HeaderValue,
+    ip_text: String,
     /// `for=NODE;proto=SCHEME`
     forwarded: String,
 }
@@ -64,8 +65,24 @@ impl Peer {
             addr,
             https,
             ip: HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header"),
+            ip_text: ip.to_string(),
             forwarded: format!("for={node};proto={}", proto(https)),
         }
+    }
+
+    /// The client's address as `X-Forwarded-For` lists it.
+    pub fn ip_text(&self) -> &str {
+        &self.ip_text
+    }
+
+    /// `http` or `https`, for `X-Forwarded-Proto`.
+    pub fn proto(&self) -> &'static str {
+        proto(self.https)
+    }
+
+    /// This hop's `Forwarded` element without the host.
+    pub fn forwarded(&self) -> &str {
+        &self.forwarded
     }
 }
 

@@ -1,23 +1,25 @@
-//! HTTP listeners: a reverse proxy (hyper) for the injection API and the
+//! HTTP listeners: a reverse proxy for the injection API and the
 //! tracking web apps, over the same pools, plugins and health as SMTP.
-//! HTTP/1.1 and HTTP/2 from clients (h2c by prior knowledge, or HTTPS
-//! with ALPN when the listener has a certificate); HTTP/1.1 with pooled
-//! keep-alive connections to backends.
+//! HTTP/1.x from clients is proxied by gale's own engine ([`h1`]);
+//! HTTP/2 (h2c by prior knowledge, or HTTPS with ALPN when the listener
+//! has a certificate) by hyper. Backends get HTTP/1.1 on pooled
+//! keep-alive connections.
 //!
 //! Owns: client connections, request and response streaming, proxy
 //! headers, retries ([`proxy`] has the rules). Does not touch: health
 //! verdicts (failures are reported to the pool) or the choice of backend.
 
 mod body;
+mod h1;
 mod headers;
 mod proxy;
+mod rewind;
 mod upstream;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -52,31 +54,25 @@ pub async fn serve(listener: TcpListener, accept: Accept) {
             let proxy = proxy.clone();
             let shutdown = shutdown.clone();
             async move {
+                let conn = Connection {
+                    proxy,
+                    peer,
+                    https: tls.is_some(),
+                    header_timeout,
+                    shutdown,
+                };
                 let Some(tls) = tls else {
-                    let conn = Connection {
-                        proxy,
-                        peer,
-                        https: false,
-                        header_timeout,
-                        shutdown,
-                    };
-                    return conn.serve(client).await;
+                    return conn.serve_http1(client, true).await;
                 };
                 // The handshake counts against the header timeout: a client
                 // that stalls it holds a slot no longer than one that
                 // stalls its headers.
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls);
                 match tokio::time::timeout(header_timeout, acceptor.accept(client)).await {
-                    Ok(Ok(stream)) => {
-                        let conn = Connection {
-                            proxy,
-                            peer,
-                            https: true,
-                            header_timeout,
-                            shutdown,
-                        };
-                        conn.serve(stream).await;
+                    Ok(Ok(stream)) if stream.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                        conn.serve_http2(stream).await;
                     }
+                    Ok(Ok(stream)) => conn.serve_http1(stream, false).await,
                     Ok(Err(e)) => tracing::debug!(client = %peer, "TLS handshake failed: {e}"),
                     Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
                 }
@@ -95,7 +91,27 @@ struct Connection {
 }
 
 impl Connection {
-    async fn serve<IO>(self, io: IO)
+    /// HTTP/1.x, by gale's own engine; `h2c`: a plain connection that may
+    /// open with the HTTP/2 preface instead.
+    async fn serve_http1<IO>(self, io: IO, h2c: bool)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let client = h1::Client::new(
+            io,
+            headers::Peer::new(self.peer, self.https),
+            self.proxy.clone(),
+            self.header_timeout,
+            self.shutdown.clone(),
+            h2c,
+        );
+        if let h1::Served::Http2(io, read) = client.serve().await {
+            self.serve_http2(rewind::Rewind::new(read, io)).await;
+        }
+    }
+
+    /// HTTP/2, by hyper.
+    async fn serve_http2<IO>(self, io: IO)
     where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -111,33 +127,23 @@ impl Connection {
             let (proxy, client) = (proxy.clone(), client.clone());
             async move { Ok::<_, std::convert::Infallible>(proxy.handle(&client, req).await) }
         });
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            // Also bounds how long an idle kept-alive connection waits for
-            // its next request.
-            .header_read_timeout(header_timeout)
-            .max_headers(MAX_HEADERS)
-            .max_buf_size(MAX_HEADER_BYTES);
-        builder
-            .http2()
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .max_header_list_size(MAX_HEADER_BYTES as u32)
             .keep_alive_interval(Some(header_timeout))
-            .keep_alive_timeout(header_timeout);
-        let conn = builder.serve_connection(TokioIo::new(io), service);
+            .keep_alive_timeout(header_timeout)
+            .serve_connection(TokioIo::new(io), service);
         tokio::pin!(conn);
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
-                    tracing::debug!(client = %peer, "http connection: {e}");
+                    tracing::debug!(client = %peer, "http/2 connection: {e}");
                 }
                 return;
             }
             _ = shutdown.cancelled() => {}
         }
-        // Draining: finish the request in flight, then close.
+        // Draining: finish the streams in flight, then close.
         conn.as_mut().graceful_shutdown();
         let _ = conn.await;
     }

@@ -22,16 +22,19 @@ use crate::plugin::types::{HttpRequest, Protocol, RequestContext};
 use arc_swap::ArcSwap;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{CONTENT_TYPE, HOST, HeaderValue, RETRY_AFTER};
-use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::{Request, Response, StatusCode, Uri, Version};
 
 /// Seconds a client is asked to wait when no backend can take a request.
-const RETRY_AFTER_SECS: &str = "10";
+pub(super) const RETRY_AFTER_SECS: &str = "10";
 /// One HTTP listener's proxy: the generation to read pools from and the
 /// pooled keep-alive connections to backends.
 pub struct Proxy {
-    name: String,
-    current: Arc<ArcSwap<Generation>>,
+    pub(super) name: String,
+    pub(super) current: Arc<ArcSwap<Generation>>,
+    /// Backend connections for HTTP/2 clients (hyper's client).
     upstreams: Arc<Upstreams>,
+    /// Backend connections for HTTP/1 clients (gale's own).
+    pub(super) backends: super::h1::Backends,
 }
 
 impl Proxy {
@@ -40,6 +43,7 @@ impl Proxy {
             name,
             current,
             upstreams: Arc::default(),
+            backends: Default::default(),
         }
     }
 
@@ -87,7 +91,7 @@ impl Proxy {
         let decision = pool.select(&ctx);
         headers::forward_request(&mut head.headers, client, &host);
         let body = SharedBody::new(body, l.idle_timeout);
-        let replayable = is_idempotent(&head.method);
+        let replayable = is_idempotent(head.method.as_str());
         let mut tried = String::new();
         let mut reached_a_backend = false;
 
@@ -153,7 +157,15 @@ impl Proxy {
                         "the backend failed before responding\n",
                     )
                 };
-                log_failure(l, peer, &head.method, &path, status, &tried, started);
+                log_failure(
+                    l,
+                    peer,
+                    head.method.as_str(),
+                    &path,
+                    status.as_u16(),
+                    &tried,
+                    started,
+                );
                 return local(status, text);
             }
         }
@@ -162,7 +174,15 @@ impl Proxy {
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         };
-        log_failure(l, peer, &head.method, &path, status, &tried, started);
+        log_failure(
+            l,
+            peer,
+            head.method.as_str(),
+            &path,
+            status.as_u16(),
+            &tried,
+            started,
+        );
         if reached_a_backend {
             return local(status, "every backend tried failed before responding\n");
         }
@@ -175,10 +195,10 @@ impl Proxy {
 }
 
 /// Methods whose repetition has the effect of one request (RFC 9110 §9.2.2).
-fn is_idempotent(method: &Method) -> bool {
+pub(super) fn is_idempotent(method: &str) -> bool {
     matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+        method,
+        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
     )
 }
 
@@ -192,12 +212,12 @@ fn source_message(e: &(dyn std::error::Error + 'static)) -> String {
     inner.to_string()
 }
 
-fn log_failure(
+pub(super) fn log_failure(
     l: &ListenerConfig,
     peer: SocketAddr,
-    method: &Method,
+    method: &str,
     path: &str,
-    status: StatusCode,
+    status: u16,
     tried: &str,
     started: Instant,
 ) {
@@ -206,7 +226,7 @@ fn log_failure(
         client = %peer,
         %method,
         path,
-        status = status.as_u16(),
+        status,
         tried = %tried.trim_end_matches("; "),
         ms = started.elapsed().as_millis() as u64,
         "http request failed"

@@ -1,0 +1,445 @@
+//! HTTP/1.x message heads: parsed in place (httparse) into ranges of the
+//! connection's read buffer, then rewritten for the next hop with the
+//! proxy rules of RFC 9110 §7.6 (hop-by-hop fields dropped, the client
+//! named in `X-Forwarded-For`, `X-Forwarded-Proto` and `Forwarded`, `Host`
+//! kept) and the framing rules of RFC 9112 §6.
+
+use std::io::Write;
+use std::mem::MaybeUninit;
+use std::ops::Range;
+
+use super::super::MAX_HEADERS;
+use super::super::headers::Peer;
+
+/// How a message's body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Framing {
+    /// No body.
+    #[default]
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the sender closes (responses only).
+    Close,
+}
+
+/// Why a request head was refused; each maps to a status line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Malformed(&'static str),
+    TooLarge,
+    TimedOut,
+    BodyTimedOut,
+    NotImplemented(&'static str),
+}
+
+impl Refusal {
+    pub fn status(self) -> (u16, &'static str) {
+        match self {
+            Refusal::Malformed(_) => (400, "Bad Request"),
+            Refusal::TooLarge => (431, "Request Header Fields Too Large"),
+            Refusal::TimedOut | Refusal::BodyTimedOut => (408, "Request Timeout"),
+            Refusal::NotImplemented(_) => (501, "Not Implemented"),
+        }
+    }
+
+    pub fn text(self) -> &'static str {
+        match self {
+            Refusal::Malformed(why) | Refusal::NotImplemented(why) => why,
+            Refusal::TooLarge => "request headers too large\n",
+            Refusal::TimedOut => "request headers not received in time\n",
+            Refusal::BodyTimedOut => "request body not received in time\n",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Field {
+    pub name: Range<usize>,
+    pub value: Range<usize>,
+}
+
+/// The fields a proxy treats specially, found in one pass.
+#[derive(Debug, Default)]
+struct Special {
+    content_length: Option<u64>,
+    chunked: bool,
+    /// `Connection: close` / `keep-alive` seen.
+    close: bool,
+    keep_alive: bool,
+    /// Any `Connection` field: its tokens name more hop-by-hop fields.
+    connection: bool,
+}
+
+/// A parsed request head; ranges point into the buffer it was parsed from.
+#[derive(Debug, Default)]
+pub struct Request {
+    /// Bytes of the head, blank line included.
+    pub len: usize,
+    pub method: Range<usize>,
+    /// Origin-form target (`/path?query`, or `*`).
+    pub target: Range<usize>,
+    /// The `Host` field, or the authority of an absolute-form target.
+    pub host: Option<Range<usize>>,
+    pub http10: bool,
+    pub fields: Vec<Field>,
+    pub body: Framing,
+    /// Whether the client wants the connection kept after this exchange.
+    pub keep_alive: bool,
+    pub expect_continue: bool,
+    connection: bool,
+}
+
+/// A parsed response head.
+#[derive(Debug, Default)]
+pub struct Response {
+    pub len: usize,
+    pub code: u16,
+    pub reason: Range<usize>,
+    pub fields: Vec<Field>,
+    pub body: Framing,
+    /// Whether the backend keeps the connection open after the body.
+    pub reusable: bool,
+    connection: bool,
+}
+
+fn range(buf: &[u8], part: &[u8]) -> Range<usize> {
+    let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+    start..start + part.len()
+}
+
+fn fields(buf: &[u8], headers: &[httparse::Header<'_>], out: &mut Vec<Field>) {
+    out.clear();
+    out.extend(headers.iter().map(|h| Field {
+        name: range(buf, h.name.as_bytes()),
+        value: range(buf, h.value),
+    }));
+}
+
+/// Whether a comma-separated field value lists `token` (case-insensitive).
+fn lists(value: &[u8], token: &str) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// One pass over the fields for framing and connection management.
+fn special(buf: &[u8], fields: &[Field]) -> Result<Special, &'static str> {
+    let mut s = Special::default();
+    for f in fields {
+        let (name, value) = (&buf[f.name.clone()], &buf[f.value.clone()]);
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let n = std::str::from_utf8(value)
+                .ok()
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or("invalid Content-Length\n")?;
+            if s.content_length.is_some_and(|m| m != n) {
+                return Err("conflicting Content-Length fields\n");
+            }
+            s.content_length = Some(n);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            // Only the last coding decides whether the body is chunked.
+            let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
+            s.chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
+            if !s.chunked {
+                return Err("a Transfer-Encoding must end in chunked\n");
+            }
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            s.connection = true;
+            s.close |= lists(value, "close");
+            s.keep_alive |= lists(value, "keep-alive");
+        }
+    }
+    Ok(s)
+}
+
+/// Parse a request head at the start of `buf`: `Ok(false)` when more
+/// bytes are needed.
+pub fn parse_request(buf: &[u8], req: &mut Request) -> Result<bool, Refusal> {
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let len = match parsed.parse_with_uninit_headers(buf, &mut headers) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(false),
+        Err(httparse::Error::TooManyHeaders) => return Err(Refusal::TooLarge),
+        Err(httparse::Error::Version) => {
+            return Err(Refusal::Malformed("unsupported HTTP version\n"));
+        }
+        Err(_) => return Err(Refusal::Malformed("malformed request\n")),
+    };
+    let (Some(method), Some(target), Some(minor)) = (parsed.method, parsed.path, parsed.version)
+    else {
+        return Err(Refusal::Malformed("malformed request\n"));
+    };
+    fields(buf, parsed.headers, &mut req.fields);
+    let s = special(buf, &req.fields).map_err(Refusal::Malformed)?;
+    req.len = len;
+    req.method = range(buf, method.as_bytes());
+    req.http10 = minor == 0;
+    req.connection = s.connection;
+    req.keep_alive = if req.http10 { s.keep_alive } else { !s.close };
+    if method == "CONNECT" {
+        return Err(Refusal::NotImplemented("CONNECT is not supported\n"));
+    }
+    req.body = match (s.chunked, s.content_length) {
+        // Both would let gale and the backend disagree on where the body
+        // ends (request smuggling, RFC 9112 §6.3).
+        (true, Some(_)) => {
+            return Err(Refusal::Malformed(
+                "both Transfer-Encoding and Content-Length\n",
+            ));
+        }
+        (true, None) if req.http10 => {
+            return Err(Refusal::Malformed("Transfer-Encoding in HTTP/1.0\n"));
+        }
+        (true, None) => Framing::Chunked,
+        (false, Some(0)) | (false, None) => Framing::Empty,
+        (false, Some(n)) => Framing::Length(n),
+    };
+    let mut hosts = req
+        .fields
+        .iter()
+        .filter(|f| buf[f.name.clone()].eq_ignore_ascii_case(b"host"));
+    req.host = hosts.next().map(|f| f.value.clone());
+    if hosts.next().is_some() {
+        return Err(Refusal::Malformed("more than one Host\n"));
+    }
+    // Absolute form (`GET http://host/path`): the authority is the host,
+    // the backend gets the origin form.
+    let t = target.as_bytes();
+    let absolute = ["http://", "https://"].iter().find(|scheme| {
+        t.len() >= scheme.len() && t[..scheme.len()].eq_ignore_ascii_case(scheme.as_bytes())
+    });
+    req.target = range(buf, t);
+    if let Some(scheme) = absolute {
+        let rest = &t[scheme.len()..];
+        let end = rest
+            .iter()
+            .position(|&b| b == b'/' || b == b'?')
+            .unwrap_or(rest.len());
+        let authority = range(buf, &rest[..end]);
+        req.host = Some(authority);
+        req.target = range(buf, &rest[end..]);
+    } else if !(t.starts_with(b"/") || t == b"*") {
+        return Err(Refusal::Malformed("malformed request target\n"));
+    }
+    if req.host.is_none() && !req.http10 {
+        return Err(Refusal::Malformed("HTTP/1.1 request without Host\n"));
+    }
+    req.expect_continue = !req.http10
+        && req.body != Framing::Empty
+        && req.fields.iter().any(|f| {
+            buf[f.name.clone()].eq_ignore_ascii_case(b"expect")
+                && buf[f.value.clone()].eq_ignore_ascii_case(b"100-continue")
+        });
+    Ok(true)
+}
+
+/// Parse a response head at the start of `buf` to a request made with
+/// `method`: `Ok(false)` when more bytes are needed.
+pub fn parse_response(
+    buf: &[u8],
+    head_request: bool,
+    resp: &mut Response,
+) -> Result<bool, &'static str> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut headers);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(false),
+        Err(httparse::Error::TooManyHeaders) => return Err("too many response headers"),
+        Err(_) => return Err("malformed response head"),
+    };
+    let (Some(code), Some(minor)) = (parsed.code, parsed.version) else {
+        return Err("malformed response head");
+    };
+    fields(buf, parsed.headers, &mut resp.fields);
+    let s = special(buf, &resp.fields).map_err(|e| e.trim_end())?;
+    resp.len = len;
+    resp.code = code;
+    resp.reason = range(buf, parsed.reason.unwrap_or("").as_bytes());
+    resp.connection = s.connection;
+    resp.body = if head_request || (100..200).contains(&code) || code == 204 || code == 304 {
+        Framing::Empty
+    } else if s.chunked {
+        Framing::Chunked
+    } else if let Some(n) = s.content_length {
+        if n == 0 {
+            Framing::Empty
+        } else {
+            Framing::Length(n)
+        }
+    } else {
+        Framing::Close
+    };
+    resp.reusable = minor == 1 && !s.close && resp.body != Framing::Close;
+    Ok(true)
+}
+
+/// Fields that describe one connection (RFC 9110 §7.6.1), never forwarded.
+/// `Transfer-Encoding` is kept: chunked bodies pass through as they are.
+fn hop_by_hop(name: &[u8]) -> bool {
+    const NAMES: [&[u8]; 8] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"upgrade",
+    ];
+    NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// Whether `name` is hop-by-hop, or named as such by a `Connection` field.
+fn dropped(buf: &[u8], fields: &[Field], connection: bool, name: &[u8]) -> bool {
+    hop_by_hop(name)
+        || connection
+            && fields
+                .iter()
+                .filter(|f| buf[f.name.clone()].eq_ignore_ascii_case(b"connection"))
+                .any(|f| {
+                    buf[f.value.clone()]
+                        .split(|&b| b == b',')
+                        .any(|t| t.trim_ascii().eq_ignore_ascii_case(name))
+                })
+}
+
+/// Write the request for a backend into `out`: HTTP/1.1, hop-by-hop
+/// fields dropped, proxy fields appended. An HTTP/1.0 request without
+/// `Host` gets the backend's address as its host.
+pub fn write_request(
+    out: &mut Vec<u8>,
+    buf: &[u8],
+    req: &Request,
+    peer: &Peer,
+    backend: std::net::SocketAddr,
+) {
+    out.clear();
+    out.extend_from_slice(&buf[req.method.clone()]);
+    out.push(b' ');
+    match &buf[req.target.clone()] {
+        b"" => out.push(b'/'),
+        t => out.extend_from_slice(t),
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let fallback;
+    let host = match &req.host {
+        Some(h) => &buf[h.clone()],
+        None => {
+            fallback = backend.to_string();
+            fallback.as_bytes()
+        }
+    };
+    field(out, b"host", host);
+    let (mut xff, mut forwarded) = (None::<Vec<&[u8]>>, None::<Vec<&[u8]>>);
+    for f in &req.fields {
+        let (name, value) = (&buf[f.name.clone()], &buf[f.value.clone()]);
+        if name.eq_ignore_ascii_case(b"x-forwarded-for") {
+            xff.get_or_insert_default().push(value);
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"forwarded") {
+            forwarded.get_or_insert_default().push(value);
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"x-forwarded-proto")
+            // gale answers `100 Continue` itself.
+            || name.eq_ignore_ascii_case(b"expect")
+            || dropped(buf, &req.fields, req.connection, name)
+        {
+            continue;
+        }
+        // Written first, above.
+        if name.eq_ignore_ascii_case(b"host") {
+            continue;
+        }
+        field(out, name, value);
+    }
+    out.extend_from_slice(b"x-forwarded-for: ");
+    for earlier in xff.iter().flatten() {
+        out.extend_from_slice(earlier);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(peer.ip_text().as_bytes());
+    out.extend_from_slice(b"\r\nx-forwarded-proto: ");
+    out.extend_from_slice(peer.proto().as_bytes());
+    out.extend_from_slice(b"\r\nforwarded: ");
+    for earlier in forwarded.iter().flatten() {
+        out.extend_from_slice(earlier);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(peer.forwarded().as_bytes());
+    if !host.is_empty() && host.iter().all(|&b| b.is_ascii_graphic() && b != b'"') {
+        out.extend_from_slice(b";host=\"");
+        out.extend_from_slice(host);
+        out.push(b'"');
+    }
+    out.extend_from_slice(b"\r\n\r\n");
+}
+
+/// Write a backend's response head for the client into `out`. `close`
+/// announces that gale closes the client connection after it;
+/// `dechunk` that the body goes to an HTTP/1.0 client as plain bytes.
+pub fn write_response(
+    out: &mut Vec<u8>,
+    buf: &[u8],
+    resp: &Response,
+    close: bool,
+    http10: bool,
+    dechunk: bool,
+) {
+    out.clear();
+    let _ = write!(out, "HTTP/1.1 {} ", resp.code);
+    out.extend_from_slice(&buf[resp.reason.clone()]);
+    out.extend_from_slice(b"\r\n");
+    for f in &resp.fields {
+        let (name, value) = (&buf[f.name.clone()], &buf[f.value.clone()]);
+        if dropped(buf, &resp.fields, resp.connection, name)
+            || dechunk && name.eq_ignore_ascii_case(b"transfer-encoding")
+        {
+            continue;
+        }
+        field(out, name, value);
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if http10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A response gale writes itself: a short plain text.
+pub fn write_local(
+    out: &mut Vec<u8>,
+    (code, reason): (u16, &str),
+    text: &str,
+    close: bool,
+    retry_after: Option<&str>,
+) {
+    out.clear();
+    let _ = write!(
+        out,
+        "HTTP/1.1 {code} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\ndate: {}\r\n",
+        text.len(),
+        httpdate::fmt_http_date(std::time::SystemTime::now()),
+    );
+    if let Some(secs) = retry_after {
+        let _ = write!(out, "retry-after: {secs}\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(text.as_bytes());
+}
+
+fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}

@@ -1,0 +1,738 @@
+//! HTTP/1.x from clients, proxied by gale itself: one task per client
+//! connection reads a request head, asks the pool's balancer for an
+//! order, writes the request on a pooled backend connection and relays
+//! the response, bytes in and bytes out, with no task, channel or header
+//! map per request. (Going through hyper's server and client cost about
+//! 1.5x HAProxy's CPU per request; bench/http.sh measures both.)
+//! HTTP/2 clients still go through hyper (see `super::Connection`).
+//!
+//! Retry rules are those of [`super::proxy`]: a connection that could not
+//! be made, or a request head that could not be written, moves on; other
+//! failures before the response head move on only for an idempotent
+//! method whose body was not sent; nothing is retried once the client has
+//! seen a byte of the response.
+
+mod backends;
+mod chunked;
+mod head;
+
+use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub use backends::Backends;
+use chunked::Chunked;
+use head::{Framing, Refusal};
+
+use super::MAX_HEADER_BYTES;
+use super::body::Active;
+use super::headers::Peer;
+use super::proxy::{Proxy, RETRY_AFTER_SECS, is_idempotent, log_failure};
+use crate::config::ListenerConfig;
+use crate::generation::ip_address;
+use crate::plugin::types::{HttpRequest, Protocol, RequestContext};
+
+/// Read size for heads and bodies.
+const READ_SIZE: usize = 16 * 1024;
+/// The first bytes of every HTTP/2 connection (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// After a reply that leaves request bytes unread, gale keeps reading
+/// (and discarding) this long before it closes, so the close does not
+/// reset the connection under the reply.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// How a client connection ended.
+pub enum Served<IO> {
+    Closed,
+    /// The client opened with the HTTP/2 preface: these bytes were read.
+    Http2(IO, BytesMut),
+}
+
+/// One client connection speaking HTTP/1.x.
+pub struct Client<IO> {
+    io: IO,
+    peer: Peer,
+    proxy: Arc<Proxy>,
+    header_timeout: Duration,
+    shutdown: CancellationToken,
+    /// Whether an HTTP/2 preface may open the connection (plain TCP).
+    h2c: bool,
+    /// Bytes from the client not used yet: a request head, its body, or
+    /// the next (pipelined) request.
+    buf: BytesMut,
+    /// Bytes from the backend.
+    rbuf: BytesMut,
+    /// The head being written.
+    out: Vec<u8>,
+    req: head::Request,
+    resp: head::Response,
+    /// Whether the current request's head is still at the start of `buf`.
+    head_in_buf: bool,
+    /// Whether the current request has body bytes gale has not read.
+    unread_body: bool,
+    /// Whether unread request bytes may remain when the connection closes.
+    linger: bool,
+}
+
+/// How one attempt at a backend ended.
+enum Attempt {
+    /// A response went to the client; whether its connection stays open.
+    Answered(bool),
+    /// Nothing reached the client. `reached`: the backend may have acted.
+    Failed {
+        why: String,
+        reached: bool,
+        timed_out: bool,
+    },
+    /// The client's body stalled, broke its framing or ended early.
+    ClientFailed(Option<Refusal>, String),
+}
+
+enum BodyError {
+    Client(Option<Refusal>, String),
+    Backend(String),
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> Client<IO> {
+    pub fn new(
+        io: IO,
+        peer: Peer,
+        proxy: Arc<Proxy>,
+        header_timeout: Duration,
+        shutdown: CancellationToken,
+        h2c: bool,
+    ) -> Self {
+        Client {
+            io,
+            peer,
+            proxy,
+            header_timeout,
+            shutdown,
+            h2c,
+            buf: BytesMut::with_capacity(READ_SIZE),
+            rbuf: BytesMut::with_capacity(READ_SIZE),
+            out: Vec::with_capacity(1024),
+            req: head::Request::default(),
+            resp: head::Response::default(),
+            head_in_buf: false,
+            unread_body: false,
+            linger: false,
+        }
+    }
+
+    /// Serve requests until the client closes, an error closes the
+    /// connection, or shutdown (after the request in flight).
+    pub async fn serve(mut self) -> Served<IO> {
+        let cancelled = self.shutdown.clone().cancelled_owned();
+        tokio::pin!(cancelled);
+        loop {
+            match self.read_head(cancelled.as_mut()).await {
+                Ok(Next::Request) => {}
+                Ok(Next::Closed) => break,
+                Ok(Next::Http2) => return Served::Http2(self.io, self.buf),
+                Err(refusal) => {
+                    self.refuse(refusal, "").await;
+                    break;
+                }
+            }
+            self.head_in_buf = true;
+            self.unread_body = self.req.body != Framing::Empty;
+            let keep = self.exchange().await;
+            if self.head_in_buf {
+                self.buf.advance(self.req.len);
+                self.head_in_buf = false;
+            }
+            if !keep || self.shutdown.is_cancelled() {
+                break;
+            }
+        }
+        self.close().await;
+        Served::Closed
+    }
+
+    async fn read_head(
+        &mut self,
+        mut cancelled: std::pin::Pin<&mut tokio_util::sync::WaitForCancellationFutureOwned>,
+    ) -> Result<Next, Refusal> {
+        let deadline = Instant::now() + self.header_timeout;
+        let mut scanned = 0;
+        loop {
+            if self.h2c {
+                let n = self.buf.len().min(H2_PREFACE.len());
+                if self.buf[..n] != H2_PREFACE[..n] {
+                    self.h2c = false;
+                } else if n == H2_PREFACE.len() {
+                    return Ok(Next::Http2);
+                }
+            }
+            // Parse again only when a line ended since the last try: a
+            // head trickled in byte by byte costs one parse per line, not
+            // one per byte.
+            if !self.h2c
+                && self.buf[scanned..].contains(&b'\n')
+                && head::parse_request(&self.buf, &mut self.req)?
+            {
+                return Ok(Next::Request);
+            }
+            if self.buf.len() >= MAX_HEADER_BYTES {
+                return Err(Refusal::TooLarge);
+            }
+            scanned = self.buf.len();
+            self.buf.reserve(READ_SIZE);
+            let read = tokio::select! {
+                biased;
+                r = tokio::time::timeout_at(deadline, self.io.read_buf(&mut self.buf)) => r,
+                _ = cancelled.as_mut(), if self.buf.is_empty() => return Ok(Next::Closed),
+            };
+            match read {
+                Ok(Ok(0)) | Ok(Err(_)) => return Ok(Next::Closed),
+                Ok(Ok(_)) => {}
+                // An idle kept-alive connection just closes.
+                Err(_) if self.buf.is_empty() => return Ok(Next::Closed),
+                Err(_) => return Err(Refusal::TimedOut),
+            }
+        }
+    }
+
+    /// Proxy the request whose head was just read; whether the client
+    /// connection stays open.
+    async fn exchange(&mut self) -> bool {
+        let started = std::time::Instant::now();
+        // Per request, not per connection: a kept-alive connection
+        // follows reloads.
+        let generation = self.proxy.current.load_full();
+        let Some(l) = generation.config.listener(&self.proxy.name) else {
+            return self
+                .reply(
+                    (503, "Service Unavailable"),
+                    "listener is being removed\n",
+                    None,
+                )
+                .await;
+        };
+        let pool = &generation.pools[l.pool];
+        let keepalive = generation.config.pool_of(l).keepalive_timeout;
+        let text =
+            |r: &std::ops::Range<usize>| String::from_utf8_lossy(&self.buf[r.clone()]).into_owned();
+        let ctx = RequestContext {
+            protocol: Protocol::Http,
+            listener: l.index_in_pool,
+            client_ip: ip_address(self.peer.addr.ip()),
+            client_port: self.peer.addr.port(),
+            http: Some(HttpRequest {
+                method: text(&self.req.method),
+                host: self.req.host.as_ref().map(text).unwrap_or_default(),
+                path: match text(&self.req.target) {
+                    t if t.is_empty() => "/".to_string(),
+                    t => t,
+                },
+            }),
+        };
+        let decision = pool.select(&ctx);
+        let Some(HttpRequest { method, path, .. }) = ctx.http else {
+            unreachable!("set above")
+        };
+        let replayable = is_idempotent(&method);
+        let mut tried = String::new();
+        let mut reached_a_backend = false;
+
+        for &id in decision.order.iter().take(l.max_attempts as usize) {
+            let id = id as usize;
+            let backend = pool.backend(id);
+            let Some(_active) = Active::enter(pool.live(), id, backend.max_sessions) else {
+                tried.push_str(&format!("{}: at max_sessions; ", backend.name));
+                continue;
+            };
+            let attempt = std::time::Instant::now();
+            let (why, reached, timed_out) = match self.attempt(backend.address, l, keepalive).await
+            {
+                Attempt::Answered(keep) => {
+                    tracing::debug!(
+                        listener = %l.name, client = %self.peer.addr, backend = %backend.name,
+                        method, path, status = self.resp.code,
+                        ms = started.elapsed().as_millis() as u64, "http request"
+                    );
+                    return keep;
+                }
+                Attempt::ClientFailed(refusal, why) => {
+                    tracing::warn!(
+                        listener = %l.name, client = %self.peer.addr, backend = %backend.name,
+                        method, path, "http request failed: client {why}"
+                    );
+                    if let Some(refusal) = refusal {
+                        self.refuse(refusal, &why).await;
+                    }
+                    return false;
+                }
+                Attempt::Failed {
+                    why,
+                    reached,
+                    timed_out,
+                } => (why, reached, timed_out),
+            };
+            let latency = attempt.elapsed();
+            tried.push_str(&format!(
+                "{}: {why} after {}ms; ",
+                backend.name,
+                latency.as_millis()
+            ));
+            pool.record_traffic_failure(id, latency, None, why);
+            reached_a_backend |= reached;
+            if reached && (timed_out || !replayable || !self.head_in_buf) {
+                // The backend may have acted on it: never send it again.
+                let (status, text) = if timed_out {
+                    (
+                        (504, "Gateway Timeout"),
+                        "the backend did not answer in time\n",
+                    )
+                } else {
+                    (
+                        (502, "Bad Gateway"),
+                        "the backend failed before responding\n",
+                    )
+                };
+                log_failure(l, self.peer.addr, &method, &path, status.0, &tried, started);
+                return self.reply(status, text, None).await;
+            }
+        }
+        if reached_a_backend {
+            log_failure(l, self.peer.addr, &method, &path, 502, &tried, started);
+            return self
+                .reply(
+                    (502, "Bad Gateway"),
+                    "every backend tried failed before responding\n",
+                    None,
+                )
+                .await;
+        }
+        log_failure(l, self.peer.addr, &method, &path, 503, &tried, started);
+        self.reply(
+            (503, "Service Unavailable"),
+            "no backend can take the request, try again later\n",
+            Some(RETRY_AFTER_SECS),
+        )
+        .await
+    }
+
+    /// One try at the backend at `addr`.
+    async fn attempt(
+        &mut self,
+        addr: SocketAddr,
+        l: &ListenerConfig,
+        keepalive: Duration,
+    ) -> Attempt {
+        let mut backend = match self.proxy.backends.checkout(addr, keepalive) {
+            Some(stream) => stream,
+            None => match backends::connect(addr, l.connect_timeout).await {
+                Ok(stream) => stream,
+                Err(e) => return failed(format!("connect: {e}"), false),
+            },
+        };
+        head::write_request(&mut self.out, &self.buf, &self.req, &self.peer, addr);
+        let head_request = &self.buf[self.req.method.clone()] == b"HEAD";
+        let idle = l.idle_timeout;
+        let (mut from_backend, mut to_backend) = backend.split();
+        // A head cut short cannot be acted on: the next backend may have it.
+        match tokio::time::timeout(idle, to_backend.write_all(&self.out)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return failed(format!("sending the request: {e}"), false),
+            Err(_) => return failed(format!("sending the request: stuck for {idle:?}"), false),
+        }
+
+        let response = if self.req.body == Framing::Empty {
+            let recv = read_response_head(
+                &mut from_backend,
+                &mut self.rbuf,
+                &mut self.resp,
+                head_request,
+            );
+            tokio::time::timeout(l.response_timeout, recv).await
+        } else {
+            // From here on the request cannot go to another backend.
+            self.buf.advance(self.req.len);
+            self.head_in_buf = false;
+            let send = send_body(
+                &mut self.io,
+                &mut self.buf,
+                &mut to_backend,
+                self.req.body,
+                self.req.expect_continue,
+                idle,
+            );
+            let recv = read_response_head(
+                &mut from_backend,
+                &mut self.rbuf,
+                &mut self.resp,
+                head_request,
+            );
+            tokio::pin!(send, recv);
+            // The backend may answer before it has the whole body (a 413,
+            // say): that answer goes to the client, which is then closed.
+            let early = tokio::select! {
+                sent = &mut send => match sent {
+                    Ok(()) => {
+                        self.unread_body = false;
+                        None
+                    }
+                    Err(BodyError::Client(refusal, why)) => {
+                        return Attempt::ClientFailed(refusal, why);
+                    }
+                    Err(BodyError::Backend(why)) => {
+                        match tokio::time::timeout(l.response_timeout, &mut recv).await {
+                            answered @ Ok(Ok(())) => Some(answered),
+                            _ => return failed(format!("sending the body: {why}"), true),
+                        }
+                    }
+                },
+                head = &mut recv => Some(Ok(head)),
+            };
+            match early {
+                Some(response) => response,
+                None => tokio::time::timeout(l.response_timeout, &mut recv).await,
+            }
+        };
+        match response {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) => return failed(format!("before a response: {why}"), true),
+            Err(_) => {
+                return Attempt::Failed {
+                    why: format!("no response in {:?}", l.response_timeout),
+                    reached: true,
+                    timed_out: true,
+                };
+            }
+        }
+
+        // An HTTP/1.0 client cannot read chunks: it gets the data, and the
+        // end of the connection marks the end of the body.
+        let dechunk = self.req.http10 && self.resp.body == Framing::Chunked;
+        let close = !self.req.keep_alive
+            || self.unread_body
+            || dechunk
+            || self.resp.body == Framing::Close
+            || self.shutdown.is_cancelled();
+        head::write_response(
+            &mut self.out,
+            &self.rbuf,
+            &self.resp,
+            close,
+            self.req.http10,
+            dechunk,
+        );
+        self.rbuf.advance(self.resp.len);
+        let relayed = relay_body(
+            &mut self.io,
+            &mut from_backend,
+            &mut self.rbuf,
+            &self.out,
+            self.resp.body,
+            dechunk,
+            idle,
+        )
+        .await;
+        match relayed {
+            Ok(clean) => {
+                if clean && !self.unread_body && self.resp.reusable {
+                    self.proxy.backends.release(addr, backend);
+                }
+                Attempt::Answered(!close)
+            }
+            Err(why) => {
+                tracing::debug!(client = %self.peer.addr, backend = %addr, "response cut short: {why}");
+                Attempt::Answered(false)
+            }
+        }
+    }
+
+    /// Answer with a short text of gale's own; whether the connection
+    /// stays open.
+    async fn reply(&mut self, status: (u16, &str), text: &str, retry_after: Option<&str>) -> bool {
+        // A body left unread would be taken for the next request.
+        let close = self.unread_body || !self.req.keep_alive || self.shutdown.is_cancelled();
+        head::write_local(&mut self.out, status, text, close, retry_after);
+        let written = self.write_out().await;
+        written && !close
+    }
+
+    /// Answer a request gale cannot take, then close.
+    async fn refuse(&mut self, refusal: Refusal, why: &str) {
+        if why.is_empty() {
+            tracing::debug!(client = %self.peer.addr, "refused: {}", refusal.text().trim_end());
+        }
+        self.linger = true;
+        head::write_local(&mut self.out, refusal.status(), refusal.text(), true, None);
+        self.write_out().await;
+    }
+
+    async fn write_out(&mut self) -> bool {
+        let write = async {
+            self.io.write_all(&self.out).await?;
+            self.io.flush().await
+        };
+        matches!(
+            tokio::time::timeout(self.header_timeout, write).await,
+            Ok(Ok(()))
+        )
+    }
+
+    /// Close the connection; if the client may still be sending, read
+    /// and drop what comes for a moment first, so that the close does not
+    /// reset the connection before the client has read the answer.
+    async fn close(&mut self) {
+        let _ = tokio::time::timeout(LINGER, self.io.shutdown()).await;
+        if self.linger || self.unread_body {
+            let drain = async {
+                loop {
+                    self.buf.clear();
+                    self.buf.reserve(READ_SIZE);
+                    if !matches!(self.io.read_buf(&mut self.buf).await, Ok(n) if n > 0) {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(LINGER, drain).await;
+        }
+    }
+}
+
+enum Next {
+    Request,
+    Closed,
+    Http2,
+}
+
+fn failed(why: String, reached: bool) -> Attempt {
+    Attempt::Failed {
+        why,
+        reached,
+        timed_out: false,
+    }
+}
+
+/// Stream the request body from the client (what is already in `buf`
+/// first) to the backend; `buf` keeps whatever follows the body.
+async fn send_body<C: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut C,
+    buf: &mut BytesMut,
+    backend: &mut WriteHalf<'_>,
+    framing: Framing,
+    expect_continue: bool,
+    idle: Duration,
+) -> Result<(), BodyError> {
+    // The client waits for this before it sends the body; gale answers it
+    // itself and does not pass `Expect` on.
+    if expect_continue && buf.is_empty() {
+        let write = async {
+            client.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+            client.flush().await
+        };
+        if !matches!(tokio::time::timeout(idle, write).await, Ok(Ok(()))) {
+            return Err(BodyError::Client(None, "went away before its body".into()));
+        }
+    }
+    let mut left = match framing {
+        Framing::Length(n) => n,
+        _ => 0,
+    };
+    let mut chunks = Chunked::default();
+    loop {
+        let (take, done) = match framing {
+            Framing::Length(_) => {
+                let n = left.min(buf.len() as u64);
+                left -= n;
+                (n as usize, left == 0)
+            }
+            Framing::Chunked => {
+                let n = chunks.scan(buf, |_| {}).map_err(|e| {
+                    BodyError::Client(
+                        Some(Refusal::Malformed("malformed chunked body\n")),
+                        e.to_string(),
+                    )
+                })?;
+                (n, chunks.done())
+            }
+            Framing::Empty | Framing::Close => (0, true),
+        };
+        if take > 0 {
+            match tokio::time::timeout(idle, backend.write_all(&buf[..take])).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(BodyError::Backend(e.to_string())),
+                Err(_) => {
+                    return Err(BodyError::Backend(format!(
+                        "took no body bytes for {idle:?} (idle_timeout)"
+                    )));
+                }
+            }
+            buf.advance(take);
+        }
+        if done {
+            return Ok(());
+        }
+        buf.reserve(READ_SIZE);
+        match tokio::time::timeout(idle, client.read_buf(buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return Err(BodyError::Client(
+                    None,
+                    "closed the connection inside its body".into(),
+                ));
+            }
+            Ok(Ok(_)) => {}
+            Err(_) => {
+                return Err(BodyError::Client(
+                    Some(Refusal::BodyTimedOut),
+                    format!("sent no body bytes for {idle:?} (idle_timeout)"),
+                ));
+            }
+        }
+    }
+}
+
+/// Read the backend's response head into `rbuf`, passing over interim
+/// (1xx) responses.
+async fn read_response_head(
+    backend: &mut ReadHalf<'_>,
+    rbuf: &mut BytesMut,
+    resp: &mut head::Response,
+    head_request: bool,
+) -> Result<(), String> {
+    rbuf.clear();
+    let mut scanned = 0;
+    loop {
+        if rbuf[scanned..].contains(&b'\n') && head::parse_response(rbuf, head_request, resp)? {
+            match resp.code {
+                101 => return Err("101 Switching Protocols, no upgrade was asked for".into()),
+                100..=199 => {
+                    rbuf.advance(resp.len);
+                    scanned = 0;
+                    continue;
+                }
+                _ => return Ok(()),
+            }
+        }
+        if rbuf.len() >= MAX_HEADER_BYTES {
+            return Err("response head over 64 KiB".into());
+        }
+        scanned = rbuf.len();
+        rbuf.reserve(READ_SIZE);
+        match backend.read_buf(rbuf).await {
+            Ok(0) if rbuf.is_empty() => return Err("connection closed".into()),
+            Ok(0) => return Err("connection closed inside the response head".into()),
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// Write the response head in `head` and stream the body after it from
+/// the backend to the client. `Ok(true)`: the body ended cleanly and the
+/// backend connection can take another request.
+async fn relay_body<C: AsyncWrite + Unpin>(
+    client: &mut C,
+    backend: &mut ReadHalf<'_>,
+    rbuf: &mut BytesMut,
+    head: &[u8],
+    framing: Framing,
+    dechunk: bool,
+    idle: Duration,
+) -> Result<bool, String> {
+    let mut head = head;
+    let mut left = match framing {
+        Framing::Length(n) => n,
+        _ => 0,
+    };
+    let mut chunks = Chunked::default();
+    let mut data = Vec::new();
+    loop {
+        let input = &rbuf[..];
+        let (take, done) = match framing {
+            Framing::Empty => (0, true),
+            Framing::Length(_) => {
+                let n = left.min(input.len() as u64);
+                left -= n;
+                (n as usize, left == 0)
+            }
+            Framing::Chunked => {
+                let n = chunks
+                    .scan(input, |r| {
+                        if dechunk {
+                            data.extend_from_slice(&input[r]);
+                        }
+                    })
+                    .map_err(|e| format!("from the backend: {e}"))?;
+                (n, chunks.done())
+            }
+            Framing::Close => (input.len(), false),
+        };
+        let body = if dechunk { &data[..] } else { &input[..take] };
+        write_two(client, head, body, idle)
+            .await
+            .map_err(|e| format!("writing to the client: {e}"))?;
+        head = &[];
+        rbuf.advance(take);
+        data.clear();
+        if done {
+            flush(client, idle).await?;
+            // Bytes past the end of the response: the connection is out
+            // of step.
+            return Ok(rbuf.is_empty());
+        }
+        rbuf.reserve(READ_SIZE);
+        match tokio::time::timeout(idle, backend.read_buf(rbuf)).await {
+            Ok(Ok(0)) if framing == Framing::Close => {
+                flush(client, idle).await?;
+                return Ok(false);
+            }
+            Ok(Ok(0)) => return Err("the backend closed the connection inside the body".into()),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(format!("reading the body from the backend: {e}")),
+            Err(_) => {
+                return Err(format!(
+                    "no body bytes from the backend for {idle:?} (idle_timeout)"
+                ));
+            }
+        }
+    }
+}
+
+async fn flush<C: AsyncWrite + Unpin>(client: &mut C, idle: Duration) -> Result<(), String> {
+    match tokio::time::timeout(idle, client.flush()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("writing to the client: {e}")),
+        Err(_) => Err(format!("writing to the client: stuck for {idle:?}")),
+    }
+}
+
+/// Write `a` then `b`, in one system call when the socket takes them.
+async fn write_two<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    a: &[u8],
+    b: &[u8],
+    idle: Duration,
+) -> std::io::Result<()> {
+    let write = async {
+        let mut slices = [IoSlice::new(a), IoSlice::new(b)];
+        let mut bufs: &mut [IoSlice<'_>] = &mut slices;
+        IoSlice::advance_slices(&mut bufs, 0);
+        while !bufs.is_empty() {
+            let n = w.write_vectored(bufs).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            IoSlice::advance_slices(&mut bufs, n);
+        }
+        Ok(())
+    };
+    tokio::time::timeout(idle, write).await.unwrap_or_else(|_| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("stuck for {idle:?}"),
+        ))
+    })
+}

@@ -1,0 +1,210 @@
+//! gale's own HTTP/1.x engine on the wire, with raw sockets and curl as
+//! clients of the running binary: pipelining, chunked bodies both ways,
+//! HTTP/1.0 clients, HEAD, absolute targets, hop-by-hop and proxy
+//! headers, an answer that comes before the upload ends, and framing that
+//! could smuggle a request refused.
+
+mod support;
+
+use std::io::Write;
+use std::time::Duration;
+
+use support::client::HttpConnection;
+use support::http::{Behaviour, HttpBackend, config};
+use support::process::{Gale, curl_output};
+
+/// gale over one echoing backend.
+fn echo() -> (HttpBackend, Gale) {
+    let backend = HttpBackend::start("echo", Behaviour::Echo);
+    let gale = Gale::start(&config(&[("echo", backend.address, 1)], ""));
+    (backend, gale)
+}
+
+/// The request head the backend saw (method, target, headers), and the
+/// body after it.
+fn seen(body: &[u8]) -> (String, Vec<u8>) {
+    let text = String::from_utf8_lossy(body);
+    let (head, _) = text.split_once("\n\n").expect("an echo");
+    (head.to_string(), body[head.len() + 2..].to_vec())
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order_on_one_connection() {
+    let (backend, gale) = echo();
+    let mut conn = HttpConnection::open(gale.address("web")).unwrap();
+    let mut all = Vec::new();
+    for path in ["/one", "/two?x=1", "/three"] {
+        all.extend_from_slice(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+    }
+    // HEAD in the same stream: its response has no body to wait for.
+    all.extend_from_slice(b"HEAD /four HTTP/1.1\r\nHost: t\r\n\r\n");
+    conn.send(&all).unwrap();
+    for path in ["/one", "/two?x=1", "/three"] {
+        let r = conn.response(false).unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+        let (head, _) = seen(&r.body);
+        assert!(head.starts_with(&format!("GET {path}\n")), "{head}");
+    }
+    let r = conn.response(true).unwrap();
+    assert_eq!((r.status, r.body.len()), (200, 0), "{r:?}");
+    assert_eq!(
+        conn.get("/five")
+            .map(|b| seen(b.as_bytes()).0.lines().next().map(str::to_string))
+            .unwrap(),
+        Some("GET /five".to_string())
+    );
+    assert_eq!(backend.requests(), 5);
+    assert_eq!(
+        backend
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+}
+
+#[test]
+fn chunked_bodies_pass_both_ways_and_http10_clients_get_plain_bytes() {
+    let (_backend, gale) = echo();
+    let url = format!("http://{}/upload", gale.address("web"));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("body");
+    // Text, so curl's output reads as a string below.
+    let payload: Vec<u8> = (0..300_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    std::fs::write(&file, &payload).unwrap();
+    let data = format!("@{}", file.display());
+
+    // curl streams a chunked upload; the backend answers chunked too.
+    let mut conn = HttpConnection::open(gale.address("web")).unwrap();
+    let mut request =
+        b"POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for piece in payload.chunks(70_000) {
+        request.extend_from_slice(format!("{:x};ext=1\r\n", piece.len()).as_bytes());
+        request.extend_from_slice(piece);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\nx-trailer: yes\r\n\r\n");
+    conn.send(&request).unwrap();
+    let r = conn.response(false).unwrap();
+    assert_eq!(
+        r.header("transfer-encoding"),
+        Some("chunked"),
+        "{:?}",
+        r.headers
+    );
+    let (head, body) = seen(&r.body);
+    assert!(head.starts_with("POST /upload\n"), "{head}");
+    assert!(body == payload, "body of {} bytes differs", body.len());
+
+    // HTTP/1.0: no chunks either way, the end of the connection ends the
+    // body.
+    let out = curl_output(&["--http1.0", "-i", "--data-binary", &data, &url]);
+    let (headers, body) = out.split_once("\r\n\r\n").unwrap();
+    assert!(
+        !headers.to_ascii_lowercase().contains("transfer-encoding"),
+        "{headers}"
+    );
+    assert!(
+        headers.to_ascii_lowercase().contains("connection: close"),
+        "{headers}"
+    );
+    let (_, echoed) = seen(body.as_bytes());
+    assert_eq!(echoed.len(), payload.len());
+}
+
+#[test]
+fn hop_by_hop_headers_stay_and_proxy_headers_are_added() {
+    let (_backend, gale) = echo();
+    let mut conn = HttpConnection::open(gale.address("web")).unwrap();
+    conn.send(
+        b"GET http://api.test/abs?q=1 HTTP/1.1\r\nHost: ignored.test\r\n\
+          Connection: keep-alive, x-secret\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\n\
+          TE: trailers\r\nUpgrade: websocket\r\nX-Forwarded-For: 192.0.2.7\r\n\
+          X-Forwarded-Proto: https\r\nX-Kept: yes\r\n\r\n",
+    )
+    .unwrap();
+    let r = conn.response(false).unwrap();
+    let (head, _) = seen(&r.body);
+    let lines: Vec<&str> = head.lines().collect();
+    assert_eq!(lines[0], "GET /abs?q=1", "{head}");
+    for gone in ["x-secret", "keep-alive", "te", "upgrade", "connection"] {
+        assert!(
+            !lines.iter().any(|l| l.starts_with(&format!("{gone}:"))),
+            "{gone} in {head}"
+        );
+    }
+    for kept in [
+        "host: api.test",
+        "x-kept: yes",
+        "x-forwarded-for: 192.0.2.7, 127.0.0.1",
+        "x-forwarded-proto: http",
+        "forwarded: for=127.0.0.1;proto=http;host=\"api.test\"",
+    ] {
+        assert!(lines.contains(&kept), "no {kept:?} in {head}");
+    }
+    // The connection is still good for the next request.
+    assert!(conn.get("/next").is_ok());
+}
+
+#[test]
+fn an_answer_before_the_upload_ends_reaches_the_client() {
+    let backend = HttpBackend::start("picky", Behaviour::RejectEarly);
+    let gale = Gale::start(&config(&[("picky", backend.address, 1)], ""));
+    let mut conn = HttpConnection::open(gale.address("web")).unwrap();
+    let length = 64 * 1024 * 1024;
+    conn.send(format!("POST / HTTP/1.1\r\nHost: t\r\nContent-Length: {length}\r\n\r\n").as_bytes())
+        .unwrap();
+    // Keep uploading on another thread; the answer comes first.
+    let mut writer = conn.writer();
+    let upload = std::thread::spawn(move || {
+        let piece = vec![b'x'; 64 * 1024];
+        for _ in 0..length / piece.len() {
+            if writer.write_all(&piece).is_err() {
+                return;
+            }
+        }
+    });
+    let r = conn.response(false).unwrap();
+    assert_eq!((r.status, r.text().as_str()), (413, "too large"));
+    assert_eq!(r.header("connection"), Some("close"));
+    drop(conn);
+    upload.join().unwrap();
+}
+
+#[test]
+fn framing_that_could_smuggle_a_request_is_refused() {
+    let (backend, gale) = echo();
+    for (request, status) in [
+        (&b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"[..], 400),
+        (b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 400),
+        (b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: +3\r\n\r\nabc", 400),
+        (b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\nabc", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: t\r\nX-Folded: a\r\n b\r\n\r\n", 400),
+        (b"CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n\r\n", 501),
+        (b"GET / HTTP/2.0\r\nHost: t\r\n\r\n", 400),
+    ] {
+        let mut conn = HttpConnection::open(gale.address("web")).unwrap();
+        conn.send(request).unwrap();
+        let r = conn.response(false).unwrap();
+        assert_eq!(r.status, status, "{:?}: {r:?}", String::from_utf8_lossy(request));
+        assert_eq!(r.header("connection"), Some("close"));
+    }
+    assert_eq!(
+        backend.requests(),
+        0,
+        "a refused request reached the backend"
+    );
+
+    // A chunk size that breaks the framing mid-body: the backend has the
+    // head by then, the client gets 400 and the connection closes.
+    let mut conn = HttpConnection::open(gale.address("web")).unwrap();
+    conn.send(
+        b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
+    )
+    .unwrap();
+    let r = conn.response(false).unwrap();
+    assert_eq!(r.status, 400, "{r:?}");
+    let line = gale.wait_log("malformed chunked body", Duration::from_secs(5));
+    assert!(line.contains("http request failed"), "{line}");
+}
