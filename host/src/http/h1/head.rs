@@ -67,7 +67,9 @@ struct Special {
     /// `Connection: close` / `keep-alive` seen.
     close: bool,
     keep_alive: bool,
-    /// Any `Connection` field: its tokens name more hop-by-hop fields.
+    /// A `Connection` field names fields (other than `close` and
+    /// `keep-alive`): those are hop-by-hop too. Rare, so the common case
+    /// skips the search.
     connection: bool,
 }
 
@@ -146,7 +148,12 @@ fn special(buf: &[u8], fields: &[Field]) -> Result<Special, &'static str> {
                 return Err("a Transfer-Encoding must end in chunked\n");
             }
         } else if name.eq_ignore_ascii_case(b"connection") {
-            s.connection = true;
+            s.connection |= value.split(|&b| b == b',').any(|t| {
+                let t = t.trim_ascii();
+                !(t.is_empty()
+                    || t.eq_ignore_ascii_case(b"close")
+                    || t.eq_ignore_ascii_case(b"keep-alive"))
+            });
             s.close |= lists(value, "close");
             s.keep_alive |= lists(value, "keep-alive");
         }

@@ -39,8 +39,11 @@ use crate::config::ListenerConfig;
 use crate::generation::ip_address;
 use crate::plugin::types::{HttpRequest, Protocol, RequestContext};
 
-/// Read size for heads and bodies.
+/// Read size for client heads and bodies.
 const READ_SIZE: usize = 16 * 1024;
+/// Read size for backend responses: a head and a 16 KiB body arrive in
+/// one read.
+const BACKEND_READ_SIZE: usize = 32 * 1024;
 /// The first bytes of every HTTP/2 connection (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// After a reply that leaves request bytes unread, gale keeps reading
@@ -117,7 +120,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Client<IO> {
             shutdown,
             h2c,
             buf: BytesMut::with_capacity(READ_SIZE),
-            rbuf: BytesMut::with_capacity(READ_SIZE),
+            rbuf: BytesMut::with_capacity(BACKEND_READ_SIZE),
             out: Vec::with_capacity(1024),
             req: head::Request::default(),
             resp: head::Response::default(),
@@ -620,7 +623,7 @@ async fn read_response_head(
             return Err("response head over 64 KiB".into());
         }
         scanned = rbuf.len();
-        rbuf.reserve(READ_SIZE);
+        rbuf.reserve(BACKEND_READ_SIZE);
         match backend.read_buf(rbuf).await {
             Ok(0) if rbuf.is_empty() => return Err("connection closed".into()),
             Ok(0) => return Err("connection closed inside the response head".into()),
@@ -671,22 +674,23 @@ async fn relay_body<C: AsyncWrite + Unpin>(
             Framing::Close => (input.len(), false),
         };
         let body = if dechunk { &data[..] } else { &input[..take] };
-        write_two(client, head, body, idle)
+        write_two(client, head, body, done, idle)
             .await
             .map_err(|e| format!("writing to the client: {e}"))?;
         head = &[];
         rbuf.advance(take);
         data.clear();
         if done {
-            flush(client, idle).await?;
             // Bytes past the end of the response: the connection is out
             // of step.
             return Ok(rbuf.is_empty());
         }
-        rbuf.reserve(READ_SIZE);
+        rbuf.reserve(BACKEND_READ_SIZE);
         match tokio::time::timeout(idle, backend.read_buf(rbuf)).await {
             Ok(Ok(0)) if framing == Framing::Close => {
-                flush(client, idle).await?;
+                write_two(client, &[], &[], true, idle)
+                    .await
+                    .map_err(|e| format!("writing to the client: {e}"))?;
                 return Ok(false);
             }
             Ok(Ok(0)) => return Err("the backend closed the connection inside the body".into()),
@@ -701,19 +705,13 @@ async fn relay_body<C: AsyncWrite + Unpin>(
     }
 }
 
-async fn flush<C: AsyncWrite + Unpin>(client: &mut C, idle: Duration) -> Result<(), String> {
-    match tokio::time::timeout(idle, client.flush()).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(format!("writing to the client: {e}")),
-        Err(_) => Err(format!("writing to the client: stuck for {idle:?}")),
-    }
-}
-
-/// Write `a` then `b`, in one system call when the socket takes them.
+/// Write `a` then `b`, in one system call when the socket takes them,
+/// and `flush` (TLS) at the end of a message: under one timeout.
 async fn write_two<W: AsyncWrite + Unpin>(
     w: &mut W,
     a: &[u8],
     b: &[u8],
+    flush: bool,
     idle: Duration,
 ) -> std::io::Result<()> {
     let write = async {
@@ -726,6 +724,9 @@ async fn write_two<W: AsyncWrite + Unpin>(
                 return Err(std::io::ErrorKind::WriteZero.into());
             }
             IoSlice::advance_slices(&mut bufs, n);
+        }
+        if flush {
+            w.flush().await?;
         }
         Ok(())
     };
