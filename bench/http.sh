@@ -102,8 +102,8 @@ CFG
 done
 wait_port "$B1"; wait_port "$B2"
 
-# Proxy headers as gale sends them (X-Forwarded-For, X-Forwarded-Proto), so
-# every proxy does comparable header work.
+# Proxy headers as gale sends them (X-Forwarded-For, X-Forwarded-Proto,
+# Forwarded), so every proxy does comparable header work.
 cat > "$work/haproxy.cfg" <<CFG
 global
     maxconn 4000
@@ -120,6 +120,7 @@ listen web
     balance roundrobin
     option forwardfor
     http-request set-header X-Forwarded-Proto http
+    http-request add-header Forwarded "for=%[src];proto=http;host=\\"%[req.hdr(host)]\\""
     option httpchk
     http-check send meth GET uri /small
     server b1 127.0.0.1:$B1 check inter 2s
@@ -144,6 +145,7 @@ HAPROXY_PID=$!
             proxy_set_header Connection "";
             proxy_set_header X-Forwarded-For \$remote_addr;
             proxy_set_header X-Forwarded-Proto \$scheme;
+            proxy_set_header Forwarded "for=\$remote_addr;proto=\$scheme;host=\\"\$host\\"";
         }
     }
 }
