@@ -8,13 +8,15 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::plugin::types::{IpAddress, ProbeResult, ProbeSource, Protocol, RequestContext};
-use crate::plugin::{PluginError, PluginRuntime};
+use crate::plugin::{DnsPlugin, PluginError, PluginRuntime};
 use crate::pool::Pool;
 
 pub struct Generation {
     pub id: u64,
     pub config: Config,
     pub pools: Vec<Arc<Pool>>,
+    /// The `[dns]` plugin, when records are published.
+    pub dns: Option<Arc<DnsPlugin>>,
 }
 
 impl Generation {
@@ -46,7 +48,25 @@ impl Generation {
             pool.self_check(&sample_context(), &sample_result())?;
             pools.push(Arc::new(pool));
         }
-        Ok(Generation { id, config, pools })
+        let dns = match &config.dns {
+            None => None,
+            Some(d) => {
+                let plugin = DnsPlugin::load(runtime, &d.plugin, "dns")?;
+                plugin
+                    .plan(&crate::dns::sample_snapshot(d))
+                    .map_err(|failure| PluginError::SelfCheck {
+                        plugin: plugin.name().to_string(),
+                        failure,
+                    })?;
+                Some(Arc::new(plugin))
+            }
+        };
+        Ok(Generation {
+            id,
+            config,
+            pools,
+            dns,
+        })
     }
 
     /// Carry `old`'s health state over to the pools and backends that

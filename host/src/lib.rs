@@ -10,6 +10,7 @@
 //! - [`smtp`]: SMTP listeners (retry while holding the client, 421).
 //! - [`health`]: active health probes.
 //! - [`http`]: HTTP listeners (reverse proxy).
+//! - [`dns`]: DNS publishing of healthy members (embedded server).
 //! - [`listener`]: the accept loop both protocols share.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`demo`]: in-process demo backends for `gale demo`.
@@ -20,6 +21,7 @@
 pub mod admin;
 pub mod config;
 pub mod demo;
+pub mod dns;
 pub mod generation;
 pub mod health;
 pub mod http;

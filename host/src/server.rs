@@ -25,6 +25,8 @@ pub struct Server {
     background: TaskTracker,
     stop_accepting: CancellationToken,
     stop_background: CancellationToken,
+    /// Wanted and published DNS records (`[dns]`).
+    pub dns: Arc<crate::dns::DnsState>,
 }
 
 /// A listener socket and its accept loop.
@@ -46,7 +48,7 @@ struct Pending {
 impl Server {
     /// Bind every listener and start serving `generation`.
     pub async fn start(generation: Generation) -> anyhow::Result<Server> {
-        let server = Server {
+        let mut server = Server {
             current: Arc::new(ArcSwap::new(Arc::new(generation))),
             listeners: Mutex::new(Vec::new()),
             probes: Mutex::new(CancellationToken::new()),
@@ -54,14 +56,44 @@ impl Server {
             background: TaskTracker::new(),
             stop_accepting: CancellationToken::new(),
             stop_background: CancellationToken::new(),
+            dns: Arc::default(),
         };
         let generation = server.current.load_full();
+        server.start_dns(&generation).await?;
         let pending = server.bind_new(&generation.config).await?;
         server.serve(pending);
         let probes = server.stop_background.child_token();
         crate::health::spawn_probes(&generation, &server.background, &probes);
         *server.probes.lock().unwrap_or_else(|p| p.into_inner()) = probes;
         Ok(server)
+    }
+
+    /// Publish `[dns]` records, and answer for the zone when the provider
+    /// is the embedded server. Started once: a reload changes the records
+    /// and the zone, not the address the server answers on.
+    async fn start_dns(&mut self, generation: &Generation) -> anyhow::Result<()> {
+        let Some(config) = &generation.config.dns else {
+            return Ok(());
+        };
+        let crate::config::DnsProvider::Embedded { address, .. } = config.provider;
+        let (udp, tcp) = crate::dns::embedded::bind(address)
+            .await
+            .with_context(|| format!("dns: cannot bind {address} (UDP and TCP)"))?;
+        tracing::info!(address = %udp.local_addr()?, zone = %config.zone, name = %config.name, "dns server listening");
+        let stop = self.stop_background.child_token();
+        self.background.spawn(crate::dns::embedded::serve(
+            udp,
+            tcp,
+            self.current.clone(),
+            self.dns.clone(),
+            stop.clone(),
+        ));
+        self.background.spawn(crate::dns::run(
+            self.current.clone(),
+            self.dns.clone(),
+            stop,
+        ));
+        Ok(())
     }
 
     /// Make `generation` current: listeners whose address did not change

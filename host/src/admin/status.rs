@@ -16,6 +16,19 @@ pub struct Status {
     pub reloads: HistoryReport,
     pub listeners: Vec<ListenerStatus>,
     pub pools: Vec<PoolStatus>,
+    /// Records wanted and published, when `[dns]` is configured.
+    pub dns: Option<DnsStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DnsStatus {
+    pub zone: String,
+    pub name: String,
+    pub pool: String,
+    pub plugin: String,
+    pub provider: &'static str,
+    #[serde(flatten)]
+    pub records: crate::dns::Report,
 }
 
 #[derive(Debug, Serialize)]
@@ -88,6 +101,14 @@ impl Status {
             reloads: admin.history.report(),
             listeners,
             pools,
+            dns: config.dns.as_ref().map(|d| DnsStatus {
+                zone: d.zone.clone(),
+                name: d.name.clone(),
+                pool: config.pools[d.pool].name.clone(),
+                plugin: d.plugin.source.to_string(),
+                provider: "embedded",
+                records: admin.server.dns.report(),
+            }),
         }
     }
 }

@@ -26,6 +26,46 @@ pub struct FileConfig {
     /// `[pools.NAME]`.
     #[serde(default)]
     pub pools: BTreeMap<String, PoolSection>,
+    /// `[dns]`: publish a pool's healthy members as DNS records.
+    pub dns: Option<DnsSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsSection {
+    /// `zone`: the zone the records live in, e.g. "example.com.".
+    pub zone: Spanned<String>,
+    /// `name`: the name gale publishes, e.g. "mx.example.com.".
+    pub name: Spanned<String>,
+    /// `ttl`: seconds resolvers may cache an answer.
+    pub ttl: Option<u32>,
+    /// `pool`: whose healthy backends the records point at.
+    pub pool: Spanned<String>,
+    /// `debounce`: how long health must hold still before records change.
+    pub debounce: Option<Spanned<String>>,
+    /// `max_changes`: records added or removed per minute, at most.
+    pub max_changes: Option<u32>,
+    /// `plugin`: the DNS plugin that plans the records.
+    pub plugin: Option<Spanned<PluginSection>>,
+    /// `provider`: where records go ("embedded").
+    pub provider: DnsProvider,
+    /// `[dns.embedded]`: gale answers for the zone itself.
+    pub embedded: Option<EmbeddedDnsSection>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsProvider {
+    Embedded,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedDnsSection {
+    /// `address`: ip:port to answer on, over UDP and TCP.
+    pub address: Spanned<String>,
+    /// `ns`: the name server name in the zone's SOA and NS records.
+    pub ns: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

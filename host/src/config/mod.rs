@@ -8,6 +8,7 @@
 //! Every error names the file, the line and the key, so an operator fixes a
 //! typo from the message alone.
 
+mod dns;
 mod file;
 mod tls;
 
@@ -16,6 +17,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use dns::{DnsConfig, Provider as DnsProvider};
 use file::{FileConfig, PluginSection};
 pub use file::{ProbeKind, Protocol, ProxyProtocol, Role};
 use toml::Spanned;
@@ -40,6 +42,7 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     pub listeners: Vec<ListenerConfig>,
     pub pools: Vec<PoolConfig>,
+    pub dns: Option<DnsConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -553,6 +556,16 @@ fn validate(file: FileConfig, path: &Path, errors: &Errors<'_>) -> Result<Config
             "server.drain_timeout",
             Duration::from_secs(30),
         )?,
+        dns: match &file.dns {
+            None => None,
+            Some(section) => Some(dns::validate(
+                errors,
+                base,
+                &defaults,
+                section,
+                &pool_names,
+            )?),
+        },
         plugins: defaults,
         admin,
         listeners,

@@ -1,0 +1,272 @@
+//! The embedded authoritative server: answers for the `[dns]` zone over
+//! UDP and TCP from the published records. The published name's A and
+//! AAAA answers come in a weighted random order per query (each record
+//! first with a probability proportional to its weight), so clients that
+//! take the first address spread by weight and the others still have
+//! the rest to fall back on.
+//!
+//! Messages are parsed and written by hickory-proto; anything malformed
+//! gets FORMERR (or nothing, if not even a header can be read).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA, NS, SOA};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::DnsState;
+use crate::config::DnsConfig;
+use crate::generation::Generation;
+use crate::plugin::types::{DnsRecord, RecordType as PlannedType};
+
+/// A UDP answer larger than this without EDNS is truncated (RFC 1035).
+const UDP_PLAIN: usize = 512;
+/// The UDP size gale offers with EDNS (the DNS flag day value).
+const UDP_EDNS: u16 = 1232;
+/// TCP clients get this long per message.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+/// TCP connections served at once.
+const TCP_MAX: usize = 256;
+
+/// Bind UDP and TCP on `address` (with port 0, one port the kernel chose
+/// for both).
+pub async fn bind(address: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
+    let mut last = None;
+    for _ in 0..16 {
+        let udp = UdpSocket::bind(address).await?;
+        match TcpListener::bind(udp.local_addr()?).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            // The kernel's UDP port choice is taken for TCP: try another.
+            Err(e) if address.port() == 0 => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no port free for both UDP and TCP")))
+}
+
+/// Answer queries until shutdown.
+pub async fn serve(
+    udp: UdpSocket,
+    tcp: TcpListener,
+    current: Arc<ArcSwap<Generation>>,
+    state: Arc<DnsState>,
+    shutdown: CancellationToken,
+) {
+    let answerer = Arc::new(Answerer { current, state });
+    let tcp_tasks = TaskTracker::new();
+    let mut buf = vec![0u8; 4096];
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = udp.recv_from(&mut buf) => {
+                let Ok((n, peer)) = r else { continue };
+                if let Some(reply) = answerer.answer(&buf[..n], true) {
+                    let _ = udp.send_to(&reply, peer).await;
+                }
+            }
+            r = tcp.accept() => {
+                let Ok((stream, _)) = r else {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                };
+                if tcp_tasks.len() >= TCP_MAX {
+                    continue;
+                }
+                let answerer = answerer.clone();
+                tcp_tasks.spawn(async move { answerer.serve_tcp(stream).await });
+            }
+        }
+    }
+    tcp_tasks.close();
+}
+
+struct Answerer {
+    current: Arc<ArcSwap<Generation>>,
+    state: Arc<DnsState>,
+}
+
+impl Answerer {
+    /// Length-prefixed messages (RFC 1035 §4.2.2) until the client closes
+    /// or stays silent for `TCP_IDLE`.
+    async fn serve_tcp(&self, mut stream: TcpStream) {
+        loop {
+            let mut len = [0u8; 2];
+            let mut message = Vec::new();
+            let read = async {
+                stream.read_exact(&mut len).await?;
+                message.resize(u16::from_be_bytes(len) as usize, 0);
+                stream.read_exact(&mut message).await
+            };
+            if !matches!(tokio::time::timeout(TCP_IDLE, read).await, Ok(Ok(_))) {
+                return;
+            }
+            let Some(reply) = self.answer(&message, false) else {
+                return;
+            };
+            let mut framed = (reply.len() as u16).to_be_bytes().to_vec();
+            framed.extend_from_slice(&reply);
+            if !matches!(
+                tokio::time::timeout(TCP_IDLE, stream.write_all(&framed)).await,
+                Ok(Ok(()))
+            ) {
+                return;
+            }
+        }
+    }
+
+    /// The reply to one message, or nothing for what is not a query.
+    fn answer(&self, bytes: &[u8], udp: bool) -> Option<Vec<u8>> {
+        let request = match Message::from_vec(bytes) {
+            Ok(m) => m,
+            Err(_) if bytes.len() >= 12 => {
+                let id = u16::from_be_bytes([bytes[0], bytes[1]]);
+                return Message::error_msg(id, OpCode::Query, ResponseCode::FormErr)
+                    .to_vec()
+                    .ok();
+            }
+            Err(_) => return None,
+        };
+        if request.metadata.message_type != MessageType::Query {
+            return None;
+        }
+        let generation = self.current.load();
+        let mut reply = Message::response(request.metadata.id, request.metadata.op_code);
+        reply.metadata.recursion_desired = request.metadata.recursion_desired;
+        let limit = match &request.edns {
+            Some(edns) => {
+                let mut ours = Edns::new();
+                ours.set_max_payload(UDP_EDNS);
+                reply.set_edns(ours);
+                usize::from(edns.max_payload().clamp(UDP_PLAIN as u16, UDP_EDNS))
+            }
+            None => UDP_PLAIN,
+        };
+        match (
+            &generation.config.dns,
+            request.metadata.op_code,
+            request.queries.as_slice(),
+        ) {
+            (None, _, _) => reply.metadata.response_code = ResponseCode::Refused,
+            (_, op, _) if op != OpCode::Query => {
+                reply.metadata.response_code = ResponseCode::NotImp
+            }
+            (Some(config), _, [query]) => {
+                reply.add_query(query.clone());
+                self.resolve(config, query.name(), query.query_type(), &mut reply);
+            }
+            _ => reply.metadata.response_code = ResponseCode::FormErr,
+        }
+        let mut bytes = reply.to_vec().ok()?;
+        if udp && bytes.len() > limit {
+            // The client retries over TCP.
+            bytes = reply.truncate().to_vec().ok()?;
+        }
+        Some(bytes)
+    }
+
+    fn resolve(&self, config: &DnsConfig, qname: &Name, qtype: RecordType, reply: &mut Message) {
+        let (Ok(zone), Ok(name)) = (
+            Name::from_ascii(&config.zone),
+            Name::from_ascii(&config.name),
+        ) else {
+            reply.metadata.response_code = ResponseCode::ServFail;
+            return;
+        };
+        let qname = qname.to_lowercase();
+        if !zone.zone_of(&qname) {
+            reply.metadata.response_code = ResponseCode::Refused;
+            return;
+        }
+        reply.metadata.authoritative = true;
+        let soa = soa(config, &zone);
+        if qname == name {
+            let records = self.state.published.load();
+            let mut answers = weighted_order(&records, qtype, &name);
+            if answers.is_empty() {
+                reply.add_authority(soa.clone());
+            }
+            reply.insert_answers(std::mem::take(&mut answers));
+        }
+        if qname == zone {
+            match qtype {
+                RecordType::SOA => {
+                    reply.add_answer(soa);
+                }
+                RecordType::NS => {
+                    if let Ok(ns) = Name::from_ascii(ns_name(config)) {
+                        reply.add_answer(Record::from_rdata(
+                            zone.clone(),
+                            config.ttl,
+                            RData::NS(NS(ns)),
+                        ));
+                    }
+                }
+                _ if qname != name => {
+                    reply.add_authority(soa);
+                }
+                _ => {}
+            }
+        } else if qname != name {
+            reply.metadata.response_code = ResponseCode::NXDomain;
+            reply.add_authority(soa);
+        }
+    }
+}
+
+fn ns_name(config: &DnsConfig) -> &str {
+    match &config.provider {
+        crate::config::DnsProvider::Embedded { ns, .. } => ns,
+    }
+}
+
+fn soa(config: &DnsConfig, zone: &Name) -> Record {
+    let mname = Name::from_ascii(ns_name(config)).unwrap_or_else(|_| zone.clone());
+    let rname =
+        Name::from_ascii(format!("hostmaster.{}", config.zone)).unwrap_or_else(|_| zone.clone());
+    // The serial only has to move forward for secondaries; gale has none.
+    let serial = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_secs() as u32);
+    let ttl = config.ttl;
+    Record::from_rdata(
+        zone.clone(),
+        ttl,
+        RData::SOA(SOA::new(mname, rname, serial, 3600, 600, 86400, ttl)),
+    )
+}
+
+/// The published records of `qtype` in a weighted random order: each
+/// record's key is `-ln(u) / weight` (Efraimidis and Spirakis), smallest
+/// first, so a record comes first with probability weight / total.
+fn weighted_order(records: &[DnsRecord], qtype: RecordType, name: &Name) -> Vec<Record> {
+    let mut keyed: Vec<(f64, Record)> = records
+        .iter()
+        .filter_map(|r| {
+            let data = match (r.rtype, r.value.parse::<IpAddr>().ok()?) {
+                (PlannedType::A, IpAddr::V4(v4))
+                    if matches!(qtype, RecordType::A | RecordType::ANY) =>
+                {
+                    RData::A(A(v4))
+                }
+                (PlannedType::Aaaa, IpAddr::V6(v6))
+                    if matches!(qtype, RecordType::AAAA | RecordType::ANY) =>
+                {
+                    RData::AAAA(AAAA(v6))
+                }
+                _ => return None,
+            };
+            let weight = f64::from(r.weight.max(1));
+            let key = -(1.0 - fastrand::f64()).ln() / weight;
+            Some((key, Record::from_rdata(name.clone(), r.ttl, data)))
+        })
+        .collect();
+    keyed.sort_by(|a, b| a.0.total_cmp(&b.0));
+    keyed.into_iter().map(|(_, r)| r).collect()
+}

@@ -1,0 +1,312 @@
+//! DNS publishing: when the health of the `[dns]` pool changes and holds
+//! still for `debounce`, the DNS plugin plans the records and gale
+//! publishes them through the provider ([`embedded`]: gale answers for
+//! the zone itself).
+//!
+//! Guardrails, whatever the plugin says: never an empty record set (the
+//! last records stay), at most `max_changes` records added or removed
+//! per minute (the rest waits for the next minute), every change logged.
+//!
+//! Owns: the wanted and published records. Does not touch: health
+//! verdicts (read from the pool) or the plan (the plugin's).
+
+pub mod embedded;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::DnsConfig;
+use crate::generation::Generation;
+use crate::plugin::types::{DnsRecord, DnsSnapshot, Member, MemberKind, RecordType};
+
+/// How often the pool's health is looked at.
+const TICK: Duration = Duration::from_millis(100);
+/// The window `max_changes` counts in.
+const CHANGE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Records as gale wants them and as published, shared with `/status`
+/// and the embedded server.
+#[derive(Default)]
+pub struct DnsState {
+    /// What the embedded server answers with.
+    pub published: ArcSwap<Vec<DnsRecord>>,
+    report: Mutex<Report>,
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Report {
+    /// The last plan, after the guardrails.
+    pub wanted: Vec<RecordView>,
+    pub published: Vec<RecordView>,
+    pub changes: u64,
+    pub last_change: Option<String>,
+    /// Why the last plan was not (fully) applied.
+    pub held_back: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RecordView {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub rtype: &'static str,
+    pub value: String,
+    pub ttl: u32,
+    pub weight: u32,
+}
+
+impl RecordView {
+    fn of(r: &DnsRecord) -> Self {
+        RecordView {
+            name: r.name.clone(),
+            rtype: match r.rtype {
+                RecordType::A => "A",
+                RecordType::Aaaa => "AAAA",
+                RecordType::Cname => "CNAME",
+                RecordType::Txt => "TXT",
+            },
+            value: r.value.clone(),
+            ttl: r.ttl,
+            weight: r.weight,
+        }
+    }
+}
+
+impl DnsState {
+    pub fn report(&self) -> Report {
+        self.report
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// What a self-check asks a DNS plugin: two members, one healthy.
+pub fn sample_snapshot(config: &DnsConfig) -> DnsSnapshot {
+    let member = |name: &str, address: &str, healthy| Member {
+        name: name.to_string(),
+        address: address.to_string(),
+        weight: 1,
+        healthy,
+        kind: MemberKind::Backend,
+    };
+    DnsSnapshot {
+        zone: config.zone.clone(),
+        name: config.name.clone(),
+        ttl: config.ttl,
+        members: vec![
+            member("a", "192.0.2.1", true),
+            member("b", "192.0.2.2", false),
+        ],
+        published: Vec::new(),
+    }
+}
+
+/// The `[dns]` pool's backends as DNS members.
+fn members(generation: &Generation, config: &DnsConfig) -> Vec<Member> {
+    let pool = &generation.pools[config.pool];
+    (0..pool.len())
+        .map(|id| {
+            let b = pool.backend(id);
+            Member {
+                name: b.name.clone(),
+                address: b.address.ip().to_string(),
+                weight: b.weight,
+                healthy: pool.is_healthy(id),
+                kind: MemberKind::Backend,
+            }
+        })
+        .collect()
+}
+
+fn same_members(a: &[Member], b: &[Member]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            x.name == y.name
+                && x.address == y.address
+                && x.weight == y.weight
+                && x.healthy == y.healthy
+        })
+}
+
+/// Publish records for the current generation's `[dns]` until shutdown.
+pub async fn run(
+    current: Arc<ArcSwap<Generation>>,
+    state: Arc<DnsState>,
+    shutdown: CancellationToken,
+) {
+    let mut seen: Vec<Member> = Vec::new();
+    // Publish once at start, after the first debounce.
+    let mut changed: Option<Instant> = Some(Instant::now());
+    let mut window = (Instant::now(), 0u32);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(TICK) => {}
+        }
+        let generation = current.load_full();
+        let (Some(config), Some(plugin)) = (&generation.config.dns, &generation.dns) else {
+            continue;
+        };
+        let now = members(&generation, config);
+        if !same_members(&now, &seen) {
+            seen = now;
+            changed = Some(Instant::now());
+        }
+        let Some(since) = changed else { continue };
+        if since.elapsed() < config.debounce {
+            continue;
+        }
+        if window.0.elapsed() >= CHANGE_WINDOW {
+            window = (Instant::now(), 0);
+        }
+        let published = state.published.load_full();
+        let snapshot = DnsSnapshot {
+            zone: config.zone.clone(),
+            name: config.name.clone(),
+            ttl: config.ttl,
+            members: seen.clone(),
+            published: (*published).clone(),
+        };
+        let planned = match plugin.plan(&snapshot) {
+            Ok(records) => records,
+            Err(failure) => {
+                tracing::warn!(plugin = %plugin.name(), "dns plugin failed ({failure}); records stay as they are");
+                hold(&state, format!("plugin failed: {failure}"));
+                changed = None;
+                continue;
+            }
+        };
+        let wanted = guard(config, planned);
+        let diff = difference(&published, &wanted);
+        if diff == 0 {
+            changed = None;
+            record_wanted(&state, &wanted, None);
+            continue;
+        }
+        if window.1 + diff > config.max_changes {
+            // Try again next tick; the window's end lets it through.
+            record_wanted(
+                &state,
+                &wanted,
+                Some(format!(
+                    "{diff} record changes wait: {} of max_changes = {} used this minute",
+                    window.1, config.max_changes
+                )),
+            );
+            continue;
+        }
+        window.1 += diff;
+        changed = None;
+        apply(&state, config, wanted, &published);
+    }
+}
+
+/// Keep what may be published: records under the zone with a value of
+/// their type, one per (name, type, value) (members behind one address
+/// add up their weights: an RRset has no duplicates).
+fn guard(config: &DnsConfig, planned: Vec<DnsRecord>) -> Vec<DnsRecord> {
+    let in_zone = |name: &str| {
+        let name = name.to_ascii_lowercase();
+        name == config.zone || name.ends_with(&format!(".{}", config.zone))
+    };
+    let mut kept: Vec<DnsRecord> = Vec::with_capacity(planned.len());
+    for r in planned {
+        if !(in_zone(&r.name) && value_ok(&r)) {
+            tracing::warn!(name = %r.name, value = %r.value, "dns plugin planned a record gale cannot publish; left out");
+            continue;
+        }
+        match kept.iter_mut().find(|k| {
+            k.name.eq_ignore_ascii_case(&r.name) && k.rtype == r.rtype && k.value == r.value
+        }) {
+            Some(same) => same.weight = same.weight.saturating_add(r.weight),
+            None => kept.push(r),
+        }
+    }
+    kept
+}
+
+fn value_ok(r: &DnsRecord) -> bool {
+    match r.rtype {
+        RecordType::A => r.value.parse::<std::net::Ipv4Addr>().is_ok(),
+        RecordType::Aaaa => r.value.parse::<std::net::Ipv6Addr>().is_ok(),
+        // Not served yet by the embedded provider.
+        RecordType::Cname | RecordType::Txt => false,
+    }
+}
+
+fn key(r: &DnsRecord) -> (String, u8, &str, u32, u32) {
+    (
+        r.name.to_ascii_lowercase(),
+        r.rtype as u8,
+        r.value.as_str(),
+        r.ttl,
+        r.weight,
+    )
+}
+
+/// Records added plus records removed.
+fn difference(old: &[DnsRecord], new: &[DnsRecord]) -> u32 {
+    let added = new
+        .iter()
+        .filter(|n| !old.iter().any(|o| key(o) == key(n)))
+        .count();
+    let removed = old
+        .iter()
+        .filter(|o| !new.iter().any(|n| key(o) == key(n)))
+        .count();
+    (added + removed) as u32
+}
+
+fn apply(state: &DnsState, config: &DnsConfig, wanted: Vec<DnsRecord>, before: &[DnsRecord]) {
+    if wanted.is_empty() {
+        // Never remove the last records: a stale answer defers mail, an
+        // empty one bounces it.
+        record_wanted(
+            state,
+            &wanted,
+            Some("the plan had no records; the published ones stay".into()),
+        );
+        return;
+    }
+    let added: Vec<String> = wanted
+        .iter()
+        .filter(|n| !before.iter().any(|o| key(o) == key(n)))
+        .map(|r| format!("{} w{}", r.value, r.weight))
+        .collect();
+    let removed: Vec<String> = before
+        .iter()
+        .filter(|o| !wanted.iter().any(|n| key(o) == key(n)))
+        .map(|r| format!("{} w{}", r.value, r.weight))
+        .collect();
+    tracing::info!(
+        name = %config.name,
+        added = %added.join(", "),
+        removed = %removed.join(", "),
+        records = wanted.len(),
+        "dns records changed"
+    );
+    state.published.store(Arc::new(wanted.clone()));
+    let mut report = state.report.lock().unwrap_or_else(|p| p.into_inner());
+    report.wanted = wanted.iter().map(RecordView::of).collect();
+    report.published = report.wanted.clone();
+    report.changes += 1;
+    report.last_change = Some(humantime::format_rfc3339_seconds(SystemTime::now()).to_string());
+    report.held_back = None;
+}
+
+fn record_wanted(state: &DnsState, wanted: &[DnsRecord], held_back: Option<String>) {
+    let mut report = state.report.lock().unwrap_or_else(|p| p.into_inner());
+    report.wanted = wanted.iter().map(RecordView::of).collect();
+    report.held_back = held_back;
+}
+
+fn hold(state: &DnsState, why: String) {
+    state
+        .report
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .held_back = Some(why);
+}
