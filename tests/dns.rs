@@ -1,7 +1,9 @@
-//! DNS publishing through the embedded authoritative server of the running
-//! binary, queried with dig over UDP and TCP: only healthy members are
-//! answered, a backend that dies leaves the answer and comes back with
-//! it, weights show in which address comes first.
+//! DNS publishing by the running binary, checked with dig: through the
+//! embedded authoritative server (UDP and TCP: only healthy members are
+//! answered, a backend that dies leaves the answer and comes back with it,
+//! weights show in which address comes first) and through RFC 2136
+//! updates signed with TSIG to a real BIND 9 (records follow health, a
+//! wrong key changes nothing, an update waits out a stopped server).
 
 mod support;
 
@@ -13,7 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use support::process::{Gale, require};
+use support::named::{KEY_NAME, KEY_SECRET, Named};
+use support::process::{Gale, free_port, require};
 
 /// A TCP backend the probes can reach, until stopped.
 struct Backend {
@@ -62,11 +65,30 @@ impl Drop for Backend {
 /// A pool `mta` of `backends` (name, address, weight) probed every 200 ms,
 /// published as mx.example.test by the embedded server.
 fn config(backends: &[(&str, SocketAddr, u32)]) -> String {
-    let mut toml = String::from(
+    with_provider(
+        backends,
+        "provider = \"embedded\"\n[dns.embedded]\naddress = \"127.0.0.1:0\"\n",
+    )
+}
+
+/// The same, published to the BIND at `server` with `secret`.
+fn rfc2136(backends: &[(&str, SocketAddr, u32)], server: SocketAddr, secret: &str) -> String {
+    with_provider(
+        backends,
+        &format!(
+            "provider = \"rfc2136\"\n[dns.rfc2136]\nserver = \"{server}\"\n\
+             key_name = \"{KEY_NAME}\"\nkey_secret = \"{secret}\"\ntimeout = \"500ms\"\n\
+             reconcile = \"1s\"\n"
+        ),
+    )
+}
+
+fn with_provider(backends: &[(&str, SocketAddr, u32)], provider: &str) -> String {
+    let mut toml = format!(
         "[listeners.smtp]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\npool = \"mta\"\n\
          [pools.mta]\n[pools.mta.probe]\nkind = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"200ms\"\n\
          [dns]\nzone = \"example.test.\"\nname = \"mx.example.test.\"\nttl = 5\npool = \"mta\"\n\
-         debounce = \"300ms\"\nprovider = \"embedded\"\n[dns.embedded]\naddress = \"127.0.0.1:0\"\n",
+         debounce = \"300ms\"\n{provider}"
     );
     for (name, address, weight) in backends {
         toml.push_str(&format!(
@@ -217,4 +239,76 @@ fn weights_show_in_which_address_comes_first() {
         "heavy first in {heavy_first} of 1000"
     );
     eprintln!("heavy first in {heavy_first} of 1000 answers");
+}
+
+#[test]
+fn bind_gets_the_records_by_signed_updates_and_they_follow_health() {
+    let named = Named::start(free_port());
+    let mut b = Backend::start("127.0.0.12:0");
+    let a = Backend::start("127.0.0.11:0");
+    let gale = Gale::start(&rfc2136(
+        &[("a", a.address, 1), ("b", b.address, 1)],
+        named.address,
+        KEY_SECRET,
+    ));
+    wait_for(
+        named.address,
+        &["127.0.0.11", "127.0.0.12"],
+        Duration::from_secs(5),
+    );
+    b.kill();
+    let gone = wait_for(named.address, &["127.0.0.11"], Duration::from_secs(3));
+    eprintln!("record removed from BIND {gone:?} after the backend died");
+    let _b = Backend::start(&b.address.to_string());
+    let back = wait_for(
+        named.address,
+        &["127.0.0.11", "127.0.0.12"],
+        Duration::from_secs(3),
+    );
+    eprintln!("record back in BIND {back:?} after the backend returned");
+    assert!(
+        named.log().contains("updating zone 'example.test/IN'"),
+        "{}",
+        named.log()
+    );
+    drop(gale);
+}
+
+#[test]
+fn a_wrong_key_is_refused_with_a_clear_error_and_changes_nothing() {
+    let named = Named::start(free_port());
+    let a = Backend::start("127.0.0.13:0");
+    // The right length, the wrong bytes.
+    let wrong = "d3Jvbmcta2V5LWZvci1nYWxlLXRlc3RzLTMyLWJ5dGVzLg==";
+    let gale = Gale::start(&rfc2136(&[("a", a.address, 1)], named.address, wrong));
+    let line = gale.wait_log("dns update refused", Duration::from_secs(5));
+    assert!(line.contains("key=gale-key."), "{line}");
+    assert!(!line.contains(wrong), "the secret was logged: {line}");
+    assert!(addresses(named.address, false).is_empty());
+}
+
+#[test]
+fn an_update_made_while_the_server_is_down_lands_when_it_returns() {
+    let mut named = Named::start(free_port());
+    let mut b = Backend::start("127.0.0.15:0");
+    let a = Backend::start("127.0.0.14:0");
+    let gale = Gale::start(&rfc2136(
+        &[("a", a.address, 1), ("b", b.address, 1)],
+        named.address,
+        KEY_SECRET,
+    ));
+    wait_for(
+        named.address,
+        &["127.0.0.14", "127.0.0.15"],
+        Duration::from_secs(5),
+    );
+
+    named.stop();
+    b.kill();
+    gale.wait_log("dns update failed", Duration::from_secs(5));
+    // The outage itself: 30 s during which gale keeps retrying.
+    std::thread::sleep(Duration::from_secs(30));
+    named.resume();
+    let landed = wait_for(named.address, &["127.0.0.14"], Duration::from_secs(8));
+    eprintln!("update landed {landed:?} after the server came back");
 }

@@ -1,6 +1,6 @@
 //! gale against real peers from Debian: Postfix as the backend MTA (PROXY
 //! protocol), swaks and smtp-source as clients, smtp-sink as fast backends.
-//! The shipped demo, driven by swaks and curl. `tests/run` installs them.
+//! The shipped demo, driven by swaks, curl and dig. `tests/run` installs them.
 
 mod support;
 
@@ -271,4 +271,12 @@ fn the_demo_balances_mail_and_web_requests() {
         bodies.iter().any(|b| b.starts_with("hello from web-b")),
         "{bodies:?}"
     );
+    // The README's dig: the mail pool's address (all three sinks are on
+    // 127.0.0.1, so one record), once the first debounce has passed.
+    gale.wait_log("dns records changed", Duration::from_secs(5));
+    let dig = Command::new(require("dig"))
+        .args(["@127.0.0.1", "-p", "5353", "+short", "mx.example.test", "A"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&dig.stdout), "127.0.0.1\n");
 }

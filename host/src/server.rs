@@ -75,19 +75,30 @@ impl Server {
         let Some(config) = &generation.config.dns else {
             return Ok(());
         };
-        let crate::config::DnsProvider::Embedded { address, .. } = config.provider;
-        let (udp, tcp) = crate::dns::embedded::bind(address)
-            .await
-            .with_context(|| format!("dns: cannot bind {address} (UDP and TCP)"))?;
-        tracing::info!(address = %udp.local_addr()?, zone = %config.zone, name = %config.name, "dns server listening");
         let stop = self.stop_background.child_token();
-        self.background.spawn(crate::dns::embedded::serve(
-            udp,
-            tcp,
-            self.current.clone(),
-            self.dns.clone(),
-            stop.clone(),
-        ));
+        match &config.provider {
+            crate::config::DnsProvider::Embedded { address, .. } => {
+                let (udp, tcp) = crate::dns::embedded::bind(*address)
+                    .await
+                    .with_context(|| format!("dns: cannot bind {address} (UDP and TCP)"))?;
+                tracing::info!(address = %udp.local_addr()?, zone = %config.zone, name = %config.name, "dns server listening");
+                self.background.spawn(crate::dns::embedded::serve(
+                    udp,
+                    tcp,
+                    self.current.clone(),
+                    self.dns.clone(),
+                    stop.clone(),
+                ));
+            }
+            crate::config::DnsProvider::Rfc2136(r) => {
+                tracing::info!(server = %r.server, zone = %config.zone, name = %config.name, key = %r.key_name, "dns updates go to a server");
+                self.background.spawn(crate::dns::rfc2136::run(
+                    self.current.clone(),
+                    self.dns.clone(),
+                    stop.clone(),
+                ));
+            }
+        }
         self.background.spawn(crate::dns::run(
             self.current.clone(),
             self.dns.clone(),

@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod http;
+pub mod named;
 pub mod process;
 pub mod smtp;
 

@@ -106,7 +106,7 @@ impl Status {
                 name: d.name.clone(),
                 pool: config.pools[d.pool].name.clone(),
                 plugin: d.plugin.source.to_string(),
-                provider: "embedded",
+                provider: d.provider.kind(),
                 records: admin.server.dns.report(),
             }),
         }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use super::file::{DnsProvider, DnsSection};
+use super::file::{DnsProvider, DnsSection, Rfc2136Section};
 use super::{
     ConfigError, Errors, PluginDefaults, PluginSpec, parse_addr, parse_duration, plugin_spec,
 };
@@ -30,6 +30,45 @@ pub struct DnsConfig {
 pub enum Provider {
     /// gale answers for the zone on `address` (UDP and TCP).
     Embedded { address: SocketAddr, ns: String },
+    /// gale sends DNS UPDATEs to a server.
+    Rfc2136(Rfc2136Config),
+}
+
+impl Provider {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Provider::Embedded { .. } => "embedded",
+            Provider::Rfc2136(_) => "rfc2136",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rfc2136Config {
+    pub server: SocketAddr,
+    /// With the final dot.
+    pub key_name: String,
+    pub algorithm: TsigAlgorithm,
+    pub secret: Secret,
+    pub timeout: Duration,
+    pub reconcile: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TsigAlgorithm {
+    HmacSha256,
+    HmacSha384,
+    HmacSha512,
+}
+
+/// Key material: never printed, not even by `{:?}`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 pub(super) fn validate(
@@ -83,6 +122,16 @@ pub(super) fn validate(
                 address: parse_addr(errors, &embedded.address, "dns.embedded.address")?,
                 ns,
             }
+        }
+        DnsProvider::Rfc2136 => {
+            let Some(r) = &section.rfc2136 else {
+                return Err(errors.spanned(
+                    &section.zone,
+                    "dns.rfc2136",
+                    "provider \"rfc2136\" needs [dns.rfc2136] with a server and a TSIG key",
+                ));
+            };
+            Provider::Rfc2136(rfc2136(errors, base, r)?)
         }
     };
     Ok(DnsConfig {
@@ -138,4 +187,86 @@ fn dns_name(
         ));
     }
     Ok(format!("{bare}."))
+}
+
+fn rfc2136(
+    errors: &Errors<'_>,
+    base: &Path,
+    r: &Rfc2136Section,
+) -> Result<Rfc2136Config, ConfigError> {
+    use base64::Engine;
+    let algorithm = match r
+        .key_algorithm
+        .as_ref()
+        .map(|a| a.get_ref().to_ascii_lowercase())
+    {
+        None => TsigAlgorithm::HmacSha256,
+        Some(a) if a == "hmac-sha256" => TsigAlgorithm::HmacSha256,
+        Some(a) if a == "hmac-sha384" => TsigAlgorithm::HmacSha384,
+        Some(a) if a == "hmac-sha512" => TsigAlgorithm::HmacSha512,
+        Some(_) => {
+            let a = r.key_algorithm.as_ref().expect("matched Some");
+            return Err(errors.spanned(
+                a,
+                "dns.rfc2136.key_algorithm",
+                "expected hmac-sha256, hmac-sha384 or hmac-sha512",
+            ));
+        }
+    };
+    let (text, at, key) = match (&r.key_secret, &r.key_file) {
+        (Some(secret), None) => (secret.get_ref().clone(), secret, "dns.rfc2136.key_secret"),
+        (None, Some(file)) => {
+            let path = base.join(file.get_ref());
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                errors.spanned(
+                    file,
+                    "dns.rfc2136.key_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            // tsig-keygen's block: the quoted string after `secret`.
+            let secret = match text.split_once("secret") {
+                Some((_, rest)) => rest.split('"').nth(1).unwrap_or("").to_string(),
+                None => text.trim().to_string(),
+            };
+            (secret, file, "dns.rfc2136.key_file")
+        }
+        _ => {
+            return Err(errors.spanned(
+                &r.key_name,
+                "dns.rfc2136",
+                "set exactly one of key_secret and key_file",
+            ));
+        }
+    };
+    // The message names the key, never the secret.
+    let secret = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| {
+            errors.spanned(
+                at,
+                key,
+                "the TSIG secret is not base64 (as tsig-keygen prints it)",
+            )
+        })?;
+    Ok(Rfc2136Config {
+        server: parse_addr(errors, &r.server, "dns.rfc2136.server")?,
+        key_name: dns_name(errors, &r.key_name, "dns.rfc2136.key_name")?,
+        algorithm,
+        secret: Secret(secret),
+        timeout: parse_duration(
+            errors,
+            r.timeout.as_ref(),
+            "dns.rfc2136.timeout",
+            Duration::from_secs(2),
+        )?,
+        reconcile: parse_duration(
+            errors,
+            r.reconcile.as_ref(),
+            "dns.rfc2136.reconcile",
+            Duration::from_secs(30),
+        )?,
+    })
 }

@@ -47,16 +47,39 @@ pub struct DnsSection {
     pub max_changes: Option<u32>,
     /// `plugin`: the DNS plugin that plans the records.
     pub plugin: Option<Spanned<PluginSection>>,
-    /// `provider`: where records go ("embedded").
+    /// `provider`: where records go ("embedded" or "rfc2136").
     pub provider: DnsProvider,
     /// `[dns.embedded]`: gale answers for the zone itself.
     pub embedded: Option<EmbeddedDnsSection>,
+    /// `[dns.rfc2136]`: gale updates a DNS server (RFC 2136, TSIG).
+    pub rfc2136: Option<Rfc2136Section>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DnsProvider {
     Embedded,
+    Rfc2136,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rfc2136Section {
+    /// `server`: ip:port of the primary server for the zone.
+    pub server: Spanned<String>,
+    /// `key_name`: the TSIG key's name as the server knows it.
+    pub key_name: Spanned<String>,
+    /// `key_algorithm`: hmac-sha256 (default), hmac-sha384, hmac-sha512.
+    pub key_algorithm: Option<Spanned<String>>,
+    /// `key_secret`: the key, base64 (as tsig-keygen prints it).
+    pub key_secret: Option<Spanned<String>>,
+    /// `key_file`: a file holding the key: its base64 secret alone, or
+    /// the `key "..." { ... secret "..."; };` block tsig-keygen writes.
+    pub key_file: Option<Spanned<String>>,
+    /// `timeout`: for one DNS exchange.
+    pub timeout: Option<Spanned<String>>,
+    /// `reconcile`: how often the server is read back and corrected.
+    pub reconcile: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -8,7 +8,7 @@
 //! Every error names the file, the line and the key, so an operator fixes a
 //! typo from the message alone.
 
-mod dns;
+pub mod dns;
 mod file;
 mod tls;
 

@@ -220,9 +220,10 @@ impl Answerer {
     }
 }
 
-fn ns_name(config: &DnsConfig) -> &str {
+fn ns_name(config: &DnsConfig) -> String {
     match &config.provider {
-        crate::config::DnsProvider::Embedded { ns, .. } => ns,
+        crate::config::DnsProvider::Embedded { ns, .. } => ns.clone(),
+        _ => format!("gale.{}", config.zone),
     }
 }
 

@@ -11,6 +11,7 @@
 //! verdicts (read from the pool) or the plan (the plugin's).
 
 pub mod embedded;
+pub mod rfc2136;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -31,7 +32,11 @@ const CHANGE_WINDOW: Duration = Duration::from_secs(60);
 /// and the embedded server.
 #[derive(Default)]
 pub struct DnsState {
-    /// What the embedded server answers with.
+    /// The last plan, after the guardrails.
+    pub wanted: ArcSwap<Vec<DnsRecord>>,
+    /// Woken when `wanted` changes.
+    pub wanted_changed: tokio::sync::Notify,
+    /// What the provider has (the embedded server answers with this).
     pub published: ArcSwap<Vec<DnsRecord>>,
     report: Mutex<Report>,
 }
@@ -45,6 +50,8 @@ pub struct Report {
     pub last_change: Option<String>,
     /// Why the last plan was not (fully) applied.
     pub held_back: Option<String>,
+    /// The provider's last failure, until it succeeds again.
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -80,6 +87,22 @@ impl DnsState {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// The provider now has `records`.
+    pub fn set_published(&self, records: Arc<Vec<DnsRecord>>) {
+        let mut report = self.report.lock().unwrap_or_else(|p| p.into_inner());
+        report.published = records.iter().map(RecordView::of).collect();
+        report.last_error = None;
+        self.published.store(records);
+    }
+
+    /// The provider failed; the published records are as they were.
+    pub fn failed(&self, why: String) {
+        self.report
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_error = Some(why);
     }
 }
 
@@ -162,7 +185,7 @@ pub async fn run(
         if window.0.elapsed() >= CHANGE_WINDOW {
             window = (Instant::now(), 0);
         }
-        let published = state.published.load_full();
+        let published = state.wanted.load_full();
         let snapshot = DnsSnapshot {
             zone: config.zone.clone(),
             name: config.name.clone(),
@@ -288,13 +311,21 @@ fn apply(state: &DnsState, config: &DnsConfig, wanted: Vec<DnsRecord>, before: &
         records = wanted.len(),
         "dns records changed"
     );
-    state.published.store(Arc::new(wanted.clone()));
-    let mut report = state.report.lock().unwrap_or_else(|p| p.into_inner());
-    report.wanted = wanted.iter().map(RecordView::of).collect();
-    report.published = report.wanted.clone();
-    report.changes += 1;
-    report.last_change = Some(humantime::format_rfc3339_seconds(SystemTime::now()).to_string());
-    report.held_back = None;
+    let wanted = Arc::new(wanted);
+    state.wanted.store(wanted.clone());
+    {
+        let mut report = state.report.lock().unwrap_or_else(|p| p.into_inner());
+        report.wanted = wanted.iter().map(RecordView::of).collect();
+        report.changes += 1;
+        report.last_change = Some(humantime::format_rfc3339_seconds(SystemTime::now()).to_string());
+        report.held_back = None;
+    }
+    if let crate::config::DnsProvider::Embedded { .. } = config.provider {
+        // Answered from the next query on.
+        state.set_published(wanted);
+    } else {
+        state.wanted_changed.notify_one();
+    }
 }
 
 fn record_wanted(state: &DnsState, wanted: &[DnsRecord], held_back: Option<String>) {
