@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use support::named::{KEY_NAME, KEY_SECRET, Named};
-use support::process::{Gale, free_port, require};
+use support::process::{Gale, curl, free_port, require};
 
 /// A TCP backend the probes can reach, until stopped.
 struct Backend {
@@ -164,6 +164,9 @@ fn only_healthy_members_are_answered_and_a_dead_one_comes_back() {
         Duration::from_secs(5),
     );
 
+    // The configured TTL on every answer.
+    let answer = dig(server, &["mx.example.test.", "A", "+noall", "+answer"]);
+    assert_eq!(answer.matches("\t5\tIN\tA\t").count(), 3, "{answer}");
     // Authoritative for the zone, nothing else.
     let soa = dig(
         server,
@@ -311,4 +314,150 @@ fn an_update_made_while_the_server_is_down_lands_when_it_returns() {
     named.resume();
     let landed = wait_for(named.address, &["127.0.0.14"], Duration::from_secs(8));
     eprintln!("update landed {landed:?} after the server came back");
+}
+
+/// Instance `n` of three on 127.0.0.{2,3,4}:`port`, each probing the
+/// other two and publishing the healthy ones (itself included) to BIND.
+fn instance(n: u8, port: u16, backend: SocketAddr, named: SocketAddr) -> String {
+    let mut toml = format!(
+        "[listeners.smtp]\nprotocol = \"smtp\"\naddress = \"127.0.0.{n}:{port}\"\npool = \"mta\"\n\
+         [pools.mta]\n[[pools.mta.backends]]\nname = \"mta\"\naddress = \"{backend}\"\nweight = 1\n\
+         [peers]\naddress = \"127.0.0.{n}\"\nname = \"gale-{n}\"\n\
+         [peers.probe]\nkind = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"200ms\"\n\
+         [dns]\nzone = \"example.test.\"\nname = \"mx.example.test.\"\nttl = 5\npool = \"peers\"\n\
+         debounce = \"300ms\"\nprovider = \"rfc2136\"\n[dns.rfc2136]\nserver = \"{named}\"\n\
+         key_name = \"{KEY_NAME}\"\nkey_secret = \"{KEY_SECRET}\"\ntimeout = \"500ms\"\nreconcile = \"1s\"\n"
+    );
+    for other in (2..=4).filter(|o| *o != n) {
+        toml.push_str(&format!(
+            "[[peers.members]]\nname = \"gale-{other}\"\naddress = \"127.0.0.{other}:{port}\"\n"
+        ));
+    }
+    toml
+}
+
+#[test]
+fn three_balancers_share_a_name_and_the_survivors_remove_a_dead_one() {
+    let named = Named::start(free_port());
+    let backend = Backend::start("127.0.0.1:0");
+    let port = free_port();
+    let config = |n| instance(n, port, backend.address, named.address);
+    let _two = Gale::start(&config(2));
+    let _three = Gale::start(&config(3));
+    let mut four = Gale::start(&config(4));
+    let all = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
+    wait_for(named.address, &all, Duration::from_secs(5));
+
+    // Until the three have seen each other up (the first ones probed the
+    // last before it started, and took it out for a moment).
+    let updates = || {
+        named
+            .log()
+            .matches("updating zone 'example.test/IN'")
+            .count()
+    };
+    let settling = Instant::now();
+    loop {
+        let before = updates();
+        std::thread::sleep(Duration::from_millis(1500));
+        if updates() == before {
+            break;
+        }
+        assert!(
+            settling.elapsed() < Duration::from_secs(15),
+            "never settled"
+        );
+    }
+    // All healthy: the zone holds still (each instance reads it back every
+    // second and finds nothing to change).
+    let before = updates();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        updates(),
+        before,
+        "updates while nothing changed:\n{}",
+        named.log()
+    );
+    assert_eq!(addresses(named.address, false).len(), 3);
+
+    four.child.kill().unwrap();
+    four.child.wait().unwrap();
+    let gone = wait_for(named.address, &all[..2], Duration::from_secs(4));
+    eprintln!("the dead balancer's record went {gone:?} after it was killed");
+
+    let _four = Gale::start(&config(4));
+    let back = wait_for(named.address, &all, Duration::from_secs(4));
+    eprintln!("and came back {back:?} after it restarted");
+}
+
+#[test]
+fn changes_past_max_changes_wait_and_status_says_why() {
+    let (a, mut b) = (Backend::start("127.0.0.8:0"), Backend::start("127.0.0.9:0"));
+    let toml = config(&[("a", a.address, 1), ("b", b.address, 1)]).replace(
+        "provider = \"embedded\"",
+        "max_changes = 2\nprovider = \"embedded\"",
+    ) + "[admin]\naddress = \"127.0.0.1:0\"\n";
+    let gale = Gale::start(&toml);
+    let server = dns_address(&gale);
+    // The first publication spends this minute's two changes.
+    wait_for(server, &["127.0.0.8", "127.0.0.9"], Duration::from_secs(5));
+    let status = format!("http://{}/status", gale.admin_address());
+
+    b.kill();
+    gale.wait_log("left rotation", Duration::from_secs(3));
+    let started = Instant::now();
+    let dns = loop {
+        let (code, body) = curl(&[&status]);
+        assert_eq!(code, 200, "{body}");
+        let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if !doc["dns"]["held_back"].is_null() {
+            break doc["dns"].clone();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "never held back: {doc}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let held = dns["held_back"].as_str().unwrap();
+    assert!(held.contains("max_changes = 2"), "{held}");
+    assert_eq!(dns["wanted"].as_array().unwrap().len(), 1, "{dns}");
+    assert_eq!(dns["published"].as_array().unwrap().len(), 2, "{dns}");
+    assert_eq!(
+        (dns["provider"].as_str(), dns["pool"].as_str()),
+        (Some("embedded"), Some("mta"))
+    );
+    // Still answered as published until the minute is over.
+    assert_eq!(addresses(server, false).len(), 2);
+}
+
+#[test]
+fn drift_on_the_server_is_put_right_by_the_reconcile_loop() {
+    let named = Named::start(free_port());
+    let a = Backend::start("127.0.0.16:0");
+    let _gale = Gale::start(&rfc2136(&[("a", a.address, 1)], named.address, KEY_SECRET));
+    wait_for(named.address, &["127.0.0.16"], Duration::from_secs(5));
+    // Another writer deletes the set behind gale's back.
+    let mut nsupdate = Command::new(require("nsupdate"))
+        .args(["-y", &format!("hmac-sha256:{KEY_NAME}:{KEY_SECRET}")])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let script = format!(
+        "server 127.0.0.1 {}\nzone example.test.\nupdate delete mx.example.test. A\nsend\n",
+        named.address.port()
+    );
+    std::io::Write::write_all(nsupdate.stdin.as_mut().unwrap(), script.as_bytes()).unwrap();
+    drop(nsupdate.stdin.take());
+    assert!(nsupdate.wait().unwrap().success(), "nsupdate failed");
+    assert!(
+        named
+            .log()
+            .contains("deleting rrset at 'mx.example.test' A"),
+        "{}",
+        named.log()
+    );
+    // reconcile = 1 s.
+    let restored = wait_for(named.address, &["127.0.0.16"], Duration::from_secs(3));
+    eprintln!("the deleted set was back {restored:?} later");
 }

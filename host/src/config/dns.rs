@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use super::file::{DnsProvider, DnsSection, Rfc2136Section};
+use super::file::{DnsProvider, DnsSection, PeersSection, Rfc2136Section};
 use super::{
     ConfigError, Errors, PluginDefaults, PluginSpec, parse_addr, parse_duration, plugin_spec,
 };
@@ -269,4 +269,70 @@ fn rfc2136(
             Duration::from_secs(30),
         )?,
     })
+}
+
+/// This instance as a member of its own `[peers]` set.
+#[derive(Debug, Clone)]
+pub struct PeersConfig {
+    pub name: String,
+    pub address: std::net::IpAddr,
+    pub weight: u32,
+    /// Index into `Config::pools` of the pool `peers` (the other
+    /// instances, probed like backends).
+    pub pool: usize,
+}
+
+/// `[peers]` becomes a pool named `peers` (probed and judged like any
+/// other, shown in `/status`), plus this instance's own record.
+pub(super) fn peers(
+    errors: &Errors<'_>,
+    defaults: &PluginDefaults,
+    section: &PeersSection,
+    pool: usize,
+) -> Result<(PeersConfig, super::PoolConfig), ConfigError> {
+    let address = section.address.get_ref().parse().map_err(|_| {
+        errors.spanned(
+            &section.address,
+            "peers.address",
+            "expected this instance's IP address, e.g. \"192.0.2.10\"",
+        )
+    })?;
+    let mut backends: Vec<super::BackendConfig> = Vec::new();
+    for (i, m) in section.members.iter().enumerate() {
+        let key = format!("peers.members[{i}]");
+        if backends.iter().any(|b| &b.name == m.name.get_ref()) {
+            return Err(errors.spanned(&m.name, &format!("{key}.name"), "duplicate peer name"));
+        }
+        backends.push(super::BackendConfig {
+            name: m.name.get_ref().clone(),
+            address: parse_addr(errors, &m.address, &format!("{key}.address"))?,
+            weight: m.weight,
+            priority: 0,
+            proxy_protocol: super::ProxyProtocol::None,
+            max_sessions: u32::MAX,
+        });
+    }
+    let builtin = |name: &str| PluginSpec {
+        source: super::PluginSource::Builtin(name.to_string()),
+        settings: Vec::new(),
+        deadline: defaults.deadline,
+        memory_mb: defaults.memory_mb,
+    };
+    let pool_config = super::PoolConfig {
+        name: "peers".to_string(),
+        listeners: Vec::new(),
+        balancer: builtin("weighted-round-robin"),
+        health: builtin("threshold-health"),
+        candidate: None,
+        keepalive_timeout: Duration::from_secs(60),
+        probe: super::probe_config(errors, &section.probe, "peers.probe")?,
+        backends,
+    };
+    let me = PeersConfig {
+        name: section.name.clone().unwrap_or_else(|| "self".to_string()),
+        address,
+        weight: section.weight.unwrap_or(1),
+        pool,
+    };
+    Ok((me, pool_config))
 }

@@ -28,6 +28,40 @@ pub struct FileConfig {
     pub pools: BTreeMap<String, PoolSection>,
     /// `[dns]`: publish a pool's healthy members as DNS records.
     pub dns: Option<DnsSection>,
+    /// `[peers]`: the other gale instances behind the same DNS name.
+    pub peers: Option<PeersSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeersSection {
+    /// `address`: the IP address this instance's own record carries.
+    pub address: Spanned<String>,
+    /// `name`: this instance's name in the records' set ids and logs.
+    pub name: Option<String>,
+    /// `weight`: this instance's record weight.
+    pub weight: Option<u32>,
+    /// `[peers.probe]`: how peers are checked (like a pool's probe).
+    #[serde(default)]
+    pub probe: ProbeSection,
+    /// `[[peers.members]]`: the other instances.
+    #[serde(default)]
+    pub members: Vec<PeerSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSection {
+    pub name: Spanned<String>,
+    /// `address`: the peer's SMTP listener, ip:port; its record carries
+    /// the IP.
+    pub address: Spanned<String>,
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 #[derive(Debug, Deserialize)]

@@ -17,7 +17,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use dns::{DnsConfig, Provider as DnsProvider};
+pub use dns::{DnsConfig, PeersConfig, Provider as DnsProvider};
 use file::{FileConfig, PluginSection};
 pub use file::{ProbeKind, Protocol, ProxyProtocol, Role};
 use toml::Spanned;
@@ -43,6 +43,8 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     pub pools: Vec<PoolConfig>,
     pub dns: Option<DnsConfig>,
+    /// `[peers]`: this instance among the others behind its DNS name.
+    pub peers: Option<PeersConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -382,33 +384,7 @@ fn validate(file: FileConfig, path: &Path, errors: &Errors<'_>) -> Result<Config
             }),
         };
 
-        let p = &pool.probe;
-        let interval = parse_duration(
-            errors,
-            p.interval.as_ref(),
-            &format!("{key}.probe.interval"),
-            Duration::from_secs(2),
-        )?;
-        let timeout = parse_duration(
-            errors,
-            p.timeout.as_ref(),
-            &format!("{key}.probe.timeout"),
-            Duration::from_secs(1),
-        )?;
-        let expect_status = match &p.expect_status {
-            None => (200, 399),
-            Some(s) => {
-                let [lo, hi] = *s.get_ref();
-                if !(100..=599).contains(&lo) || !(lo..=599).contains(&hi) {
-                    return Err(errors.spanned(
-                        s,
-                        &format!("{key}.probe.expect_status"),
-                        "expected [low, high] with 100 <= low <= high <= 599",
-                    ));
-                }
-                (lo, hi)
-            }
-        };
+        let probe = probe_config(errors, &pool.probe, &format!("{key}.probe"))?;
 
         let mut backends: Vec<BackendConfig> = Vec::with_capacity(pool.backends.len());
         for (i, b) in pool.backends.iter().enumerate() {
@@ -449,15 +425,7 @@ fn validate(file: FileConfig, path: &Path, errors: &Errors<'_>) -> Result<Config
                 &format!("{key}.keepalive_timeout"),
                 Duration::from_secs(60),
             )?,
-            probe: ProbeConfig {
-                kind: p.kind,
-                interval,
-                timeout,
-                ehlo: p.ehlo.clone().unwrap_or_else(|| "gale.invalid".to_string()),
-                method: p.method.clone().unwrap_or_else(|| "GET".to_string()),
-                path: p.path.clone().unwrap_or_else(|| "/".to_string()),
-                expect_status,
-            },
+            probe,
             backends,
         });
     }
@@ -548,6 +516,26 @@ fn validate(file: FileConfig, path: &Path, errors: &Errors<'_>) -> Result<Config
         });
     }
 
+    // `[peers]` is the pool `peers`, after the configured ones.
+    let mut pool_names = pool_names;
+    let peers_name = "peers".to_string();
+    let peers = match &file.peers {
+        None => None,
+        Some(section) => {
+            if file.pools.contains_key("peers") {
+                return Err(errors.spanned(
+                    &section.address,
+                    "peers",
+                    "[peers] makes a pool named \"peers\" and [pools.peers] exists: rename that pool",
+                ));
+            }
+            let (me, pool) = dns::peers(errors, &defaults, section, pools.len())?;
+            pools.push(pool);
+            pool_names.push(&peers_name);
+            Some(me)
+        }
+    };
+
     Ok(Config {
         source: path.to_path_buf(),
         drain_timeout: parse_duration(
@@ -566,10 +554,51 @@ fn validate(file: FileConfig, path: &Path, errors: &Errors<'_>) -> Result<Config
                 &pool_names,
             )?),
         },
+        peers,
         plugins: defaults,
         admin,
         listeners,
         pools,
+    })
+}
+
+fn probe_config(
+    errors: &Errors<'_>,
+    p: &file::ProbeSection,
+    key: &str,
+) -> Result<ProbeConfig, ConfigError> {
+    let expect_status = match &p.expect_status {
+        None => (200, 399),
+        Some(s) => {
+            let [lo, hi] = *s.get_ref();
+            if !(100..=599).contains(&lo) || !(lo..=599).contains(&hi) {
+                return Err(errors.spanned(
+                    s,
+                    &format!("{key}.expect_status"),
+                    "expected [low, high] with 100 <= low <= high <= 599",
+                ));
+            }
+            (lo, hi)
+        }
+    };
+    Ok(ProbeConfig {
+        kind: p.kind,
+        interval: parse_duration(
+            errors,
+            p.interval.as_ref(),
+            &format!("{key}.interval"),
+            Duration::from_secs(2),
+        )?,
+        timeout: parse_duration(
+            errors,
+            p.timeout.as_ref(),
+            &format!("{key}.timeout"),
+            Duration::from_secs(1),
+        )?,
+        ehlo: p.ehlo.clone().unwrap_or_else(|| "gale.invalid".to_string()),
+        method: p.method.clone().unwrap_or_else(|| "GET".to_string()),
+        path: p.path.clone().unwrap_or_else(|| "/".to_string()),
+        expect_status,
     })
 }
 

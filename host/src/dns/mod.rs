@@ -127,20 +127,39 @@ pub fn sample_snapshot(config: &DnsConfig) -> DnsSnapshot {
     }
 }
 
-/// The `[dns]` pool's backends as DNS members.
+/// The `[dns]` pool's backends as DNS members; for the pool `peers`, the
+/// other instances and this one (healthy as far as it can tell: it is
+/// running).
 fn members(generation: &Generation, config: &DnsConfig) -> Vec<Member> {
     let pool = &generation.pools[config.pool];
-    (0..pool.len())
-        .map(|id| {
+    let peers = generation
+        .config
+        .peers
+        .as_ref()
+        .filter(|p| p.pool == config.pool);
+    let kind = if peers.is_some() {
+        MemberKind::Peer
+    } else {
+        MemberKind::Backend
+    };
+    let me = peers.map(|p| Member {
+        name: p.name.clone(),
+        address: p.address.to_string(),
+        weight: p.weight,
+        healthy: true,
+        kind: MemberKind::Peer,
+    });
+    me.into_iter()
+        .chain((0..pool.len()).map(|id| {
             let b = pool.backend(id);
             Member {
                 name: b.name.clone(),
                 address: b.address.ip().to_string(),
                 weight: b.weight,
                 healthy: pool.is_healthy(id),
-                kind: MemberKind::Backend,
+                kind,
             }
-        })
+        }))
         .collect()
 }
 
