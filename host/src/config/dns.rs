@@ -11,6 +11,10 @@ use super::{
 };
 use toml::Spanned;
 
+/// Where the embedded server answers when `[dns.embedded]` does not say
+/// (loopback: a resolver or a test on the same host asks it).
+const DEFAULT_EMBEDDED_PORT: u16 = 5353;
+
 #[derive(Debug, Clone)]
 pub struct DnsConfig {
     /// Lower case, with the final dot.
@@ -107,21 +111,16 @@ pub(super) fn validate(
         })?;
     let provider = match section.provider {
         DnsProvider::Embedded => {
-            let Some(embedded) = &section.embedded else {
-                return Err(errors.spanned(
-                    &section.zone,
-                    "dns.embedded",
-                    "provider \"embedded\" needs [dns.embedded] with an address",
-                ));
-            };
-            let ns = match &embedded.ns {
+            let embedded = section.embedded.as_ref();
+            let ns = match embedded.and_then(|e| e.ns.as_ref()) {
                 Some(ns) => dns_name(errors, ns, "dns.embedded.ns")?,
                 None => format!("gale.{zone}"),
             };
-            Provider::Embedded {
-                address: parse_addr(errors, &embedded.address, "dns.embedded.address")?,
-                ns,
-            }
+            let address = match embedded.and_then(|e| e.address.as_ref()) {
+                Some(a) => parse_addr(errors, a, "dns.embedded.address")?,
+                None => SocketAddr::from(([127, 0, 0, 1], DEFAULT_EMBEDDED_PORT)),
+            };
+            Provider::Embedded { address, ns }
         }
         DnsProvider::Rfc2136 => {
             let Some(r) = &section.rfc2136 else {

@@ -81,7 +81,9 @@ pub struct DnsSection {
     pub max_changes: Option<u32>,
     /// `plugin`: the DNS plugin that plans the records.
     pub plugin: Option<Spanned<PluginSection>>,
-    /// `provider`: where records go ("embedded" or "rfc2136").
+    /// `provider`: where records go ("embedded", the default, or
+    /// "rfc2136").
+    #[serde(default)]
     pub provider: DnsProvider,
     /// `[dns.embedded]`: gale answers for the zone itself.
     pub embedded: Option<EmbeddedDnsSection>,
@@ -89,9 +91,10 @@ pub struct DnsSection {
     pub rfc2136: Option<Rfc2136Section>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DnsProvider {
+    #[default]
     Embedded,
     Rfc2136,
 }
@@ -119,8 +122,9 @@ pub struct Rfc2136Section {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmbeddedDnsSection {
-    /// `address`: ip:port to answer on, over UDP and TCP.
-    pub address: Spanned<String>,
+    /// `address`: ip:port to answer on, over UDP and TCP (default
+    /// 127.0.0.1:5353).
+    pub address: Option<Spanned<String>>,
     /// `ns`: the name server name in the zone's SOA and NS records.
     pub ns: Option<Spanned<String>>,
 }
