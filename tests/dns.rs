@@ -245,21 +245,26 @@ fn weights_show_in_which_address_comes_first() {
     eprintln!("heavy first in {heavy_first} of 1000 answers");
 }
 
-#[test]
-fn bind_gets_the_records_by_signed_updates_and_they_follow_health() {
+/// A BIND, backends on `a` and `b`, and gale publishing both to BIND
+/// (returned once BIND has them).
+fn two_on_bind(a: &str, b: &str) -> (Named, Backend, Backend, Gale) {
     let named = Named::start(free_port());
-    let mut b = Backend::start("127.0.0.12:0");
-    let a = Backend::start("127.0.0.11:0");
+    let (first, second) = (
+        Backend::start(&format!("{a}:0")),
+        Backend::start(&format!("{b}:0")),
+    );
     let gale = Gale::start(&rfc2136(
-        &[("a", a.address, 1), ("b", b.address, 1)],
+        &[("a", first.address, 1), ("b", second.address, 1)],
         named.address,
         KEY_SECRET,
     ));
-    wait_for(
-        named.address,
-        &["127.0.0.11", "127.0.0.12"],
-        Duration::from_secs(5),
-    );
+    wait_for(named.address, &[a, b], Duration::from_secs(5));
+    (named, first, second, gale)
+}
+
+#[test]
+fn bind_gets_the_records_by_signed_updates_and_they_follow_health() {
+    let (named, _a, mut b, gale) = two_on_bind("127.0.0.11", "127.0.0.12");
     b.kill();
     // As above, plus the update's round trip.
     let gone = wait_for(named.address, &["127.0.0.11"], Duration::from_secs(2));
@@ -294,19 +299,7 @@ fn a_wrong_key_is_refused_with_a_clear_error_and_changes_nothing() {
 
 #[test]
 fn an_update_made_while_the_server_is_down_lands_when_it_returns() {
-    let mut named = Named::start(free_port());
-    let mut b = Backend::start("127.0.0.15:0");
-    let a = Backend::start("127.0.0.14:0");
-    let gale = Gale::start(&rfc2136(
-        &[("a", a.address, 1), ("b", b.address, 1)],
-        named.address,
-        KEY_SECRET,
-    ));
-    wait_for(
-        named.address,
-        &["127.0.0.14", "127.0.0.15"],
-        Duration::from_secs(5),
-    );
+    let (mut named, _a, mut b, gale) = two_on_bind("127.0.0.14", "127.0.0.15");
 
     named.stop();
     b.kill();
