@@ -235,3 +235,54 @@ fn request_heads_over_the_limits_get_431() {
     assert_eq!(conn.response(false).unwrap().status, 200);
     assert_eq!(backend.requests(), 1);
 }
+
+#[test]
+fn connection_cannot_strip_the_framing_of_a_body() {
+    let (backend, gale) = echo();
+    let mut conn = HttpConnection::open(gale.address("web")).unwrap();
+    // Were Content-Length dropped as Connection asks, the backend would
+    // take the body for a second request.
+    let inner = "GET /admin HTTP/1.1\r\nHost: a\r\n\r\n";
+    conn.send(
+        format!(
+            "POST / HTTP/1.1\r\nHost: t\r\nConnection: content-length, transfer-encoding, host\r\n\
+             Content-Length: {}\r\n\r\n{inner}",
+            inner.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let r = conn.response(false).unwrap();
+    let (head, body) = seen(&r.body);
+    assert!(head.starts_with("POST /\n"), "{head}");
+    assert_eq!(String::from_utf8_lossy(&body), inner);
+    assert_eq!(backend.requests(), 1);
+}
+
+#[test]
+fn a_status_line_without_a_reason_phrase_is_relayed() {
+    // A raw backend: "HTTP/1.1 200" and nothing after the code.
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = socket.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in socket.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                let mut byte = [0u8; 1];
+                while !seen.ends_with(b"\r\n\r\n") {
+                    if std::io::Read::read(&mut stream, &mut byte).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    seen.push(byte[0]);
+                }
+                let _ = stream.write_all(b"HTTP/1.1 200\r\ncontent-length: 2\r\n\r\nok");
+            });
+        }
+    });
+    let gale = Gale::start(&config(&[("bare", address, 1)], ""));
+    let mut conn = HttpConnection::open(gale.address("web")).unwrap();
+    conn.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let r = conn.response(false).unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+}

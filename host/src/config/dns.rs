@@ -194,24 +194,8 @@ fn rfc2136(
     r: &Rfc2136Section,
 ) -> Result<Rfc2136Config, ConfigError> {
     use base64::Engine;
-    let algorithm = match r
-        .key_algorithm
-        .as_ref()
-        .map(|a| a.get_ref().to_ascii_lowercase())
-    {
-        None => TsigAlgorithm::HmacSha256,
-        Some(a) if a == "hmac-sha256" => TsigAlgorithm::HmacSha256,
-        Some(a) if a == "hmac-sha384" => TsigAlgorithm::HmacSha384,
-        Some(a) if a == "hmac-sha512" => TsigAlgorithm::HmacSha512,
-        Some(_) => {
-            let a = r.key_algorithm.as_ref().expect("matched Some");
-            return Err(errors.spanned(
-                a,
-                "dns.rfc2136.key_algorithm",
-                "expected hmac-sha256, hmac-sha384 or hmac-sha512",
-            ));
-        }
-    };
+    // The key file's `algorithm` counts when key_algorithm is not set.
+    let mut file_algorithm = None;
     let (text, at, key) = match (&r.key_secret, &r.key_file) {
         (Some(secret), None) => (secret.get_ref().clone(), secret, "dns.rfc2136.key_secret"),
         (None, Some(file)) => {
@@ -223,11 +207,10 @@ fn rfc2136(
                     format!("cannot read {}: {e}", path.display()),
                 )
             })?;
-            // tsig-keygen's block: the quoted string after `secret`.
-            let secret = match text.split_once("secret") {
-                Some((_, rest)) => rest.split('"').nth(1).unwrap_or("").to_string(),
-                None => text.trim().to_string(),
-            };
+            let secret = key_file_statement(&text, "secret")
+                .map(|s| s.trim_matches('"').to_string())
+                .unwrap_or_else(|| text.trim().to_string());
+            file_algorithm = key_file_statement(&text, "algorithm");
             (secret, file, "dns.rfc2136.key_file")
         }
         _ => {
@@ -237,6 +220,19 @@ fn rfc2136(
                 "set exactly one of key_secret and key_file",
             ));
         }
+    };
+    let algorithm = match (&r.key_algorithm, file_algorithm) {
+        (Some(a), _) => algorithm(a.get_ref())
+            .ok_or_else(|| errors.spanned(a, "dns.rfc2136.key_algorithm", ALGORITHMS))?,
+        (None, Some(a)) => algorithm(&a).ok_or_else(|| {
+            let file = r.key_file.as_ref().expect("read from the key file");
+            errors.spanned(
+                file,
+                "dns.rfc2136.key_file",
+                format!("algorithm {a}: {ALGORITHMS}"),
+            )
+        })?,
+        (None, None) => TsigAlgorithm::HmacSha256,
     };
     // The message names the key, never the secret.
     let secret = base64::engine::general_purpose::STANDARD
@@ -334,4 +330,47 @@ pub(super) fn peers(
         pool,
     };
     Ok((me, pool_config))
+}
+
+const ALGORITHMS: &str = "expected hmac-sha256, hmac-sha384 or hmac-sha512";
+
+fn algorithm(name: &str) -> Option<TsigAlgorithm> {
+    match name.to_ascii_lowercase().as_str() {
+        "hmac-sha256" => Some(TsigAlgorithm::HmacSha256),
+        "hmac-sha384" => Some(TsigAlgorithm::HmacSha384),
+        "hmac-sha512" => Some(TsigAlgorithm::HmacSha512),
+        _ => None,
+    }
+}
+
+/// The value of statement `name` in tsig-keygen's block (`key "k" {
+/// algorithm hmac-sha256; secret "BASE64"; };`), matched as a statement,
+/// not inside a key name that happens to contain the word.
+fn key_file_statement(text: &str, name: &str) -> Option<String> {
+    text.split(';').find_map(|statement| {
+        let statement = statement.rsplit('{').next()?.trim();
+        let value = statement.strip_prefix(name)?;
+        value
+            .starts_with(char::is_whitespace)
+            .then(|| value.trim().to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tsig_keygen_block_gives_its_secret_and_algorithm() {
+        let text = "key \"gale-secret.\" {\n\talgorithm hmac-sha512;\n\tsecret \"c2VjcmV0\";\n};\n";
+        assert_eq!(
+            key_file_statement(text, "secret").as_deref(),
+            Some("\"c2VjcmV0\"")
+        );
+        assert_eq!(
+            key_file_statement(text, "algorithm").as_deref(),
+            Some("hmac-sha512")
+        );
+        assert_eq!(key_file_statement("c2VjcmV0\n", "secret"), None);
+    }
 }

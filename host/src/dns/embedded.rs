@@ -189,6 +189,10 @@ impl Answerer {
         if qname == name {
             let records = self.state.published.load();
             let mut answers = weighted_order(&records, qtype, &name);
+            if qtype == RecordType::ANY {
+                // RFC 8482: a minimal answer, not an amplifier.
+                answers.truncate(1);
+            }
             if answers.is_empty() {
                 reply.add_authority(soa.clone());
             }
@@ -213,6 +217,10 @@ impl Answerer {
                 }
                 _ => {}
             }
+        } else if qname != name && qname.zone_of(&name) {
+            // Between the zone and the name (an empty non-terminal): it
+            // exists, with no data (RFC 8020).
+            reply.add_authority(soa);
         } else if qname != name {
             reply.metadata.response_code = ResponseCode::NXDomain;
             reply.add_authority(soa);

@@ -5,7 +5,9 @@
 //!
 //! Guardrails, whatever the plugin says: never an empty record set (the
 //! last records stay), at most `max_changes` records added or removed
-//! per minute (the rest waits for the next minute), every change logged.
+//! per minute (a change that does not fit waits for the next minute; one
+//! larger than the whole budget goes through alone at a minute's start),
+//! every change logged.
 //!
 //! Owns: the wanted and published records. Does not touch: health
 //! verdicts (read from the pool) or the plan (the plugin's).
@@ -27,6 +29,8 @@ use crate::plugin::types::{DnsRecord, DnsSnapshot, Member, MemberKind, RecordTyp
 const TICK: Duration = Duration::from_millis(100);
 /// The window `max_changes` counts in.
 const CHANGE_WINDOW: Duration = Duration::from_secs(60);
+/// A failed plan is tried again after this.
+const PLUGIN_RETRY: Duration = Duration::from_secs(1);
 
 /// Records as gale wants them and as published, shared with `/status`
 /// and the embedded server.
@@ -180,9 +184,13 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut seen: Vec<Member> = Vec::new();
+    let mut seen_generation = 0;
     // Publish once at start, after the first debounce.
     let mut changed: Option<Instant> = Some(Instant::now());
     let mut window = (Instant::now(), 0u32);
+    // No plan before this (a failed plugin call, or a change past
+    // max_changes waiting for the next minute).
+    let mut not_before = Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -193,12 +201,14 @@ pub async fn run(
             continue;
         };
         let now = members(&generation, config);
-        if !same_members(&now, &seen) {
+        // A reload may change the name, TTL or plugin: plan again.
+        if !same_members(&now, &seen) || generation.id != seen_generation {
             seen = now;
+            seen_generation = generation.id;
             changed = Some(Instant::now());
         }
         let Some(since) = changed else { continue };
-        if since.elapsed() < config.debounce {
+        if since.elapsed() < config.debounce || Instant::now() < not_before {
             continue;
         }
         if window.0.elapsed() >= CHANGE_WINDOW {
@@ -215,9 +225,9 @@ pub async fn run(
         let planned = match plugin.plan(&snapshot) {
             Ok(records) => records,
             Err(failure) => {
-                tracing::warn!(plugin = %plugin.name(), "dns plugin failed ({failure}); records stay as they are");
+                tracing::warn!(plugin = %plugin.name(), "dns plugin failed ({failure}); records stay as they are, trying again in {PLUGIN_RETRY:?}");
                 hold(&state, format!("plugin failed: {failure}"));
-                changed = None;
+                not_before = Instant::now() + PLUGIN_RETRY;
                 continue;
             }
         };
@@ -228,8 +238,10 @@ pub async fn run(
             record_wanted(&state, &wanted, None);
             continue;
         }
-        if window.1 + diff > config.max_changes {
-            // Try again next tick; the window's end lets it through.
+        // A plan larger than the whole budget goes through alone at the
+        // start of a minute; anything else waits for room.
+        if window.1 > 0 && window.1 + diff > config.max_changes {
+            not_before = window.0 + CHANGE_WINDOW;
             record_wanted(
                 &state,
                 &wanted,
@@ -246,17 +258,18 @@ pub async fn run(
     }
 }
 
-/// Keep what may be published: records under the zone with a value of
-/// their type, one per (name, type, value) (members behind one address
+/// Keep what may be published: records of the configured name with a
+/// value of their type, one per (type, value) (members behind one address
 /// add up their weights: an RRset has no duplicates).
 fn guard(config: &DnsConfig, planned: Vec<DnsRecord>) -> Vec<DnsRecord> {
-    let in_zone = |name: &str| {
+    // The providers publish under the configured name only.
+    let ours = |name: &str| {
         let name = name.to_ascii_lowercase();
-        name == config.zone || name.ends_with(&format!(".{}", config.zone))
+        name == config.name || format!("{name}.") == config.name
     };
     let mut kept: Vec<DnsRecord> = Vec::with_capacity(planned.len());
     for r in planned {
-        if !(in_zone(&r.name) && value_ok(&r)) {
+        if !(ours(&r.name) && value_ok(&r)) {
             tracing::warn!(name = %r.name, value = %r.value, "dns plugin planned a record gale cannot publish; left out");
             continue;
         }

@@ -161,11 +161,9 @@ async fn sync_with(
             }
             let reply = match (have.is_empty(), want.is_empty()) {
                 (true, _) => client.create(want.clone(), zone.clone()).await,
-                (false, true) => {
-                    client
-                        .delete_rrset(Record::update0(name.clone(), 0, rtype), zone.clone())
-                        .await
-                }
+                // Only the records gale read: one another writer added
+                // meanwhile stays.
+                (false, true) => client.delete_by_rdata(have.clone(), zone.clone()).await,
                 (false, false) => {
                     client
                         .compare_and_swap(have.clone(), want.clone(), zone.clone())

@@ -36,10 +36,19 @@ impl Backends {
         None
     }
 
-    /// Keep `stream`, whose last response ended cleanly, for reuse.
-    pub fn release(&self, addr: SocketAddr, stream: TcpStream) {
+    /// Keep `stream`, whose last response ended cleanly, for reuse within
+    /// `keepalive`.
+    pub fn release(&self, addr: SocketAddr, stream: TcpStream, keepalive: Duration) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let conns = idle.entry(addr).or_default();
+        // The oldest first: after a burst, the connections no request took
+        // again are closed once stale instead of lingering (CLOSE_WAIT).
+        if conns
+            .first()
+            .is_some_and(|(_, since)| since.elapsed() >= keepalive)
+        {
+            conns.retain(|(_, since)| since.elapsed() < keepalive);
+        }
         if conns.len() == MAX_IDLE {
             // The oldest is the likeliest to have been closed by now.
             conns.remove(0);

@@ -146,6 +146,9 @@ impl Chunked {
                     self.state = State::Size { digits: 0 };
                 }
                 State::TrailerStart => {
+                    if b == b'\n' {
+                        return Err(Malformed("bare LF in trailer"));
+                    }
                     self.state = if b == b'\r' {
                         State::FinalLf
                     } else {
@@ -240,6 +243,7 @@ mod tests {
             b"11111111111111111\r\n",
             b"ffffffffffffffffff\r\n",
             b"0\r\nx: 1\n\r\n",
+            b"0\r\n\nGET /x HTTP/1.1\r\n\r\n",
         ] {
             assert!(
                 decode(bad, 64).is_err(),

@@ -105,9 +105,17 @@ pub struct Response {
     connection: bool,
 }
 
+/// Where `part` lies in `buf`. httparse hands back slices of the buffer,
+/// except for some empty ones (a status line without a reason phrase is a
+/// static ""): those are the empty range.
 fn range(buf: &[u8], part: &[u8]) -> Range<usize> {
-    let start = part.as_ptr() as usize - buf.as_ptr() as usize;
-    start..start + part.len()
+    let (start, base) = (part.as_ptr() as usize, buf.as_ptr() as usize);
+    match start.checked_sub(base) {
+        Some(offset) if offset + part.len() <= buf.len() && !part.is_empty() => {
+            offset..offset + part.len()
+        }
+        _ => 0..0,
+    }
 }
 
 fn fields(buf: &[u8], headers: &[httparse::Header<'_>], out: &mut Vec<Field>) {
@@ -301,9 +309,14 @@ fn hop_by_hop(name: &[u8]) -> bool {
 }
 
 /// Whether `name` is hop-by-hop, or named as such by a `Connection` field.
+/// Framing fields and `Host` stay whatever `Connection` says: gale frames
+/// the body by them, so must the next hop (`Connection: content-length`
+/// would otherwise smuggle the body past the backend as a request).
 fn dropped(buf: &[u8], fields: &[Field], connection: bool, name: &[u8]) -> bool {
+    const KEPT: [&[u8]; 3] = [b"content-length", b"transfer-encoding", b"host"];
     hop_by_hop(name)
         || connection
+            && !KEPT.iter().any(|k| k.eq_ignore_ascii_case(name))
             && fields
                 .iter()
                 .filter(|f| buf[f.name.clone()].eq_ignore_ascii_case(b"connection"))
@@ -406,6 +419,9 @@ pub fn write_response(
         let (name, value) = (&buf[f.name.clone()], &buf[f.value.clone()]);
         if dropped(buf, &resp.fields, resp.connection, name)
             || dechunk && name.eq_ignore_ascii_case(b"transfer-encoding")
+            // Chunks frame the body: a Content-Length beside them is
+            // wrong for the client (and for a dechunked body too).
+            || resp.body == Framing::Chunked && name.eq_ignore_ascii_case(b"content-length")
         {
             continue;
         }
@@ -420,11 +436,13 @@ pub fn write_response(
 }
 
 /// A response gale writes itself: a short plain text.
+/// `(close, http10)`: whether gale closes the connection after it, and
+/// whether the client needs `keep-alive` spelled out otherwise.
 pub fn write_local(
     out: &mut Vec<u8>,
     (code, reason): (u16, &str),
     text: &str,
-    close: bool,
+    (close, http10): (bool, bool),
     retry_after: Option<&str>,
 ) {
     out.clear();
@@ -439,6 +457,8 @@ pub fn write_local(
     }
     if close {
         out.extend_from_slice(b"connection: close\r\n");
+    } else if http10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(text.as_bytes());

@@ -443,7 +443,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Client<IO> {
         match relayed {
             Ok(clean) => {
                 if clean && !self.unread_body && self.resp.reusable {
-                    self.proxy.backends.release(addr, backend);
+                    self.proxy.backends.release(addr, backend, keepalive);
                 }
                 Attempt::Answered(!close)
             }
@@ -459,7 +459,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Client<IO> {
     async fn reply(&mut self, status: (u16, &str), text: &str, retry_after: Option<&str>) -> bool {
         // A body left unread would be taken for the next request.
         let close = self.unread_body || !self.req.keep_alive || self.shutdown.is_cancelled();
-        head::write_local(&mut self.out, status, text, close, retry_after);
+        head::write_local(
+            &mut self.out,
+            status,
+            text,
+            (close, self.req.http10),
+            retry_after,
+        );
         let written = self.write_out().await;
         written && !close
     }
@@ -470,7 +476,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Client<IO> {
             tracing::debug!(client = %self.peer.addr, "refused: {}", refusal.text().trim_end());
         }
         self.linger = true;
-        head::write_local(&mut self.out, refusal.status(), refusal.text(), true, None);
+        head::write_local(
+            &mut self.out,
+            refusal.status(),
+            refusal.text(),
+            (true, false),
+            None,
+        );
         self.write_out().await;
     }
 
