@@ -248,3 +248,83 @@ fn a_failing_candidate_costs_no_session() {
         "{metrics}"
     );
 }
+
+#[test]
+fn a_drained_backend_takes_no_new_sessions_until_enabled_even_across_a_reload() {
+    let (a, b) = (SmtpSink::start(free_port()), SmtpSink::start(free_port()));
+    let toml = config(
+        &[
+            ("a", a.address, "weight = 1"),
+            ("b", b.address, "weight = 1"),
+        ],
+        "",
+        "",
+    );
+    let gale = Gale::start(&toml);
+    let load = support::client::Load::start(gale.address("in"), 3);
+    gale.wait_line(&["smtp session", "backend=b"], Duration::from_secs(10));
+
+    let (code, body) = curl(&["-X", "POST", &url(&gale, "/pools/mta/backends/b/drain")]);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"admin_state\": \"draining\""), "{body}");
+    // The sessions b had finish; no new one starts.
+    let b_status = |s: &Value| s["pools"][0]["backends"][1].clone();
+    let started = std::time::Instant::now();
+    while b_status(&status(&gale))["active_sessions"] != 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "b never drained"
+        );
+    }
+    let to = |name: &str| gale.log_lines(&format!("backend={name} ")).len();
+    let to_b = to("b");
+    gale.wait_count("backend=a ", to("a") + 50, Duration::from_secs(10));
+    assert_eq!(to("b"), to_b, "a drained backend got new sessions");
+
+    // A reload keeps it drained; the weight override rides along.
+    assert_eq!(post_reload(&gale).0, 200);
+    let (code, body) = curl(&[
+        "-X",
+        "PUT",
+        "-d",
+        "{\"weight\": 4}",
+        &url(&gale, "/pools/mta/backends/b/weight"),
+    ]);
+    assert_eq!(code, 200, "{body}");
+    let b_now = b_status(&status(&gale));
+    assert_eq!(
+        (&b_now["admin_state"], &b_now["effective_weight"]),
+        (&Value::from("draining"), &Value::from(4)),
+        "{b_now}"
+    );
+    gale.wait_count("backend=a ", to("a") + 20, Duration::from_secs(10));
+    assert_eq!(to("b"), to_b, "drained state lost in the reload");
+
+    let (code, body) = curl(&["-X", "POST", &url(&gale, "/pools/mta/backends/b/enable")]);
+    assert_eq!(code, 200, "{body}");
+    gale.wait_count("backend=b ", to_b + 20, Duration::from_secs(10));
+    let (sent, failed) = load.stop();
+    assert_eq!(failed, 0, "{failed} of {sent} sessions failed");
+
+    // Unknown names and methods.
+    assert_eq!(
+        curl(&["-X", "POST", &url(&gale, "/pools/mta/backends/zz/drain")]).0,
+        404
+    );
+    assert_eq!(
+        curl(&["-X", "POST", &url(&gale, "/pools/nope/backends/b/drain")]).0,
+        404
+    );
+    assert_eq!(curl(&[&url(&gale, "/pools/mta/backends/b/drain")]).0, 405);
+    assert_eq!(
+        curl(&[
+            "-X",
+            "PUT",
+            "-d",
+            "lots",
+            &url(&gale, "/pools/mta/backends/b/weight")
+        ])
+        .0,
+        400
+    );
+}

@@ -1,5 +1,6 @@
 //! The admin listener: `GET /status` (JSON), `GET /metrics` (Prometheus
-//! text) and `POST /reload`. On loopback by default; when the config sets
+//! text), `POST /reload`, and steering of one backend ([`steer`]: drain,
+//! enable, disable, weight). On loopback by default; when the config sets
 //! a token every call must carry it as `Authorization: Bearer TOKEN`.
 //!
 //! Owns: the admin socket and its HTTP/1 connections. Does not touch:
@@ -7,6 +8,7 @@
 //! a channel, so a reload from here and one from SIGHUP are the same).
 
 pub mod status;
+mod steer;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -164,7 +166,10 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Reply {
         ("/reload", &Method::POST) => reload(admin).await,
         ("/status" | "/metrics", _) => not_allowed("GET"),
         ("/reload", _) => not_allowed("POST"),
-        _ => text(StatusCode::NOT_FOUND, "no such endpoint (try /status)\n"),
+        _ => match steer::route(admin, req, &path).await {
+            Some(reply) => reply,
+            None => text(StatusCode::NOT_FOUND, "no such endpoint (try /status)\n"),
+        },
     }
 }
 

@@ -160,7 +160,8 @@ fn members(generation: &Generation, config: &DnsConfig) -> Vec<Member> {
                 name: b.name.clone(),
                 address: b.address.ip().to_string(),
                 weight: b.weight,
-                healthy: pool.is_healthy(id),
+                // A drained or disabled backend leaves DNS too.
+                healthy: pool.is_healthy(id) && pool.takes_sessions(id),
                 kind,
             }
         }))

@@ -8,6 +8,7 @@
 
 mod fallback;
 mod shadow;
+mod steering;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,6 +27,7 @@ use crate::plugin::{
 use fallback::{FallbackBalancer, RateLimitedLog};
 use gale_sdk::threshold::RiseFall;
 pub use shadow::{Disagreement, Shadow, ShadowReport};
+pub use steering::{Action, AdminState, Steering, SteeringRecord};
 
 /// Results kept per backend for the health plugin; thresholds up to this
 /// long can be evaluated.
@@ -51,6 +53,10 @@ pub struct BackendReport {
     pub name: String,
     pub address: String,
     pub weight: u32,
+    /// The weight balancers see: an operator's override, else `weight`.
+    pub effective_weight: u32,
+    /// Set through the admin API: enabled, draining or disabled.
+    pub admin_state: AdminState,
     pub priority: u32,
     pub healthy: bool,
     pub active_sessions: u32,
@@ -72,6 +78,9 @@ struct BackendState {
     config: BackendConfig,
     healthy: AtomicBool,
     history: Mutex<VecDeque<ProbeResult>>,
+    steering: Mutex<Steering>,
+    /// Not drained or disabled; read on every decision.
+    takes_sessions: AtomicBool,
 }
 
 struct HookStats {
@@ -133,6 +142,8 @@ pub struct Pool {
     live: Arc<LiveCounters>,
     pushed: ArcSwap<PushedPool>,
     version: AtomicU64,
+    /// Drain, disable and weight set by an operator; outlives reloads.
+    steering: Arc<SteeringRecord>,
     balancer: BalancerPlugin,
     health: HealthPlugin,
     /// A candidate balancer in shadow mode, if the config names one.
@@ -200,13 +211,19 @@ impl Pool {
                 ))
             }
         };
+        let steering = previous.map(|p| p.steering.clone()).unwrap_or_default();
         let backends: Vec<BackendState> = config
             .backends
             .iter()
-            .map(|b| BackendState {
-                config: b.clone(),
-                healthy: AtomicBool::new(true),
-                history: Mutex::new(VecDeque::with_capacity(HISTORY)),
+            .map(|b| {
+                let steered = steering.get(&b.name);
+                BackendState {
+                    config: b.clone(),
+                    healthy: AtomicBool::new(true),
+                    history: Mutex::new(VecDeque::with_capacity(HISTORY)),
+                    steering: Mutex::new(steered),
+                    takes_sessions: AtomicBool::new(steered.state.takes_sessions()),
+                }
             })
             .collect();
         let pool = Pool {
@@ -215,6 +232,7 @@ impl Pool {
             live,
             pushed: ArcSwap::from_pointee(PushedPool::new(1, Vec::new(), Vec::new())),
             version: AtomicU64::new(1),
+            steering,
             balancer,
             health,
             shadow,
@@ -244,6 +262,33 @@ impl Pool {
 
     pub fn is_healthy(&self, id: usize) -> bool {
         self.backends[id].healthy.load(Ordering::Acquire)
+    }
+
+    /// Neither drained nor disabled.
+    pub fn takes_sessions(&self, id: usize) -> bool {
+        self.backends[id].takes_sessions.load(Ordering::Acquire)
+    }
+
+    /// Drain, disable, enable or re-weight the backend named `backend`;
+    /// its steering now, or `None` if the pool has no such backend. Kept
+    /// across reloads until changed.
+    pub fn steer(&self, backend: &str, action: Action) -> Option<Steering> {
+        let state = self.backends.iter().find(|b| b.config.name == backend)?;
+        let steered = self.steering.apply(backend, action);
+        *state.steering.lock().unwrap_or_else(|p| p.into_inner()) = steered;
+        state
+            .takes_sessions
+            .store(steered.state.takes_sessions(), Ordering::Release);
+        tracing::info!(pool = %self.name, backend, state = ?steered.state, weight = ?steered.weight, "backend steered by the admin API");
+        self.publish();
+        Some(steered)
+    }
+
+    fn steering_of(&self, id: usize) -> Steering {
+        *self.backends[id]
+            .steering
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Sessions in flight, as balancers see them through `pool-state`.
@@ -276,10 +321,13 @@ impl Pool {
                     .unwrap_or_else(|p| p.into_inner())
                     .back()
                     .cloned();
+                let steered = self.steering_of(id);
                 BackendReport {
                     name: b.config.name.clone(),
                     address: b.config.address.to_string(),
                     weight: b.config.weight,
+                    effective_weight: steered.weight.unwrap_or(b.config.weight),
+                    admin_state: steered.state,
                     priority: b.config.priority,
                     healthy: b.healthy.load(Ordering::Acquire),
                     active_sessions: self.live.active(id),
@@ -305,14 +353,17 @@ impl Pool {
             .backends
             .iter()
             .enumerate()
-            .map(|(i, b)| Backend {
-                id: i as u32,
-                name: b.config.name.clone(),
-                address: b.config.address.to_string(),
-                weight: b.config.weight,
-                priority: b.config.priority,
-                healthy: b.healthy.load(Ordering::Acquire),
-                draining: false,
+            .map(|(i, b)| {
+                let steered = self.steering_of(i);
+                Backend {
+                    id: i as u32,
+                    name: b.config.name.clone(),
+                    address: b.config.address.to_string(),
+                    weight: steered.weight.unwrap_or(b.config.weight),
+                    priority: b.config.priority,
+                    healthy: b.healthy.load(Ordering::Acquire),
+                    draining: !steered.state.takes_sessions(),
+                }
             })
             .collect();
         self.pushed.store(Arc::new(PushedPool::new(
@@ -328,10 +379,17 @@ impl Pool {
         let pool = self.pushed.load();
         self.balancer_stats.calls.inc();
         self.decisions.fetch_add(1, Ordering::Relaxed);
-        let decision = self.decide(&pool, ctx);
+        let mut decision = self.decide(&pool, ctx);
         if let Some(shadow) = &self.shadow {
             shadow.observe(&pool, ctx, &decision.order);
         }
+        // Whatever the plugin (or the fallback) answered: a drained or
+        // disabled backend gets no new session.
+        decision.order.retain(|&id| {
+            self.backends
+                .get(id as usize)
+                .is_some_and(|b| b.takes_sessions.load(Ordering::Acquire))
+        });
         decision
     }
 
