@@ -1,6 +1,7 @@
 //! The admin API of the running `gale` binary, called with curl:
-//! `/status`, `POST /reload`, `/metrics`, the bearer token, and candidate
-//! balancers in shadow mode as `/status` reports them.
+//! `/status`, `POST /reload`, `/metrics`, the bearer token, candidate
+//! balancers in shadow mode as `/status` reports them, and steering a
+//! backend (drain, enable, weight) with slow start.
 
 mod support;
 
@@ -327,4 +328,60 @@ fn a_drained_backend_takes_no_new_sessions_until_enabled_even_across_a_reload() 
         .0,
         400
     );
+}
+
+#[test]
+fn an_enabled_backend_ramps_up_to_its_weight_over_slow_start() {
+    let (a, b) = (SmtpSink::start(free_port()), SmtpSink::start(free_port()));
+    let toml = config(
+        &[
+            ("a", a.address, "weight = 10"),
+            ("b", b.address, "weight = 10"),
+        ],
+        "slow_start = \"2s\"",
+        "",
+    );
+    let gale = Gale::start(&toml);
+    let steer = |verb: &str| {
+        curl(&[
+            "-X",
+            "POST",
+            &url(&gale, &format!("/pools/mta/backends/b/{verb}")),
+        ])
+        .0
+    };
+    assert_eq!(steer("drain"), 200);
+    assert_eq!(steer("enable"), 200);
+    let enabled = std::time::Instant::now();
+    let mut seen = Vec::new();
+    loop {
+        let w = status(&gale)["pools"][0]["backends"][1]["effective_weight"]
+            .as_u64()
+            .unwrap();
+        seen.push((enabled.elapsed().as_millis(), w));
+        if w == 10 {
+            break;
+        }
+        assert!(
+            enabled.elapsed() < Duration::from_secs(4),
+            "still ramping: {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("effective weight over time (ms, weight): {seen:?}");
+    assert!(seen[0].1 < 5, "started at {seen:?}");
+    assert!(
+        seen.windows(2).all(|w| w[0].1 <= w[1].1),
+        "not rising: {seen:?}"
+    );
+    assert!(
+        seen.last().unwrap().0 >= 1800,
+        "full before slow_start: {seen:?}"
+    );
+    // And the sessions follow: b gets mail again.
+    let addr = gale.address("in");
+    for _ in 0..20 {
+        send_mail(addr);
+    }
+    gale.wait_line(&["smtp session", "backend=b "], Duration::from_secs(5));
 }

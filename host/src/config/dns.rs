@@ -320,6 +320,7 @@ pub(super) fn peers(
         health: builtin("threshold-health"),
         candidate: None,
         keepalive_timeout: Duration::from_secs(60),
+        slow_start: None,
         probe: super::probe_config(errors, &section.probe, "peers.probe")?,
         backends,
     };

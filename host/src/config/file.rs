@@ -219,6 +219,9 @@ pub struct PoolSection {
     /// `keepalive_timeout` (HTTP): idle backend connections are reused
     /// only this long; keep it under the backends' own idle timeout.
     pub keepalive_timeout: Option<Spanned<String>>,
+    /// `slow_start`: a backend that comes back (or is enabled) ramps from
+    /// a low weight to its full weight over this long.
+    pub slow_start: Option<Spanned<String>>,
     /// `[pools.NAME.probe]`: active health checks.
     #[serde(default)]
     pub probe: ProbeSection,

@@ -108,6 +108,8 @@ pub struct PoolConfig {
     pub candidate: Option<CandidateSpec>,
     /// HTTP: how long an idle backend connection may wait for reuse.
     pub keepalive_timeout: Duration,
+    /// Ramp time for a backend that returns; `None`: full weight at once.
+    pub slow_start: Option<Duration>,
     pub probe: ProbeConfig,
     pub backends: Vec<BackendConfig>,
 }
@@ -419,6 +421,15 @@ fn validate(file: FileConfig, path: &Path, errors: &Errors<'_>) -> Result<Config
             balancer,
             health,
             candidate,
+            slow_start: match &pool.slow_start {
+                None => None,
+                Some(_) => Some(parse_duration(
+                    errors,
+                    pool.slow_start.as_ref(),
+                    &format!("{key}.slow_start"),
+                    Duration::ZERO,
+                )?),
+            },
             keepalive_timeout: parse_duration(
                 errors,
                 pool.keepalive_timeout.as_ref(),

@@ -32,6 +32,8 @@ pub use steering::{Action, AdminState, Steering, SteeringRecord};
 /// Results kept per backend for the health plugin; thresholds up to this
 /// long can be evaluated.
 pub const HISTORY: usize = 16;
+/// While a backend ramps up, its weight is recomputed this often.
+const RAMP_STEP: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Who decided a session's backend order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +83,8 @@ struct BackendState {
     steering: Mutex<Steering>,
     /// Not drained or disabled; read on every decision.
     takes_sessions: AtomicBool,
+    /// Since when the backend ramps up to its weight (`slow_start`).
+    ramp_since: Mutex<Option<std::time::Instant>>,
 }
 
 struct HookStats {
@@ -144,6 +148,11 @@ pub struct Pool {
     version: AtomicU64,
     /// Drain, disable and weight set by an operator; outlives reloads.
     steering: Arc<SteeringRecord>,
+    slow_start: Option<std::time::Duration>,
+    /// Some backend is ramping up: the snapshot is rebuilt as decisions
+    /// come (at most every `RAMP_STEP`), so its weight rises.
+    ramping: AtomicBool,
+    published_at: Mutex<std::time::Instant>,
     balancer: BalancerPlugin,
     health: HealthPlugin,
     /// A candidate balancer in shadow mode, if the config names one.
@@ -223,6 +232,7 @@ impl Pool {
                     history: Mutex::new(VecDeque::with_capacity(HISTORY)),
                     steering: Mutex::new(steered),
                     takes_sessions: AtomicBool::new(steered.state.takes_sessions()),
+                    ramp_since: Mutex::new(None),
                 }
             })
             .collect();
@@ -233,6 +243,9 @@ impl Pool {
             pushed: ArcSwap::from_pointee(PushedPool::new(1, Vec::new(), Vec::new())),
             version: AtomicU64::new(1),
             steering,
+            slow_start: config.slow_start,
+            ramping: AtomicBool::new(false),
+            published_at: Mutex::new(std::time::Instant::now()),
             balancer,
             health,
             shadow,
@@ -274,14 +287,43 @@ impl Pool {
     /// across reloads until changed.
     pub fn steer(&self, backend: &str, action: Action) -> Option<Steering> {
         let state = self.backends.iter().find(|b| b.config.name == backend)?;
+        let was_taking = state.takes_sessions.load(Ordering::Acquire);
         let steered = self.steering.apply(backend, action);
         *state.steering.lock().unwrap_or_else(|p| p.into_inner()) = steered;
+        if !was_taking && steered.state.takes_sessions() {
+            self.start_ramp(state);
+        }
         state
             .takes_sessions
             .store(steered.state.takes_sessions(), Ordering::Release);
         tracing::info!(pool = %self.name, backend, state = ?steered.state, weight = ?steered.weight, "backend steered by the admin API");
         self.publish();
         Some(steered)
+    }
+
+    /// A backend back in rotation starts low and ramps up to its weight
+    /// over `slow_start`, so a cold MTA is not flooded.
+    fn start_ramp(&self, state: &BackendState) {
+        if self.slow_start.is_some() {
+            *state.ramp_since.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(std::time::Instant::now());
+            self.ramping.store(true, Ordering::Release);
+        }
+    }
+
+    /// The weight balancers see: the operator's weight or the configured
+    /// one, scaled down while the backend ramps up (at least 1).
+    pub fn effective_weight(&self, id: usize) -> u32 {
+        let b = &self.backends[id];
+        let base = self.steering_of(id).weight.unwrap_or(b.config.weight);
+        let since = *b.ramp_since.lock().unwrap_or_else(|p| p.into_inner());
+        match (self.slow_start, since) {
+            (Some(ramp), Some(since)) if since.elapsed() < ramp => {
+                let share = since.elapsed().as_secs_f64() / ramp.as_secs_f64();
+                ((f64::from(base) * share).ceil() as u32).clamp(base.min(1), base)
+            }
+            _ => base,
+        }
     }
 
     fn steering_of(&self, id: usize) -> Steering {
@@ -326,7 +368,7 @@ impl Pool {
                     name: b.config.name.clone(),
                     address: b.config.address.to_string(),
                     weight: b.config.weight,
-                    effective_weight: steered.weight.unwrap_or(b.config.weight),
+                    effective_weight: self.effective_weight(id),
                     admin_state: steered.state,
                     priority: b.config.priority,
                     healthy: b.healthy.load(Ordering::Acquire),
@@ -349,6 +391,15 @@ impl Pool {
     /// Rebuild the snapshot balancers see; called after any state change.
     fn publish(&self) {
         let version = self.version.fetch_add(1, Ordering::AcqRel) + 1;
+        *self.published_at.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
+        let still_ramping = self.backends.iter().any(|b| {
+            let mut since = b.ramp_since.lock().unwrap_or_else(|p| p.into_inner());
+            if since.is_some_and(|s| self.slow_start.is_none_or(|r| s.elapsed() >= r)) {
+                *since = None;
+            }
+            since.is_some()
+        });
+        self.ramping.store(still_ramping, Ordering::Release);
         let backends = self
             .backends
             .iter()
@@ -359,7 +410,7 @@ impl Pool {
                     id: i as u32,
                     name: b.config.name.clone(),
                     address: b.config.address.to_string(),
-                    weight: steered.weight.unwrap_or(b.config.weight),
+                    weight: self.effective_weight(i),
                     priority: b.config.priority,
                     healthy: b.healthy.load(Ordering::Acquire),
                     draining: !steered.state.takes_sessions(),
@@ -376,6 +427,12 @@ impl Pool {
     /// Backend order for one session. Never fails: a plugin failure is
     /// counted and the built-in weighted round-robin decides instead.
     pub fn select(&self, ctx: &RequestContext) -> Decision {
+        if self.ramping.load(Ordering::Acquire) {
+            let last = *self.published_at.lock().unwrap_or_else(|p| p.into_inner());
+            if last.elapsed() >= RAMP_STEP {
+                self.publish();
+            }
+        }
         let pool = self.pushed.load();
         self.balancer_stats.calls.inc();
         self.decisions.fetch_add(1, Ordering::Relaxed);
@@ -443,6 +500,13 @@ impl Pool {
             };
             let healthy = before.healthy.load(Ordering::Acquire);
             changed |= state.healthy.swap(healthy, Ordering::AcqRel) != healthy;
+            // A ramp under way goes on from where it was.
+            let ramp = *before.ramp_since.lock().unwrap_or_else(|p| p.into_inner());
+            if ramp.is_some() && self.slow_start.is_some() {
+                *state.ramp_since.lock().unwrap_or_else(|p| p.into_inner()) = ramp;
+                self.ramping.store(true, Ordering::Release);
+                changed = true;
+            }
             let history = before
                 .history
                 .lock()
@@ -507,6 +571,9 @@ impl Pool {
             return None;
         }
         state.healthy.store(verdict, Ordering::Release);
+        if verdict {
+            self.start_ramp(state);
+        }
         tracing::info!(
             pool = %self.name,
             backend = %state.config.name,
