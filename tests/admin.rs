@@ -385,3 +385,57 @@ fn an_enabled_backend_ramps_up_to_its_weight_over_slow_start() {
     }
     gale.wait_line(&["smtp session", "backend=b "], Duration::from_secs(5));
 }
+
+#[test]
+fn gale_status_prints_the_running_state_as_tables() {
+    let a = SmtpSink::start(free_port());
+    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let toml = config(
+        &[("a", a.address, ""), ("dead", dead, "")],
+        "[pools.mta.probe]\ninterval = \"100ms\"",
+        "token = \"s3cret\"",
+    );
+    let gale = Gale::start(&toml);
+    gale.wait_line(&["backend=dead", "left rotation"], Duration::from_secs(5));
+    let admin = gale.admin_address().to_string();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_gale"))
+            .args(["status", "--admin", &admin])
+            .args(args)
+            .env_remove("GALE_ADMIN_TOKEN")
+            .output()
+            .unwrap()
+    };
+    let refused = run(&[]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("401"), "{err}");
+
+    let out = run(&["--token", "s3cret"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = |name: &str| {
+        table
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(name))
+            .unwrap_or_else(|| panic!("no row for {name}:\n{table}"))
+            .to_string()
+    };
+    assert!(
+        line("a").contains(" up ") && line("a").contains("enabled"),
+        "{table}"
+    );
+    assert!(line("dead").contains(" DOWN "), "{table}");
+    assert!(
+        table.contains("LISTENER") && table.contains(" smtp "),
+        "{table}"
+    );
+
+    let json = run(&["--token", "s3cret", "--json"]);
+    let doc: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(doc["pools"][0]["backends"][1]["healthy"], false);
+}

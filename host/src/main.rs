@@ -51,6 +51,20 @@ enum Command {
         #[arg(short, long, default_value = "config/gale.toml")]
         config: PathBuf,
     },
+    /// Show a running gale's listeners, backends (health, admin state,
+    /// weight, sessions, last probe), DNS records and last reload, from
+    /// its admin API.
+    Status {
+        /// The admin listener's address.
+        #[arg(short, long, default_value = "127.0.0.1:9090")]
+        admin: std::net::SocketAddr,
+        /// Bearer token, when the admin listener requires one.
+        #[arg(long, env = "GALE_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Print the JSON document instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -67,6 +81,7 @@ fn main() -> ExitCode {
         Command::Run { config } => run(&config, false),
         Command::Demo { config } => run(&config, true),
         Command::Check { config } => check(&config),
+        Command::Status { admin, token, json } => status(admin, token.as_deref(), json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -248,4 +263,18 @@ async fn move_admin(
         old.stop();
     }
     next
+}
+
+fn status(admin: std::net::SocketAddr, token: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let doc = rt.block_on(gale::admin::table::fetch(admin, token))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print!("{}", gale::admin::table::render(&doc));
+    }
+    Ok(())
 }

@@ -9,6 +9,7 @@
 
 pub mod status;
 mod steer;
+pub mod table;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
