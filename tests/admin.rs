@@ -439,3 +439,76 @@ fn gale_status_prints_the_running_state_as_tables() {
     let doc: Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(doc["pools"][0]["backends"][1]["healthy"], false);
 }
+
+/// Every sample of `/metrics`, parsed by a Prometheus text parser.
+fn scrape(gale: &Gale) -> Vec<prometheus_parse::Sample> {
+    let (code, body) = curl(&[&url(gale, "/metrics")]);
+    assert_eq!(code, 200, "{body}");
+    let lines = body.lines().map(|l| Ok(l.to_string()));
+    prometheus_parse::Scrape::parse(lines).unwrap().samples
+}
+
+/// The value of `metric` with exactly `labels` (0 when absent).
+fn value(samples: &[prometheus_parse::Sample], metric: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.metric == metric)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
+            other => panic!("{metric}: not a number: {other:?}"),
+        })
+        .sum()
+}
+
+#[test]
+fn metrics_parse_and_count_what_was_sent() {
+    let a = SmtpSink::start(free_port());
+    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let toml = config(
+        &[("a", a.address, "weight = 1"), ("dead", dead, "weight = 1")],
+        "[pools.mta.probe]\ninterval = \"1h\"",
+        "",
+    );
+    let gale = Gale::start(&toml);
+    let addr = gale.address("in");
+    for _ in 0..30 {
+        send_mail(addr);
+    }
+    let samples = scrape(&gale);
+    let relayed = value(
+        &samples,
+        "gale_sessions_total",
+        &[("listener", "in"), ("outcome", "relayed")],
+    );
+    assert_eq!(relayed, 30.0);
+    let to_a = value(
+        &samples,
+        "gale_backend_sessions_total",
+        &[("pool", "mta"), ("backend", "a")],
+    );
+    assert_eq!(to_a, 30.0);
+    // Every try at the dead backend failed to connect and was retried.
+    let refused = value(
+        &samples,
+        "gale_backend_failures_total",
+        &[("backend", "dead"), ("reason", "connect")],
+    );
+    let retries = value(&samples, "gale_retries_total", &[("listener", "in")]);
+    assert!(refused >= 1.0, "the dead backend was never tried");
+    assert_eq!(retries, refused);
+    let up = value(
+        &samples,
+        "gale_smtp_bytes_total",
+        &[("listener", "in"), ("direction", "up")],
+    );
+    assert!(up > 30.0 * 50.0, "{up} bytes up for 30 messages");
+    let calls = value(
+        &samples,
+        "gale_plugin_call_seconds_count",
+        &[("pool", "mta"), ("hook", "balancer")],
+    );
+    assert!(calls >= 30.0, "{calls} balancer calls timed");
+}

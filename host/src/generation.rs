@@ -6,10 +6,12 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::config::Protocol as ListenerProtocol;
+use crate::metrics::{BytesLabels, ListenerLabels, Metrics, RequestLabels, SessionLabels};
 use crate::plugin::types::{IpAddress, ProbeResult, ProbeSource, Protocol, RequestContext};
 use crate::plugin::{DnsPlugin, PluginError, PluginRuntime};
 use crate::pool::Pool;
+use prometheus_client::metrics::counter::Counter;
 
 pub struct Generation {
     pub id: u64,
@@ -17,6 +19,85 @@ pub struct Generation {
     pub pools: Vec<Arc<Pool>>,
     /// The `[dns]` plugin, when records are published.
     pub dns: Option<Arc<DnsPlugin>>,
+    pub metrics: Arc<Metrics>,
+    /// Counters of each listener (same order as `config.listeners`),
+    /// resolved once.
+    pub listener_counters: Vec<ListenerCounters>,
+}
+
+/// One listener's session, request and byte counters.
+pub struct ListenerCounters {
+    pub relayed: Counter,
+    pub deferred: Counter,
+    pub retries: Counter,
+    pub bytes_up: Counter,
+    pub bytes_down: Counter,
+    /// HTTP responses by status class, `1xx` to `5xx`.
+    pub statuses: [Counter; 5],
+}
+
+impl ListenerCounters {
+    /// The series of a listener's protocol; the others are counters
+    /// nobody exports (an SMTP listener has no HTTP statuses).
+    fn new(metrics: &Metrics, listener: &str, protocol: ListenerProtocol) -> Self {
+        let smtp = protocol == ListenerProtocol::Smtp;
+        let session = |outcome: &str| {
+            if !smtp {
+                return Counter::default();
+            }
+            metrics
+                .sessions
+                .get_or_create(&SessionLabels {
+                    listener: listener.to_string(),
+                    outcome: outcome.to_string(),
+                })
+                .clone()
+        };
+        let bytes = |direction: &str| {
+            if !smtp {
+                return Counter::default();
+            }
+            metrics
+                .bytes
+                .get_or_create(&BytesLabels {
+                    listener: listener.to_string(),
+                    direction: direction.to_string(),
+                })
+                .clone()
+        };
+        let status = |class: u16| {
+            if smtp {
+                return Counter::default();
+            }
+            metrics
+                .requests
+                .get_or_create(&RequestLabels {
+                    listener: listener.to_string(),
+                    status: format!("{class}xx"),
+                })
+                .clone()
+        };
+        ListenerCounters {
+            relayed: session("relayed"),
+            deferred: session("deferred"),
+            retries: metrics
+                .retries
+                .get_or_create(&ListenerLabels {
+                    listener: listener.to_string(),
+                })
+                .clone(),
+            bytes_up: bytes("up"),
+            bytes_down: bytes("down"),
+            statuses: [status(1), status(2), status(3), status(4), status(5)],
+        }
+    }
+
+    /// Count a response with `status` sent to a client.
+    pub fn status(&self, status: u16) {
+        if let Some(c) = self.statuses.get(usize::from(status / 100).wrapping_sub(1)) {
+            c.inc();
+        }
+    }
 }
 
 impl Generation {
@@ -61,11 +142,18 @@ impl Generation {
                 Some(Arc::new(plugin))
             }
         };
+        let listener_counters = config
+            .listeners
+            .iter()
+            .map(|l| ListenerCounters::new(metrics, &l.name, l.protocol))
+            .collect();
         Ok(Generation {
             id,
             config,
             pools,
             dns,
+            metrics: metrics.clone(),
+            listener_counters,
         })
     }
 

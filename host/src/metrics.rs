@@ -6,6 +6,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -34,6 +35,62 @@ pub struct ShadowLabels {
     pub outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SessionLabels {
+    pub listener: String,
+    /// SMTP: `relayed` (joined to a backend) or `deferred` (421 sent).
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub listener: String,
+    /// The status class sent to the client: `2xx` ... `5xx`.
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BytesLabels {
+    pub listener: String,
+    /// `up` (client to backend) or `down`.
+    pub direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    pub pool: String,
+    pub backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    pub pool: String,
+    pub backend: String,
+    /// What went wrong: `connect`, `timeout`, `greeting`, `full`,
+    /// `exchange`.
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeLabels {
+    pub pool: String,
+    pub backend: String,
+    /// `ok` or `failed`.
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DnsLabels {
+    pub provider: String,
+    /// `applied`, `refused` or `failed`.
+    pub result: String,
+}
+
 /// Every metric gale exports.
 pub struct Metrics {
     registry: Registry,
@@ -46,6 +103,18 @@ pub struct Metrics {
     pub rollbacks: Counter,
     /// Id of the generation serving new sessions.
     pub generation: Gauge,
+    pub sessions: Family<SessionLabels, Counter>,
+    pub requests: Family<RequestLabels, Counter>,
+    pub bytes: Family<BytesLabels, Counter>,
+    /// Sessions or requests a backend took.
+    pub backend_sessions: Family<BackendLabels, Counter>,
+    /// Attempts at a backend that failed, by reason.
+    pub backend_failures: Family<FailureLabels, Counter>,
+    /// Attempts after the first within one session or request.
+    pub retries: Family<ListenerLabels, Counter>,
+    pub probes: Family<ProbeLabels, Counter>,
+    pub plugin_call_seconds: Family<PluginLabels, Histogram>,
+    pub dns_updates: Family<DnsLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -93,8 +162,69 @@ impl Metrics {
             "Id of the generation serving new sessions",
             generation.clone(),
         );
+        let sessions = Family::<SessionLabels, Counter>::default();
+        registry.register(
+            "sessions",
+            "SMTP sessions by listener and outcome: relayed to a backend, or deferred with 421",
+            sessions.clone(),
+        );
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by listener and the status class sent (503 and 502/504 included)",
+            requests.clone(),
+        );
+        let bytes = Family::<BytesLabels, Counter>::default();
+        registry.register(
+            "smtp_bytes",
+            "Bytes relayed by SMTP listeners, up (client to backend) and down",
+            bytes.clone(),
+        );
+        let backend_sessions = Family::<BackendLabels, Counter>::default();
+        registry.register(
+            "backend_sessions",
+            "SMTP sessions and HTTP requests each backend took",
+            backend_sessions.clone(),
+        );
+        let backend_failures = Family::<FailureLabels, Counter>::default();
+        registry.register(
+            "backend_failures",
+            "Attempts at a backend that failed: connect, timeout, greeting (not 220), full (max_sessions), exchange (HTTP)",
+            backend_failures.clone(),
+        );
+        let retries = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "retries",
+            "Attempts at a further backend within one session or request",
+            retries.clone(),
+        );
+        let probes = Family::<ProbeLabels, Counter>::default();
+        registry.register("probes", "Health probe results by backend", probes.clone());
+        let plugin_call_seconds = Family::<PluginLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2])
+        });
+        registry.register(
+            "plugin_call_seconds",
+            "Time of one balancer or health plugin call, fallbacks included",
+            plugin_call_seconds.clone(),
+        );
+        let dns_updates = Family::<DnsLabels, Counter>::default();
+        registry.register(
+            "dns_updates",
+            "Record changes handed to the DNS provider, by result",
+            dns_updates.clone(),
+        );
         Self {
             registry,
+            sessions,
+            requests,
+            bytes,
+            backend_sessions,
+            backend_failures,
+            retries,
+            probes,
+            plugin_call_seconds,
+            dns_updates,
             plugin_calls,
             plugin_fallbacks,
             reloads,

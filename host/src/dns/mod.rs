@@ -255,6 +255,16 @@ pub async fn run(
         }
         window.1 += diff;
         changed = None;
+        if let crate::config::DnsProvider::Embedded { .. } = config.provider {
+            generation
+                .metrics
+                .dns_updates
+                .get_or_create(&crate::metrics::DnsLabels {
+                    provider: "embedded".to_string(),
+                    result: "applied".to_string(),
+                })
+                .inc();
+        }
         apply(&state, config, wanted, &published);
     }
 }

@@ -79,9 +79,20 @@ pub async fn run(
             wait = None;
             continue;
         }
+        let count = |result: &str| {
+            generation
+                .metrics
+                .dns_updates
+                .get_or_create(&crate::metrics::DnsLabels {
+                    provider: "rfc2136".to_string(),
+                    result: result.to_string(),
+                })
+                .inc();
+        };
         match tokio::time::timeout(server.timeout * 4, sync(config, server, &wanted)).await {
             Ok(Ok(changed)) => {
                 if changed {
+                    count("applied");
                     tracing::info!(server = %server.server, name = %config.name, records = wanted.len(), "dns update applied");
                 }
                 state.set_published(wanted);
@@ -89,17 +100,20 @@ pub async fn run(
                 wait = Some(server.reconcile);
             }
             Ok(Err(SyncError::Refused(why))) => {
+                count("refused");
                 tracing::error!(server = %server.server, key = %server.key_name, "dns update refused: {why}");
                 state.failed(why);
                 wait = Some(server.reconcile);
             }
             Ok(Err(SyncError::Unreachable(why))) => {
+                count("failed");
                 tracing::warn!(server = %server.server, retry_in = ?backoff, "dns update failed: {why}");
                 state.failed(why);
                 wait = Some(backoff);
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
             Err(_) => {
+                count("failed");
                 let why = format!("no answer within {:?}", server.timeout * 4);
                 tracing::warn!(server = %server.server, retry_in = ?backoff, "dns update failed: {why}");
                 state.failed(why);

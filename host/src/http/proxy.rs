@@ -47,8 +47,22 @@ impl Proxy {
         }
     }
 
-    /// Serve one request from `peer`.
+    /// Serve one request from `peer` (HTTP/2).
     pub async fn handle(&self, client: &Peer, req: Request<Incoming>) -> Response<ProxyBody> {
+        let response = self.exchange(client, req).await;
+        let generation = self.current.load();
+        if let Some(i) = generation
+            .config
+            .listeners
+            .iter()
+            .position(|x| x.name == self.name)
+        {
+            generation.listener_counters[i].status(response.status().as_u16());
+        }
+        response
+    }
+
+    async fn exchange(&self, client: &Peer, req: Request<Incoming>) -> Response<ProxyBody> {
         let peer = client.addr;
         let started = Instant::now();
         // Per request, not per connection: a kept-alive connection follows
@@ -100,6 +114,7 @@ impl Proxy {
             let backend = pool.backend(id);
             let Some(active) = Active::enter(pool.live(), id, backend.max_sessions) else {
                 tried.push_str(&format!("{}: at max_sessions; ", backend.name));
+                pool.count_failure(id, "full");
                 continue;
             };
             let mut upstream = Request::new(body.clone());
@@ -116,6 +131,7 @@ impl Proxy {
             let timed_out = outcome.is_err();
             let failure = match outcome {
                 Ok(Ok((mut response, lease))) => {
+                    pool.count_session(id);
                     headers::strip_hop_by_hop(response.headers_mut());
                     tracing::debug!(
                         listener = %l.name, client = %peer, backend = %backend.name,
@@ -138,6 +154,14 @@ impl Proxy {
                 }
             };
             let latency = attempt.elapsed();
+            pool.count_failure(
+                id,
+                match (reached_a_backend, timed_out) {
+                    (false, _) => "connect",
+                    (true, true) => "timeout",
+                    (true, false) => "exchange",
+                },
+            );
             tried.push_str(&format!(
                 "{}: {failure} after {}ms; ",
                 backend.name,

@@ -18,7 +18,9 @@ use arc_swap::ArcSwap;
 use prometheus_client::metrics::counter::Counter;
 
 use crate::config::{BackendConfig, PoolConfig};
-use crate::metrics::{FallbackLabels, Metrics, PluginLabels};
+use crate::metrics::{
+    BackendLabels, FailureLabels, FallbackLabels, Metrics, PluginLabels, ProbeLabels,
+};
 use crate::plugin::PushedPool;
 use crate::plugin::types::{Backend, ProbeResult, RequestContext};
 use crate::plugin::{
@@ -85,10 +87,13 @@ struct BackendState {
     takes_sessions: AtomicBool,
     /// Since when the backend ramps up to its weight (`slow_start`).
     ramp_since: Mutex<Option<std::time::Instant>>,
+    /// `gale_backend_sessions_total` for this backend, resolved once.
+    sessions: Counter,
 }
 
 struct HookStats {
     calls: Counter,
+    latency: prometheus_client::metrics::histogram::Histogram,
     fallbacks: FallbackCounters,
     log: RateLimitedLog,
 }
@@ -115,15 +120,15 @@ impl FallbackCounters {
 
 impl HookStats {
     fn new(metrics: &Arc<Metrics>, pool: &str, hook: &'static str) -> Self {
-        let calls = metrics
-            .plugin_calls
-            .get_or_create(&PluginLabels {
-                pool: pool.to_string(),
-                hook: hook.to_string(),
-            })
-            .clone();
+        let labels = PluginLabels {
+            pool: pool.to_string(),
+            hook: hook.to_string(),
+        };
+        let calls = metrics.plugin_calls.get_or_create(&labels).clone();
+        let latency = metrics.plugin_call_seconds.get_or_create(&labels).clone();
         Self {
             calls,
+            latency,
             fallbacks: FallbackCounters {
                 metrics: metrics.clone(),
                 pool: pool.to_string(),
@@ -146,6 +151,7 @@ pub struct Pool {
     live: Arc<LiveCounters>,
     pushed: ArcSwap<PushedPool>,
     version: AtomicU64,
+    metrics: Arc<Metrics>,
     /// Drain, disable and weight set by an operator; outlives reloads.
     steering: Arc<SteeringRecord>,
     slow_start: Option<std::time::Duration>,
@@ -233,6 +239,13 @@ impl Pool {
                     steering: Mutex::new(steered),
                     takes_sessions: AtomicBool::new(steered.state.takes_sessions()),
                     ramp_since: Mutex::new(None),
+                    sessions: metrics
+                        .backend_sessions
+                        .get_or_create(&BackendLabels {
+                            pool: config.name.clone(),
+                            backend: b.name.clone(),
+                        })
+                        .clone(),
                 }
             })
             .collect();
@@ -242,6 +255,7 @@ impl Pool {
             live,
             pushed: ArcSwap::from_pointee(PushedPool::new(1, Vec::new(), Vec::new())),
             version: AtomicU64::new(1),
+            metrics: metrics.clone(),
             steering,
             slow_start: config.slow_start,
             ramping: AtomicBool::new(false),
@@ -275,6 +289,24 @@ impl Pool {
 
     pub fn is_healthy(&self, id: usize) -> bool {
         self.backends[id].healthy.load(Ordering::Acquire)
+    }
+
+    /// Backend `id` took a session or request.
+    pub fn count_session(&self, id: usize) {
+        self.backends[id].sessions.inc();
+    }
+
+    /// An attempt at backend `id` failed for `reason` (rare: the label
+    /// set is looked up each time).
+    pub fn count_failure(&self, id: usize, reason: &'static str) {
+        self.metrics
+            .backend_failures
+            .get_or_create(&FailureLabels {
+                pool: self.name.clone(),
+                backend: self.backends[id].config.name.clone(),
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     /// Neither drained nor disabled.
@@ -436,7 +468,11 @@ impl Pool {
         let pool = self.pushed.load();
         self.balancer_stats.calls.inc();
         self.decisions.fetch_add(1, Ordering::Relaxed);
+        let called = std::time::Instant::now();
         let mut decision = self.decide(&pool, ctx);
+        self.balancer_stats
+            .latency
+            .observe(called.elapsed().as_secs_f64());
         if let Some(shadow) = &self.shadow {
             shadow.observe(&pool, ctx, &decision.order);
         }
@@ -545,6 +581,16 @@ impl Pool {
     /// health plugin. Returns the new verdict if it changed.
     pub fn record(&self, id: usize, result: ProbeResult) -> Option<bool> {
         let state = &self.backends[id];
+        if result.source == crate::plugin::types::ProbeSource::Probe {
+            self.metrics
+                .probes
+                .get_or_create(&ProbeLabels {
+                    pool: self.name.clone(),
+                    backend: state.config.name.clone(),
+                    result: if result.ok { "ok" } else { "failed" }.to_string(),
+                })
+                .inc();
+        }
         let recent: Vec<ProbeResult> = {
             let mut history = state.history.lock().unwrap_or_else(|p| p.into_inner());
             if history.len() == HISTORY {
@@ -556,6 +602,7 @@ impl Pool {
         let current = state.healthy.load(Ordering::Acquire);
         let snapshot = self.pushed.load();
         self.health_stats.calls.inc();
+        let called = std::time::Instant::now();
         let verdict = match self
             .health
             .evaluate(&snapshot.backends[id], current, &recent)
@@ -567,6 +614,9 @@ impl Pool {
                 RiseFall::default().next_state(current, recent.iter().map(|r| r.ok))
             }
         };
+        self.health_stats
+            .latency
+            .observe(called.elapsed().as_secs_f64());
         if verdict == current {
             return None;
         }

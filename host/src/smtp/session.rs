@@ -42,6 +42,16 @@ impl Attempt {
         }
     }
 
+    /// The `reason` label of `gale_backend_failures_total`.
+    fn reason(&self) -> &'static str {
+        match self {
+            Attempt::Full => "full",
+            Attempt::Connect(_) => "connect",
+            Attempt::ConnectTimeout | Attempt::BannerTimeout => "timeout",
+            Attempt::Greeting(_) | Attempt::Refused(..) => "greeting",
+        }
+    }
+
     fn code(&self) -> Option<u16> {
         match self {
             Attempt::Refused(code, _) => Some(*code),
@@ -83,12 +93,22 @@ pub async fn run(
         http: None,
     };
     let decision = pool.select(&ctx);
+    let counters = &generation.listener_counters[listener];
     let mut tried = String::new();
-    for &id in decision.order.iter().take(l.max_attempts as usize) {
+    for (n, &id) in decision
+        .order
+        .iter()
+        .take(l.max_attempts as usize)
+        .enumerate()
+    {
         let id = id as usize;
         let backend = pool.backend(id);
+        if n > 0 {
+            counters.retries.inc();
+        }
         if !pool.live().try_enter(id, backend.max_sessions) {
             let _ = write!(tried, "{}: {}; ", backend.name, Attempt::Full.describe());
+            pool.count_failure(id, Attempt::Full.reason());
             continue;
         }
         // Leaves on every path, a cancelled session included.
@@ -104,7 +124,11 @@ pub async fn run(
             Ok((mut upstream, greeting)) => {
                 let greet_ms = attempt_started.elapsed().as_millis();
                 let _ = write!(tried, "{}: 220 in {greet_ms}ms", backend.name);
+                counters.relayed.inc();
+                pool.count_session(id);
                 let outcome = join(&mut client, &mut upstream, &greeting, l.idle_timeout).await;
+                counters.bytes_up.inc_by(outcome.up);
+                counters.bytes_down.inc_by(outcome.down);
                 let end = outcome.error.as_deref().unwrap_or("closed");
                 tracing::info!(
                     listener = %l.name,
@@ -129,10 +153,12 @@ pub async fn run(
                     failure.describe(),
                     latency.as_millis()
                 );
+                pool.count_failure(id, failure.reason());
                 pool.record_traffic_failure(id, latency, failure.code(), failure.describe());
             }
         }
     }
+    counters.deferred.inc();
     let reply = unavailable_reply(&l.hostname);
     let sent = timeout(Duration::from_secs(5), async {
         client.write_all(reply.as_bytes()).await?;

@@ -221,6 +221,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Client<IO> {
                 .await;
         };
         let pool = &generation.pools[l.pool];
+        let counters = generation
+            .config
+            .listeners
+            .iter()
+            .position(|x| x.name == l.name)
+            .map(|i| &generation.listener_counters[i]);
         let keepalive = generation.config.pool_of(l).keepalive_timeout;
         let text =
             |r: &std::ops::Range<usize>| String::from_utf8_lossy(&self.buf[r.clone()]).into_owned();
@@ -246,17 +252,30 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Client<IO> {
         let mut tried = String::new();
         let mut reached_a_backend = false;
 
-        for &id in decision.order.iter().take(l.max_attempts as usize) {
+        for (n, &id) in decision
+            .order
+            .iter()
+            .take(l.max_attempts as usize)
+            .enumerate()
+        {
             let id = id as usize;
             let backend = pool.backend(id);
+            if let Some(c) = counters.filter(|_| n > 0) {
+                c.retries.inc();
+            }
             let Some(_active) = Active::enter(pool.live(), id, backend.max_sessions) else {
                 tried.push_str(&format!("{}: at max_sessions; ", backend.name));
+                pool.count_failure(id, "full");
                 continue;
             };
             let attempt = std::time::Instant::now();
             let (why, reached, timed_out) = match self.attempt(backend.address, l, keepalive).await
             {
                 Attempt::Answered(keep) => {
+                    pool.count_session(id);
+                    if let Some(c) = counters {
+                        c.status(self.resp.code);
+                    }
                     tracing::debug!(
                         listener = %l.name, client = %self.peer.addr, backend = %backend.name,
                         method, path, status = self.resp.code,
@@ -281,6 +300,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Client<IO> {
                 } => (why, reached, timed_out),
             };
             let latency = attempt.elapsed();
+            pool.count_failure(
+                id,
+                match (reached, timed_out) {
+                    (false, _) => "connect",
+                    (true, true) => "timeout",
+                    (true, false) => "exchange",
+                },
+            );
             tried.push_str(&format!(
                 "{}: {why} after {}ms; ",
                 backend.name,
@@ -457,6 +484,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Client<IO> {
     /// Answer with a short text of gale's own; whether the connection
     /// stays open.
     async fn reply(&mut self, status: (u16, &str), text: &str, retry_after: Option<&str>) -> bool {
+        self.count_status(status.0);
         // A body left unread would be taken for the next request.
         let close = self.unread_body || !self.req.keep_alive || self.shutdown.is_cancelled();
         head::write_local(
@@ -476,6 +504,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Client<IO> {
             tracing::debug!(client = %self.peer.addr, "refused: {}", refusal.text().trim_end());
         }
         self.linger = true;
+        self.count_status(refusal.status().0);
         head::write_local(
             &mut self.out,
             refusal.status(),
@@ -484,6 +513,20 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Client<IO> {
             None,
         );
         self.write_out().await;
+    }
+
+    /// Count a response gale wrote itself (rare: the listener's counters
+    /// are looked up each time).
+    fn count_status(&self, status: u16) {
+        let generation = self.proxy.current.load();
+        if let Some(i) = generation
+            .config
+            .listeners
+            .iter()
+            .position(|x| x.name == self.proxy.name)
+        {
+            generation.listener_counters[i].status(status);
+        }
     }
 
     async fn write_out(&mut self) -> bool {
