@@ -5,8 +5,8 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::config::Config;
 use crate::config::Protocol as ListenerProtocol;
+use crate::config::{Config, ListenerConfig};
 use crate::metrics::{BytesLabels, ListenerLabels, Metrics, RequestLabels, SessionLabels};
 use crate::plugin::types::{IpAddress, ProbeResult, ProbeSource, Protocol, RequestContext};
 use crate::plugin::{DnsPlugin, PluginError, PluginRuntime};
@@ -165,6 +165,12 @@ impl Generation {
                 pool.inherit(before);
             }
         }
+    }
+
+    /// The listener named `name` and its counters, in one lookup.
+    pub fn listener(&self, name: &str) -> Option<(&ListenerConfig, &ListenerCounters)> {
+        let i = self.config.listeners.iter().position(|l| l.name == name)?;
+        Some((&self.config.listeners[i], &self.listener_counters[i]))
     }
 
     pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {

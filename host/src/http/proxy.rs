@@ -50,14 +50,8 @@ impl Proxy {
     /// Serve one request from `peer` (HTTP/2).
     pub async fn handle(&self, client: &Peer, req: Request<Incoming>) -> Response<ProxyBody> {
         let response = self.exchange(client, req).await;
-        let generation = self.current.load();
-        if let Some(i) = generation
-            .config
-            .listeners
-            .iter()
-            .position(|x| x.name == self.name)
-        {
-            generation.listener_counters[i].status(response.status().as_u16());
+        if let Some((_, counters)) = self.current.load().listener(&self.name) {
+            counters.status(response.status().as_u16());
         }
         response
     }

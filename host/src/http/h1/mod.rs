@@ -211,7 +211,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Client<IO> {
         // Per request, not per connection: a kept-alive connection
         // follows reloads.
         let generation = self.proxy.current.load_full();
-        let Some(l) = generation.config.listener(&self.proxy.name) else {
+        let Some((l, counters)) = generation.listener(&self.proxy.name) else {
             return self
                 .reply(
                     (503, "Service Unavailable"),
@@ -221,12 +221,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Client<IO> {
                 .await;
         };
         let pool = &generation.pools[l.pool];
-        let counters = generation
-            .config
-            .listeners
-            .iter()
-            .position(|x| x.name == l.name)
-            .map(|i| &generation.listener_counters[i]);
         let keepalive = generation.config.pool_of(l).keepalive_timeout;
         let text =
             |r: &std::ops::Range<usize>| String::from_utf8_lossy(&self.buf[r.clone()]).into_owned();
@@ -260,8 +254,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Client<IO> {
         {
             let id = id as usize;
             let backend = pool.backend(id);
-            if let Some(c) = counters.filter(|_| n > 0) {
-                c.retries.inc();
+            if n > 0 {
+                counters.retries.inc();
             }
             let Some(_active) = Active::enter(pool.live(), id, backend.max_sessions) else {
                 tried.push_str(&format!("{}: at max_sessions; ", backend.name));
@@ -273,9 +267,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Client<IO> {
             {
                 Attempt::Answered(keep) => {
                     pool.count_session(id);
-                    if let Some(c) = counters {
-                        c.status(self.resp.code);
-                    }
+                    counters.status(self.resp.code);
                     tracing::debug!(
                         listener = %l.name, client = %self.peer.addr, backend = %backend.name,
                         method, path, status = self.resp.code,
@@ -518,14 +510,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Client<IO> {
     /// Count a response gale wrote itself (rare: the listener's counters
     /// are looked up each time).
     fn count_status(&self, status: u16) {
-        let generation = self.proxy.current.load();
-        if let Some(i) = generation
-            .config
-            .listeners
-            .iter()
-            .position(|x| x.name == self.proxy.name)
-        {
-            generation.listener_counters[i].status(status);
+        if let Some((_, counters)) = self.proxy.current.load().listener(&self.proxy.name) {
+            counters.status(status);
         }
     }
 
