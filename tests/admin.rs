@@ -139,6 +139,39 @@ fn with_a_token_every_call_must_carry_it() {
     // The refused POST reloaded nothing.
     assert_eq!(s["generation"], 1);
     assert!(s["reloads"]["last_reload"].is_null(), "{s}");
+
+    // The status page's cookie (set by its token form) opens reads only.
+    let cookie = "Cookie: gale_admin_token=s3cret";
+    assert_eq!(curl(&["-H", cookie, &status_url]).0, 200);
+    assert_eq!(
+        curl(&["-H", "Cookie: gale_admin_token=guess", &status_url]).0,
+        401
+    );
+    let drain = url(&gale, "/pools/mta/backends/a/drain");
+    assert_eq!(curl(&["-X", "POST", "-H", cookie, &drain]).0, 401);
+    // Without the token the page is the form, and nothing of the status.
+    let (code, form) = curl(&[&url(&gale, "/")]);
+    assert_eq!(code, 401);
+    assert!(form.contains("id=\"token\"") && !form.contains(&a.address.to_string()));
+    let (code, page) = curl(&["-H", cookie, &url(&gale, "/")]);
+    assert_eq!(code, 200);
+    assert!(page.contains("fetch(\"/status\""), "{page}");
+
+    // A browser page of another origin cannot steer, even with the token.
+    let bearer = "Authorization: Bearer s3cret";
+    let foreign = "Origin: http://attacker.example";
+    assert_eq!(
+        curl(&["-X", "POST", "-H", bearer, "-H", foreign, &drain]).0,
+        403
+    );
+    let (_, body) = curl(&["-H", bearer, &status_url]);
+    let s: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(s["pools"][0]["backends"][0]["admin_state"], "enabled");
+    let own = format!("Origin: http://{}", gale.admin_address());
+    assert_eq!(
+        curl(&["-X", "POST", "-H", bearer, "-H", &own, &drain]).0,
+        200
+    );
 }
 
 /// Backends for the shadow tests: `a` primary, `b` standby, equal weights.
@@ -239,6 +272,22 @@ fn a_failing_candidate_costs_no_session() {
         (&pool["decisions"], &pool["failed_decisions"]),
         (&Value::from(10), &Value::from(0))
     );
+    // /status names the candidate's build: the SHA-256 of its file.
+    let plugins = status(&gale)["plugins"].as_array().unwrap().clone();
+    let candidate = plugins.iter().find(|p| p["hook"] == "candidate").unwrap();
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(std::fs::read(&sneaky).unwrap());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(candidate["sha256"], Value::from(hex), "{candidate}");
+    assert_eq!(
+        candidate["source"],
+        Value::from(sneaky.display().to_string())
+    );
+    assert_eq!(candidate["contract"], "gale:plugin/selector@0.1.0");
+    let hooks: Vec<&str> = plugins
+        .iter()
+        .map(|p| p["hook"].as_str().unwrap())
+        .collect();
+    assert_eq!(hooks, ["balancer", "health", "candidate"]);
     let (_, metrics) = curl(&[&url(&gale, "/metrics")]);
     assert_eq!(
         sample(
@@ -467,17 +516,67 @@ fn value(samples: &[prometheus_parse::Sample], metric: &str, labels: &[(&str, &s
 fn metrics_parse_and_count_what_was_sent() {
     let a = SmtpSink::start(free_port());
     let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let toml = config(
+    let mut toml = config(
         &[("a", a.address, "weight = 1"), ("dead", dead, "weight = 1")],
         "[pools.mta.probe]\ninterval = \"1h\"",
         "",
     );
+    // Listeners whose only backend is dead: gale answers them itself.
+    toml.push_str(&format!(
+        "[listeners.nowhere]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\npool = \"gone\"\n\
+         [listeners.web]\nprotocol = \"http\"\naddress = \"127.0.0.1:0\"\npool = \"goneweb\"\n\
+         [pools.gone]\n[pools.gone.probe]\ninterval = \"1h\"\n\
+         [[pools.gone.backends]]\nname = \"dead\"\naddress = \"{dead}\"\n\
+         [pools.goneweb]\n[pools.goneweb.probe]\nkind = \"http\"\ninterval = \"1h\"\n\
+         [[pools.goneweb.backends]]\nname = \"dead\"\naddress = \"{dead}\"\n"
+    ));
     let gale = Gale::start(&toml);
     let addr = gale.address("in");
     for _ in 0..30 {
         send_mail(addr);
     }
+    // Two sessions deferred with 421, and two HTTP errors.
+    for _ in 0..2 {
+        let mut greeting = String::new();
+        let stream = std::net::TcpStream::connect(gale.address("nowhere")).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stream), &mut greeting).unwrap();
+        assert!(greeting.starts_with("421 4.3.2"), "{greeting}");
+    }
+    let web = format!("http://{}/", gale.address("web"));
+    let codes: Vec<u16> = (0..2).map(|_| curl(&[&web]).0).collect();
     let samples = scrape(&gale);
+    let replied_421 = value(
+        &samples,
+        "gale_error_replies_total",
+        &[("listener", "nowhere"), ("code", "421")],
+    );
+    assert_eq!(replied_421, 2.0);
+    let deferred = value(
+        &samples,
+        "gale_sessions_total",
+        &[("listener", "nowhere"), ("outcome", "deferred")],
+    );
+    assert_eq!(deferred, 2.0);
+    for code in [502, 503] {
+        let sent = codes.iter().filter(|&&c| c == code).count() as f64;
+        let counted = value(
+            &samples,
+            "gale_error_replies_total",
+            &[("listener", "web"), ("code", &code.to_string())],
+        );
+        assert_eq!(counted, sent, "{code}: curl saw {codes:?}");
+    }
+    assert_eq!(
+        value(
+            &samples,
+            "gale_http_requests_total",
+            &[("listener", "web"), ("status", "5xx")]
+        ),
+        2.0
+    );
     let relayed = value(
         &samples,
         "gale_sessions_total",
@@ -494,7 +593,7 @@ fn metrics_parse_and_count_what_was_sent() {
     let refused = value(
         &samples,
         "gale_backend_failures_total",
-        &[("backend", "dead"), ("reason", "connect")],
+        &[("pool", "mta"), ("backend", "dead"), ("reason", "connect")],
     );
     let retries = value(&samples, "gale_retries_total", &[("listener", "in")]);
     assert!(refused >= 1.0, "the dead backend was never tried");
@@ -511,4 +610,19 @@ fn metrics_parse_and_count_what_was_sent() {
         &[("pool", "mta"), ("hook", "balancer")],
     );
     assert!(calls >= 30.0, "{calls} balancer calls timed");
+    // /status has the same failures per backend.
+    let s = status(&gale);
+    let mta = s["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "mta")
+        .unwrap();
+    assert_eq!(mta["backends"][1]["name"], "dead");
+    assert_eq!(
+        mta["backends"][1]["failures"]["connect"],
+        Value::from(refused as u64)
+    );
+    assert_eq!(mta["backends"][0]["sessions_total"], 30);
+    assert_eq!(mta["backends"][0]["failures"], serde_json::json!({}));
 }

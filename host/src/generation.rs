@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use crate::config::Protocol as ListenerProtocol;
 use crate::config::{Config, ListenerConfig};
-use crate::metrics::{BytesLabels, ListenerLabels, Metrics, RequestLabels, SessionLabels};
+use crate::metrics::{
+    BytesLabels, ErrorReplyLabels, ListenerLabels, Metrics, RequestLabels, SessionLabels,
+};
 use crate::plugin::types::{IpAddress, ProbeResult, ProbeSource, Protocol, RequestContext};
 use crate::plugin::{DnsPlugin, PluginError, PluginRuntime};
 use crate::pool::Pool;
@@ -34,12 +36,16 @@ pub struct ListenerCounters {
     pub bytes_down: Counter,
     /// HTTP responses by status class, `1xx` to `5xx`.
     pub statuses: [Counter; 5],
+    /// 421 replies (SMTP listeners only).
+    pub replied_421: Counter,
+    metrics: Arc<Metrics>,
+    listener: String,
 }
 
 impl ListenerCounters {
     /// The series of a listener's protocol; the others are counters
     /// nobody exports (an SMTP listener has no HTTP statuses).
-    fn new(metrics: &Metrics, listener: &str, protocol: ListenerProtocol) -> Self {
+    fn new(metrics: &Arc<Metrics>, listener: &str, protocol: ListenerProtocol) -> Self {
         let smtp = protocol == ListenerProtocol::Smtp;
         let session = |outcome: &str| {
             if !smtp {
@@ -89,7 +95,32 @@ impl ListenerCounters {
             bytes_up: bytes("up"),
             bytes_down: bytes("down"),
             statuses: [status(1), status(2), status(3), status(4), status(5)],
+            replied_421: if smtp {
+                metrics
+                    .error_replies
+                    .get_or_create(&ErrorReplyLabels {
+                        listener: listener.to_string(),
+                        code: "421".to_string(),
+                    })
+                    .clone()
+            } else {
+                Counter::default()
+            },
+            metrics: metrics.clone(),
+            listener: listener.to_string(),
         }
+    }
+
+    /// Count an HTTP error reply gale wrote itself (rare: the series is
+    /// looked up each time). Its status class is counted by `status`.
+    pub fn error_reply(&self, status: u16) {
+        self.metrics
+            .error_replies
+            .get_or_create(&ErrorReplyLabels {
+                listener: self.listener.clone(),
+                code: status.to_string(),
+            })
+            .inc();
     }
 
     /// Count a response with `status` sent to a client.

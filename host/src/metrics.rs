@@ -55,6 +55,13 @@ pub struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorReplyLabels {
+    pub listener: String,
+    /// The reply code: `421` (SMTP), `400` ... `504` (HTTP).
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BytesLabels {
     pub listener: String,
     /// `up` (client to backend) or `down`.
@@ -105,6 +112,8 @@ pub struct Metrics {
     pub generation: Gauge,
     pub sessions: Family<SessionLabels, Counter>,
     pub requests: Family<RequestLabels, Counter>,
+    /// Error replies gale wrote itself rather than a backend.
+    pub error_replies: Family<ErrorReplyLabels, Counter>,
     pub bytes: Family<BytesLabels, Counter>,
     /// Sessions or requests a backend took.
     pub backend_sessions: Family<BackendLabels, Counter>,
@@ -174,6 +183,12 @@ impl Metrics {
             "HTTP requests by listener and the status class sent (503 and 502/504 included)",
             requests.clone(),
         );
+        let error_replies = Family::<ErrorReplyLabels, Counter>::default();
+        registry.register(
+            "error_replies",
+            "Error replies gale sent itself, by code: 421 when no backend could take an SMTP session; HTTP 503 when no backend was available, 502 and 504 when backends failed, 400, 408, 431 and 501 for requests it refused",
+            error_replies.clone(),
+        );
         let bytes = Family::<BytesLabels, Counter>::default();
         registry.register(
             "smtp_bytes",
@@ -218,6 +233,7 @@ impl Metrics {
             registry,
             sessions,
             requests,
+            error_replies,
             bytes,
             backend_sessions,
             backend_failures,

@@ -3,6 +3,7 @@
 //! pools from TOML the way gale does.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod client;
 pub mod http;
 pub mod named;

@@ -1,12 +1,14 @@
-//! The admin listener: `GET /status` (JSON), `GET /metrics` (Prometheus
-//! text), `POST /reload`, and steering of one backend ([`steer`]: drain,
-//! enable, disable, weight). On loopback by default; when the config sets
+//! The admin listener: the live status page at `GET /` ([`page`]),
+//! `GET /status` (JSON), `GET /metrics` (Prometheus text), `POST /reload`,
+//! and steering of one backend ([`steer`]: drain, enable, disable,
+//! weight). On loopback by default; when the config sets
 //! a token every call must carry it as `Authorization: Bearer TOKEN`.
 //!
 //! Owns: the admin socket and its HTTP/1 connections. Does not touch:
 //! reloading itself (it asks the main loop, which owns the reloader, over
 //! a channel, so a reload from here and one from SIGHUP are the same).
 
+mod page;
 pub mod status;
 mod steer;
 pub mod table;
@@ -145,6 +147,9 @@ type Reply = Response<Full<Bytes>>;
 
 async fn route(admin: &Admin, req: Request<Incoming>) -> Reply {
     if !authorized(admin, &req) {
+        if req.uri().path() == "/" && req.method() == Method::GET {
+            return page::login();
+        }
         let mut reply = text(StatusCode::UNAUTHORIZED, "a bearer token is required\n");
         reply
             .headers_mut()
@@ -152,7 +157,14 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Reply {
         return reply;
     }
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    if !matches!(method, Method::GET | Method::HEAD) && page::cross_origin(&req) {
+        return text(
+            StatusCode::FORBIDDEN,
+            "refused: a request from a page of another origin\n",
+        );
+    }
     match (path.as_str(), &method) {
+        ("/", &Method::GET) => page::page(),
         ("/status", &Method::GET) => json(StatusCode::OK, &status::Status::of(admin)),
         ("/metrics", &Method::GET) => {
             let mut reply = text(StatusCode::OK, admin.metrics.encode());
@@ -165,7 +177,7 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Reply {
             reply
         }
         ("/reload", &Method::POST) => reload(admin).await,
-        ("/status" | "/metrics", _) => not_allowed("GET"),
+        ("/" | "/status" | "/metrics", _) => not_allowed("GET"),
         ("/reload", _) => not_allowed("POST"),
         _ => match steer::route(admin, req, &path).await {
             Some(reply) => reply,
@@ -174,8 +186,9 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Reply {
     }
 }
 
-/// With a token in the config, the request must carry it. The token is
-/// read from the current generation, so a reload changes it.
+/// With a token in the config, the request must carry it: as a bearer
+/// header, or for reads as the status page's cookie. The token is read
+/// from the current generation, so a reload changes it.
 fn authorized(admin: &Admin, req: &Request<Incoming>) -> bool {
     let generation = admin.server.current.load();
     let Some(token) = generation
@@ -192,7 +205,11 @@ fn authorized(admin: &Admin, req: &Request<Incoming>) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    constant_time_eq(given.as_bytes(), token.as_bytes())
+    if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+        return true;
+    }
+    matches!(*req.method(), Method::GET | Method::HEAD)
+        && page::cookie_token(req).is_some_and(|c| constant_time_eq(c.as_bytes(), token.as_bytes()))
 }
 
 /// Compares without stopping at the first difference, so response time

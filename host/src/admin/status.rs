@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use super::Admin;
+use crate::plugin::PluginInfo;
 use crate::pool::{BackendReport, ShadowReport};
 use crate::reload::history::HistoryReport;
 
@@ -11,11 +12,16 @@ use crate::reload::history::HistoryReport;
 pub struct Status {
     pub version: &'static str,
     pub started_at: String,
+    /// When this document was made (Unix ms), for the ages of the times
+    /// in it.
+    pub now_ms: u64,
     /// The generation new sessions start on.
     pub generation: u64,
     pub reloads: HistoryReport,
     pub listeners: Vec<ListenerStatus>,
     pub pools: Vec<PoolStatus>,
+    /// Every plugin of the running generation.
+    pub plugins: Vec<PluginStatus>,
     /// Records wanted and published, when `[dns]` is configured.
     pub dns: Option<DnsStatus>,
 }
@@ -29,6 +35,16 @@ pub struct DnsStatus {
     pub provider: &'static str,
     #[serde(flatten)]
     pub records: crate::dns::Report,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PluginStatus {
+    /// `balancer`, `health`, `candidate` or `dns`.
+    pub hook: &'static str,
+    /// The pool it decides for (the DNS plugin's is the published pool).
+    pub pool: String,
+    #[serde(flatten)]
+    pub info: PluginInfo,
 }
 
 #[derive(Debug, Serialize)]
@@ -51,6 +67,8 @@ pub struct PoolStatus {
     /// trapped on or ran out of time for (the fallback decided those).
     pub decisions: u64,
     pub failed_decisions: u64,
+    /// Decisions since gale started, across reloads (for rates).
+    pub decisions_total: u64,
     pub backends: Vec<BackendReport>,
     /// A candidate balancer deciding beside `balancer` without acting.
     pub candidate: Option<ShadowReport>,
@@ -89,14 +107,37 @@ impl Status {
                     health: pool.health_name().to_string(),
                     decisions,
                     failed_decisions,
+                    decisions_total: pool.decisions_total(),
                     backends: pool.backend_reports(),
                     candidate: pool.shadow_report(),
                 }
             })
             .collect();
+        let mut plugins: Vec<PluginStatus> = generation
+            .pools
+            .iter()
+            .flat_map(|pool| {
+                pool.plugins().into_iter().map(|(hook, info)| PluginStatus {
+                    hook,
+                    pool: pool.name.clone(),
+                    info: info.clone(),
+                })
+            })
+            .collect();
+        if let (Some(plugin), Some(dns)) = (&generation.dns, &config.dns) {
+            plugins.push(PluginStatus {
+                hook: "dns",
+                pool: config.pools[dns.pool].name.clone(),
+                info: plugin.info().clone(),
+            });
+        }
         Status {
+            plugins,
             version: env!("CARGO_PKG_VERSION"),
             started_at: admin.started_at.clone(),
+            now_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
             generation: generation.id,
             reloads: admin.history.report(),
             listeners,

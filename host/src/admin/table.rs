@@ -77,7 +77,9 @@ pub fn render(status: &Value) -> String {
         "HEALTH",
         "ADMIN",
         "WEIGHT",
+        "ACTIVE",
         "SESSIONS",
+        "FAILURES",
         "LAST RESULT",
     ])];
     for pool in status["pools"].as_array().into_iter().flatten() {
@@ -112,9 +114,25 @@ pub fn render(status: &Value) -> String {
                 &s(&b["admin_state"]),
                 &weight,
                 &s(&b["active_sessions"]),
+                &s(&b["sessions_total"]),
+                &failures(&b["failures"]),
                 &result,
             ]));
         }
+    }
+    out.push('\n');
+    table(&mut out, &rows);
+
+    let mut rows = vec![row(&["POOL", "HOOK", "PLUGIN", "CONTRACT", "SHA-256"])];
+    for p in status["plugins"].as_array().into_iter().flatten() {
+        let sha = s(&p["sha256"]);
+        rows.push(row(&[
+            &s(&p["pool"]),
+            &s(&p["hook"]),
+            &s(&p["source"]),
+            &s(&p["contract"]),
+            sha.get(..12).unwrap_or(&sha),
+        ]));
     }
     out.push('\n');
     table(&mut out, &rows);
@@ -165,6 +183,16 @@ pub fn render(status: &Value) -> String {
         );
     }
     out
+}
+
+/// Failed attempts in total, with the reasons: `3 (connect 2, greeting 1)`.
+fn failures(by_reason: &Value) -> String {
+    let Some(map) = by_reason.as_object().filter(|m| !m.is_empty()) else {
+        return "0".to_string();
+    };
+    let total: u64 = map.values().filter_map(Value::as_u64).sum();
+    let parts: Vec<String> = map.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    format!("{total} ({})", parts.join(", "))
 }
 
 fn row(cells: &[&str]) -> Vec<String> {

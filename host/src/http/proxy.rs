@@ -52,6 +52,9 @@ impl Proxy {
         let response = self.exchange(client, req).await;
         if let Some((_, counters)) = self.current.load().listener(&self.name) {
             counters.status(response.status().as_u16());
+            if matches!(response.body(), ProxyBody::Local(_)) {
+                counters.error_reply(response.status().as_u16());
+            }
         }
         response
     }

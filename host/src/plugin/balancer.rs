@@ -60,6 +60,11 @@ impl BalancerPlugin {
         &self.guest.name
     }
 
+    /// Which build runs, for `/status`.
+    pub fn info(&self) -> &super::PluginInfo {
+        &self.guest.info
+    }
+
     /// The order to try backends in, as indices into `pool.backends`,
     /// checked: every id exists, none repeats, and the list is empty only
     /// when no backend is eligible.

@@ -30,6 +30,11 @@ impl DnsPlugin {
         &self.guest.name
     }
 
+    /// Which build runs, for `/status`.
+    pub fn info(&self) -> &super::PluginInfo {
+        &self.guest.info
+    }
+
     /// The records wanted for `snapshot`. An empty plan while members exist
     /// is refused: removing every record is never what an operator wants.
     pub fn plan(&self, snapshot: &DnsSnapshot) -> Result<Vec<DnsRecord>, CallFailure> {

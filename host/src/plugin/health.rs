@@ -30,6 +30,11 @@ impl HealthPlugin {
         &self.guest.name
     }
 
+    /// Which build runs, for `/status`.
+    pub fn info(&self) -> &super::PluginInfo {
+        &self.guest.info
+    }
+
     /// The verdict for `backend` given the verdict in force and its recent
     /// results, oldest first.
     pub fn evaluate(

@@ -94,6 +94,7 @@ pub(super) struct Slot<E> {
 
 pub(super) struct Guest<E: Exports> {
     pub name: Arc<str>,
+    pub info: super::PluginInfo,
     /// What one call may spend.
     pub budget: Budget,
     runtime: PluginRuntime,
@@ -113,7 +114,7 @@ impl<E: Exports> Guest<E> {
         name: &str,
         live: Arc<LiveCounters>,
     ) -> Result<Self, PluginError> {
-        let component = runtime.compile(&spec.source)?;
+        let (component, sha256) = runtime.compile(&spec.source)?;
         runtime.check_world(name, &component, E::WORLD)?;
         let instantiate_err = |e: wasmtime::Error| PluginError::Instantiate {
             plugin: name.to_string(),
@@ -132,6 +133,13 @@ impl<E: Exports> Guest<E> {
         let pre = E::pre(pre).map_err(instantiate_err)?;
         let guest = Guest {
             name: name.into(),
+            info: super::PluginInfo {
+                source: spec.source.to_string(),
+                contract: E::WORLD.export(),
+                sha256,
+                deadline_us: spec.deadline.as_micros() as u64,
+                memory_mb: spec.memory_mb,
+            },
             budget: runtime.budget(spec.deadline),
             runtime: runtime.clone(),
             pre,

@@ -53,6 +53,20 @@ impl World {
     }
 }
 
+/// A loaded plugin as `/status` shows it: which build of which component
+/// runs under which limits.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PluginInfo {
+    /// `builtin:NAME` or the component file's path.
+    pub source: String,
+    /// The interface it implements, with the contract's version.
+    pub contract: &'static str,
+    /// SHA-256 of the component's bytes (hex).
+    pub sha256: String,
+    pub deadline_us: u64,
+    pub memory_mb: u32,
+}
+
 /// A plugin that could not be loaded. Loading errors keep whatever was
 /// running before (see the reload path); they never take gale down.
 #[derive(Debug, thiserror::Error)]

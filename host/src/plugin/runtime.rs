@@ -173,8 +173,9 @@ impl PluginRuntime {
     }
 
     /// Read and compile a component, from the cache when it was compiled
-    /// before. Blocking: call it off the async workers.
-    pub fn compile(&self, source: &PluginSource) -> Result<Component, PluginError> {
+    /// before; with the SHA-256 of its bytes (hex). Blocking: call it off
+    /// the async workers.
+    pub fn compile(&self, source: &PluginSource) -> Result<(Component, String), PluginError> {
         let name = source.to_string();
         let bytes: std::borrow::Cow<'static, [u8]> = match source {
             PluginSource::Builtin(b) => super::builtin::bytes(b)
@@ -190,7 +191,9 @@ impl PluginRuntime {
                 .into(),
         };
         let engine = &self.inner.engine;
-        let cached = self.cache_path(&bytes);
+        let digest = Sha256::digest(&bytes);
+        let sha256: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        let cached = self.cache_path(&sha256);
         if let Some(path) = cached.as_ref().filter(|p| p.exists()) {
             // SAFETY: the file was written by `Component::serialize` of
             // this same engine configuration (its name hashes the engine's
@@ -200,7 +203,7 @@ impl PluginRuntime {
                 Ok(c) => {
                     self.inner.cache_hits.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(plugin = %name, cache = %path.display(), "loaded compiled plugin from cache");
-                    return Ok(c);
+                    return Ok((c, sha256));
                 }
                 Err(e) => {
                     tracing::warn!(plugin = %name, cache = %path.display(), "ignoring unusable cache entry: {e}");
@@ -217,18 +220,19 @@ impl PluginRuntime {
         if let Some(Err(e)) = cached.as_ref().map(|path| write_cache(&component, path)) {
             tracing::warn!(plugin = %name, "cannot cache compiled plugin: {e}");
         }
-        Ok(component)
+        Ok((component, sha256))
     }
 
-    fn cache_path(&self, bytes: &[u8]) -> Option<PathBuf> {
+    /// The cache file of a component whose bytes hash to `sha256`.
+    fn cache_path(&self, sha256: &str) -> Option<PathBuf> {
         let dir = self.inner.cache_dir.as_ref()?;
         let mut engine_hash = DefaultHasher::new();
         self.inner
             .engine
             .precompile_compatibility_hash()
             .hash(&mut engine_hash);
-        let digest = Sha256::digest(bytes);
-        let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+        // The first 128 bits name the file, as before.
+        let hex = &sha256[..32];
         Some(dir.join(format!("{hex}-{:016x}.cwasm", engine_hash.finish())))
     }
 

@@ -7,6 +7,7 @@
 //! sockets or probes (they report results here through [`Pool::record`]).
 
 mod fallback;
+mod report;
 mod shadow;
 mod steering;
 
@@ -28,6 +29,8 @@ use crate::plugin::{
 };
 use fallback::{FallbackBalancer, RateLimitedLog};
 use gale_sdk::threshold::RiseFall;
+use report::Timeline;
+pub use report::{BackendReport, FAILURE_REASONS, LastResult, Mark};
 pub use shadow::{Disagreement, Shadow, ShadowReport};
 pub use steering::{Action, AdminState, Steering, SteeringRecord};
 
@@ -51,37 +54,12 @@ pub struct Decision {
     pub decider: Decider,
 }
 
-/// A backend's state for `/status`.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct BackendReport {
-    pub name: String,
-    pub address: String,
-    pub weight: u32,
-    /// The weight balancers see: an operator's override, else `weight`.
-    pub effective_weight: u32,
-    /// Set through the admin API: enabled, draining or disabled.
-    pub admin_state: AdminState,
-    pub priority: u32,
-    pub healthy: bool,
-    pub active_sessions: u32,
-    pub last_result: Option<LastResult>,
-}
-
-/// The latest probe or traffic result of a backend.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct LastResult {
-    pub ok: bool,
-    pub latency_us: u64,
-    pub code: Option<u16>,
-    pub detail: String,
-    /// "probe" or "traffic".
-    pub source: &'static str,
-}
-
 struct BackendState {
     config: BackendConfig,
     healthy: AtomicBool,
     history: Mutex<VecDeque<ProbeResult>>,
+    /// Recent results with times, for `/status` and the status page.
+    timeline: Mutex<Timeline>,
     steering: Mutex<Steering>,
     /// Not drained or disabled; read on every decision.
     takes_sessions: AtomicBool,
@@ -236,6 +214,7 @@ impl Pool {
                     config: b.clone(),
                     healthy: AtomicBool::new(true),
                     history: Mutex::new(VecDeque::with_capacity(HISTORY)),
+                    timeline: Mutex::default(),
                     steering: Mutex::new(steered),
                     takes_sessions: AtomicBool::new(steered.state.takes_sessions()),
                     ramp_since: Mutex::new(None),
@@ -299,6 +278,7 @@ impl Pool {
     /// An attempt at backend `id` failed for `reason` (rare: the label
     /// set is looked up each time).
     pub fn count_failure(&self, id: usize, reason: &'static str) {
+        debug_assert!(FAILURE_REASONS.contains(&reason), "{reason}");
         self.metrics
             .backend_failures
             .get_or_create(&FailureLabels {
@@ -378,46 +358,27 @@ impl Pool {
         self.health.name()
     }
 
+    /// The pool's plugins by hook: balancer, health and any candidate.
+    pub fn plugins(&self) -> Vec<(&'static str, &crate::plugin::PluginInfo)> {
+        let mut plugins = vec![
+            ("balancer", self.balancer.info()),
+            ("health", self.health.info()),
+        ];
+        if let Some(shadow) = &self.shadow {
+            plugins.push(("candidate", shadow.info()));
+        }
+        plugins
+    }
+
+    /// Balancer decisions since gale started, across reloads (the
+    /// `gale_plugin_calls_total` counter), for rates.
+    pub fn decisions_total(&self) -> u64 {
+        self.balancer_stats.calls.get()
+    }
+
     /// The candidate balancer's record, if the pool has one.
     pub fn shadow_report(&self) -> Option<ShadowReport> {
         self.shadow.as_ref().map(Shadow::report)
-    }
-
-    /// Each backend as `/status` shows it.
-    pub fn backend_reports(&self) -> Vec<BackendReport> {
-        self.backends
-            .iter()
-            .enumerate()
-            .map(|(id, b)| {
-                let last = b
-                    .history
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .back()
-                    .cloned();
-                let steered = self.steering_of(id);
-                BackendReport {
-                    name: b.config.name.clone(),
-                    address: b.config.address.to_string(),
-                    weight: b.config.weight,
-                    effective_weight: self.effective_weight(id),
-                    admin_state: steered.state,
-                    priority: b.config.priority,
-                    healthy: b.healthy.load(Ordering::Acquire),
-                    active_sessions: self.live.active(id),
-                    last_result: last.map(|r| LastResult {
-                        ok: r.ok,
-                        latency_us: r.latency_us,
-                        code: r.code,
-                        detail: r.detail,
-                        source: match r.source {
-                            crate::plugin::types::ProbeSource::Probe => "probe",
-                            crate::plugin::types::ProbeSource::Traffic => "traffic",
-                        },
-                    }),
-                }
-            })
-            .collect()
     }
 
     /// Rebuild the snapshot balancers see; called after any state change.
@@ -549,6 +510,12 @@ impl Pool {
                 .unwrap_or_else(|p| p.into_inner())
                 .clone();
             *state.history.lock().unwrap_or_else(|p| p.into_inner()) = history;
+            let timeline = before
+                .timeline
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            *state.timeline.lock().unwrap_or_else(|p| p.into_inner()) = timeline;
         }
         if changed {
             self.publish();
@@ -596,7 +563,7 @@ impl Pool {
             if history.len() == HISTORY {
                 history.pop_front();
             }
-            history.push_back(result);
+            history.push_back(result.clone());
             history.iter().cloned().collect()
         };
         let current = state.healthy.load(Ordering::Acquire);
@@ -617,6 +584,11 @@ impl Pool {
         self.health_stats
             .latency
             .observe(called.elapsed().as_secs_f64());
+        state
+            .timeline
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(&result, verdict, verdict != current);
         if verdict == current {
             return None;
         }

@@ -86,6 +86,10 @@ impl Shadow {
         self.plugin.name()
     }
 
+    pub fn info(&self) -> &crate::plugin::PluginInfo {
+        self.plugin.info()
+    }
+
     /// The candidate's answer, unchecked against the active one (for the
     /// self-check).
     pub fn select(

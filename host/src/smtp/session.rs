@@ -159,6 +159,7 @@ pub async fn run(
         }
     }
     counters.deferred.inc();
+    counters.replied_421.inc();
     let reply = unavailable_reply(&l.hostname);
     let sent = timeout(Duration::from_secs(5), async {
         client.write_all(reply.as_bytes()).await?;

@@ -507,11 +507,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Client<IO> {
         self.write_out().await;
     }
 
-    /// Count a response gale wrote itself (rare: the listener's counters
+    /// Count an error response gale wrote itself (rare: the listener's counters
     /// are looked up each time).
     fn count_status(&self, status: u16) {
         if let Some((_, counters)) = self.proxy.current.load().listener(&self.proxy.name) {
             counters.status(status);
+            counters.error_reply(status);
         }
     }
 
