@@ -10,7 +10,7 @@ pub mod __bindings {
     pub mod balancer {
         wit_bindgen::generate!({
             path: "../wit",
-            world: "gale:plugin/balancer@0.1.0",
+            world: "gale:plugin/balancer@0.1.1",
             default_bindings_module: "gale_sdk::__bindings::balancer",
             pub_export_macro: true,
             export_macro_name: "__export_balancer_world",
@@ -19,26 +19,26 @@ pub mod __bindings {
     pub mod health {
         wit_bindgen::generate!({
             path: "../wit",
-            world: "gale:plugin/health@0.1.0",
+            world: "gale:plugin/health@0.1.1",
             default_bindings_module: "gale_sdk::__bindings::health",
             pub_export_macro: true,
             export_macro_name: "__export_health_world",
             with: {
-                "gale:plugin/types@0.1.0": super::balancer::gale::plugin::types,
-                "gale:plugin/host@0.1.0": super::balancer::gale::plugin::host,
+                "gale:plugin/types@0.1.1": super::balancer::gale::plugin::types,
+                "gale:plugin/host@0.1.1": super::balancer::gale::plugin::host,
             },
         });
     }
     pub mod dns {
         wit_bindgen::generate!({
             path: "../wit",
-            world: "gale:plugin/dns@0.1.0",
+            world: "gale:plugin/dns@0.1.1",
             default_bindings_module: "gale_sdk::__bindings::dns",
             pub_export_macro: true,
             export_macro_name: "__export_dns_world",
             with: {
-                "gale:plugin/types@0.1.0": super::balancer::gale::plugin::types,
-                "gale:plugin/host@0.1.0": super::balancer::gale::plugin::host,
+                "gale:plugin/types@0.1.1": super::balancer::gale::plugin::types,
+                "gale:plugin/host@0.1.1": super::balancer::gale::plugin::host,
             },
         });
     }
@@ -183,6 +183,13 @@ pub fn log_with(level: Level, message: &str, fields: &[(&str, &str)]) {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     host::log(level, message, &fields);
+}
+
+/// Whether a log at `level` would be recorded: check it before building
+/// a costly message. (Contract 0.1.1: a plugin that calls it needs a gale
+/// of 0.1.1 or later.)
+pub fn log_enabled(level: Level) -> bool {
+    host::log_enabled(level)
 }
 
 /// Nanoseconds from a fixed origin; never goes backwards.

@@ -55,6 +55,28 @@ pub fn wasm_dir() -> &'static Path {
     })
 }
 
+/// A plugin of `plugins/NAME/` written in another language, built by its
+/// own `build.sh` into `target/plugins/NAME.wasm` (which installs its
+/// toolchain if missing and does nothing when the component is up to
+/// date; `tests/run` builds them all first).
+pub fn foreign_plugin(name: &str) -> PathBuf {
+    // One build at a time: the toolchains are shared, and parallel tests
+    // may want the same plugin.
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = BUILDING.lock().unwrap_or_else(|p| p.into_inner());
+    let out = workspace()
+        .join("target")
+        .join("plugins")
+        .join(format!("{name}.wasm"));
+    let script = workspace().join("plugins").join(name).join("build.sh");
+    let status = Command::new(&script)
+        .arg(&out)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(status.success(), "{} failed", script.display());
+    out
+}
+
 /// Path of a guest component by crate name, e.g. "hostile-trap".
 pub fn plugin(name: &str) -> PathBuf {
     let path = wasm_dir().join(format!("{}.wasm", name.replace('-', "_")));

@@ -115,7 +115,7 @@ impl<E: Exports> Guest<E> {
         live: Arc<LiveCounters>,
     ) -> Result<Self, PluginError> {
         let (component, sha256) = runtime.compile(&spec.source)?;
-        runtime.check_world(name, &component, E::WORLD)?;
+        let export = runtime.check_world(name, &component, E::WORLD)?;
         let instantiate_err = |e: wasmtime::Error| PluginError::Instantiate {
             plugin: name.to_string(),
             reason: format!("{e:#}"),
@@ -124,9 +124,7 @@ impl<E: Exports> Guest<E> {
         // `link_wasi`), rather than refusing plugins whose standard library
         // merely imports them.
         let mut linker = runtime.linker().clone();
-        linker
-            .define_unknown_imports_as_traps(&component)
-            .map_err(instantiate_err)?;
+        super::imports::link(&mut linker, runtime.engine(), &component).map_err(instantiate_err)?;
         let pre = linker
             .instantiate_pre(&component)
             .map_err(instantiate_err)?;
@@ -135,7 +133,7 @@ impl<E: Exports> Guest<E> {
             name: name.into(),
             info: super::PluginInfo {
                 source: spec.source.to_string(),
-                contract: E::WORLD.export(),
+                contract: export.name,
                 sha256,
                 deadline_us: spec.deadline.as_micros() as u64,
                 memory_mb: spec.memory_mb,

@@ -11,9 +11,11 @@
 mod balancer;
 mod bindings;
 pub mod builtin;
+pub mod contract;
 mod dns;
 mod fuel;
 mod health;
+mod imports;
 mod instance;
 mod runtime;
 mod state;
@@ -35,6 +37,13 @@ pub enum World {
 }
 
 impl World {
+    /// The world of a short name: `balancer`, `health` or `dns`.
+    pub fn named(name: &str) -> Option<World> {
+        [World::Balancer, World::Health, World::Dns]
+            .into_iter()
+            .find(|w| w.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             World::Balancer => "balancer",
@@ -59,8 +68,9 @@ impl World {
 pub struct PluginInfo {
     /// `builtin:NAME` or the component file's path.
     pub source: String,
-    /// The interface it implements, with the contract's version.
-    pub contract: &'static str,
+    /// The interface it exports, with the contract version it was built
+    /// against (an earlier 0.1.x than this host's loads too).
+    pub contract: String,
     /// SHA-256 of the component's bytes (hex).
     pub sha256: String,
     pub deadline_us: u64,

@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, Linker, types::ComponentItem};
+use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, Store};
 
-use super::bindings::{self, WORLDS};
+use super::bindings;
 use super::fuel::FuelRate;
 use super::state::{LiveCounters, PluginState};
 use super::watchdog::Watchdog;
@@ -26,7 +26,7 @@ use crate::config::PluginSource;
 /// decision runs on (a Rust plugin's panic message alone did it). Imports
 /// left out become traps when a plugin is loaded, so a plugin that prints
 /// fails that call, falls back and is counted, like any other trap; plugins
-/// log through `gale:plugin/host`.
+/// log through `gale:plugin/host`. `imports::WASI_LINKED` lists these.
 fn link_wasi(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
     use wasmtime_wasi::cli::{WasiCli, WasiCliView};
     use wasmtime_wasi::clocks::{WasiClocks, WasiClocksView};
@@ -48,6 +48,7 @@ fn link_wasi(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
     cli::terminal_stdin::add_to_linker::<S, WasiCli>(linker, S::cli)?;
     cli::terminal_stdout::add_to_linker::<S, WasiCli>(linker, S::cli)?;
     cli::terminal_stderr::add_to_linker::<S, WasiCli>(linker, S::cli)?;
+    super::imports::link_wasi_io(linker)?;
     Ok(())
 }
 
@@ -236,43 +237,15 @@ impl PluginRuntime {
         Some(dir.join(format!("{hex}-{:016x}.cwasm", engine_hash.finish())))
     }
 
-    /// Check that `component` exports the interface of `world`; the error
-    /// says which world it does implement, if any.
+    /// Check that `component` exports the interface of `world`, built
+    /// against a contract this host runs; the export found.
     pub fn check_world(
         &self,
         plugin: &str,
         component: &Component,
         world: World,
-    ) -> Result<(), PluginError> {
-        let ty = component.component_type();
-        let exports: Vec<String> = ty
-            .exports(&self.inner.engine)
-            .filter(|(_, item)| matches!(item.ty, ComponentItem::ComponentInstance(_)))
-            .map(|(name, _)| name.to_string())
-            .collect();
-        let wanted = world.export();
-        if exports.iter().any(|e| e == wanted) {
-            return Ok(());
-        }
-        let found = exports
-            .iter()
-            .map(|e| match WORLDS.iter().find(|(_, i)| i == e) {
-                Some((w, _)) => format!("{e} (world `{w}`)"),
-                None => e.clone(),
-            })
-            .collect::<Vec<_>>();
-        let found = if found.is_empty() {
-            "no interfaces".to_string()
-        } else {
-            found.join(", ")
-        };
-        Err(PluginError::WrongWorld {
-            plugin: plugin.to_string(),
-            message: format!(
-                "does not implement world `gale:plugin/{}@0.1.0` (expected an export of `{wanted}`); it exports {found}",
-                world.name()
-            ),
-        })
+    ) -> Result<super::contract::Export, PluginError> {
+        super::contract::check(plugin, &self.inner.engine, component, world)
     }
 }
 

@@ -223,6 +223,17 @@ impl host::Host for PluginState {
         self.on_time()?;
         Ok(origin().elapsed().as_nanos() as u64)
     }
+
+    fn log_enabled(&mut self, level: Level) -> wasmtime::Result<bool> {
+        self.on_time()?;
+        Ok(match level {
+            Level::Trace => tracing::enabled!(target: "gale::plugin", tracing::Level::TRACE),
+            Level::Debug => tracing::enabled!(target: "gale::plugin", tracing::Level::DEBUG),
+            Level::Info => tracing::enabled!(target: "gale::plugin", tracing::Level::INFO),
+            Level::Warn => tracing::enabled!(target: "gale::plugin", tracing::Level::WARN),
+            Level::Error => tracing::enabled!(target: "gale::plugin", tracing::Level::ERROR),
+        })
+    }
 }
 
 impl pool_state::Host for PluginState {

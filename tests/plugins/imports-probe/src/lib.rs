@@ -1,5 +1,6 @@
-//! Uses every host import: orders backends by sessions in flight (fewest
-//! first, through `pool-state`), logs each decision with fields, and
+//! Uses every host import and the WASI the host grants (clocks, random): orders backends by sessions in flight (fewest
+//! first, through `pool-state`), logs each decision with fields when
+//! info is enabled, and
 //! refuses to answer if the monotonic clock ever goes backwards.
 use gale_sdk::{BackendId, Balancer, Level, Pool, RequestContext, Settings};
 
@@ -17,16 +18,28 @@ impl Balancer for ImportsProbe {
             return Vec::new();
         }
         self.last_now = now;
+        // The WASI gale grants, reached through Rust's standard library
+        // (which imports an older 0.2.x than the host links): a wall clock
+        // after 2020 and random numbers (HashMap's seed).
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let seeded = std::collections::HashMap::<u8, u8>::new();
+        if wall < 1_577_836_800 || !seeded.is_empty() {
+            return Vec::new();
+        }
         let mut order: Vec<BackendId> = pool.iter().filter(|b| b.healthy).map(|b| b.id).collect();
         order.sort_by_key(|&id| gale_sdk::active_sessions(id));
-        gale_sdk::log_with(
-            Level::Info,
-            "least active first",
-            &[
-                ("listener", pool.listener_name(ctx)),
-                ("client", &ctx.client_ip().to_string()),
-            ],
-        );
+        if gale_sdk::log_enabled(Level::Info) {
+            gale_sdk::log_with(
+                Level::Info,
+                "least active first",
+                &[
+                    ("listener", pool.listener_name(ctx)),
+                    ("client", &ctx.client_ip().to_string()),
+                ],
+            );
+        }
         order
     }
 }

@@ -1,0 +1,212 @@
+//! Resolving a plugin's imports. wasmtime's linker matches names by
+//! semver at instantiation (a plugin's `wasi:clocks/...@0.2.6` finds the
+//! host's `@0.2.12`, its `gale:plugin/host@0.1.0` the host's `@0.1.1`),
+//! but `define_unknown_imports_as_traps` looks names up exactly: used as
+//! it was, it turned every import of a version other than the host's into
+//! a trap, WASI clocks and random included. So gale stubs only what it
+//! does not link at any compatible version:
+//!
+//! - interfaces gale links (the contract's, WASI clocks, random and cli):
+//!   left to the linker, and for earlier contract versions linked again
+//!   under the exact name (a plugin of 0.1.0 has no `log-enabled`);
+//! - WASI io (streams, poll, error), which gale's cli interfaces return
+//!   resources of: its functions trap, under the host's version, and its
+//!   resource types are the real ones (`link_wasi_io`);
+//! - anything else (files, sockets, ...): every item traps when called.
+
+use semver::Version;
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, Linker, LinkerInstance, ResourceType};
+use wasmtime::{Engine, StoreContextMut, bail};
+
+use super::bindings::Level;
+use super::bindings::balancer::gale::plugin::{host, pool_state};
+use super::contract::host_version;
+use super::state::PluginState;
+
+/// The WASI version wasmtime-wasi links (its `wit/deps`).
+pub const WASI: &str = "0.2.12";
+
+/// WASI interfaces `runtime::link_wasi` links.
+const WASI_LINKED: [&str; 15] = [
+    "wasi:clocks/wall-clock",
+    "wasi:clocks/monotonic-clock",
+    "wasi:random/random",
+    "wasi:random/insecure",
+    "wasi:random/insecure-seed",
+    "wasi:cli/exit",
+    "wasi:cli/environment",
+    "wasi:cli/stdin",
+    "wasi:cli/stdout",
+    "wasi:cli/stderr",
+    "wasi:cli/terminal-input",
+    "wasi:cli/terminal-output",
+    "wasi:cli/terminal-stdin",
+    "wasi:cli/terminal-stdout",
+    "wasi:cli/terminal-stderr",
+];
+
+/// Interfaces of the contract.
+const GALE: [&str; 3] = [
+    "gale:plugin/types",
+    "gale:plugin/host",
+    "gale:plugin/pool-state",
+];
+
+/// The resource types of WASI io, as the cli interfaces gale links hand
+/// them out; its functions are stubbed per plugin.
+pub fn link_wasi_io(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
+    use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, DynPollable, IoError};
+    let drop = |_: StoreContextMut<'_, PluginState>, _: u32| Ok(());
+    linker
+        .instance(&format!("wasi:io/error@{WASI}"))?
+        .resource("error", ResourceType::host::<IoError>(), drop)?;
+    linker.instance(&format!("wasi:io/poll@{WASI}"))?.resource(
+        "pollable",
+        ResourceType::host::<DynPollable>(),
+        drop,
+    )?;
+    let mut streams = linker.instance(&format!("wasi:io/streams@{WASI}"))?;
+    streams.resource("input-stream", ResourceType::host::<DynInputStream>(), drop)?;
+    streams.resource(
+        "output-stream",
+        ResourceType::host::<DynOutputStream>(),
+        drop,
+    )?;
+    Ok(())
+}
+
+/// Whether `version` is on the same semver track as `ours`, as the
+/// component model matches names: same major, and same minor while the
+/// major is 0.
+fn same_track(version: &Version, ours: &Version) -> bool {
+    version.pre.is_empty()
+        && version.major == ours.major
+        && (ours.major != 0 || version.minor == ours.minor)
+}
+
+/// Make every import of `component` resolvable: the linker's own
+/// definitions where it has a compatible one, trapping stand-ins for the
+/// rest.
+pub fn link(
+    linker: &mut Linker<PluginState>,
+    engine: &Engine,
+    component: &Component,
+) -> wasmtime::Result<()> {
+    let contract = host_version();
+    let wasi = Version::parse(WASI).expect("WASI is a version");
+    let ty = component.component_type();
+    for (name, item) in ty.imports(engine) {
+        let parsed = name
+            .split_once('@')
+            .and_then(|(i, v)| Some((i, Version::parse(v).ok()?)));
+        let Some((interface, version)) = parsed else {
+            stub(&mut linker.root(), engine, name, &item.ty, name)?;
+            continue;
+        };
+        if GALE.contains(&interface) && same_track(&version, &contract) {
+            if version < contract {
+                link_earlier_contract(linker, interface, name)?;
+            }
+        } else if WASI_LINKED.contains(&interface) && same_track(&version, &wasi) {
+            // The linker's own.
+        } else if interface.starts_with("wasi:io/") && same_track(&version, &wasi) {
+            // Functions trap; the resource types are already the real ones.
+            let ComponentItem::ComponentInstance(instance) = &item.ty else {
+                bail!("import `{name}` is not an instance");
+            };
+            let mut host = linker.instance(&format!("{interface}@{WASI}"))?;
+            for (export, item) in instance.exports(engine) {
+                if matches!(item.ty, ComponentItem::ComponentFunc(_)) {
+                    // Another import of another version may have been
+                    // stubbed here already: the stub is the same.
+                    let _ = stub(
+                        &mut host,
+                        engine,
+                        export,
+                        &item.ty,
+                        &format!("{name}#{export}"),
+                    );
+                }
+            }
+        } else {
+            stub(&mut linker.root(), engine, name, &item.ty, name)?;
+        }
+    }
+    Ok(())
+}
+
+/// A trapping stand-in for `item`, named `name` in `linker`.
+fn stub(
+    linker: &mut LinkerInstance<'_, PluginState>,
+    engine: &Engine,
+    name: &str,
+    item: &ComponentItem,
+    path: &str,
+) -> wasmtime::Result<()> {
+    match item {
+        ComponentItem::ComponentFunc(_) => {
+            let what = path.to_string();
+            linker.func_new(name, move |_, _, _, _| {
+                bail!("unknown import: `{what}` is not granted to plugins")
+            })
+        }
+        ComponentItem::ComponentInstance(instance) => {
+            let mut nested = linker.instance(name)?;
+            for (export, item) in instance.exports(engine) {
+                stub(
+                    &mut nested,
+                    engine,
+                    export,
+                    &item.ty,
+                    &format!("{path}#{export}"),
+                )?;
+            }
+            Ok(())
+        }
+        ComponentItem::Resource(_) => {
+            linker.resource(name, ResourceType::host::<()>(), |_, _| Ok(()))
+        }
+        ComponentItem::Type(_) => Ok(()),
+        ComponentItem::CoreFunc(_) | ComponentItem::Module(_) | ComponentItem::Component(_) => {
+            bail!("cannot stand in for the import `{path}`")
+        }
+    }
+}
+
+type Ctx<'a> = StoreContextMut<'a, PluginState>;
+
+/// The contract's host functions under an earlier version's name; only
+/// those that version has (`log-enabled` came in 0.1.1).
+fn link_earlier_contract(
+    linker: &mut Linker<PluginState>,
+    interface: &str,
+    name: &str,
+) -> wasmtime::Result<()> {
+    match interface {
+        "gale:plugin/host" => {
+            let mut instance = linker.instance(name)?;
+            instance.func_wrap(
+                "log",
+                |mut cx: Ctx<'_>,
+                 (level, message, fields): (Level, String, Vec<(String, String)>)| {
+                    host::Host::log(cx.data_mut(), level, message, fields)
+                },
+            )?;
+            instance.func_wrap("monotonic-now", |mut cx: Ctx<'_>, (): ()| {
+                host::Host::monotonic_now(cx.data_mut()).map(|now| (now,))
+            })?;
+        }
+        "gale:plugin/pool-state" => {
+            linker.instance(name)?.func_wrap(
+                "active-sessions",
+                |mut cx: Ctx<'_>, (backend,): (u32,)| {
+                    pool_state::Host::active_sessions(cx.data_mut(), backend).map(|n| (n,))
+                },
+            )?;
+        }
+        // Types only.
+        _ => {}
+    }
+    Ok(())
+}

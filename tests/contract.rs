@@ -1,0 +1,73 @@
+//! Contract versioning (rule 1 at the top of `wit/types.wit`): a plugin
+//! built against the previous contract, kept unchanged in
+//! `wit/previous/`, still loads and decides in this host; one built
+//! against an incompatible version is refused at load, naming both.
+
+mod support;
+
+use gale::generation::sample_context;
+use gale::plugin::PluginError;
+use gale::plugin::contract::host_version;
+use gale::pool::Decider;
+use support::{plugin, runtime};
+
+fn pool_toml(balancer: &str) -> String {
+    let mut toml = format!("[pools.p]\nbalancer = {{ path = {balancer:?} }}\n");
+    for i in 0..3 {
+        toml.push_str(&format!(
+            "[[pools.p.backends]]\nname = \"b{i}\"\naddress = \"127.0.0.1:{}\"\n",
+            31000 + i
+        ));
+    }
+    toml
+}
+
+#[test]
+fn a_plugin_built_against_the_previous_contract_still_loads_and_decides() {
+    let previous =
+        std::fs::read_to_string(support::workspace().join("wit/previous/0.1.0/types.wit")).unwrap();
+    assert!(previous.contains("package gale:plugin@0.1.0;"));
+    assert!(
+        host_version() > semver::Version::new(0, 1, 0),
+        "{}",
+        host_version()
+    );
+
+    let (rt, _cache) = runtime();
+    let path = plugin("contract-0-1-0");
+    let config = support::config(&pool_toml(&path.display().to_string()));
+    let pool = gale::pool::Pool::build(&rt, &config.pools[0], &Default::default())
+        .unwrap_or_else(|e| panic!("the 0.1.0 plugin was refused: {e}"));
+    let plugins = pool.plugins();
+    let (hook, info) = plugins[0];
+    assert_eq!(hook, "balancer");
+    assert_eq!(info.contract, "gale:plugin/selector@0.1.0");
+    // Its own order (highest id first), not the fallback's.
+    for _ in 0..5 {
+        let decision = pool.select(&sample_context());
+        assert_eq!(decision.decider, Decider::Plugin, "{decision:?}");
+        assert_eq!(decision.order, [2, 1, 0]);
+    }
+}
+
+#[test]
+fn a_plugin_of_an_incompatible_contract_is_refused_naming_both_versions() {
+    let (rt, _cache) = runtime();
+    let path = plugin("contract-0-2-0");
+    let config = support::config(&pool_toml(&path.display().to_string()));
+    let err = gale::pool::Pool::build(&rt, &config.pools[0], &Default::default())
+        .err()
+        .expect("a 0.2.0 plugin must not load");
+    let msg = err.to_string();
+    assert!(matches!(err, PluginError::WrongWorld { .. }), "{msg}");
+    assert!(
+        msg.contains(
+            "built against contract gale:plugin@0.2.0 (it exports gale:plugin/selector@0.2.0)"
+        ),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!("this gale speaks {}", host_version())),
+        "{msg}"
+    );
+}

@@ -1,0 +1,346 @@
+//! Plugins written in Python, JavaScript and C (`plugins/*-python`,
+//! `*-js`, `*-c`), built by their own `build.sh` with their own
+//! toolchains, each in front of SMTP sessions through the real `gale`
+//! binary, each checked for its policy: least active sessions, sticky by
+//! client IP, down at once on a 4xx greeting. All three are built against
+//! contract 0.1.0 and run in this host of a later 0.1.x.
+
+mod support;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::process::{Gale, curl};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+/// An SMTP backend that greets with its own name (`220 NAME ESMTP`), or
+/// with `421 4.3.2` while `busy` is set, and accepts anything after.
+struct Named {
+    address: SocketAddr,
+    busy: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Named {
+    async fn start(name: &str) -> Named {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let busy = Arc::new(AtomicBool::new(false));
+        let (flag, name) = (busy.clone(), name.to_string());
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (busy, name) = (flag.load(Ordering::SeqCst), name.clone());
+                tokio::spawn(async move {
+                    let _ = serve(stream, &name, busy).await;
+                });
+            }
+        });
+        Named {
+            address,
+            busy,
+            task,
+        }
+    }
+}
+
+impl Drop for Named {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(mut stream: TcpStream, name: &str, busy: bool) -> std::io::Result<()> {
+    if busy {
+        return stream.write_all(b"421 4.3.2 shutting down\r\n").await;
+    }
+    let (r, mut w) = stream.split();
+    w.write_all(format!("220 {name} ESMTP\r\n").as_bytes())
+        .await?;
+    let mut lines = BufReader::new(r).lines();
+    while let Some(line) = lines.next_line().await? {
+        if line.eq_ignore_ascii_case("QUIT") {
+            return w.write_all(b"221 bye\r\n").await;
+        }
+        w.write_all(b"250 ok\r\n").await?;
+    }
+    Ok(())
+}
+
+/// A session through gale from `source` (an address on 127/8), held open;
+/// the backend that took it is the name in its greeting.
+struct Held {
+    backend: String,
+    _stream: TcpStream,
+}
+
+async fn open(gale: SocketAddr, source: IpAddr) -> Held {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(source, 0)).unwrap();
+    let mut stream = socket.connect(gale).await.unwrap();
+    let mut greeting = String::new();
+    let mut reader = BufReader::new(&mut stream);
+    tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut greeting))
+        .await
+        .expect("a greeting within 10 s")
+        .unwrap();
+    let backend = greeting
+        .strip_prefix("220 ")
+        .and_then(|g| g.split_whitespace().next())
+        .unwrap_or_else(|| panic!("not a 220 greeting: {greeting:?}"))
+        .to_string();
+    Held {
+        backend,
+        _stream: stream,
+    }
+}
+
+/// One SMTP listener `in` on pool `p` with `backends`, an admin listener,
+/// fast probes, `pool` extra keys (the plugins), and a compile cache
+/// shared by the tests so each component is compiled once per run.
+fn config(backends: &[(&str, SocketAddr)], pool: &str) -> String {
+    let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("languages-cache");
+    let mut toml = format!(
+        "[plugins]\ncache_dir = {:?}\n\
+         [admin]\naddress = \"127.0.0.1:0\"\n\
+         [listeners.in]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\npool = \"p\"\n\
+         [pools.p]\n{pool}\n\
+         [pools.p.probe]\nkind = \"smtp\"\ninterval = \"150ms\"\ntimeout = \"1s\"\n",
+        cache.display().to_string()
+    );
+    for (name, address) in backends {
+        toml.push_str(&format!(
+            "[[pools.p.backends]]\nname = \"{name}\"\naddress = \"{address}\"\n"
+        ));
+    }
+    toml
+}
+
+fn status(gale: &Gale) -> Value {
+    let (code, body) = curl(&[&format!("http://{}/status", gale.admin_address())]);
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn backend<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["pools"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == name)
+        .unwrap()
+}
+
+async fn wait_state(gale: &Gale, name: &str, healthy: bool, limit: Duration) -> Duration {
+    let started = Instant::now();
+    while backend(&status(gale), name)["healthy"] != healthy {
+        assert!(
+            started.elapsed() < limit,
+            "{name} not healthy={healthy} in {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
+/// Every decision so far was the plugin's: no fallback.
+fn assert_no_fallback(gale: &Gale) {
+    let s = status(gale);
+    assert_eq!(s["pools"][0]["failed_decisions"], 0, "{}", s["pools"][0]);
+    let (_, metrics) = curl(&[&format!("http://{}/metrics", gale.admin_address())]);
+    assert!(
+        !metrics.contains("gale_plugin_fallbacks_total{"),
+        "fallbacks: {metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_least_active_sessions_sends_new_sessions_to_the_idle_backend() {
+    let plugin = support::foreign_plugin("least-active-python");
+    let (a, b) = (Named::start("a").await, Named::start("b").await);
+    let gale = Gale::start(&config(
+        &[("a", a.address), ("b", b.address)],
+        &format!(
+            "balancer = {{ path = {:?}, memory_mb = 32 }}",
+            plugin.display().to_string()
+        ),
+    ));
+    let (addr, here) = (gale.address("in"), "127.0.0.1".parse().unwrap());
+    let drain = format!("http://{}/pools/p/backends/b/drain", gale.admin_address());
+    let enable = drain.replace("/drain", "/enable");
+    // Three sessions held on a while b is drained...
+    assert_eq!(curl(&["-X", "POST", &drain]).0, 200);
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(open(addr, here).await);
+    }
+    assert!(held.iter().all(|h| h.backend == "a"));
+    // ...then the next three go to b, which has fewer in flight (a
+    // round-robin would alternate).
+    assert_eq!(curl(&["-X", "POST", &enable]).0, 200);
+    for _ in 0..3 {
+        held.push(open(addr, here).await);
+    }
+    let next: Vec<&str> = held[3..].iter().map(|h| h.backend.as_str()).collect();
+    assert_eq!(next, ["b", "b", "b"]);
+    // Level: the next alternate, ties rotating.
+    let more = [open(addr, here).await, open(addr, here).await];
+    let mut split: Vec<&str> = more.iter().map(|h| h.backend.as_str()).collect();
+    split.sort();
+    assert_eq!(split, ["a", "b"]);
+    let s = status(&gale);
+    assert_eq!(backend(&s, "a")["active_sessions"], 4);
+    assert_eq!(backend(&s, "b")["active_sessions"], 4);
+    assert_eq!(
+        s["plugins"][0]["contract"], "gale:plugin/selector@0.1.0",
+        "built against the previous contract"
+    );
+    assert_no_fallback(&gale);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn javascript_ip_hash_keeps_each_client_on_one_backend_and_moves_only_the_dead_ones() {
+    let plugin = support::foreign_plugin("ip-hash-js");
+    let names = ["a", "b", "c"];
+    let mut backends = Vec::new();
+    for name in names {
+        backends.push(Named::start(name).await);
+    }
+    let listed: Vec<(&str, SocketAddr)> = names
+        .iter()
+        .zip(&backends)
+        .map(|(n, b)| (*n, b.address))
+        .collect();
+    let gale = Gale::start(&config(
+        &listed,
+        &format!(
+            "balancer = {{ path = {:?}, memory_mb = 96, deadline = \"5ms\" }}",
+            plugin.display().to_string()
+        ),
+    ));
+    let addr = gale.address("in");
+    let clients: Vec<IpAddr> = (2..22)
+        .map(|i| format!("127.0.0.{i}").parse().unwrap())
+        .collect();
+    // Each of 20 clients, three sessions: always the same backend.
+    let mut home = std::collections::HashMap::new();
+    for &client in &clients {
+        for _ in 0..3 {
+            let backend = open(addr, client).await.backend;
+            let first = home.entry(client).or_insert_with(|| backend.clone());
+            assert_eq!(*first, backend, "{client} moved");
+        }
+    }
+    let mut used: Vec<&String> = home.values().collect();
+    used.sort();
+    used.dedup();
+    assert!(used.len() >= 2, "20 clients all on {used:?}");
+    // b dies: its clients move, nobody else does.
+    let dead = home.values().next().unwrap().clone();
+    let index = names.iter().position(|n| *n == dead).unwrap();
+    drop(backends.remove(index));
+    wait_state(&gale, &dead, false, Duration::from_secs(10)).await;
+    for &client in &clients {
+        let now = open(addr, client).await.backend;
+        if home[&client] == dead {
+            assert_ne!(now, dead);
+        } else {
+            assert_eq!(
+                now, home[&client],
+                "{client} moved though its backend lives"
+            );
+        }
+    }
+    assert_no_fallback(&gale);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c_strict_greeting_takes_a_backend_down_on_its_first_421() {
+    let plugin = support::foreign_plugin("strict-greeting-c");
+    let (a, b) = (Named::start("a").await, Named::start("b").await);
+    let gale = Gale::start(&config(
+        &[("a", a.address), ("b", b.address)],
+        &format!(
+            "health = {{ path = {:?}, settings = {{ rise = 2, fall = 3 }} }}",
+            plugin.display().to_string()
+        ),
+    ));
+    wait_state(&gale, "b", true, Duration::from_secs(5)).await;
+    // A 421 greeting: down on that probe, not after fall = 3 of them.
+    b.busy.store(true, Ordering::SeqCst);
+    wait_state(&gale, "b", false, Duration::from_secs(5)).await;
+    let s = status(&gale);
+    let timeline = backend(&s, "b")["timeline"].as_array().unwrap().clone();
+    let failed: Vec<&Value> = timeline
+        .iter()
+        .rev()
+        .take_while(|m| m["healthy"] == false)
+        .collect();
+    assert_eq!(failed.len(), 1, "down after one 421: {timeline:?}");
+    // Sessions meanwhile all go to a.
+    let here = "127.0.0.1".parse().unwrap();
+    for _ in 0..4 {
+        assert_eq!(open(gale.address("in"), here).await.backend, "a");
+    }
+    // Back after rise = 2 good greetings.
+    b.busy.store(false, Ordering::SeqCst);
+    wait_state(&gale, "b", true, Duration::from_secs(5)).await;
+    // A refused connection is an ordinary failure: fall = 3 probes.
+    drop(b);
+    wait_state(&gale, "b", false, Duration::from_secs(5)).await;
+    let s = status(&gale);
+    let timeline = backend(&s, "b")["timeline"].as_array().unwrap().clone();
+    let failures = timeline
+        .iter()
+        .rev()
+        .skip_while(|m| m["healthy"] == false)
+        .take_while(|m| m["ok"] == false)
+        .count()
+        + 1;
+    assert_eq!(failures, 3, "down after three refusals: {timeline:?}");
+    assert_eq!(s["plugins"][1]["contract"], "gale:plugin/evaluator@0.1.0");
+}
+
+#[test]
+fn the_big_components_are_compiled_once_and_then_start_from_the_cache() {
+    let python = support::foreign_plugin("least-active-python");
+    let js = support::foreign_plugin("ip-hash-js");
+    let cache = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "[plugins]\ncache_dir = {:?}\n\
+         [listeners.in]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\npool = \"p\"\n\
+         [listeners.in2]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\npool = \"q\"\n\
+         [pools.p]\nbalancer = {{ path = {:?}, memory_mb = 32 }}\n\
+         [[pools.p.backends]]\nname = \"a\"\naddress = \"127.0.0.1:9\"\n\
+         [pools.q]\nbalancer = {{ path = {:?}, memory_mb = 96, deadline = \"5ms\" }}\n\
+         [[pools.q.backends]]\nname = \"a\"\naddress = \"127.0.0.1:9\"\n",
+        cache.path().display().to_string(),
+        python.display().to_string(),
+        js.display().to_string()
+    );
+    let compiled = |gale: &Gale| {
+        gale.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| {
+                l.contains("compiled plugin")
+                    && (l.contains("least-active-python") || l.contains("ip-hash-js"))
+            })
+            .count()
+    };
+    let started = Instant::now();
+    let cold = Gale::start(&toml);
+    let cold_time = started.elapsed();
+    assert_eq!(compiled(&cold), 2, "both compiled on the first start");
+    drop(cold);
+    let started = Instant::now();
+    let warm = Gale::start(&toml);
+    let warm_time = started.elapsed();
+    assert_eq!(compiled(&warm), 0, "nothing compiled on a restart");
+    println!("start with the Python and JS plugins: cold {cold_time:?}, cached {warm_time:?}");
+    assert!(warm_time < cold_time);
+}
