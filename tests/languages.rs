@@ -344,3 +344,127 @@ fn the_big_components_are_compiled_once_and_then_start_from_the_cache() {
     println!("start with the Python and JS plugins: cold {cold_time:?}, cached {warm_time:?}");
     assert!(warm_time < cold_time);
 }
+
+/// `gale plugin ...` with `args`: (success, stdout + stderr).
+fn gale_plugin(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gale"))
+        .arg("plugin")
+        .args(args)
+        .env(
+            "GALE_CACHE_DIR",
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("languages-cache"),
+        )
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn plugin_check_names_the_world_runs_samples_and_fails_what_would_not_load() {
+    let wrr = support::plugin("weighted-round-robin");
+    let (ok, out) = gale_plugin(&["check", wrr.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("world `balancer`: exports gale:plugin/selector@0.1.1"),
+        "{out}"
+    );
+    // Weights 3:1:1 (round-robin does not treat the standby apart).
+    assert!(
+        out.contains(
+            "first choice over 1000 decisions: mta-a 60.0%, mta-b 20.0%, mta-standby 20.0%"
+        ),
+        "{out}"
+    );
+
+    let c = support::foreign_plugin("strict-greeting-c");
+    let (ok, out) = gale_plugin(&["check", c.to_str().unwrap(), "--setting", "rise=3"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("built against contract 0.1.0"), "{out}");
+    assert!(out.contains("healthy, 1 greeting 421    -> DOWN"), "{out}");
+    let (ok, out) = gale_plugin(&["check", c.to_str().unwrap(), "--setting", "bogus=1"]);
+    assert!(!ok && out.contains("unknown setting `bogus`"), "{out}");
+
+    let trap = support::plugin("hostile-trap");
+    let (ok, out) = gale_plugin(&["check", trap.to_str().unwrap()]);
+    assert!(!ok && out.contains("FAILED"), "{out}");
+    let future = support::plugin("contract-0-2-0");
+    let (ok, out) = gale_plugin(&["check", future.to_str().unwrap()]);
+    assert!(
+        !ok && out.contains("built against contract gale:plugin@0.2.0"),
+        "{out}"
+    );
+}
+
+#[test]
+fn plugin_new_writes_skeletons_that_build_and_pass_check() {
+    // The toolchains tests/run installs for the plugins in plugins/.
+    support::foreign_plugin("least-active-python");
+    support::foreign_plugin("ip-hash-js");
+    let root = support::workspace();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+
+    let (ok, out) = gale_plugin(&["new", "--lang", "rust", "my-rust", "--dir", d]);
+    assert!(ok, "{out}");
+    let built = std::process::Command::new(env!("CARGO"))
+        .current_dir(dir.path().join("my-rust"))
+        .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"])
+        // Shared across runs, so wit-bindgen is compiled once.
+        .env("CARGO_TARGET_DIR", root.join("target/scaffold"))
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .status()
+        .unwrap();
+    assert!(built.success());
+    let wasm = root.join("target/scaffold/wasm32-wasip2/release/my_rust.wasm");
+    let (ok, out) = gale_plugin(&["check", wasm.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    // Its policy: primaries by weight, the standby last, the dead one never.
+    assert!(out.contains("mta-a, mta-b, mta-standby\n"), "{out}");
+
+    let (ok, out) = gale_plugin(&["new", "--lang", "python", "my-python", "--dir", d]);
+    assert!(ok, "{out}");
+    let built = std::process::Command::new(dir.path().join("my-python/build.sh"))
+        .env(
+            "COMPONENTIZE_PY",
+            root.join("target/toolchains/python/bin/componentize-py"),
+        )
+        .status()
+        .unwrap();
+    assert!(built.success());
+    let wasm = dir.path().join("my-python/my-python.wasm");
+    let (ok, out) = gale_plugin(&["check", wasm.to_str().unwrap(), "--memory-mb", "32"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("mta-a, mta-b, mta-standby\n"), "{out}");
+
+    let (ok, out) = gale_plugin(&["new", "--lang", "js", "my-js", "--dir", d]);
+    assert!(ok, "{out}");
+    // npm install would fetch componentize-js again: borrow ip-hash-js's.
+    std::os::unix::fs::symlink(
+        root.join("plugins/ip-hash-js/node_modules"),
+        dir.path().join("my-js/node_modules"),
+    )
+    .unwrap();
+    let built = std::process::Command::new("node")
+        .arg(dir.path().join("my-js/build.mjs"))
+        .status()
+        .unwrap();
+    assert!(built.success());
+    let wasm = dir.path().join("my-js/my-js.wasm");
+    let (ok, out) = gale_plugin(&[
+        "check",
+        wasm.to_str().unwrap(),
+        "--memory-mb",
+        "96",
+        "--deadline",
+        "5ms",
+    ]);
+    assert!(ok, "{out}");
+    assert!(out.contains("mta-a, mta-b, mta-standby\n"), "{out}");
+
+    // An existing directory is never overwritten.
+    let (ok, out) = gale_plugin(&["new", "--lang", "rust", "my-rust", "--dir", d]);
+    assert!(!ok && out.contains("already exists"), "{out}");
+}

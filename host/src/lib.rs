@@ -30,5 +30,6 @@ pub mod metrics;
 pub mod plugin;
 pub mod pool;
 pub mod reload;
+pub mod scaffold;
 pub mod server;
 pub mod smtp;

@@ -51,6 +51,9 @@ enum Command {
         #[arg(short, long, default_value = "config/gale.toml")]
         config: PathBuf,
     },
+    /// Write or check a plugin.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
     /// Show a running gale's listeners, backends (health, admin state,
     /// weight, sessions, last probe), DNS records and last reload, from
     /// its admin API.
@@ -65,6 +68,46 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Say which world a component implements, whether this gale runs its
+    /// contract version, and run it on sample inputs, printing what it
+    /// decides. Exit 1 when it would not load or fails a call.
+    Check {
+        /// The component (.wasm).
+        file: PathBuf,
+        /// A setting handed to the plugin's init, as KEY=VALUE (repeat).
+        #[arg(short, long = "setting", value_parser = parse_setting)]
+        settings: Vec<(String, String)>,
+        /// CPU deadline of one call.
+        #[arg(long, default_value = "1ms", value_parser = humantime::parse_duration)]
+        deadline: std::time::Duration,
+        /// Memory cap of the instance, in MiB.
+        #[arg(long, default_value_t = 64)]
+        memory_mb: u32,
+    },
+    /// Write a balancer skeleton in DIR/NAME that builds as it is and
+    /// passes `gale plugin check`.
+    New {
+        #[arg(long, value_enum)]
+        lang: gale::scaffold::Lang,
+        name: String,
+        /// Where to create NAME/.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The guest SDK for a Rust plugin (default: the one of the source
+        /// tree this gale was built from).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
+}
+
+fn parse_setting(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("`{s}`: expected KEY=VALUE"))
 }
 
 fn main() -> ExitCode {
@@ -82,6 +125,25 @@ fn main() -> ExitCode {
         Command::Demo { config } => run(&config, true),
         Command::Check { config } => check(&config),
         Command::Status { admin, token, json } => status(admin, token.as_deref(), json),
+        Command::Plugin(PluginCommand::Check {
+            file,
+            settings,
+            deadline,
+            memory_mb,
+        }) => plugin_check(
+            &file,
+            gale::plugin::check::Options {
+                settings,
+                deadline,
+                memory_mb,
+            },
+        ),
+        Command::Plugin(PluginCommand::New {
+            lang,
+            name,
+            dir,
+            sdk,
+        }) => plugin_new(lang, &name, &dir, sdk),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -95,9 +157,10 @@ fn main() -> ExitCode {
 /// The compiled-plugin cache: the config's `[plugins] cache_dir`, else
 /// `$GALE_CACHE_DIR`, else `$XDG_CACHE_HOME/gale`, else `~/.cache/gale`.
 fn cache_dir(config: &Config) -> Option<PathBuf> {
-    if let Some(dir) = &config.plugins.cache_dir {
-        return Some(dir.clone());
-    }
+    config.plugins.cache_dir.clone().or_else(default_cache_dir)
+}
+
+fn default_cache_dir() -> Option<PathBuf> {
     let env = |k: &str| {
         std::env::var_os(k)
             .filter(|v| !v.is_empty())
@@ -263,6 +326,37 @@ async fn move_admin(
         old.stop();
     }
     next
+}
+
+fn plugin_check(file: &Path, options: gale::plugin::check::Options) -> anyhow::Result<()> {
+    let runtime = PluginRuntime::new(default_cache_dir())?;
+    let report = gale::plugin::check::check(&runtime, file, options);
+    print!("{}", report.text);
+    if report.ok {
+        Ok(())
+    } else {
+        anyhow::bail!("{} did not pass", file.display())
+    }
+}
+
+fn plugin_new(
+    lang: gale::scaffold::Lang,
+    name: &str,
+    dir: &Path,
+    sdk: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let sdk = sdk.or_else(gale::scaffold::default_sdk).context(
+        "the guest SDK of gale's source tree is not where gale was built; pass --sdk PATH/guest-sdk",
+    )?;
+    let written = gale::scaffold::create(lang, name, dir, &sdk)?;
+    for path in &written {
+        println!("wrote {}", path.display());
+    }
+    println!(
+        "next:\n{}",
+        gale::scaffold::next_steps(lang, name, &dir.join(name))
+    );
+    Ok(())
 }
 
 fn status(admin: std::net::SocketAddr, token: Option<&str>, json: bool) -> anyhow::Result<()> {
