@@ -63,6 +63,15 @@ fn post_reload_swaps_generations_and_status_shows_each_result() {
     assert_eq!(s["generation"], 1);
     assert!(s["reloads"]["last_reload"].is_null(), "{s}");
     assert_eq!(s["listeners"][0]["address"], addr.to_string());
+    // Without a token, only a Host that names this machine: a page whose
+    // name was made to resolve to 127.0.0.1 (DNS rebinding) is refused.
+    let status_url = url(&gale, "/status");
+    assert_eq!(
+        curl(&["-H", "Host: rebound.example:9090", &status_url]).0,
+        403
+    );
+    assert_eq!(curl(&["-H", "Host: localhost:9090", &status_url]).0, 200);
+    assert_eq!(curl(&["-H", "Host: [::1]:9090", &status_url]).0, 200);
     assert_eq!(s["pools"][0]["backends"][0]["name"], "a");
     assert_eq!(s["pools"][0]["backends"][0]["healthy"], true);
 
@@ -140,13 +149,38 @@ fn with_a_token_every_call_must_carry_it() {
     assert_eq!(s["generation"], 1);
     assert!(s["reloads"]["last_reload"].is_null(), "{s}");
 
-    // The status page's cookie (set by its token form) opens reads only.
-    let cookie = "Cookie: gale_admin_token=s3cret";
-    assert_eq!(curl(&["-H", cookie, &status_url]).0, 200);
-    assert_eq!(
-        curl(&["-H", "Cookie: gale_admin_token=guess", &status_url]).0,
-        401
+    // The status page's form sends the token to /login once; the cookie
+    // it gets back is derived from the token, script cannot read it, and
+    // it opens reads only.
+    assert_eq!(curl(&["-X", "POST", &url(&gale, "/login")]).0, 401);
+    let headers = support::process::curl_output(&[
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "-X",
+        "POST",
+        "-H",
+        "Authorization: Bearer s3cret",
+        &url(&gale, "/login"),
+    ]);
+    let set = headers
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .unwrap_or_else(|| panic!("no cookie: {headers}"));
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
     );
+    let value = set.split(';').next().unwrap();
+    assert!(
+        value.starts_with("gale_read=") && !value.contains("s3cret"),
+        "{value}"
+    );
+    let cookie = format!("Cookie: {value}");
+    let cookie = cookie.as_str();
+    assert_eq!(curl(&["-H", cookie, &status_url]).0, 200);
+    assert_eq!(curl(&["-H", "Cookie: gale_read=guess", &status_url]).0, 401);
     let drain = url(&gale, "/pools/mta/backends/a/drain");
     assert_eq!(curl(&["-X", "POST", "-H", cookie, &drain]).0, 401);
     // Without the token the page is the form, and nothing of the status.
@@ -282,7 +316,7 @@ fn a_failing_candidate_costs_no_session() {
         candidate["source"],
         Value::from(sneaky.display().to_string())
     );
-    assert_eq!(candidate["contract"], "gale:plugin/selector@0.1.0");
+    assert_eq!(candidate["contract"], "gale:plugin/selector@0.1.1");
     let hooks: Vec<&str> = plugins
         .iter()
         .map(|p| p["hook"].as_str().unwrap())

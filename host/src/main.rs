@@ -345,10 +345,14 @@ fn plugin_new(
     dir: &Path,
     sdk: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    let sdk = sdk.or_else(gale::scaffold::default_sdk).context(
-        "the guest SDK of gale's source tree is not where gale was built; pass --sdk PATH/guest-sdk",
-    )?;
-    let written = gale::scaffold::create(lang, name, dir, &sdk)?;
+    // Only a Rust plugin builds against the SDK.
+    let sdk = match lang {
+        gale::scaffold::Lang::Rust => Some(sdk.or_else(gale::scaffold::default_sdk).context(
+            "the guest SDK of gale's source tree is not where gale was built; pass --sdk PATH/guest-sdk",
+        )?),
+        _ => None,
+    };
+    let written = gale::scaffold::create(lang, name, dir, sdk.as_deref())?;
     for path in &written {
         println!("wrote {}", path.display());
     }

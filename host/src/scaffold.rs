@@ -17,7 +17,9 @@ pub enum Lang {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScaffoldError {
-    #[error("plugin name `{0}`: use lowercase letters, digits and dashes, starting with a letter")]
+    #[error(
+        "plugin name `{0}`: use lowercase letters, digits and dashes, starting with a letter (and not test, std, core, alloc, proc-macro or self)"
+    )]
     BadName(String),
     #[error("{0} already exists; pick another name or directory")]
     Exists(PathBuf),
@@ -92,12 +94,15 @@ pub fn create(
     lang: Lang,
     name: &str,
     parent: &Path,
-    sdk: &Path,
+    sdk: Option<&Path>,
 ) -> Result<Vec<PathBuf>, ScaffoldError> {
+    // Names Cargo refuses for a package.
+    const RESERVED: [&str; 6] = ["test", "std", "core", "alloc", "proc-macro", "self"];
     let valid = name.starts_with(|c: char| c.is_ascii_lowercase())
         && name
             .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !RESERVED.contains(&name);
     if !valid {
         return Err(ScaffoldError::BadName(name.to_string()));
     }
@@ -109,7 +114,12 @@ pub fn create(
         template
             .replace("{{name}}", name)
             .replace("{{crate}}", &name.replace('-', "_"))
-            .replace("{{sdk}}", &sdk.display().to_string())
+            // A TOML string, quoted and escaped.
+            .replace(
+                "{{sdk}}",
+                &toml::Value::String(sdk.map(|p| p.display().to_string()).unwrap_or_default())
+                    .to_string(),
+            )
             .replace("{{contract}}", &host_version().to_string())
     };
     let mut written = Vec::new();
@@ -126,10 +136,11 @@ pub fn create(
             }
             Ok(())
         };
-        write(&path).map_err(|source| ScaffoldError::Write {
-            path: path.clone(),
-            source,
-        })?;
+        if let Err(source) = write(&path) {
+            // Half a skeleton would block the next try ("already exists").
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(ScaffoldError::Write { path, source });
+        }
         written.push(path);
     }
     Ok(written)
@@ -137,7 +148,7 @@ pub fn create(
 
 /// How to build what `create` wrote, and where the component lands.
 pub fn next_steps(lang: Lang, name: &str, dir: &Path) -> String {
-    let d = dir.display();
+    let d = format!("'{}'", dir.display());
     match lang {
         Lang::Rust => format!(
             "cd {d} && cargo build --release --target wasm32-wasip2\n\

@@ -146,7 +146,14 @@ async fn serve(socket: TcpListener, admin: Arc<Admin>, stop: CancellationToken) 
 type Reply = Response<Full<Bytes>>;
 
 async fn route(admin: &Admin, req: Request<Incoming>) -> Reply {
-    if !authorized(admin, &req) {
+    let token = admin_token(admin);
+    if token.is_none() && !page::local_host(&req) {
+        return text(
+            StatusCode::FORBIDDEN,
+            "refused: without a token the admin API answers only to an IP address or localhost in Host\n",
+        );
+    }
+    if !authorized(token.as_deref(), &req) {
         if req.uri().path() == "/" && req.method() == Method::GET {
             return page::login();
         }
@@ -165,6 +172,7 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Reply {
     }
     match (path.as_str(), &method) {
         ("/", &Method::GET) => page::page(),
+        ("/login", &Method::POST) => page::logged_in(token.as_deref()),
         ("/status", &Method::GET) => json(StatusCode::OK, &status::Status::of(admin)),
         ("/metrics", &Method::GET) => {
             let mut reply = text(StatusCode::OK, admin.metrics.encode());
@@ -178,7 +186,7 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Reply {
         }
         ("/reload", &Method::POST) => reload(admin).await,
         ("/" | "/status" | "/metrics", _) => not_allowed("GET"),
-        ("/reload", _) => not_allowed("POST"),
+        ("/reload" | "/login", _) => not_allowed("POST"),
         _ => match steer::route(admin, req, &path).await {
             Some(reply) => reply,
             None => text(StatusCode::NOT_FOUND, "no such endpoint (try /status)\n"),
@@ -186,17 +194,23 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Reply {
     }
 }
 
-/// With a token in the config, the request must carry it: as a bearer
-/// header, or for reads as the status page's cookie. The token is read
-/// from the current generation, so a reload changes it.
-fn authorized(admin: &Admin, req: &Request<Incoming>) -> bool {
-    let generation = admin.server.current.load();
-    let Some(token) = generation
+/// The token of the current generation's config, if any (a reload
+/// changes it).
+fn admin_token(admin: &Admin) -> Option<String> {
+    admin
+        .server
+        .current
+        .load()
         .config
         .admin
         .as_ref()
-        .and_then(|a| a.token.as_ref())
-    else {
+        .and_then(|a| a.token.clone())
+}
+
+/// With a token in the config, the request must carry it as a bearer
+/// header, or for reads the status page's cookie.
+fn authorized(token: Option<&str>, req: &Request<Incoming>) -> bool {
+    let Some(token) = token else {
         return true;
     };
     let given = req
@@ -208,8 +222,7 @@ fn authorized(admin: &Admin, req: &Request<Incoming>) -> bool {
     if constant_time_eq(given.as_bytes(), token.as_bytes()) {
         return true;
     }
-    matches!(*req.method(), Method::GET | Method::HEAD)
-        && page::cookie_token(req).is_some_and(|c| constant_time_eq(c.as_bytes(), token.as_bytes()))
+    matches!(*req.method(), Method::GET | Method::HEAD) && page::has_read_cookie(req, token)
 }
 
 /// Compares without stopping at the first difference, so response time

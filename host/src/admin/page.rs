@@ -4,20 +4,25 @@
 //!
 //! With a token in the config the page is behind it too. A browser
 //! cannot send a bearer header when it navigates, so the 401 answer to a
-//! page request is a form that keeps the token in a same-site cookie, and
-//! that cookie authorizes reads (GET, HEAD) only: a page elsewhere cannot
-//! make the browser steer a backend with it.
+//! page request is a form that sends the token once to `POST /login`,
+//! which sets an HttpOnly, same-site cookie holding a value derived from
+//! the token (not the token: no script can read it, and it is no bearer
+//! token if it leaks). The cookie opens reads (GET, HEAD) only, so a page
+//! elsewhere cannot make the browser steer a backend with it.
 
 use hyper::body::Incoming;
-use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, COOKIE, HeaderValue, WWW_AUTHENTICATE};
+use hyper::header::{
+    CACHE_CONTROL, CONTENT_TYPE, COOKIE, HOST, HeaderValue, SET_COOKIE, WWW_AUTHENTICATE,
+};
 use hyper::{Request, StatusCode};
+use sha2::{Digest, Sha256};
 
 use super::{Reply, text};
 
 const PAGE: &str = include_str!("page.html");
 const LOGIN: &str = include_str!("login.html");
-/// The cookie the login form sets.
-const TOKEN_COOKIE: &str = "gale_admin_token";
+/// The cookie `POST /login` sets.
+const READ_COOKIE: &str = "gale_read";
 
 /// Nothing but the page's own inline style and script and reads of
 /// `/status` on the same origin.
@@ -56,21 +61,67 @@ fn html(status: StatusCode, body: &'static str) -> Reply {
     reply
 }
 
-/// The token the login form stored, if the request carries it.
-pub fn cookie_token(req: &Request<Incoming>) -> Option<String> {
+/// The read cookie's value for `token`: a one-way function of it.
+fn read_value(token: &str) -> String {
+    let digest = Sha256::digest(format!("gale admin read cookie\0{token}"));
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The answer to `POST /login` (the bearer token already checked): the
+/// read cookie.
+pub fn logged_in(token: Option<&str>) -> Reply {
+    let mut reply = text(StatusCode::NO_CONTENT, "");
+    if let Some(token) = token {
+        let cookie = format!(
+            "{READ_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
+            read_value(token)
+        );
+        if let Ok(value) = HeaderValue::from_str(&cookie) {
+            reply.headers_mut().insert(SET_COOKIE, value);
+        }
+    }
+    reply
+}
+
+/// Whether the request carries the read cookie of `token`.
+pub fn has_read_cookie(req: &Request<Incoming>, token: &str) -> bool {
+    let wanted = read_value(token);
     req.headers()
         .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (name, value) = pair.trim().split_once('=')?;
-            (name == TOKEN_COOKIE).then(|| {
-                percent_encoding::percent_decode_str(value)
-                    .decode_utf8_lossy()
-                    .into_owned()
-            })
+        .filter_map(|pair| pair.trim().split_once('='))
+        .any(|(name, value)| {
+            name == READ_COOKIE && super::constant_time_eq(value.as_bytes(), wanted.as_bytes())
         })
+}
+
+/// Whether the request names this machine by address or as localhost.
+/// Without a token the admin API is on loopback, and any other name in
+/// `Host` means a page whose name was made to resolve to 127.0.0.1 (DNS
+/// rebinding): same-origin with itself, so `Origin` does not tell.
+pub fn local_host(req: &Request<Incoming>) -> bool {
+    let Some(host) = req.headers().get(HOST) else {
+        // HTTP/1.0 without Host: not a browser.
+        return true;
+    };
+    let Ok(host) = host.to_str() else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => {
+            return v6
+                .split(']')
+                .next()
+                .is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok());
+        }
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    let name = name.to_ascii_lowercase();
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name == "localhost"
+        || name.ends_with(".localhost")
 }
 
 /// A browser request made by a page of another origin (it sends

@@ -73,6 +73,14 @@ fn run(
         );
         return Ok(false);
     };
+    for other in &exports[1..] {
+        let _ = writeln!(
+            out,
+            "also exports {} (world `{}`): not checked here",
+            other.name,
+            other.world.name()
+        );
+    }
     let host = contract::host_version();
     let _ = writeln!(
         out,

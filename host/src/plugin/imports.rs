@@ -7,8 +7,7 @@
 //! does not link at any compatible version:
 //!
 //! - interfaces gale links (the contract's, WASI clocks, random and cli):
-//!   left to the linker, and for earlier contract versions linked again
-//!   under the exact name (a plugin of 0.1.0 has no `log-enabled`);
+//!   left to the linker;
 //! - WASI io (streams, poll, error), which gale's cli interfaces return
 //!   resources of: its functions trap, under the host's version, and its
 //!   resource types are the real ones (`link_wasi_io`);
@@ -19,8 +18,6 @@ use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, Linker, LinkerInstance, ResourceType};
 use wasmtime::{Engine, StoreContextMut, bail};
 
-use super::bindings::Level;
-use super::bindings::balancer::gale::plugin::{host, pool_state};
 use super::contract::host_version;
 use super::state::PluginState;
 
@@ -57,22 +54,35 @@ const GALE: [&str; 3] = [
 /// them out; its functions are stubbed per plugin.
 pub fn link_wasi_io(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
     use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, DynPollable, IoError};
-    let drop = |_: StoreContextMut<'_, PluginState>, _: u32| Ok(());
     linker
         .instance(&format!("wasi:io/error@{WASI}"))?
-        .resource("error", ResourceType::host::<IoError>(), drop)?;
+        .resource("error", ResourceType::host::<IoError>(), drop::<IoError>)?;
     linker.instance(&format!("wasi:io/poll@{WASI}"))?.resource(
         "pollable",
         ResourceType::host::<DynPollable>(),
-        drop,
+        drop::<DynPollable>,
     )?;
     let mut streams = linker.instance(&format!("wasi:io/streams@{WASI}"))?;
-    streams.resource("input-stream", ResourceType::host::<DynInputStream>(), drop)?;
+    streams.resource(
+        "input-stream",
+        ResourceType::host::<DynInputStream>(),
+        drop::<DynInputStream>,
+    )?;
     streams.resource(
         "output-stream",
         ResourceType::host::<DynOutputStream>(),
-        drop,
+        drop::<DynOutputStream>,
     )?;
+    Ok(())
+}
+
+/// The guest dropped its handle: free the host's entry, or a plugin that
+/// asks for stdout in a loop would grow the table outside `memory_mb`.
+fn drop<T: 'static>(mut store: StoreContextMut<'_, PluginState>, rep: u32) -> wasmtime::Result<()> {
+    store
+        .data_mut()
+        .table_mut()
+        .delete(wasmtime::component::Resource::<T>::new_own(rep))?;
     Ok(())
 }
 
@@ -105,9 +115,8 @@ pub fn link(
             continue;
         };
         if GALE.contains(&interface) && same_track(&version, &contract) {
-            if version < contract {
-                link_earlier_contract(linker, interface, name)?;
-            }
+            // The linker's own: an earlier 0.1.x finds it by semver (the
+            // contract test loads a plugin built against 0.1.0).
         } else if WASI_LINKED.contains(&interface) && same_track(&version, &wasi) {
             // The linker's own.
         } else if interface.starts_with("wasi:io/") && same_track(&version, &wasi) {
@@ -172,41 +181,4 @@ fn stub(
             bail!("cannot stand in for the import `{path}`")
         }
     }
-}
-
-type Ctx<'a> = StoreContextMut<'a, PluginState>;
-
-/// The contract's host functions under an earlier version's name; only
-/// those that version has (`log-enabled` came in 0.1.1).
-fn link_earlier_contract(
-    linker: &mut Linker<PluginState>,
-    interface: &str,
-    name: &str,
-) -> wasmtime::Result<()> {
-    match interface {
-        "gale:plugin/host" => {
-            let mut instance = linker.instance(name)?;
-            instance.func_wrap(
-                "log",
-                |mut cx: Ctx<'_>,
-                 (level, message, fields): (Level, String, Vec<(String, String)>)| {
-                    host::Host::log(cx.data_mut(), level, message, fields)
-                },
-            )?;
-            instance.func_wrap("monotonic-now", |mut cx: Ctx<'_>, (): ()| {
-                host::Host::monotonic_now(cx.data_mut()).map(|now| (now,))
-            })?;
-        }
-        "gale:plugin/pool-state" => {
-            linker.instance(name)?.func_wrap(
-                "active-sessions",
-                |mut cx: Ctx<'_>, (backend,): (u32,)| {
-                    pool_state::Host::active_sessions(cx.data_mut(), backend).map(|n| (n,))
-                },
-            )?;
-        }
-        // Types only.
-        _ => {}
-    }
-    Ok(())
 }

@@ -98,10 +98,26 @@ impl PluginState {
             watchdog,
             wasi: WasiCtx::builder().build(),
             random: WasiRandomCtx::default(),
-            table: ResourceTable::new(),
+            table: {
+                // Handles a plugin may hold at once (streams, pollables);
+                // their entries live outside the memory cap.
+                let mut table = ResourceTable::new();
+                table.set_max_capacity(MAX_HANDLES);
+                table
+            },
         }
     }
 }
+
+impl PluginState {
+    /// The resource table (WASI handles).
+    pub fn table_mut(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
+}
+
+/// Resource handles one plugin instance may hold at once.
+const MAX_HANDLES: usize = 1024;
 
 impl WasiView for PluginState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
