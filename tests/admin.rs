@@ -611,6 +611,28 @@ fn metrics_parse_and_count_what_was_sent() {
         ),
         2.0
     );
+    // Bytes on the HTTP client connections are added when each closes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let (up, down) = loop {
+        let samples = scrape(&gale);
+        let bytes = |direction| {
+            value(
+                &samples,
+                "gale_http_bytes_total",
+                &[("listener", "web"), ("direction", direction)],
+            )
+        };
+        let (up, down) = (bytes("up"), bytes("down"));
+        if (up > 0.0 && down > 0.0) || std::time::Instant::now() > deadline {
+            break (up, down);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Two GETs of about 80 bytes; two error answers of over 100.
+    assert!(
+        up >= 2.0 * 60.0 && down >= 2.0 * 100.0,
+        "up {up}, down {down}"
+    );
     let relayed = value(
         &samples,
         "gale_sessions_total",

@@ -59,12 +59,14 @@ impl ListenerCounters {
                 })
                 .clone()
         };
+        // SMTP: bytes relayed; HTTP: bytes on the client connection.
         let bytes = |direction: &str| {
-            if !smtp {
-                return Counter::default();
-            }
-            metrics
-                .bytes
+            let family = if smtp {
+                &metrics.bytes
+            } else {
+                &metrics.http_bytes
+            };
+            family
                 .get_or_create(&BytesLabels {
                     listener: listener.to_string(),
                     direction: direction.to_string(),

@@ -115,6 +115,7 @@ pub struct Metrics {
     /// Error replies gale wrote itself rather than a backend.
     pub error_replies: Family<ErrorReplyLabels, Counter>,
     pub bytes: Family<BytesLabels, Counter>,
+    pub http_bytes: Family<BytesLabels, Counter>,
     /// Sessions or requests a backend took.
     pub backend_sessions: Family<BackendLabels, Counter>,
     /// Attempts at a backend that failed, by reason.
@@ -195,6 +196,12 @@ impl Metrics {
             "Bytes relayed by SMTP listeners, up (client to backend) and down",
             bytes.clone(),
         );
+        let http_bytes = Family::<BytesLabels, Counter>::default();
+        registry.register(
+            "http_bytes",
+            "Bytes on HTTP client connections (TLS included), up (from clients) and down, counted every 64 KiB and when a connection ends",
+            http_bytes.clone(),
+        );
         let backend_sessions = Family::<BackendLabels, Counter>::default();
         registry.register(
             "backend_sessions",
@@ -235,6 +242,7 @@ impl Metrics {
             requests,
             error_replies,
             bytes,
+            http_bytes,
             backend_sessions,
             backend_failures,
             retries,

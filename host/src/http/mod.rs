@@ -12,6 +12,7 @@
 mod body;
 mod h1;
 mod headers;
+mod metered;
 mod proxy;
 mod rewind;
 mod upstream;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -44,13 +46,19 @@ pub async fn serve(listener: TcpListener, accept: Accept) {
     accept
         .run(listener, move |client, peer| {
             let _ = client.set_nodelay(true);
-            let (header_timeout, tls) = current
-                .load()
+            let generation = current.load();
+            let (header_timeout, tls) = generation
                 .config
                 .listener(&name)
                 .map_or((Duration::from_secs(10), None), |l| {
                     (l.header_timeout, l.tls.as_ref().map(|t| t.server.clone()))
                 });
+            let client = match generation.listener(&name) {
+                Some((_, c)) => {
+                    metered::Metered::new(client, c.bytes_up.clone(), c.bytes_down.clone())
+                }
+                None => metered::Metered::new(client, Counter::default(), Counter::default()),
+            };
             let proxy = proxy.clone();
             let shutdown = shutdown.clone();
             async move {
