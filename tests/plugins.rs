@@ -427,3 +427,26 @@ fn host_imports_reach_the_plugin() {
     pool.live().leave(0);
     assert_eq!(pool.select(&ctx).order, vec![0, 2, 1]);
 }
+
+#[test]
+fn a_plugin_importing_what_gale_does_not_grant_loads_and_traps_only_when_it_calls_it() {
+    let (rt, _cache) = runtime();
+    let toml = format!(
+        "[pools.p]\nbalancer = {{ path = {:?} }}\n{}",
+        plugin("fs-importer").display(),
+        backends(&[(1, "primary"), (1, "primary")])
+    );
+    let (pool, _) = pool(&rt, &toml);
+    let d = pool.select(&sample_context());
+    assert_eq!(d.decider, Decider::Plugin, "{d:?}");
+    let mut ctx = sample_context();
+    ctx.client_port = 1;
+    let d = pool.select(&ctx);
+    match &d.decider {
+        Decider::Fallback(CallFailure::Trap(why)) => {
+            assert!(why.contains("wasi:filesystem"), "{why}");
+        }
+        other => panic!("expected a trap on the file call: {other:?}"),
+    }
+    assert_eq!(d.order.len(), 2, "the fallback decided: {d:?}");
+}

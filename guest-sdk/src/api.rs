@@ -186,8 +186,8 @@ pub fn log_with(level: Level, message: &str, fields: &[(&str, &str)]) {
 }
 
 /// Whether a log at `level` would be recorded: check it before building
-/// a costly message. (Contract 0.1.1: a plugin that calls it needs a gale
-/// of 0.1.1 or later.)
+/// a costly message. (Added in contract 0.1.1, which every plugin built
+/// with this SDK targets: such a plugin needs a gale of 0.1.1 or later.)
 pub fn log_enabled(level: Level) -> bool {
     host::log_enabled(level)
 }

@@ -14,7 +14,13 @@
 //!         Ok(FirstHealthy)
 //!     }
 //!     fn select(&mut self, pool: &Pool, _ctx: &RequestContext) -> Vec<BackendId> {
-//!         pool.iter().filter(|b| b.healthy).map(|b| b.id).collect()
+//!         // Every backend that may take the session, primaries first.
+//!         let mut order: Vec<_> = pool
+//!             .iter()
+//!             .filter(|b| b.healthy && !b.draining && b.weight > 0)
+//!             .collect();
+//!         order.sort_by_key(|b| b.priority);
+//!         order.into_iter().map(|b| b.id).collect()
 //!     }
 //! }
 //!

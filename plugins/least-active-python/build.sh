@@ -43,11 +43,9 @@ tmp="$out.tmp.$$"
 trap 'rm -rf "$work" "$tmp"' EXIT
 cp "$here/app.py" "$work/"
 start=$(date +%s%N)
-# --stub-wasi: the plugin needs nothing from WASI, and without it the
-# component imports wasi:*@0.2.9, which gale (wasmtime-wasi 48 provides
-# 0.2.12) replaces with trapping stubs: wasmtime's
-# define_unknown_imports_as_traps stubs every import whose name does not
-# match exactly, and CPython reads the environment on its first call.
+# --stub-wasi: the plugin needs nothing from WASI, so the component
+# imports none of it (gale would grant only clocks, random and cli, and
+# CPython's other imports, files and sockets, would only trap if called).
 # The cost, per componentize-py: the build-time random seed is baked in
 # (this plugin uses no randomness).
 VIRTUAL_ENV="$(dirname "$(dirname "$tool")")" \

@@ -173,12 +173,38 @@ fn stub(
             }
             Ok(())
         }
-        ComponentItem::Resource(_) => {
-            linker.resource(name, ResourceType::host::<()>(), |_, _| Ok(()))
-        }
+        ComponentItem::Resource(_) => stub_resource(linker, name),
         ComponentItem::Type(_) => Ok(()),
         ComponentItem::CoreFunc(_) | ComponentItem::Module(_) | ComponentItem::Component(_) => {
             bail!("cannot stand in for the import `{path}`")
         }
+    }
+}
+
+/// A resource type in a stubbed interface. Interfaces such as
+/// `wasi:filesystem` re-export WASI io's streams: those must be the real
+/// types `link_wasi_io` gave them, or the plugin fails to load with
+/// mismatched resource types instead of trapping when it calls a file
+/// function.
+fn stub_resource(linker: &mut LinkerInstance<'_, PluginState>, name: &str) -> wasmtime::Result<()> {
+    use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, DynPollable, IoError};
+    match name {
+        "input-stream" => linker.resource(
+            name,
+            ResourceType::host::<DynInputStream>(),
+            drop::<DynInputStream>,
+        ),
+        "output-stream" => linker.resource(
+            name,
+            ResourceType::host::<DynOutputStream>(),
+            drop::<DynOutputStream>,
+        ),
+        "pollable" => linker.resource(
+            name,
+            ResourceType::host::<DynPollable>(),
+            drop::<DynPollable>,
+        ),
+        "error" => linker.resource(name, ResourceType::host::<IoError>(), drop::<IoError>),
+        _ => linker.resource(name, ResourceType::host::<()>(), |_, _| Ok(())),
     }
 }

@@ -34,6 +34,9 @@ pub fn files_of(path: &Path, config: &Config) -> Vec<PathBuf> {
             }
         }
     }
+    if let Some(PluginSource::File(file)) = config.dns.as_ref().map(|d| &d.plugin.source) {
+        files.push(file.clone());
+    }
     files
 }
 
