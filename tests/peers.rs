@@ -280,3 +280,40 @@ fn the_demo_balances_mail_and_web_requests() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&dig.stdout), "127.0.0.1\n");
 }
+
+/// `[server] user`: started as root, gale binds its sockets and then runs
+/// as that user, and still relays mail. Not root: only its own user is
+/// accepted.
+#[test]
+fn gale_drops_root_after_binding_and_still_relays() {
+    let sink = SmtpSink::start(free_port());
+    // SAFETY: geteuid takes nothing and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    let config = |user: &str| {
+        format!(
+            "[server]\nuser = \"{user}\"\n\
+             [listeners.in]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\npool = \"mta\"\n\
+             [pools.mta]\n[[pools.mta.backends]]\nname = \"a\"\naddress = \"{}\"\n",
+            sink.address
+        )
+    };
+    let (user, uid) = if euid == 0 {
+        ("nobody", gale::privileges::user_ids("nobody").unwrap().0)
+    } else {
+        (gale::privileges::current_user().leak() as &str, euid)
+    };
+    let gale = Gale::start(&config(user));
+    gale.wait_log("running without root", Duration::from_secs(10));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", gale.child.id())).unwrap();
+    let uids: Vec<u32> = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .unwrap()
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    // Real, effective, saved and filesystem uid: all of them.
+    assert_eq!(uids, [uid; 4], "{status}");
+    support::client::send_mail(gale.address("in"));
+    gale.wait_log("smtp session", Duration::from_secs(10));
+}

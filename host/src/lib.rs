@@ -29,6 +29,7 @@ pub mod listener;
 pub mod metrics;
 pub mod plugin;
 pub mod pool;
+pub mod privileges;
 pub mod reload;
 pub mod scaffold;
 pub mod server;

@@ -242,6 +242,13 @@ fn run(path: &Path, demo: bool) -> anyhow::Result<()> {
             Some(a) => Some(gale::admin::start(a.address, admin.clone()).await?),
             None => None,
         };
+        // Every socket of the first generation is bound: root is no
+        // longer needed. (A reload that binds a port below 1024 then
+        // fails, and the running generation stays.)
+        if let Some(run_as) = &server.current.load().config.run_as {
+            gale::privileges::drop_to(run_as).map_err(anyhow::Error::msg)?;
+            tracing::info!(user = %gale::privileges::current_user(), uid = run_as.uid, gid = run_as.gid, "running without root");
+        }
         let mut watcher = reload::FileWatcher::new(&files)
             .inspect_err(|e| tracing::warn!("config and plugin files are not watched: {e}"))
             .ok();

@@ -134,6 +134,10 @@ pub struct EmbeddedDnsSection {
 pub struct ServerSection {
     /// `drain_timeout`: how long sessions may run on after SIGTERM/SIGINT.
     pub drain_timeout: Option<Spanned<String>>,
+    /// `user`: who to run as once the sockets are bound (started as root).
+    pub user: Option<Spanned<String>>,
+    /// `group`: its group (default: the user's own).
+    pub group: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -38,6 +38,8 @@ pub struct Config {
     pub source: PathBuf,
     /// Sessions may run this long after a shutdown signal.
     pub drain_timeout: Duration,
+    /// `[server] user`: who gale becomes once its sockets are bound.
+    pub run_as: Option<crate::privileges::RunAs>,
     pub plugins: PluginDefaults,
     pub admin: Option<AdminConfig>,
     pub listeners: Vec<ListenerConfig>,
@@ -547,8 +549,30 @@ fn validate(file: FileConfig, path: &Path, errors: &Errors<'_>) -> Result<Config
         }
     };
 
+    let run_as = match (&file.server.user, &file.server.group) {
+        (None, None) => None,
+        (None, Some(group)) => {
+            return Err(errors.at(group.span(), "server.group", "needs server.user"));
+        }
+        (Some(user), group) => {
+            let (uid, own_gid) = crate::privileges::user_ids(user.get_ref())
+                .map_err(|e| errors.at(user.span(), "server.user", e))?;
+            let gid = match group {
+                None => own_gid,
+                Some(group) => crate::privileges::group_id(group.get_ref())
+                    .map_err(|e| errors.at(group.span(), "server.group", e))?,
+            };
+            Some(crate::privileges::RunAs {
+                user: user.get_ref().clone(),
+                uid,
+                gid,
+            })
+        }
+    };
+
     Ok(Config {
         source: path.to_path_buf(),
+        run_as,
         drain_timeout: parse_duration(
             errors,
             file.server.drain_timeout.as_ref(),
