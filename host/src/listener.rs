@@ -34,6 +34,10 @@ impl Accept {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let slots = Arc::new(Slots::default());
+        // Accept errors come in bursts (out of descriptors, every 100 ms
+        // until some are freed): one warning a second says so.
+        let mut warned: Option<std::time::Instant> = None;
+        let mut suppressed = 0u64;
         loop {
             // Past max_sessions, stop accepting: clients wait in the
             // kernel's backlog instead of being accepted and starved.
@@ -50,7 +54,13 @@ impl Accept {
                 Err(e) => {
                     // Out of file descriptors and similar: back off instead
                     // of spinning; connections already open are unaffected.
-                    tracing::warn!(listener = %self.name, "accept failed: {e}");
+                    if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                        tracing::warn!(listener = %self.name, suppressed, "accept failed: {e}");
+                        warned = Some(std::time::Instant::now());
+                        suppressed = 0;
+                    } else {
+                        suppressed += 1;
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }

@@ -68,13 +68,48 @@ impl Gale {
         Gale::launch("run", config, dir)
     }
 
+    /// Like [`Gale::start`], with at most `nofile` file descriptors.
+    pub fn start_with_nofile(toml: &str, nofile: u64) -> Gale {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("gale.toml");
+        std::fs::write(&config, toml).unwrap();
+        Gale::launch_limited("run", config, dir, Some(nofile))
+    }
+
     /// Start `gale demo` on `config` (demo backends in the process).
     pub fn demo(config: &Path) -> Gale {
         Gale::launch("demo", config.to_path_buf(), tempfile::tempdir().unwrap())
     }
 
     fn launch(command: &str, config: PathBuf, dir: tempfile::TempDir) -> Gale {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gale"))
+        Gale::launch_limited(command, config, dir, None)
+    }
+
+    fn launch_limited(
+        command: &str,
+        config: PathBuf,
+        dir: tempfile::TempDir,
+        nofile: Option<u64>,
+    ) -> Gale {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gale"));
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe, and the closure
+            // touches nothing but its own copy of `n`.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd
             .args([command, "--config"])
             .arg(&config)
             .env("GALE_CACHE_DIR", dir.path().join("cache"))

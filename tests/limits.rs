@@ -1,0 +1,149 @@
+//! Resource limits of the running binary: out of file descriptors, gale
+//! backs off instead of spinning, sessions already joined go on, and it
+//! recovers once descriptors are free.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use support::process::{Gale, SmtpSink, free_port};
+
+/// A connection through gale and its greeting, if one came within 1 s.
+fn connect(addr: SocketAddr) -> (TcpStream, Option<String>) {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let mut line = String::new();
+    let greeting = BufReader::new(stream.try_clone().unwrap())
+        .read_line(&mut line)
+        .ok()
+        .filter(|&n| n > 0)
+        .map(|_| line);
+    (stream, greeting)
+}
+
+/// One message on a session that has had its greeting.
+fn send_mail(stream: &TcpStream) {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream.try_clone().unwrap();
+    for (line, code) in [
+        ("EHLO client.test\r\n", "250 "),
+        ("MAIL FROM:<a@client.test>\r\n", "250"),
+        ("RCPT TO:<b@example.test>\r\n", "250"),
+        ("DATA\r\n", "354"),
+        ("Subject: limits\r\n\r\nhello\r\n.\r\n", "250"),
+        ("QUIT\r\n", "221"),
+    ] {
+        writer.write_all(line.as_bytes()).unwrap();
+        loop {
+            let mut reply = String::new();
+            reader.read_line(&mut reply).unwrap();
+            if reply.starts_with(code) || (code == "250 " && reply.starts_with("250 ")) {
+                break;
+            }
+            assert!(
+                reply.len() > 3 && reply.as_bytes()[3] == b'-',
+                "{line:?} got {reply:?}"
+            );
+        }
+    }
+}
+
+/// CPU time gale has used, in clock ticks (1/100 s).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces): utime is the
+    // 14th field of the line, stime the 15th.
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn out_of_file_descriptors_gale_backs_off_keeps_sessions_and_recovers() {
+    let sink = SmtpSink::start(free_port());
+    let toml = format!(
+        "[listeners.in]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\npool = \"mta\"\n\
+         [pools.mta]\n[pools.mta.probe]\ninterval = \"1h\"\n\
+         [[pools.mta.backends]]\nname = \"a\"\naddress = \"{}\"\n",
+        sink.address
+    );
+    let gale = Gale::start_with_nofile(&toml, 64);
+    let addr = gale.address("in");
+
+    // Sessions until gale cannot take one more: no greeting (the
+    // connection waits in the kernel's backlog), or a 421 (accepted, but
+    // no descriptor left for the backend).
+    let mut held = Vec::new();
+    let pending = loop {
+        assert!(held.len() < 64, "64 sessions and still no limit");
+        let (stream, greeting) = connect(addr);
+        match greeting {
+            Some(g) if g.starts_with("220") => held.push(stream),
+            Some(g) => {
+                assert!(g.starts_with("421 4.3.2"), "{g:?}");
+                break None;
+            }
+            None => break Some(stream),
+        }
+    };
+    let exhausted = Instant::now();
+    assert!(
+        held.len() >= 5,
+        "only {} sessions before the limit",
+        held.len()
+    );
+    println!("{} sessions held at 64 descriptors", held.len());
+
+    // Out of descriptors, gale does not spin.
+    let pid = gale.child.id();
+    let before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let spent = cpu_ticks(pid) - before;
+    assert!(
+        spent <= 30,
+        "{spent} ticks of CPU in 2 s while out of descriptors"
+    );
+
+    // A session joined before goes on.
+    send_mail(&held.remove(0));
+
+    // Descriptors free again: the waiting client (or a new one) is served.
+    held.clear();
+    let freed = Instant::now();
+    let greeting = match pending {
+        Some(stream) => {
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let mut line = String::new();
+            BufReader::new(stream).read_line(&mut line).unwrap();
+            line
+        }
+        None => connect(addr).1.unwrap_or_default(),
+    };
+    assert!(greeting.starts_with("220"), "{greeting:?}");
+    println!(
+        "served again {:?} after descriptors were freed",
+        freed.elapsed()
+    );
+    let warnings = gale
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("accept failed"))
+        .count();
+    // One warning a second at most, each with the count it stands for.
+    let seconds = exhausted.elapsed().as_secs() + 1;
+    assert!(
+        warnings as u64 <= seconds + 1,
+        "{warnings} accept warnings in about {seconds} s"
+    );
+}
