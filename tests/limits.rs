@@ -147,3 +147,59 @@ fn out_of_file_descriptors_gale_backs_off_keeps_sessions_and_recovers() {
         "{warnings} accept warnings in about {seconds} s"
     );
 }
+
+/// A connection through gale from `source` and its first line.
+fn connect_from(addr: SocketAddr, source: &str) -> (TcpStream, String) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let source: SocketAddr = format!("{source}:0").parse().unwrap();
+    socket.bind(&source.into()).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let stream: TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(stream.try_clone().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (stream, line)
+}
+
+#[test]
+fn sessions_per_client_ip_are_capped_with_a_421() {
+    let sink = SmtpSink::start(free_port());
+    let toml = format!(
+        "[listeners.in]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\npool = \"mta\"\n\
+         hostname = \"mx.test\"\nmax_sessions_per_client = 2\n\
+         [pools.mta]\n[[pools.mta.backends]]\nname = \"a\"\naddress = \"{}\"\n",
+        sink.address
+    );
+    let gale = Gale::start(&toml);
+    let addr = gale.address("in");
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let (stream, greeting) = connect_from(addr, "127.0.0.1");
+        assert!(greeting.starts_with("220"), "{greeting:?}");
+        held.push(stream);
+    }
+    // The third from the same address is told to come back later.
+    let (_, refused) = connect_from(addr, "127.0.0.1");
+    assert!(refused.starts_with("421 4.7.0 mx.test "), "{refused:?}");
+    // Another address is not affected.
+    let (other, greeting) = connect_from(addr, "127.0.0.2");
+    assert!(greeting.starts_with("220"), "{greeting:?}");
+    send_mail(&other);
+    // One session ends: the first address has room again.
+    send_mail(&held.pop().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (stream, greeting) = connect_from(addr, "127.0.0.1");
+        if greeting.starts_with("220") {
+            send_mail(&stream);
+            break;
+        }
+        // The ended session's slot is freed when gale sees it close.
+        assert!(Instant::now() < deadline, "still refused: {greeting:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

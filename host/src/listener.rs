@@ -1,15 +1,18 @@
 //! The accept loop shared by SMTP and HTTP listeners: at most
-//! `max_sessions` connections at once (read from the current generation,
-//! so a reload changes it on a kept socket), back-off on accept errors,
-//! and every connection tracked so shutdown can drain it.
+//! `max_sessions` connections at once and `max_sessions_per_client` from
+//! one client IP (read from the current generation, so a reload changes
+//! them on a kept socket), back-off on accept errors, and every
+//! connection tracked so shutdown can drain it.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +37,7 @@ impl Accept {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let slots = Arc::new(Slots::default());
+        let clients = Arc::new(Clients::default());
         // Accept errors come in bursts (out of descriptors, every 100 ms
         // until some are freed): one warning a second says so.
         let mut warned: Option<std::time::Instant> = None;
@@ -65,14 +69,53 @@ impl Accept {
                     continue;
                 }
             };
+            let Some(from_client) = clients.enter(peer.ip(), self.per_client_limit()) else {
+                self.refuse(client, peer);
+                continue;
+            };
             let slot = slots.take();
             let task = connection(client, peer);
             self.sessions.spawn(async move {
                 task.await;
-                drop(slot);
+                drop((slot, from_client));
             });
         }
         tracing::info!(listener = %self.name, "listener stopped accepting");
+    }
+
+    /// The listener's `max_sessions_per_client` in the current generation.
+    fn per_client_limit(&self) -> u32 {
+        self.current
+            .load()
+            .config
+            .listener(&self.name)
+            .map_or(u32::MAX, |l| l.max_sessions_per_client)
+    }
+
+    /// A client over its cap: an SMTP client is told to come back later
+    /// (its mail is deferred, not lost), an HTTP connection is closed.
+    fn refuse(&self, mut client: TcpStream, peer: SocketAddr) {
+        let generation = self.current.load();
+        let Some((l, counters)) = generation.listener(&self.name) else {
+            return;
+        };
+        tracing::debug!(listener = %self.name, client = %peer, "refused: max_sessions_per_client");
+        if l.protocol != crate::config::Protocol::Smtp {
+            return;
+        }
+        counters.deferred.inc();
+        counters.replied_421.inc();
+        let reply = format!(
+            "421 4.7.0 {} Too many connections from your address, try again later\r\n",
+            l.hostname
+        );
+        self.sessions.spawn(async move {
+            let write = async {
+                client.write_all(reply.as_bytes()).await?;
+                client.shutdown().await
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(5), write).await;
+        });
     }
 
     /// The listener's `max_sessions` in the current generation.
@@ -121,5 +164,37 @@ impl Drop for Slot {
     fn drop(&mut self) {
         self.0.taken.fetch_sub(1, Ordering::AcqRel);
         self.0.freed.notify_one();
+    }
+}
+
+/// Sessions in flight per client IP.
+#[derive(Default)]
+struct Clients(Mutex<HashMap<IpAddr, u32>>);
+
+/// One session of a client; freed on drop.
+struct FromClient(Arc<Clients>, IpAddr);
+
+impl Clients {
+    /// Count one more session from `ip`, unless it has `limit` already.
+    fn enter(self: &Arc<Self>, ip: IpAddr, limit: u32) -> Option<FromClient> {
+        let mut open = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(FromClient(self.clone(), ip))
+    }
+}
+
+impl Drop for FromClient {
+    fn drop(&mut self) {
+        let mut open = (self.0).0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.1);
+            }
+        }
     }
 }

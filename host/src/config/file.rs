@@ -185,6 +185,8 @@ pub struct ListenerSection {
     pub hostname: Option<String>,
     /// `max_sessions`: sessions open at once; more wait in the accept queue.
     pub max_sessions: Option<u32>,
+    /// `max_sessions_per_client`: sessions open at once from one client IP.
+    pub max_sessions_per_client: Option<u32>,
     /// `max_attempts`: backends tried for one session before 421.
     pub max_attempts: Option<u32>,
     /// `connect_timeout`: per backend connection attempt.

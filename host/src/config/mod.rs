@@ -79,6 +79,9 @@ pub struct ListenerConfig {
     pub index_in_pool: u32,
     pub hostname: String,
     pub max_sessions: u32,
+    /// Sessions at once from one client IP (`u32::MAX`: no cap); past it
+    /// an SMTP client gets 421 4.7.0, an HTTP connection is closed.
+    pub max_sessions_per_client: u32,
     pub max_attempts: u32,
     pub connect_timeout: Duration,
     pub banner_timeout: Duration,
@@ -484,6 +487,7 @@ fn validate(file: FileConfig, path: &Path, errors: &Errors<'_>) -> Result<Config
             index_in_pool: (served.len() - 1) as u32,
             hostname: l.hostname.clone().unwrap_or_else(|| "gale".to_string()),
             max_sessions: l.max_sessions.unwrap_or(10_000).max(1),
+            max_sessions_per_client: l.max_sessions_per_client.unwrap_or(u32::MAX).max(1),
             max_attempts: l.max_attempts.unwrap_or(3).max(1),
             connect_timeout: parse_duration(
                 errors,
