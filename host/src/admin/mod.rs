@@ -204,7 +204,8 @@ fn admin_token(admin: &Admin) -> Option<String> {
         .config
         .admin
         .as_ref()
-        .and_then(|a| a.token.clone())
+        .and_then(|a| a.token.as_ref())
+        .map(|t| t.expose().to_string())
 }
 
 /// With a token in the config, the request must carry it as a bearer

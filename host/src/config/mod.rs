@@ -64,7 +64,24 @@ pub struct PluginDefaults {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub address: SocketAddr,
-    pub token: Option<String>,
+    pub token: Option<AdminToken>,
+}
+
+/// The admin bearer token; its `Debug` does not show it, so no log line
+/// or error that prints the config can leak it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -353,7 +370,7 @@ fn validate(file: FileConfig, path: &Path, errors: &Errors<'_>) -> Result<Config
         None => None,
         Some(a) => {
             let address = parse_addr(errors, &a.address, "admin.address")?;
-            let token = a.token.clone().filter(|t| !t.is_empty());
+            let token = a.token.clone().filter(|t| !t.is_empty()).map(AdminToken);
             // The admin API can reload and will steer backends: off the
             // host only with a token.
             if !address.ip().is_loopback() && token.is_none() {
