@@ -53,26 +53,16 @@ const GALE: [&str; 3] = [
 /// The resource types of WASI io, as the cli interfaces gale links hand
 /// them out; its functions are stubbed per plugin.
 pub fn link_wasi_io(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
-    use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, DynPollable, IoError};
-    linker
-        .instance(&format!("wasi:io/error@{WASI}"))?
-        .resource("error", ResourceType::host::<IoError>(), drop::<IoError>)?;
-    linker.instance(&format!("wasi:io/poll@{WASI}"))?.resource(
-        "pollable",
-        ResourceType::host::<DynPollable>(),
-        drop::<DynPollable>,
-    )?;
-    let mut streams = linker.instance(&format!("wasi:io/streams@{WASI}"))?;
-    streams.resource(
-        "input-stream",
-        ResourceType::host::<DynInputStream>(),
-        drop::<DynInputStream>,
-    )?;
-    streams.resource(
-        "output-stream",
-        ResourceType::host::<DynOutputStream>(),
-        drop::<DynOutputStream>,
-    )?;
+    for (interface, resources) in [
+        ("error", &["error"][..]),
+        ("poll", &["pollable"][..]),
+        ("streams", &["input-stream", "output-stream"][..]),
+    ] {
+        let mut instance = linker.instance(&format!("wasi:io/{interface}@{WASI}"))?;
+        for name in resources {
+            resource(&mut instance, name)?;
+        }
+    }
     Ok(())
 }
 
@@ -173,7 +163,7 @@ fn stub(
             }
             Ok(())
         }
-        ComponentItem::Resource(_) => stub_resource(linker, name),
+        ComponentItem::Resource(_) => resource(linker, name),
         ComponentItem::Type(_) => Ok(()),
         ComponentItem::CoreFunc(_) | ComponentItem::Module(_) | ComponentItem::Component(_) => {
             bail!("cannot stand in for the import `{path}`")
@@ -181,12 +171,13 @@ fn stub(
     }
 }
 
-/// A resource type in a stubbed interface. Interfaces such as
-/// `wasi:filesystem` re-export WASI io's streams: those must be the real
-/// types `link_wasi_io` gave them, or the plugin fails to load with
-/// mismatched resource types instead of trapping when it calls a file
-/// function.
-fn stub_resource(linker: &mut LinkerInstance<'_, PluginState>, name: &str) -> wasmtime::Result<()> {
+/// A resource type named `name`: WASI io's own (`input-stream`,
+/// `output-stream`, `pollable`, `error`) with the host's real types and
+/// handles freed on drop, anything else an opaque stand-in. Interfaces
+/// such as `wasi:filesystem` re-export io's streams: stubbed, they must
+/// keep the real types, or the plugin fails to load with mismatched
+/// resource types instead of trapping when it calls a file function.
+fn resource(linker: &mut LinkerInstance<'_, PluginState>, name: &str) -> wasmtime::Result<()> {
     use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, DynPollable, IoError};
     match name {
         "input-stream" => linker.resource(
