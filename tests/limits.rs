@@ -4,10 +4,11 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use support::client::Session;
 use support::process::{Gale, SmtpSink, free_port};
 
 /// A connection through gale and its greeting, if one came within 1 s.
@@ -27,32 +28,7 @@ fn connect(addr: SocketAddr) -> (TcpStream, Option<String>) {
 
 /// One message on a session that has had its greeting.
 fn send_mail(stream: &TcpStream) {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut writer = stream.try_clone().unwrap();
-    for (line, code) in [
-        ("EHLO client.test\r\n", "250 "),
-        ("MAIL FROM:<a@client.test>\r\n", "250"),
-        ("RCPT TO:<b@example.test>\r\n", "250"),
-        ("DATA\r\n", "354"),
-        ("Subject: limits\r\n\r\nhello\r\n.\r\n", "250"),
-        ("QUIT\r\n", "221"),
-    ] {
-        writer.write_all(line.as_bytes()).unwrap();
-        loop {
-            let mut reply = String::new();
-            reader.read_line(&mut reply).unwrap();
-            if reply.starts_with(code) || (code == "250 " && reply.starts_with("250 ")) {
-                break;
-            }
-            assert!(
-                reply.len() > 3 && reply.as_bytes()[3] == b'-',
-                "{line:?} got {reply:?}"
-            );
-        }
-    }
+    Session::greeted(stream.try_clone().unwrap()).send_mail();
 }
 
 /// CPU time gale has used, in clock ticks (1/100 s).

@@ -26,6 +26,17 @@ impl Session {
         Ok(s)
     }
 
+    /// A session on `stream`, whose greeting the caller has read.
+    pub fn greeted(stream: TcpStream) -> Session {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Session {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+        }
+    }
+
     pub fn open(addr: SocketAddr) -> Session {
         Session::try_open(addr).unwrap()
     }
