@@ -8,13 +8,11 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use fantoccini::Locator;
 use support::browser::Browser;
-use support::client::send_mail;
+use support::client::Load;
 use support::process::{Gale, SmtpSink, curl, free_port};
 
 const TOKEN: &str = "page-test-token";
@@ -41,38 +39,6 @@ fn artifact(name: &str) -> PathBuf {
         .join("artifacts");
     std::fs::create_dir_all(&dir).unwrap();
     dir.join(name)
-}
-
-/// Mail sent every 20 ms from a thread until stopped (at most 500
-/// messages), so the page has decisions to count.
-struct Load {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<u32>>,
-}
-
-impl Load {
-    fn start(addr: SocketAddr) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let mut sent = 0;
-            while !flag.load(Ordering::Relaxed) && sent < 500 {
-                send_mail(addr);
-                sent += 1;
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            sent
-        });
-        Load {
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn stop(mut self) -> u32 {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.take().unwrap().join().unwrap()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,7 +104,7 @@ async fn status_page_shows_a_killed_backend_go_down_without_a_reload() {
         .unwrap();
 
     // Traffic, then b dies.
-    let load = Load::start(gale.address("in"));
+    let load = Load::start(gale.address("in"), 1);
     drop(b);
     let took = browser
         .wait_for(
@@ -168,7 +134,7 @@ async fn status_page_shows_a_killed_backend_go_down_without_a_reload() {
             },
         )
         .await;
-    let sent = load.stop();
+    let (sent, _) = load.stop();
     assert!(sent > 0);
 
     // The same page all along: no navigation, and it kept refreshing.
