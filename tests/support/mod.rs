@@ -45,6 +45,8 @@ pub fn wasm_dir() -> &'static Path {
             ])
             .arg(&target)
             .args(["--workspace", "--exclude", "gale", "--exclude", "gale-sdk"])
+            // Host code: the fuzz targets link gale itself.
+            .args(["--exclude", "gale-fuzz"])
             .env_remove("RUSTFLAGS")
             .env_remove("CARGO_ENCODED_RUSTFLAGS")
             .env_remove("CARGO_TARGET_DIR")

@@ -121,110 +121,131 @@ impl Answerer {
         }
     }
 
-    /// The reply to one message, or nothing for what is not a query.
     fn answer(&self, bytes: &[u8], udp: bool) -> Option<Vec<u8>> {
-        let request = match Message::from_vec(bytes) {
-            Ok(m) => m,
-            Err(_) if bytes.len() >= 12 => {
-                let id = u16::from_be_bytes([bytes[0], bytes[1]]);
-                return Message::error_msg(id, OpCode::Query, ResponseCode::FormErr)
-                    .to_vec()
-                    .ok();
-            }
-            Err(_) => return None,
-        };
-        if request.metadata.message_type != MessageType::Query {
-            return None;
-        }
         let generation = self.current.load();
-        let mut reply = Message::response(request.metadata.id, request.metadata.op_code);
-        reply.metadata.recursion_desired = request.metadata.recursion_desired;
-        let limit = match &request.edns {
-            Some(edns) => {
-                let mut ours = Edns::new();
-                ours.set_max_payload(UDP_EDNS);
-                reply.set_edns(ours);
-                usize::from(edns.max_payload().clamp(UDP_PLAIN as u16, UDP_EDNS))
-            }
-            None => UDP_PLAIN,
-        };
-        match (
-            &generation.config.dns,
-            request.metadata.op_code,
-            request.queries.as_slice(),
-        ) {
-            (None, _, _) => reply.metadata.response_code = ResponseCode::Refused,
-            (_, op, _) if op != OpCode::Query => {
-                reply.metadata.response_code = ResponseCode::NotImp
-            }
-            (Some(config), _, [query]) => {
-                reply.add_query(query.clone());
-                self.resolve(config, query.name(), query.query_type(), &mut reply);
-            }
-            _ => reply.metadata.response_code = ResponseCode::FormErr,
-        }
-        let mut bytes = reply.to_vec().ok()?;
-        if udp && bytes.len() > limit {
-            // The client retries over TCP.
-            bytes = reply.truncate().to_vec().ok()?;
-        }
-        Some(bytes)
+        answer(
+            bytes,
+            udp,
+            generation.config.dns.as_ref(),
+            &self.state.published.load(),
+        )
     }
+}
 
-    fn resolve(&self, config: &DnsConfig, qname: &Name, qtype: RecordType, reply: &mut Message) {
-        let (Ok(zone), Ok(name)) = (
-            Name::from_ascii(&config.zone),
-            Name::from_ascii(&config.name),
-        ) else {
-            reply.metadata.response_code = ResponseCode::ServFail;
-            return;
-        };
-        let qname = qname.to_lowercase();
-        if !zone.zone_of(&qname) {
-            reply.metadata.response_code = ResponseCode::Refused;
-            return;
+/// The reply to one message (`udp`: sized for UDP), or nothing for what is
+/// not a query. `config` is the zone (none: every query is refused) and
+/// `published` the records to answer with. Pure, so it can be fuzzed.
+pub fn answer(
+    bytes: &[u8],
+    udp: bool,
+    config: Option<&DnsConfig>,
+    published: &[DnsRecord],
+) -> Option<Vec<u8>> {
+    let request = match Message::from_vec(bytes) {
+        Ok(m) => m,
+        Err(_) if bytes.len() >= 12 => {
+            let id = u16::from_be_bytes([bytes[0], bytes[1]]);
+            return Message::error_msg(id, OpCode::Query, ResponseCode::FormErr)
+                .to_vec()
+                .ok();
         }
-        reply.metadata.authoritative = true;
-        let soa = soa(config, &zone);
-        if qname == name {
-            let records = self.state.published.load();
-            let mut answers = weighted_order(&records, qtype, &name);
-            if qtype == RecordType::ANY {
-                // RFC 8482: a minimal answer, not an amplifier.
-                answers.truncate(1);
-            }
-            if answers.is_empty() {
-                reply.add_authority(soa.clone());
-            }
-            reply.insert_answers(std::mem::take(&mut answers));
+        Err(_) => return None,
+    };
+    if request.metadata.message_type != MessageType::Query {
+        return None;
+    }
+    let mut reply = Message::response(request.metadata.id, request.metadata.op_code);
+    reply.metadata.recursion_desired = request.metadata.recursion_desired;
+    let limit = match &request.edns {
+        Some(edns) => {
+            let mut ours = Edns::new();
+            ours.set_max_payload(UDP_EDNS);
+            reply.set_edns(ours);
+            usize::from(edns.max_payload().clamp(UDP_PLAIN as u16, UDP_EDNS))
         }
-        if qname == zone {
-            match qtype {
-                RecordType::SOA => {
-                    reply.add_answer(soa);
-                }
-                RecordType::NS => {
-                    if let Ok(ns) = Name::from_ascii(ns_name(config)) {
-                        reply.add_answer(Record::from_rdata(
-                            zone.clone(),
-                            config.ttl,
-                            RData::NS(NS(ns)),
-                        ));
-                    }
-                }
-                _ if qname != name => {
-                    reply.add_authority(soa);
-                }
-                _ => {}
-            }
-        } else if qname != name && qname.zone_of(&name) {
-            // Between the zone and the name (an empty non-terminal): it
-            // exists, with no data (RFC 8020).
-            reply.add_authority(soa);
-        } else if qname != name {
-            reply.metadata.response_code = ResponseCode::NXDomain;
-            reply.add_authority(soa);
+        None => UDP_PLAIN,
+    };
+    match (config, request.metadata.op_code, request.queries.as_slice()) {
+        (None, _, _) => reply.metadata.response_code = ResponseCode::Refused,
+        (_, op, _) if op != OpCode::Query => reply.metadata.response_code = ResponseCode::NotImp,
+        (Some(config), _, [query]) => {
+            reply.add_query(query.clone());
+            resolve(
+                config,
+                published,
+                query.name(),
+                query.query_type(),
+                &mut reply,
+            );
         }
+        _ => reply.metadata.response_code = ResponseCode::FormErr,
+    }
+    let mut bytes = reply.to_vec().ok()?;
+    if udp && bytes.len() > limit {
+        // The client retries over TCP.
+        bytes = reply.truncate().to_vec().ok()?;
+    }
+    Some(bytes)
+}
+
+fn resolve(
+    config: &DnsConfig,
+    published: &[DnsRecord],
+    qname: &Name,
+    qtype: RecordType,
+    reply: &mut Message,
+) {
+    let (Ok(zone), Ok(name)) = (
+        Name::from_ascii(&config.zone),
+        Name::from_ascii(&config.name),
+    ) else {
+        reply.metadata.response_code = ResponseCode::ServFail;
+        return;
+    };
+    let qname = qname.to_lowercase();
+    if !zone.zone_of(&qname) {
+        reply.metadata.response_code = ResponseCode::Refused;
+        return;
+    }
+    reply.metadata.authoritative = true;
+    let soa = soa(config, &zone);
+    if qname == name {
+        let mut answers = weighted_order(published, qtype, &name);
+        if qtype == RecordType::ANY {
+            // RFC 8482: a minimal answer, not an amplifier.
+            answers.truncate(1);
+        }
+        if answers.is_empty() {
+            reply.add_authority(soa.clone());
+        }
+        reply.insert_answers(std::mem::take(&mut answers));
+    }
+    if qname == zone {
+        match qtype {
+            RecordType::SOA => {
+                reply.add_answer(soa);
+            }
+            RecordType::NS => {
+                if let Ok(ns) = Name::from_ascii(ns_name(config)) {
+                    reply.add_answer(Record::from_rdata(
+                        zone.clone(),
+                        config.ttl,
+                        RData::NS(NS(ns)),
+                    ));
+                }
+            }
+            _ if qname != name => {
+                reply.add_authority(soa);
+            }
+            _ => {}
+        }
+    } else if qname != name && qname.zone_of(&name) {
+        // Between the zone and the name (an empty non-terminal): it
+        // exists, with no data (RFC 8020).
+        reply.add_authority(soa);
+    } else if qname != name {
+        reply.metadata.response_code = ResponseCode::NXDomain;
+        reply.add_authority(soa);
     }
 }
 

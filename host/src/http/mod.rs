@@ -10,8 +10,8 @@
 //! verdicts (failures are reported to the pool) or the choice of backend.
 
 mod body;
-mod h1;
-mod headers;
+pub mod h1;
+pub mod headers;
 mod metered;
 mod proxy;
 mod rewind;

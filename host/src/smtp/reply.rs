@@ -72,6 +72,8 @@ pub fn parse(buf: &[u8]) -> Result<Parsed, ReplyError> {
         }
         code = Some(this);
         match line.get(3) {
+            // However the reply was split across reads: longer is too long.
+            None | Some(b' ') if end > MAX_REPLY => return Err(ReplyError::TooLong),
             None | Some(b' ') => {
                 return Ok(Parsed::Complete {
                     code: this,

@@ -8,8 +8,8 @@ use std::io::Write;
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
-use super::super::MAX_HEADERS;
 use super::super::headers::Peer;
+use super::super::{MAX_HEADER_BYTES, MAX_HEADERS};
 
 /// How a message's body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -169,6 +169,9 @@ fn special(buf: &[u8], fields: &[Field]) -> Result<Special, &'static str> {
     Ok(s)
 }
 
+/// Fields `write_request` may add to a request.
+const PROXY_FIELDS: usize = 3;
+
 /// Parse a request head at the start of `buf`: `Ok(false)` when more
 /// bytes are needed.
 pub fn parse_request(buf: &[u8], req: &mut Request) -> Result<bool, Refusal> {
@@ -187,6 +190,13 @@ pub fn parse_request(buf: &[u8], req: &mut Request) -> Result<bool, Refusal> {
     else {
         return Err(Refusal::Malformed("malformed request\n"));
     };
+    // Exact limits on what is forwarded: a head read in one large read
+    // may pass the buffer check, and gale adds up to three fields
+    // (X-Forwarded-For, X-Forwarded-Proto, Forwarded) that must still fit
+    // the limit it holds clients to.
+    if len > MAX_HEADER_BYTES || parsed.headers.len() > MAX_HEADERS - PROXY_FIELDS {
+        return Err(Refusal::TooLarge);
+    }
     fields(buf, parsed.headers, &mut req.fields);
     let s = special(buf, &req.fields).map_err(Refusal::Malformed)?;
     req.len = len;
@@ -340,10 +350,13 @@ pub fn write_request(
     out.clear();
     out.extend_from_slice(&buf[req.method.clone()]);
     out.push(b' ');
-    match &buf[req.target.clone()] {
-        b"" => out.push(b'/'),
-        t => out.extend_from_slice(t),
+    // An absolute-form target without a path (`http://host` or
+    // `http://host?q`) has the path `/` in origin form (RFC 9112 §3.2.1).
+    let target = &buf[req.target.clone()];
+    if !target.starts_with(b"/") && target != b"*" {
+        out.push(b'/');
     }
+    out.extend_from_slice(target);
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let fallback;
     let host = match &req.host {

@@ -13,8 +13,8 @@
 //! seen a byte of the response.
 
 mod backends;
-mod chunked;
-mod head;
+pub mod chunked;
+pub mod head;
 
 use std::io::IoSlice;
 use std::net::SocketAddr;
