@@ -253,7 +253,12 @@ pub struct SmtpSink {
 
 impl SmtpSink {
     pub fn start(port: u16) -> SmtpSink {
-        let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        SmtpSink::start_at(format!("127.0.0.1:{port}").parse().unwrap())
+    }
+
+    /// On `address` (any loopback address, so that DNS tests can tell
+    /// backends apart).
+    pub fn start_at(address: SocketAddr) -> SmtpSink {
         let child = Command::new(require("smtp-sink"))
             .args(["-u", "nobody", &address.to_string(), "256"])
             .stdout(Stdio::null())

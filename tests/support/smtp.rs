@@ -25,6 +25,8 @@ pub enum Behaviour {
 
 pub struct Backend {
     pub address: SocketAddr,
+    /// How it treats the connections it accepts from now on.
+    behaviour: Arc<Mutex<Behaviour>>,
     pub sessions: Arc<AtomicUsize>,
     pub messages: Arc<AtomicUsize>,
     /// PROXY headers received, verbatim.
@@ -57,12 +59,15 @@ impl Backend {
         let messages = Arc::new(AtomicUsize::new(0));
         let proxy_headers = Arc::new(Mutex::new(Vec::new()));
         let (s, m, h) = (sessions.clone(), messages.clone(), proxy_headers.clone());
+        let behaviour = Arc::new(Mutex::new(behaviour));
+        let now = behaviour.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
                 let (s, m, h) = (s.clone(), m.clone(), h.clone());
+                let behaviour = *now.lock().unwrap();
                 tokio::spawn(async move {
                     s.fetch_add(1, Ordering::SeqCst);
                     let _ = serve(stream, behaviour, proxy, m, h).await;
@@ -71,11 +76,20 @@ impl Backend {
         });
         Backend {
             address,
+            behaviour,
             sessions,
             messages,
             proxy_headers,
             task,
         }
+    }
+}
+
+impl Backend {
+    /// Treat connections accepted from now on this way; sessions already
+    /// open go on as they started.
+    pub fn set_behaviour(&self, behaviour: Behaviour) {
+        *self.behaviour.lock().unwrap() = behaviour;
     }
 }
 
@@ -117,7 +131,10 @@ async fn serve(
             return Ok(());
         }
         Behaviour::Silent => {
-            tokio::time::sleep(Duration::from_secs(3600)).await;
+            // Never a word; the socket goes when the peer hangs up.
+            let mut sink = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(3600), stream.read_to_end(&mut sink))
+                .await;
             return Ok(());
         }
         Behaviour::Garbage => {
