@@ -39,6 +39,10 @@ const MAX_CONNECTIONS: usize = 64;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long `POST /reload` waits for the reload to finish.
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
+/// A connection is closed after this long (once its request in flight is
+/// answered, or 5 s later): a client that sends a body slowly or never
+/// reads its answer cannot keep one of the `MAX_CONNECTIONS` slots.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
 
 /// A reload asked for over the admin API; the answer is the new
 /// generation's id or why the reload failed.
@@ -136,6 +140,10 @@ async fn serve(socket: TcpListener, admin: Arc<Admin>, stop: CancellationToken) 
                     tracing::debug!("admin connection: {e}");
                 },
                 _ = stop.cancelled() => conn.as_mut().graceful_shutdown(),
+                _ = tokio::time::sleep(CONNECTION_LIFETIME) => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), conn.as_mut()).await;
+                }
             }
             drop(permit);
         });

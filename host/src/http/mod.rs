@@ -33,6 +33,10 @@ const MAX_HEADERS: usize = 100;
 /// Bytes buffered per connection, which bounds the size of a request's
 /// headers (`431` beyond it).
 const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Requests in flight on one HTTP/2 connection.
+const MAX_H2_STREAMS: u32 = 100;
+/// Response bytes queued per HTTP/2 stream for a client that reads slowly.
+const H2_SEND_BUFFER: usize = 64 * 1024;
 
 /// Accept connections on `listener` until `accept.shutdown` is cancelled;
 /// then connections finish the request in flight and close.
@@ -138,6 +142,10 @@ impl Connection {
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .max_header_list_size(MAX_HEADER_BYTES as u32)
+            // hyper's defaults are 200 streams with up to 400 KB queued
+            // for each: a slow reader could make gale hold 80 MB.
+            .max_concurrent_streams(MAX_H2_STREAMS)
+            .max_send_buf_size(H2_SEND_BUFFER)
             .keep_alive_interval(Some(header_timeout))
             .keep_alive_timeout(header_timeout)
             .serve_connection(TokioIo::new(io), service);

@@ -100,8 +100,16 @@ fn check_order(order: &mut Vec<u32>, pool: &PushedPool) -> Result<(), CallFailur
             pool.eligible
         )));
     }
-    // Repeats are harmless to drop. Pools are small: a bit set covers the
-    // common case without allocating.
+    // Repeats are harmless to drop, but an answer longer than the pool
+    // would pin its memory for the whole session.
+    if order.len() > n {
+        return Err(CallFailure::Malformed(format!(
+            "{} ids for a pool of {n}",
+            order.len()
+        )));
+    }
+    // Pools are small: a bit set covers the common case without
+    // allocating.
     if n <= 64 {
         let mut seen = 0u64;
         order.retain(|&id| {

@@ -10,6 +10,10 @@ use super::state::LiveCounters;
 use super::{CallFailure, PluginError};
 use crate::config::PluginSpec;
 
+/// Most records a plan may hold: far more than one name needs (an A
+/// RRset of 64 already exceeds a 1232-byte UDP answer).
+pub const MAX_RECORDS: usize = 256;
+
 /// A loaded DNS plugin.
 pub struct DnsPlugin {
     guest: Guest<Dns>,
@@ -49,6 +53,23 @@ impl DnsPlugin {
             return Err(CallFailure::Malformed(
                 "empty plan would remove every record".into(),
             ));
+        }
+        // Plans are kept, compared and answered from: bounded, like a
+        // name server bounds what it serves.
+        if records.len() > MAX_RECORDS {
+            return Err(CallFailure::Malformed(format!(
+                "{} records (at most {MAX_RECORDS})",
+                records.len()
+            )));
+        }
+        if let Some(r) = records
+            .iter()
+            .find(|r| r.name.len() > 255 || r.value.len() > 255 || r.set_id.len() > 255)
+        {
+            return Err(CallFailure::Malformed(format!(
+                "a field of the record {:.40}... is longer than 255 bytes",
+                r.set_id
+            )));
         }
         Ok(records)
     }

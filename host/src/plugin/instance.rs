@@ -180,7 +180,8 @@ impl<E: Exports> Guest<E> {
         })?;
         match exports.init(&mut store, &self.settings) {
             Ok(Ok(())) => Ok(Live { store, exports }),
-            Ok(Err(reason)) => Err(Setup::Init(reason)),
+            // The plugin's words go into logs and `/status`: bounded.
+            Ok(Err(reason)) => Err(Setup::Init(reason.chars().take(1024).collect())),
             Err(e) => Err(Setup::Failed(CallFailure::from_call(
                 e,
                 store.data().limiter.take_hit(),

@@ -132,15 +132,28 @@ impl WasiView for PluginState {
 /// an allocation failure, which Rust and most runtimes turn into a trap)
 /// and `hit` records why, so the host can count it as a memory-limit
 /// fallback rather than a generic trap.
+///
+/// The cap counts every memory of the instance together (a component of
+/// several core modules, as Python and JavaScript ones are, has several),
+/// and table elements likewise.
 pub struct MemoryCap {
     max_bytes: usize,
+    /// Bytes of all memories so far (memories never shrink).
+    used: usize,
+    /// Elements of all tables so far.
+    elements: usize,
     hit: AtomicBool,
 }
+
+/// Table elements (function references) one instance may have in all.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
 
 impl MemoryCap {
     fn new(max_bytes: usize) -> Self {
         Self {
             max_bytes,
+            used: 0,
+            elements: 0,
             hit: AtomicBool::new(false),
         }
     }
@@ -154,24 +167,47 @@ impl MemoryCap {
 impl ResourceLimiter for MemoryCap {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.max_bytes {
+        let total = self.used.saturating_add(desired.saturating_sub(current));
+        if total > self.max_bytes {
             self.hit.store(true, Ordering::Relaxed);
             return Ok(false);
         }
+        self.used = total;
         Ok(true)
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= 100_000)
+        let total = self
+            .elements
+            .saturating_add(desired.saturating_sub(current));
+        if total > MAX_TABLE_ELEMENTS {
+            return Ok(false);
+        }
+        self.elements = total;
+        Ok(true)
+    }
+
+    // wasmtime allows 10,000 of each by default; components built from
+    // several core modules have a handful.
+    fn instances(&self) -> usize {
+        100
+    }
+
+    fn memories(&self) -> usize {
+        100
+    }
+
+    fn tables(&self) -> usize {
+        100
     }
 }
 
@@ -217,9 +253,15 @@ impl host::Host for PluginState {
         // static field names; they travel as one `fields` value.
         let mut fields_text = String::new();
         for (k, v) in &fields {
+            // Cut below anyway: stop before escaping megabytes.
+            if fields_text.len() > MAX_LOG_BYTES {
+                break;
+            }
             if !fields_text.is_empty() {
                 fields_text.push(' ');
             }
+            let v: String = v.chars().take(MAX_LOG_BYTES).collect();
+            let k: String = k.chars().take(MAX_LOG_BYTES).collect();
             fields_text.push_str(&format!("{k}={v:?}"));
         }
         let message = truncate(message);
@@ -256,5 +298,30 @@ impl pool_state::Host for PluginState {
     fn active_sessions(&mut self, backend: u32) -> wasmtime::Result<u32> {
         self.on_time()?;
         Ok(self.live.active(backend as usize))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_memory_cap_counts_every_memory_of_an_instance() {
+        let mut cap = MemoryCap::new(64 << 20);
+        // Two core modules with 40 MiB each: the second is refused.
+        assert!(cap.memory_growing(0, 40 << 20, None).unwrap());
+        assert!(!cap.memory_growing(0, 40 << 20, None).unwrap());
+        assert!(cap.take_hit());
+        // Growing the first by 24 MiB still fits; one byte more does not.
+        assert!(cap.memory_growing(40 << 20, 64 << 20, None).unwrap());
+        assert!(!cap.memory_growing(0, 1, None).unwrap());
+    }
+
+    #[test]
+    fn table_elements_are_counted_across_tables() {
+        let mut cap = MemoryCap::new(64 << 20);
+        assert!(cap.table_growing(0, 60_000, None).unwrap());
+        assert!(!cap.table_growing(0, 60_000, None).unwrap());
+        assert!(cap.table_growing(0, 40_000, None).unwrap());
     }
 }

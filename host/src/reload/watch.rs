@@ -47,7 +47,9 @@ pub struct FileWatcher {
     watcher: RecommendedWatcher,
     folders: HashSet<PathBuf>,
     files: Arc<Mutex<HashSet<PathBuf>>>,
-    events: mpsc::UnboundedReceiver<()>,
+    /// One pending "something changed" is all a reload needs: a capacity
+    /// of one, so a file rewritten in a loop queues nothing.
+    events: mpsc::Receiver<()>,
     /// When the latest change not yet reported was seen. Kept here, not in
     /// `changed`'s future, so a `select!` that drops that future loses
     /// nothing.
@@ -57,7 +59,7 @@ pub struct FileWatcher {
 impl FileWatcher {
     pub fn new(files: &[PathBuf]) -> notify::Result<Self> {
         let watched: Arc<Mutex<HashSet<PathBuf>>> = Arc::default();
-        let (tx, events) = mpsc::unbounded_channel();
+        let (tx, events) = mpsc::channel(1);
         let filter = watched.clone();
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             let Ok(event) = event else { return };
@@ -71,7 +73,7 @@ impl FileWatcher {
             );
             let files = filter.lock().unwrap_or_else(|p| p.into_inner());
             if change && event.paths.iter().any(|p| files.contains(p)) {
-                let _ = tx.send(());
+                let _ = tx.try_send(());
             }
         })?;
         let mut w = FileWatcher {
