@@ -96,7 +96,7 @@ impl PluginState {
             limiter: MemoryCap::new(memory_bytes),
             stop_after: 0,
             watchdog,
-            wasi: WasiCtx::builder().build(),
+            wasi: WasiCtx::builder().wall_clock(Epoch).build(),
             random: WasiRandomCtx::default(),
             table: {
                 // Handles a plugin may hold at once (streams, pollables);
@@ -113,6 +113,21 @@ impl PluginState {
     /// The resource table (WASI handles).
     pub fn table_mut(&mut self) -> &mut ResourceTable {
         &mut self.table
+    }
+}
+
+/// The wall clock plugins see: always the UNIX epoch. The contract grants
+/// a monotonic clock (`host.monotonic-now`, and WASI's monotonic clock
+/// for language runtimes that read it), not the time of day: a policy
+/// that decided by the date would decide differently on each gale.
+struct Epoch;
+
+impl wasmtime_wasi::HostWallClock for Epoch {
+    fn resolution(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(1)
+    }
+    fn now(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
     }
 }
 

@@ -1,7 +1,8 @@
-//! Uses every host import and the WASI the host grants (clocks, random): orders backends by sessions in flight (fewest
-//! first, through `pool-state`), logs each decision with fields when
-//! info is enabled, and
-//! refuses to answer if the monotonic clock ever goes backwards.
+//! Uses every host import and the WASI the host grants (clocks, random):
+//! orders backends by sessions in flight (fewest first, through
+//! `pool-state`), logs each decision with fields when info is enabled, and
+//! refuses to answer if the monotonic clock ever goes backwards or the
+//! wall clock shows anything but the UNIX epoch.
 use gale_sdk::{BackendId, Balancer, Level, Pool, RequestContext, Settings};
 
 struct ImportsProbe {
@@ -20,12 +21,11 @@ impl Balancer for ImportsProbe {
         self.last_now = now;
         // The WASI gale grants, reached through Rust's standard library
         // (which imports an older 0.2.x than the host links): a wall clock
-        // after 2020 and random numbers (HashMap's seed).
-        let wall = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        // stopped at the epoch (the contract grants no time of day) and
+        // random numbers (HashMap's seed).
+        let epoch = std::time::SystemTime::now() == std::time::UNIX_EPOCH;
         let seeded = std::collections::HashMap::<u8, u8>::new();
-        if wall < 1_577_836_800 || !seeded.is_empty() {
+        if !epoch || !seeded.is_empty() {
             return Vec::new();
         }
         let mut order: Vec<BackendId> = pool.iter().filter(|b| b.healthy).map(|b| b.id).collect();
