@@ -30,7 +30,12 @@ pub async fn fetch(admin: SocketAddr, token: Option<&str>) -> anyhow::Result<Val
             .send_request(req.body(Empty::<Bytes>::new())?)
             .await?;
         let status = reply.status();
-        let body = reply.into_body().collect().await?.to_bytes();
+        // However large the answer, `gale status` holds at most 16 MiB.
+        let body = http_body_util::Limited::new(reply.into_body(), 16 << 20)
+            .collect()
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the admin API's answer: {e}"))?
+            .to_bytes();
         if !status.is_success() {
             bail!(
                 "{admin} answered {status}: {}",

@@ -233,6 +233,16 @@ fn source_message(e: &(dyn std::error::Error + 'static)) -> String {
     inner.to_string()
 }
 
+/// A request path as logs show it: its first 256 bytes, so that one
+/// request cannot write a 64 KiB log line.
+pub(super) fn loggable(path: &str) -> &str {
+    let mut end = path.len().min(256);
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    &path[..end]
+}
+
 pub(super) fn log_failure(
     l: &ListenerConfig,
     peer: SocketAddr,
@@ -246,7 +256,7 @@ pub(super) fn log_failure(
         listener = %l.name,
         client = %peer,
         %method,
-        path,
+        path = loggable(path),
         status,
         tried = %tried.trim_end_matches("; "),
         ms = started.elapsed().as_millis() as u64,

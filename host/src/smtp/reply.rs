@@ -19,10 +19,15 @@ pub struct Reply {
 }
 
 impl Reply {
-    /// First line without its line ending, for logs.
+    /// First line without its line ending, for logs, probe details and
+    /// `/status`: at most 200 characters, whatever the backend sent.
     pub fn first_line(&self) -> String {
         let end = self.raw.iter().position(|&b| b == b'\r' || b == b'\n');
-        String::from_utf8_lossy(&self.raw[..end.unwrap_or(self.raw.len())]).into_owned()
+        let line = String::from_utf8_lossy(&self.raw[..end.unwrap_or(self.raw.len())]);
+        match line.char_indices().nth(200) {
+            Some((cut, _)) => format!("{}...", &line[..cut]),
+            None => line.into_owned(),
+        }
     }
 }
 

@@ -34,7 +34,7 @@ use head::{Framing, Refusal};
 use super::MAX_HEADER_BYTES;
 use super::body::Active;
 use super::headers::Peer;
-use super::proxy::{Proxy, RETRY_AFTER_SECS, is_idempotent, log_failure};
+use super::proxy::{Proxy, RETRY_AFTER_SECS, is_idempotent, log_failure, loggable};
 use crate::config::ListenerConfig;
 use crate::generation::ip_address;
 use crate::plugin::types::{HttpRequest, Protocol, RequestContext};
@@ -270,7 +270,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Client<IO> {
                     counters.status(self.resp.code);
                     tracing::debug!(
                         listener = %l.name, client = %self.peer.addr, backend = %backend.name,
-                        method, path, status = self.resp.code,
+                        method, path = loggable(&path), status = self.resp.code,
                         ms = started.elapsed().as_millis() as u64, "http request"
                     );
                     return keep;
@@ -278,7 +278,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Client<IO> {
                 Attempt::ClientFailed(refusal, why) => {
                     tracing::warn!(
                         listener = %l.name, client = %self.peer.addr, backend = %backend.name,
-                        method, path, "http request failed: client {why}"
+                        method, path = loggable(&path), "http request failed: client {why}"
                     );
                     if let Some(refusal) = refusal {
                         self.refuse(refusal, &why).await;
