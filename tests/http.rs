@@ -348,3 +348,52 @@ fn backend_connections_are_reused_within_the_keepalive_timeout_only() {
     // Each curl takes longer than this to start.
     assert_eq!(opened("keepalive_timeout = \"1ms\""), 4);
 }
+
+#[test]
+fn an_idle_http2_connection_is_closed_though_it_answers_pings() {
+    let backend = HttpBackend::start("a", Behaviour::Respond);
+    let gale = Gale::start(&config(
+        &[("a", backend.address, 1)],
+        "header_timeout = \"300ms\"",
+    ));
+    // h2c by prior knowledge, frame by frame: the preface and empty
+    // SETTINGS, then every SETTINGS and PING of gale's answered, as any
+    // HTTP/2 library does, and no request.
+    let mut s = TcpStream::connect(gale.address("web")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .unwrap();
+    let started = Instant::now();
+    let (mut pings, mut goaway) = (0, false);
+    // Bounded: gale's pings would keep the loop going for ever.
+    while started.elapsed() < Duration::from_secs(5) {
+        let mut head = [0u8; 9];
+        if s.read_exact(&mut head).is_err() {
+            break;
+        }
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0; len];
+        s.read_exact(&mut payload).unwrap();
+        let answered = match (head[3], head[4]) {
+            (4, 0) => s.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]),
+            (6, 0) => {
+                pings += 1;
+                let mut ack = vec![0, 0, 8, 6, 1, 0, 0, 0, 0];
+                ack.extend_from_slice(&payload);
+                s.write_all(&ack)
+            }
+            (7, _) => {
+                goaway = true;
+                Ok(())
+            }
+            _ => Ok(()),
+        };
+        if answered.is_err() {
+            break;
+        }
+    }
+    let open = started.elapsed();
+    eprintln!("closed after {open:?} ({pings} pings answered)");
+    assert!(goaway, "no GOAWAY before the close");
+    assert!(open < Duration::from_secs(2), "open for {open:?}");
+}

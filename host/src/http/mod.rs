@@ -135,9 +135,14 @@ impl Connection {
             shutdown,
         } = self;
         let client = Arc::new(headers::Peer::new(peer, https));
+        let activity = Arc::new(Activity::default());
+        let seen = activity.clone();
         let service = hyper::service::service_fn(move |req| {
-            let (proxy, client) = (proxy.clone(), client.clone());
-            async move { Ok::<_, std::convert::Infallible>(proxy.handle(&client, req).await) }
+            let (proxy, client, seen) = (proxy.clone(), client.clone(), seen.clone());
+            async move {
+                let _busy = seen.start();
+                Ok::<_, std::convert::Infallible>(proxy.handle(&client, req).await)
+            }
         });
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -158,9 +163,53 @@ impl Connection {
                 return;
             }
             _ = shutdown.cancelled() => {}
+            _ = activity.idle_for(header_timeout) => {
+                tracing::debug!(client = %peer, "closing an idle http/2 connection");
+            }
         }
-        // Draining: finish the streams in flight, then close.
+        // Draining or idle: finish the streams in flight, then close.
         conn.as_mut().graceful_shutdown();
         let _ = conn.await;
+    }
+}
+
+/// Requests on one HTTP/2 connection, so that a connection without any
+/// can be closed: a client that answers keep-alive pings would otherwise
+/// hold it, and its slot of `max_sessions`, for ever.
+#[derive(Default)]
+struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    /// A request started since the last look.
+    started: std::sync::atomic::AtomicBool,
+}
+
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Activity {
+    fn start(self: &Arc<Self>) -> Busy {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.in_flight.fetch_add(1, Relaxed);
+        self.started.store(true, Relaxed);
+        Busy(self.clone())
+    }
+
+    /// Returns once a whole `period` has passed with no request in flight
+    /// and none started.
+    async fn idle_for(&self, period: Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        loop {
+            tokio::time::sleep(period).await;
+            if !self.started.swap(false, Relaxed) && self.in_flight.load(Relaxed) == 0 {
+                return;
+            }
+        }
     }
 }
