@@ -176,35 +176,33 @@ impl Admin {
         self.status()["generation"].as_u64().unwrap()
     }
 
-    /// Sessions (SMTP) or requests (HTTP) gale has in flight on a backend.
-    fn active(&self, backend: &str) -> u64 {
+    /// Every backend of every pool, as `/status` reports it.
+    fn backends(&self) -> Vec<serde_json::Value> {
         let status = self.status();
         let pools = status["pools"].as_array().unwrap();
         pools
             .iter()
-            .flat_map(|p| p["backends"].as_array().unwrap())
+            .flat_map(|p| p["backends"].as_array().unwrap().clone())
+            .collect()
+    }
+
+    /// Sessions (SMTP) or requests (HTTP) gale has in flight on a backend.
+    fn active(&self, backend: &str) -> u64 {
+        self.backends()
+            .iter()
             .find(|b| b["name"] == backend)
             .and_then(|b| b["active_sessions"].as_u64())
             .unwrap_or_else(|| panic!("no backend {backend} in /status"))
     }
 
     fn all_up(&self) -> bool {
-        let status = self.status();
-        status["pools"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|p| p["backends"].as_array().unwrap())
-            .all(|b| b["state"] == "up")
+        self.backends().iter().all(|b| b["state"] == "up")
     }
 
     fn in_flight(&self) -> u64 {
-        let status = self.status();
-        status["pools"]
-            .as_array()
-            .unwrap()
+        let backends = self.backends();
+        backends
             .iter()
-            .flat_map(|p| p["backends"].as_array().unwrap())
             .map(|b| b["active_sessions"].as_u64().unwrap())
             .sum()
     }
