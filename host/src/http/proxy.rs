@@ -236,11 +236,7 @@ fn source_message(e: &(dyn std::error::Error + 'static)) -> String {
 /// A request path as logs show it: its first 256 bytes, so that one
 /// request cannot write a 64 KiB log line.
 pub(super) fn loggable(path: &str) -> &str {
-    let mut end = path.len().min(256);
-    while !path.is_char_boundary(end) {
-        end -= 1;
-    }
-    &path[..end]
+    &path[..path.floor_char_boundary(256)]
 }
 
 pub(super) fn log_failure(

@@ -229,11 +229,7 @@ impl ResourceLimiter for MemoryCap {
 /// Cut a plugin-supplied string to [`MAX_LOG_BYTES`].
 fn truncate(mut s: String) -> String {
     if s.len() > MAX_LOG_BYTES {
-        let mut cut = MAX_LOG_BYTES;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
+        s.truncate(s.floor_char_boundary(MAX_LOG_BYTES));
         s.push('…');
     }
     s
