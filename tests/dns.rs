@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use support::named::{KEY_NAME, KEY_SECRET, Named};
+use support::named::{KEY_NAME, KEY_SECRET, Named, addresses, dig};
 use support::process::{Gale, curl, free_port, require};
 
 /// A TCP backend the probes can reach, until stopped.
@@ -104,31 +104,6 @@ fn dns_address(gale: &Gale) -> SocketAddr {
         .find_map(|w| w.strip_prefix("address="))
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("no address in {line}"))
-}
-
-/// dig's output for `args` against `server`.
-fn dig(server: SocketAddr, args: &[&str]) -> String {
-    let out = Command::new(require("dig"))
-        .arg(format!("@{}", server.ip()))
-        .args(["-p", &server.port().to_string(), "+time=2", "+tries=1"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "dig {args:?}: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// The addresses answered for mx.example.test over UDP or TCP.
-fn addresses(server: SocketAddr, tcp: bool) -> BTreeSet<String> {
-    let mut args = vec!["mx.example.test.", "A", "+short"];
-    if tcp {
-        args.push("+tcp");
-    }
-    dig(server, &args).lines().map(str::to_string).collect()
 }
 
 /// Wait until both transports answer exactly `want`; how long it took.

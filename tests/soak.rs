@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::client::{HttpConnection, Session};
-use support::named::{KEY_NAME, KEY_SECRET, Named};
+use support::named::{KEY_NAME, KEY_SECRET, Named, addresses};
 use support::process::{Gale, Nginx, SmtpSink, free_port, signal};
 use support::smtp::{Backend, Behaviour};
 
@@ -216,9 +216,8 @@ fn wait(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// Resident memory (KiB) and open descriptors of a process.
-/// What the descriptors of a process point at (`socket:[…]`, files, …),
-/// for the report when their number grows.
+/// What the descriptors of a process point at (`socket:[…]`, files, …):
+/// their number, and what they are for the report.
 fn descriptors(pid: u32) -> Vec<String> {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
@@ -227,17 +226,14 @@ fn descriptors(pid: u32) -> Vec<String> {
         .collect()
 }
 
-fn footprint(pid: u32) -> (u64, usize) {
+/// Resident memory of a process, KiB.
+fn rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let rss = status
+    status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
-        .unwrap();
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
-        .count();
-    (rss, fds)
 }
 
 /// The config for a balancer (`0`: built-in weighted round-robin, `1`:
@@ -283,21 +279,6 @@ fn config(
     toml
 }
 
-/// The A records BIND has for the published name.
-fn published(named: SocketAddr) -> Vec<String> {
-    let out = std::process::Command::new(support::process::require("dig"))
-        .args(["@127.0.0.1", "-p", &named.port().to_string()])
-        .args(["+time=1", "+tries=1", "+short", "mx.example.test.", "A"])
-        .output()
-        .unwrap();
-    let mut ips: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect();
-    ips.sort();
-    ips
-}
-
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -335,14 +316,16 @@ fn under_faults_mail_is_deferred_never_lost_and_gale_stays_flat() {
     wait("every backend up", Duration::from_secs(10), || {
         admin.all_up()
     });
-    let all = vec!["127.0.0.21", "127.0.0.22", "127.0.0.23"];
+    let all: std::collections::BTreeSet<String> = ["127.0.0.21", "127.0.0.22", "127.0.0.23"]
+        .map(String::from)
+        .into();
     wait(
         "BIND has the three records",
         Duration::from_secs(10),
-        || published(named.address) == all,
+        || addresses(named.address, false) == all,
     );
-    let before = footprint(pid);
     let fds_before = descriptors(pid);
+    let before = (rss(pid), fds_before.len());
 
     let (smtp, http) = (Arc::new(Tally::default()), Arc::new(Tally::default()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -425,7 +408,7 @@ fn under_faults_mail_is_deferred_never_lost_and_gale_stays_flat() {
             _ => unreachable!(),
         }
         injected += 1;
-        rss_peak = rss_peak.max(footprint(pid).0);
+        rss_peak = rss_peak.max(rss(pid));
         eprintln!(
             "{:>5.1} s  {fault:<28} smtp {}/{} ok, http {}/{} ok",
             started.elapsed().as_secs_f64(),
@@ -450,10 +433,10 @@ fn under_faults_mail_is_deferred_never_lost_and_gale_stays_flat() {
     wait(
         "BIND has the three records again",
         Duration::from_secs(10),
-        || published(named.address) == all,
+        || addresses(named.address, false) == all,
     );
-    let after = footprint(pid);
     let fds_after = descriptors(pid);
+    let after = (rss(pid), fds_after.len());
     // What the descriptors are: sockets (listeners, idle pooled backend
     // connections), compiled plugin code mapped from the cache (one per
     // plugin of each generation alive: the running one, the previous one

@@ -2,6 +2,7 @@
 //! 127.0.0.1:`port` (UDP and TCP), authoritative for `example.test` with
 //! dynamic updates allowed to one TSIG key.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -104,4 +105,29 @@ impl Drop for Named {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// dig's output for `args` against `server`.
+pub fn dig(server: SocketAddr, args: &[&str]) -> String {
+    let out = Command::new(require("dig"))
+        .arg(format!("@{}", server.ip()))
+        .args(["-p", &server.port().to_string(), "+time=2", "+tries=1"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "dig {args:?}: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The addresses answered for mx.example.test over UDP or TCP.
+pub fn addresses(server: SocketAddr, tcp: bool) -> BTreeSet<String> {
+    let mut args = vec!["mx.example.test.", "A", "+short"];
+    if tcp {
+        args.push("+tcp");
+    }
+    dig(server, &args).lines().map(str::to_string).collect()
 }
