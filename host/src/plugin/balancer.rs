@@ -70,20 +70,21 @@ impl BalancerPlugin {
     /// when no backend is eligible.
     pub fn select(&self, pool: &PushedPool, ctx: &RequestContext) -> Result<Vec<u32>, CallFailure> {
         let budget = self.guest.budget;
-        let mut order = self.guest.call(|runtime, live, pushed| {
-            let api = live.exports.gale_plugin_selector();
-            if *pushed != pool.version {
-                // Pushing a pool costs one marshal of every backend; it gets
-                // ten decisions' worth of CPU.
-                runtime.arm(&mut live.store, budget.times(10));
-                api.call_set_pool(&mut live.store, &pool.backends, &pool.listeners)?;
-                *pushed = pool.version;
-            }
-            runtime.arm(&mut live.store, budget);
-            api.call_select(&mut live.store, ctx)
-        })?;
-        check_order(&mut order, pool)?;
-        Ok(order)
+        self.guest.call(
+            |runtime, live, pushed| {
+                let api = live.exports.gale_plugin_selector();
+                if *pushed != pool.version {
+                    // Pushing a pool costs one marshal of every backend; it gets
+                    // ten decisions' worth of CPU.
+                    runtime.arm(&mut live.store, budget.times(10));
+                    api.call_set_pool(&mut live.store, &pool.backends, &pool.listeners)?;
+                    *pushed = pool.version;
+                }
+                runtime.arm(&mut live.store, budget);
+                api.call_select(&mut live.store, ctx)
+            },
+            |order| check_order(order, pool),
+        )
     }
 }
 

@@ -44,14 +44,17 @@ impl HealthPlugin {
         recent: &[ProbeResult],
     ) -> Result<HealthVerdict, CallFailure> {
         let budget = self.guest.budget;
-        self.guest.call(|runtime, live, _| {
-            runtime.arm(&mut live.store, budget);
-            live.exports.gale_plugin_evaluator().call_evaluate(
-                &mut live.store,
-                backend,
-                currently_healthy,
-                recent,
-            )
-        })
+        self.guest.call(
+            |runtime, live, _| {
+                runtime.arm(&mut live.store, budget);
+                live.exports.gale_plugin_evaluator().call_evaluate(
+                    &mut live.store,
+                    backend,
+                    currently_healthy,
+                    recent,
+                )
+            },
+            |_| Ok(()),
+        )
     }
 }

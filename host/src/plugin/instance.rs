@@ -1,16 +1,19 @@
 //! One loaded plugin: its pre-instantiated component, the live instance
 //! that calls reuse, and the rules every call runs under (deadline, memory
-//! cap, re-instantiation after a trap). Generic over the world's bindings.
+//! cap, a bounded wait for the instance, a fresh instance set up off the
+//! request path after a failure). Generic over the world's bindings.
 
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use wasmtime::Store;
 use wasmtime::component::InstancePre;
 
 use super::bindings::{balancer, dns, health};
 use super::runtime::{Budget, PluginRuntime};
-use super::state::{LiveCounters, PluginState};
+use super::state::{LiveCounters, LogLimit, PluginState};
 use super::{CallFailure, PluginError, World};
 use crate::config::PluginSpec;
 
@@ -83,13 +86,34 @@ pub(super) struct Live<E> {
     pub exports: E,
 }
 
-impl<E> Live<E> {}
-
-/// The instance slot: empty until first use and after a failed call.
+/// The instance slot. Empty while a fresh instance is being set up in the
+/// background (after a failed call) or waiting out its back-off; calls then
+/// fall back at once instead of paying for instantiation and `init` on the
+/// request path (a Python `init` takes ~100 ms, a hostile one its whole
+/// setup deadline).
 pub(super) struct Slot<E> {
     pub live: Option<Live<E>>,
     /// Version of the pool last pushed into `live` (0: none yet).
     pub pushed: u64,
+    /// A setup thread is running.
+    rebuilding: bool,
+    /// Failed calls and setups since the last successful call: each one
+    /// doubles the wait before the next setup.
+    failures: u32,
+    /// No setup before this.
+    retry_at: Option<Instant>,
+}
+
+/// What the setup thread needs, shared with it.
+struct Shared<E: Exports> {
+    name: Arc<str>,
+    runtime: PluginRuntime,
+    pre: E::Pre,
+    settings: Vec<(String, String)>,
+    memory_mb: u32,
+    live: Arc<LiveCounters>,
+    log: Arc<LogLimit>,
+    slot: Mutex<Slot<E>>,
 }
 
 pub(super) struct Guest<E: Exports> {
@@ -97,13 +121,26 @@ pub(super) struct Guest<E: Exports> {
     pub info: super::PluginInfo,
     /// What one call may spend.
     pub budget: Budget,
-    runtime: PluginRuntime,
-    pre: E::Pre,
-    settings: Vec<(String, String)>,
-    memory_mb: u32,
-    live: Arc<LiveCounters>,
-    slot: Mutex<Slot<E>>,
+    /// How long a call waits for the instance another call is using
+    /// before it falls back: the deadline, so a worker thread is never
+    /// held longer than one call may run.
+    wait: Duration,
+    shared: Arc<Shared<E>>,
 }
+
+/// Back-off before setting up instance number `failures + 1` in a row
+/// after failures: none after the first failure (a plugin that trips on
+/// one odd input gets a fresh instance at once), then 50 ms doubling up
+/// to 10 s, so a plugin that fails every call or every `init` costs one
+/// setup per 10 s, not a core.
+fn backoff(failures: u32) -> Duration {
+    match failures {
+        0 | 1 => Duration::ZERO,
+        n => (Duration::from_millis(50) * 2u32.saturating_pow((n - 2).min(8))).min(MAX_BACKOFF),
+    }
+}
+
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 impl<E: Exports> Guest<E> {
     /// Compile (or load from cache), check the world, pre-instantiate, and
@@ -129,27 +166,23 @@ impl<E: Exports> Guest<E> {
             .instantiate_pre(&component)
             .map_err(instantiate_err)?;
         let pre = E::pre(pre).map_err(instantiate_err)?;
-        let guest = Guest {
+        let shared = Arc::new(Shared {
             name: name.into(),
-            info: super::PluginInfo {
-                source: spec.source.to_string(),
-                contract: export.name,
-                sha256,
-                deadline_us: spec.deadline.as_micros() as u64,
-                memory_mb: spec.memory_mb,
-            },
-            budget: runtime.budget(spec.deadline),
             runtime: runtime.clone(),
             pre,
             settings: spec.settings.clone(),
             memory_mb: spec.memory_mb,
             live,
+            log: Arc::new(LogLimit::default()),
             slot: Mutex::new(Slot {
                 live: None,
                 pushed: 0,
+                rebuilding: false,
+                failures: 0,
+                retry_at: None,
             }),
-        };
-        let first = guest.instantiate().map_err(|e| match e {
+        });
+        let first = shared.instantiate().map_err(|e| match e {
             Setup::Init(reason) => PluginError::Init {
                 plugin: name.to_string(),
                 reason,
@@ -159,20 +192,72 @@ impl<E: Exports> Guest<E> {
                 reason: f.to_string(),
             },
         })?;
-        guest.lock().live = Some(first);
-        Ok(guest)
+        shared.slot.lock().live = Some(first);
+        Ok(Guest {
+            name: name.into(),
+            info: super::PluginInfo {
+                source: spec.source.to_string(),
+                contract: export.name,
+                sha256,
+                deadline_us: spec.deadline.as_micros() as u64,
+                memory_mb: spec.memory_mb,
+            },
+            budget: runtime.budget(spec.deadline),
+            wait: spec.deadline,
+            shared,
+        })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Slot<E>> {
-        // A panic while holding the lock cannot leave the slot half-written
-        // in a way later calls could trust less than a fresh instance.
-        self.slot.lock().unwrap_or_else(|p| p.into_inner())
+    /// Run `f` against the live instance, then `check` its answer. A failed
+    /// call or a rejected answer drops the instance (after a trap the
+    /// component model forbids re-entering it, and an instance that
+    /// answered garbage may hold corrupt state) and a fresh one is set up
+    /// off the request path; until it is there, calls fall back at once.
+    pub fn call<R>(
+        &self,
+        f: impl FnOnce(&PluginRuntime, &mut Live<E>, &mut u64) -> wasmtime::Result<R>,
+        check: impl FnOnce(&mut R) -> Result<(), CallFailure>,
+    ) -> Result<R, CallFailure> {
+        let Some(mut guard) = self.shared.slot.try_lock_for(self.wait) else {
+            return Err(CallFailure::Busy);
+        };
+        let slot = &mut *guard;
+        let Some(live) = slot.live.as_mut() else {
+            let failure = CallFailure::Unavailable(if slot.rebuilding {
+                "a fresh instance is being set up".into()
+            } else {
+                "waiting to set up a fresh instance after failures".into()
+            });
+            Shared::maybe_rebuild(&self.shared, slot);
+            return Err(failure);
+        };
+        let failure = match f(&self.shared.runtime, live, &mut slot.pushed) {
+            Ok(mut answer) => match check(&mut answer) {
+                Ok(()) => {
+                    slot.failures = 0;
+                    return Ok(answer);
+                }
+                Err(failure) => failure,
+            },
+            Err(e) => CallFailure::from_call(e, live.store.data().limiter.take_hit()),
+        };
+        slot.live = None;
+        slot.pushed = 0;
+        slot.failures = slot.failures.saturating_add(1);
+        slot.retry_at = Some(Instant::now() + backoff(slot.failures));
+        Shared::maybe_rebuild(&self.shared, slot);
+        Err(failure)
     }
+}
 
+impl<E: Exports> Shared<E> {
     fn instantiate(&self) -> Result<Live<E>, Setup> {
-        let mut store =
-            self.runtime
-                .new_store(self.name.clone(), self.memory_mb, self.live.clone());
+        let mut store = self.runtime.new_store(
+            self.name.clone(),
+            self.memory_mb,
+            self.live.clone(),
+            self.log.clone(),
+        );
         self.runtime
             .arm(&mut store, self.runtime.budget(SETUP_DEADLINE));
         let exports = E::instantiate(&self.pre, &mut store).map_err(|e| {
@@ -189,31 +274,49 @@ impl<E: Exports> Guest<E> {
         }
     }
 
-    /// Run `f` against the live instance (starting one if needed). A failed
-    /// call drops the instance: after a trap the component model forbids
-    /// re-entering it, and a fresh one is cheap from the pre-instance.
-    pub fn call<R>(
-        &self,
-        f: impl FnOnce(&PluginRuntime, &mut Live<E>, &mut u64) -> wasmtime::Result<R>,
-    ) -> Result<R, CallFailure> {
-        let mut slot = self.lock();
-        let slot = &mut *slot;
-        if slot.live.is_none() {
-            slot.pushed = 0;
-            slot.live = Some(self.instantiate().map_err(|e| match e {
-                Setup::Init(reason) => CallFailure::Unavailable(format!("init: {reason}")),
-                Setup::Failed(f) => CallFailure::Unavailable(f.to_string()),
-            })?);
+    /// Start setting up a fresh instance on a thread of its own, unless
+    /// one is being set up or the back-off says wait. Called with the slot
+    /// locked.
+    fn maybe_rebuild(this: &Arc<Self>, slot: &mut Slot<E>) {
+        if slot.rebuilding || slot.retry_at.is_some_and(|at| Instant::now() < at) {
+            return;
         }
-        let live = slot.live.as_mut().expect("just filled");
-        let result = f(&self.runtime, live, &mut slot.pushed);
+        slot.rebuilding = true;
+        let shared = this.clone();
+        let spawned = std::thread::Builder::new()
+            .name("gale-plugin-setup".into())
+            .spawn(move || shared.rebuild());
+        if let Err(e) = spawned {
+            slot.rebuilding = false;
+            tracing::warn!(plugin = %this.name, "cannot start a thread to set up a fresh instance: {e}");
+        }
+    }
+
+    /// Set up a fresh instance (CPU work under the setup deadline, outside
+    /// the slot's lock) and put it in the slot.
+    fn rebuild(&self) {
+        let result = self.instantiate();
+        let mut slot = self.slot.lock();
+        slot.rebuilding = false;
         match result {
-            Ok(r) => Ok(r),
-            Err(e) => {
-                let hit = live.store.data().limiter.take_hit();
-                slot.live = None;
+            Ok(live) => {
+                slot.live = Some(live);
                 slot.pushed = 0;
-                Err(CallFailure::from_call(e, hit))
+            }
+            Err(e) => {
+                slot.failures = slot.failures.saturating_add(1);
+                let wait = backoff(slot.failures).max(Duration::from_millis(50));
+                slot.retry_at = Some(Instant::now() + wait);
+                let reason = match e {
+                    Setup::Init(reason) => format!("init: {reason}"),
+                    Setup::Failed(f) => f.to_string(),
+                };
+                tracing::warn!(
+                    plugin = %self.name,
+                    failures = slot.failures,
+                    retry_in_ms = wait.as_millis() as u64,
+                    "setting up a fresh instance failed: {reason}"
+                );
             }
         }
     }
@@ -222,4 +325,17 @@ impl<E: Exports> Guest<E> {
 enum Setup {
     Init(String),
     Failed(CallFailure),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn setups_after_repeated_failures_back_off_to_ten_seconds() {
+        assert_eq!(backoff(1), Duration::ZERO);
+        assert_eq!(backoff(2), Duration::from_millis(50));
+        assert_eq!(backoff(3), Duration::from_millis(100));
+        assert_eq!(backoff(50), MAX_BACKOFF);
+    }
 }

@@ -123,6 +123,9 @@ pub enum CallFailure {
     Malformed(String),
     #[error("no instance: {0}")]
     Unavailable(String),
+    /// Another call held the instance for longer than this call may run.
+    #[error("instance busy for longer than the deadline")]
+    Busy,
 }
 
 impl CallFailure {
@@ -134,7 +137,16 @@ impl CallFailure {
             CallFailure::MemoryLimit => "memory",
             CallFailure::Malformed(_) => "malformed",
             CallFailure::Unavailable(_) => "unavailable",
+            CallFailure::Busy => "busy",
         }
+    }
+
+    /// Whether the failure is the plugin's own doing, and so counts
+    /// towards rolling back the generation that loaded it. A call that
+    /// found the instance busy says nothing new: the call that held it
+    /// is counted.
+    pub fn is_plugins_fault(&self) -> bool {
+        !matches!(self, CallFailure::Busy)
     }
 
     /// Classify an error returned by a call into the guest.

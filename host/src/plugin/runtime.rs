@@ -14,7 +14,7 @@ use wasmtime::{Config, Engine, Store};
 
 use super::bindings;
 use super::fuel::FuelRate;
-use super::state::{LiveCounters, PluginState};
+use super::state::{LiveCounters, LogLimit, PluginState};
 use super::watchdog::Watchdog;
 use super::{PluginError, World};
 use crate::config::PluginSource;
@@ -35,9 +35,9 @@ fn link_wasi(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
     type S = PluginState;
     clocks::wall_clock::add_to_linker::<S, WasiClocks>(linker, S::clocks)?;
     clocks::monotonic_clock::add_to_linker::<S, WasiClocks>(linker, S::clocks)?;
-    random::random::add_to_linker::<S, WasiRandom>(linker, |s| &mut s.random)?;
-    random::insecure::add_to_linker::<S, WasiRandom>(linker, |s| &mut s.random)?;
-    random::insecure_seed::add_to_linker::<S, WasiRandom>(linker, |s| &mut s.random)?;
+    random::random::add_to_linker::<S, WasiRandom>(linker, S::random)?;
+    random::insecure::add_to_linker::<S, WasiRandom>(linker, S::random)?;
+    random::insecure_seed::add_to_linker::<S, WasiRandom>(linker, S::random)?;
     cli::exit::add_to_linker::<S, WasiCli>(linker, S::cli)?;
     cli::environment::add_to_linker::<S, WasiCli>(linker, S::cli)?;
     cli::stdin::add_to_linker::<S, WasiCli>(linker, S::cli)?;
@@ -158,18 +158,28 @@ impl PluginRuntime {
         store.data_mut().stop_after = self.inner.watchdog.now() + budget.ticks;
     }
 
-    /// A store for one instance, with its memory cap (and no fuel: every
-    /// entry into the guest is armed with its budget first).
+    /// A store for one instance, with its memory cap, time in the host
+    /// charged to its deadline, and the plugin's log budget (and no fuel:
+    /// every entry into the guest is armed with its budget first).
     pub fn new_store(
         &self,
         plugin: Arc<str>,
         memory_mb: u32,
         live: Arc<LiveCounters>,
+        log: Arc<LogLimit>,
     ) -> Store<PluginState> {
         let bytes = (memory_mb as usize).saturating_mul(1 << 20);
-        let state = PluginState::new(plugin, bytes, live, self.inner.watchdog.clone());
+        let state = PluginState::new(
+            plugin,
+            bytes,
+            live,
+            self.inner.watchdog.clone(),
+            self.inner.fuel.per_microsecond(),
+            log,
+        );
         let mut store = Store::new(&self.inner.engine, state);
         store.limiter(|s| &mut s.limiter);
+        store.call_hook(super::state::charge_host_time);
         store
     }
 

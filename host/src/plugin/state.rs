@@ -9,9 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
-use wasmtime_wasi::random::WasiRandomCtx;
+use wasmtime::{CallHook, ResourceLimiter, StoreContextMut};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::Level;
@@ -20,6 +19,9 @@ use super::watchdog::Watchdog;
 
 /// Longest log message a plugin may write; the rest is cut.
 const MAX_LOG_BYTES: usize = 1024;
+/// Largest `get-random-bytes` (and insecure) answer: generating and
+/// copying 64 MiB, wasmtime-wasi's default, takes longer than a deadline.
+const MAX_RANDOM_BYTES: u64 = 64 << 10;
 
 /// Live per-backend numbers a balancer may read through `pool-state`.
 #[derive(Debug, Default)]
@@ -78,8 +80,13 @@ pub struct PluginState {
     /// Watchdog tick after which host calls trap (set when a call is armed).
     pub stop_after: u64,
     watchdog: Arc<Watchdog>,
+    /// Fuel burnt per microsecond of guest code: time in the host is
+    /// charged at this rate.
+    fuel_per_us: u64,
+    /// When the guest last called into the host.
+    host_since: Option<Instant>,
+    log: Arc<LogLimit>,
     wasi: WasiCtx,
-    pub random: WasiRandomCtx,
     table: ResourceTable,
 }
 
@@ -89,6 +96,8 @@ impl PluginState {
         memory_bytes: usize,
         live: Arc<LiveCounters>,
         watchdog: Arc<Watchdog>,
+        fuel_per_us: u64,
+        log: Arc<LogLimit>,
     ) -> Self {
         Self {
             plugin,
@@ -96,8 +105,13 @@ impl PluginState {
             limiter: MemoryCap::new(memory_bytes),
             stop_after: 0,
             watchdog,
-            wasi: WasiCtx::builder().wall_clock(Epoch).build(),
-            random: WasiRandomCtx::default(),
+            fuel_per_us,
+            host_since: None,
+            log,
+            wasi: WasiCtx::builder()
+                .wall_clock(Epoch)
+                .max_random_size(MAX_RANDOM_BYTES)
+                .build(),
             table: {
                 // Handles a plugin may hold at once (streams, pollables);
                 // their entries live outside the memory cap.
@@ -114,6 +128,48 @@ impl PluginState {
     pub fn table_mut(&mut self) -> &mut ResourceTable {
         &mut self.table
     }
+
+    /// `wasi:random`'s state, with gale's size cap.
+    pub fn random(&mut self) -> &mut wasmtime_wasi::random::WasiRandomCtx {
+        self.wasi.random()
+    }
+}
+
+/// The store's call hook: the deadline covers time spent in the host too,
+/// for every import alike (gale's own, WASI's, and the stand-ins).
+///
+/// Fuel counts only guest instructions, so a guest looping over a costly
+/// import (`get-random-bytes`, a 1 MiB log line) would spend its time in
+/// the host for a few fuel a turn. Each return from the host is charged
+/// the fuel that much guest time would have burnt, and runs out like any
+/// other fuel; each entry first checks the watchdog's wall-clock backstop,
+/// which also catches time the OS held the call back.
+pub fn charge_host_time(
+    mut store: StoreContextMut<'_, PluginState>,
+    hook: CallHook,
+) -> wasmtime::Result<()> {
+    match hook {
+        CallHook::CallingHost => {
+            let state = store.data_mut();
+            state.on_time()?;
+            state.host_since = Some(Instant::now());
+        }
+        CallHook::ReturningFromHost => {
+            let state = store.data_mut();
+            let Some(since) = state.host_since.take() else {
+                return Ok(());
+            };
+            let nanos = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            let spent = nanos.saturating_mul(state.fuel_per_us) / 1000;
+            let left = store.get_fuel()?;
+            if spent >= left {
+                return Err(wasmtime::Trap::OutOfFuel.into());
+            }
+            store.set_fuel(left - spent)?;
+        }
+        CallHook::CallingWasm | CallHook::ReturningFromWasm => {}
+    }
+    Ok(())
 }
 
 /// The wall clock plugins see: always the UNIX epoch. The contract grants
@@ -226,13 +282,73 @@ impl ResourceLimiter for MemoryCap {
     }
 }
 
-/// Cut a plugin-supplied string to [`MAX_LOG_BYTES`].
-fn truncate(mut s: String) -> String {
-    if s.len() > MAX_LOG_BYTES {
-        s.truncate(s.floor_char_boundary(MAX_LOG_BYTES));
-        s.push('…');
+/// A plugin's words made safe for one log line: control characters
+/// (newlines, ANSI escape sequences) and the Unicode controls that reorder
+/// or hide text are written as escapes, so a plugin cannot start a forged
+/// line, recolour or clear a terminal, or make text read backwards; and
+/// the result is cut to about `max` bytes.
+pub fn escape_for_log(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max) + 3);
+    for c in text.chars() {
+        if out.len() >= max {
+            out.push('…');
+            break;
+        }
+        let hidden = matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{feff}');
+        if c.is_control() || hidden {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
     }
-    s
+    out
+}
+
+/// Lines one plugin may log at once, and per second after that.
+const LOG_BURST: u32 = 100;
+const LOG_PER_SECOND: u32 = 20;
+
+/// The log budget of one plugin, shared by all its instances: a token
+/// bucket, and the lines it refused since the last one let through.
+#[derive(Default)]
+pub struct LogLimit {
+    inner: parking_lot::Mutex<Bucket>,
+}
+
+#[derive(Default)]
+struct Bucket {
+    tokens: u32,
+    refilled: Option<Instant>,
+    suppressed: u64,
+}
+
+impl LogLimit {
+    /// Whether a line may be written now; if so, how many were refused
+    /// since the last one.
+    pub fn admit(&self) -> Option<u64> {
+        let mut b = self.inner.lock();
+        let now = Instant::now();
+        match b.refilled {
+            None => {
+                b.tokens = LOG_BURST;
+                b.refilled = Some(now);
+            }
+            Some(at) => {
+                let earned = (now.duration_since(at).as_millis() as u64 * u64::from(LOG_PER_SECOND)
+                    / 1000) as u32;
+                if earned > 0 {
+                    b.tokens = b.tokens.saturating_add(earned).min(LOG_BURST);
+                    b.refilled = Some(now);
+                }
+            }
+        }
+        if b.tokens == 0 {
+            b.suppressed += 1;
+            return None;
+        }
+        b.tokens -= 1;
+        Some(std::mem::take(&mut b.suppressed))
+    }
 }
 
 fn origin() -> Instant {
@@ -252,6 +368,17 @@ impl PluginState {
 
 impl types::Host for PluginState {}
 
+fn enabled(level: Level) -> bool {
+    match level {
+        Level::Trace => tracing::enabled!(target: "gale::plugin", tracing::Level::TRACE),
+        Level::Debug => tracing::enabled!(target: "gale::plugin", tracing::Level::DEBUG),
+        Level::Info => tracing::enabled!(target: "gale::plugin", tracing::Level::INFO),
+        Level::Warn => tracing::enabled!(target: "gale::plugin", tracing::Level::WARN),
+        Level::Error => tracing::enabled!(target: "gale::plugin", tracing::Level::ERROR),
+    }
+}
+
+// Every import is bounded in time by `charge_host_time`, not here.
 impl host::Host for PluginState {
     fn log(
         &mut self,
@@ -259,55 +386,61 @@ impl host::Host for PluginState {
         message: String,
         fields: Vec<(String, String)>,
     ) -> wasmtime::Result<()> {
-        self.on_time()?;
+        if !enabled(level) {
+            return Ok(());
+        }
+        let Some(suppressed) = self.log.admit() else {
+            return Ok(());
+        };
         // Field names are the plugin's, so they cannot become tracing's
         // static field names; they travel as one `fields` value.
         let mut fields_text = String::new();
         for (k, v) in &fields {
-            // Cut below anyway: stop before escaping megabytes.
-            if fields_text.len() > MAX_LOG_BYTES {
+            if fields_text.len() >= MAX_LOG_BYTES {
                 break;
             }
             if !fields_text.is_empty() {
                 fields_text.push(' ');
             }
-            let v: String = v.chars().take(MAX_LOG_BYTES).collect();
-            let k: String = k.chars().take(MAX_LOG_BYTES).collect();
-            fields_text.push_str(&format!("{k}={v:?}"));
+            fields_text.push_str(&escape_for_log(k, 128));
+            fields_text.push_str("=\"");
+            fields_text.push_str(&escape_for_log(v, MAX_LOG_BYTES).replace('"', "\\\""));
+            fields_text.push('"');
         }
-        let message = truncate(message);
-        let fields = truncate(fields_text);
+        let message = escape_for_log(&message, MAX_LOG_BYTES);
+        let fields = escape_for_log(&fields_text, MAX_LOG_BYTES);
         let plugin = &*self.plugin;
         match level {
-            Level::Trace => tracing::trace!(target: "gale::plugin", plugin, fields, "{message}"),
-            Level::Debug => tracing::debug!(target: "gale::plugin", plugin, fields, "{message}"),
-            Level::Info => tracing::info!(target: "gale::plugin", plugin, fields, "{message}"),
-            Level::Warn => tracing::warn!(target: "gale::plugin", plugin, fields, "{message}"),
-            Level::Error => tracing::error!(target: "gale::plugin", plugin, fields, "{message}"),
+            Level::Trace => {
+                tracing::trace!(target: "gale::plugin", plugin, fields, suppressed, "{message}")
+            }
+            Level::Debug => {
+                tracing::debug!(target: "gale::plugin", plugin, fields, suppressed, "{message}")
+            }
+            Level::Info => {
+                tracing::info!(target: "gale::plugin", plugin, fields, suppressed, "{message}")
+            }
+            Level::Warn => {
+                tracing::warn!(target: "gale::plugin", plugin, fields, suppressed, "{message}")
+            }
+            Level::Error => {
+                tracing::error!(target: "gale::plugin", plugin, fields, suppressed, "{message}")
+            }
         }
         Ok(())
     }
 
     fn monotonic_now(&mut self) -> wasmtime::Result<u64> {
-        self.on_time()?;
         Ok(origin().elapsed().as_nanos() as u64)
     }
 
     fn log_enabled(&mut self, level: Level) -> wasmtime::Result<bool> {
-        self.on_time()?;
-        Ok(match level {
-            Level::Trace => tracing::enabled!(target: "gale::plugin", tracing::Level::TRACE),
-            Level::Debug => tracing::enabled!(target: "gale::plugin", tracing::Level::DEBUG),
-            Level::Info => tracing::enabled!(target: "gale::plugin", tracing::Level::INFO),
-            Level::Warn => tracing::enabled!(target: "gale::plugin", tracing::Level::WARN),
-            Level::Error => tracing::enabled!(target: "gale::plugin", tracing::Level::ERROR),
-        })
+        Ok(enabled(level))
     }
 }
 
 impl pool_state::Host for PluginState {
     fn active_sessions(&mut self, backend: u32) -> wasmtime::Result<u32> {
-        self.on_time()?;
         Ok(self.live.active(backend as usize))
     }
 }
@@ -326,6 +459,33 @@ mod tests {
         // Growing the first by 24 MiB still fits; one byte more does not.
         assert!(cap.memory_growing(40 << 20, 64 << 20, None).unwrap());
         assert!(!cap.memory_growing(0, 1, None).unwrap());
+    }
+
+    #[test]
+    fn plugin_text_in_logs_has_no_line_breaks_escapes_or_reordering() {
+        let forged = escape_for_log(
+            "ok\n2026 INFO gale: admin token accepted\x1b[2J\u{202e}",
+            1024,
+        );
+        assert_eq!(
+            forged,
+            "ok\\n2026 INFO gale: admin token accepted\\u{1b}[2J\\u{202e}"
+        );
+        assert!(escape_for_log(&"é".repeat(2000), 1024).len() <= 1024 + 4);
+    }
+
+    #[test]
+    fn a_plugin_logs_a_burst_then_a_trickle_and_learns_what_was_suppressed() {
+        let limit = LogLimit::default();
+        for _ in 0..LOG_BURST {
+            assert_eq!(limit.admit(), Some(0));
+        }
+        for _ in 0..10_000 {
+            assert_eq!(limit.admit(), None);
+        }
+        // A tick later one line is let through, carrying the count.
+        limit.inner.lock().refilled = Some(Instant::now() - std::time::Duration::from_secs(1));
+        assert_eq!(limit.admit(), Some(10_000));
     }
 
     #[test]

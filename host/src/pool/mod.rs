@@ -145,8 +145,8 @@ pub struct Pool {
     balancer_stats: HookStats,
     health_stats: HookStats,
     /// This pool's own decisions and how many of them the balancer plugin
-    /// trapped on or ran out of time for (the metrics count across
-    /// generations; a rollback judges one generation).
+    /// failed (trap, deadline, memory, malformed answer, no instance; the
+    /// metrics count across generations; a rollback judges one generation).
     decisions: AtomicU64,
     failed_decisions: AtomicU64,
 }
@@ -454,7 +454,7 @@ impl Pool {
                 decider: Decider::Plugin,
             },
             Err(failure) => {
-                if matches!(failure, CallFailure::Trap(_) | CallFailure::Deadline) {
+                if failure.is_plugins_fault() {
                     self.failed_decisions.fetch_add(1, Ordering::Relaxed);
                 }
                 self.balancer_stats
@@ -475,8 +475,7 @@ impl Pool {
         self.live.counter(id)
     }
 
-    /// (decisions, of which the balancer trapped or ran out of time) since
-    /// this pool was built.
+    /// (decisions, of which the balancer failed) since this pool was built.
     pub fn decision_counts(&self) -> (u64, u64) {
         (
             self.decisions.load(Ordering::Relaxed),
