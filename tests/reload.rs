@@ -426,7 +426,7 @@ fn a_plugin_version_failing_on_traffic_is_rolled_back() {
     let _ = gale.wait_count("generation=1 ", before + 10, Duration::from_secs(10));
     let (sent, failed) = load.stop();
     assert_eq!(failed, 0, "{failed} of {sent} client sessions failed");
-    assert!(rolled.contains("pool=mta"), "{rolled}");
+    assert!(rolled.contains("(pool mta)"), "{rolled}");
     assert!(
         took < Duration::from_secs(20),
         "rolled back only after {took:?}"
@@ -445,10 +445,136 @@ fn a_plugin_version_failing_on_traffic_is_rolled_back() {
         rollback["error"]
             .as_str()
             .unwrap()
-            .contains("generation 2) trapped"),
+            .contains("generation 2) failed"),
         "{rollback}"
     );
     eprintln!("rolled back {took:?} after the swap; {sent} sessions, 0 failed: {rolled}");
+}
+
+#[test]
+fn a_plugin_version_answering_garbage_is_rolled_back() {
+    let (a, b) = (SmtpSink::start(free_port()), SmtpSink::start(free_port()));
+    let backends = [
+        ("a", a.address, 1, "primary"),
+        ("b", b.address, 1, "primary"),
+    ];
+    let wrr = support::plugin("weighted-round-robin");
+    let head = "[plugins]\nrollback_window = \"20s\"\n[admin]\naddress = \"127.0.0.1:0\"\n";
+    let gale = Gale::start(&format!("{head}{}", swap_config(&wrr, &backends)));
+    let addr = gale.address("in");
+    let load = Load::start(addr, 2);
+
+    // It passes the self-check, then answers backend id 999 to every
+    // real client, forever.
+    let sneaky = support::plugin("hostile-sneaky");
+    let garbage = swap_config(&sneaky, &backends).replace(
+        &format!("balancer = {{ path = {sneaky:?} }}"),
+        &format!("balancer = {{ path = {sneaky:?}, settings = {{ fail = \"garbage\" }} }}"),
+    );
+    gale.rewrite_config(&format!("{head}{garbage}"));
+    let _ = gale.wait_log("reloaded generation=2", Duration::from_secs(20));
+    let rolled = gale.wait_line(
+        &["rolled back", "serving generation 1 again"],
+        Duration::from_secs(20),
+    );
+    let (sent, failed) = load.stop();
+    assert_eq!(failed, 0, "{failed} of {sent} client sessions failed");
+    assert!(rolled.contains("(pool mta)"), "{rolled}");
+    let (_, metrics) = curl(&[&format!("http://{}/metrics", gale.admin_address())]);
+    let malformed = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("gale_plugin_fallbacks_total{")
+                && l.contains("reason=\"malformed\"")
+                && l.contains("pool=\"mta\"")
+        })
+        .unwrap_or_else(|| panic!("no malformed fallbacks counted: {metrics}"));
+    let count: f64 = malformed.rsplit_once(' ').unwrap().1.parse().unwrap();
+    assert!(count >= 1.0, "{malformed}");
+}
+
+/// The status code of an unauthenticated `POST path` to `addr`; `None`
+/// when nothing accepts there.
+fn post_unauthenticated(addr: SocketAddr, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut reply = String::new();
+    let _ = stream.read_to_string(&mut reply);
+    reply.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The admin listener's address and token come from one config: when a
+/// reload that moved the admin API to a public address (with a token) is
+/// rolled back to a config without a token, the public address is not
+/// left open.
+#[test]
+fn a_rollback_never_leaves_the_admin_api_open() {
+    let (a, b) = (SmtpSink::start(free_port()), SmtpSink::start(free_port()));
+    let backends = [
+        ("a", a.address, 1, "primary"),
+        ("b", b.address, 1, "primary"),
+    ];
+    let wrr = support::plugin("weighted-round-robin");
+    let head = "[plugins]\nrollback_window = \"20s\"\n";
+    let gale = Gale::start(&format!(
+        "{head}[admin]\naddress = \"127.0.0.1:0\"\n{}",
+        swap_config(&wrr, &backends)
+    ));
+    let local_admin = gale.admin_address();
+    let addr = gale.address("in");
+    let load = Load::start(addr, 2);
+
+    // 127.0.0.2 stands for a public address: it needs a token.
+    let public = {
+        let probe = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+        probe.local_addr().unwrap()
+    };
+    let sneaky = support::plugin("hostile-sneaky");
+    gale.rewrite_config(&format!(
+        "{head}[admin]\naddress = \"{public}\"\ntoken = \"s3cret-token\"\n{}",
+        swap_config(&sneaky, &backends)
+    ));
+    let _ = gale.wait_log("reloaded generation=2", Duration::from_secs(20));
+    let disable = "/pools/mta/backends/a/disable";
+    assert_eq!(
+        post_unauthenticated(public, disable),
+        Some(401),
+        "generation 2 serves {public} with its token"
+    );
+    let _ = gale.wait_line(
+        &["rolled back", "serving generation 1 again"],
+        Duration::from_secs(20),
+    );
+    let (sent, failed) = load.stop();
+    assert_eq!(failed, 0, "{failed} of {sent} client sessions failed");
+
+    // The restored config has no token and a loopback address: the public
+    // address is closed or still asks for the token; never served open.
+    let answer = post_unauthenticated(public, disable);
+    assert!(
+        matches!(answer, None | Some(401)),
+        "an unauthenticated POST to {public} after the rollback got {answer:?}"
+    );
+    // Port 0 in the restored config: a fresh port, the third listening line.
+    let listening = gale.wait_count("admin listening", 3, Duration::from_secs(10));
+    let restored = listening[2]
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("address="))
+        .unwrap();
+    assert!(restored.starts_with("127.0.0.1:"), "{listening:#?}");
+    assert_ne!(restored, local_admin.to_string());
+    let (code, body) = curl(&[&format!("http://{restored}/status")]);
+    assert_eq!(code, 200, "the restored config's admin address: {body}");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["pools"][0]["backends"][0]["state"], "up", "{status}");
 }
 
 #[test]

@@ -239,7 +239,7 @@ fn run(path: &Path, demo: bool) -> anyhow::Result<()> {
             reload_tx,
         ));
         let mut admin_listener = match &server.current.load().config.admin {
-            Some(a) => Some(gale::admin::start(a.address, admin.clone()).await?),
+            Some(a) => Some(gale::admin::start(a, admin.clone()).await?),
             None => None,
         };
         // Every socket of the first generation is bound: root is no
@@ -269,7 +269,11 @@ fn run(path: &Path, demo: bool) -> anyhow::Result<()> {
                 } => ("file change", None),
                 Some(reply) = reload_requests.recv() => ("admin", Some(reply)),
                 _ = probation.tick() => {
-                    reloader.check_rollback(&server).await;
+                    if let Some(restored) = reloader.check_rollback(&server).await {
+                        // The admin listener follows the restored config:
+                        // its address and its token, together.
+                        admin_listener = move_admin(admin_listener, restored.config.admin.as_ref(), &admin).await;
+                    }
                     continue;
                 }
             };
@@ -278,14 +282,8 @@ fn run(path: &Path, demo: bool) -> anyhow::Result<()> {
                 if let Some(w) = watcher.as_mut() {
                     w.watch(&reload::files_of(&path, &server.current.load().config));
                 }
-                let wanted = server
-                    .current
-                    .load()
-                    .config
-                    .admin
-                    .as_ref()
-                    .map(|a| a.address);
-                admin_listener = move_admin(admin_listener, wanted, &admin).await;
+                let current = server.current.load_full();
+                admin_listener = move_admin(admin_listener, current.config.admin.as_ref(), &admin).await;
             }
             if let Some(reply) = reply {
                 let _ = reply.send(result.map_err(|e| format!("{e:#}")));
@@ -309,30 +307,42 @@ async fn shutdown_signal() {
     }
 }
 
-/// Follow a reload's `[admin] address`: bind the new address before
-/// closing the old one; if it cannot be bound, keep the old listener.
+/// Follow a new generation's `[admin]`: bind the new address before
+/// closing the old one, and check the new token. If the new address cannot
+/// be bound, the old listener stays, checking the new token (or, when the
+/// new config has none, the token it had): an address is never left with
+/// less protection than either config gave it.
 async fn move_admin(
     running: Option<gale::admin::Handle>,
-    wanted: Option<std::net::SocketAddr>,
+    wanted: Option<&gale::config::AdminConfig>,
     admin: &Arc<Admin>,
 ) -> Option<gale::admin::Handle> {
-    if running.as_ref().map(|h| h.configured) == wanted {
-        return running;
-    }
-    let next = match wanted {
-        None => None,
-        Some(address) => match gale::admin::start(address, admin.clone()).await {
-            Ok(handle) => Some(handle),
+    match (running, wanted) {
+        (None, None) => None,
+        (Some(old), None) => {
+            old.stop();
+            None
+        }
+        (Some(old), Some(new)) if old.configured == new.address => {
+            old.set_token(new.token.clone());
+            Some(old)
+        }
+        (running, Some(new)) => match gale::admin::start(new, admin.clone()).await {
+            Ok(handle) => {
+                if let Some(old) = running {
+                    old.stop();
+                }
+                Some(handle)
+            }
             Err(e) => {
                 tracing::error!("{e:#}; the admin API stays where it was");
-                return running;
+                if let Some(old) = &running {
+                    old.set_token(new.token.clone().or_else(|| old.token()));
+                }
+                running
             }
         },
-    };
-    if let Some(old) = running {
-        old.stop();
     }
-    next
 }
 
 fn plugin_check(file: &Path, options: gale::plugin::check::Options) -> anyhow::Result<()> {

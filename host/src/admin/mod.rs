@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
@@ -28,6 +29,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::{AdminConfig, AdminToken};
 use crate::metrics::Metrics;
 use crate::reload::History;
 use crate::reload::history::rfc3339;
@@ -74,11 +76,18 @@ impl Admin {
     }
 }
 
+/// The token a listener checks. It belongs to the listener, not to the
+/// generation being served: the address and the token always come from
+/// one config, so a rollback to a config without a token can never leave
+/// an address that needed one open.
+type Token = Arc<ArcSwap<Option<AdminToken>>>;
+
 /// A running admin listener.
 pub struct Handle {
     pub address: SocketAddr,
     /// The address in the config (port 0 stays 0 here).
     pub configured: SocketAddr,
+    token: Token,
     stop: CancellationToken,
 }
 
@@ -86,25 +95,38 @@ impl Handle {
     pub fn stop(&self) {
         self.stop.cancel();
     }
+
+    /// The token this listener checks from now on.
+    pub fn set_token(&self, token: Option<AdminToken>) {
+        self.token.store(Arc::new(token));
+    }
+
+    pub fn token(&self) -> Option<AdminToken> {
+        (*self.token.load_full()).clone()
+    }
 }
 
-/// Bind `address` and serve the admin API on it until the handle stops.
-pub async fn start(address: SocketAddr, admin: Arc<Admin>) -> anyhow::Result<Handle> {
+/// Bind `config.address` and serve the admin API on it, checking
+/// `config.token`, until the handle stops.
+pub async fn start(config: &AdminConfig, admin: Arc<Admin>) -> anyhow::Result<Handle> {
+    let address = config.address;
     let socket = TcpListener::bind(address)
         .await
         .with_context(|| format!("admin listener: cannot bind {address}"))?;
     let bound = socket.local_addr()?;
     tracing::info!(address = %bound, "admin listening");
     let stop = CancellationToken::new();
-    tokio::spawn(serve(socket, admin, stop.clone()));
+    let token: Token = Arc::new(ArcSwap::from_pointee(config.token.clone()));
+    tokio::spawn(serve(socket, admin, token.clone(), stop.clone()));
     Ok(Handle {
         address: bound,
         configured: address,
+        token,
         stop,
     })
 }
 
-async fn serve(socket: TcpListener, admin: Arc<Admin>, stop: CancellationToken) {
+async fn serve(socket: TcpListener, admin: Arc<Admin>, token: Token, stop: CancellationToken) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let permit = tokio::select! {
@@ -125,10 +147,12 @@ async fn serve(socket: TcpListener, admin: Arc<Admin>, stop: CancellationToken) 
         };
         let admin = admin.clone();
         let stop = stop.clone();
+        let token = token.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let admin = admin.clone();
-                async move { Ok::<_, Infallible>(route(&admin, req).await) }
+                let token = token.load_full();
+                async move { Ok::<_, Infallible>(route(&admin, token.as_ref().as_ref(), req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -153,15 +177,15 @@ async fn serve(socket: TcpListener, admin: Arc<Admin>, stop: CancellationToken) 
 
 type Reply = Response<Full<Bytes>>;
 
-async fn route(admin: &Admin, req: Request<Incoming>) -> Reply {
-    let token = admin_token(admin);
+async fn route(admin: &Admin, token: Option<&AdminToken>, req: Request<Incoming>) -> Reply {
+    let token = token.map(AdminToken::expose);
     if token.is_none() && !page::local_host(&req) {
         return text(
             StatusCode::FORBIDDEN,
             "refused: without a token the admin API answers only to an IP address or localhost in Host\n",
         );
     }
-    if !authorized(token.as_deref(), &req) {
+    if !authorized(token, &req) {
         if req.uri().path() == "/" && req.method() == Method::GET {
             return page::login();
         }
@@ -180,7 +204,7 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Reply {
     }
     match (path.as_str(), &method) {
         ("/", &Method::GET) => page::page(),
-        ("/login", &Method::POST) => page::logged_in(token.as_deref()),
+        ("/login", &Method::POST) => page::logged_in(token),
         ("/status", &Method::GET) => json(StatusCode::OK, &status::Status::of(admin)),
         ("/metrics", &Method::GET) => {
             let mut reply = text(StatusCode::OK, admin.metrics.encode());
@@ -200,20 +224,6 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Reply {
             None => text(StatusCode::NOT_FOUND, "no such endpoint (try /status)\n"),
         },
     }
-}
-
-/// The token of the current generation's config, if any (a reload
-/// changes it).
-fn admin_token(admin: &Admin) -> Option<String> {
-    admin
-        .server
-        .current
-        .load()
-        .config
-        .admin
-        .as_ref()
-        .and_then(|a| a.token.as_ref())
-        .map(|t| t.expose().to_string())
 }
 
 /// With a token in the config, the request must carry it as a bearer

@@ -64,7 +64,7 @@ pub struct PoolStatus {
     pub balancer: String,
     pub health: String,
     /// Decisions by this generation's balancer, and how many of them it
-    /// trapped on or ran out of time for (the fallback decided those).
+    /// failed (the fallback decided those).
     pub decisions: u64,
     pub failed_decisions: u64,
     /// Decisions since gale started, across reloads (for rates).

@@ -226,6 +226,15 @@ pub async fn run(
         let planned = match plugin.plan(&snapshot) {
             Ok(records) => records,
             Err(failure) => {
+                generation
+                    .metrics
+                    .plugin_fallbacks
+                    .get_or_create(&crate::metrics::FallbackLabels {
+                        pool: generation.pools[config.pool].name.clone(),
+                        hook: "dns".to_string(),
+                        reason: failure.reason().to_string(),
+                    })
+                    .inc();
                 tracing::warn!(plugin = %plugin.name(), "dns plugin failed ({failure}); records stay as they are, trying again in {PLUGIN_RETRY:?}");
                 hold(&state, format!("plugin failed: {failure}"));
                 not_before = Instant::now() + PLUGIN_RETRY;

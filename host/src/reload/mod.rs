@@ -134,60 +134,94 @@ impl Reloader {
     }
 }
 
+/// A DNS plugin must have failed this many plans before its failure
+/// share can roll a generation back (plans come only on changes, retried
+/// every second while one fails).
+const MIN_FAILED_PLANS: u64 = 3;
+
+/// Why a generation on probation is failing: which plugin, and the count.
+struct Failing {
+    what: String,
+    plugin: String,
+    failed: u64,
+    calls: u64,
+}
+
+/// The first plugin of `generation` that failed more than `share` of its
+/// calls: a pool's balancer, or the DNS plugin.
+fn failing(generation: &Generation, share: f64) -> Option<Failing> {
+    let over = |calls: u64, failed: u64| failed as f64 > share * calls as f64;
+    let pool = generation.pools.iter().find_map(|pool| {
+        let (decisions, failed) = pool.decision_counts();
+        (decisions >= MIN_DECISIONS && over(decisions, failed)).then(|| Failing {
+            what: format!("pool {}", pool.name),
+            plugin: pool.balancer_name().to_string(),
+            failed,
+            calls: decisions,
+        })
+    });
+    pool.or_else(|| {
+        let dns = generation.dns.as_ref()?;
+        let (plans, failed) = dns.plan_counts();
+        (failed >= MIN_FAILED_PLANS && over(plans, failed)).then(|| Failing {
+            what: "dns".to_string(),
+            plugin: dns.name().to_string(),
+            failed,
+            calls: plans,
+        })
+    })
+}
+
 impl Reloader {
     /// Roll the last reload back if, within its window, a pool's balancer
-    /// trapped or ran out of time in more than the configured share of its
-    /// decisions (each of which the fallback decided, so no session failed).
-    /// Call it now and then; cheap when nothing is on probation.
-    pub async fn check_rollback(&self, server: &Server) {
+    /// (or the DNS plugin) failed more than the configured share of its
+    /// calls: trapped, ran out of time or memory, answered something the
+    /// host rejects, or had no instance. Each of those calls fell back, so
+    /// no session failed. Call it now and then; cheap when nothing is on
+    /// probation. Returns the restored generation if it rolled back.
+    pub async fn check_rollback(&self, server: &Server) -> Option<Arc<Generation>> {
         let (generation, previous) = {
             let mut watch = self.watch.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(w) = watch.as_ref() else { return };
+            let w = watch.as_ref()?;
             if server.current.load().id != w.generation.id || Instant::now() > w.until {
                 *watch = None;
-                return;
+                return None;
             }
             (w.generation.clone(), w.previous.clone())
         };
-        let share = generation.config.plugins.rollback_share;
-        let failing = generation.pools.iter().find_map(|pool| {
-            let (decisions, failed) = pool.decision_counts();
-            (decisions >= MIN_DECISIONS && failed as f64 > share * decisions as f64)
-                .then(|| (pool.clone(), decisions, failed))
-        });
-        let Some((pool, decisions, failed)) = failing else {
-            return;
-        };
+        let Failing {
+            what,
+            plugin,
+            failed,
+            calls,
+        } = failing(&generation, generation.config.plugins.rollback_share)?;
         *self.watch.lock().unwrap_or_else(|p| p.into_inner()) = None;
         match server.restore(previous.clone()).await {
             Ok(_) => {
-                let mut event = ReloadEvent::now(
-                    "rollback",
-                    &format!("pool {}", pool.name),
-                    previous.id,
-                    previous.id,
-                );
-                event.error = Some(format!(
-                    "{} (generation {}) trapped or ran out of time in {failed} of {decisions} decisions",
-                    pool.balancer_name(),
+                let mut event = ReloadEvent::now("rollback", &what, previous.id, previous.id);
+                let why = format!(
+                    "{plugin} (generation {}) failed {failed} of {calls} calls (trapped, out of time or memory, answered garbage, or no instance)",
                     generation.id
-                ));
+                );
+                event.error = Some(why.clone());
                 self.history.record(event);
                 self.metrics.rollbacks.inc();
                 self.metrics.generation.set(previous.id as i64);
                 tracing::warn!(
                     generation = generation.id,
-                    pool = %pool.name,
-                    plugin = %pool.balancer_name(),
-                    "rolled back: the balancer trapped or ran out of time in {failed} of {decisions} decisions; serving generation {} again",
+                    "rolled back ({what}): {why}; serving generation {} again",
                     previous.id
                 );
+                Some(previous)
             }
-            Err(e) => tracing::error!(
-                generation = generation.id,
-                "rollback to generation {} failed: {e:#}",
-                previous.id
-            ),
+            Err(e) => {
+                tracing::error!(
+                    generation = generation.id,
+                    "rollback to generation {} failed: {e:#}",
+                    previous.id
+                );
+                None
+            }
         }
     }
 }
