@@ -1,12 +1,14 @@
 //! The admin API of the running `gale` binary, called with curl:
 //! `/status`, `POST /reload`, `/metrics`, the bearer token, candidate
-//! balancers in shadow mode as `/status` reports them, and steering a
-//! backend (drain, enable, weight) with slow start.
+//! balancers in shadow mode as `/status` reports them, steering a
+//! backend (drain, enable, weight) with slow start, and the limits on
+//! connections a client can hold.
 
 mod support;
 
-use std::net::SocketAddr;
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
 use support::client::send_mail;
@@ -681,4 +683,135 @@ fn metrics_parse_and_count_what_was_sent() {
     );
     assert_eq!(mta["backends"][0]["sessions_total"], 30);
     assert_eq!(mta["backends"][0]["failures"], serde_json::json!({}));
+}
+
+/// `GET /status` on a raw connection: the whole answer, empty when gale
+/// closed the connection without one.
+fn raw_status(admin: SocketAddr) -> Vec<u8> {
+    let mut conn = TcpStream::connect(admin).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // Refused, the connection may be closed before or during the write.
+    let _ = conn.write_all(b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    let mut answer = Vec::new();
+    let _ = conn.read_to_end(&mut answer);
+    answer
+}
+
+#[test]
+fn one_client_holds_at_most_eight_admin_connections_and_others_are_still_answered() {
+    let a = SmtpSink::start(free_port());
+    let gale = Gale::start(&config(&[("a", a.address, "")], "", ""));
+    let admin = gale.admin_address();
+    // Eight connections from 127.0.0.1 in the middle of a request.
+    let mut held: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut conn = TcpStream::connect(admin).unwrap();
+            conn.write_all(b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+                .unwrap();
+            conn
+        })
+        .collect();
+    let ninth = raw_status(admin);
+    assert!(
+        ninth.is_empty(),
+        "a ninth connection was answered: {}",
+        String::from_utf8_lossy(&ninth)
+    );
+    // Another client (127.0.0.2) still gets an answer.
+    let (code, body) = curl(&["--interface", "127.0.0.2", &url(&gale, "/status")]);
+    assert_eq!(code, 200, "{body}");
+    // The eight were held all along (not closed by a timeout).
+    held[0].write_all(b"Connection: close\r\n\r\n").unwrap();
+    held[0]
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = Vec::new();
+    held[0].read_to_end(&mut answer).unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    // Once they close, 127.0.0.1 is answered again.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !raw_status(admin).starts_with(b"HTTP/1.1 200") {
+        assert!(Instant::now() < deadline, "127.0.0.1 not answered again");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn an_admin_connection_that_sends_nothing_is_closed_after_two_seconds() {
+    let a = SmtpSink::start(free_port());
+    let gale = Gale::start(&config(&[("a", a.address, "")], "", ""));
+    let mut silent = TcpStream::connect(gale.admin_address()).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = Instant::now();
+    let read = silent.read(&mut [0u8; 16]);
+    let waited = started.elapsed();
+    assert!(matches!(read, Ok(0)), "{read:?}");
+    // The headers timeout (5 s) would close it too, but later.
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(4),
+        "closed after {waited:?}"
+    );
+}
+
+#[test]
+fn the_read_cookie_expires_after_twelve_hours() {
+    use sha2::{Digest, Sha256};
+    let a = SmtpSink::start(free_port());
+    let gale = Gale::start(&config(&[("a", a.address, "")], "", "token = \"s3cret\""));
+    let headers = support::process::curl_output(&[
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "-X",
+        "POST",
+        "-H",
+        "Authorization: Bearer s3cret",
+        &url(&gale, "/login"),
+    ]);
+    let set = headers
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .unwrap_or_else(|| panic!("no cookie: {headers}"));
+    assert!(set.contains("; Max-Age=43200;"), "{set}");
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let value = set.split(';').next().unwrap();
+    let expires: u64 = value
+        .strip_prefix("gale_read=")
+        .and_then(|v| v.split_once('.'))
+        .and_then(|(expires, _)| expires.parse().ok())
+        .unwrap_or_else(|| panic!("no expiry in {value}"));
+    assert!(
+        (now + 43200 - 60..=now + 43200 + 1).contains(&expires),
+        "{expires} for {now}"
+    );
+    // gale holds the expiry too, not only the browser: a cookie made the
+    // same way but an hour past it opens nothing.
+    let status_url = url(&gale, "/status");
+    let cookie = |expires: u64| {
+        let key = Sha256::digest("gale admin read cookie\0s3cret");
+        let mac = Sha256::new()
+            .chain_update(key)
+            .chain_update(expires.to_be_bytes())
+            .finalize();
+        let hex: String = mac.iter().map(|b| format!("{b:02x}")).collect();
+        format!("Cookie: gale_read={expires}.{hex}")
+    };
+    assert_eq!(
+        curl(&["-H", &format!("Cookie: {value}"), &status_url]).0,
+        200
+    );
+    assert_eq!(curl(&["-H", &cookie(now + 3600), &status_url]).0, 200);
+    assert_eq!(curl(&["-H", &cookie(now - 3600), &status_url]).0, 401);
 }

@@ -397,3 +397,43 @@ fn an_idle_http2_connection_is_closed_though_it_answers_pings() {
     assert!(goaway, "no GOAWAY before the close");
     assert!(open < Duration::from_secs(2), "open for {open:?}");
 }
+
+#[test]
+fn http2_requests_follow_the_client_field_rules_of_http1() {
+    let backend = HttpBackend::start("echo", Behaviour::Echo);
+    let gale = Gale::start(&config(&[("echo", backend.address, 1)], ""));
+    let h2 = "--http2-prior-knowledge";
+    let seen = curl_output(&[
+        h2,
+        "-H",
+        "X-Real-IP: 10.6.6.6",
+        "-H",
+        "X-Forwarded-Host: admin.internal",
+        "-H",
+        "True-Client-IP: 10.6.6.6",
+        "-H",
+        "X-Forwarded-Proto: https",
+        "-H",
+        "X-Kept: yes",
+        &url(&gale),
+    ]);
+    let lines: Vec<&str> = seen.lines().take_while(|l| !l.is_empty()).collect();
+    for gone in ["x-real-ip", "x-forwarded-host", "true-client-ip"] {
+        assert!(
+            !lines.iter().any(|l| l.starts_with(&format!("{gone}:"))),
+            "{gone} in {seen}"
+        );
+    }
+    assert!(lines.contains(&"x-forwarded-proto: http"), "{seen}");
+    assert!(lines.contains(&"x-kept: yes"), "{seen}");
+
+    for lookalike in ["Content_Length: 3", "transfer_encoding: chunked"] {
+        let (code, body) = curl(&[h2, "-H", lookalike, "--data-binary", "abc", &url(&gale)]);
+        assert_eq!(code, 400, "{lookalike}: {body}");
+    }
+    assert_eq!(
+        backend.requests(),
+        1,
+        "a refused request reached the backend"
+    );
+}

@@ -1,8 +1,8 @@
 //! gale's own HTTP/1.x engine on the wire, with raw sockets and curl as
 //! clients of the running binary: pipelining, chunked bodies both ways,
 //! HTTP/1.0 clients, HEAD, absolute targets, hop-by-hop and proxy
-//! headers, an answer that comes before the upload ends, and framing that
-//! could smuggle a request refused.
+//! headers (and those a client may not set), an answer that comes before
+//! the upload ends, and framing that could smuggle a request refused.
 
 mod support;
 
@@ -295,4 +295,132 @@ fn a_status_line_without_a_reason_phrase_is_relayed() {
     conn.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
     let r = conn.response(false).unwrap();
     assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+}
+
+/// Send `request` on a fresh connection: gale must answer 400 and close.
+#[track_caller]
+fn assert_refused(gale: &Gale, request: &[u8]) {
+    let mut conn = HttpConnection::open(gale.address("web")).unwrap();
+    conn.send(request).unwrap();
+    let r = conn.response(false).unwrap();
+    assert_eq!(
+        (r.status, r.header("connection")),
+        (400, Some("close")),
+        "{:?} got {}",
+        String::from_utf8_lossy(request),
+        r.text()
+    );
+}
+
+#[test]
+fn two_content_length_fields_are_refused_even_when_equal() {
+    let (backend, gale) = echo();
+    for request in [
+        &b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc"[..],
+        b"POST / HTTP/1.1\r\nHost: t\r\ncontent-length: 0\r\nContent-Length: 0\r\n\r\n",
+    ] {
+        assert_refused(&gale, request);
+    }
+    assert_eq!(
+        backend.requests(),
+        0,
+        "a refused request reached the backend"
+    );
+}
+
+#[test]
+fn framing_fields_spelled_with_an_underscore_are_refused() {
+    let (backend, gale) = echo();
+    // A CGI-style gateway maps `-` and `_` alike: it would frame these
+    // bodies by the lookalike, gale by the real field (or by nothing).
+    for request in [
+        &b"POST / HTTP/1.1\r\nHost: t\r\nContent_Length: 3\r\n\r\nabc"[..],
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nCONTENT_LENGTH: 40\r\n\r\nabc",
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\ntransfer_Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: t\r\nTransfer_Encoding: chunked\r\n\r\n",
+    ] {
+        assert_refused(&gale, request);
+    }
+    assert_eq!(
+        backend.requests(),
+        0,
+        "a refused request reached the backend"
+    );
+    // Underscores elsewhere are a backend's business.
+    let mut conn = HttpConnection::open(gale.address("web")).unwrap();
+    conn.send(b"GET / HTTP/1.1\r\nHost: t\r\nX_Content_Length: 3\r\n\r\n")
+        .unwrap();
+    let r = conn.response(false).unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(seen(&r.body).0.contains("x_content_length: 3"), "{r:?}");
+}
+
+#[test]
+fn chunk_extensions_and_sizes_outside_the_rfc_grammar_are_refused() {
+    let (_backend, gale) = echo();
+    let post = |chunks: &str| {
+        format!("POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n{chunks}")
+    };
+    // Within the grammar: bad whitespace, tokens and a quoted string with
+    // an escaped quote and a `;` inside; the body arrives whole.
+    let mut conn = HttpConnection::open(gale.address("web")).unwrap();
+    conn.send(
+        post("5 ; a = b ;c;d=\"x;\\\"y\"\r\nhello\r\n0000000000000000;last\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    let r = conn.response(false).unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(seen(&r.body).1, b"hello");
+    for chunks in [
+        // A bare LF or a quoted CR: parsers that end the line at either
+        // would find the next chunk elsewhere.
+        "5;a=\"x\r\n\"\r\nhello\r\n0\r\n\r\n",
+        "5;a b\r\nhello\r\n0\r\n\r\n",
+        "5;\r\nhello\r\n0\r\n\r\n",
+        "5;a=\r\nhello\r\n0\r\n\r\n",
+        "5 \r\nhello\r\n0\r\n\r\n",
+        "5;a=(b)\r\nhello\r\n0\r\n\r\n",
+        "5;a\x01\r\nhello\r\n0\r\n\r\n",
+        // 17 digits for 5 bytes.
+        "00000000000000005\r\nhello\r\n0\r\n\r\n",
+    ] {
+        assert_refused(&gale, post(chunks).as_bytes());
+    }
+}
+
+#[test]
+fn client_fields_that_speak_for_the_proxy_never_reach_the_backend() {
+    let (_backend, gale) = echo();
+    let mut conn = HttpConnection::open(gale.address("web")).unwrap();
+    conn.send(
+        b"GET / HTTP/1.1\r\nHost: api.test\r\nX-Real-IP: 10.6.6.6\r\n\
+          X-FORWARDED-HOST: admin.internal\r\ntrue-client-ip: 10.6.6.6\r\n\
+          X-Forwarded-Proto: https\r\nX-Kept: yes\r\n\r\n",
+    )
+    .unwrap();
+    let r = conn.response(false).unwrap();
+    let (head, _) = seen(&r.body);
+    let lines: Vec<&str> = head.lines().collect();
+    for gone in ["x-real-ip", "x-forwarded-host", "true-client-ip"] {
+        assert!(
+            !lines.iter().any(|l| l.starts_with(&format!("{gone}:"))),
+            "{gone} in {head}"
+        );
+    }
+    for kept in [
+        "host: api.test",
+        "x-kept: yes",
+        "x-forwarded-for: 127.0.0.1",
+        "x-forwarded-proto: http",
+    ] {
+        assert!(lines.contains(&kept), "no {kept:?} in {head}");
+    }
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.starts_with("x-forwarded-proto:"))
+            .count(),
+        1,
+        "{head}"
+    );
 }

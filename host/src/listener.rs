@@ -167,16 +167,17 @@ impl Drop for Slot {
     }
 }
 
-/// Sessions in flight per client IP.
+/// Sessions in flight per client IP (the admin listener counts its
+/// connections with it too).
 #[derive(Default)]
-struct Clients(Mutex<HashMap<IpAddr, u32>>);
+pub(crate) struct Clients(Mutex<HashMap<IpAddr, u32>>);
 
 /// One session of a client; freed on drop.
-struct FromClient(Arc<Clients>, IpAddr);
+pub(crate) struct FromClient(Arc<Clients>, IpAddr);
 
 impl Clients {
     /// Count one more session from `ip`, unless it has `limit` already.
-    fn enter(self: &Arc<Self>, ip: IpAddr, limit: u32) -> Option<FromClient> {
+    pub(crate) fn enter(self: &Arc<Self>, ip: IpAddr, limit: u32) -> Option<FromClient> {
         let mut open = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let n = open.entry(ip).or_insert(0);
         if *n >= limit {

@@ -14,7 +14,7 @@ mod steer;
 pub mod table;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -25,11 +25,13 @@ use hyper::body::{Bytes, Incoming};
 use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use sha2::{Digest, Sha256};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AdminConfig, AdminToken};
+use crate::listener::Clients;
 use crate::metrics::Metrics;
 use crate::reload::History;
 use crate::reload::history::rfc3339;
@@ -37,7 +39,18 @@ use crate::server::Server;
 
 /// Admin connections served at once; more wait in the accept queue.
 const MAX_CONNECTIONS: usize = 64;
-/// A client has this long to send a request's headers.
+/// Admin connections at once from one client (one IPv6 /64): past it a
+/// new one is closed unanswered, so that one client, token or not,
+/// cannot take every one of the `MAX_CONNECTIONS` slots. Room for a
+/// browser (6 connections per host) and `gale status` from one machine.
+const MAX_CONNECTIONS_PER_CLIENT: u32 = 8;
+/// A new connection that sends nothing for this long is closed: clients
+/// of an admin API send their request as soon as they connect, and a
+/// slot held silently should be given back well before
+/// `HEADER_TIMEOUT`.
+const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A client has this long to send a request's headers (counted by hyper
+/// from the start of each request's wait, the connection's first included).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long `POST /reload` waits for the reload to finish.
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
@@ -128,6 +141,7 @@ pub async fn start(config: &AdminConfig, admin: Arc<Admin>) -> anyhow::Result<Ha
 
 async fn serve(socket: TcpListener, admin: Arc<Admin>, token: Token, stop: CancellationToken) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let clients = Arc::new(Clients::default());
     loop {
         let permit = tokio::select! {
             _ = stop.cancelled() => break,
@@ -137,18 +151,28 @@ async fn serve(socket: TcpListener, admin: Arc<Admin>, token: Token, stop: Cance
             _ = stop.cancelled() => break,
             a = socket.accept() => a,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
             Err(e) => {
                 tracing::warn!("admin accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
+        let Some(from_client) = clients.enter(client_key(peer.ip()), MAX_CONNECTIONS_PER_CLIENT)
+        else {
+            tracing::debug!(client = %peer, "admin connection refused: {MAX_CONNECTIONS_PER_CLIENT} open from this client");
+            continue;
+        };
         let admin = admin.clone();
         let stop = stop.clone();
         let token = token.clone();
         tokio::spawn(async move {
+            let _held = (permit, from_client);
+            if !first_byte(&stream).await {
+                tracing::debug!(client = %peer, "admin connection closed: nothing sent in {FIRST_BYTE_TIMEOUT:?}");
+                return;
+            }
             let service = hyper::service::service_fn(move |req| {
                 let admin = admin.clone();
                 let token = token.load_full();
@@ -169,10 +193,29 @@ async fn serve(socket: TcpListener, admin: Arc<Admin>, token: Token, stop: Cance
                     let _ = tokio::time::timeout(Duration::from_secs(5), conn.as_mut()).await;
                 }
             }
-            drop(permit);
         });
     }
     tracing::info!("admin listener stopped");
+}
+
+/// Whom a connection counts against: its IP address, or for IPv6 its
+/// /64, the block one host is commonly given (it could otherwise take a
+/// fresh address per connection).
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !(u128::MAX >> 64))),
+        v4 => v4,
+    }
+}
+
+/// Whether the client sends a byte within `FIRST_BYTE_TIMEOUT` (hyper
+/// reads it afterwards: the byte is only peeked).
+async fn first_byte(stream: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(
+        tokio::time::timeout(FIRST_BYTE_TIMEOUT, stream.peek(&mut byte)).await,
+        Ok(Ok(1))
+    )
 }
 
 type Reply = Response<Full<Bytes>>;
@@ -244,13 +287,16 @@ fn authorized(token: Option<&str>, req: &Request<Incoming>) -> bool {
     matches!(*req.method(), Method::GET | Method::HEAD) && page::has_read_cookie(req, token)
 }
 
-/// Compares without stopping at the first difference, so response time
-/// does not tell how much of a guessed token was right.
+/// Compares the SHA-256 digests of the two, all 32 bytes whatever they
+/// hold, so response time tells neither how long the token is nor how
+/// much of a guess was right (and a guess cannot steer which bytes of a
+/// digest match).
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    let (a, b) = (Sha256::digest(a), Sha256::digest(b));
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 async fn reload(admin: &Admin) -> Reply {

@@ -8,7 +8,11 @@
 //! which sets an HttpOnly, same-site cookie holding a value derived from
 //! the token (not the token: no script can read it, and it is no bearer
 //! token if it leaks). The cookie opens reads (GET, HEAD) only, so a page
-//! elsewhere cannot make the browser steer a backend with it.
+//! elsewhere cannot make the browser steer a backend with it, and it
+//! expires after `READ_COOKIE_MAX_AGE`. It has no `Secure` flag: the admin
+//! listener serves plain HTTP only (no TLS in `[admin]`), where a browser
+//! would not send a `Secure` cookie back. Put a TLS proxy in front to
+//! reach it over an untrusted network.
 
 use hyper::body::Incoming;
 use hyper::header::{
@@ -23,6 +27,9 @@ const PAGE: &str = include_str!("page.html");
 const LOGIN: &str = include_str!("login.html");
 /// The cookie `POST /login` sets.
 const READ_COOKIE: &str = "gale_read";
+/// Seconds the read cookie lasts (12 hours, an operator's working day):
+/// a browser left logged in does not keep reading the status for good.
+const READ_COOKIE_MAX_AGE: u32 = 12 * 60 * 60;
 
 /// Nothing but the page's own inline style and script and reads of
 /// `/status` on the same origin.
@@ -61,10 +68,26 @@ fn html(status: StatusCode, body: &'static str) -> Reply {
     reply
 }
 
-/// The read cookie's value for `token`: a one-way function of it.
-fn read_value(token: &str) -> String {
-    let digest = Sha256::digest(format!("gale admin read cookie\0{token}"));
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+/// The read cookie's value for `token`, good until `expires` (UNIX
+/// seconds): `EXPIRES.MAC`, the MAC a one-way function of the token and
+/// the expiry, so that gale holds the expiry too (`Max-Age` is only the
+/// browser's) and a cookie cannot be made to last longer. The expiry is
+/// hashed as 8 bytes after a 32-byte key: every input has the same
+/// length, which leaves SHA-256 no length extension to exploit.
+fn read_value(token: &str, expires: u64) -> String {
+    let key = Sha256::digest(format!("gale admin read cookie\0{token}"));
+    let mac = Sha256::new()
+        .chain_update(key)
+        .chain_update(expires.to_be_bytes())
+        .finalize();
+    let hex: String = mac.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{expires}.{hex}")
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The answer to `POST /login` (the bearer token already checked): the
@@ -73,8 +96,8 @@ pub fn logged_in(token: Option<&str>) -> Reply {
     let mut reply = text(StatusCode::NO_CONTENT, "");
     if let Some(token) = token {
         let cookie = format!(
-            "{READ_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
-            read_value(token)
+            "{READ_COOKIE}={}; Max-Age={READ_COOKIE_MAX_AGE}; HttpOnly; SameSite=Strict; Path=/",
+            read_value(token, unix_now() + u64::from(READ_COOKIE_MAX_AGE))
         );
         if let Ok(value) = HeaderValue::from_str(&cookie) {
             reply.headers_mut().insert(SET_COOKIE, value);
@@ -83,17 +106,27 @@ pub fn logged_in(token: Option<&str>) -> Reply {
     reply
 }
 
-/// Whether the request carries the read cookie of `token`.
+/// Whether the request carries an unexpired read cookie of `token`.
 pub fn has_read_cookie(req: &Request<Incoming>, token: &str) -> bool {
-    let wanted = read_value(token);
+    let now = unix_now();
     req.headers()
         .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .any(|(name, value)| {
-            name == READ_COOKIE && super::constant_time_eq(value.as_bytes(), wanted.as_bytes())
+        .filter(|&(name, _)| name == READ_COOKIE)
+        .any(|(_, value)| {
+            let expires = value
+                .split_once('.')
+                .and_then(|(expires, _)| expires.parse::<u64>().ok());
+            expires.is_some_and(|expires| {
+                expires > now
+                    && super::constant_time_eq(
+                        value.as_bytes(),
+                        read_value(token, expires).as_bytes(),
+                    )
+            })
         })
 }
 

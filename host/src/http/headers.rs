@@ -1,6 +1,8 @@
 //! Proxy header rules (RFC 9110 §7.6): hop-by-hop headers stay on their
 //! hop, the client's address and scheme are passed on in
 //! `X-Forwarded-For`, `X-Forwarded-Proto` and `Forwarded`, `Host` is kept.
+//! Both engines (gale's HTTP/1 in `h1/head.rs`, hyper's HTTP/2 here) take
+//! the tables below, so a rule holds for a client whatever it speaks.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -21,6 +23,46 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     TRAILER,
     UPGRADE,
 ];
+
+/// Fields in which a client would speak for the proxy: who the client is,
+/// which host it asked for, which scheme it used. gale writes
+/// `X-Forwarded-Proto` itself and drops the others, so that a backend
+/// reading any of them learns what gale saw, not what a client claims.
+/// (`X-Forwarded-For` and `Forwarded` are appended to instead: a backend
+/// that trusts them reads the last element, which gale wrote.)
+const CLIENT_CLAIMS: [&str; 4] = [
+    "x-forwarded-proto",
+    "x-real-ip",
+    "x-forwarded-host",
+    "true-client-ip",
+];
+
+/// Whether a client's field is one gale drops because it speaks for the
+/// proxy ([`CLIENT_CLAIMS`]).
+pub fn client_claim(name: &[u8]) -> bool {
+    CLIENT_CLAIMS
+        .iter()
+        .any(|c| c.as_bytes().eq_ignore_ascii_case(name))
+}
+
+/// Whether `name` spells `Content-Length` or `Transfer-Encoding` with an
+/// underscore for a dash (any case). gale does not frame a body by it,
+/// but a backend behind a CGI-style gateway, which maps both `-` and `_`
+/// to `_`, may: the two would then disagree on where a request ends
+/// (request smuggling). Such a request is refused.
+pub fn framing_lookalike(name: &[u8]) -> bool {
+    const FRAMING: [&[u8]; 2] = [b"content-length", b"transfer-encoding"];
+    name.contains(&b'_')
+        && FRAMING.iter().any(|f| {
+            f.len() == name.len()
+                && f.iter()
+                    .zip(name)
+                    .all(|(&f, &n)| f == n.to_ascii_lowercase() || f == b'-' && n == b'_')
+        })
+}
+
+/// The answer's text when [`framing_lookalike`] refuses a request.
+pub const LOOKALIKE_REFUSED: &str = "Content_Length or Transfer_Encoding (with an underscore)\n";
 
 /// Remove hop-by-hop headers, including those the `Connection` header
 /// names. `Transfer-Encoding` is left to hyper, which re-frames the body
@@ -93,6 +135,9 @@ fn proto(https: bool) -> &'static str {
 /// Prepare a client's request headers for a backend.
 pub fn forward_request(headers: &mut HeaderMap, peer: &Peer, host: &str) {
     strip_hop_by_hop(headers);
+    for claim in CLIENT_CLAIMS {
+        headers.remove(claim);
+    }
     // HTTP/2 clients send :authority instead of Host; HTTP/1.1 backends
     // need Host.
     if !headers.contains_key(HOST)
@@ -169,5 +214,47 @@ mod tests {
             "for=192.0.2.7, for=\"[2001:db8::1]\";proto=http;host=\"api.test\""
         );
         assert_eq!(h["host"], "api.test");
+    }
+
+    #[test]
+    fn fields_that_speak_for_the_proxy_are_dropped() {
+        let mut h = HeaderMap::new();
+        for (name, value) in [
+            ("x-real-ip", "10.9.9.9"),
+            ("x-forwarded-host", "admin.internal"),
+            ("true-client-ip", "10.9.9.9"),
+            ("x-forwarded-proto", "https"),
+            ("x-kept", "yes"),
+        ] {
+            h.insert(name, HeaderValue::from_static(value));
+        }
+        let peer = Peer::new("192.0.2.7:5000".parse().unwrap(), false);
+        forward_request(&mut h, &peer, "api.test");
+        for gone in ["x-real-ip", "x-forwarded-host", "true-client-ip"] {
+            assert!(!h.contains_key(gone), "{gone} in {h:?}");
+        }
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn framing_names_with_an_underscore_are_lookalikes() {
+        for name in [
+            "Content_Length",
+            "content_length",
+            "TRANSFER_ENCODING",
+            "Transfer_encoding",
+        ] {
+            assert!(framing_lookalike(name.as_bytes()), "{name}");
+        }
+        for name in [
+            "Content-Length",
+            "transfer-encoding",
+            "content_lengths",
+            "x_content_length",
+            "content_type",
+        ] {
+            assert!(!framing_lookalike(name.as_bytes()), "{name}");
+        }
     }
 }

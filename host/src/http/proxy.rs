@@ -74,6 +74,16 @@ impl Proxy {
         let pool = &generation.pools[l.pool];
         let keepalive = generation.config.pool_of(l).keepalive_timeout;
         let (mut head, body) = req.into_parts();
+        // The rule gale's HTTP/1 engine holds (`headers::framing_lookalike`):
+        // hyper frames the body for the backend, and a `content_length`
+        // beside that framing could frame it another way.
+        if head
+            .headers
+            .keys()
+            .any(|k| headers::framing_lookalike(k.as_str().as_bytes()))
+        {
+            return local(StatusCode::BAD_REQUEST, headers::LOOKALIKE_REFUSED);
+        }
         let host = head
             .headers
             .get(HOST)

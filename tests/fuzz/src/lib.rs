@@ -174,7 +174,8 @@ fn same_family(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
 /// The HTTP/1 request path: a head gale accepts, rewritten for the
 /// backend, parses again to the same method, target, host and body
 /// framing (so gale and the backend cannot disagree on where a request
-/// ends: no smuggling), and a chunked body is scanned without overrun.
+/// ends: no smuggling), carries no field in which the client speaks for
+/// the proxy, and a chunked body is scanned without overrun.
 pub fn http_request(data: &[u8]) {
     let mut req = Request::default();
     match parse_request(data, &mut req) {
@@ -199,6 +200,27 @@ pub fn http_request(data: &[u8]) {
     assert_eq!(
         backend_view.parse(&out).map_err(|e| e.to_string()),
         Ok(httparse::Status::Complete(out.len())),
+        "{}",
+        shown()
+    );
+    // What the backend reads about the client is what gale wrote: no
+    // field in which a client speaks for the proxy, one
+    // X-Forwarded-Proto; and one way to frame the body, with no
+    // `Content_Length` a CGI-style backend would frame it by instead.
+    let names: Vec<String> = backend_view
+        .headers
+        .iter()
+        .map(|h| h.name.to_ascii_lowercase())
+        .collect();
+    let count = |name: &str| names.iter().filter(|n| *n == name).count();
+    for claim in ["x-real-ip", "x-forwarded-host", "true-client-ip"] {
+        assert_eq!(count(claim), 0, "{claim} in {}", shown());
+    }
+    assert_eq!(count("x-forwarded-proto"), 1, "{}", shown());
+    assert!(count("content-length") <= 1, "{}", shown());
+    assert!(
+        !names.iter().any(|n| n.contains('_')
+            && ["content-length", "transfer-encoding"].contains(&n.replace('_', "-").as_str())),
         "{}",
         shown()
     );

@@ -3,14 +3,20 @@
 //! included) and only needs to know where a body ends, or, for an
 //! HTTP/1.0 client that cannot read chunks, which bytes are data.
 //!
-//! Strict on purpose: a line must end in CRLF and a size fits in 64 bits,
-//! so a request cannot be framed one way by gale and another way by the
-//! backend (request smuggling).
+//! Strict on purpose: a line must end in CRLF, a size is at most 16 hex
+//! digits (leading zeros included) and extensions follow the grammar of
+//! RFC 9112 §7.1.1, so a request cannot be framed one way by gale and
+//! another way by the backend (request smuggling): parsers that skip an
+//! extension up to the first LF, or read a quoted `;` or CR as its end,
+//! would otherwise each find a different chunk.
 
 use std::ops::Range;
 
 /// Longest chunk-size line (size and extensions) accepted.
 const MAX_LINE: usize = 4096;
+/// Most hex digits in a chunk size: 64 bits' worth, so that no size
+/// overflows and a run of leading zeros is not a way to pad the line.
+const MAX_SIZE_DIGITS: u8 = 16;
 /// Most trailer bytes accepted after the last chunk.
 const MAX_TRAILERS: usize = 64 * 1024;
 
@@ -21,7 +27,7 @@ enum State {
         digits: u8,
     },
     /// After the size, up to the CR: extensions.
-    Extension,
+    Extension(Ext),
     /// Expecting the LF of a size line.
     SizeLf,
     /// This many data bytes to go.
@@ -34,6 +40,62 @@ enum State {
     TrailerLf,
     FinalLf,
     Done,
+}
+
+/// Where the scan is inside `chunk-ext = *( BWS ";" BWS chunk-ext-name
+/// [ BWS "=" BWS chunk-ext-val ] )`, `chunk-ext-val = token /
+/// quoted-string` (RFC 9112 §7.1.1, RFC 9110 §5.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ext {
+    /// Whitespace after the size or a value: only `;` may follow.
+    Bws,
+    /// After `;`, before the name.
+    NameStart,
+    Name,
+    /// Whitespace after a name: `=` or `;` may follow.
+    AfterName,
+    /// After `=`, before the value.
+    ValueStart,
+    Token,
+    Quoted,
+    /// After a backslash in a quoted string.
+    Escape,
+    /// After the closing quote.
+    Closed,
+}
+
+/// What one byte of an extension leads to: the next state, or `None` at
+/// the CR that ends the line.
+fn extension(ext: Ext, b: u8) -> Result<Option<Ext>, Malformed> {
+    let space = b == b' ' || b == b'\t';
+    let next = match ext {
+        Ext::Bws | Ext::Closed if space => Ext::Bws,
+        Ext::NameStart if space => Ext::NameStart,
+        Ext::NameStart | Ext::Name if tchar(b) => Ext::Name,
+        Ext::Name | Ext::AfterName if space => Ext::AfterName,
+        Ext::Name | Ext::AfterName if b == b'=' => Ext::ValueStart,
+        Ext::ValueStart if space => Ext::ValueStart,
+        Ext::ValueStart if b == b'"' => Ext::Quoted,
+        Ext::ValueStart | Ext::Token if tchar(b) => Ext::Token,
+        Ext::Token if space => Ext::Bws,
+        Ext::Bws | Ext::Name | Ext::AfterName | Ext::Token | Ext::Closed if b == b';' => {
+            Ext::NameStart
+        }
+        Ext::Name | Ext::Token | Ext::Closed if b == b'\r' => return Ok(None),
+        Ext::Quoted if b == b'"' => Ext::Closed,
+        Ext::Quoted if b == b'\\' => Ext::Escape,
+        // qdtext: HTAB, SP, VCHAR but `"` and `\`, obs-text.
+        Ext::Quoted if b == b'\t' || b == b' ' || b >= 0x21 && b != 0x7f => Ext::Quoted,
+        // quoted-pair: HTAB, SP, VCHAR, obs-text.
+        Ext::Escape if b == b'\t' || b == b' ' || b >= 0x21 && b != 0x7f => Ext::Quoted,
+        _ => return Err(Malformed("malformed chunk extension")),
+    };
+    Ok(Some(next))
+}
+
+/// A token character (RFC 9110 §5.6.2).
+fn tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -91,32 +153,30 @@ impl Chunked {
                 }
                 State::Size { digits } => match hex(b) {
                     Some(v) => {
-                        if self.size >> 60 != 0 {
-                            return Err(Malformed("chunk size too large"));
-                        }
-                        if self.line == MAX_LINE {
-                            return Err(Malformed("chunk size line too long"));
+                        if digits == MAX_SIZE_DIGITS {
+                            return Err(Malformed("chunk size too long"));
                         }
                         self.size = self.size << 4 | u64::from(v);
-                        self.state = State::Size {
-                            digits: digits.saturating_add(1),
-                        };
+                        self.state = State::Size { digits: digits + 1 };
                         self.line += 1;
                     }
                     None if digits == 0 => return Err(Malformed("chunk size expected")),
-                    None if b == b';' || b == b' ' || b == b'\t' => {
-                        self.state = State::Extension;
+                    None if b == b';' => {
+                        self.state = State::Extension(Ext::NameStart);
+                        self.line += 1;
+                    }
+                    None if b == b' ' || b == b'\t' => {
+                        self.state = State::Extension(Ext::Bws);
                         self.line += 1;
                     }
                     None if b == b'\r' => self.state = State::SizeLf,
                     None => return Err(Malformed("bad character after chunk size")),
                 },
-                State::Extension => {
-                    if b == b'\r' {
-                        self.state = State::SizeLf;
-                    } else if b == b'\n' {
-                        return Err(Malformed("bare LF in chunk size line"));
-                    }
+                State::Extension(ext) => {
+                    self.state = match extension(ext, b)? {
+                        Some(next) => State::Extension(next),
+                        None => State::SizeLf,
+                    };
                     self.line += 1;
                     if self.line > MAX_LINE {
                         return Err(Malformed("chunk size line too long"));
@@ -242,6 +302,8 @@ mod tests {
             b"5\r\nhelloX\r\n",
             b"11111111111111111\r\n",
             b"ffffffffffffffffff\r\n",
+            // 17 digits, though the size is small.
+            b"00000000000000005\r\nhello\r\n0\r\n\r\n",
             b"0\r\nx: 1\n\r\n",
             b"0\r\n\nGET /x HTTP/1.1\r\n\r\n",
         ] {
@@ -254,8 +316,64 @@ mod tests {
     }
 
     #[test]
-    fn leading_zeros_are_not_a_large_size() {
-        let (data, _, done) = decode(b"00000000000000000005\r\nhello\r\n0\r\n\r\n", 3).unwrap();
+    fn sixteen_hex_digits_are_a_size() {
+        let (data, _, done) = decode(b"0000000000000005\r\nhello\r\n0\r\n\r\n", 3).unwrap();
         assert_eq!((data.as_slice(), done), (&b"hello"[..], true));
+        let mut c = Chunked::default();
+        assert_eq!(c.scan(b"ffffffffffffffff\r\n", |_| {}), Ok(18));
+        assert_eq!(c.state, State::Data(u64::MAX));
+    }
+
+    #[test]
+    fn extensions_follow_the_rfc_grammar() {
+        for good in [
+            &b"5;a\r\n"[..],
+            b"5;a=b\r\n",
+            b"5 ; a = b ; c\r\n",
+            b"5\t;\ta\t=\t\"q;\\\" x\" ;c=d\r\n",
+            b"5;a=\"\"\r\n",
+            b"5;name=\"v\x80\xff\"\r\n",
+            b"5;!#$%&'*+-.^_`|~=x\r\n",
+        ] {
+            let mut body = good.to_vec();
+            body.extend_from_slice(b"hello\r\n0;last=1\r\n\r\n");
+            for step in [1, 3, 64] {
+                let (data, _, done) = decode(&body, step)
+                    .unwrap_or_else(|e| panic!("{:?}: {e}", String::from_utf8_lossy(good)));
+                assert_eq!((data.as_slice(), done), (&b"hello"[..], true));
+            }
+        }
+    }
+
+    #[test]
+    fn extensions_outside_the_grammar_are_refused() {
+        for bad in [
+            &b"5;\r\n"[..],
+            b"5 \r\n",
+            b"5;a \r\n",
+            b"5;a=\r\n",
+            b"5;a=b \r\n",
+            b"5;=b\r\n",
+            b"5;a=b=c\r\n",
+            b"5;a b\r\n",
+            b"5 a\r\n",
+            b"5;a=\"open\r\n",
+            b"5;a=\"x\"y\r\n",
+            b"5;a=\"\x01\"\r\n",
+            b"5;a=\"\\\x7f\"\r\n",
+            b"5;a\nhello\r\n",
+            b"5;a\x00\r\n",
+            b"5;a=b\rc\r\n",
+            b"5;a=(b)\r\n",
+            b"5;a=\"b\"\"c\"\r\n",
+        ] {
+            let mut body = bad.to_vec();
+            body.extend_from_slice(b"hello\r\n0\r\n\r\n");
+            assert!(
+                decode(&body, 64).is_err() && decode(&body, 1).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 }

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
-use super::super::headers::Peer;
+use super::super::headers::{self, Peer};
 use super::super::{MAX_HEADER_BYTES, MAX_HEADERS};
 
 /// How a message's body is delimited.
@@ -63,6 +63,10 @@ pub struct Field {
 #[derive(Debug, Default)]
 struct Special {
     content_length: Option<u64>,
+    /// `Content-Length` fields seen: a request may have one.
+    content_lengths: usize,
+    /// A `Content_Length` or `Transfer_Encoding` field seen.
+    framing_lookalike: bool,
     chunked: bool,
     /// `Connection: close` / `keep-alive` seen.
     close: bool,
@@ -148,6 +152,7 @@ fn special(buf: &[u8], fields: &[Field]) -> Result<Special, &'static str> {
                 return Err("conflicting Content-Length fields\n");
             }
             s.content_length = Some(n);
+            s.content_lengths += 1;
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             // Only the last coding decides whether the body is chunked.
             let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
@@ -164,6 +169,8 @@ fn special(buf: &[u8], fields: &[Field]) -> Result<Special, &'static str> {
             });
             s.close |= lists(value, "close");
             s.keep_alive |= lists(value, "keep-alive");
+        } else {
+            s.framing_lookalike |= headers::framing_lookalike(name);
         }
     }
     Ok(s)
@@ -199,6 +206,15 @@ pub fn parse_request(buf: &[u8], req: &mut Request) -> Result<bool, Refusal> {
     }
     fields(buf, parsed.headers, &mut req.fields);
     let s = special(buf, &req.fields).map_err(Refusal::Malformed)?;
+    // Equal values frame the body one way for gale, but RFC 9110 §8.6
+    // leaves a recipient free to refuse them or merge them, and a backend
+    // that does neither the way gale does would frame it another way.
+    if s.content_lengths > 1 {
+        return Err(Refusal::Malformed("more than one Content-Length\n"));
+    }
+    if s.framing_lookalike {
+        return Err(Refusal::Malformed(headers::LOOKALIKE_REFUSED));
+    }
     req.len = len;
     req.method = range(buf, method.as_bytes());
     req.http10 = minor == 0;
@@ -378,7 +394,7 @@ pub fn write_request(
             forwarded.get_or_insert_default().push(value);
             continue;
         }
-        if name.eq_ignore_ascii_case(b"x-forwarded-proto")
+        if headers::client_claim(name)
             // gale answers `100 Continue` itself.
             || name.eq_ignore_ascii_case(b"expect")
             || dropped(buf, &req.fields, req.connection, name)
