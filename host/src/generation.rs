@@ -8,7 +8,8 @@ use std::sync::Arc;
 use crate::config::Protocol as ListenerProtocol;
 use crate::config::{Config, ListenerConfig};
 use crate::metrics::{
-    BytesLabels, ErrorReplyLabels, ListenerLabels, Metrics, RequestLabels, SessionLabels,
+    BytesLabels, ErrorReplyLabels, ListenerLabels, Metrics, PregreetLabels, RequestLabels,
+    SessionLabels,
 };
 use crate::plugin::types::{IpAddress, ProbeResult, ProbeSource, Protocol, RequestContext};
 use crate::plugin::{DnsPlugin, PluginError, PluginRuntime};
@@ -121,6 +122,18 @@ impl ListenerCounters {
             .get_or_create(&ErrorReplyLabels {
                 listener: self.listener.clone(),
                 code: status.to_string(),
+            })
+            .inc();
+    }
+
+    /// Count an SMTP client that sent before its greeting, and what the
+    /// listener did: `rejected` or `passed` (rare: looked up each time).
+    pub fn pregreet(&self, action: &str) {
+        self.metrics
+            .pregreets
+            .get_or_create(&PregreetLabels {
+                listener: self.listener.clone(),
+                action: action.to_string(),
             })
             .inc();
     }

@@ -3,6 +3,12 @@
 //! one client IP (read from the current generation, so a reload changes
 //! them on a kept socket), back-off on accept errors, and every
 //! connection tracked so shutdown can drain it.
+//!
+//! Client addresses are made canonical here, once for both protocols: a
+//! dual-stack listener (`[::]`) sees IPv4 clients as `::ffff:a.b.c.d`,
+//! and everything downstream (PROXY headers, `X-Forwarded-For` and
+//! `Forwarded`, the balancer's `client-ip`, per-client limits, logs) is to
+//! see `a.b.c.d`, as if the listener were IPv4.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -12,7 +18,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -54,7 +59,7 @@ impl Accept {
                 a = listener.accept() => a,
             };
             let (client, peer) = match accepted {
-                Ok(a) => a,
+                Ok((client, peer)) => (client, canonical(peer)),
                 Err(e) => {
                     // Out of file descriptors and similar: back off instead
                     // of spinning; connections already open are unaffected.
@@ -94,7 +99,7 @@ impl Accept {
 
     /// A client over its cap: an SMTP client is told to come back later
     /// (its mail is deferred, not lost), an HTTP connection is closed.
-    fn refuse(&self, mut client: TcpStream, peer: SocketAddr) {
+    fn refuse(&self, client: TcpStream, peer: SocketAddr) {
         let generation = self.current.load();
         let Some((l, counters)) = generation.listener(&self.name) else {
             return;
@@ -105,16 +110,9 @@ impl Accept {
         }
         counters.deferred.inc();
         counters.replied_421.inc();
-        let reply = format!(
-            "421 4.7.0 {} Too many connections from your address, try again later\r\n",
-            l.hostname
-        );
+        let reply = crate::smtp::refusal::too_many_reply(&l.hostname);
         self.sessions.spawn(async move {
-            let write = async {
-                client.write_all(reply.as_bytes()).await?;
-                client.shutdown().await
-            };
-            let _ = tokio::time::timeout(Duration::from_secs(5), write).await;
+            crate::smtp::refusal::refuse(client, &reply).await;
         });
     }
 
@@ -167,8 +165,25 @@ impl Drop for Slot {
     }
 }
 
-/// Sessions in flight per client IP (the admin listener counts its
-/// connections with it too).
+/// `addr` with an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) written as
+/// the IPv4 address it is.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+/// Whose sessions count together for `max_sessions_per_client`: an IPv4
+/// address, or an IPv6 client's /64. One IPv6 host is handed a /64 (RFC
+/// 6177 and SLAAC assume at least that), so counting single addresses
+/// would let it open 2^64 times the cap.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => IpAddr::V6((v6.to_bits() & !u128::from(u64::MAX)).into()),
+    }
+}
+
+/// Sessions in flight per client (IPv4 address or IPv6 /64); the admin
+/// listener counts its connections with it too.
 #[derive(Default)]
 pub(crate) struct Clients(Mutex<HashMap<IpAddr, u32>>);
 
@@ -176,8 +191,10 @@ pub(crate) struct Clients(Mutex<HashMap<IpAddr, u32>>);
 pub(crate) struct FromClient(Arc<Clients>, IpAddr);
 
 impl Clients {
-    /// Count one more session from `ip`, unless it has `limit` already.
+    /// Count one more session from `ip` (its /64 for IPv6), unless it has
+    /// `limit` already.
     pub(crate) fn enter(self: &Arc<Self>, ip: IpAddr, limit: u32) -> Option<FromClient> {
+        let ip = client_key(ip);
         let mut open = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let n = open.entry(ip).or_insert(0);
         if *n >= limit {
@@ -197,5 +214,46 @@ impl Drop for FromClient {
                 open.remove(&self.1);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_mapped_clients_are_seen_as_ipv4() {
+        let mapped: SocketAddr = "[::ffff:192.0.2.7]:40001".parse().unwrap();
+        assert_eq!(canonical(mapped), "192.0.2.7:40001".parse().unwrap());
+        let v6: SocketAddr = "[2001:db8::7]:40001".parse().unwrap();
+        assert_eq!(canonical(v6), v6);
+    }
+
+    #[test]
+    fn ipv6_clients_in_one_64_share_a_per_client_limit() {
+        let clients = Arc::new(Clients::default());
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let first = clients.enter(ip("2001:db8:1:2::1"), 2).expect("first");
+        let second = clients
+            .enter(ip("2001:db8:1:2:ffff::9"), 2)
+            .expect("second");
+        assert!(
+            clients.enter(ip("2001:db8:1:2::3"), 2).is_none(),
+            "third in the /64"
+        );
+        let other = clients.enter(ip("2001:db8:1:3::1"), 2);
+        assert!(other.is_some(), "the next /64 has its own count");
+        let v4 = clients.enter(ip("192.0.2.1"), 1).expect("IPv4");
+        assert!(
+            clients.enter(ip("192.0.2.1"), 1).is_none(),
+            "IPv4 at its cap"
+        );
+        assert!(
+            clients.enter(ip("192.0.2.2"), 1).is_some(),
+            "IPv4: per address"
+        );
+        drop((first, second, other, v4));
+        let open = clients.0.lock().unwrap();
+        assert!(open.is_empty(), "entries outlive their sessions: {open:?}");
     }
 }

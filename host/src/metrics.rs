@@ -62,6 +62,13 @@ pub struct ErrorReplyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PregreetLabels {
+    pub listener: String,
+    /// What the listener's `pregreet` setting did: `rejected` or `passed`.
+    pub action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BytesLabels {
     pub listener: String,
     /// `up` (client to backend) or `down`.
@@ -114,6 +121,8 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     /// Error replies gale wrote itself rather than a backend.
     pub error_replies: Family<ErrorReplyLabels, Counter>,
+    /// SMTP clients that sent before they were greeted.
+    pub pregreets: Family<PregreetLabels, Counter>,
     pub bytes: Family<BytesLabels, Counter>,
     pub http_bytes: Family<BytesLabels, Counter>,
     /// Sessions or requests a backend took.
@@ -187,8 +196,14 @@ impl Metrics {
         let error_replies = Family::<ErrorReplyLabels, Counter>::default();
         registry.register(
             "error_replies",
-            "Error replies gale sent itself, by code: 421 when no backend could take an SMTP session; HTTP 503 when no backend was available, 502 and 504 when backends failed, 400, 408, 431 and 501 for requests it refused",
+            "Error replies gale sent itself, by code: 421 when no backend could take an SMTP session or a client is over max_sessions_per_client, 554 to an SMTP client that spoke before the greeting; HTTP 503 when no backend was available, 502 and 504 when backends failed, 400, 408, 431 and 501 for requests it refused",
             error_replies.clone(),
+        );
+        let pregreets = Family::<PregreetLabels, Counter>::default();
+        registry.register(
+            "smtp_pregreets",
+            "SMTP clients that sent before the greeting reached them (Postfix postscreen's pregreet test), by what the listener's pregreet setting did: rejected (554) or passed",
+            pregreets.clone(),
         );
         let bytes = Family::<BytesLabels, Counter>::default();
         registry.register(
@@ -241,6 +256,7 @@ impl Metrics {
             sessions,
             requests,
             error_replies,
+            pregreets,
             bytes,
             http_bytes,
             backend_sessions,

@@ -14,7 +14,7 @@ mod steer;
 pub mod table;
 
 use std::convert::Infallible;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -159,7 +159,7 @@ async fn serve(socket: TcpListener, admin: Arc<Admin>, token: Token, stop: Cance
                 continue;
             }
         };
-        let Some(from_client) = clients.enter(client_key(peer.ip()), MAX_CONNECTIONS_PER_CLIENT)
+        let Some(from_client) = clients.enter(peer.ip().to_canonical(), MAX_CONNECTIONS_PER_CLIENT)
         else {
             tracing::debug!(client = %peer, "admin connection refused: {MAX_CONNECTIONS_PER_CLIENT} open from this client");
             continue;
@@ -196,16 +196,6 @@ async fn serve(socket: TcpListener, admin: Arc<Admin>, token: Token, stop: Cance
         });
     }
     tracing::info!("admin listener stopped");
-}
-
-/// Whom a connection counts against: its IP address, or for IPv6 its
-/// /64, the block one host is commonly given (it could otherwise take a
-/// fresh address per connection).
-fn client_key(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !(u128::MAX >> 64))),
-        v4 => v4,
-    }
 }
 
 /// Whether the client sends a byte within `FIRST_BYTE_TIMEOUT` (hyper

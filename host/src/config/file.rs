@@ -172,6 +172,19 @@ pub enum Protocol {
     Http,
 }
 
+/// What an SMTP listener does with a client that talks before it has
+/// been greeted (`pregreet`).
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Pregreet {
+    /// `554 5.5.1` and close, as Postfix postscreen's pregreet test does:
+    /// a real MTA waits for the greeting; spambots often do not.
+    #[default]
+    Reject,
+    /// Relay what it sent to the backend after the greeting.
+    Pass,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerSection {
@@ -195,6 +208,9 @@ pub struct ListenerSection {
     pub banner_timeout: Option<Spanned<String>>,
     /// `idle_timeout`: a session with no bytes either way this long ends.
     pub idle_timeout: Option<Spanned<String>>,
+    /// `pregreet` (SMTP): "reject" (default) or "pass" a client that
+    /// sends before the greeting.
+    pub pregreet: Option<Spanned<Pregreet>>,
     /// `header_timeout` (HTTP): a client has this long to send a request's
     /// headers, the first one or the next on a kept-alive connection.
     pub header_timeout: Option<Spanned<String>>,

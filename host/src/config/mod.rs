@@ -19,7 +19,7 @@ use std::time::Duration;
 
 pub use dns::{DnsConfig, PeersConfig, Provider as DnsProvider};
 use file::{FileConfig, PluginSection};
-pub use file::{ProbeKind, Protocol, ProxyProtocol, Role};
+pub use file::{Pregreet, ProbeKind, Protocol, ProxyProtocol, Role};
 use toml::Spanned;
 
 /// Default CPU deadline of one plugin call.
@@ -103,6 +103,8 @@ pub struct ListenerConfig {
     pub connect_timeout: Duration,
     pub banner_timeout: Duration,
     pub idle_timeout: Duration,
+    /// SMTP: what to do with a client that sends before the greeting.
+    pub pregreet: Pregreet,
     /// HTTP: time allowed for a client's request headers.
     pub header_timeout: Duration,
     /// HTTP: time allowed for a backend's response headers.
@@ -243,8 +245,12 @@ impl Config {
         let errors = Errors { file: path, text };
         let de = toml::Deserializer::parse(text).map_err(|e| errors.toml("syntax", e))?;
         let file: FileConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            // A `Spanned` value that is not a string (an enum, a number)
+            // is deserialized as a map, whose private field name would
+            // otherwise end the key.
             let key = e.path().to_string();
-            errors.toml(&key, e.into_inner())
+            let key = key.trim_end_matches(".$__serde_spanned_private_value");
+            errors.toml(key, e.into_inner())
         })?;
         validate(file, path, &errors)
     }
@@ -524,6 +530,17 @@ fn validate(file: FileConfig, path: &Path, errors: &Errors<'_>) -> Result<Config
                 &format!("{key}.idle_timeout"),
                 Duration::from_secs(300),
             )?,
+            pregreet: match &l.pregreet {
+                None => Pregreet::default(),
+                Some(p) if l.protocol == Protocol::Http => {
+                    return Err(errors.spanned(
+                        p,
+                        &format!("{key}.pregreet"),
+                        "only SMTP listeners greet their clients",
+                    ));
+                }
+                Some(p) => *p.get_ref(),
+            },
             header_timeout: parse_duration(
                 errors,
                 l.header_timeout.as_ref(),

@@ -2,18 +2,24 @@
 //! the balancer's order until one greets with 220, then join the streams;
 //! when none can, answer `421 4.3.2` so the sender defers the mail.
 //!
+//! A client that speaks before its greeting is refused with 554 unless
+//! the listener says `pregreet = "pass"` ([`pregreet`]); every reply gale
+//! writes itself is followed by a close that lets it arrive ([`refusal`]).
+//!
 //! Owns: client sockets, backend connections, greetings, PROXY headers.
 //! Does not touch: health verdicts (it reports failures to the pool) or
 //! the choice of backend (the pool's balancer makes it).
 
+mod pregreet;
 pub mod proxy_header;
+pub mod refusal;
 mod relay;
 pub mod reply;
 mod session;
 
 use tokio::net::TcpListener;
 
-pub use session::unavailable_reply;
+pub use refusal::unavailable_reply;
 
 use crate::listener::Accept;
 

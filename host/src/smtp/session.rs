@@ -12,9 +12,10 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use super::reply::{ReplyError, read_reply};
-use super::{proxy_header, relay};
-use crate::config::ListenerConfig;
+use super::{pregreet, proxy_header, refusal, relay};
+use crate::config::{ListenerConfig, Pregreet};
 use crate::generation::{Generation, ip_address};
+use crate::listener::canonical;
 use crate::plugin::LiveCounters;
 use crate::plugin::types::{Protocol, RequestContext};
 use crate::pool::Pool;
@@ -70,12 +71,6 @@ impl Drop for Counted<'_> {
     }
 }
 
-/// The 421 a client gets when no backend can take its session: the
-/// sending MTA defers the message and retries later.
-pub fn unavailable_reply(hostname: &str) -> String {
-    format!("421 4.3.2 {hostname} Service temporarily unavailable, try again later\r\n")
-}
-
 pub async fn run(
     mut client: TcpStream,
     peer: SocketAddr,
@@ -118,12 +113,39 @@ pub async fn run(
         // costs a syscall.
         let local = match backend.proxy_protocol {
             crate::config::ProxyProtocol::None => peer,
-            _ => client.local_addr().unwrap_or(peer),
+            _ => canonical(client.local_addr().unwrap_or(peer)),
         };
         match connect_and_greet(l, backend.address, backend.proxy_protocol, peer, local).await {
             Ok((mut upstream, greeting)) => {
                 let greet_ms = attempt_started.elapsed().as_millis();
                 let _ = write!(tried, "{}: 220 in {greet_ms}ms", backend.name);
+                if let Some(early) = pregreet::spoke_early(&client).await {
+                    let log = |action: &str| {
+                        tracing::info!(
+                            listener = %l.name,
+                            client = %peer,
+                            bytes = early.bytes,
+                            sent = %early.preview,
+                            after_ms = started.elapsed().as_millis() as u64,
+                            action,
+                            "smtp client spoke before the greeting"
+                        );
+                    };
+                    counters.pregreet(match l.pregreet {
+                        Pregreet::Reject => "rejected",
+                        Pregreet::Pass => "passed",
+                    });
+                    if l.pregreet == Pregreet::Reject {
+                        log("rejected with 554");
+                        // The backend never hears of this client: it sees
+                        // a close after its greeting, as from a probe.
+                        drop(upstream);
+                        counters.error_reply(554);
+                        refusal::refuse(client, &refusal::pregreet_reply(&l.hostname)).await;
+                        return;
+                    }
+                    log("passed to the backend");
+                }
                 counters.relayed.inc();
                 pool.count_session(id);
                 let outcome = join(&mut client, &mut upstream, &greeting, l.idle_timeout).await;
@@ -160,19 +182,14 @@ pub async fn run(
     }
     counters.deferred.inc();
     counters.replied_421.inc();
-    let reply = unavailable_reply(&l.hostname);
-    let sent = timeout(Duration::from_secs(5), async {
-        client.write_all(reply.as_bytes()).await?;
-        client.shutdown().await
-    })
-    .await;
+    let sent = refusal::refuse(client, &refusal::unavailable_reply(&l.hostname)).await;
     tracing::warn!(
         listener = %l.name,
         generation = generation.id,
         client = %peer,
         tried = %tried,
         duration_ms = started.elapsed().as_millis() as u64,
-        end = if matches!(sent, Ok(Ok(()))) { "deferred with 421" } else { "421 not delivered" },
+        end = if sent { "deferred with 421" } else { "421 not delivered" },
         "smtp session: no backend could take it"
     );
 }
