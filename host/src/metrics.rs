@@ -94,7 +94,8 @@ pub struct ProbeLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DnsLabels {
     pub provider: String,
-    /// `applied`, `refused` or `failed`.
+    /// `applied`, `refused`, `failed` or `unverified` (an answer that
+    /// failed TSIG verification).
     pub result: String,
 }
 

@@ -14,6 +14,7 @@
 
 pub mod embedded;
 pub mod rfc2136;
+mod signed;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
