@@ -3,15 +3,16 @@
 //! answered, a backend that dies leaves the answer and comes back with it,
 //! weights show in which address comes first) and through RFC 2136
 //! updates signed with TSIG to a real BIND 9 (records follow health, a
-//! wrong key changes nothing, an update waits out a stopped server).
+//! wrong key changes nothing, an update waits out a stopped server, an
+//! answer forged on the way is an error and never taken as published).
 
 mod support;
 
 use std::collections::BTreeSet;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -63,11 +64,13 @@ impl Drop for Backend {
 }
 
 /// A pool `mta` of `backends` (name, address, weight) probed every 200 ms,
-/// published as mx.example.test by the embedded server.
+/// published as mx.example.test by the embedded server. Without a rate
+/// limit: these tests poll with dig far faster than a caching resolver
+/// asks (`dns_reflection.rs` tests the limit).
 fn config(backends: &[(&str, SocketAddr, u32)]) -> String {
     with_provider(
         backends,
-        "provider = \"embedded\"\n[dns.embedded]\naddress = \"127.0.0.1:0\"\n",
+        "provider = \"embedded\"\n[dns.embedded]\naddress = \"127.0.0.1:0\"\nrate_limit = 0\n",
     )
 }
 
@@ -268,6 +271,7 @@ fn a_wrong_key_is_refused_with_a_clear_error_and_changes_nothing() {
     let gale = Gale::start(&rfc2136(&[("a", a.address, 1)], named.address, wrong));
     let line = gale.wait_log("dns update refused", Duration::from_secs(5));
     assert!(line.contains("key=gale-key."), "{line}");
+    assert!(line.contains("the server refused the key"), "{line}");
     assert!(!line.contains(wrong), "the secret was logged: {line}");
     assert!(addresses(named.address, false).is_empty());
 }
@@ -430,4 +434,135 @@ fn drift_on_the_server_is_put_right_by_the_reconcile_loop() {
     // reconcile = 1 s.
     let restored = wait_for(named.address, &["127.0.0.16"], Duration::from_secs(3));
     eprintln!("the deleted set was back {restored:?} later");
+}
+
+/// A UDP relay on 127.0.0.1 in front of `upstream` that, while `forging`,
+/// rewrites every answer to an A query to hold `forged` (with `ttl`) and
+/// nothing else, keeping the rest of the message: a signature BIND made
+/// is kept too, and no longer matches.
+struct ForgingRelay {
+    address: SocketAddr,
+    forging: Arc<AtomicBool>,
+    /// Answers rewritten so far.
+    forged: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ForgingRelay {
+    fn start(upstream: SocketAddr, forged: Ipv4Addr, ttl: u32) -> ForgingRelay {
+        use hickory_proto::op::{Message, ResponseCode};
+        use hickory_proto::rr::{RData, Record, RecordType, rdata::A};
+
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let address = socket.local_addr().unwrap();
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        server.connect(upstream).unwrap();
+        server
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
+        let (forging, count, stop) = (
+            Arc::new(AtomicBool::new(true)),
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (forge, counted, stopped) = (forging.clone(), count.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let (mut query, mut answer) = ([0u8; 4096], [0u8; 65535]);
+            while !stopped.load(Ordering::Relaxed) {
+                let Ok((n, client)) = socket.recv_from(&mut query) else {
+                    continue;
+                };
+                server.send(&query[..n]).unwrap();
+                let Ok(m) = server.recv(&mut answer) else {
+                    continue;
+                };
+                let mut reply = answer[..m].to_vec();
+                if forge.load(Ordering::Relaxed)
+                    && let Ok(mut message) = Message::from_vec(&reply)
+                    && let Some(name) = message
+                        .queries
+                        .first()
+                        .filter(|q| q.query_type() == RecordType::A)
+                        .map(|q| q.name().clone())
+                {
+                    message.metadata.response_code = ResponseCode::NoError;
+                    message.answers = vec![Record::from_rdata(name, ttl, RData::A(A(forged)))];
+                    message.authorities.clear();
+                    reply = message.to_vec().unwrap();
+                    counted.fetch_add(1, Ordering::Relaxed);
+                }
+                let _ = socket.send_to(&reply, client);
+            }
+        });
+        ForgingRelay {
+            address,
+            forging,
+            forged: count,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for ForgingRelay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn a_forged_answer_to_a_read_is_an_error_and_never_taken_as_published() {
+    let named = Named::start(free_port());
+    let a = Backend::start("127.0.0.17:0");
+    // The forger claims BIND already has exactly what gale wants, so
+    // trusting it would mean sending no update at all.
+    let relay = ForgingRelay::start(named.address, Ipv4Addr::new(127, 0, 0, 17), 5);
+    let toml = rfc2136(&[("a", a.address, 1)], relay.address, KEY_SECRET)
+        + "[admin]\naddress = \"127.0.0.1:0\"\n";
+    let gale = Gale::start(&toml);
+
+    let line = gale.wait_log("dns answer not trusted", Duration::from_secs(5));
+    assert!(line.contains("failed TSIG verification"), "{line}");
+    assert!(relay.forged.load(Ordering::Relaxed) > 0);
+    let admin = gale.admin_address();
+    let (code, body) = curl(&[&format!("http://{admin}/status")]);
+    assert_eq!(code, 200, "{body}");
+    let dns = serde_json::from_str::<serde_json::Value>(&body).unwrap()["dns"].clone();
+    let error = dns["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("failed TSIG verification"), "{dns}");
+    assert_eq!(dns["published"].as_array().map(Vec::len), Some(0), "{dns}");
+    let (code, metrics) = curl(&[&format!("http://{admin}/metrics")]);
+    assert_eq!(code, 200);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l
+                .starts_with("gale_dns_updates_total{provider=\"rfc2136\",result=\"unverified\"}")),
+        "{metrics}"
+    );
+    // Nothing was sent: BIND never got the record.
+    assert!(addresses(named.address, false).is_empty());
+    assert!(!named.log().contains("updating zone"), "{}", named.log());
+
+    // Honest answers again: gale, still retrying, publishes.
+    relay.forging.store(false, Ordering::Relaxed);
+    let landed = wait_for(named.address, &["127.0.0.17"], Duration::from_secs(8));
+    eprintln!("published {landed:?} after the answers stopped being forged");
+    let started = Instant::now();
+    loop {
+        let (_, body) = curl(&[&format!("http://{admin}/status")]);
+        let dns = serde_json::from_str::<serde_json::Value>(&body).unwrap()["dns"].clone();
+        if dns["published"].as_array().map(Vec::len) == Some(1) && dns["last_error"].is_null() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "{dns}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

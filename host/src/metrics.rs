@@ -101,8 +101,15 @@ pub struct ProbeLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DnsLabels {
     pub provider: String,
-    /// `applied`, `refused` or `failed`.
+    /// `applied`, `refused`, `failed` or `unverified` (an answer that
+    /// failed TSIG verification).
     pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RateLimitLabels {
+    /// `dropped`, or `slipped` (a truncated reply sent instead).
+    pub action: String,
 }
 
 /// Every metric gale exports.
@@ -134,6 +141,9 @@ pub struct Metrics {
     pub probes: Family<ProbeLabels, Counter>,
     pub plugin_call_seconds: Family<PluginLabels, Histogram>,
     pub dns_updates: Family<DnsLabels, Counter>,
+    /// UDP responses of the embedded DNS server held back by its rate
+    /// limit.
+    pub dns_rate_limited: Family<RateLimitLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -251,7 +261,14 @@ impl Metrics {
             "Record changes handed to the DNS provider, by result",
             dns_updates.clone(),
         );
+        let dns_rate_limited = Family::<RateLimitLabels, Counter>::default();
+        registry.register(
+            "dns_rate_limited",
+            "UDP responses of the embedded DNS server past a client prefix's rate limit: dropped, or slipped (sent as a truncated reply so a real resolver retries over TCP)",
+            dns_rate_limited.clone(),
+        );
         Self {
+            dns_rate_limited,
             registry,
             sessions,
             requests,

@@ -27,6 +27,8 @@ pub struct Server {
     stop_background: CancellationToken,
     /// Wanted and published DNS records (`[dns]`).
     pub dns: Arc<crate::dns::DnsState>,
+    /// Where the embedded DNS server answers (UDP and TCP), if it runs.
+    dns_address: Option<SocketAddr>,
 }
 
 /// A listener socket and its accept loop.
@@ -57,6 +59,7 @@ impl Server {
             stop_accepting: CancellationToken::new(),
             stop_background: CancellationToken::new(),
             dns: Arc::default(),
+            dns_address: None,
         };
         let generation = server.current.load_full();
         server.start_dns(&generation).await?;
@@ -81,7 +84,9 @@ impl Server {
                 let (udp, tcp) = crate::dns::embedded::bind(*address)
                     .await
                     .with_context(|| format!("dns: cannot bind {address} (UDP and TCP)"))?;
-                tracing::info!(address = %udp.local_addr()?, zone = %config.zone, name = %config.name, "dns server listening");
+                let bound = udp.local_addr()?;
+                self.dns_address = Some(bound);
+                tracing::info!(address = %bound, zone = %config.zone, name = %config.name, "dns server listening");
                 self.background.spawn(crate::dns::embedded::serve(
                     udp,
                     tcp,
@@ -220,6 +225,11 @@ impl Server {
             .iter()
             .map(|b| (b.name.clone(), b.address))
             .collect()
+    }
+
+    /// The embedded DNS server's bound address (UDP and TCP).
+    pub fn dns_address(&self) -> Option<SocketAddr> {
+        self.dns_address
     }
 
     /// The bound address of listener `name`.

@@ -33,7 +33,11 @@ pub struct DnsConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Provider {
     /// gale answers for the zone on `address` (UDP and TCP).
-    Embedded { address: SocketAddr, ns: String },
+    Embedded {
+        address: SocketAddr,
+        ns: String,
+        rate_limit: RateLimit,
+    },
     /// gale sends DNS UPDATEs to a server.
     Rfc2136(Rfc2136Config),
 }
@@ -46,6 +50,31 @@ impl Provider {
         }
     }
 }
+
+/// `[dns.embedded] rate_limit` and `rate_limit_burst`: UDP responses per
+/// client /24 (IPv6 /56), see `dns::rrl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Responses a second per prefix; 0: no limit.
+    pub per_second: u32,
+    /// Responses a prefix may save up.
+    pub burst: u32,
+}
+
+impl Default for RateLimit {
+    /// 20 a second is far above what a resolver asks one zone for (it
+    /// caches for the TTL); the burst lets a resolver farm behind one /24
+    /// start cold.
+    fn default() -> Self {
+        RateLimit {
+            per_second: 20,
+            burst: 40,
+        }
+    }
+}
+
+/// Above this a limit stops nothing a flood could not do without it.
+const MAX_RATE: u32 = 100_000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rfc2136Config {
@@ -120,7 +149,11 @@ pub(super) fn validate(
                 Some(a) => parse_addr(errors, a, "dns.embedded.address")?,
                 None => SocketAddr::from(([127, 0, 0, 1], DEFAULT_EMBEDDED_PORT)),
             };
-            Provider::Embedded { address, ns }
+            Provider::Embedded {
+                address,
+                ns,
+                rate_limit: rate_limit(errors, embedded)?,
+            }
         }
         DnsProvider::Rfc2136 => {
             let Some(r) = &section.rfc2136 else {
@@ -155,6 +188,40 @@ pub(super) fn validate(
         )?,
         provider,
     })
+}
+
+fn rate_limit(
+    errors: &Errors<'_>,
+    section: Option<&super::file::EmbeddedDnsSection>,
+) -> Result<RateLimit, ConfigError> {
+    let default = RateLimit::default();
+    let Some(section) = section else {
+        return Ok(default);
+    };
+    let per_second = match &section.rate_limit {
+        Some(r) if *r.get_ref() > MAX_RATE => {
+            return Err(errors.spanned(
+                r,
+                "dns.embedded.rate_limit",
+                format!("at most {MAX_RATE} responses a second (0 turns the limit off)"),
+            ));
+        }
+        Some(r) => *r.get_ref(),
+        None => default.per_second,
+    };
+    let burst = match &section.rate_limit_burst {
+        Some(b) if !(1..=MAX_RATE).contains(b.get_ref()) => {
+            return Err(errors.spanned(
+                b,
+                "dns.embedded.rate_limit_burst",
+                format!("expected 1 to {MAX_RATE} responses"),
+            ));
+        }
+        Some(b) => *b.get_ref(),
+        // A lower rate without its own burst: two seconds' worth.
+        None => default.burst.min(per_second.saturating_mul(2)).max(1),
+    };
+    Ok(RateLimit { per_second, burst })
 }
 
 /// A fully qualified name: labels of letters, digits, `-` and `_`, at most

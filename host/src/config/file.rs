@@ -127,6 +127,12 @@ pub struct EmbeddedDnsSection {
     pub address: Option<Spanned<String>>,
     /// `ns`: the name server name in the zone's SOA and NS records.
     pub ns: Option<Spanned<String>>,
+    /// `rate_limit`: UDP responses a second per client /24 (IPv6 /56);
+    /// 0 turns the limit off (default 20).
+    pub rate_limit: Option<Spanned<u32>>,
+    /// `rate_limit_burst`: responses a client prefix may save up
+    /// (default 40, or two seconds' worth of a lower `rate_limit`).
+    pub rate_limit_burst: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -6,7 +6,12 @@
 //! the rest to fall back on.
 //!
 //! Messages are parsed and written by hickory-proto; anything malformed
-//! gets FORMERR (or nothing, if not even a header can be read).
+//! gets FORMERR (or nothing, if not even a header can be read). Nothing
+//! with QR=1 is answered: it is a response, and answering responses lets
+//! two servers that each think the other asked bounce packets forever
+//! (or an attacker aim gale at another server). UDP answers are sized to
+//! what the client offered (512 bytes without EDNS, at most 1232) and
+//! rate limited per client prefix ([`super::rrl`]); TCP is not limited.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -22,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::DnsState;
+use super::rrl::{Limiter, RateLimit, Verdict};
 use crate::config::DnsConfig;
 use crate::generation::Generation;
 use crate::plugin::types::{DnsRecord, RecordType as PlannedType};
@@ -61,13 +67,14 @@ pub async fn serve(
 ) {
     let answerer = Arc::new(Answerer { current, state });
     let tcp_tasks = TaskTracker::new();
+    let mut limiter = Limiter::default();
     let mut buf = vec![0u8; 4096];
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             r = udp.recv_from(&mut buf) => {
                 let Ok((n, peer)) = r else { continue };
-                if let Some(reply) = answerer.answer(&buf[..n], true) {
+                if let Some(reply) = answerer.answer_udp(&buf[..n], peer, &mut limiter) {
                     let _ = udp.send_to(&reply, peer).await;
                 }
             }
@@ -121,6 +128,40 @@ impl Answerer {
         }
     }
 
+    /// The UDP reply to `bytes` from `peer`, if any, after the rate limit.
+    fn answer_udp(&self, bytes: &[u8], peer: SocketAddr, limiter: &mut Limiter) -> Option<Vec<u8>> {
+        if !is_query(bytes) {
+            // Not answered, so it spends nothing.
+            return None;
+        }
+        let generation = self.current.load();
+        let limit = match generation.config.dns.as_ref().map(|d| &d.provider) {
+            Some(crate::config::DnsProvider::Embedded { rate_limit, .. }) => *rate_limit,
+            _ => RateLimit::default(),
+        };
+        let verdict = limiter.check(limit, peer.ip(), std::time::Instant::now());
+        let count = |action: &str| {
+            generation
+                .metrics
+                .dns_rate_limited
+                .get_or_create(&crate::metrics::RateLimitLabels {
+                    action: action.to_string(),
+                })
+                .inc();
+        };
+        match verdict {
+            Verdict::Answer => self.answer(bytes, true),
+            Verdict::Slip => {
+                count("slipped");
+                slip(bytes)
+            }
+            Verdict::Drop => {
+                count("dropped");
+                None
+            }
+        }
+    }
+
     fn answer(&self, bytes: &[u8], udp: bool) -> Option<Vec<u8>> {
         let generation = self.current.load();
         answer(
@@ -141,6 +182,9 @@ pub fn answer(
     config: Option<&DnsConfig>,
     published: &[DnsRecord],
 ) -> Option<Vec<u8>> {
+    if !is_query(bytes) {
+        return None;
+    }
     let request = match Message::from_vec(bytes) {
         Ok(m) => m,
         Err(_) if bytes.len() >= 12 => {
@@ -186,6 +230,32 @@ pub fn answer(
         bytes = reply.truncate().to_vec().ok()?;
     }
     Some(bytes)
+}
+
+/// A DNS header with QR=0: a query, the only thing gale answers (a
+/// malformed one included, with FORMERR).
+fn is_query(bytes: &[u8]) -> bool {
+    bytes.len() >= 12 && bytes[2] & 0x80 == 0
+}
+
+/// The reply a rate-limited client gets instead of its answer: TC=1, the
+/// question and nothing else (no EDNS), so it is never larger than the
+/// query and a real resolver asks again over TCP.
+pub fn slip(bytes: &[u8]) -> Option<Vec<u8>> {
+    if !is_query(bytes) {
+        return None;
+    }
+    let id = u16::from_be_bytes([bytes[0], bytes[1]]);
+    let op_code = OpCode::from_u8((bytes[2] >> 3) & 0x0f);
+    let mut reply = Message::response(id, op_code);
+    reply.metadata.truncation = true;
+    reply.metadata.recursion_desired = bytes[2] & 0x01 != 0;
+    if let Ok(request) = Message::from_vec(bytes)
+        && let [query] = request.queries.as_slice()
+    {
+        reply.add_query(query.clone());
+    }
+    reply.to_vec().ok()
 }
 
 fn resolve(

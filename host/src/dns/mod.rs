@@ -14,6 +14,8 @@
 
 pub mod embedded;
 pub mod rfc2136;
+pub mod rrl;
+mod signed;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};

@@ -1,7 +1,8 @@
 //! Provider `rfc2136`: the wanted records go to a DNS server as UPDATE
 //! messages (RFC 2136) signed with TSIG (RFC 8945), by hickory's client.
 //!
-//! Each sync reads the server's A and AAAA sets for the name and changes
+//! Each sync reads the server's A and AAAA sets for the name (queries
+//! signed with the same key, answers verified: [`super::signed`]) and changes
 //! only what differs, with prerequisites (RFC 2136 §2.4): the old set must
 //! still be exactly what gale read (compare and swap), or must not exist
 //! (create). A writer that got there first makes the prerequisite fail;
@@ -10,7 +11,9 @@
 //! backoff (capped at `MAX_BACKOFF`); every `reconcile` it reads the
 //! server back and corrects any drift, so a missed update is not lost.
 //! A server that refuses the key or the update is an error in the log and
-//! `/status`, and nothing changes.
+//! `/status`, and nothing changes; so is an answer that fails TSIG
+//! verification (result `unverified` in `gale_dns_updates_total`), which
+//! gale retries like an unreachable server.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -23,10 +26,11 @@ use hickory_net::udp::UdpClientStream;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::tsig::TsigAlgorithm as HickoryAlgorithm;
 use hickory_proto::rr::rdata::{A, AAAA};
-use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordSet, RecordType, TSigner};
+use hickory_proto::rr::{Name, RData, Record, RecordSet, RecordType, TSigner};
 use tokio_util::sync::CancellationToken;
 
 use super::DnsState;
+use super::signed::{self, ReadError};
 use crate::config::dns::{Rfc2136Config, TsigAlgorithm};
 use crate::config::{DnsConfig, DnsProvider};
 use crate::generation::Generation;
@@ -43,6 +47,19 @@ enum SyncError {
     Unreachable(String),
     /// The server said no: wrong key, no update permission, bad zone.
     Refused(String),
+    /// Only answers that failed TSIG verification: forged or altered on
+    /// the way, or a server that does not sign.
+    Unverified(String),
+}
+
+impl From<ReadError> for SyncError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Unreachable(why) => SyncError::Unreachable(why),
+            ReadError::Refused(why) => SyncError::Refused(why),
+            ReadError::Unverified(why) => SyncError::Unverified(why),
+        }
+    }
 }
 
 /// Keep the server's records equal to the wanted ones until shutdown.
@@ -105,6 +122,13 @@ pub async fn run(
                 state.failed(why);
                 wait = Some(server.reconcile);
             }
+            Ok(Err(SyncError::Unverified(why))) => {
+                count("unverified");
+                tracing::error!(server = %server.server, retry_in = ?backoff, "dns answer not trusted: {why}");
+                state.failed(why);
+                wait = Some(backoff);
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
             Ok(Err(SyncError::Unreachable(why))) => {
                 count("failed");
                 tracing::warn!(server = %server.server, retry_in = ?backoff, "dns update failed: {why}");
@@ -142,19 +166,22 @@ async fn sync(
     server: &Rfc2136Config,
     wanted: &[DnsRecord],
 ) -> Result<bool, SyncError> {
+    let signer = signer(server)?;
     let stream = UdpClientStream::builder(server.server, TokioRuntimeProvider::default())
         .with_timeout(Some(server.timeout))
-        .with_signer(Some(signer(server)?))
+        .with_signer(Some(signer.clone()))
         .build();
     let (mut client, background) = Client::<TokioRuntimeProvider>::from_sender(stream);
     let background = tokio::spawn(background);
-    let result = sync_with(&mut client, config, wanted).await;
+    let result = sync_with(&mut client, server, &signer, config, wanted).await;
     background.abort();
     result
 }
 
 async fn sync_with(
     client: &mut Client<TokioRuntimeProvider>,
+    server: &Rfc2136Config,
+    signer: &TSigner,
     config: &DnsConfig,
     wanted: &[DnsRecord],
 ) -> Result<bool, SyncError> {
@@ -164,7 +191,7 @@ async fn sync_with(
     for rtype in [RecordType::A, RecordType::AAAA] {
         let want = set(&name, rtype, wanted);
         for race in 0.. {
-            let have = read(client, &name, rtype).await?;
+            let have = read(server, signer, &name, rtype).await?;
             if same(&have, &want) {
                 break;
             }
@@ -208,10 +235,22 @@ async fn sync_with(
     Ok(changed)
 }
 
-/// A TSIG failure or a refusal is the server saying no; the rest may
-/// pass if tried again.
+/// An update's answer that fails hickory's TSIG check is not trusted; a
+/// TSIG error or a refusal is the server saying no; the rest may pass if
+/// tried again.
 fn classify(error: String) -> SyncError {
     let lower = error.to_ascii_lowercase();
+    if [
+        "hmac validation failure",
+        "missing tsig",
+        "tsig signature record not found",
+        "outdated response",
+    ]
+    .iter()
+    .any(|w| lower.contains(w))
+    {
+        return SyncError::Unverified(error);
+    }
     if ["tsig", "notauth", "refused", "badkey", "badsig", "badtime"]
         .iter()
         .any(|w| lower.contains(w))
@@ -222,16 +261,14 @@ fn classify(error: String) -> SyncError {
     }
 }
 
-/// The server's `rtype` set for `name`.
+/// The server's `rtype` set for `name`, from a verified answer.
 async fn read(
-    client: &mut Client<TokioRuntimeProvider>,
+    server: &Rfc2136Config,
+    signer: &TSigner,
     name: &Name,
     rtype: RecordType,
 ) -> Result<RecordSet, SyncError> {
-    let reply = client
-        .query(name.clone(), DNSClass::IN, rtype)
-        .await
-        .map_err(|e| classify(e.to_string()))?;
+    let reply = signed::query(server.server, signer, server.timeout, name, rtype).await?;
     match reply.metadata.response_code {
         ResponseCode::NoError | ResponseCode::NXDomain => {}
         code => {

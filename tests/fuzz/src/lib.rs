@@ -302,20 +302,41 @@ pool = "mta"
 });
 
 /// The embedded DNS server: any message gets a reply that parses, carries
-/// the query's id and fits the UDP size, or no reply at all when it is
-/// not a query.
+/// the query's id and, over UDP, fits the size the query offered (512
+/// bytes without EDNS, at most 1232), or no reply at all when it is not a
+/// query (QR=1 included: answering responses makes reflection loops). The
+/// truncated reply a rate-limited client gets instead is never larger
+/// than its query and carries no records.
 pub fn dns_message(data: &[u8]) {
     let (config, records) = &*ZONE;
+    let response = data.len() >= 3 && data[2] & 0x80 != 0;
+    // What the query offered, if it parses; a malformed one gets a bare
+    // header.
+    let offered = Message::from_vec(data).ok().map_or(512, |m| {
+        m.edns.map_or(512, |e| e.max_payload().clamp(512, 1232))
+    });
     for udp in [true, false] {
         let Some(bytes) = gale::dns::embedded::answer(data, udp, config.dns.as_ref(), records)
         else {
             continue;
         };
+        assert!(!response, "a response (QR=1) was answered");
         let reply = Message::from_vec(&bytes).expect("gale's reply parses");
         assert_eq!(reply.metadata.message_type, MessageType::Response);
         assert_eq!(reply.metadata.id, u16::from_be_bytes([data[0], data[1]]));
         if udp {
-            assert!(bytes.len() <= 1232, "{} bytes over UDP", bytes.len());
+            assert!(
+                bytes.len() <= usize::from(offered),
+                "{} bytes over UDP, {offered} offered",
+                bytes.len()
+            );
         }
+    }
+    if let Some(bytes) = gale::dns::embedded::slip(data) {
+        assert!(!response, "a response (QR=1) was slipped");
+        assert!(bytes.len() <= data.len(), "slipped {} bytes", bytes.len());
+        let reply = Message::from_vec(&bytes).expect("a slipped reply parses");
+        assert!(reply.metadata.truncation && reply.answers.is_empty());
+        assert_eq!(reply.metadata.id, u16::from_be_bytes([data[0], data[1]]));
     }
 }
