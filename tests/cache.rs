@@ -84,9 +84,17 @@ fn an_entry_copied_over_another_plugins_is_rejected_and_the_right_plugin_runs() 
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
     let (pools, stats, _) = start(&cache, TWO_POOLS);
-    assert_eq!(stats, (3, 1), "(compiled, cache hits): the health plugin twice");
+    assert_eq!(
+        stats,
+        (3, 1),
+        "(compiled, cache hits): the health plugin twice"
+    );
     assert_eq!(first_choices(&pools["wrr"], 100), vec![50, 50], "wrr");
-    assert_eq!(first_choices(&pools["failover"], 100), vec![100, 0], "failover");
+    assert_eq!(
+        first_choices(&pools["failover"], 100),
+        vec![100, 0],
+        "failover"
+    );
     drop(pools);
 
     std::fs::copy(
