@@ -399,3 +399,48 @@ fn unlink_at(dir: &File, name: &str) -> io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gales_starting_at_once_on_a_new_cache_agree_on_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache");
+        let engine = Engine::default();
+        let start = std::sync::Barrier::new(8);
+        let tags: Vec<[u8; MAC_LEN]> = std::thread::scope(|s| {
+            let opened: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        start.wait();
+                        let cache = Cache::open(&path, &engine).unwrap();
+                        cache.tag(&[7; 32], b"code")
+                    })
+                })
+                .collect();
+            opened.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        assert!(tags.iter().all(|t| *t == tags[0]), "{tags:?}");
+        let names: Vec<String> = std::fs::read_dir(&path)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec!["key"], "no candidate key left behind");
+    }
+
+    #[test]
+    fn a_key_of_the_wrong_size_refuses_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, b"short").unwrap();
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let refused = Cache::open(dir.path(), &Engine::default()).err();
+        assert_eq!(
+            refused.map(|e| e.to_string()).as_deref(),
+            Some("key file: holds 5 bytes, not 32")
+        );
+    }
+}
