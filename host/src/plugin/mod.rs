@@ -11,6 +11,7 @@
 mod balancer;
 mod bindings;
 pub mod builtin;
+mod cache;
 pub mod check;
 pub mod contract;
 mod dns;

@@ -2,8 +2,7 @@
 //! budgets that enforce CPU deadlines (fuel, with an epoch backstop), and
 //! stores with memory caps.
 
-use std::hash::{DefaultHasher, Hash, Hasher};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -13,6 +12,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, Store};
 
 use super::bindings;
+use super::cache::Cache;
 use super::fuel::FuelRate;
 use super::state::{LiveCounters, LogLimit, PluginState};
 use super::watchdog::Watchdog;
@@ -81,14 +81,15 @@ struct Inner {
     watchdog: Arc<Watchdog>,
     engine: Engine,
     linker: Linker<PluginState>,
-    cache_dir: Option<PathBuf>,
+    cache: Option<Cache>,
     compiled: AtomicU64,
     cache_hits: AtomicU64,
 }
 
 impl PluginRuntime {
     /// Build the engine and calibrate its fuel rate. `cache_dir` keeps
-    /// compiled components across restarts (`None`: compile every time).
+    /// compiled components across restarts (`None`: compile every time);
+    /// one others could write is not used (see `cache.rs`).
     pub fn new(cache_dir: Option<PathBuf>) -> Result<Self, PluginError> {
         let mut config = Config::new();
         config.consume_fuel(true);
@@ -108,6 +109,16 @@ impl PluginRuntime {
         let fuel = FuelRate::calibrate(&engine)
             .map_err(|e| PluginError::engine(format!("calibrating fuel: {e:#}")))?;
         let watchdog = Watchdog::spawn();
+        let cache = cache_dir.and_then(|dir| match Cache::open(&dir, &engine) {
+            Ok(cache) => Some(cache),
+            Err(e) => {
+                tracing::warn!(
+                    "compile cache {} refused, every plugin is compiled: {e}",
+                    dir.display()
+                );
+                None
+            }
+        });
         tracing::debug!(
             fuel_per_us = fuel.per_microsecond(),
             "plugin CPU deadlines calibrated"
@@ -118,7 +129,7 @@ impl PluginRuntime {
                 watchdog,
                 engine,
                 linker,
-                cache_dir,
+                cache,
                 compiled: AtomicU64::new(0),
                 cache_hits: AtomicU64::new(0),
             }),
@@ -202,22 +213,20 @@ impl PluginRuntime {
                 .into(),
         };
         let engine = &self.inner.engine;
-        let digest = Sha256::digest(&bytes);
+        let digest: [u8; 32] = Sha256::digest(&bytes).into();
         let sha256: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-        let cached = self.cache_path(&sha256);
-        if let Some(path) = cached.as_ref().filter(|p| p.exists()) {
-            // SAFETY: the file was written by `Component::serialize` of
-            // this same engine configuration (its name hashes the engine's
-            // compatibility hash and the source bytes) into gale's own
-            // cache directory. A file that fails to load is recompiled.
-            match unsafe { Component::deserialize_file(engine, path) } {
-                Ok(c) => {
+        let cache = self.inner.cache.as_ref();
+        if let Some(cache) = cache {
+            let entry = || cache.entry_path(&digest).display().to_string();
+            match cache.load(engine, &digest) {
+                Ok(Some(c)) => {
                     self.inner.cache_hits.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(plugin = %name, cache = %path.display(), "loaded compiled plugin from cache");
+                    tracing::debug!(plugin = %name, cache = %entry(), "loaded compiled plugin from cache");
                     return Ok((c, sha256));
                 }
+                Ok(None) => {}
                 Err(e) => {
-                    tracing::warn!(plugin = %name, cache = %path.display(), "ignoring unusable cache entry: {e}");
+                    tracing::warn!(plugin = %name, cache = %entry(), "cache entry rejected: {e}");
                 }
             }
         }
@@ -228,23 +237,10 @@ impl PluginRuntime {
         })?;
         self.inner.compiled.fetch_add(1, Ordering::Relaxed);
         tracing::info!(plugin = %name, elapsed_ms = started.elapsed().as_millis() as u64, "compiled plugin");
-        if let Some(Err(e)) = cached.as_ref().map(|path| write_cache(&component, path)) {
+        if let Some(Err(e)) = cache.map(|c| c.store(&digest, &component)) {
             tracing::warn!(plugin = %name, "cannot cache compiled plugin: {e}");
         }
         Ok((component, sha256))
-    }
-
-    /// The cache file of a component whose bytes hash to `sha256`.
-    fn cache_path(&self, sha256: &str) -> Option<PathBuf> {
-        let dir = self.inner.cache_dir.as_ref()?;
-        let mut engine_hash = DefaultHasher::new();
-        self.inner
-            .engine
-            .precompile_compatibility_hash()
-            .hash(&mut engine_hash);
-        // The first 128 bits name the file, as before.
-        let hex = &sha256[..32];
-        Some(dir.join(format!("{hex}-{:016x}.cwasm", engine_hash.finish())))
     }
 
     /// Check that `component` exports the interface of `world`, built
@@ -257,16 +253,4 @@ impl PluginRuntime {
     ) -> Result<super::contract::Export, PluginError> {
         super::contract::check(plugin, &self.inner.engine, component, world)
     }
-}
-
-fn write_cache(component: &Component, path: &Path) -> anyhow::Result<()> {
-    let bytes = component.serialize()?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    // Write then rename, so a concurrent reader never sees half a file.
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
 }
