@@ -73,20 +73,11 @@ pub async fn serve(listener: TcpListener, accept: Accept) {
                     header_timeout,
                     shutdown,
                 };
-                let Some(tls) = tls else {
-                    return conn.serve_http1(client, true).await;
-                };
-                // The handshake counts against the header timeout: a client
-                // that stalls it holds a slot no longer than one that
-                // stalls its headers.
-                let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-                match tokio::time::timeout(header_timeout, acceptor.accept(client)).await {
-                    Ok(Ok(stream)) if stream.get_ref().1.alpn_protocol() == Some(b"h2") => {
-                        conn.serve_http2(stream).await;
-                    }
-                    Ok(Ok(stream)) => conn.serve_http1(stream, false).await,
-                    Ok(Err(e)) => tracing::debug!(client = %peer, "TLS handshake failed: {e}"),
-                    Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
+                match tls {
+                    None => conn.serve_http1(client, true).await,
+                    // Boxed: a TLS session's state would otherwise be
+                    // reserved in every plain connection's task.
+                    Some(tls) => Box::pin(conn.serve_tls(client, tls)).await,
                 }
             }
         })
@@ -103,6 +94,28 @@ struct Connection {
 }
 
 impl Connection {
+    /// A TLS connection: the handshake, then HTTP/2 if ALPN chose it,
+    /// else HTTP/1.x.
+    async fn serve_tls(
+        self,
+        client: metered::Metered<tokio::net::TcpStream>,
+        tls: Arc<rustls::ServerConfig>,
+    ) {
+        let (peer, header_timeout) = (self.peer, self.header_timeout);
+        // The handshake counts against the header timeout: a client that
+        // stalls it holds a slot no longer than one that stalls its
+        // headers.
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        match tokio::time::timeout(header_timeout, acceptor.accept(client)).await {
+            Ok(Ok(stream)) if stream.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                self.serve_http2(stream).await;
+            }
+            Ok(Ok(stream)) => self.serve_http1(stream, false).await,
+            Ok(Err(e)) => tracing::debug!(client = %peer, "TLS handshake failed: {e}"),
+            Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
+        }
+    }
+
     /// HTTP/1.x, by gale's own engine; `h2c`: a plain connection that may
     /// open with the HTTP/2 preface instead.
     async fn serve_http1<IO>(self, io: IO, h2c: bool)
@@ -118,7 +131,9 @@ impl Connection {
             h2c,
         );
         if let h1::Served::Http2(io, read) = client.serve().await {
-            self.serve_http2(rewind::Rewind::new(read, io)).await;
+            // Boxed: hyper's HTTP/2 connection state would otherwise be
+            // reserved in the task of every HTTP/1 connection.
+            Box::pin(self.serve_http2(rewind::Rewind::new(read, io))).await;
         }
     }
 
