@@ -176,8 +176,8 @@ pub fn canonical(addr: SocketAddr) -> SocketAddr {
 /// 6177 and SLAAC assume at least that), so counting single addresses
 /// would let it open 2^64 times the cap.
 fn client_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
+    match ip.to_canonical() {
+        ip @ IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => IpAddr::V6((v6.to_bits() & !u128::from(u64::MAX)).into()),
     }
 }

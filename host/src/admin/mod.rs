@@ -159,8 +159,7 @@ async fn serve(socket: TcpListener, admin: Arc<Admin>, token: Token, stop: Cance
                 continue;
             }
         };
-        let Some(from_client) = clients.enter(peer.ip().to_canonical(), MAX_CONNECTIONS_PER_CLIENT)
-        else {
+        let Some(from_client) = clients.enter(peer.ip(), MAX_CONNECTIONS_PER_CLIENT) else {
             tracing::debug!(client = %peer, "admin connection refused: {MAX_CONNECTIONS_PER_CLIENT} open from this client");
             continue;
         };

@@ -112,7 +112,10 @@ async fn over_udp(
     let deadline = Instant::now() + timeout;
     let mut rejected = None;
     let mut buf = vec![0u8; usize::from(UDP_PAYLOAD)];
-    for _ in 0..MAX_DATAGRAMS {
+    // Only datagrams with the query's id count towards the limit: junk
+    // sent to the port cannot end the wait before the real answer.
+    let mut candidates = 0;
+    while candidates < MAX_DATAGRAMS {
         let n = match tokio::time::timeout_at(deadline, socket.recv(&mut buf)).await {
             Ok(Ok(n)) => n,
             Ok(Err(e)) => return Err(net(e)),
@@ -122,6 +125,7 @@ async fn over_udp(
         if answer.len() < 2 || u16::from_be_bytes([answer[0], answer[1]]) != query.id {
             continue;
         }
+        candidates += 1;
         match check(&mut query, answer, name, rtype) {
             Ok(message) => return Ok(message),
             Err(e) => rejected = Some(e),

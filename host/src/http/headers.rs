@@ -37,12 +37,27 @@ const CLIENT_CLAIMS: [&str; 4] = [
     "true-client-ip",
 ];
 
+/// Whether `name` is `wanted` (lower case), in any case, and with any of
+/// its dashes written as underscores: a CGI-style gateway behind a backend
+/// maps both to `_`, so the two spellings mean the same field there.
+fn same_field_for_cgi(name: &[u8], wanted: &[u8]) -> bool {
+    wanted.len() == name.len()
+        && wanted
+            .iter()
+            .zip(name)
+            .all(|(&w, &n)| w == n.to_ascii_lowercase() || w == b'-' && n == b'_')
+}
+
 /// Whether a client's field is one gale drops because it speaks for the
-/// proxy ([`CLIENT_CLAIMS`]).
+/// proxy ([`CLIENT_CLAIMS`]), however its dashes are spelled; and
+/// `X_Forwarded_For` with underscores, which gale does not append to but
+/// which a CGI-style backend would read as the same variable, with the
+/// client's words in it.
 pub fn client_claim(name: &[u8]) -> bool {
     CLIENT_CLAIMS
         .iter()
-        .any(|c| c.as_bytes().eq_ignore_ascii_case(name))
+        .any(|c| same_field_for_cgi(name, c.as_bytes()))
+        || name.contains(&b'_') && same_field_for_cgi(name, b"x-forwarded-for")
 }
 
 /// Whether `name` spells `Content-Length` or `Transfer-Encoding` with an
@@ -52,13 +67,7 @@ pub fn client_claim(name: &[u8]) -> bool {
 /// (request smuggling). Such a request is refused.
 pub fn framing_lookalike(name: &[u8]) -> bool {
     const FRAMING: [&[u8]; 2] = [b"content-length", b"transfer-encoding"];
-    name.contains(&b'_')
-        && FRAMING.iter().any(|f| {
-            f.len() == name.len()
-                && f.iter()
-                    .zip(name)
-                    .all(|(&f, &n)| f == n.to_ascii_lowercase() || f == b'-' && n == b'_')
-        })
+    name.contains(&b'_') && FRAMING.iter().any(|f| same_field_for_cgi(name, f))
 }
 
 /// The answer's text when [`framing_lookalike`] refuses a request.
@@ -135,7 +144,14 @@ fn proto(https: bool) -> &'static str {
 /// Prepare a client's request headers for a backend.
 pub fn forward_request(headers: &mut HeaderMap, peer: &Peer, host: &str) {
     strip_hop_by_hop(headers);
-    for claim in CLIENT_CLAIMS {
+    // Any spelling of a claim (`X_Real_IP` too): one pass over the names,
+    // allocating only when a client sent one.
+    let claims: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| client_claim(k.as_str().as_bytes()))
+        .cloned()
+        .collect();
+    for claim in claims {
         headers.remove(claim);
     }
     // HTTP/2 clients send :authority instead of Host; HTTP/1.1 backends
@@ -235,6 +251,27 @@ mod tests {
         }
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn claims_are_dropped_however_their_dashes_are_spelled() {
+        for name in [
+            "X-Real-IP",
+            "x_real_ip",
+            "X_Forwarded_Proto",
+            "True_Client-IP",
+            "x_forwarded_for",
+        ] {
+            assert!(client_claim(name.as_bytes()), "{name}");
+        }
+        for name in [
+            "X-Forwarded-For",
+            "Forwarded",
+            "X-Real-IPs",
+            "content_length",
+        ] {
+            assert!(!client_claim(name.as_bytes()), "{name}");
+        }
     }
 
     #[test]

@@ -84,6 +84,17 @@ impl Proxy {
         {
             return local(StatusCode::BAD_REQUEST, headers::LOOKALIKE_REFUSED);
         }
+        // h2 refuses conflicting lengths only; hyper's HTTP/1 client would
+        // pass two equal ones on, which the HTTP/1 engine refuses too.
+        if head
+            .headers
+            .get_all(hyper::header::CONTENT_LENGTH)
+            .iter()
+            .count()
+            > 1
+        {
+            return local(StatusCode::BAD_REQUEST, "two Content-Length fields\n");
+        }
         let host = head
             .headers
             .get(HOST)

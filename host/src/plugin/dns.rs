@@ -98,8 +98,8 @@ fn check_plan(records: &mut [DnsRecord], snapshot: &DnsSnapshot) -> Result<(), C
         .find(|r| r.name.len() > 255 || r.value.len() > 255 || r.set_id.len() > 255)
     {
         return Err(CallFailure::Malformed(format!(
-            "a field of the record {:.40}... is longer than 255 bytes",
-            r.set_id
+            "a field of the record {}... is longer than 255 bytes",
+            super::state::escape_for_log(&r.set_id, 40)
         )));
     }
     Ok(())

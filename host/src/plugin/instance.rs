@@ -97,9 +97,13 @@ pub(super) struct Slot<E> {
     pub pushed: u64,
     /// A setup thread is running.
     rebuilding: bool,
-    /// Failed calls and setups since the last successful call: each one
-    /// doubles the wait before the next setup.
+    /// Failed calls and setups in a row: each one doubles the wait before
+    /// the next setup. Successes reset it only on an instance that has
+    /// lived for the longest back-off, so a plugin that answers once and
+    /// then fails on every fresh instance still backs off.
     failures: u32,
+    /// When `live` was set up.
+    live_since: Option<Instant>,
     /// No setup before this.
     retry_at: Option<Instant>,
 }
@@ -179,6 +183,7 @@ impl<E: Exports> Guest<E> {
                 pushed: 0,
                 rebuilding: false,
                 failures: 0,
+                live_since: None,
                 retry_at: None,
             }),
         });
@@ -192,7 +197,11 @@ impl<E: Exports> Guest<E> {
                 reason: f.to_string(),
             },
         })?;
-        shared.slot.lock().live = Some(first);
+        {
+            let mut slot = shared.slot.lock();
+            slot.live = Some(first);
+            slot.live_since = Some(Instant::now());
+        }
         Ok(Guest {
             name: name.into(),
             info: super::PluginInfo {
@@ -234,7 +243,11 @@ impl<E: Exports> Guest<E> {
         let failure = match f(&self.shared.runtime, live, &mut slot.pushed) {
             Ok(mut answer) => match check(&mut answer) {
                 Ok(()) => {
-                    slot.failures = 0;
+                    if slot.failures > 0
+                        && slot.live_since.is_some_and(|t| t.elapsed() >= MAX_BACKOFF)
+                    {
+                        slot.failures = 0;
+                    }
                     return Ok(answer);
                 }
                 Err(failure) => failure,
@@ -265,8 +278,9 @@ impl<E: Exports> Shared<E> {
         })?;
         match exports.init(&mut store, &self.settings) {
             Ok(Ok(())) => Ok(Live { store, exports }),
-            // The plugin's words go into logs and `/status`: bounded.
-            Ok(Err(reason)) => Err(Setup::Init(reason.chars().take(1024).collect())),
+            // The plugin's words go into logs and `/status`: escaped and
+            // bounded.
+            Ok(Err(reason)) => Err(Setup::Init(super::state::escape_for_log(&reason, 1024))),
             Err(e) => Err(Setup::Failed(CallFailure::from_call(
                 e,
                 store.data().limiter.take_hit(),
@@ -295,12 +309,20 @@ impl<E: Exports> Shared<E> {
     /// Set up a fresh instance (CPU work under the setup deadline, outside
     /// the slot's lock) and put it in the slot.
     fn rebuild(&self) {
-        let result = self.instantiate();
+        // A panic in the host while setting up is a failed setup, not a
+        // slot left "rebuilding" for ever.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.instantiate()))
+            .unwrap_or_else(|_| {
+                Err(Setup::Failed(CallFailure::Trap(
+                    "the host panicked setting up the instance".into(),
+                )))
+            });
         let mut slot = self.slot.lock();
         slot.rebuilding = false;
         match result {
             Ok(live) => {
                 slot.live = Some(live);
+                slot.live_since = Some(Instant::now());
                 slot.pushed = 0;
             }
             Err(e) => {

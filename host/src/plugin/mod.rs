@@ -144,8 +144,9 @@ impl CallFailure {
 
     /// Whether the failure is the plugin's own doing, and so counts
     /// towards rolling back the generation that loaded it. A call that
-    /// found the instance busy says nothing new: the call that held it
-    /// is counted.
+    /// found the instance busy is not: under a burst of sessions an honest
+    /// plugin's instance is busy too (a plugin slow on every call is
+    /// counted by its own deadline failures, not by these).
     pub fn is_plugins_fault(&self) -> bool {
         !matches!(self, CallFailure::Busy)
     }
@@ -158,8 +159,10 @@ impl CallFailure {
         match err.downcast_ref::<wasmtime::Trap>() {
             // Interrupt: the watchdog, from a host call.
             Some(wasmtime::Trap::OutOfFuel | wasmtime::Trap::Interrupt) => CallFailure::Deadline,
-            Some(trap) => CallFailure::Trap(trap.to_string()),
-            None => CallFailure::Trap(format!("{err:#}")),
+            // A backtrace names the guest's functions, which the plugin
+            // chose: escaped like its log lines.
+            Some(trap) => CallFailure::Trap(state::escape_for_log(&trap.to_string(), 1024)),
+            None => CallFailure::Trap(state::escape_for_log(&format!("{err:#}"), 1024)),
         }
     }
 }

@@ -286,7 +286,8 @@ impl ResourceLimiter for MemoryCap {
 /// (newlines, ANSI escape sequences) and the Unicode controls that reorder
 /// or hide text are written as escapes, so a plugin cannot start a forged
 /// line, recolour or clear a terminal, or make text read backwards; and
-/// the result is cut to about `max` bytes.
+/// the result is cut to about `max` bytes. A backslash is doubled, so an
+/// escape in the output always means a character the plugin wrote.
 pub fn escape_for_log(text: &str, max: usize) -> String {
     let mut out = String::with_capacity(text.len().min(max) + 3);
     for c in text.chars() {
@@ -295,7 +296,7 @@ pub fn escape_for_log(text: &str, max: usize) -> String {
             break;
         }
         let hidden = matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{feff}');
-        if c.is_control() || hidden {
+        if c.is_control() || hidden || c == '\\' {
             out.extend(c.escape_default());
         } else {
             out.push(c);
@@ -368,6 +369,14 @@ impl PluginState {
 
 impl types::Host for PluginState {}
 
+/// `text` escaped for a log line and in double quotes, with its own
+/// quotes escaped: a plugin cannot make one field look like two.
+fn quoted(out: &mut String, text: &str, max: usize) {
+    out.push('"');
+    out.push_str(&escape_for_log(text, max).replace('"', "\\\""));
+    out.push('"');
+}
+
 fn enabled(level: Level) -> bool {
     match level {
         Level::Trace => tracing::enabled!(target: "gale::plugin", tracing::Level::TRACE),
@@ -402,13 +411,14 @@ impl host::Host for PluginState {
             if !fields_text.is_empty() {
                 fields_text.push(' ');
             }
-            fields_text.push_str(&escape_for_log(k, 128));
-            fields_text.push_str("=\"");
-            fields_text.push_str(&escape_for_log(v, MAX_LOG_BYTES).replace('"', "\\\""));
-            fields_text.push('"');
+            quoted(&mut fields_text, k, 128);
+            fields_text.push('=');
+            let room = MAX_LOG_BYTES.saturating_sub(fields_text.len()).max(16);
+            quoted(&mut fields_text, v, room);
         }
         let message = escape_for_log(&message, MAX_LOG_BYTES);
-        let fields = escape_for_log(&fields_text, MAX_LOG_BYTES);
+        // Already escaped and quoted: written as it is, not quoted again.
+        let fields = tracing::field::display(fields_text);
         let plugin = &*self.plugin;
         match level {
             Level::Trace => {
@@ -472,6 +482,8 @@ mod tests {
             "ok\\n2026 INFO gale: admin token accepted\\u{1b}[2J\\u{202e}"
         );
         assert!(escape_for_log(&"é".repeat(2000), 1024).len() <= 1024 + 4);
+        // A backslash of the plugin's cannot pass for an escape of gale's.
+        assert_eq!(escape_for_log("a\\nb", 64), "a\\\\nb");
     }
 
     #[test]
