@@ -438,9 +438,10 @@ fn under_faults_mail_is_deferred_never_lost_and_gale_stays_flat() {
     let fds_after = descriptors(pid);
     let after = (rss(pid), fds_after.len());
     // What the descriptors are: sockets (listeners, idle pooled backend
-    // connections), compiled plugin code mapped from the cache (one per
-    // plugin of each generation alive: the running one, the previous one
-    // kept for a rollback during `rollback_window`), anything else.
+    // connections), compiled plugin code mapped from cache files (none
+    // since cache entries are verified and loaded from memory; the bound
+    // below catches code mapped from files piling up again), anything
+    // else.
     let kinds = |fds: &[String]| {
         let sockets = fds.iter().filter(|f| f.starts_with("socket:")).count();
         let code = fds.iter().filter(|f| f.ends_with(".cwasm")).count();
