@@ -57,7 +57,7 @@ impl BalancerPlugin {
     }
 
     pub fn name(&self) -> &str {
-        &self.guest.name
+        self.guest.name()
     }
 
     /// Which build runs, for `/status`.

@@ -38,7 +38,7 @@ impl DnsPlugin {
     }
 
     pub fn name(&self) -> &str {
-        &self.guest.name
+        self.guest.name()
     }
 
     /// Which build runs, for `/status`.

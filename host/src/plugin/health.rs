@@ -27,7 +27,7 @@ impl HealthPlugin {
     }
 
     pub fn name(&self) -> &str {
-        &self.guest.name
+        self.guest.name()
     }
 
     /// Which build runs, for `/status`.

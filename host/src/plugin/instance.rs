@@ -121,7 +121,6 @@ struct Shared<E: Exports> {
 }
 
 pub(super) struct Guest<E: Exports> {
-    pub name: Arc<str>,
     pub info: super::PluginInfo,
     /// What one call may spend.
     pub budget: Budget,
@@ -147,6 +146,11 @@ fn backoff(failures: u32) -> Duration {
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 impl<E: Exports> Guest<E> {
+    /// For log lines: "<pool>/<hook> (<source>)".
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
     /// Compile (or load from cache), check the world, pre-instantiate, and
     /// start one instance with its settings. Blocking.
     pub fn load(
@@ -203,7 +207,6 @@ impl<E: Exports> Guest<E> {
             slot.live_since = Some(Instant::now());
         }
         Ok(Guest {
-            name: name.into(),
             info: super::PluginInfo {
                 source: spec.source.to_string(),
                 contract: export.name,
