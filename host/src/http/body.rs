@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 
 use super::upstream::Lease;
@@ -192,7 +194,70 @@ impl Drop for UpstreamBody {
 /// wrote itself (errors).
 pub enum ProxyBody {
     Upstream(UpstreamBody),
-    Local(Option<Bytes>),
+    Local(LocalBody),
+}
+
+/// A short text gale wrote itself, to a request whose body may still be
+/// arriving. Dropping that body early makes HTTP/2 reset the stream: with
+/// `CANCEL` before the response has ended, which discards the response,
+/// and with `NO_ERROR` after it (RFC 9113 §8.1), which some clients
+/// (curl 7.88) still report as a stream error. So the body is kept until
+/// the text has been sent, then read and discarded, as nginx discards an
+/// unread request body, up to [`DRAIN_LIMIT`] bytes within [`DRAIN_TIME`].
+pub struct LocalBody {
+    text: Option<Bytes>,
+    request: Option<UnsyncBoxBody<Bytes, BoxError>>,
+}
+
+/// How much of a refused request's body is read so the client can finish
+/// sending it; a longer one is reset (`NO_ERROR`) after the reply.
+const DRAIN_LIMIT: usize = 4 << 20;
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+
+impl LocalBody {
+    pub fn new(text: &'static str) -> Self {
+        LocalBody {
+            text: Some(Bytes::from_static(text.as_bytes())),
+            request: None,
+        }
+    }
+
+    /// Keep the request's body until this is dropped, then drain it.
+    pub fn draining<B>(mut self, request: B) -> Self
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        self.request = Some(UnsyncBoxBody::new(request.map_err(Into::into)));
+        self
+    }
+}
+
+impl Drop for LocalBody {
+    fn drop(&mut self) {
+        let Some(mut request) = self.request.take() else {
+            return;
+        };
+        if request.is_end_stream() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let drain = async {
+                let mut left = DRAIN_LIMIT;
+                while let Some(Ok(frame)) = request.frame().await {
+                    let read = frame.data_ref().map_or(0, Bytes::len);
+                    left = left.saturating_sub(read);
+                    if left == 0 {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+        });
+    }
 }
 
 impl Body for ProxyBody {
@@ -211,22 +276,22 @@ impl Body for ProxyBody {
                 }
                 frame
             }
-            ProxyBody::Local(text) => Poll::Ready(text.take().map(|t| Ok(Frame::data(t)))),
+            ProxyBody::Local(local) => Poll::Ready(local.text.take().map(|t| Ok(Frame::data(t)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Upstream(up) => up.body.is_end_stream(),
-            ProxyBody::Local(text) => text.is_none(),
+            ProxyBody::Local(local) => local.text.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             ProxyBody::Upstream(up) => up.body.size_hint(),
-            ProxyBody::Local(text) => {
-                SizeHint::with_exact(text.as_ref().map_or(0, |t| t.len() as u64))
+            ProxyBody::Local(local) => {
+                SizeHint::with_exact(local.text.as_ref().map_or(0, |t| t.len() as u64))
             }
         }
     }

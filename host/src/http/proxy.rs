@@ -13,14 +13,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::body::{Active, Idle, ProxyBody, SharedBody, UpstreamBody};
+use super::body::{Active, BoxError, Idle, LocalBody, ProxyBody, SharedBody, UpstreamBody};
 use super::headers::{self, Peer};
 use super::upstream::{Failure, Upstreams};
 use crate::config::ListenerConfig;
 use crate::generation::{Generation, ip_address};
 use crate::plugin::types::{HttpRequest, Protocol, RequestContext};
 use arc_swap::ArcSwap;
-use hyper::body::{Bytes, Incoming};
+use hyper::body::{Body, Bytes, Incoming};
 use hyper::header::{CONTENT_TYPE, HOST, HeaderValue, RETRY_AFTER};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 
@@ -66,9 +66,10 @@ impl Proxy {
         // reloads.
         let generation = self.current.load_full();
         let Some(l) = generation.config.listener(&self.name) else {
-            return local(
+            return refuse(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "listener is being removed\n",
+                req.into_body(),
             );
         };
         let pool = &generation.pools[l.pool];
@@ -82,7 +83,7 @@ impl Proxy {
             .keys()
             .any(|k| headers::framing_lookalike(k.as_str().as_bytes()))
         {
-            return local(StatusCode::BAD_REQUEST, headers::LOOKALIKE_REFUSED);
+            return refuse(StatusCode::BAD_REQUEST, headers::LOOKALIKE_REFUSED, body);
         }
         // h2 refuses conflicting lengths only; hyper's HTTP/1 client would
         // pass two equal ones on, which the HTTP/1 engine refuses too.
@@ -93,7 +94,7 @@ impl Proxy {
             .count()
             > 1
         {
-            return local(StatusCode::BAD_REQUEST, "two Content-Length fields\n");
+            return refuse(StatusCode::BAD_REQUEST, "two Content-Length fields\n", body);
         }
         let host = head
             .headers
@@ -208,7 +209,7 @@ impl Proxy {
                     &tried,
                     started,
                 );
-                return local(status, text);
+                return refuse(status, text, body);
             }
         }
         let status = if reached_a_backend {
@@ -226,9 +227,17 @@ impl Proxy {
             started,
         );
         if reached_a_backend {
-            return local(status, "every backend tried failed before responding\n");
+            return refuse(
+                status,
+                "every backend tried failed before responding\n",
+                body,
+            );
         }
-        let mut reply = local(status, "no backend can take the request, try again later\n");
+        let mut reply = refuse(
+            status,
+            "no backend can take the request, try again later\n",
+            body,
+        );
         reply
             .headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
@@ -281,9 +290,14 @@ pub(super) fn log_failure(
     );
 }
 
-/// A response gale writes itself.
-pub fn local(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
-    let mut reply = Response::new(ProxyBody::Local(Some(Bytes::from_static(text.as_bytes()))));
+/// A response gale writes itself, to a request whose body may still be
+/// arriving: see [`LocalBody`].
+fn refuse<B>(status: StatusCode, text: &'static str, request: B) -> Response<ProxyBody>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let mut reply = Response::new(ProxyBody::Local(LocalBody::new(text).draining(request)));
     *reply.status_mut() = status;
     reply.headers_mut().insert(
         CONTENT_TYPE,
