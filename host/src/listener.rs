@@ -78,11 +78,10 @@ impl Accept {
                 self.refuse(client, peer);
                 continue;
             };
-            let slot = slots.take();
-            let task = connection(client, peer);
-            self.sessions.spawn(async move {
-                task.await;
-                drop((slot, from_client));
+            self.sessions.spawn(Held {
+                task: connection(client, peer),
+                _slot: slots.take(),
+                _client: from_client,
             });
         }
         tracing::info!(listener = %self.name, "listener stopped accepting");
@@ -162,6 +161,31 @@ impl Drop for Slot {
     fn drop(&mut self) {
         self.0.taken.fetch_sub(1, Ordering::AcqRel);
         self.0.freed.notify_one();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A connection's task holding its places in the listener's limits,
+    /// which are freed when the task ends. A struct rather than
+    /// `async move { task.await; drop(places) }`: that block holds the
+    /// connection's future twice (once captured, once awaited), which
+    /// doubled what every idle connection costs.
+    struct Held<F> {
+        #[pin]
+        task: F,
+        _slot: Slot,
+        _client: FromClient,
+    }
+}
+
+impl<F: Future> Future for Held<F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        self.project().task.poll(cx)
     }
 }
 

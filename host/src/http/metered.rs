@@ -30,6 +30,12 @@ impl<IO> Metered<IO> {
     }
 }
 
+impl<IO> Metered<IO> {
+    pub fn get_ref(&self) -> &IO {
+        &self.inner
+    }
+}
+
 fn add(held: &mut (u64, Counter), n: usize) {
     held.0 += n as u64;
     if held.0 >= FLUSH_AT {

@@ -17,12 +17,14 @@ mod proxy;
 mod rewind;
 mod upstream;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpListener;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
 use crate::listener::Accept;
@@ -63,22 +65,18 @@ pub async fn serve(listener: TcpListener, accept: Accept) {
                 }
                 None => metered::Metered::new(client, Counter::default(), Counter::default()),
             };
-            let proxy = proxy.clone();
-            let shutdown = shutdown.clone();
-            async move {
-                let conn = Connection {
-                    proxy,
-                    peer,
-                    https: tls.is_some(),
-                    header_timeout,
-                    shutdown,
-                };
-                match tls {
-                    None => conn.serve_http1(client, true).await,
-                    // Boxed: a TLS session's state would otherwise be
-                    // reserved in every plain connection's task.
-                    Some(tls) => Box::pin(conn.serve_tls(client, tls)).await,
-                }
+            let conn = Connection {
+                proxy: proxy.clone(),
+                peer,
+                https: tls.is_some(),
+                header_timeout,
+                shutdown: shutdown.clone(),
+            };
+            match tls {
+                None => Either::Left(conn.serve_http1(client, true)),
+                // Boxed: a TLS session's state would otherwise be
+                // reserved in every plain connection's task.
+                Some(tls) => Either::Right(Box::pin(conn.serve_tls(client, tls))),
             }
         })
         .await;
@@ -117,12 +115,14 @@ impl Connection {
     }
 
     /// HTTP/1.x, by gale's own engine; `h2c`: a plain connection that may
-    /// open with the HTTP/2 preface instead.
-    async fn serve_http1<IO>(self, io: IO, h2c: bool)
+    /// open with the HTTP/2 preface instead. Not an `async fn`: its future
+    /// would keep its arguments beside the client made of them, in every
+    /// idle connection's task.
+    fn serve_http1<IO>(self, io: IO, h2c: bool) -> impl Future<Output = ()> + Send
     where
-        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + h1::Readable + Unpin + Send + 'static,
     {
-        let client = h1::Client::new(
+        let mut client = h1::Client::new(
             io,
             headers::Peer::new(self.peer, self.https),
             self.proxy.clone(),
@@ -130,10 +130,13 @@ impl Connection {
             self.shutdown.clone(),
             h2c,
         );
-        if let h1::Served::Http2(io, read) = client.serve().await {
-            // Boxed: hyper's HTTP/2 connection state would otherwise be
-            // reserved in the task of every HTTP/1 connection.
-            Box::pin(self.serve_http2(rewind::Rewind::new(read, io))).await;
+        async move {
+            if let h1::Served::Http2 = client.serve().await {
+                let (io, read) = client.into_http2();
+                // Boxed: hyper's HTTP/2 connection state would otherwise
+                // be reserved in the task of every HTTP/1 connection.
+                Box::pin(self.serve_http2(rewind::Rewind::new(read, io))).await;
+            }
         }
     }
 

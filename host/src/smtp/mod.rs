@@ -36,12 +36,9 @@ pub async fn serve(listener: TcpListener, accept: Accept) {
                 .listeners
                 .iter()
                 .position(|l| l.name == name);
-            async move {
-                // A listener the generation no longer has is being retired.
-                if let Some(index) = index {
-                    session::run(client, peer, generation, index).await;
-                }
-            }
+            // The session's future itself, not one wrapped in a block
+            // that would hold its arguments a second time.
+            session::run(client, peer, generation, index)
         })
         .await;
 }

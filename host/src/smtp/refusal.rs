@@ -62,7 +62,9 @@ pub async fn refuse(mut client: TcpStream, reply: &str) -> bool {
 /// passed or [`DRAIN_BYTES`] have come.
 async fn drain(client: &mut TcpStream) {
     let deadline = Instant::now() + DRAIN_TIME;
-    let mut buf = [0u8; 4096];
+    // On the heap: a buffer in the future would be reserved in every
+    // session's task, refused or not.
+    let mut buf = vec![0u8; 4096];
     let mut left = DRAIN_BYTES;
     while left > 0 {
         match timeout_at(deadline, client.read(&mut buf)).await {

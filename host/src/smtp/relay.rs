@@ -7,6 +7,7 @@
 //! session is a long series of tiny reads and writes, so the per-step
 //! overhead is what the proxy's CPU per message is made of.
 
+use std::cell::RefCell;
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -31,15 +32,11 @@ pub struct Outcome {
 /// after its last byte, and a busy one costs no timer work per byte.
 const CHECKS: u32 = 8;
 
-/// Copy `client` <-> `upstream` with `buffer` bytes per direction.
-pub async fn relay(
-    client: &mut TcpStream,
-    upstream: &mut TcpStream,
-    buffer: usize,
-    idle: Duration,
-) -> Outcome {
-    let mut up = Direction::new(buffer, "backend");
-    let mut down = Direction::new(buffer, "client");
+/// Copy `client` <-> `upstream` until both have closed, or nothing moved
+/// for `idle`.
+pub async fn relay(client: &mut TcpStream, upstream: &mut TcpStream, idle: Duration) -> Outcome {
+    let mut up = Direction::new("backend");
+    let mut down = Direction::new("client");
     // Timers have millisecond resolution.
     let check_every = (idle / CHECKS).max(Duration::from_millis(1));
     let timer = tokio::time::sleep(check_every);
@@ -104,12 +101,23 @@ pub async fn relay(
     }
 }
 
+/// Bytes read at once. Every relay on a worker thread reads into that
+/// thread's one scratch buffer and writes at once to the other side; a
+/// direction holds a buffer of its own only while that side lags behind.
+/// An idle session (and SMTP sessions are idle most of the time, waiting
+/// on the client or the MTA) then holds no relay buffer at all.
+const READ_SIZE: usize = 16 * 1024;
+
+thread_local! {
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_SIZE].into_boxed_slice());
+}
+
 /// One direction of the relay.
 struct Direction {
-    buf: Box<[u8]>,
-    /// `buf[pos..cap]` has been read and not yet written.
+    /// Read, not yet taken by the writer: `pending[pos..]`. Empty (and
+    /// unallocated) unless the last write fell short.
+    pending: Vec<u8>,
     pos: usize,
-    cap: usize,
     read_done: bool,
     /// The close has been passed on: nothing more to do.
     finished: bool,
@@ -119,11 +127,10 @@ struct Direction {
 }
 
 impl Direction {
-    fn new(size: usize, writer: &'static str) -> Self {
+    fn new(writer: &'static str) -> Self {
         Direction {
-            buf: vec![0; size].into_boxed_slice(),
+            pending: Vec::new(),
             pos: 0,
-            cap: 0,
             read_done: false,
             finished: false,
             bytes: 0,
@@ -132,7 +139,32 @@ impl Direction {
     }
 
     fn has_pending(&self) -> bool {
-        self.pos < self.cap
+        self.pos < self.pending.len()
+    }
+
+    /// Write as much of `data` to `to` as it takes now: the count, or the
+    /// error that ends this direction.
+    fn write_now(
+        &mut self,
+        cx: &mut Context<'_>,
+        to: &mut TcpStream,
+        data: &[u8],
+        moved: &mut bool,
+    ) -> Result<usize, String> {
+        let mut written = 0;
+        while written < data.len() {
+            match Pin::new(&mut *to).poll_write(cx, &data[written..]) {
+                Poll::Pending => break,
+                Poll::Ready(Ok(0)) => return Err(format!("{} write: wrote 0 bytes", self.writer)),
+                Poll::Ready(Ok(n)) => {
+                    written += n;
+                    self.bytes += n as u64;
+                    *moved = true;
+                }
+                Poll::Ready(Err(e)) => return Err(format!("{} write: {e}", self.writer)),
+            }
+        }
+        Ok(written)
     }
 
     /// Move everything `from` has to offer into `to`. Ready(Ok) once `from`
@@ -149,19 +181,17 @@ impl Direction {
             return Poll::Ready(Ok(()));
         }
         loop {
-            while self.has_pending() {
-                let chunk = &self.buf[self.pos..self.cap];
-                match ready!(Pin::new(&mut *to).poll_write(cx, chunk)) {
-                    Ok(0) => {
-                        return Poll::Ready(Err(format!("{} write: wrote 0 bytes", self.writer)));
-                    }
-                    Ok(n) => {
-                        self.pos += n;
-                        self.bytes += n as u64;
-                        *moved = true;
-                    }
-                    Err(e) => return Poll::Ready(Err(format!("{} write: {e}", self.writer))),
+            if self.has_pending() {
+                let pending = std::mem::take(&mut self.pending);
+                let written = self.write_now(cx, to, &pending[self.pos..], moved);
+                self.pending = pending;
+                self.pos += written?;
+                if self.has_pending() {
+                    return Poll::Pending;
                 }
+                // Caught up: the buffer goes until the writer lags again.
+                self.pending = Vec::new();
+                self.pos = 0;
             }
             if self.read_done {
                 // The other side reads nothing more once this one closed;
@@ -170,15 +200,24 @@ impl Direction {
                 self.finished = true;
                 return Poll::Ready(Ok(()));
             }
-            let mut rb = ReadBuf::new(&mut self.buf);
-            match ready!(Pin::new(&mut *from).poll_read(cx, &mut rb)) {
-                Ok(()) if rb.filled().is_empty() => self.read_done = true,
-                Ok(()) => {
-                    self.cap = rb.filled().len();
-                    self.pos = 0;
+            let step: Poll<Result<(), String>> = SCRATCH.with_borrow_mut(|scratch| {
+                let mut rb = ReadBuf::new(scratch);
+                match Pin::new(&mut *from).poll_read(cx, &mut rb) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(())) if !rb.filled().is_empty() => {}
+                    Poll::Ready(_) => {
+                        self.read_done = true;
+                        return Poll::Ready(Ok(()));
+                    }
                 }
-                Err(_) => self.read_done = true,
-            }
+                let read = rb.filled();
+                let written = self.write_now(cx, to, read, moved)?;
+                if written < read.len() {
+                    self.pending = read[written..].to_vec();
+                }
+                Poll::Ready(Ok(()))
+            });
+            ready!(step)?;
         }
     }
 }

@@ -104,17 +104,18 @@ pub fn parse(buf: &[u8]) -> Result<Parsed, ReplyError> {
 
 /// Read one reply from `stream` (callers bound the time).
 pub async fn read_reply<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Reply, ReplyError> {
+    // Read straight into the reply's own buffer: a chunk on the stack
+    // would be reserved in the future of every session that waits here.
     let mut buf = Vec::with_capacity(512);
-    let mut chunk = [0u8; 2048];
     loop {
+        buf.reserve(512);
         let n = stream
-            .read(&mut chunk)
+            .read_buf(&mut buf)
             .await
             .map_err(|e| ReplyError::Io(e.to_string()))?;
         if n == 0 {
             return Err(ReplyError::Closed);
         }
-        buf.extend_from_slice(&chunk[..n]);
         if let Parsed::Complete { code, len } = parse(&buf)? {
             let rest = buf.split_off(len);
             return Ok(Reply {

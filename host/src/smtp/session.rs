@@ -71,12 +71,17 @@ impl Drop for Counted<'_> {
     }
 }
 
+/// Serve one client of the generation's listener number `listener`
+/// (`None`: a listener the generation no longer has, being retired).
 pub async fn run(
     mut client: TcpStream,
     peer: SocketAddr,
     generation: Arc<Generation>,
-    listener: usize,
+    listener: Option<usize>,
 ) {
+    let Some(listener) = listener else {
+        return;
+    };
     let started = Instant::now();
     let l: &ListenerConfig = &generation.config.listeners[listener];
     let pool: &Arc<Pool> = &generation.pools[l.pool];
@@ -148,7 +153,7 @@ pub async fn run(
                 }
                 counters.relayed.inc();
                 pool.count_session(id);
-                let outcome = join(&mut client, &mut upstream, &greeting, l.idle_timeout).await;
+                let outcome = join(&mut client, &mut upstream, greeting, l.idle_timeout).await;
                 counters.bytes_up.inc_by(outcome.up);
                 counters.bytes_down.inc_by(outcome.down);
                 let end = outcome.error.as_deref().unwrap_or("closed");
@@ -257,7 +262,7 @@ async fn connect(address: SocketAddr, limit: Duration) -> Result<TcpStream, Atte
 async fn join(
     client: &mut TcpStream,
     upstream: &mut TcpStream,
-    greeting: &super::reply::Reply,
+    greeting: super::reply::Reply,
     idle: Duration,
 ) -> relay::Outcome {
     let greeted = async {
@@ -271,10 +276,11 @@ async fn join(
             error: Some(e),
         };
     }
-    // SMTP commands are small; 8 KiB per direction still moves DATA in
-    // few reads and keeps a quiet session's footprint down.
-    let mut outcome = relay::relay(client, upstream, 8 * 1024, idle).await;
-    outcome.down += (greeting.raw.len() + greeting.rest.len()) as u64;
+    let sent = (greeting.raw.len() + greeting.rest.len()) as u64;
+    // Not kept for a session that may stay open for minutes.
+    drop(greeting);
+    let mut outcome = relay::relay(client, upstream, idle).await;
+    outcome.down += sent;
     outcome
 }
 

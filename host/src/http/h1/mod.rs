@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +35,7 @@ use head::{Framing, Refusal};
 use super::MAX_HEADER_BYTES;
 use super::body::Active;
 use super::headers::Peer;
+use super::metered::Metered;
 use super::proxy::{Proxy, RETRY_AFTER_SECS, is_idempotent, log_failure, loggable};
 use crate::config::ListenerConfig;
 use crate::generation::ip_address;
@@ -41,10 +43,8 @@ use crate::plugin::types::{HttpRequest, Protocol, RequestContext};
 
 /// Read size for client heads and bodies.
 const READ_SIZE: usize = 16 * 1024;
-/// Read size while a connection waits for its next request with nothing
-/// buffered: enough for a typical head in one read, small enough that an
-/// idle kept-alive connection costs about this much (the buffer is
-/// allocated before the read that waits).
+/// Read size for the first bytes of a request (allocated once they have
+/// come): enough for a typical head in one read.
 const IDLE_READ_SIZE: usize = 1024;
 /// Read size for backend responses: a head and a 16 KiB body arrive in
 /// one read.
@@ -57,10 +57,35 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const LINGER: Duration = Duration::from_secs(1);
 
 /// How a client connection ended.
-pub enum Served<IO> {
+pub enum Served {
     Closed,
-    /// The client opened with the HTTP/2 preface: these bytes were read.
-    Http2(IO, BytesMut),
+    /// The client opened with the HTTP/2 preface: [`Client::into_http2`]
+    /// gives back the connection and the bytes read.
+    Http2,
+}
+
+/// A client stream that can wait until bytes arrive without a buffer to
+/// read them into, so that a connection waiting for its next request
+/// holds no read buffer at all.
+pub trait Readable {
+    /// Ready when a read may find bytes (or an error, or the end).
+    fn readable(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+impl Readable for Metered<TcpStream> {
+    async fn readable(&mut self) {
+        let _ = self.get_ref().readable().await;
+    }
+}
+
+impl Readable for tokio_rustls::server::TlsStream<Metered<TcpStream>> {
+    async fn readable(&mut self) {
+        let (tcp, tls) = self.get_ref();
+        // Plaintext rustls holds already is waiting to be read.
+        if tls.wants_read() {
+            let _ = tcp.get_ref().readable().await;
+        }
+    }
 }
 
 /// One client connection speaking HTTP/1.x.
@@ -108,7 +133,7 @@ enum BodyError {
     Backend(String),
 }
 
-impl<IO: AsyncRead + AsyncWrite + Unpin> Client<IO> {
+impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
     pub fn new(
         io: IO,
         peer: Peer,
@@ -137,15 +162,17 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Client<IO> {
     }
 
     /// Serve requests until the client closes, an error closes the
-    /// connection, or shutdown (after the request in flight).
-    pub async fn serve(mut self) -> Served<IO> {
+    /// connection, or shutdown (after the request in flight). By
+    /// reference: a future that owned the client would hold it twice, as
+    /// its argument and as its local.
+    pub async fn serve(&mut self) -> Served {
         let cancelled = self.shutdown.clone().cancelled_owned();
         tokio::pin!(cancelled);
         loop {
             match self.read_head(cancelled.as_mut()).await {
                 Ok(Next::Request) => {}
                 Ok(Next::Closed) => break,
-                Ok(Next::Http2) => return Served::Http2(self.io, self.buf),
+                Ok(Next::Http2) => return Served::Http2,
                 Err(refusal) => {
                     self.refuse(refusal, "").await;
                     break;
@@ -168,6 +195,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Client<IO> {
         }
         self.close().await;
         Served::Closed
+    }
+
+    /// After [`Served::Http2`]: the connection and the bytes read from it.
+    pub fn into_http2(self) -> (IO, BytesMut) {
+        (self.io, self.buf)
     }
 
     /// Between requests: give back the buffers of the last exchange, so a
@@ -212,6 +244,18 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Client<IO> {
                 return Err(Refusal::TooLarge);
             }
             scanned = self.buf.len();
+            if self.buf.is_empty() {
+                // Waiting for a request: no buffer until bytes come.
+                let ready = tokio::select! {
+                    biased;
+                    r = tokio::time::timeout_at(deadline, self.io.readable()) => r,
+                    _ = cancelled.as_mut() => return Ok(Next::Closed),
+                };
+                if ready.is_err() {
+                    // An idle kept-alive connection just closes.
+                    return Ok(Next::Closed);
+                }
+            }
             self.buf.reserve(if self.buf.is_empty() {
                 IDLE_READ_SIZE
             } else {
