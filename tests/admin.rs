@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
 use support::client::send_mail;
-use support::process::{Gale, SmtpSink, curl, free_port};
+use support::process::{Gale, SmtpSink, curl, free_port, scrape, value};
 
 /// One SMTP listener on pool `mta` with `backends` (name, address, extra
 /// backend keys), `pool` extra keys, and the admin listener.
@@ -523,29 +523,6 @@ fn gale_status_prints_the_running_state_as_tables() {
     let json = run(&["--token", "s3cret", "--json"]);
     let doc: Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(doc["pools"][0]["backends"][1]["healthy"], false);
-}
-
-/// Every sample of `/metrics`, parsed by a Prometheus text parser.
-fn scrape(gale: &Gale) -> Vec<prometheus_parse::Sample> {
-    let (code, body) = curl(&[&url(gale, "/metrics")]);
-    assert_eq!(code, 200, "{body}");
-    let lines = body.lines().map(|l| Ok(l.to_string()));
-    prometheus_parse::Scrape::parse(lines).unwrap().samples
-}
-
-/// The value of `metric` with exactly `labels` (0 when absent).
-fn value(samples: &[prometheus_parse::Sample], metric: &str, labels: &[(&str, &str)]) -> f64 {
-    samples
-        .iter()
-        .filter(|s| s.metric == metric)
-        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match &s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => *v,
-            other => panic!("{metric}: not a number: {other:?}"),
-        })
-        .sum()
 }
 
 #[test]

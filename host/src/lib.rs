@@ -19,6 +19,7 @@
 //! - [`reload`]: builds the next generation on SIGHUP or a file change.
 
 pub mod admin;
+pub mod buffers;
 pub mod config;
 pub mod demo;
 pub mod dns;

@@ -23,6 +23,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::buffers::Buffers;
 use crate::generation::Generation;
 
 pub struct Accept {
@@ -31,6 +32,8 @@ pub struct Accept {
     pub current: Arc<ArcSwap<Generation>>,
     pub sessions: TaskTracker,
     pub shutdown: CancellationToken,
+    /// What the listener's connections hold in buffers.
+    pub buffers: Buffers,
 }
 
 impl Accept {
@@ -53,6 +56,13 @@ impl Accept {
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
                 _ = slots.wait_below(|| self.max_sessions()) => {}
+            }
+            // Past max_buffer_mb too (the connections have most of the
+            // listener's memory in hand already).
+            self.buffers.set_limit(self.max_buffer());
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                _ = self.buffers.wait_for_room() => {}
             }
             let accepted = tokio::select! {
                 _ = self.shutdown.cancelled() => break,
@@ -113,6 +123,15 @@ impl Accept {
         self.sessions.spawn(async move {
             crate::smtp::refusal::refuse(client, &reply).await;
         });
+    }
+
+    /// The listener's `max_buffer_mb` in the current generation, in bytes.
+    fn max_buffer(&self) -> Option<u64> {
+        self.current
+            .load()
+            .config
+            .listener(&self.name)
+            .and_then(|l| l.max_buffer)
     }
 
     /// The listener's `max_sessions` in the current generation.

@@ -138,6 +138,8 @@ pub struct Metrics {
     pub backend_failures: Family<FailureLabels, Counter>,
     /// Attempts after the first within one session or request.
     pub retries: Family<ListenerLabels, Counter>,
+    /// Bytes a listener's connections hold in buffers (see `buffers`).
+    pub listener_buffers: Family<ListenerLabels, Gauge>,
     pub probes: Family<ProbeLabels, Counter>,
     pub plugin_call_seconds: Family<PluginLabels, Histogram>,
     pub dns_updates: Family<DnsLabels, Counter>,
@@ -245,6 +247,12 @@ impl Metrics {
             "Attempts at a further backend within one session or request",
             retries.clone(),
         );
+        let listener_buffers = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "listener_buffer_bytes",
+            "Bytes a listener's connections hold in buffers, counted against its max_buffer_mb",
+            listener_buffers.clone(),
+        );
         let probes = Family::<ProbeLabels, Counter>::default();
         registry.register("probes", "Health probe results by backend", probes.clone());
         let plugin_call_seconds = Family::<PluginLabels, Histogram>::new_with_constructor(|| {
@@ -279,6 +287,7 @@ impl Metrics {
             backend_sessions,
             backend_failures,
             retries,
+            listener_buffers,
             probes,
             plugin_call_seconds,
             dns_updates,

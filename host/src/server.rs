@@ -189,6 +189,16 @@ impl Server {
                 current: self.current.clone(),
                 sessions: self.sessions.clone(),
                 shutdown: b.stop.clone(),
+                buffers: crate::buffers::Buffers::new(
+                    self.current
+                        .load()
+                        .metrics
+                        .listener_buffers
+                        .get_or_create(&crate::metrics::ListenerLabels {
+                            listener: b.name.clone(),
+                        })
+                        .clone(),
+                ),
             };
             match b.protocol {
                 Protocol::Smtp => self.background.spawn(crate::smtp::serve(socket, accept)),

@@ -76,6 +76,23 @@ impl Gale {
         Gale::launch_limited("run", config, dir, Some(nofile))
     }
 
+    /// Like [`Gale::start`], with its plugins compiled beforehand (by
+    /// `gale check` into the same cache), so that what compiling them
+    /// takes is not part of the running gale's memory.
+    pub fn start_warm(toml: &str) -> Gale {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("gale.toml");
+        std::fs::write(&config, toml).unwrap();
+        let check = Command::new(env!("CARGO_BIN_EXE_gale"))
+            .args(["check", "--config"])
+            .arg(&config)
+            .env("GALE_CACHE_DIR", dir.path().join("cache"))
+            .output()
+            .unwrap();
+        assert!(check.status.success(), "gale check: {check:?}");
+        Gale::launch("run", config, dir)
+    }
+
     /// Start `gale demo` on `config` (demo backends in the process).
     pub fn demo(config: &Path) -> Gale {
         Gale::launch("demo", config.to_path_buf(), tempfile::tempdir().unwrap())
@@ -470,4 +487,28 @@ pub fn curl_output(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// Every sample of `gale`'s `/metrics`, parsed by a Prometheus text parser
+/// (its admin API must be on).
+pub fn scrape(gale: &Gale) -> Vec<prometheus_parse::Sample> {
+    let (code, body) = curl(&[&format!("http://{}/metrics", gale.admin_address())]);
+    assert_eq!(code, 200, "{body}");
+    let lines = body.lines().map(|l| Ok(l.to_string()));
+    prometheus_parse::Scrape::parse(lines).unwrap().samples
+}
+
+/// The value of `metric` with exactly `labels` (0 when absent).
+pub fn value(samples: &[prometheus_parse::Sample], metric: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.metric == metric)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
+            other => panic!("{metric}: not a number: {other:?}"),
+        })
+        .sum()
 }

@@ -206,6 +206,9 @@ pub struct ListenerSection {
     pub max_sessions: Option<u32>,
     /// `max_sessions_per_client`: sessions open at once from one client IP.
     pub max_sessions_per_client: Option<u32>,
+    /// `max_buffer_mb`: what the listener's connections may hold in
+    /// buffers, in MiB (unlimited when unset).
+    pub max_buffer_mb: Option<Spanned<u64>>,
     /// `max_attempts`: backends tried for one session before 421.
     pub max_attempts: Option<u32>,
     /// `connect_timeout`: per backend connection attempt.

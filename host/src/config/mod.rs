@@ -99,6 +99,9 @@ pub struct ListenerConfig {
     /// Sessions at once from one client IP (`u32::MAX`: no cap); past it
     /// an SMTP client gets 421 4.7.0, an HTTP connection is closed.
     pub max_sessions_per_client: u32,
+    /// Bytes the listener's connections may hold in buffers (`None`: no
+    /// limit); see [`crate::buffers`].
+    pub max_buffer: Option<u64>,
     pub max_attempts: u32,
     pub connect_timeout: Duration,
     pub banner_timeout: Duration,
@@ -511,6 +514,17 @@ fn validate(file: FileConfig, path: &Path, errors: &Errors<'_>) -> Result<Config
             hostname: l.hostname.clone().unwrap_or_else(|| "gale".to_string()),
             max_sessions: l.max_sessions.unwrap_or(10_000).max(1),
             max_sessions_per_client: l.max_sessions_per_client.unwrap_or(u32::MAX).max(1),
+            max_buffer: match &l.max_buffer_mb {
+                Some(mb) if *mb.get_ref() == 0 => {
+                    return Err(errors.spanned(
+                        mb,
+                        &format!("{key}.max_buffer_mb"),
+                        "must be at least 1 (leave it unset for no limit)",
+                    ));
+                }
+                Some(mb) => Some(mb.get_ref().saturating_mul(1 << 20)),
+                None => None,
+            },
             max_attempts: l.max_attempts.unwrap_or(3).max(1),
             connect_timeout: parse_duration(
                 errors,

@@ -27,6 +27,7 @@ use crate::listener::Accept;
 /// Each session runs on the generation current when it was accepted.
 pub async fn serve(listener: TcpListener, accept: Accept) {
     let (name, current) = (accept.name.clone(), accept.current.clone());
+    let buffers = accept.buffers.clone();
     accept
         .run(listener, move |client, peer| {
             let _ = client.set_nodelay(true);
@@ -38,7 +39,7 @@ pub async fn serve(listener: TcpListener, accept: Accept) {
                 .position(|l| l.name == name);
             // The session's future itself, not one wrapped in a block
             // that would hold its arguments a second time.
-            session::run(client, peer, generation, index)
+            session::run(client, peer, generation, index, buffers.charge())
         })
         .await;
 }

@@ -16,6 +16,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::buffers::Charge;
+
 /// How a relay ended, with the bytes moved each way.
 pub struct Outcome {
     /// Client to backend.
@@ -33,8 +35,14 @@ pub struct Outcome {
 const CHECKS: u32 = 8;
 
 /// Copy `client` <-> `upstream` until both have closed, or nothing moved
-/// for `idle`.
-pub async fn relay(client: &mut TcpStream, upstream: &mut TcpStream, idle: Duration) -> Outcome {
+/// for `idle`; what the relay holds for a side that lags is counted in
+/// `charge`.
+pub async fn relay(
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
+    idle: Duration,
+    charge: &mut Charge,
+) -> Outcome {
     let mut up = Direction::new("backend");
     let mut down = Direction::new("client");
     // Timers have millisecond resolution.
@@ -70,6 +78,7 @@ pub async fn relay(client: &mut TcpStream, upstream: &mut TcpStream, idle: Durat
             let up_done = step(&mut up, client, upstream);
             (up_done, step(&mut down, upstream, client))
         };
+        charge.set(up.pending.capacity() + down.pending.capacity());
         if up_done && down_done {
             return Poll::Ready(first_error.take());
         }

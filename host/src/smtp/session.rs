@@ -13,6 +13,7 @@ use tokio::time::timeout;
 
 use super::reply::{ReplyError, read_reply};
 use super::{pregreet, proxy_header, refusal, relay};
+use crate::buffers::Charge;
 use crate::config::{ListenerConfig, Pregreet};
 use crate::generation::{Generation, ip_address};
 use crate::listener::canonical;
@@ -78,6 +79,7 @@ pub async fn run(
     peer: SocketAddr,
     generation: Arc<Generation>,
     listener: Option<usize>,
+    mut charge: Charge,
 ) {
     let Some(listener) = listener else {
         return;
@@ -153,7 +155,13 @@ pub async fn run(
                 }
                 counters.relayed.inc();
                 pool.count_session(id);
-                let outcome = join(&mut client, &mut upstream, greeting, l.idle_timeout).await;
+                let outcome = join(
+                    (&mut client, &mut upstream),
+                    greeting,
+                    l.idle_timeout,
+                    &mut charge,
+                )
+                .await;
                 counters.bytes_up.inc_by(outcome.up);
                 counters.bytes_down.inc_by(outcome.down);
                 let end = outcome.error.as_deref().unwrap_or("closed");
@@ -260,10 +268,10 @@ async fn connect(address: SocketAddr, limit: Duration) -> Result<TcpStream, Atte
 /// Forward the greeting, then relay both ways until both sides close or
 /// nothing moves for `idle`.
 async fn join(
-    client: &mut TcpStream,
-    upstream: &mut TcpStream,
+    (client, upstream): (&mut TcpStream, &mut TcpStream),
     greeting: super::reply::Reply,
     idle: Duration,
+    charge: &mut Charge,
 ) -> relay::Outcome {
     let greeted = async {
         send(client, &greeting.raw, idle, "client").await?;
@@ -279,7 +287,7 @@ async fn join(
     let sent = (greeting.raw.len() + greeting.rest.len()) as u64;
     // Not kept for a session that may stay open for minutes.
     drop(greeting);
-    let mut outcome = relay::relay(client, upstream, idle).await;
+    let mut outcome = relay::relay(client, upstream, idle, charge).await;
     outcome.down += sent;
     outcome
 }

@@ -31,6 +31,8 @@ pub enum Refusal {
     TimedOut,
     BodyTimedOut,
     NotImplemented(&'static str),
+    /// The listener's connections hold `max_buffer_mb` already.
+    Overloaded,
 }
 
 impl Refusal {
@@ -40,6 +42,7 @@ impl Refusal {
             Refusal::TooLarge => (431, "Request Header Fields Too Large"),
             Refusal::TimedOut | Refusal::BodyTimedOut => (408, "Request Timeout"),
             Refusal::NotImplemented(_) => (501, "Not Implemented"),
+            Refusal::Overloaded => (503, "Service Unavailable"),
         }
     }
 
@@ -49,6 +52,9 @@ impl Refusal {
             Refusal::TooLarge => "request headers too large\n",
             Refusal::TimedOut => "request headers not received in time\n",
             Refusal::BodyTimedOut => "request body not received in time\n",
+            Refusal::Overloaded => {
+                "gale holds too much data for this listener's clients, try again later\n"
+            }
         }
     }
 }

@@ -37,6 +37,7 @@ use super::body::Active;
 use super::headers::Peer;
 use super::metered::Metered;
 use super::proxy::{Proxy, RETRY_AFTER_SECS, is_idempotent, log_failure, loggable};
+use crate::buffers::Charge;
 use crate::config::ListenerConfig;
 use crate::generation::ip_address;
 use crate::plugin::types::{HttpRequest, Protocol, RequestContext};
@@ -112,6 +113,8 @@ pub struct Client<IO> {
     unread_body: bool,
     /// Whether unread request bytes may remain when the connection closes.
     linger: bool,
+    /// The buffers above, counted against the listener's `max_buffer_mb`.
+    charge: Charge,
 }
 
 /// How one attempt at a backend ended.
@@ -141,6 +144,7 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
         header_timeout: Duration,
         shutdown: CancellationToken,
         h2c: bool,
+        charge: Charge,
     ) -> Self {
         Client {
             io,
@@ -158,6 +162,7 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
             head_in_buf: false,
             unread_body: false,
             linger: false,
+            charge,
         }
     }
 
@@ -180,6 +185,13 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
             }
             self.head_in_buf = true;
             self.unread_body = self.req.body != Framing::Empty;
+            // The response head and body will need a buffer: counted now,
+            // the exact figure once the exchange is over.
+            if !self.charge.buffers().has_room(BACKEND_READ_SIZE) {
+                self.refuse(Refusal::Overloaded, "").await;
+                break;
+            }
+            self.charge.set(self.held() + BACKEND_READ_SIZE);
             // Boxed: the exchange's state (backend connection, body copy)
             // is large, and would otherwise sit in every idle
             // connection's task while it waits for its next request.
@@ -188,13 +200,19 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
                 self.buf.advance(self.req.len);
                 self.head_in_buf = false;
             }
-            if !keep || self.shutdown.is_cancelled() {
+            if !keep || self.shutdown.is_cancelled() || self.charge.buffers().over() {
                 break;
             }
             self.go_idle();
+            self.charge.set(self.held());
         }
         self.close().await;
         Served::Closed
+    }
+
+    /// Bytes in this connection's buffers.
+    fn held(&self) -> usize {
+        self.buf.capacity() + self.rbuf.capacity() + self.out.capacity()
     }
 
     /// After [`Served::Http2`]: the connection and the bytes read from it.
@@ -256,11 +274,18 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
                     return Ok(Next::Closed);
                 }
             }
-            self.buf.reserve(if self.buf.is_empty() {
+            let want = if self.buf.is_empty() {
                 IDLE_READ_SIZE
             } else {
                 READ_SIZE
-            });
+            };
+            if self.buf.capacity() - self.buf.len() < want {
+                if !self.charge.buffers().has_room(want) {
+                    return Err(Refusal::Overloaded);
+                }
+                self.buf.reserve(want);
+                self.charge.set(self.held());
+            }
             let read = tokio::select! {
                 biased;
                 r = tokio::time::timeout_at(deadline, self.io.read_buf(&mut self.buf)) => r,

@@ -1,0 +1,260 @@
+//! Idle connections cannot exhaust memory (SECURITY.md): thousands of
+//! connections that send nothing, or keep alive after one request, or sit
+//! in an SMTP session, cost gale at most 4 KiB of RSS each; and a
+//! listener's `max_buffer_mb` holds what its connections buffer near the
+//! limit when clients send large partial heads.
+//!
+//! The RSS figures are the `gale` process's own (`/proc/PID/status`),
+//! before and after the connections are open, each kind on a gale of its
+//! own. The test raises its own descriptor limit to what it needs.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use support::http::{Behaviour, HttpBackend, config};
+use support::process::{Gale, scrape, value};
+
+/// Idle client connections per HTTP/1 case.
+const HTTP_CONNECTIONS: usize = 10_000;
+/// SMTP sessions: each holds a client and a backend socket in gale, and
+/// the other ends of both in this test (the backend runs in it), so
+/// 5,000 sessions (and the 1,000 opened first) need 12,000 descriptors on
+/// each side.
+const SMTP_SESSIONS: usize = 5_000;
+/// Connections opened before waiting for gale to accept them.
+const BATCH: usize = 500;
+/// What one idle connection may cost.
+const BUDGET: f64 = 4096.0;
+
+/// Raise this process's descriptor limit (children inherit it) to at
+/// least `wanted`, within the hard limit, or fail saying why.
+fn raise_nofile(wanted: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write and read the struct given.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        if limit.rlim_max < wanted {
+            // Root may raise the hard limit too.
+            limit.rlim_max = wanted;
+        }
+        limit.rlim_cur = limit.rlim_cur.max(wanted);
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+            panic!(
+                "cannot raise the descriptor limit to {wanted}: {} (ulimit -Hn is lower)",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+fn rss_bytes(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kib * 1024.0
+}
+
+fn open_descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// Wait until gale holds at least `n` descriptors (it has accepted every
+/// connection made), or fail after 60 s.
+fn wait_descriptors(pid: u32, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while open_descriptors(pid) < n {
+        assert!(
+            Instant::now() < deadline,
+            "gale holds {} descriptors, not {n}",
+            open_descriptors(pid)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Read from `stream` until `end` has arrived.
+fn read_until(stream: &mut TcpStream, end: &[u8]) -> Vec<u8> {
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !seen.windows(end.len()).any(|w| w == end) {
+        let n = stream.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    seen
+}
+
+fn get(address: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(address).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: idle.test\r\n\r\n")
+        .unwrap();
+    let head = read_until(&mut s, b"\r\n\r\n");
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
+    s
+}
+
+/// RSS per connection of `gale` for `n` connections that `open` makes
+/// (each holding `descriptors` in gale). Measured after a first fifth as
+/// many, so that memory the allocator holds from before (freed, not given
+/// back) is used up first and cannot hide what connections cost.
+fn cost(gale: &Gale, n: usize, descriptors: usize, open: impl Fn() -> TcpStream) -> f64 {
+    let pid = gale.child.id();
+    let base = open_descriptors(pid);
+    let mut held = Vec::new();
+    // In batches, each accepted before the next: connections made faster
+    // than gale accepts them overflow the listen backlog, and the kernel
+    // drops their SYNs to be sent again a second later.
+    let mut open_more = |count: usize| {
+        for _ in 0..count / BATCH {
+            held.extend((0..BATCH).map(|_| open()));
+            // Less a few: `base` may have counted a probe's connection.
+            wait_descriptors(pid, base + held.len() * descriptors - 4);
+        }
+    };
+    open_more(n / 5);
+    let before = rss_bytes(pid);
+    open_more(n);
+    let after = rss_bytes(pid);
+    (after - before) / n as f64
+}
+
+#[test]
+fn idle_connections_cost_at_most_4_kib_each() {
+    raise_nofile(13_000);
+    let backend = HttpBackend::start("idle", Behaviour::Respond);
+    let web = config(
+        &[("idle", backend.address, 1)],
+        "header_timeout = \"5m\"\nmax_sessions = 20000",
+    );
+
+    // Connections that have sent nothing yet.
+    let gale = Gale::start_warm(&web);
+    let address = gale.address("web");
+    let silent = cost(&gale, HTTP_CONNECTIONS, 1, || {
+        TcpStream::connect(address).unwrap()
+    });
+    drop(gale);
+
+    // Connections kept alive after one request.
+    let gale = Gale::start_warm(&web);
+    let address = gale.address("web");
+    let kept = cost(&gale, HTTP_CONNECTIONS, 1, || get(address));
+    drop(gale);
+
+    // SMTP sessions waiting for the client's first command, with their
+    // backend connections.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mta = runtime.block_on(support::smtp::Backend::start(
+        support::smtp::Behaviour::Sink,
+    ));
+    let gale = Gale::start_warm(&format!(
+        "[listeners.mail]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\npool = \"mta\"\n\
+         idle_timeout = \"5m\"\nmax_sessions = 20000\n\
+         [pools.mta]\n[pools.mta.probe]\nkind = \"tcp\"\ninterval = \"1h\"\n\
+         [[pools.mta.backends]]\nname = \"mta\"\naddress = \"{}\"\n",
+        mta.address
+    ));
+    let address = gale.address("mail");
+    let greeted = || {
+        let mut s = TcpStream::connect(address).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        // The test backend's greeting, relayed whole.
+        let greeting = read_until(&mut s, b"\r\n220 ready\r\n");
+        assert!(greeting.starts_with(b"220-"), "{greeting:?}");
+        s
+    };
+    let smtp = cost(&gale, SMTP_SESSIONS, 2, greeted);
+
+    eprintln!(
+        "RSS per idle connection: HTTP/1 silent {silent:.0} B, HTTP/1 kept alive {kept:.0} B, \
+         SMTP session with its backend {smtp:.0} B"
+    );
+    for (what, bytes) in [("silent", silent), ("kept alive", kept), ("smtp", smtp)] {
+        assert!(
+            bytes <= BUDGET,
+            "an idle {what} connection costs {bytes:.0} bytes"
+        );
+    }
+}
+
+#[test]
+fn a_listener_holds_its_buffers_near_max_buffer_mb() {
+    raise_nofile(2_000);
+    let backend = HttpBackend::start("capped", Behaviour::Respond);
+    let toml = config(
+        &[("capped", backend.address, 1)],
+        "header_timeout = \"1m\"\nmax_buffer_mb = 1",
+    ) + "[admin]\naddress = \"127.0.0.1:0\"\n";
+    let gale = Gale::start_warm(&toml);
+    let address = gale.address("web");
+    let limit = 1024.0 * 1024.0;
+    let buffered = |gale: &Gale| {
+        value(
+            &scrape(gale),
+            "gale_listener_buffer_bytes",
+            &[("listener", "web")],
+        )
+    };
+    let refused = |gale: &Gale| {
+        value(
+            &scrape(gale),
+            "gale_error_replies_total",
+            &[("listener", "web"), ("code", "503")],
+        )
+    };
+
+    // Clients that each send 20 KB of a head that never ends: gale buffers
+    // them (up to 64 KiB each), so 200 of them would hold ~6 MiB.
+    let partial = [
+        b"GET / HTTP/1.1\r\nHost: capped.test\r\nX-Pad: ".as_slice(),
+        &[b'a'; 20_000],
+    ]
+    .concat();
+    let mut hogs = Vec::new();
+    for _ in 0..200 {
+        let mut s = TcpStream::connect(address).unwrap();
+        s.write_all(&partial).unwrap();
+        hogs.push(s);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while refused(&gale) == 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "no 503 for the heads over the limit"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let held = buffered(&gale);
+    // One step of growth (a 16 KiB read, doubled by the buffer) past it.
+    assert!(
+        held <= limit + 64.0 * 1024.0,
+        "{held} bytes buffered against a limit of {limit}"
+    );
+    assert!(held >= limit / 2.0, "only {held} bytes buffered");
+
+    // Once the clients are gone, their buffers are no longer counted and
+    // the listener serves again.
+    drop(hogs);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while buffered(&gale) > 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} bytes still counted after every client left",
+            buffered(&gale)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(get(address));
+}
