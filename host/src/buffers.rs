@@ -22,10 +22,9 @@ use tokio::sync::Notify;
 
 /// One listener's buffer count and limit, shared by its accept loop and
 /// its connections.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Buffers(Arc<Shared>);
 
-#[derive(Default)]
 struct Shared {
     held: Gauge,
     limit: AtomicI64,
@@ -43,9 +42,7 @@ impl Buffers {
         }))
     }
 
-    /// The listener's `max_buffer_mb` in bytes (`None`: no limit). Read
-    /// from the current generation by the accept loop, so a reload
-    /// changes it on a kept socket.
+    /// The listener's `max_buffer_mb` in bytes (`None`: no limit).
     pub fn set_limit(&self, bytes: Option<u64>) {
         let limit = bytes.map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
         if self.0.limit.swap(limit, Ordering::Relaxed) < limit {
@@ -69,15 +66,18 @@ impl Buffers {
         self.0.held.get().saturating_add(more) <= self.0.limit.load(Ordering::Relaxed)
     }
 
-    /// Returns once the listener is under its limit.
-    pub async fn wait_for_room(&self) {
+    /// Returns once the listener is under its limit, which `limit` reads
+    /// from the current generation each time it looks, so that a reload
+    /// that raises it lets the listener accept again at once.
+    pub async fn wait_for_room(&self, limit: impl Fn() -> Option<u64>) {
         loop {
             let freed = self.0.freed.notified();
+            self.set_limit(limit());
             if !self.over() {
                 return;
             }
-            // Looked at again now and then too: a reload may raise the
-            // limit while nothing is freed.
+            // Looked at again now and then: a reload may raise the limit
+            // while nothing is freed.
             let _ = tokio::time::timeout(Duration::from_millis(250), freed).await;
         }
     }
@@ -104,14 +104,18 @@ impl Charge {
         if bytes == self.bytes {
             return;
         }
-        let held = &self.buffers.0.held;
+        let shared = &self.buffers.0;
         if bytes > self.bytes {
-            held.inc_by((bytes - self.bytes) as i64);
+            shared.held.inc_by((bytes - self.bytes) as i64);
         } else {
-            let was_over = self.buffers.over();
-            held.dec_by((self.bytes - bytes) as i64);
-            if was_over && !self.buffers.over() {
-                self.buffers.0.freed.notify_waiters();
+            let less = (self.bytes - bytes) as i64;
+            // The decrement that crosses the line wakes the accept loop
+            // (judged on the value it replaced, not on a second read that
+            // other connections may have moved).
+            let before = shared.held.dec_by(less);
+            let limit = shared.limit.load(Ordering::Relaxed);
+            if before > limit && before - less <= limit {
+                shared.freed.notify_waiters();
             }
         }
         self.bytes = bytes;

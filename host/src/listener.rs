@@ -59,10 +59,9 @@ impl Accept {
             }
             // Past max_buffer_mb too (the connections have most of the
             // listener's memory in hand already).
-            self.buffers.set_limit(self.max_buffer());
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
-                _ = self.buffers.wait_for_room() => {}
+                _ = self.buffers.wait_for_room(|| self.max_buffer()) => {}
             }
             let accepted = tokio::select! {
                 _ = self.shutdown.cancelled() => break,
@@ -88,7 +87,7 @@ impl Accept {
                 self.refuse(client, peer);
                 continue;
             };
-            self.sessions.spawn(Held {
+            self.sessions.spawn(Admitted {
                 task: connection(client, peer),
                 _slot: slots.take(),
                 _client: from_client,
@@ -184,12 +183,12 @@ impl Drop for Slot {
 }
 
 pin_project_lite::pin_project! {
-    /// A connection's task holding its places in the listener's limits,
-    /// which are freed when the task ends. A struct rather than
+    /// A connection's task, admitted with its places in the listener's
+    /// limits, which are freed when the task ends. A struct rather than
     /// `async move { task.await; drop(places) }`: that block holds the
     /// connection's future twice (once captured, once awaited), which
     /// doubled what every idle connection costs.
-    struct Held<F> {
+    struct Admitted<F> {
         #[pin]
         task: F,
         _slot: Slot,
@@ -197,7 +196,7 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<F: Future> Future for Held<F> {
+impl<F: Future> Future for Admitted<F> {
     type Output = F::Output;
 
     fn poll(

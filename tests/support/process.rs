@@ -498,7 +498,7 @@ pub fn scrape(gale: &Gale) -> Vec<prometheus_parse::Sample> {
     prometheus_parse::Scrape::parse(lines).unwrap().samples
 }
 
-/// The value of `metric` with exactly `labels` (0 when absent).
+/// The sum of `metric` over the series that have `labels` (0 when none).
 pub fn value(samples: &[prometheus_parse::Sample], metric: &str, labels: &[(&str, &str)]) -> f64 {
     samples
         .iter()

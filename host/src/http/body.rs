@@ -203,7 +203,9 @@ pub enum ProxyBody {
 /// and with `NO_ERROR` after it (RFC 9113 §8.1), which some clients
 /// (curl 7.88) still report as a stream error. So the body is kept until
 /// the text has been sent, then read and discarded, as nginx discards an
-/// unread request body, up to [`DRAIN_LIMIT`] bytes within [`DRAIN_TIME`].
+/// unread request body, up to [`DRAIN_LIMIT`] bytes within [`DRAIN_TIME`]
+/// (in a task of its own, which shutdown does not wait for: it ends by
+/// itself within that time).
 pub struct LocalBody {
     text: Option<Bytes>,
     request: Option<UnsyncBoxBody<Bytes, BoxError>>,

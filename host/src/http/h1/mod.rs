@@ -200,7 +200,9 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
                 self.buf.advance(self.req.len);
                 self.head_in_buf = false;
             }
-            if !keep || self.shutdown.is_cancelled() || self.charge.buffers().over() {
+            // `keep` is false when the listener was over `max_buffer_mb`
+            // as the response went out (its head said so).
+            if !keep || self.shutdown.is_cancelled() {
                 break;
             }
             self.go_idle();
@@ -536,7 +538,8 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
             || self.unread_body
             || dechunk
             || self.resp.body == Framing::Close
-            || self.shutdown.is_cancelled();
+            || self.shutdown.is_cancelled()
+            || self.charge.buffers().over();
         head::write_response(
             &mut self.out,
             &self.rbuf,
@@ -575,7 +578,10 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
     async fn reply(&mut self, status: (u16, &str), text: &str, retry_after: Option<&str>) -> bool {
         self.count_status(status.0);
         // A body left unread would be taken for the next request.
-        let close = self.unread_body || !self.req.keep_alive || self.shutdown.is_cancelled();
+        let close = self.unread_body
+            || !self.req.keep_alive
+            || self.shutdown.is_cancelled()
+            || self.charge.buffers().over();
         head::write_local(
             &mut self.out,
             status,
