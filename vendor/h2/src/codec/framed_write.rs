@@ -93,7 +93,10 @@ where
             final_flush_done: false,
             encoder: Encoder {
                 hpack: hpack::Encoder::default(),
-                buf: Cursor::new(BytesMut::with_capacity(DEFAULT_BUFFER_CAPACITY)),
+                // GALE-PATCH: allocated by `buffer` when a frame is encoded
+                // and released by `flush` once written, so that an idle
+                // connection holds no write buffer (16 KiB before).
+                buf: Cursor::new(BytesMut::new()),
                 next: None,
                 last_data_frame: None,
                 max_frame_size: frame::DEFAULT_MAX_FRAME_SIZE,
@@ -169,6 +172,12 @@ where
             }
         }
 
+        // GALE-PATCH: everything is written (`unset_frame` cleared the
+        // buffer): give the allocation back until the next frame.
+        if self.encoder.buf.get_ref().capacity() != 0 {
+            self.encoder.buf = Cursor::new(BytesMut::new());
+        }
+
         tracing::trace!("flushing buffer");
         // Flush the upstream
         ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
@@ -223,6 +232,11 @@ where
     fn buffer(&mut self, item: Frame<B>) -> Result<(), UserError> {
         // Ensure that we have enough capacity to accept the write.
         assert!(self.has_capacity());
+        // GALE-PATCH: the buffer is released when empty; allocate it as it
+        // was allocated up front before, rather than growing it by frames.
+        if self.buf.get_ref().capacity() == 0 {
+            self.buf = Cursor::new(BytesMut::with_capacity(DEFAULT_BUFFER_CAPACITY));
+        }
         let span = tracing::trace_span!("FramedWrite::buffer", frame = ?item);
         let _e = span.enter();
 
@@ -307,9 +321,12 @@ where
     }
 
     fn has_capacity(&self) -> bool {
-        self.next.is_none()
-            && (self.buf.get_ref().capacity() - self.buf.get_ref().len()
-                >= self.min_buffer_capacity)
+        // GALE-PATCH: capacity is a budget, not the allocation: a released
+        // (empty, unallocated) buffer has the whole default budget, and one
+        // that grew for a large HEADERS frame keeps its larger budget, as
+        // when the buffer was allocated up front and never released.
+        let budget = self.buf.get_ref().capacity().max(DEFAULT_BUFFER_CAPACITY);
+        self.next.is_none() && (budget - self.buf.get_ref().len() >= self.min_buffer_capacity)
     }
 
     fn is_empty(&self) -> bool {
