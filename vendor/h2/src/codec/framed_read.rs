@@ -21,6 +21,11 @@ use tokio_util::codec::{LengthDelimitedCodec, LengthDelimitedCodecError};
 // 16 MB "sane default" taken from golang http2
 const DEFAULT_SETTINGS_MAX_HEADER_LIST_SIZE: usize = 16 << 20;
 
+/// GALE-PATCH: what tokio-util's `FramedRead` allocates up front
+/// (`INITIAL_CAPACITY`, 8 KiB); here allocated before each read into an
+/// empty, released buffer.
+const READ_BUFFER_CAPACITY: usize = 8 * 1024;
+
 #[derive(Debug)]
 pub struct FramedRead<T> {
     inner: InnerFramedRead<T, LengthDelimitedCodec>,
@@ -421,10 +426,28 @@ where
         let _e = span.enter();
         loop {
             tracing::trace!("poll");
-            let bytes = match ready!(Pin::new(&mut self.inner).poll_next(cx)) {
-                Some(Ok(bytes)) => bytes,
-                Some(Err(e)) => return Poll::Ready(Some(Err(map_err(e)))),
-                None => return Poll::Ready(None),
+            // GALE-PATCH: the read buffer is released while the connection
+            // waits (below). tokio-util only does `reserve(1)` before a read,
+            // which would make a fresh `BytesMut` read 8 bytes, then 16, ...:
+            // give it the capacity it had before the release.
+            if self.inner.read_buffer().capacity() == 0 {
+                *self.inner.read_buffer_mut() = BytesMut::with_capacity(READ_BUFFER_CAPACITY);
+            }
+            let bytes = match Pin::new(&mut self.inner).poll_next(cx) {
+                Poll::Ready(Some(Ok(bytes))) => bytes,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(map_err(e)))),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => {
+                    // GALE-PATCH: waiting with no partial frame buffered:
+                    // hold no read buffer (8 KiB, or what is left of one
+                    // shared with frames already handed out) nor HPACK
+                    // scratch space until bytes arrive.
+                    if self.inner.read_buffer().is_empty() {
+                        *self.inner.read_buffer_mut() = BytesMut::new();
+                        self.decoder.hpack.release_buffer();
+                    }
+                    return Poll::Pending;
+                }
             };
 
             tracing::trace!(read.bytes = bytes.len());

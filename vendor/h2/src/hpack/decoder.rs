@@ -158,8 +158,17 @@ impl Decoder {
             max_size_update: None,
             last_max_update: size,
             table: Table::new(size),
-            buffer: BytesMut::with_capacity(4096),
+            // GALE-PATCH: allocated by the first Huffman-coded string, not
+            // by every connection up front (see `release_buffer`).
+            buffer: BytesMut::new(),
         }
+    }
+
+    /// GALE-PATCH: drops the scratch buffer Huffman-coded strings are
+    /// decoded into (4 KiB, shared with the strings until it is used up),
+    /// for a connection that waits with no header block in progress.
+    pub(crate) fn release_buffer(&mut self) {
+        self.buffer = BytesMut::new();
     }
 
     /// Queues a potential size update
@@ -333,6 +342,11 @@ impl Decoder {
 
         let offset = (buf.position() - old_pos) as usize;
         if huff {
+            // GALE-PATCH: the buffer starts released; allocate the 4 KiB it
+            // always had, so that a header block's strings share one chunk.
+            if self.buffer.capacity() == 0 {
+                self.buffer = BytesMut::with_capacity(4096);
+            }
             let ret = {
                 let raw = &buf.chunk()[..len];
                 huffman::decode(raw, &mut self.buffer).map(|buf| StringMarker {
