@@ -224,7 +224,8 @@ impl Decoder {
                     let entry = self.decode_literal(src, true)?;
 
                     // Insert the header into the table
-                    self.table.insert(entry.clone());
+                    // GALE-PATCH: unshared, see `Header::to_unshared`.
+                    self.table.insert(entry.to_unshared());
                     consume(src);
 
                     if f(entry).is_break() {

@@ -102,6 +102,41 @@ impl Header {
         }
     }
 
+    /// GALE-PATCH: a copy that shares no buffer, for the HPACK tables.
+    /// Decoded values are slices of the connection's read buffer (8 KiB) or
+    /// of the Huffman scratch chunk (4 KiB), and values sent are often slices
+    /// of another connection's read buffer (a proxied response): a table
+    /// entry kept for the connection's life would keep that whole buffer.
+    pub fn to_unshared(&self) -> Header {
+        fn copy(v: &BytesStr) -> BytesStr {
+            BytesStr(Bytes::copy_from_slice(v.as_str().as_bytes()))
+        }
+        match *self {
+            Header::Field {
+                ref name,
+                ref value,
+            } => {
+                // A `HeaderValue` has no copying constructor that skips
+                // validation; one that was valid stays valid (else keep it).
+                let value = match HeaderValue::from_bytes(value.as_bytes()) {
+                    Ok(mut copy) => {
+                        copy.set_sensitive(value.is_sensitive());
+                        copy
+                    }
+                    Err(_) => value.clone(),
+                };
+                Header::Field {
+                    name: name.clone(),
+                    value,
+                }
+            }
+            Header::Authority(ref v) => Header::Authority(copy(v)),
+            Header::Scheme(ref v) => Header::Scheme(copy(v)),
+            Header::Path(ref v) => Header::Path(copy(v)),
+            ref other => other.clone(),
+        }
+    }
+
     pub fn len(&self) -> usize {
         match *self {
             Header::Field {

@@ -339,7 +339,8 @@ impl Table {
 
         self.slots.push_front(Slot {
             hash,
-            header,
+            // GALE-PATCH: unshared, see `Header::to_unshared`.
+            header: header.to_unshared(),
             next: None,
         });
     }
