@@ -82,6 +82,13 @@ impl Deque {
         match self.indices {
             Some(mut idxs) => {
                 let mut slot = buf.slab.remove(idxs.head);
+                if buf.slab.is_empty() {
+                    // GALE-PATCH: a slab keeps its capacity (four frames or
+                    // events, ~1 KiB, after one request) for the
+                    // connection's life; an empty one holds no deque, so
+                    // nothing refers to its slots.
+                    buf.slab = Slab::new();
+                }
 
                 if idxs.head == idxs.tail {
                     assert!(slot.next.is_none());

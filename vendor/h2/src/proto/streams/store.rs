@@ -406,6 +406,15 @@ impl<'a> Ptr<'a> {
         // Remove the stream state
         let stream = self.store.slab.remove(self.key.index.0 as usize);
         assert_eq!(stream.id, self.key.stream_id);
+        if self.store.slab.is_empty() {
+            // GALE-PATCH: the last stream is gone: release the slab (it keeps
+            // room for four streams, ~1.3 KiB, after one request) and the id
+            // map (streams are unlinked from it before removal).
+            self.store.slab = slab::Slab::new();
+            if self.store.ids.is_empty() {
+                self.store.ids = IndexMap::new();
+            }
+        }
         stream.id
     }
 
