@@ -75,8 +75,15 @@ pub async fn serve(listener: TcpListener, accept: Accept) {
             match tls {
                 None => Either::Left(conn.serve_http1(client, true)),
                 // Boxed: a TLS session's state would otherwise be
-                // reserved in every plain connection's task.
-                Some(tls) => Either::Right(Box::pin(conn.serve_tls(client, tls))),
+                // reserved in every plain connection's task. HTTP/2 over
+                // TLS stays in the TLS task (already boxed apart).
+                Some(tls) => {
+                    let tls = Box::pin(conn.serve_tls(client, tls));
+                    Either::Right(async move {
+                        tls.await;
+                        None
+                    })
+                }
             }
         })
         .await;
@@ -108,17 +115,27 @@ impl Connection {
             Ok(Ok(stream)) if stream.get_ref().1.alpn_protocol() == Some(b"h2") => {
                 self.serve_http2(stream).await;
             }
-            Ok(Ok(stream)) => self.serve_http1(stream, false).await,
+            Ok(Ok(stream)) => {
+                // Without h2c, HTTP/1 never hands over to HTTP/2.
+                let next = self.serve_http1(stream, false).await;
+                debug_assert!(next.is_none());
+            }
             Ok(Err(e)) => tracing::debug!(client = %peer, "TLS handshake failed: {e}"),
             Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
         }
     }
 
     /// HTTP/1.x, by gale's own engine; `h2c`: a plain connection that may
-    /// open with the HTTP/2 preface instead. Not an `async fn`: its future
-    /// would keep its arguments beside the client made of them, in every
-    /// idle connection's task.
-    fn serve_http1<IO>(self, io: IO, h2c: bool) -> impl Future<Output = ()> + Send
+    /// open with the HTTP/2 preface instead, which ends with the HTTP/2
+    /// connection to run as a task of its own (see
+    /// [`crate::listener::Outcome`]). Not an `async fn`: its future would
+    /// keep its arguments beside the client made of them, in every idle
+    /// connection's task.
+    fn serve_http1<IO>(
+        self,
+        io: IO,
+        h2c: bool,
+    ) -> impl Future<Output = Option<impl Future<Output = ()> + Send + 'static>> + Send
     where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + h1::Readable + Unpin + Send + 'static,
     {
@@ -131,11 +148,12 @@ impl Connection {
             h2c,
         );
         async move {
-            if let h1::Served::Http2 = client.serve().await {
-                let (io, read) = client.into_http2();
-                // Boxed: hyper's HTTP/2 connection state would otherwise
-                // be reserved in the task of every HTTP/1 connection.
-                Box::pin(self.serve_http2(rewind::Rewind::new(read, io))).await;
+            match client.serve().await {
+                h1::Served::Http2 => {
+                    let (io, read) = client.into_http2();
+                    Some(self.serve_http2(rewind::Rewind::new(read, io)))
+                }
+                h1::Served::Closed => None,
             }
         }
     }
@@ -143,7 +161,7 @@ impl Connection {
     /// HTTP/2, by hyper. Not an `async fn`, for the reason
     /// [`Self::serve_http1`] gives; and hyper's connection (~1.5 KB, it is
     /// `Unpin`) is polled where the future holds it: moved into a pinned
-    /// local it was kept twice. Measured: the box of an HTTP/2 connection
+    /// local it was kept twice. Measured: an HTTP/2 connection's future
     /// went from 3,640 to 1,912 bytes.
     fn serve_http2<IO>(self, io: IO) -> impl Future<Output = ()> + Send
     where
