@@ -1,6 +1,7 @@
 //! Idle connections cannot exhaust memory (SECURITY.md): thousands of
-//! connections that send nothing, or keep alive after one request, or sit
-//! in an SMTP session, cost gale at most 4 KiB of RSS each; and a
+//! connections that send nothing, keep alive after one request, wait on
+//! HTTP/2 after SETTINGS, or sit in an SMTP session, cost gale at most
+//! 4 KiB of RSS each; and a
 //! listener's `max_buffer_mb` holds what its connections buffer near the
 //! limit when clients send large partial heads.
 //!
@@ -158,6 +159,25 @@ fn idle_connections_cost_at_most_4_kib_each() {
     let kept = cost(&gale, HTTP_CONNECTIONS, 1, || get(address));
     drop(gale);
 
+    // HTTP/2 connections (h2c by prior knowledge) that have exchanged
+    // SETTINGS and wait for a request.
+    let gale = Gale::start_warm(&web);
+    let address = gale.address("web");
+    let h2 = cost(&gale, HTTP_CONNECTIONS, 1, || {
+        let mut s = TcpStream::connect(address).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        // The preface, then an empty SETTINGS frame.
+        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .unwrap();
+        let mut frame = [0u8; 9];
+        s.read_exact(&mut frame).unwrap();
+        assert_eq!(frame[3], 4, "gale's first frame is its SETTINGS: {frame:?}");
+        // Acknowledged.
+        s.write_all(b"\0\0\0\x04\x01\0\0\0\0").unwrap();
+        s
+    });
+    drop(gale);
+
     // SMTP sessions waiting for the client's first command, with their
     // backend connections.
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -184,9 +204,14 @@ fn idle_connections_cost_at_most_4_kib_each() {
 
     eprintln!(
         "RSS per idle connection: HTTP/1 silent {silent:.0} B, HTTP/1 kept alive {kept:.0} B, \
-         SMTP session with its backend {smtp:.0} B"
+         HTTP/2 {h2:.0} B, SMTP session with its backend {smtp:.0} B"
     );
-    for (what, bytes) in [("silent", silent), ("kept alive", kept), ("smtp", smtp)] {
+    for (what, bytes) in [
+        ("silent", silent),
+        ("kept alive", kept),
+        ("http/2", h2),
+        ("smtp", smtp),
+    ] {
         assert!(
             bytes <= BUDGET,
             "an idle {what} connection costs {bytes:.0} bytes"

@@ -94,36 +94,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The client of one connection as proxy headers name it: formatted once
-/// per connection, not per request.
+/// The client of one connection as proxy headers name it. Formatted per
+/// request (tens of nanoseconds) rather than kept formatted: three
+/// strings per connection were a tenth of what an idle connection cost.
+#[derive(Clone, Copy, Debug)]
 pub struct Peer {
     pub addr: SocketAddr,
     pub https: bool,
-    ip: HeaderValue,
-    ip_text: String,
-    /// `for=NODE;proto=SCHEME`
-    forwarded: String,
 }
 
 impl Peer {
     pub fn new(addr: SocketAddr, https: bool) -> Self {
-        let ip = addr.ip();
-        let node = match ip {
-            IpAddr::V4(v4) => v4.to_string(),
-            IpAddr::V6(v6) => format!("\"[{v6}]\""),
-        };
-        Peer {
-            addr,
-            https,
-            ip: HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header"),
-            ip_text: ip.to_string(),
-            forwarded: format!("for={node};proto={}", proto(https)),
-        }
-    }
-
-    /// The client's address as `X-Forwarded-For` lists it.
-    pub fn ip_text(&self) -> &str {
-        &self.ip_text
+        Peer { addr, https }
     }
 
     /// `http` or `https`, for `X-Forwarded-Proto`.
@@ -131,9 +113,20 @@ impl Peer {
         proto(self.https)
     }
 
-    /// This hop's `Forwarded` element without the host.
-    pub fn forwarded(&self) -> &str {
-        &self.forwarded
+    /// Append the client's address as `X-Forwarded-For` lists it.
+    pub fn write_ip(&self, out: &mut Vec<u8>) {
+        use std::io::Write as _;
+        let _ = write!(out, "{}", self.addr.ip());
+    }
+
+    /// Append this hop's `Forwarded` element without the host:
+    /// `for=NODE;proto=SCHEME`.
+    pub fn write_forwarded(&self, out: &mut Vec<u8>) {
+        use std::io::Write as _;
+        let _ = match self.addr.ip() {
+            IpAddr::V4(v4) => write!(out, "for={v4};proto={}", self.proto()),
+            IpAddr::V6(v6) => write!(out, "for=\"[{v6}]\";proto={}", self.proto()),
+        };
     }
 }
 
@@ -167,7 +160,7 @@ pub fn forward_request(headers: &mut HeaderMap, peer: &Peer, host: &str) {
             insert(headers, "x-forwarded-for", &xff);
         }
         None => {
-            headers.insert("x-forwarded-for", peer.ip.clone());
+            insert(headers, "x-forwarded-for", &peer.addr.ip().to_string());
         }
     }
     headers.insert(
@@ -175,19 +168,20 @@ pub fn forward_request(headers: &mut HeaderMap, peer: &Peer, host: &str) {
         HeaderValue::from_static(proto(peer.https)),
     );
     let earlier = headers.get("forwarded").and_then(|v| v.to_str().ok());
-    let mut forwarded =
-        String::with_capacity(peer.forwarded.len() + host.len() + 10 + earlier.map_or(0, str::len));
+    let mut forwarded = Vec::with_capacity(64 + host.len() + earlier.map_or(0, str::len));
     if let Some(earlier) = earlier {
-        forwarded.push_str(earlier);
-        forwarded.push_str(", ");
+        forwarded.extend_from_slice(earlier.as_bytes());
+        forwarded.extend_from_slice(b", ");
     }
-    forwarded.push_str(&peer.forwarded);
+    peer.write_forwarded(&mut forwarded);
     if !host.is_empty() && host.bytes().all(|b| b.is_ascii_graphic() && b != b'"') {
-        forwarded.push_str(";host=\"");
-        forwarded.push_str(host);
-        forwarded.push('"');
+        forwarded.extend_from_slice(b";host=\"");
+        forwarded.extend_from_slice(host.as_bytes());
+        forwarded.push(b'"');
     }
-    insert(headers, "forwarded", &forwarded);
+    if let Ok(v) = HeaderValue::from_bytes(&forwarded) {
+        headers.insert("forwarded", v);
+    }
 }
 
 fn insert(headers: &mut HeaderMap, name: &'static str, value: &str) {

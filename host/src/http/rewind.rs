@@ -32,6 +32,11 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Rewind<IO> {
         let n = self.read.len().min(buf.remaining());
         buf.put_slice(&self.read[..n]);
         self.read.advance(n);
+        if self.read.is_empty() {
+            // The HTTP/1 engine's read buffer, kept for the connection's
+            // life otherwise: nothing will be read from it again.
+            self.read = BytesMut::new();
+        }
         Poll::Ready(Ok(()))
     }
 }

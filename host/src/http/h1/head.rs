@@ -418,7 +418,7 @@ pub fn write_request(
         out.extend_from_slice(earlier);
         out.extend_from_slice(b", ");
     }
-    out.extend_from_slice(peer.ip_text().as_bytes());
+    peer.write_ip(out);
     out.extend_from_slice(b"\r\nx-forwarded-proto: ");
     out.extend_from_slice(peer.proto().as_bytes());
     out.extend_from_slice(b"\r\nforwarded: ");
@@ -426,7 +426,7 @@ pub fn write_request(
         out.extend_from_slice(earlier);
         out.extend_from_slice(b", ");
     }
-    out.extend_from_slice(peer.forwarded().as_bytes());
+    peer.write_forwarded(out);
     if !host.is_empty() && host.iter().all(|&b| b.is_ascii_graphic() && b != b'"') {
         out.extend_from_slice(b";host=\"");
         out.extend_from_slice(host);
