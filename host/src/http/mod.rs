@@ -115,7 +115,7 @@ struct Connection {
 /// What an HTTP/2 connection is counted for in `max_buffer_mb`, for its
 /// whole life: the frame write (16 KiB) and read (8 KiB) buffers and the
 /// HPACK scratch (4 KiB) it takes while it works (the vendored `h2` frees
-/// them when it waits), and the streams' first window (see below).
+/// them when it waits), and 4 KiB for its streams' state.
 const H2_CONNECTION_BUFFERS: usize = 32 * 1024;
 /// Request body bytes a client may send on one HTTP/2 stream, and on the
 /// whole connection, before gale has passed them on (HAProxy's default
@@ -227,21 +227,29 @@ impl Connection {
         async move {
             // Counted until the connection ends.
             let _charge = charge;
-            tokio::select! {
+            let idle = tokio::select! {
                 r = &mut conn => {
                     if let Err(e) = r {
                         tracing::debug!(client = %peer, "http/2 connection: {e}");
                     }
                     return;
                 }
-                _ = shutdown.cancelled() => {}
+                _ = shutdown.cancelled() => false,
                 _ = activity.idle_for(header_timeout) => {
                     tracing::debug!(client = %peer, "closing an idle http/2 connection");
+                    true
                 }
-            }
+            };
             // Draining or idle: finish the streams in flight, then close.
+            // Idle, nothing is in flight: a client that does not take the
+            // GOAWAY within the header timeout is not waited for longer.
+            // (Draining is bounded by the server's drain_timeout.)
             std::pin::Pin::new(&mut conn).graceful_shutdown();
-            let _ = (&mut conn).await;
+            if idle {
+                let _ = tokio::time::timeout(header_timeout, &mut conn).await;
+            } else {
+                let _ = (&mut conn).await;
+            }
         }
     }
 }

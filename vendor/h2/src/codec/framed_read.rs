@@ -439,11 +439,16 @@ where
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending => {
                     // GALE-PATCH: waiting with no partial frame buffered:
-                    // hold no read buffer (8 KiB, or what is left of one
-                    // shared with frames already handed out) nor HPACK
-                    // scratch space until bytes arrive.
+                    // hold no read buffer (8 KiB) nor HPACK scratch space
+                    // until bytes arrive. Only a buffer nothing else holds:
+                    // DATA payloads handed out are slices of it, and a fresh
+                    // buffer after each of them would let every small frame
+                    // pin an 8 KiB allocation of its own.
                     if self.inner.read_buffer().is_empty() {
-                        *self.inner.read_buffer_mut() = BytesMut::new();
+                        let buf = self.inner.read_buffer_mut();
+                        if buf.try_reclaim(READ_BUFFER_CAPACITY) {
+                            *buf = BytesMut::new();
+                        }
                         self.decoder.hpack.release_buffer();
                     }
                     return Poll::Pending;

@@ -133,6 +133,7 @@ impl Header {
             Header::Authority(ref v) => Header::Authority(copy(v)),
             Header::Scheme(ref v) => Header::Scheme(copy(v)),
             Header::Path(ref v) => Header::Path(copy(v)),
+            Header::Protocol(ref v) => Header::Protocol(Protocol::from(v.as_str())),
             ref other => other.clone(),
         }
     }
