@@ -15,7 +15,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::Duration;
 
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
@@ -66,20 +65,9 @@ impl Buffers {
         self.0.held.get().saturating_add(more) <= self.0.limit.load(Ordering::Relaxed)
     }
 
-    /// Returns once the listener is under its limit, which `limit` reads
-    /// from the current generation each time it looks, so that a reload
-    /// that raises it lets the listener accept again at once.
-    pub async fn wait_for_room(&self, limit: impl Fn() -> Option<u64>) {
-        loop {
-            let freed = self.0.freed.notified();
-            self.set_limit(limit());
-            if !self.over() {
-                return;
-            }
-            // Looked at again now and then: a reload may raise the limit
-            // while nothing is freed.
-            let _ = tokio::time::timeout(Duration::from_millis(250), freed).await;
-        }
+    /// Notified when a release takes the listener back under its limit.
+    pub fn freed(&self) -> &Notify {
+        &self.0.freed
     }
 
     /// A connection's share, empty for now.

@@ -56,13 +56,18 @@ impl Accept {
             // kernel's backlog instead of being accepted and starved.
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
-                _ = slots.wait_below(|| self.max_sessions()) => {}
+                _ = wait_until(&slots.freed, || {
+                    slots.taken.load(Ordering::Acquire) < self.max_sessions()
+                }) => {}
             }
             // Past max_buffer_mb too (the connections have most of the
             // listener's memory in hand already).
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
-                _ = self.buffers.wait_for_room(|| self.max_buffer()) => {}
+                _ = wait_until(self.buffers.freed(), || {
+                    self.buffers.set_limit(self.max_buffer());
+                    !self.buffers.over()
+                }) => {}
             }
             let accepted = tokio::select! {
                 _ = self.shutdown.cancelled() => break,
@@ -147,6 +152,19 @@ impl Accept {
     }
 }
 
+/// Returns once `ready()` holds, looking again each time `freed` is
+/// notified and every 250 ms: a limit read from the current generation may
+/// be raised by a reload while nothing is freed.
+async fn wait_until(freed: &Notify, ready: impl Fn() -> bool) {
+    loop {
+        let notified = freed.notified();
+        if ready() {
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(250), notified).await;
+    }
+}
+
 /// Connections in flight on one listener, against a limit that may change
 /// with each reload (a semaphore's fixed permits could not shrink while
 /// they are held).
@@ -160,19 +178,6 @@ struct Slots {
 struct Slot(Arc<Slots>);
 
 impl Slots {
-    /// Wait until fewer than `limit()` connections are in flight.
-    async fn wait_below(&self, limit: impl Fn() -> usize) {
-        loop {
-            let freed = self.freed.notified();
-            if self.taken.load(Ordering::Acquire) < limit() {
-                return;
-            }
-            // A reload may raise the limit while nothing ends: look again
-            // now and then, not only when a connection ends.
-            let _ = tokio::time::timeout(Duration::from_millis(250), freed).await;
-        }
-    }
-
     fn take(self: &Arc<Self>) -> Slot {
         self.taken.fetch_add(1, Ordering::AcqRel);
         Slot(self.clone())
