@@ -212,6 +212,17 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
         Served::Closed
     }
 
+    /// Whether the connection closes after this answer, whoever writes it:
+    /// the client asked to, a body left unread would be taken for the next
+    /// request, gale is shutting down, or the listener is over
+    /// `max_buffer_mb`.
+    fn must_close(&self) -> bool {
+        !self.req.keep_alive
+            || self.unread_body
+            || self.shutdown.is_cancelled()
+            || self.charge.buffers().over()
+    }
+
     /// Bytes in this connection's buffers.
     fn held(&self) -> usize {
         self.buf.capacity() + self.rbuf.capacity() + self.out.capacity()
@@ -534,12 +545,7 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
         // An HTTP/1.0 client cannot read chunks: it gets the data, and the
         // end of the connection marks the end of the body.
         let dechunk = self.req.http10 && self.resp.body == Framing::Chunked;
-        let close = !self.req.keep_alive
-            || self.unread_body
-            || dechunk
-            || self.resp.body == Framing::Close
-            || self.shutdown.is_cancelled()
-            || self.charge.buffers().over();
+        let close = self.must_close() || dechunk || self.resp.body == Framing::Close;
         head::write_response(
             &mut self.out,
             &self.rbuf,
@@ -577,11 +583,7 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
     /// stays open.
     async fn reply(&mut self, status: (u16, &str), text: &str, retry_after: Option<&str>) -> bool {
         self.count_status(status.0);
-        // A body left unread would be taken for the next request.
-        let close = self.unread_body
-            || !self.req.keep_alive
-            || self.shutdown.is_cancelled()
-            || self.charge.buffers().over();
+        let close = self.must_close();
         head::write_local(
             &mut self.out,
             status,
