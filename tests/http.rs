@@ -446,3 +446,46 @@ fn http2_requests_follow_the_client_field_rules_of_http1() {
         "a refused request reached the backend"
     );
 }
+
+#[test]
+fn a_backend_answering_503_is_ejected_its_gets_retried_and_a_post_never() {
+    let bad_port = free_port();
+    let bad = Nginx::start_with_status(bad_port, "bad", 503);
+    let good = Nginx::start(free_port(), "good");
+    // The bad backend weighs 100 to 1, so that each request goes to it
+    // first while it is in rotation.
+    let gale = Gale::start(&format!(
+        "[listeners.web]\nprotocol = \"http\"\naddress = \"127.0.0.1:0\"\npool = \"web\"\n\
+         [pools.web]\nretry_on = [\"connect\", \"error\", \"503\"]\nbase_ejection_time = \"1s\"\n\
+         [pools.web.probe]\nkind = \"tcp\"\ninterval = \"200ms\"\n\
+         [[pools.web.backends]]\nname = \"bad\"\naddress = \"{}\"\nweight = 100\n\
+         [[pools.web.backends]]\nname = \"good\"\naddress = \"{}\"\nweight = 1\n",
+        bad.address, good.address
+    ));
+    // A POST is never sent twice: the client gets the backend's 503.
+    let (code, body) = curl(&["-X", "POST", "--data", "charge=1", &url(&gale)]);
+    assert_eq!((code, body.as_str()), (503, "bad"));
+    assert_eq!((bad.wait_requests(1), good.requests()), (1, 0));
+    // GETs over HTTP/2 and HTTP/1.1 go on to the good backend.
+    for _ in 0..2 {
+        let (code, body) = curl(&["--http2-prior-knowledge", &url(&gale)]);
+        assert_eq!((code, body.as_str()), (200, "good"));
+    }
+    // Three 503s in a row: the bad backend is ejected (one of two is
+    // within max_ejection_percent); no request goes to it any more.
+    gale.wait_line(&["left rotation", "backend=bad"], Duration::from_secs(5));
+    assert_eq!(bad.wait_requests(3), 3);
+    assert_eq!(statuses(&gale, 10, &[]), vec![200; 10]);
+    assert_eq!(good.wait_requests(12), 12);
+    assert_eq!(bad.requests(), 3, "an ejected backend took requests");
+
+    // Healed, it returns after its ejection time and a passing probe.
+    drop(bad);
+    let healed = Nginx::start(bad_port, "healed");
+    gale.wait_line(&["back in rotation", "backend=bad"], Duration::from_secs(5));
+    assert_eq!(statuses(&gale, 10, &[]), vec![200; 10]);
+    assert!(
+        healed.requests() > 0,
+        "the healed backend takes requests again"
+    );
+}

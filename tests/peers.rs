@@ -149,7 +149,10 @@ fn a_killed_backend_costs_no_new_session_and_returns_after_restart() {
             (sink_a.address.to_string(), "none"),
             (sink_b.address.to_string(), "none"),
         ],
-        "health = { builtin = \"threshold-health\", settings = { rise = 2, fall = 3 } }",
+        // Traffic ejects the killed backend before its probes fail; a
+        // short ejection, so that its return is up to the probes.
+        "health = { builtin = \"threshold-health\", settings = { rise = 2, fall = 3 } }\n\
+         base_ejection_time = \"300ms\"",
     ));
     let addr = gale.address("in");
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -316,4 +319,70 @@ fn gale_drops_root_after_binding_and_still_relays() {
     assert_eq!(uids, [uid; 4], "{status}");
     support::client::send_mail(gale.address("in"));
     gale.wait_log("smtp session", Duration::from_secs(10));
+}
+
+/// `sessions` runs of smtp-source through gale, one message each (it
+/// gives up at the first deferral): how many were deferred, and what
+/// smtp-source said about them.
+fn smtp_source(gale: &Gale, sessions: usize) -> (usize, String) {
+    let mut said = String::new();
+    let mut deferred = 0;
+    for _ in 0..sessions {
+        let out = Command::new(require("smtp-source"))
+            .args(["-m", "1", "-f", "a@client.test", "-t", "b@example.test"])
+            .arg(gale.address("in").to_string())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() || !stderr.trim().is_empty() {
+            deferred += 1;
+            said.push_str(&stderr);
+        }
+    }
+    (deferred, said)
+}
+
+#[test]
+fn a_postfix_with_a_full_spool_leaves_rotation_on_traffic_and_returns() {
+    // More free space demanded than the disk has: smtpd greets 220, then
+    // answers MAIL FROM with "452 4.3.1 Insufficient system storage".
+    let full = Postfix::start();
+    full.set("queue_minfree = 1000000000000000");
+    full.reload();
+    full.wait_log(&["reload"], Duration::from_secs(10));
+    let normal = Postfix::start();
+    // The SMTP probe stops at EHLO: only traffic sees the full spool.
+    let gale = Gale::start(&config(
+        &[
+            (full.address.to_string(), "v1"),
+            (normal.address.to_string(), "v1"),
+        ],
+        "base_ejection_time = \"1s\"",
+    ));
+    let (deferred, stderr) = smtp_source(&gale, 40);
+    gale.wait_line(
+        &["left rotation", "backend=b0", "traffic"],
+        Duration::from_secs(5),
+    );
+    assert!(
+        (1..=4).contains(&deferred),
+        "{deferred} sessions deferred before the full Postfix left rotation:\n{stderr}"
+    );
+    assert!(
+        full.maillog().contains("4.3.1 Insufficient system storage"),
+        "{}",
+        full.maillog()
+    );
+
+    // Space again: back after its ejection time and a passing probe.
+    full.set("queue_minfree = 0");
+    full.reload();
+    gale.wait_line(&["back in rotation", "backend=b0"], Duration::from_secs(10));
+    let before = full.maillog().matches("from=<a@client.test>").count();
+    let (deferred, stderr) = smtp_source(&gale, 20);
+    assert_eq!(deferred, 0, "{stderr}");
+    assert!(
+        full.maillog().matches("from=<a@client.test>").count() > before,
+        "the healed Postfix takes mail again"
+    );
 }

@@ -268,7 +268,13 @@ async fn standby_takes_sessions_only_while_every_primary_is_down() {
             proxy: "none",
         },
     ];
-    let server = start(&backends, "balancer = { builtin = \"failover\" }").await;
+    // Traffic ejects the dead primary; a short ejection lets it return on
+    // its probes within the test.
+    let server = start(
+        &backends,
+        "balancer = { builtin = \"failover\" }\nbase_ejection_time = \"500ms\"",
+    )
+    .await;
     let addr = server.address("in").unwrap();
     let send = |n: usize| async move {
         for _ in 0..n {

@@ -32,6 +32,8 @@ pub struct Generation {
 pub struct ListenerCounters {
     pub relayed: Counter,
     pub deferred: Counter,
+    /// SMTP sessions given the backends' own refusal (see `smtp::session`).
+    pub refused: Counter,
     pub retries: Counter,
     pub bytes_up: Counter,
     pub bytes_down: Counter,
@@ -89,6 +91,7 @@ impl ListenerCounters {
         ListenerCounters {
             relayed: session("relayed"),
             deferred: session("deferred"),
+            refused: session("refused"),
             retries: metrics
                 .retries
                 .get_or_create(&ListenerLabels {

@@ -6,6 +6,8 @@
 //! - [`plugin`]: the wasmtime runtime that runs policy plugins under a
 //!   deadline and a memory cap.
 //! - [`pool`]: backends, their health, and the decisions over them.
+//! - [`attempts`]: trying backends in the balancer's order, the request
+//!   policy SMTP and both HTTP engines share.
 //! - [`generation`]: one consistent set of config, pools and plugins.
 //! - [`smtp`]: SMTP listeners (retry while holding the client, 421).
 //! - [`health`]: active health probes.
@@ -19,6 +21,7 @@
 //! - [`reload`]: builds the next generation on SIGHUP or a file change.
 
 pub mod admin;
+pub mod attempts;
 pub mod buffers;
 pub mod config;
 pub mod demo;

@@ -129,7 +129,7 @@ impl Accept {
         counters.replied_421.inc();
         let reply = crate::smtp::refusal::too_many_reply(&l.hostname);
         self.sessions.spawn(async move {
-            crate::smtp::refusal::refuse(client, &reply).await;
+            crate::smtp::refusal::refuse(client, reply.as_bytes()).await;
         });
     }
 

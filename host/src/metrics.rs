@@ -82,6 +82,11 @@ pub struct BackendLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    pub pool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FailureLabels {
     pub pool: String,
     pub backend: String,
@@ -136,6 +141,10 @@ pub struct Metrics {
     pub backend_sessions: Family<BackendLabels, Counter>,
     /// Attempts at a backend that failed, by reason.
     pub backend_failures: Family<FailureLabels, Counter>,
+    /// Backends taken out on live-traffic evidence.
+    pub backend_ejections: Family<BackendLabels, Counter>,
+    /// Ejections refused by `max_ejection_percent`.
+    pub ejections_capped: Family<PoolLabels, Counter>,
     /// Attempts after the first within one session or request.
     pub retries: Family<ListenerLabels, Counter>,
     /// Bytes a listener's connections hold in buffers (see `buffers`).
@@ -196,7 +205,7 @@ impl Metrics {
         let sessions = Family::<SessionLabels, Counter>::default();
         registry.register(
             "sessions",
-            "SMTP sessions by listener and outcome: relayed to a backend, or deferred with 421",
+            "SMTP sessions by listener and outcome: relayed to a backend, deferred with 421, or refused (every backend tried refused this client with a 5xx greeting while greeting others: their reply was passed on)",
             sessions.clone(),
         );
         let requests = Family::<RequestLabels, Counter>::default();
@@ -238,8 +247,20 @@ impl Metrics {
         let backend_failures = Family::<FailureLabels, Counter>::default();
         registry.register(
             "backend_failures",
-            "Attempts at a backend that failed: connect, timeout, greeting (not 220), full (max_sessions), exchange (HTTP)",
+            "Attempts at a backend that failed: connect, timeout, greeting (not 220), full (max_sessions), exchange (HTTP: failed before a response), status (HTTP: answered 502, 503 or 504), deferred (SMTP: a 4.3 reply to MAIL FROM or DATA, or a 421, after the greeting)",
             backend_failures.clone(),
+        );
+        let backend_ejections = Family::<BackendLabels, Counter>::default();
+        registry.register(
+            "backend_ejections",
+            "Times a backend was taken out of rotation on live-traffic failures (out for base_ejection_time or longer, then back on a passing probe)",
+            backend_ejections.clone(),
+        );
+        let ejections_capped = Family::<PoolLabels, Counter>::default();
+        registry.register(
+            "pool_ejections_capped",
+            "Live-traffic verdicts that would have taken a backend out but were refused: more than max_ejection_percent of the pool would have been out",
+            ejections_capped.clone(),
         );
         let retries = Family::<ListenerLabels, Counter>::default();
         registry.register(
@@ -286,6 +307,8 @@ impl Metrics {
             http_bytes,
             backend_sessions,
             backend_failures,
+            backend_ejections,
+            ejections_capped,
             retries,
             listener_buffers,
             probes,

@@ -276,8 +276,16 @@ impl SmtpSink {
     /// On `address` (any loopback address, so that DNS tests can tell
     /// backends apart).
     pub fn start_at(address: SocketAddr) -> SmtpSink {
+        SmtpSink::start_with(address, &[])
+    }
+
+    /// With more of `smtp-sink`'s options, e.g. `["-r", "MAIL"]` to answer
+    /// MAIL FROM with `450 4.3.0`.
+    pub fn start_with(address: SocketAddr, options: &[&str]) -> SmtpSink {
         let child = Command::new(require("smtp-sink"))
-            .args(["-u", "nobody", &address.to_string(), "256"])
+            .args(["-u", "nobody"])
+            .args(options)
+            .args([&address.to_string(), "256"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -305,6 +313,11 @@ pub struct Nginx {
 
 impl Nginx {
     pub fn start(port: u16, name: &str) -> Nginx {
+        Nginx::start_with_status(port, name, 200)
+    }
+
+    /// Answering every request with `status` (`name` as the body).
+    pub fn start_with_status(port: u16, name: &str, status: u16) -> Nginx {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display();
         let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -315,12 +328,12 @@ impl Nginx {
                 "daemon off;\nmaster_process off;\nworker_processes 1;\n\
                  pid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
                  events {{ worker_connections 256; }}\n\
-                 http {{\n  access_log off;\n\
+                 http {{\n  access_log {d}/access.log;\n\
                    client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
                    fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n\
                    scgi_temp_path {d}/scgi;\n\
                    server {{\n    listen {address};\n\
-                     location / {{ return 200 \"{name}\"; }}\n  }}\n}}\n"
+                     location / {{ return {status} \"{name}\"; }}\n  }}\n}}\n"
             ),
         )
         .unwrap();
@@ -339,6 +352,24 @@ impl Nginx {
             address,
             _dir: dir,
         }
+    }
+}
+
+impl Nginx {
+    /// Requests it answered so far (lines of its access log, written
+    /// just after each response went out).
+    pub fn requests(&self) -> usize {
+        std::fs::read_to_string(self._dir.path().join("access.log"))
+            .map_or(0, |log| log.lines().count())
+    }
+
+    /// Wait up to 5 s until it has logged `n` requests; how many it has.
+    pub fn wait_requests(&self, n: usize) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.requests() < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.requests()
     }
 }
 
@@ -425,6 +456,31 @@ impl Postfix {
         // Not a probe connection: smtpd would log the missing PROXY header.
         postfix.wait_log(&["daemon started"], Duration::from_secs(15));
         postfix
+    }
+
+    /// Change one main.cf setting (`postconf -e`), e.g.
+    /// `"queue_minfree = 0"`; [`Postfix::reload`] applies it.
+    pub fn set(&self, setting: &str) {
+        let status = Command::new(require("postconf"))
+            .arg("-c")
+            .arg(self.dir.path().join("conf"))
+            .args(["-e", setting])
+            .status()
+            .unwrap();
+        assert!(status.success(), "postconf -e {setting}");
+    }
+
+    /// `postfix reload`: new smtpd processes read the changed settings.
+    pub fn reload(&self) {
+        let status = Command::new(require("postfix"))
+            .arg("-c")
+            .arg(self.dir.path().join("conf"))
+            .arg("reload")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "postfix reload");
     }
 
     pub fn maillog(&self) -> String {

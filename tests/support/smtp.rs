@@ -21,7 +21,15 @@ pub enum Behaviour {
     Silent,
     /// Answers with something that is not SMTP.
     Garbage,
+    /// Greets `554 5.7.1` to everyone.
+    Reject,
+    /// Behind PROXY v1: greets `554 5.7.1 ... listed` when the client is
+    /// this address (a DNSBL-listed sender, say), as a sink otherwise.
+    Blocklist(std::net::IpAddr),
 }
+
+/// What [`Behaviour::Blocklist`] greets a listed client with.
+pub const LISTED: &str = "554 5.7.1 Service unavailable; client listed at bl.test";
 
 pub struct Backend {
     pub address: SocketAddr,
@@ -121,11 +129,26 @@ async fn serve(
     messages: Arc<AtomicUsize>,
     headers: Arc<Mutex<Vec<Vec<u8>>>>,
 ) -> std::io::Result<()> {
+    let mut client = None;
     if let Some(v) = proxy {
         let h = read_proxy_header(&mut stream, v).await?;
+        // "PROXY TCP4 <source> <destination> ...": v1 only.
+        client = String::from_utf8_lossy(&h)
+            .split(' ')
+            .nth(2)
+            .and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
         headers.lock().unwrap().push(h);
     }
     match behaviour {
+        Behaviour::Reject => {
+            stream.write_all(b"554 5.7.1 no service here\r\n").await?;
+            return Ok(());
+        }
+        Behaviour::Blocklist(listed) if client == Some(listed) => {
+            stream.write_all(format!("{LISTED}\r\n").as_bytes()).await?;
+            return Ok(());
+        }
+        Behaviour::Blocklist(_) => {}
         Behaviour::Busy => {
             stream.write_all(b"421 4.3.2 busy\r\n").await?;
             return Ok(());
@@ -186,7 +209,17 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).await.unwrap();
+        Self::from_stream(TcpStream::connect(addr).await.unwrap())
+    }
+
+    /// Connect from `ip` (any of 127.0.0.0/8 on Linux).
+    pub async fn connect_from(addr: SocketAddr, ip: std::net::IpAddr) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(ip, 0)).unwrap();
+        Self::from_stream(socket.connect(addr).await.unwrap())
+    }
+
+    fn from_stream(stream: TcpStream) -> Client {
         let local = stream.local_addr().unwrap();
         let (r, w) = stream.into_split();
         Client {

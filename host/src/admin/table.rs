@@ -89,10 +89,16 @@ pub fn render(status: &Value) -> String {
     ])];
     for pool in status["pools"].as_array().into_iter().flatten() {
         for b in pool["backends"].as_array().into_iter().flatten() {
+            let out = &b["out"];
             let health = if b["healthy"] == Value::Bool(true) {
-                "up"
+                "up".to_string()
+            } else if out["by"] == "traffic" {
+                match out["ejected_ms_left"].as_u64().unwrap_or(0) {
+                    0 => "EJECTED".to_string(),
+                    ms => format!("EJECTED {}s", ms.div_ceil(1000)),
+                }
             } else {
-                "DOWN"
+                "DOWN".to_string()
             };
             let weight = if b["effective_weight"] == b["weight"] {
                 s(&b["weight"])
@@ -115,7 +121,7 @@ pub fn render(status: &Value) -> String {
                 &s(&pool["name"]),
                 &s(&b["name"]),
                 &s(&b["address"]),
-                health,
+                &health,
                 &s(&b["admin_state"]),
                 &weight,
                 &s(&b["active_sessions"]),

@@ -388,6 +388,13 @@ pub(super) fn peers(
         candidate: None,
         keepalive_timeout: Duration::from_secs(60),
         slow_start: None,
+        // Peers carry no traffic through gale: only probes judge them.
+        ejection: super::EjectionConfig {
+            max_percent: 0,
+            base_time: super::DEFAULT_BASE_EJECTION_TIME,
+            max_time: super::DEFAULT_MAX_EJECTION_TIME,
+        },
+        retry_on: super::RetryOn::default(),
         probe: super::probe_config(errors, &section.probe, "peers.probe")?,
         backends,
     };

@@ -253,6 +253,20 @@ pub struct PoolSection {
     /// `slow_start`: a backend that comes back (or is enabled) ramps from
     /// a low weight to its full weight over this long.
     pub slow_start: Option<Spanned<String>>,
+    /// `max_ejection_percent`: live traffic alone never takes more than
+    /// this share of the pool's backends out (probes may take any).
+    pub max_ejection_percent: Option<Spanned<u32>>,
+    /// `base_ejection_time`: how long a backend taken out by live traffic
+    /// stays out the first time; each ejection soon after another adds
+    /// as much again.
+    pub base_ejection_time: Option<Spanned<String>>,
+    /// `max_ejection_time`: the longest ejection.
+    pub max_ejection_time: Option<Spanned<String>>,
+    /// `retry_on` (HTTP): what sends a request on to the next backend:
+    /// "connect", "error" (failed before a response), "502", "503",
+    /// "504"; all but "connect" only for idempotent requests whose body
+    /// was not sent.
+    pub retry_on: Option<Spanned<Vec<String>>>,
     /// `[pools.NAME.probe]`: active health checks.
     #[serde(default)]
     pub probe: ProbeSection,
@@ -322,11 +336,17 @@ pub struct ProbeSection {
     /// `timeout`: time one probe may take, e.g. "1s".
     pub timeout: Option<Spanned<String>>,
     /// `ehlo`: name sent in the SMTP probe's EHLO.
-    pub ehlo: Option<String>,
+    pub ehlo: Option<Spanned<String>>,
+    /// `mail_from`: the SMTP probe also sends `MAIL FROM:<this>` ("" for
+    /// the null sender), then RSET: a full spool answers it with 452.
+    pub mail_from: Option<Spanned<String>>,
+    /// `rcpt_to`: and `RCPT TO:<this>`, so a broken recipient check is
+    /// seen too.
+    pub rcpt_to: Option<Spanned<String>>,
     /// `method`: HTTP probe method.
-    pub method: Option<String>,
+    pub method: Option<Spanned<String>>,
     /// `path`: HTTP probe path.
-    pub path: Option<String>,
+    pub path: Option<Spanned<String>>,
     /// `expect_status`: HTTP statuses counted as healthy, e.g. [200, 399].
     pub expect_status: Option<Spanned<[u16; 2]>>,
 }

@@ -10,6 +10,7 @@
 
 pub mod dns;
 mod file;
+mod health;
 mod tls;
 
 use std::net::SocketAddr;
@@ -20,6 +21,11 @@ use std::time::Duration;
 pub use dns::{DnsConfig, PeersConfig, Provider as DnsProvider};
 use file::{FileConfig, PluginSection};
 pub use file::{Pregreet, ProbeKind, Protocol, ProxyProtocol, Role};
+pub use health::{
+    DEFAULT_BASE_EJECTION_TIME, DEFAULT_MAX_EJECTION_PERCENT, DEFAULT_MAX_EJECTION_TIME,
+    EjectionConfig, ProbeConfig, RetryOn,
+};
+use health::{ejection, probe_config, retry_on};
 use toml::Spanned;
 
 /// Default CPU deadline of one plugin call.
@@ -137,6 +143,10 @@ pub struct PoolConfig {
     pub keepalive_timeout: Duration,
     /// Ramp time for a backend that returns; `None`: full weight at once.
     pub slow_start: Option<Duration>,
+    /// What live traffic alone may do to the pool's backends.
+    pub ejection: EjectionConfig,
+    /// HTTP: which failures send a request on to the next backend.
+    pub retry_on: RetryOn,
     pub probe: ProbeConfig,
     pub backends: Vec<BackendConfig>,
 }
@@ -187,18 +197,6 @@ impl CandidateMode {
             CandidateMode::Shadow => "shadow",
         }
     }
-}
-
-#[derive(Debug, Clone)]
-pub struct ProbeConfig {
-    pub kind: ProbeKind,
-    pub interval: Duration,
-    pub timeout: Duration,
-    pub ehlo: String,
-    pub method: String,
-    pub path: String,
-    /// Inclusive range of HTTP statuses counted as healthy.
-    pub expect_status: (u16, u16),
 }
 
 #[derive(Debug, Clone)]
@@ -467,6 +465,8 @@ fn validate(file: FileConfig, path: &Path, errors: &Errors<'_>) -> Result<Config
                 &format!("{key}.keepalive_timeout"),
                 Duration::from_secs(60),
             )?,
+            ejection: ejection(errors, pool, &key)?,
+            retry_on: retry_on(errors, pool.retry_on.as_ref(), &format!("{key}.retry_on"))?,
             probe,
             backends,
         });
@@ -646,46 +646,6 @@ fn validate(file: FileConfig, path: &Path, errors: &Errors<'_>) -> Result<Config
         admin,
         listeners,
         pools,
-    })
-}
-
-fn probe_config(
-    errors: &Errors<'_>,
-    p: &file::ProbeSection,
-    key: &str,
-) -> Result<ProbeConfig, ConfigError> {
-    let expect_status = match &p.expect_status {
-        None => (200, 399),
-        Some(s) => {
-            let [lo, hi] = *s.get_ref();
-            if !(100..=599).contains(&lo) || !(lo..=599).contains(&hi) {
-                return Err(errors.spanned(
-                    s,
-                    &format!("{key}.expect_status"),
-                    "expected [low, high] with 100 <= low <= high <= 599",
-                ));
-            }
-            (lo, hi)
-        }
-    };
-    Ok(ProbeConfig {
-        kind: p.kind,
-        interval: parse_duration(
-            errors,
-            p.interval.as_ref(),
-            &format!("{key}.interval"),
-            Duration::from_secs(2),
-        )?,
-        timeout: parse_duration(
-            errors,
-            p.timeout.as_ref(),
-            &format!("{key}.timeout"),
-            Duration::from_secs(1),
-        )?,
-        ehlo: p.ehlo.clone().unwrap_or_else(|| "gale.invalid".to_string()),
-        method: p.method.clone().unwrap_or_else(|| "GET".to_string()),
-        path: p.path.clone().unwrap_or_else(|| "/".to_string()),
-        expect_status,
     })
 }
 

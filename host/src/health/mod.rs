@@ -51,8 +51,13 @@ pub fn spawn_probes(
                         _ = shutdown.cancelled() => break,
                         _ = tokio::time::sleep_until(next) => {}
                     }
+                    let started = std::time::Instant::now();
                     let result = probe_once(&probe, backend.address, backend.proxy_protocol).await;
                     tracing::debug!(pool = %pool.name, backend = %backend.name, ok = result.ok, detail = %result.detail, "probe");
+                    if result.ok && probe.kind == ProbeKind::Smtp {
+                        // Greeted gale as it greets clients.
+                        pool.note_welcome(id, started);
+                    }
                     pool.record(id, result);
                     next += probe.interval;
                     let now = tokio::time::Instant::now();
@@ -103,14 +108,15 @@ async fn run_probe(probe: &ProbeConfig, address: SocketAddr, proxy: ProxyProtoco
     }
     match probe.kind {
         ProbeKind::Tcp => Ok(None),
-        ProbeKind::Smtp => smtp_probe(&mut stream, &probe.ehlo).await,
+        ProbeKind::Smtp => smtp_probe(&mut stream, probe).await,
         ProbeKind::Http => http_probe(&mut stream, probe, address).await,
     }
 }
 
-/// Banner, EHLO, QUIT: one command at a time, as a polite client does, so
-/// the MTA logs nothing worse than a connect and a QUIT.
-async fn smtp_probe(stream: &mut TcpStream, ehlo: &str) -> ProbeOutcome {
+/// Banner, EHLO, then MAIL FROM, RCPT TO and RSET if the probe names
+/// addresses, then QUIT: one command at a time, as a polite client does,
+/// so the MTA logs nothing worse than an aborted transaction.
+async fn smtp_probe(stream: &mut TcpStream, probe: &ProbeConfig) -> ProbeOutcome {
     let banner = read_reply(stream)
         .await
         .map_err(|e| (None, format!("banner: {e}")))?;
@@ -120,22 +126,39 @@ async fn smtp_probe(stream: &mut TcpStream, ehlo: &str) -> ProbeOutcome {
             format!("banner {:?}", banner.first_line()),
         ));
     }
-    stream
-        .write_all(format!("EHLO {ehlo}\r\n").as_bytes())
-        .await
-        .map_err(|e| (Some(220), e.to_string()))?;
-    let reply = read_reply(stream)
-        .await
-        .map_err(|e| (Some(220), format!("EHLO: {e}")))?;
-    if reply.code != 250 {
-        return Err((
-            Some(reply.code),
-            format!("EHLO answered {:?}", reply.first_line()),
-        ));
+    command(stream, &format!("EHLO {}", probe.ehlo), "EHLO").await?;
+    if let Some(from) = &probe.mail_from {
+        command(stream, &format!("MAIL FROM:<{from}>"), "MAIL FROM").await?;
+        if let Some(to) = &probe.rcpt_to {
+            command(stream, &format!("RCPT TO:<{to}>"), "RCPT TO").await?;
+        }
+        command(stream, "RSET", "RSET").await?;
     }
     let _ = stream.write_all(b"QUIT\r\n").await;
     let _ = timeout(Duration::from_millis(500), read_reply(stream)).await;
     Ok(Some(220))
+}
+
+/// Send one command; its reply must be 2xx.
+async fn command(
+    stream: &mut TcpStream,
+    line: &str,
+    name: &str,
+) -> Result<(), (Option<u16>, String)> {
+    stream
+        .write_all(format!("{line}\r\n").as_bytes())
+        .await
+        .map_err(|e| (None, format!("{name}: {e}")))?;
+    let reply = read_reply(stream)
+        .await
+        .map_err(|e| (None, format!("{name}: {e}")))?;
+    if !(200..300).contains(&reply.code) {
+        return Err((
+            Some(reply.code),
+            format!("{name} answered {:?}", reply.first_line()),
+        ));
+    }
+    Ok(())
 }
 
 /// A minimal HTTP/1.0 request; the status must fall in the expected range.

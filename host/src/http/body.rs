@@ -18,7 +18,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 
 use super::upstream::Lease;
-use crate::plugin::LiveCounters;
+use crate::attempts::InFlight;
 
 /// The client's request body, streamed (never buffered whole). Every
 /// attempt gets a handle on the same stream; once any handle has been
@@ -133,44 +133,21 @@ impl Body for Idle {
     }
 }
 
-/// A session counted on a backend (`pool-state` active sessions, and
-/// `max_sessions`) until dropped.
-pub struct Active {
-    live: Arc<LiveCounters>,
-    id: usize,
-}
-
-impl Active {
-    /// Count a session on backend `id`, unless it already has `max`.
-    pub fn enter(live: &Arc<LiveCounters>, id: usize, max: u32) -> Option<Active> {
-        live.try_enter(id, max).then(|| Active {
-            live: live.clone(),
-            id,
-        })
-    }
-}
-
-impl Drop for Active {
-    fn drop(&mut self) {
-        self.live.leave(self.id);
-    }
-}
-
 /// A backend's response body on its way to the client. Its connection
 /// goes back to the pool once the body was read to the end; a body cut
 /// short closes it.
 pub struct UpstreamBody {
     body: Idle,
     lease: Option<Lease>,
-    _active: Active,
+    _in_flight: InFlight,
 }
 
 impl UpstreamBody {
-    pub fn new(body: Idle, lease: Lease, active: Active) -> Self {
+    pub fn new(body: Idle, lease: Lease, in_flight: InFlight) -> Self {
         UpstreamBody {
             body,
             lease: Some(lease),
-            _active: active,
+            _in_flight: in_flight,
         }
     }
 

@@ -13,9 +13,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::body::{Active, BoxError, Idle, LocalBody, ProxyBody, SharedBody, UpstreamBody};
+use super::body::{BoxError, Idle, LocalBody, ProxyBody, SharedBody, UpstreamBody};
 use super::headers::{self, Peer};
-use super::upstream::{Failure, Upstreams};
+use super::upstream::{self, Upstreams};
+use crate::attempts::{Attempts, Failure, FailureReason, http_retries};
 use crate::config::ListenerConfig;
 use crate::generation::{Generation, ip_address};
 use crate::plugin::types::{HttpRequest, Protocol, RequestContext};
@@ -65,7 +66,7 @@ impl Proxy {
         // Per request, not per connection: a kept-alive connection follows
         // reloads.
         let generation = self.current.load_full();
-        let Some(l) = generation.config.listener(&self.name) else {
+        let Some((l, counters)) = generation.listener(&self.name) else {
             return refuse(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "listener is being removed\n",
@@ -73,7 +74,8 @@ impl Proxy {
             );
         };
         let pool = &generation.pools[l.pool];
-        let keepalive = generation.config.pool_of(l).keepalive_timeout;
+        let pool_config = generation.config.pool_of(l);
+        let (keepalive, retry_on) = (pool_config.keepalive_timeout, pool_config.retry_on);
         let (mut head, body) = req.into_parts();
         // The rule gale's HTTP/1 engine holds (`headers::framing_lookalike`):
         // hyper frames the body for the backend, and a `content_length`
@@ -125,92 +127,90 @@ impl Proxy {
         headers::forward_request(&mut head.headers, client, &host);
         let body = SharedBody::new(body, l.idle_timeout);
         let replayable = is_idempotent(head.method.as_str());
-        let mut tried = String::new();
+        let mut attempts = Attempts::new(pool, &decision.order, l.max_attempts, &counters.retries);
         let mut reached_a_backend = false;
+        while let Some(turn) = attempts.next() {
+            let backend = turn.backend;
+            let mut forwarded = Request::new(body.clone());
+            *forwarded.method_mut() = head.method.clone();
+            *forwarded.uri_mut() = target.clone();
+            *forwarded.version_mut() = Version::HTTP_11;
+            *forwarded.headers_mut() = head.headers.clone();
 
-        for &id in decision.order.iter().take(l.max_attempts as usize) {
-            let id = id as usize;
-            let backend = pool.backend(id);
-            let Some(active) = Active::enter(pool.live(), id, backend.max_sessions) else {
-                tried.push_str(&format!("{}: at max_sessions; ", backend.name));
-                pool.count_failure(id, "full");
-                continue;
-            };
-            let mut upstream = Request::new(body.clone());
-            *upstream.method_mut() = head.method.clone();
-            *upstream.uri_mut() = target.clone();
-            *upstream.version_mut() = Version::HTTP_11;
-            *upstream.headers_mut() = head.headers.clone();
-
-            let attempt = Instant::now();
             let exchange =
                 self.upstreams
-                    .request(backend.address, l.connect_timeout, keepalive, upstream);
-            let outcome = tokio::time::timeout(l.response_timeout, exchange).await;
-            let timed_out = outcome.is_err();
-            let failure = match outcome {
+                    .request(backend.address, l.connect_timeout, keepalive, forwarded);
+            let failure = match tokio::time::timeout(l.response_timeout, exchange).await {
                 Ok(Ok((mut response, lease))) => {
-                    pool.count_session(id);
+                    let status = response.status().as_u16();
+                    match Failure::of_status(status) {
+                        None => attempts.succeeded(&turn, format_args!("{status}")),
+                        Some(failure) => {
+                            let again = attempts.remaining()
+                                && http_retries(&retry_on, &failure, replayable && !body.touched());
+                            attempts.answered_but_failed(&turn, failure);
+                            if again {
+                                // Dropped unread: its connection closes.
+                                reached_a_backend = true;
+                                continue;
+                            }
+                        }
+                    }
                     headers::strip_hop_by_hop(response.headers_mut());
                     tracing::debug!(
                         listener = %l.name, client = %peer, backend = %backend.name,
-                        method = %head.method, path, status = response.status().as_u16(),
+                        method = %head.method, path, status,
                         ms = started.elapsed().as_millis() as u64, "http request"
                     );
                     return response.map(|body| {
                         let body = Idle::new(body, l.idle_timeout);
-                        ProxyBody::Upstream(UpstreamBody::new(body, lease, active))
+                        ProxyBody::Upstream(UpstreamBody::new(body, lease, turn.in_flight))
                     });
                 }
-                Ok(Err(Failure::Connect(e))) => format!("connect: {e}"),
-                Ok(Err(Failure::Exchange(e))) => {
-                    reached_a_backend = true;
-                    format!("before a response: {}", source_message(&e))
+                Ok(Err(upstream::Failure::Connect(e))) => {
+                    Failure::new(FailureReason::Connect, format!("connect: {e}"))
                 }
-                Err(_) => {
-                    reached_a_backend = true;
-                    format!("no response in {:?}", l.response_timeout)
-                }
+                Ok(Err(upstream::Failure::Exchange(e))) => Failure::new(
+                    FailureReason::Exchange,
+                    format!("before a response: {}", source_message(&e)),
+                ),
+                Err(_) => Failure::new(
+                    FailureReason::Timeout,
+                    format!("no response in {:?}", l.response_timeout),
+                ),
             };
-            let latency = attempt.elapsed();
-            pool.count_failure(
-                id,
-                match (reached_a_backend, timed_out) {
-                    (false, _) => "connect",
-                    (true, true) => "timeout",
-                    (true, false) => "exchange",
-                },
-            );
-            tried.push_str(&format!(
-                "{}: {failure} after {}ms; ",
-                backend.name,
-                latency.as_millis()
-            ));
-            pool.record_traffic_failure(id, latency, None, failure);
-            if reached_a_backend && (timed_out || !replayable || body.touched()) {
-                // The backend may have acted on it: never send it again.
-                let (status, text) = if timed_out {
-                    (
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "the backend did not answer in time\n",
-                    )
-                } else {
-                    (
-                        StatusCode::BAD_GATEWAY,
-                        "the backend failed before responding\n",
-                    )
-                };
-                log_failure(
-                    l,
-                    peer,
-                    head.method.as_str(),
-                    &path,
-                    status.as_u16(),
-                    &tried,
-                    started,
-                );
-                return refuse(status, text, body);
+            let again = http_retries(&retry_on, &failure, replayable && !body.touched());
+            let reason = failure.reason;
+            attempts.failed(turn, failure);
+            if again {
+                reached_a_backend |= reason != FailureReason::Connect;
+                continue;
             }
+            if reason == FailureReason::Connect {
+                break;
+            }
+            // The backend may have acted on it: never send it again.
+            let (status, text) = if reason == FailureReason::Timeout {
+                (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "the backend did not answer in time\n",
+                )
+            } else {
+                (
+                    StatusCode::BAD_GATEWAY,
+                    "the backend failed before responding\n",
+                )
+            };
+            log_failure(
+                l,
+                peer,
+                head.method.as_str(),
+                &path,
+                status.as_u16(),
+                attempts.tried(),
+                started,
+            );
+            return refuse(status, text, body);
         }
         let status = if reached_a_backend {
             StatusCode::BAD_GATEWAY
@@ -223,7 +223,7 @@ impl Proxy {
             head.method.as_str(),
             &path,
             status.as_u16(),
-            &tried,
+            attempts.tried(),
             started,
         );
         if reached_a_backend {
@@ -284,7 +284,7 @@ pub(super) fn log_failure(
         %method,
         path = loggable(path),
         status,
-        tried = %tried.trim_end_matches("; "),
+        tried = %tried,
         ms = started.elapsed().as_millis() as u64,
         "http request failed"
     );

@@ -6,6 +6,7 @@
 //! flight) and the pool snapshot pushed to balancers. Does not touch:
 //! sockets or probes (they report results here through [`Pool::record`]).
 
+mod ejection;
 mod fallback;
 mod report;
 mod shadow;
@@ -18,19 +19,23 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use prometheus_client::metrics::counter::Counter;
 
+use crate::attempts::{Failure, FailureReason};
+use crate::config::EjectionConfig;
 use crate::config::{BackendConfig, PoolConfig};
 use crate::metrics::{
     BackendLabels, FailureLabels, FallbackLabels, Metrics, PluginLabels, ProbeLabels,
 };
 use crate::plugin::PushedPool;
-use crate::plugin::types::{Backend, ProbeResult, RequestContext};
+use crate::plugin::types::{Backend, ProbeResult, ProbeSource, RequestContext};
 use crate::plugin::{
     BalancerPlugin, CallFailure, HealthPlugin, LiveCounters, PluginError, PluginRuntime,
 };
+pub use ejection::{Depth, Out, WELCOME_WINDOW};
+use ejection::{Ejection, Ruling};
 use fallback::{FallbackBalancer, RateLimitedLog};
 use gale_sdk::threshold::RiseFall;
 use report::Timeline;
-pub use report::{BackendReport, FAILURE_REASONS, LastResult, Mark};
+pub use report::{BackendReport, LastResult, Mark, OutReport};
 pub use shadow::{Disagreement, Shadow, ShadowReport};
 pub use steering::{Action, AdminState, Steering, SteeringRecord};
 
@@ -54,10 +59,37 @@ pub struct Decision {
     pub decider: Decider,
 }
 
+/// Recent results of one backend, probes and traffic apart: a passing
+/// probe that only says "220" must not break a run of deferred messages,
+/// nor traffic a run of failed probes (Envoy keeps its active health
+/// checks and outlier detection apart the same way).
+#[derive(Debug, Clone, Default)]
+struct History {
+    probes: VecDeque<ProbeResult>,
+    traffic: VecDeque<ProbeResult>,
+    last: Option<ProbeResult>,
+}
+
+impl History {
+    /// Add `result`; the recent results of its source, oldest first.
+    fn push(&mut self, result: &ProbeResult) -> Vec<ProbeResult> {
+        let recent = match result.source {
+            ProbeSource::Probe => &mut self.probes,
+            ProbeSource::Traffic => &mut self.traffic,
+        };
+        if recent.len() == HISTORY {
+            recent.pop_front();
+        }
+        recent.push_back(result.clone());
+        self.last = Some(result.clone());
+        recent.iter().cloned().collect()
+    }
+}
+
 struct BackendState {
     config: BackendConfig,
     healthy: AtomicBool,
-    history: Mutex<VecDeque<ProbeResult>>,
+    history: Mutex<History>,
     /// Recent results with times, for `/status` and the status page.
     timeline: Mutex<Timeline>,
     steering: Mutex<Steering>,
@@ -67,6 +99,10 @@ struct BackendState {
     ramp_since: Mutex<Option<std::time::Instant>>,
     /// `gale_backend_sessions_total` for this backend, resolved once.
     sessions: Counter,
+    /// The host's rules on traffic evidence (see [`ejection`]).
+    ejection: Ejection,
+    /// `gale_backend_ejections_total` for this backend.
+    ejections: Counter,
 }
 
 struct HookStats {
@@ -133,6 +169,12 @@ pub struct Pool {
     /// Drain, disable and weight set by an operator; outlives reloads.
     steering: Arc<SteeringRecord>,
     slow_start: Option<std::time::Duration>,
+    ejection: EjectionConfig,
+    /// Held while deciding an ejection, so that two at once cannot both
+    /// pass `max_ejection_percent`.
+    ejecting: Mutex<()>,
+    /// `gale_pool_ejections_capped_total`.
+    capped: Counter,
     /// Some backend is ramping up: the snapshot is rebuilt as decisions
     /// come (at most every `RAMP_STEP`), so its weight rises.
     ramping: AtomicBool,
@@ -210,21 +252,21 @@ impl Pool {
             .iter()
             .map(|b| {
                 let steered = steering.get(&b.name);
+                let labels = BackendLabels {
+                    pool: config.name.clone(),
+                    backend: b.name.clone(),
+                };
                 BackendState {
                     config: b.clone(),
                     healthy: AtomicBool::new(true),
-                    history: Mutex::new(VecDeque::with_capacity(HISTORY)),
+                    history: Mutex::default(),
                     timeline: Mutex::default(),
                     steering: Mutex::new(steered),
                     takes_sessions: AtomicBool::new(steered.state.takes_sessions()),
                     ramp_since: Mutex::new(None),
-                    sessions: metrics
-                        .backend_sessions
-                        .get_or_create(&BackendLabels {
-                            pool: config.name.clone(),
-                            backend: b.name.clone(),
-                        })
-                        .clone(),
+                    sessions: metrics.backend_sessions.get_or_create(&labels).clone(),
+                    ejection: Ejection::default(),
+                    ejections: metrics.backend_ejections.get_or_create(&labels).clone(),
                 }
             })
             .collect();
@@ -237,6 +279,14 @@ impl Pool {
             metrics: metrics.clone(),
             steering,
             slow_start: config.slow_start,
+            ejection: config.ejection,
+            ejecting: Mutex::new(()),
+            capped: metrics
+                .ejections_capped
+                .get_or_create(&crate::metrics::PoolLabels {
+                    pool: config.name.clone(),
+                })
+                .clone(),
             ramping: AtomicBool::new(false),
             published_at: Mutex::new(std::time::Instant::now()),
             balancer,
@@ -277,14 +327,13 @@ impl Pool {
 
     /// An attempt at backend `id` failed for `reason` (rare: the label
     /// set is looked up each time).
-    pub fn count_failure(&self, id: usize, reason: &'static str) {
-        debug_assert!(FAILURE_REASONS.contains(&reason), "{reason}");
+    pub fn count_failure(&self, id: usize, reason: FailureReason) {
         self.metrics
             .backend_failures
             .get_or_create(&FailureLabels {
                 pool: self.name.clone(),
                 backend: self.backends[id].config.name.clone(),
-                reason: reason.to_string(),
+                reason: reason.label().to_string(),
             })
             .inc();
     }
@@ -496,6 +545,7 @@ impl Pool {
             };
             let healthy = before.healthy.load(Ordering::Acquire);
             changed |= state.healthy.swap(healthy, Ordering::AcqRel) != healthy;
+            state.ejection.inherit(&before.ejection);
             // A ramp under way goes on from where it was.
             let ramp = *before.ramp_since.lock().unwrap_or_else(|p| p.into_inner());
             if ramp.is_some() && self.slow_start.is_some() {
@@ -523,31 +573,85 @@ impl Pool {
 
     /// A failure seen on live traffic (refused, timed out, bad greeting or
     /// response). It counts as a health result, so a dead backend leaves
-    /// the pool before its next probe.
+    /// the pool before its next probe, within the rules of [`ejection`].
     pub fn record_traffic_failure(
         &self,
         id: usize,
         latency: std::time::Duration,
-        code: Option<u16>,
-        detail: String,
+        failure: &Failure,
     ) -> Option<bool> {
+        let depth = match failure.reason {
+            FailureReason::Deferred => Depth::Transaction,
+            _ => Depth::Session,
+        };
+        if !self.backends[id]
+            .ejection
+            .failed(failure.about_client, depth)
+        {
+            // This client was refused already in this run.
+            return None;
+        }
         self.record(
             id,
             ProbeResult {
                 ok: false,
                 latency_us: latency.as_micros() as u64,
-                code,
-                detail,
-                source: crate::plugin::types::ProbeSource::Traffic,
+                code: failure.code,
+                detail: failure.detail.clone(),
+                source: ProbeSource::Traffic,
             },
         )
     }
 
+    /// Backend `id` took a session or request that began at `at` (or,
+    /// with [`Depth::Transaction`], a message). Ends a failure run no
+    /// deeper than `depth` (the health plugin sees a success then);
+    /// otherwise it costs two atomic operations.
+    pub fn record_traffic_success(&self, id: usize, at: std::time::Instant, depth: Depth) {
+        let ejection = &self.backends[id].ejection;
+        ejection.welcome(at);
+        if ejection.succeeded(depth) {
+            self.record(
+                id,
+                ProbeResult {
+                    ok: true,
+                    latency_us: at.elapsed().as_micros() as u64,
+                    code: None,
+                    detail: "ok".to_string(),
+                    source: ProbeSource::Traffic,
+                },
+            );
+        }
+    }
+
+    /// An SMTP probe was greeted with 220 at `at`.
+    pub fn note_welcome(&self, id: usize, at: std::time::Instant) {
+        self.backends[id].ejection.welcome(at);
+    }
+
+    /// Whether backend `id`'s refusal of a client it knows is its verdict
+    /// on that client, not an outage: it passes its probes and greeted
+    /// someone with 220 within [`WELCOME_WINDOW`].
+    pub fn vouches_for_refusal(&self, id: usize) -> bool {
+        let b = &self.backends[id];
+        b.healthy.load(Ordering::Acquire) && b.ejection.welcomed_recently()
+    }
+
+    /// Why backend `id` is out of rotation, if it is.
+    pub fn out(&self, id: usize) -> Option<Out> {
+        let b = &self.backends[id];
+        if b.healthy.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(b.ejection.state().out.unwrap_or(Out::Probe))
+    }
+
     /// Feed one probe or traffic result for backend `id` through the
-    /// health plugin. Returns the new verdict if it changed.
+    /// health plugin, then the host's rules. Returns the new verdict if it
+    /// changed.
     pub fn record(&self, id: usize, result: ProbeResult) -> Option<bool> {
         let state = &self.backends[id];
-        if result.source == crate::plugin::types::ProbeSource::Probe {
+        if result.source == ProbeSource::Probe {
             self.metrics
                 .probes
                 .get_or_create(&ProbeLabels {
@@ -557,19 +661,16 @@ impl Pool {
                 })
                 .inc();
         }
-        let recent: Vec<ProbeResult> = {
-            let mut history = state.history.lock().unwrap_or_else(|p| p.into_inner());
-            if history.len() == HISTORY {
-                history.pop_front();
-            }
-            history.push_back(result.clone());
-            history.iter().cloned().collect()
-        };
+        let recent = state
+            .history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(&result);
         let current = state.healthy.load(Ordering::Acquire);
         let snapshot = self.pushed.load();
         self.health_stats.calls.inc();
         let called = std::time::Instant::now();
-        let verdict = match self
+        let wanted = match self
             .health
             .evaluate(&snapshot.backends[id], current, &recent)
         {
@@ -583,6 +684,12 @@ impl Pool {
         self.health_stats
             .latency
             .observe(called.elapsed().as_secs_f64());
+        let ruling = self.rule(id, (current, wanted), &result);
+        let verdict = match ruling {
+            Ruling::Leaves(_) => false,
+            Ruling::Returns => true,
+            Ruling::Stays | Ruling::Capped => current,
+        };
         state
             .timeline
             .lock()
@@ -591,20 +698,89 @@ impl Pool {
         if verdict == current {
             return None;
         }
-        state.healthy.store(verdict, Ordering::Release);
         if verdict {
             self.start_ramp(state);
         }
-        tracing::info!(
-            pool = %self.name,
-            backend = %state.config.name,
-            address = %state.config.address,
-            healthy = verdict,
-            "backend {}",
-            if verdict { "is back in rotation" } else { "left rotation" }
-        );
+        // One line per change; "left rotation" whatever the cause, `by`
+        // says which.
+        match ruling {
+            Ruling::Leaves(Out::Traffic { until }) => tracing::warn!(
+                pool = %self.name,
+                backend = %state.config.name,
+                address = %state.config.address,
+                by = "traffic",
+                ejected_for_ms = until.saturating_duration_since(std::time::Instant::now()).as_millis() as u64,
+                detail = %result.detail,
+                "backend left rotation"
+            ),
+            Ruling::Leaves(Out::Probe) => tracing::info!(
+                pool = %self.name,
+                backend = %state.config.name,
+                address = %state.config.address,
+                by = "probe",
+                detail = %result.detail,
+                "backend left rotation"
+            ),
+            _ => tracing::info!(
+                pool = %self.name,
+                backend = %state.config.name,
+                address = %state.config.address,
+                detail = %result.detail,
+                "backend is back in rotation"
+            ),
+        }
         self.publish();
         Some(verdict)
+    }
+
+    /// Apply the host's rules to the plugin's verdict for backend `id`.
+    fn rule(&self, id: usize, (current, wanted): (bool, bool), result: &ProbeResult) -> Ruling {
+        let state = &self.backends[id];
+        if current == wanted && current {
+            return Ruling::Stays;
+        }
+        let traffic_ejects = current && !wanted && result.source == ProbeSource::Traffic;
+        // Held across the count and the change, so two ejections at once
+        // cannot both fit under the cap.
+        let _deciding =
+            traffic_ejects.then(|| self.ejecting.lock().unwrap_or_else(|p| p.into_inner()));
+        let may_eject = traffic_ejects && {
+            let out = (0..self.backends.len())
+                .filter(|&i| i != id && !(self.is_healthy(i) && self.takes_sessions(i)))
+                .count();
+            let allowed = self.backends.len() * self.ejection.max_percent as usize / 100;
+            out < allowed
+        };
+        let mut ejection = state.ejection.state();
+        let ruling = ejection.rule(
+            (current, wanted),
+            (result.source, result.ok),
+            may_eject,
+            &self.ejection,
+        );
+        match ruling {
+            Ruling::Capped => {
+                self.capped.inc();
+                if ejection.first_cap_in_run() {
+                    tracing::warn!(
+                        pool = %self.name,
+                        backend = %state.config.name,
+                        max_ejection_percent = self.ejection.max_percent,
+                        detail = %result.detail,
+                        "backend failing on live traffic stays in rotation: ejecting it would pass max_ejection_percent"
+                    );
+                }
+            }
+            Ruling::Leaves(Out::Traffic { .. }) => {
+                state.ejections.inc();
+                // Stored before the lock goes, so the next count sees it.
+                state.healthy.store(false, Ordering::Release);
+            }
+            Ruling::Leaves(Out::Probe) => state.healthy.store(false, Ordering::Release),
+            Ruling::Returns => state.healthy.store(true, Ordering::Release),
+            Ruling::Stays => {}
+        }
+        ruling
     }
 }
 

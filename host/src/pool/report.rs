@@ -5,17 +5,14 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::{AdminState, Pool};
+use super::{AdminState, Out, Pool};
+use crate::attempts::FailureReason;
 use crate::metrics::FailureLabels;
 use crate::plugin::types::{ProbeResult, ProbeSource};
 
 /// Results kept per backend for the timeline (a minute at a 1 s probe
 /// interval).
 pub const TIMELINE: usize = 60;
-
-/// Why an attempt at a backend failed, as `gale_backend_failures_total`
-/// labels it.
-pub const FAILURE_REASONS: [&str; 5] = ["connect", "timeout", "greeting", "full", "exchange"];
 
 /// A backend for `/status`.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -33,6 +30,10 @@ pub struct BackendReport {
     pub admin_state: AdminState,
     pub priority: u32,
     pub healthy: bool,
+    /// Why the backend is out of rotation, if it is.
+    pub out: Option<OutReport>,
+    /// Times live traffic took it out since gale started.
+    pub ejections_total: u64,
     /// When the health verdict last changed (Unix ms), or when the
     /// backend was first loaded.
     pub healthy_since_ms: u64,
@@ -44,6 +45,17 @@ pub struct BackendReport {
     pub last_result: Option<LastResult>,
     /// The latest results, oldest first.
     pub timeline: Vec<Mark>,
+}
+
+/// Why a backend is out of rotation.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OutReport {
+    /// `probe`: its probes fail; `traffic`: ejected on live-traffic
+    /// failures.
+    pub by: &'static str,
+    /// Ejected: ms until it may return (0: it returns on the next passing
+    /// probe).
+    pub ejected_ms_left: Option<u64>,
 }
 
 /// The latest probe or traffic result of a backend.
@@ -130,8 +142,8 @@ impl Pool {
                     .history
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .back()
-                    .cloned();
+                    .last
+                    .clone();
                 let timeline = b.timeline.lock().unwrap_or_else(|p| p.into_inner()).clone();
                 let steered = self.steering_of(id);
                 let healthy = b.healthy.load(Ordering::Acquire);
@@ -149,6 +161,21 @@ impl Pool {
                     admin_state: steered.state,
                     priority: b.config.priority,
                     healthy,
+                    out: self.out(id).map(|out| match out {
+                        Out::Probe => OutReport {
+                            by: "probe",
+                            ejected_ms_left: None,
+                        },
+                        Out::Traffic { until } => OutReport {
+                            by: "traffic",
+                            ejected_ms_left: Some(
+                                until
+                                    .saturating_duration_since(std::time::Instant::now())
+                                    .as_millis() as u64,
+                            ),
+                        },
+                    }),
+                    ejections_total: b.ejections.get(),
                     healthy_since_ms: timeline.since_ms,
                     active_sessions: self.live.active(id),
                     sessions_total: b.sessions.get(),
@@ -169,16 +196,16 @@ impl Pool {
     /// `gale_backend_failures_total` of one backend, without creating the
     /// series it does not have yet.
     fn failures_of(&self, backend: &str) -> BTreeMap<&'static str, u64> {
-        FAILURE_REASONS
+        FailureReason::ALL
             .iter()
-            .filter_map(|&reason| {
+            .filter_map(|reason| {
                 let labels = FailureLabels {
                     pool: self.name.clone(),
                     backend: backend.to_string(),
-                    reason: reason.to_string(),
+                    reason: reason.label().to_string(),
                 };
                 let count = self.metrics.backend_failures.get(&labels)?.get();
-                Some((reason, count))
+                Some((reason.label(), count))
             })
             .collect()
     }

@@ -16,6 +16,7 @@ pub mod refusal;
 mod relay;
 pub mod reply;
 mod session;
+mod transaction;
 
 use tokio::net::TcpListener;
 

@@ -45,9 +45,9 @@ pub fn pregreet_reply(hostname: &str) -> String {
 /// Write `reply`, half-close, read what the client still sends for up to
 /// [`DRAIN_TIME`] or [`DRAIN_BYTES`] (less if it closes first), then
 /// close. Returns whether the reply was written.
-pub async fn refuse(mut client: TcpStream, reply: &str) -> bool {
+pub async fn refuse(mut client: TcpStream, reply: &[u8]) -> bool {
     let written = timeout(WRITE_LIMIT, async {
-        client.write_all(reply.as_bytes()).await?;
+        client.write_all(reply).await?;
         client.shutdown().await
     })
     .await;

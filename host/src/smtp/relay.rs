@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::transaction::{Event, Watch};
 use crate::buffers::Charge;
 
 /// How a relay ended, with the bytes moved each way.
@@ -36,15 +37,17 @@ const CHECKS: u32 = 8;
 
 /// Copy `client` <-> `upstream` until both have closed, or nothing moved
 /// for `idle`; what the relay holds for a side that lags is counted in
-/// `charge`.
+/// `charge`. While `watch` is on it sees every byte forwarded, and what
+/// it makes of the backend's replies goes to `report`.
 pub async fn relay(
-    client: &mut TcpStream,
-    upstream: &mut TcpStream,
+    (client, upstream): (&mut TcpStream, &mut TcpStream),
     idle: Duration,
     charge: &mut Charge,
+    watch: &mut Watch,
+    report: &mut (dyn FnMut(Event) + Send),
 ) -> Outcome {
-    let mut up = Direction::new("backend");
-    let mut down = Direction::new("client");
+    let mut up = Direction::new("backend", true);
+    let mut down = Direction::new("client", false);
     // Timers have millisecond resolution.
     let check_every = (idle / CHECKS).max(Duration::from_millis(1));
     let timer = tokio::time::sleep(check_every);
@@ -59,7 +62,7 @@ pub async fn relay(
         // while the backend's replies wait.
         backend_first = !backend_first;
         let mut step = |d: &mut Direction, from: &mut TcpStream, to: &mut TcpStream| {
-            match d.poll(cx, from, to, &mut moved) {
+            match d.poll(cx, (from, to), &mut moved, (&mut *watch, &mut *report)) {
                 // The side written to is gone. The other direction still
                 // runs: the backend's last reply (a 421 or 554 before it
                 // hung up) must reach the client.
@@ -133,10 +136,12 @@ struct Direction {
     bytes: u64,
     /// The side written to, for error messages.
     writer: &'static str,
+    /// Client to backend (what the watch sees as commands).
+    from_client: bool,
 }
 
 impl Direction {
-    fn new(writer: &'static str) -> Self {
+    fn new(writer: &'static str, from_client: bool) -> Self {
         Direction {
             pending: Vec::new(),
             pos: 0,
@@ -144,6 +149,7 @@ impl Direction {
             finished: false,
             bytes: 0,
             writer,
+            from_client,
         }
     }
 
@@ -182,9 +188,9 @@ impl Direction {
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
-        from: &mut TcpStream,
-        to: &mut TcpStream,
+        (from, to): (&mut TcpStream, &mut TcpStream),
         moved: &mut bool,
+        (watch, report): (&mut Watch, &mut (dyn FnMut(Event) + Send)),
     ) -> Poll<Result<(), String>> {
         if self.finished {
             return Poll::Ready(Ok(()));
@@ -220,6 +226,14 @@ impl Direction {
                     }
                 }
                 let read = rb.filled();
+                if watch.is_on() {
+                    // Seen as read: what is read is forwarded, now or later.
+                    if self.from_client {
+                        watch.client(read);
+                    } else {
+                        watch.backend(read, &mut *report);
+                    }
+                }
                 let written = self.write_now(cx, to, read, moved)?;
                 if written < read.len() {
                     self.pending = read[written..].to_vec();

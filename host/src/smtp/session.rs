@@ -1,8 +1,7 @@
 //! One SMTP session: find a backend that greets with 220 while the client
 //! waits (it has received nothing yet), then join the two streams.
 
-use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,64 +10,80 @@ use tokio::io::{AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use super::reply::{ReplyError, read_reply};
+use super::reply::{Reply, ReplyError, read_reply};
+use super::transaction::{Event, Watch};
 use super::{pregreet, proxy_header, refusal, relay};
+use crate::attempts::{Attempts, Failure, FailureReason};
 use crate::buffers::Charge;
-use crate::config::{ListenerConfig, Pregreet};
+use crate::config::{ListenerConfig, Pregreet, ProxyProtocol};
 use crate::generation::{Generation, ip_address};
 use crate::listener::canonical;
-use crate::plugin::LiveCounters;
 use crate::plugin::types::{Protocol, RequestContext};
-use crate::pool::Pool;
+use crate::pool::{Depth, Pool};
 
 /// Why a backend could not take the session.
 #[derive(Debug)]
 enum Attempt {
-    Full,
     Connect(String),
     ConnectTimeout,
     BannerTimeout,
     Greeting(ReplyError),
-    Refused(u16, String),
+    /// Greeted with something other than 220.
+    Refused(Reply),
 }
 
 impl Attempt {
-    fn describe(&self) -> String {
-        match self {
-            Attempt::Full => "at max_sessions".into(),
-            Attempt::Connect(e) => format!("connect: {e}"),
-            Attempt::ConnectTimeout => "connect timeout".into(),
-            Attempt::BannerTimeout => "no greeting (timeout)".into(),
-            Attempt::Greeting(e) => format!("greeting: {e}"),
-            Attempt::Refused(_, line) => format!("greeted {line:?}"),
-        }
-    }
-
-    /// The `reason` label of `gale_backend_failures_total`.
-    fn reason(&self) -> &'static str {
-        match self {
-            Attempt::Full => "full",
-            Attempt::Connect(_) => "connect",
-            Attempt::ConnectTimeout | Attempt::BannerTimeout => "timeout",
-            Attempt::Greeting(_) | Attempt::Refused(..) => "greeting",
-        }
-    }
-
-    fn code(&self) -> Option<u16> {
-        match self {
-            Attempt::Refused(code, _) => Some(*code),
-            _ => None,
+    /// As the request policy counts it. A refusal is about the client
+    /// when the backend knew who the client was (PROXY).
+    fn failure(&self, knows_client: Option<IpAddr>) -> Failure {
+        let (reason, detail) = match self {
+            Attempt::Connect(e) => (FailureReason::Connect, format!("connect: {e}")),
+            Attempt::ConnectTimeout => (FailureReason::Timeout, "connect timeout".into()),
+            Attempt::BannerTimeout => (FailureReason::Timeout, "no greeting (timeout)".into()),
+            Attempt::Greeting(e) => (FailureReason::Greeting, format!("greeting: {e}")),
+            Attempt::Refused(reply) => (
+                FailureReason::Greeting,
+                format!("greeted {:?}", reply.first_line()),
+            ),
+        };
+        Failure {
+            reason,
+            code: match self {
+                Attempt::Refused(reply) => Some(reply.code),
+                _ => None,
+            },
+            detail,
+            about_client: match self {
+                Attempt::Refused(_) => knows_client,
+                _ => None,
+            },
         }
     }
 }
 
-/// A session counted on a backend (for `max_sessions` and the balancers'
-/// `active-sessions`) until dropped.
-struct Counted<'a>(&'a LiveCounters, usize);
+/// What the backends tried so far said about the client.
+enum Verdict {
+    /// Nothing tried yet.
+    None,
+    /// Every backend tried refused this client with a 5xx greeting while
+    /// passing its probes and greeting others: the first refusal.
+    Refused(Reply),
+    /// Some backend could not judge (4xx, timeout, no connection, one
+    /// that refuses everyone): an outage, the client gets `421`.
+    Outage,
+}
 
-impl Drop for Counted<'_> {
-    fn drop(&mut self) {
-        self.0.leave(self.1);
+impl Verdict {
+    fn and(self, attempt: Attempt, vouched: bool) -> Verdict {
+        match (self, attempt) {
+            (Verdict::None, Attempt::Refused(reply)) if vouched && reply.code >= 500 => {
+                Verdict::Refused(reply)
+            }
+            (Verdict::Refused(first), Attempt::Refused(reply)) if vouched && reply.code >= 500 => {
+                Verdict::Refused(first)
+            }
+            _ => Verdict::Outage,
+        }
     }
 }
 
@@ -96,36 +111,19 @@ pub async fn run(
     };
     let decision = pool.select(&ctx);
     let counters = &generation.listener_counters[listener];
-    let mut tried = String::new();
-    for (n, &id) in decision
-        .order
-        .iter()
-        .take(l.max_attempts as usize)
-        .enumerate()
-    {
-        let id = id as usize;
-        let backend = pool.backend(id);
-        if n > 0 {
-            counters.retries.inc();
-        }
-        if !pool.live().try_enter(id, backend.max_sessions) {
-            let _ = write!(tried, "{}: {}; ", backend.name, Attempt::Full.describe());
-            pool.count_failure(id, Attempt::Full.reason());
-            continue;
-        }
-        // Leaves on every path, a cancelled session included.
-        let _counted = Counted(pool.live(), id);
-        let attempt_started = Instant::now();
+    let mut attempts = Attempts::new(pool, &decision.order, l.max_attempts, &counters.retries);
+    let mut verdict = Verdict::None;
+    while let Some(turn) = attempts.next() {
+        let backend = turn.backend;
         // Where the client connected to: only PROXY headers need it, and it
         // costs a syscall.
         let local = match backend.proxy_protocol {
-            crate::config::ProxyProtocol::None => peer,
+            ProxyProtocol::None => peer,
             _ => canonical(client.local_addr().unwrap_or(peer)),
         };
         match connect_and_greet(l, backend.address, backend.proxy_protocol, peer, local).await {
             Ok((mut upstream, greeting)) => {
-                let greet_ms = attempt_started.elapsed().as_millis();
-                let _ = write!(tried, "{}: 220 in {greet_ms}ms", backend.name);
+                attempts.succeeded(&turn, format_args!("220"));
                 if let Some(early) = pregreet::spoke_early(&client).await {
                     let log = |action: &str| {
                         tracing::info!(
@@ -148,18 +146,41 @@ pub async fn run(
                         // a close after its greeting, as from a probe.
                         drop(upstream);
                         counters.error_reply(554);
-                        refusal::refuse(client, &refusal::pregreet_reply(&l.hostname)).await;
+                        let reply = refusal::pregreet_reply(&l.hostname);
+                        refusal::refuse(client, reply.as_bytes()).await;
                         return;
                     }
                     log("passed to the backend");
                 }
                 counters.relayed.inc();
-                pool.count_session(id);
+                // What the backend answers to MAIL FROM and DATA is health
+                // evidence too (a full spool greets 220, then defers).
+                let (id, client_ip) = (turn.id, peer.ip());
+                let mut report = |event: Event| match event {
+                    Event::Accepted => {
+                        pool.record_traffic_success(id, Instant::now(), Depth::Transaction)
+                    }
+                    Event::Deferred {
+                        code,
+                        detail,
+                        per_client,
+                    } => {
+                        let failure = Failure {
+                            reason: FailureReason::Deferred,
+                            code: Some(code),
+                            detail,
+                            about_client: per_client.then_some(client_ip),
+                        };
+                        pool.count_failure(id, failure.reason);
+                        pool.record_traffic_failure(id, Duration::ZERO, &failure);
+                    }
+                };
                 let outcome = join(
                     (&mut client, &mut upstream),
                     greeting,
                     l.idle_timeout,
                     &mut charge,
+                    &mut report,
                 )
                 .await;
                 counters.bytes_up.inc_by(outcome.up);
@@ -170,7 +191,7 @@ pub async fn run(
                     generation = generation.id,
                     client = %peer,
                     backend = %backend.name,
-                    tried = %tried,
+                    tried = %attempts.tried(),
                     bytes_up = outcome.up,
                     bytes_down = outcome.down,
                     duration_ms = started.elapsed().as_millis() as u64,
@@ -179,28 +200,43 @@ pub async fn run(
                 );
                 return;
             }
-            Err(failure) => {
-                let latency = attempt_started.elapsed();
-                let _ = write!(
-                    tried,
-                    "{}: {} in {}ms; ",
-                    backend.name,
-                    failure.describe(),
-                    latency.as_millis()
-                );
-                pool.count_failure(id, failure.reason());
-                pool.record_traffic_failure(id, latency, failure.code(), failure.describe());
+            Err(attempt) => {
+                let knows_client =
+                    (backend.proxy_protocol != ProxyProtocol::None).then(|| peer.ip());
+                // Asked before the failure counts: it may take the
+                // backend out.
+                let vouched = knows_client.is_some() && pool.vouches_for_refusal(turn.id);
+                let failure = attempt.failure(knows_client);
+                attempts.failed(turn, failure);
+                verdict = verdict.and(attempt, vouched);
             }
         }
     }
+    if let Verdict::Refused(reply) = verdict {
+        // The MTAs agree this client is not welcome (a listed sender, say):
+        // their word, so that it stops retrying, not a 421 that invites it
+        // back.
+        counters.refused.inc();
+        let sent = refusal::refuse(client, &reply.raw).await;
+        tracing::info!(
+            listener = %l.name,
+            generation = generation.id,
+            client = %peer,
+            tried = %attempts.tried(),
+            duration_ms = started.elapsed().as_millis() as u64,
+            end = if sent { "refused by the backends" } else { "refusal not delivered" },
+            "smtp session: the backends refused this client"
+        );
+        return;
+    }
     counters.deferred.inc();
     counters.replied_421.inc();
-    let sent = refusal::refuse(client, &refusal::unavailable_reply(&l.hostname)).await;
+    let sent = refusal::refuse(client, refusal::unavailable_reply(&l.hostname).as_bytes()).await;
     tracing::warn!(
         listener = %l.name,
         generation = generation.id,
         client = %peer,
-        tried = %tried,
+        tried = %attempts.tried(),
         duration_ms = started.elapsed().as_millis() as u64,
         end = if sent { "deferred with 421" } else { "421 not delivered" },
         "smtp session: no backend could take it"
@@ -210,10 +246,10 @@ pub async fn run(
 async fn connect_and_greet(
     l: &ListenerConfig,
     address: SocketAddr,
-    proxy: crate::config::ProxyProtocol,
+    proxy: ProxyProtocol,
     peer: SocketAddr,
     local: SocketAddr,
-) -> Result<(TcpStream, super::reply::Reply), Attempt> {
+) -> Result<(TcpStream, Reply), Attempt> {
     let mut upstream = connect(address, l.connect_timeout).await?;
     let header = proxy_header::for_client(proxy, peer, local);
     if !header.is_empty() {
@@ -228,7 +264,7 @@ async fn connect_and_greet(
         Ok(Ok(r)) => r,
     };
     if greeting.code != 220 {
-        return Err(Attempt::Refused(greeting.code, greeting.first_line()));
+        return Err(Attempt::Refused(greeting));
     }
     Ok((upstream, greeting))
 }
@@ -269,9 +305,10 @@ async fn connect(address: SocketAddr, limit: Duration) -> Result<TcpStream, Atte
 /// nothing moves for `idle`.
 async fn join(
     (client, upstream): (&mut TcpStream, &mut TcpStream),
-    greeting: super::reply::Reply,
+    greeting: Reply,
     idle: Duration,
     charge: &mut Charge,
+    report: &mut (dyn FnMut(Event) + Send),
 ) -> relay::Outcome {
     let greeted = async {
         send(client, &greeting.raw, idle, "client").await?;
@@ -287,7 +324,9 @@ async fn join(
     let sent = (greeting.raw.len() + greeting.rest.len()) as u64;
     // Not kept for a session that may stay open for minutes.
     drop(greeting);
-    let mut outcome = relay::relay(client, upstream, idle, charge).await;
+    let mut watch = Watch::default();
+    let mut outcome = relay::relay((client, upstream), idle, charge, &mut watch, report).await;
+    watch.finish(report);
     outcome.down += sent;
     outcome
 }

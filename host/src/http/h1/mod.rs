@@ -15,8 +15,8 @@
 mod backends;
 pub mod chunked;
 pub mod head;
+mod transfer;
 
-use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,19 +24,18 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use backends::Backends;
-use chunked::Chunked;
 use head::{Framing, Refusal};
+use transfer::{BodyError, read_response_head, relay_body, send_body};
 
 use super::MAX_HEADER_BYTES;
-use super::body::Active;
 use super::headers::Peer;
 use super::metered::Metered;
 use super::proxy::{Proxy, RETRY_AFTER_SECS, is_idempotent, log_failure, loggable};
+use crate::attempts::{Attempts, Failure, FailureReason, http_retries};
 use crate::buffers::Charge;
 use crate::config::ListenerConfig;
 use crate::generation::ip_address;
@@ -121,19 +120,13 @@ pub struct Client<IO> {
 enum Attempt {
     /// A response went to the client; whether its connection stays open.
     Answered(bool),
-    /// Nothing reached the client. `reached`: the backend may have acted.
-    Failed {
-        why: String,
-        reached: bool,
-        timed_out: bool,
-    },
+    /// The backend answered with a gateway error that is tried on the
+    /// next backend instead of reaching the client.
+    Retry(Failure),
+    /// Nothing reached the client.
+    Failed(Failure),
     /// The client's body stalled, broke its framing or ended early.
     ClientFailed(Option<Refusal>, String),
-}
-
-enum BodyError {
-    Client(Option<Refusal>, String),
-    Backend(String),
 }
 
 impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
@@ -331,7 +324,8 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
                 .await;
         };
         let pool = &generation.pools[l.pool];
-        let keepalive = generation.config.pool_of(l).keepalive_timeout;
+        let pool_config = generation.config.pool_of(l);
+        let (keepalive, retry_on) = (pool_config.keepalive_timeout, pool_config.retry_on);
         let text =
             |r: &std::ops::Range<usize>| String::from_utf8_lossy(&self.buf[r.clone()]).into_owned();
         let ctx = RequestContext {
@@ -353,34 +347,31 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
             unreachable!("set above")
         };
         let replayable = is_idempotent(&method);
-        let mut tried = String::new();
+        let mut attempts = Attempts::new(pool, &decision.order, l.max_attempts, &counters.retries);
         let mut reached_a_backend = false;
-
-        for (n, &id) in decision
-            .order
-            .iter()
-            .take(l.max_attempts as usize)
-            .enumerate()
-        {
-            let id = id as usize;
-            let backend = pool.backend(id);
-            if n > 0 {
-                counters.retries.inc();
-            }
-            let Some(_active) = Active::enter(pool.live(), id, backend.max_sessions) else {
-                tried.push_str(&format!("{}: at max_sessions; ", backend.name));
-                pool.count_failure(id, "full");
-                continue;
+        while let Some(turn) = attempts.next() {
+            let backend = turn.backend;
+            // A gateway error that another backend may answer better is
+            // not passed on while one is left.
+            let more = attempts.remaining();
+            let retry_status = |status: u16| {
+                more && Failure::of_status(status)
+                    .is_some_and(|f| http_retries(&retry_on, &f, replayable))
             };
-            let attempt = std::time::Instant::now();
-            let (why, reached, timed_out) = match self.attempt(backend.address, l, keepalive).await
+            let failure = match self
+                .attempt(backend.address, l, keepalive, retry_status)
+                .await
             {
                 Attempt::Answered(keep) => {
-                    pool.count_session(id);
-                    counters.status(self.resp.code);
+                    let status = self.resp.code;
+                    match Failure::of_status(status) {
+                        None => attempts.succeeded(&turn, format_args!("{status}")),
+                        Some(failure) => attempts.answered_but_failed(&turn, failure),
+                    }
+                    counters.status(status);
                     tracing::debug!(
                         listener = %l.name, client = %self.peer.addr, backend = %backend.name,
-                        method, path = loggable(&path), status = self.resp.code,
+                        method, path = loggable(&path), status,
                         ms = started.elapsed().as_millis() as u64, "http request"
                     );
                     return keep;
@@ -395,47 +386,56 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
                     }
                     return false;
                 }
-                Attempt::Failed {
-                    why,
-                    reached,
-                    timed_out,
-                } => (why, reached, timed_out),
+                Attempt::Retry(failure) => {
+                    attempts.answered_but_failed(&turn, failure);
+                    reached_a_backend = true;
+                    continue;
+                }
+                Attempt::Failed(failure) => failure,
             };
-            let latency = attempt.elapsed();
-            pool.count_failure(
-                id,
-                match (reached, timed_out) {
-                    (false, _) => "connect",
-                    (true, true) => "timeout",
-                    (true, false) => "exchange",
-                },
-            );
-            tried.push_str(&format!(
-                "{}: {why} after {}ms; ",
-                backend.name,
-                latency.as_millis()
-            ));
-            pool.record_traffic_failure(id, latency, None, why);
-            reached_a_backend |= reached;
-            if reached && (timed_out || !replayable || !self.head_in_buf) {
-                // The backend may have acted on it: never send it again.
-                let (status, text) = if timed_out {
-                    (
-                        (504, "Gateway Timeout"),
-                        "the backend did not answer in time\n",
-                    )
-                } else {
-                    (
-                        (502, "Bad Gateway"),
-                        "the backend failed before responding\n",
-                    )
-                };
-                log_failure(l, self.peer.addr, &method, &path, status.0, &tried, started);
-                return self.reply(status, text, None).await;
+            let again = http_retries(&retry_on, &failure, replayable && self.head_in_buf);
+            let reason = failure.reason;
+            attempts.failed(turn, failure);
+            if again {
+                reached_a_backend |= reason != FailureReason::Connect;
+                continue;
             }
+            if reason == FailureReason::Connect {
+                break;
+            }
+            // The backend may have acted on it: never send it again.
+            let (status, text) = if reason == FailureReason::Timeout {
+                (
+                    (504, "Gateway Timeout"),
+                    "the backend did not answer in time\n",
+                )
+            } else {
+                (
+                    (502, "Bad Gateway"),
+                    "the backend failed before responding\n",
+                )
+            };
+            log_failure(
+                l,
+                self.peer.addr,
+                &method,
+                &path,
+                status.0,
+                attempts.tried(),
+                started,
+            );
+            return self.reply(status, text, None).await;
         }
         if reached_a_backend {
-            log_failure(l, self.peer.addr, &method, &path, 502, &tried, started);
+            log_failure(
+                l,
+                self.peer.addr,
+                &method,
+                &path,
+                502,
+                attempts.tried(),
+                started,
+            );
             return self
                 .reply(
                     (502, "Bad Gateway"),
@@ -444,7 +444,15 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
                 )
                 .await;
         }
-        log_failure(l, self.peer.addr, &method, &path, 503, &tried, started);
+        log_failure(
+            l,
+            self.peer.addr,
+            &method,
+            &path,
+            503,
+            attempts.tried(),
+            started,
+        );
         self.reply(
             (503, "Service Unavailable"),
             "no backend can take the request, try again later\n",
@@ -459,6 +467,7 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
         addr: SocketAddr,
         l: &ListenerConfig,
         keepalive: Duration,
+        retry_status: impl Fn(u16) -> bool,
     ) -> Attempt {
         let mut backend = match self.proxy.backends.checkout(addr, keepalive) {
             Some(stream) => stream,
@@ -534,12 +543,16 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
             Ok(Ok(())) => {}
             Ok(Err(why)) => return failed(format!("before a response: {why}"), true),
             Err(_) => {
-                return Attempt::Failed {
-                    why: format!("no response in {:?}", l.response_timeout),
-                    reached: true,
-                    timed_out: true,
-                };
+                return Attempt::Failed(Failure::new(
+                    FailureReason::Timeout,
+                    format!("no response in {:?}", l.response_timeout),
+                ));
             }
+        }
+        if self.head_in_buf && retry_status(self.resp.code) {
+            // Nothing of it reached the client; its connection, holding
+            // the unread body, closes.
+            return Attempt::Retry(Failure::of_status(self.resp.code).expect("a gateway error"));
         }
 
         // An HTTP/1.0 client cannot read chunks: it gets the data, and the
@@ -658,229 +671,12 @@ enum Next {
     Http2,
 }
 
+/// `reached`: the backend may have acted on the request.
 fn failed(why: String, reached: bool) -> Attempt {
-    Attempt::Failed {
-        why,
-        reached,
-        timed_out: false,
-    }
-}
-
-/// Stream the request body from the client (what is already in `buf`
-/// first) to the backend; `buf` keeps whatever follows the body.
-async fn send_body<C: AsyncRead + AsyncWrite + Unpin>(
-    client: &mut C,
-    buf: &mut BytesMut,
-    backend: &mut WriteHalf<'_>,
-    framing: Framing,
-    expect_continue: bool,
-    idle: Duration,
-) -> Result<(), BodyError> {
-    // The client waits for this before it sends the body; gale answers it
-    // itself and does not pass `Expect` on.
-    if expect_continue && buf.is_empty() {
-        let write = async {
-            client.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
-            client.flush().await
-        };
-        if !matches!(tokio::time::timeout(idle, write).await, Ok(Ok(()))) {
-            return Err(BodyError::Client(None, "went away before its body".into()));
-        }
-    }
-    let mut left = match framing {
-        Framing::Length(n) => n,
-        _ => 0,
+    let reason = if reached {
+        FailureReason::Exchange
+    } else {
+        FailureReason::Connect
     };
-    let mut chunks = Chunked::default();
-    loop {
-        let (take, done) = match framing {
-            Framing::Length(_) => {
-                let n = left.min(buf.len() as u64);
-                left -= n;
-                (n as usize, left == 0)
-            }
-            Framing::Chunked => {
-                let n = chunks.scan(buf, |_| {}).map_err(|e| {
-                    BodyError::Client(
-                        Some(Refusal::Malformed("malformed chunked body\n")),
-                        e.to_string(),
-                    )
-                })?;
-                (n, chunks.done())
-            }
-            Framing::Empty | Framing::Close => (0, true),
-        };
-        if take > 0 {
-            match tokio::time::timeout(idle, backend.write_all(&buf[..take])).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(BodyError::Backend(e.to_string())),
-                Err(_) => {
-                    return Err(BodyError::Backend(format!(
-                        "took no body bytes for {idle:?} (idle_timeout)"
-                    )));
-                }
-            }
-            buf.advance(take);
-        }
-        if done {
-            return Ok(());
-        }
-        buf.reserve(READ_SIZE);
-        match tokio::time::timeout(idle, client.read_buf(buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => {
-                return Err(BodyError::Client(
-                    None,
-                    "closed the connection inside its body".into(),
-                ));
-            }
-            Ok(Ok(_)) => {}
-            Err(_) => {
-                return Err(BodyError::Client(
-                    Some(Refusal::BodyTimedOut),
-                    format!("sent no body bytes for {idle:?} (idle_timeout)"),
-                ));
-            }
-        }
-    }
-}
-
-/// Read the backend's response head into `rbuf`, passing over interim
-/// (1xx) responses.
-async fn read_response_head(
-    backend: &mut ReadHalf<'_>,
-    rbuf: &mut BytesMut,
-    resp: &mut head::Response,
-    head_request: bool,
-) -> Result<(), String> {
-    rbuf.clear();
-    let mut scanned = 0;
-    loop {
-        if rbuf[scanned..].contains(&b'\n') && head::parse_response(rbuf, head_request, resp)? {
-            match resp.code {
-                101 => return Err("101 Switching Protocols, no upgrade was asked for".into()),
-                100..=199 => {
-                    rbuf.advance(resp.len);
-                    scanned = 0;
-                    continue;
-                }
-                _ => return Ok(()),
-            }
-        }
-        if rbuf.len() >= MAX_HEADER_BYTES {
-            return Err("response head over 64 KiB".into());
-        }
-        scanned = rbuf.len();
-        rbuf.reserve(BACKEND_READ_SIZE);
-        match backend.read_buf(rbuf).await {
-            Ok(0) if rbuf.is_empty() => return Err("connection closed".into()),
-            Ok(0) => return Err("connection closed inside the response head".into()),
-            Ok(_) => {}
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-}
-
-/// Write the response head in `head` and stream the body after it from
-/// the backend to the client. `Ok(true)`: the body ended cleanly and the
-/// backend connection can take another request.
-async fn relay_body<C: AsyncWrite + Unpin>(
-    client: &mut C,
-    backend: &mut ReadHalf<'_>,
-    rbuf: &mut BytesMut,
-    head: &[u8],
-    framing: Framing,
-    dechunk: bool,
-    idle: Duration,
-) -> Result<bool, String> {
-    let mut head = head;
-    let mut left = match framing {
-        Framing::Length(n) => n,
-        _ => 0,
-    };
-    let mut chunks = Chunked::default();
-    let mut data = Vec::new();
-    loop {
-        let input = &rbuf[..];
-        let (take, done) = match framing {
-            Framing::Empty => (0, true),
-            Framing::Length(_) => {
-                let n = left.min(input.len() as u64);
-                left -= n;
-                (n as usize, left == 0)
-            }
-            Framing::Chunked => {
-                let n = chunks
-                    .scan(input, |r| {
-                        if dechunk {
-                            data.extend_from_slice(&input[r]);
-                        }
-                    })
-                    .map_err(|e| format!("from the backend: {e}"))?;
-                (n, chunks.done())
-            }
-            Framing::Close => (input.len(), false),
-        };
-        let body = if dechunk { &data[..] } else { &input[..take] };
-        write_two(client, head, body, done, idle)
-            .await
-            .map_err(|e| format!("writing to the client: {e}"))?;
-        head = &[];
-        rbuf.advance(take);
-        data.clear();
-        if done {
-            // Bytes past the end of the response: the connection is out
-            // of step.
-            return Ok(rbuf.is_empty());
-        }
-        rbuf.reserve(BACKEND_READ_SIZE);
-        match tokio::time::timeout(idle, backend.read_buf(rbuf)).await {
-            Ok(Ok(0)) if framing == Framing::Close => {
-                write_two(client, &[], &[], true, idle)
-                    .await
-                    .map_err(|e| format!("writing to the client: {e}"))?;
-                return Ok(false);
-            }
-            Ok(Ok(0)) => return Err("the backend closed the connection inside the body".into()),
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(format!("reading the body from the backend: {e}")),
-            Err(_) => {
-                return Err(format!(
-                    "no body bytes from the backend for {idle:?} (idle_timeout)"
-                ));
-            }
-        }
-    }
-}
-
-/// Write `a` then `b`, in one system call when the socket takes them,
-/// and `flush` (TLS) at the end of a message: under one timeout.
-async fn write_two<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    a: &[u8],
-    b: &[u8],
-    flush: bool,
-    idle: Duration,
-) -> std::io::Result<()> {
-    let write = async {
-        let mut slices = [IoSlice::new(a), IoSlice::new(b)];
-        let mut bufs: &mut [IoSlice<'_>] = &mut slices;
-        IoSlice::advance_slices(&mut bufs, 0);
-        while !bufs.is_empty() {
-            let n = w.write_vectored(bufs).await?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
-            }
-            IoSlice::advance_slices(&mut bufs, n);
-        }
-        if flush {
-            w.flush().await?;
-        }
-        Ok(())
-    };
-    tokio::time::timeout(idle, write).await.unwrap_or_else(|_| {
-        Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("stuck for {idle:?}"),
-        ))
-    })
+    Attempt::Failed(Failure::new(reason, why))
 }

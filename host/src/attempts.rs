@@ -1,0 +1,275 @@
+//! Trying backends in the balancer's order: the one request policy that
+//! SMTP sessions, HTTP/1 and HTTP/2 requests share.
+//!
+//! The protocol code makes each attempt (connect, greet, send, read) and
+//! says how it ended; this module does everything around it that must not
+//! differ between protocols: at most `max_attempts` backends, a backend at
+//! `max_sessions` is skipped, attempts after the first count as retries,
+//! every failure is counted with one typed [`FailureReason`] and reported
+//! to the pool as a traffic result, a success resets the backend's failure
+//! run, and the `tried=` log line says what happened at each backend.
+//!
+//! What is retryable stays with the protocol (an SMTP client has received
+//! nothing until a backend greets; an HTTP request that reached a backend
+//! is replayed only if idempotent and unread), it decides whether to call
+//! [`Attempts::next`] again.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use prometheus_client::metrics::counter::Counter;
+
+use crate::config::{BackendConfig, RetryOn};
+use crate::plugin::LiveCounters;
+use crate::pool::{Depth, Pool};
+
+/// Why an attempt at a backend failed: the `reason` label of
+/// `gale_backend_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureReason {
+    /// At its `max_sessions`: not tried.
+    Full,
+    /// No connection (refused, unreachable, reset while connecting).
+    Connect,
+    /// No connection, greeting or response in time.
+    Timeout,
+    /// SMTP: a greeting other than 220, or not SMTP at all.
+    Greeting,
+    /// HTTP: the exchange failed before a response.
+    Exchange,
+    /// HTTP: a gateway error (502, 503, 504) from the backend.
+    Status,
+    /// SMTP: greeted 220, then deferred a transaction for its own reasons
+    /// (a `4.3` reply to MAIL FROM or DATA, a `421`).
+    Deferred,
+}
+
+impl FailureReason {
+    pub const ALL: [FailureReason; 7] = [
+        FailureReason::Connect,
+        FailureReason::Timeout,
+        FailureReason::Greeting,
+        FailureReason::Full,
+        FailureReason::Exchange,
+        FailureReason::Status,
+        FailureReason::Deferred,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            FailureReason::Full => "full",
+            FailureReason::Connect => "connect",
+            FailureReason::Timeout => "timeout",
+            FailureReason::Greeting => "greeting",
+            FailureReason::Exchange => "exchange",
+            FailureReason::Status => "status",
+            FailureReason::Deferred => "deferred",
+        }
+    }
+}
+
+/// How one attempt failed, as the protocol saw it.
+#[derive(Debug)]
+pub struct Failure {
+    pub reason: FailureReason,
+    /// The reply code read, if any (an SMTP greeting's code).
+    pub code: Option<u16>,
+    /// For the `tried=` log and the backend's timeline.
+    pub detail: String,
+    /// The client this failure is about, when the backend knew who the
+    /// client was and refused it (a greeting refusal behind PROXY): such
+    /// a failure counts once per client in a failure run.
+    pub about_client: Option<IpAddr>,
+}
+
+impl Failure {
+    /// An HTTP response that says the backend is failing (502, 503, 504:
+    /// the backend or what stands behind it), if `status` is one.
+    pub fn of_status(status: u16) -> Option<Failure> {
+        (502..=504).contains(&status).then(|| Failure {
+            reason: FailureReason::Status,
+            code: Some(status),
+            detail: format!("answered {status}"),
+            about_client: None,
+        })
+    }
+
+    pub fn new(reason: FailureReason, detail: impl Into<String>) -> Self {
+        Failure {
+            reason,
+            code: None,
+            detail: detail.into(),
+            about_client: None,
+        }
+    }
+}
+
+/// Whether an HTTP request goes on to the next backend after `failure`,
+/// by the pool's `retry_on`. `replayable`: the method is idempotent and
+/// no byte of the body was sent, so the backend cannot have acted on a
+/// part of it. A timeout is never retried: the backend may still act.
+pub fn http_retries(retry_on: &RetryOn, failure: &Failure, replayable: bool) -> bool {
+    match failure.reason {
+        FailureReason::Connect | FailureReason::Full => retry_on.connect,
+        FailureReason::Exchange => retry_on.error && replayable,
+        FailureReason::Status => {
+            replayable && failure.code.is_some_and(|code| retry_on.status(code))
+        }
+        FailureReason::Timeout | FailureReason::Greeting | FailureReason::Deferred => false,
+    }
+}
+
+/// A session or request counted on a backend (for `max_sessions` and the
+/// balancers' `active-sessions`) until dropped; it may outlive the
+/// attempt, in a response body still streaming.
+pub struct InFlight {
+    live: Arc<LiveCounters>,
+    id: usize,
+}
+
+impl InFlight {
+    /// Count a session on backend `id`, unless it already has `max`.
+    pub fn enter(live: &Arc<LiveCounters>, id: usize, max: u32) -> Option<InFlight> {
+        live.try_enter(id, max).then(|| InFlight {
+            live: live.clone(),
+            id,
+        })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.live.leave(self.id);
+    }
+}
+
+/// One backend being tried.
+pub struct Turn<'p> {
+    pub id: usize,
+    pub backend: &'p BackendConfig,
+    pub in_flight: InFlight,
+    started: Instant,
+}
+
+impl Turn<'_> {
+    /// Time since the attempt began.
+    pub fn elapsed(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+}
+
+/// The backends of one session or request, tried in the balancer's order:
+/// `while let Some(turn) = attempts.next()`, then [`Attempts::failed`] or
+/// [`Attempts::succeeded`] with the turn.
+pub struct Attempts<'p> {
+    pool: &'p Pool,
+    order: &'p [u32],
+    next: usize,
+    retries: &'p Counter,
+    tried: String,
+}
+
+impl<'p> Attempts<'p> {
+    /// At most `max_attempts` of `order`; attempts after the first count
+    /// on `retries`.
+    pub fn new(pool: &'p Pool, order: &'p [u32], max_attempts: u32, retries: &'p Counter) -> Self {
+        let order = &order[..order.len().min(max_attempts as usize)];
+        Attempts {
+            pool,
+            order,
+            next: 0,
+            retries,
+            tried: String::new(),
+        }
+    }
+
+    /// `turn`'s backend failed: count it, report it to the pool's health
+    /// and note it for the log.
+    pub fn failed(&mut self, turn: Turn<'p>, failure: Failure) {
+        let latency = turn.started.elapsed();
+        let _ = write!(
+            self.tried,
+            "{}: {} in {}ms; ",
+            turn.backend.name,
+            failure.detail,
+            latency.as_millis()
+        );
+        self.pool.count_failure(turn.id, failure.reason);
+        self.pool.record_traffic_failure(turn.id, latency, &failure);
+    }
+
+    /// `turn`'s backend answered, with a failure (a 503): it took the
+    /// request, and the failure counts; the answer may still go to the
+    /// client.
+    pub fn answered_but_failed(&mut self, turn: &Turn<'p>, failure: Failure) {
+        let latency = turn.started.elapsed();
+        let _ = write!(
+            self.tried,
+            "{}: {} in {}ms; ",
+            turn.backend.name,
+            failure.detail,
+            latency.as_millis()
+        );
+        self.pool.count_session(turn.id);
+        self.pool.count_failure(turn.id, failure.reason);
+        self.pool.record_traffic_failure(turn.id, latency, &failure);
+    }
+
+    /// Whether a backend is left to try after this one.
+    pub fn remaining(&self) -> bool {
+        self.next < self.order.len()
+    }
+
+    /// `turn`'s backend took the session or request (`what`: "220", a
+    /// status): it counts a session and ends the backend's failure run.
+    pub fn succeeded(&mut self, turn: &Turn<'p>, what: std::fmt::Arguments<'_>) {
+        let _ = write!(
+            self.tried,
+            "{}: {what} in {}ms",
+            turn.backend.name,
+            turn.started.elapsed().as_millis()
+        );
+        self.pool.count_session(turn.id);
+        self.pool
+            .record_traffic_success(turn.id, turn.started, Depth::Session);
+    }
+
+    /// What happened at each backend tried, for the session's log line.
+    pub fn tried(&self) -> &str {
+        self.tried.trim_end_matches("; ")
+    }
+}
+
+impl<'p> Iterator for Attempts<'p> {
+    type Item = Turn<'p>;
+
+    /// The next backend to try, skipping (and counting) those at their
+    /// `max_sessions`; `None` once `max_attempts` were made.
+    fn next(&mut self) -> Option<Turn<'p>> {
+        while let Some(&id) = self.order.get(self.next) {
+            let id = id as usize;
+            if self.next > 0 {
+                self.retries.inc();
+            }
+            self.next += 1;
+            let backend = self.pool.backend(id);
+            match InFlight::enter(self.pool.live(), id, backend.max_sessions) {
+                Some(in_flight) => {
+                    return Some(Turn {
+                        id,
+                        backend,
+                        in_flight,
+                        started: Instant::now(),
+                    });
+                }
+                None => {
+                    let _ = write!(self.tried, "{}: at max_sessions; ", backend.name);
+                    self.pool.count_failure(id, FailureReason::Full);
+                }
+            }
+        }
+        None
+    }
+}

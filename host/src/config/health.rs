@@ -1,0 +1,276 @@
+//! What a pool does about failing backends: its probe
+//! (`[pools.NAME.probe]`), the limits on ejecting backends on
+//! live-traffic evidence, and which failures send an HTTP request on to
+//! the next backend (`retry_on`).
+
+use std::time::Duration;
+
+use super::file::{PoolSection, ProbeKind, ProbeSection};
+use toml::Spanned;
+
+use super::{ConfigError, Errors, parse_duration};
+
+#[derive(Debug, Clone)]
+pub struct ProbeConfig {
+    pub kind: ProbeKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub ehlo: String,
+    /// SMTP: a transaction after EHLO, `MAIL FROM` then `RCPT TO` if
+    /// set (then RSET), so a backend that greets but defers mail fails.
+    pub mail_from: Option<String>,
+    pub rcpt_to: Option<String>,
+    pub method: String,
+    pub path: String,
+    /// Inclusive range of HTTP statuses counted as healthy.
+    pub expect_status: (u16, u16),
+}
+
+/// Limits on taking backends out on live-traffic evidence (Envoy's
+/// outlier detection): the health plugin says when, these say whether and
+/// for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EjectionConfig {
+    /// Share of the pool, in percent, that traffic evidence alone may
+    /// take out, counting backends already out for any reason.
+    pub max_percent: u32,
+    pub base_time: Duration,
+    pub max_time: Duration,
+}
+
+/// `max_ejection_percent` unless set: half a pool always stays to prove
+/// a client wrong, as Envoy's documentation suggests for small pools.
+pub const DEFAULT_MAX_EJECTION_PERCENT: u32 = 50;
+/// `base_ejection_time` unless set (Envoy's default).
+pub const DEFAULT_BASE_EJECTION_TIME: Duration = Duration::from_secs(30);
+/// `max_ejection_time` unless set (Envoy's default).
+pub const DEFAULT_MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
+
+pub(super) fn ejection(
+    errors: &Errors<'_>,
+    pool: &PoolSection,
+    key: &str,
+) -> Result<EjectionConfig, ConfigError> {
+    let max_percent = match &pool.max_ejection_percent {
+        None => DEFAULT_MAX_EJECTION_PERCENT,
+        Some(p) if *p.get_ref() <= 100 => *p.get_ref(),
+        Some(p) => {
+            return Err(errors.spanned(
+                p,
+                &format!("{key}.max_ejection_percent"),
+                "must be a percentage from 0 (traffic never ejects) to 100",
+            ));
+        }
+    };
+    let base_time = parse_duration(
+        errors,
+        pool.base_ejection_time.as_ref(),
+        &format!("{key}.base_ejection_time"),
+        DEFAULT_BASE_EJECTION_TIME,
+    )?;
+    let max_time = parse_duration(
+        errors,
+        pool.max_ejection_time.as_ref(),
+        &format!("{key}.max_ejection_time"),
+        DEFAULT_MAX_EJECTION_TIME.max(base_time),
+    )?;
+    if max_time < base_time {
+        let value = pool
+            .max_ejection_time
+            .as_ref()
+            .expect("set: the default is not less");
+        return Err(errors.spanned(
+            value,
+            &format!("{key}.max_ejection_time"),
+            "must not be shorter than base_ejection_time",
+        ));
+    }
+    Ok(EjectionConfig {
+        max_percent,
+        base_time,
+        max_time,
+    })
+}
+
+pub(super) fn probe_config(
+    errors: &Errors<'_>,
+    p: &ProbeSection,
+    key: &str,
+) -> Result<ProbeConfig, ConfigError> {
+    let expect_status = match &p.expect_status {
+        None => (200, 399),
+        Some(s) => {
+            let [lo, hi] = *s.get_ref();
+            if !(100..=599).contains(&lo) || !(lo..=599).contains(&hi) {
+                return Err(errors.spanned(
+                    s,
+                    &format!("{key}.expect_status"),
+                    "expected [low, high] with 100 <= low <= high <= 599",
+                ));
+            }
+            (lo, hi)
+        }
+    };
+    Ok(ProbeConfig {
+        kind: p.kind,
+        interval: parse_duration(
+            errors,
+            p.interval.as_ref(),
+            &format!("{key}.interval"),
+            Duration::from_secs(2),
+        )?,
+        timeout: parse_duration(
+            errors,
+            p.timeout.as_ref(),
+            &format!("{key}.timeout"),
+            Duration::from_secs(1),
+        )?,
+        ehlo: word(
+            errors,
+            p.ehlo.as_ref(),
+            &format!("{key}.ehlo"),
+            "gale.invalid",
+            "a host name",
+        )?,
+        mail_from: address(errors, p.mail_from.as_ref(), &format!("{key}.mail_from"))?,
+        rcpt_to: match (&p.rcpt_to, &p.mail_from) {
+            (Some(rcpt), None) => {
+                return Err(errors.spanned(
+                    rcpt,
+                    &format!("{key}.rcpt_to"),
+                    "needs mail_from: RCPT TO comes after MAIL FROM",
+                ));
+            }
+            _ => address(errors, p.rcpt_to.as_ref(), &format!("{key}.rcpt_to"))?,
+        },
+        method: word(
+            errors,
+            p.method.as_ref(),
+            &format!("{key}.method"),
+            "GET",
+            "an HTTP method",
+        )?,
+        path: match &p.path {
+            Some(path) if !path.get_ref().starts_with('/') => {
+                return Err(errors.spanned(path, &format!("{key}.path"), "must start with /"));
+            }
+            path => word(errors, path.as_ref(), &format!("{key}.path"), "/", "a path")?,
+        },
+        expect_status,
+    })
+}
+
+/// A value sent inside a probe's command line: printable ASCII without
+/// spaces, so that it cannot end the line or add a command.
+fn word(
+    errors: &Errors<'_>,
+    value: Option<&Spanned<String>>,
+    key: &str,
+    default: &str,
+    what: &str,
+) -> Result<String, ConfigError> {
+    let Some(value) = value else {
+        return Ok(default.to_string());
+    };
+    let v = value.get_ref();
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(errors.spanned(
+            value,
+            key,
+            format!("expected {what}: printable ASCII without spaces"),
+        ));
+    }
+    Ok(v.clone())
+}
+
+/// A mail address for the SMTP probe, without the angle brackets; ""
+/// is the null sender.
+fn address(
+    errors: &Errors<'_>,
+    value: Option<&Spanned<String>>,
+    key: &str,
+) -> Result<Option<String>, ConfigError> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let v = value.get_ref();
+    if !v
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && b != b'<' && b != b'>')
+    {
+        return Err(errors.spanned(
+            value,
+            key,
+            "expected a mail address like probe@example.com, without <> or spaces",
+        ));
+    }
+    Ok(Some(v.clone()))
+}
+
+/// Which failures send an HTTP request on to the next backend, as nginx's
+/// `proxy_next_upstream` and Envoy's `retry_on` say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryOn {
+    /// No connection could be made: the backend saw nothing.
+    pub connect: bool,
+    /// The exchange failed before a response (idempotent requests only).
+    pub error: bool,
+    /// 502, 503, 504 (idempotent requests only).
+    statuses: [bool; 3],
+}
+
+impl Default for RetryOn {
+    /// Today's rules: a connection that could not be made, and a failure
+    /// before any response to an idempotent request.
+    fn default() -> Self {
+        RetryOn {
+            connect: true,
+            error: true,
+            statuses: [false; 3],
+        }
+    }
+}
+
+impl RetryOn {
+    /// Whether a response with `status` is tried again elsewhere.
+    pub fn status(&self, status: u16) -> bool {
+        match status {
+            502..=504 => self.statuses[usize::from(status - 502)],
+            _ => false,
+        }
+    }
+}
+
+pub(super) fn retry_on(
+    errors: &Errors<'_>,
+    value: Option<&Spanned<Vec<String>>>,
+    key: &str,
+) -> Result<RetryOn, ConfigError> {
+    let Some(value) = value else {
+        return Ok(RetryOn::default());
+    };
+    let mut retry = RetryOn {
+        connect: false,
+        error: false,
+        statuses: [false; 3],
+    };
+    for item in value.get_ref() {
+        match item.as_str() {
+            "connect" => retry.connect = true,
+            "error" => retry.error = true,
+            "502" => retry.statuses[0] = true,
+            "503" => retry.statuses[1] = true,
+            "504" => retry.statuses[2] = true,
+            other => {
+                return Err(errors.spanned(
+                    value,
+                    key,
+                    format!(
+                        "unknown {other:?}: expected \"connect\", \"error\", \"502\", \"503\" or \"504\""
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(retry)
+}

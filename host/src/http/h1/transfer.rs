@@ -1,0 +1,239 @@
+//! Moving bytes between a client and a backend for one exchange: the
+//! request body out, the response head in, the response body back.
+
+use std::io::IoSlice;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
+
+use super::chunked::Chunked;
+use super::head::{self, Framing, Refusal};
+use super::{BACKEND_READ_SIZE, READ_SIZE};
+use crate::http::MAX_HEADER_BYTES;
+
+/// Why a body could not be moved.
+pub(super) enum BodyError {
+    Client(Option<Refusal>, String),
+    Backend(String),
+}
+
+/// Stream the request body from the client (what is already in `buf`
+/// first) to the backend; `buf` keeps whatever follows the body.
+pub(super) async fn send_body<C: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut C,
+    buf: &mut BytesMut,
+    backend: &mut WriteHalf<'_>,
+    framing: Framing,
+    expect_continue: bool,
+    idle: Duration,
+) -> Result<(), BodyError> {
+    // The client waits for this before it sends the body; gale answers it
+    // itself and does not pass `Expect` on.
+    if expect_continue && buf.is_empty() {
+        let write = async {
+            client.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+            client.flush().await
+        };
+        if !matches!(tokio::time::timeout(idle, write).await, Ok(Ok(()))) {
+            return Err(BodyError::Client(None, "went away before its body".into()));
+        }
+    }
+    let mut left = match framing {
+        Framing::Length(n) => n,
+        _ => 0,
+    };
+    let mut chunks = Chunked::default();
+    loop {
+        let (take, done) = match framing {
+            Framing::Length(_) => {
+                let n = left.min(buf.len() as u64);
+                left -= n;
+                (n as usize, left == 0)
+            }
+            Framing::Chunked => {
+                let n = chunks.scan(buf, |_| {}).map_err(|e| {
+                    BodyError::Client(
+                        Some(Refusal::Malformed("malformed chunked body\n")),
+                        e.to_string(),
+                    )
+                })?;
+                (n, chunks.done())
+            }
+            Framing::Empty | Framing::Close => (0, true),
+        };
+        if take > 0 {
+            match tokio::time::timeout(idle, backend.write_all(&buf[..take])).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(BodyError::Backend(e.to_string())),
+                Err(_) => {
+                    return Err(BodyError::Backend(format!(
+                        "took no body bytes for {idle:?} (idle_timeout)"
+                    )));
+                }
+            }
+            buf.advance(take);
+        }
+        if done {
+            return Ok(());
+        }
+        buf.reserve(READ_SIZE);
+        match tokio::time::timeout(idle, client.read_buf(buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return Err(BodyError::Client(
+                    None,
+                    "closed the connection inside its body".into(),
+                ));
+            }
+            Ok(Ok(_)) => {}
+            Err(_) => {
+                return Err(BodyError::Client(
+                    Some(Refusal::BodyTimedOut),
+                    format!("sent no body bytes for {idle:?} (idle_timeout)"),
+                ));
+            }
+        }
+    }
+}
+
+/// Read the backend's response head into `rbuf`, passing over interim
+/// (1xx) responses.
+pub(super) async fn read_response_head(
+    backend: &mut ReadHalf<'_>,
+    rbuf: &mut BytesMut,
+    resp: &mut head::Response,
+    head_request: bool,
+) -> Result<(), String> {
+    rbuf.clear();
+    let mut scanned = 0;
+    loop {
+        if rbuf[scanned..].contains(&b'\n') && head::parse_response(rbuf, head_request, resp)? {
+            match resp.code {
+                101 => return Err("101 Switching Protocols, no upgrade was asked for".into()),
+                100..=199 => {
+                    rbuf.advance(resp.len);
+                    scanned = 0;
+                    continue;
+                }
+                _ => return Ok(()),
+            }
+        }
+        if rbuf.len() >= MAX_HEADER_BYTES {
+            return Err("response head over 64 KiB".into());
+        }
+        scanned = rbuf.len();
+        rbuf.reserve(BACKEND_READ_SIZE);
+        match backend.read_buf(rbuf).await {
+            Ok(0) if rbuf.is_empty() => return Err("connection closed".into()),
+            Ok(0) => return Err("connection closed inside the response head".into()),
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// Write the response head in `head` and stream the body after it from
+/// the backend to the client. `Ok(true)`: the body ended cleanly and the
+/// backend connection can take another request.
+pub(super) async fn relay_body<C: AsyncWrite + Unpin>(
+    client: &mut C,
+    backend: &mut ReadHalf<'_>,
+    rbuf: &mut BytesMut,
+    head: &[u8],
+    framing: Framing,
+    dechunk: bool,
+    idle: Duration,
+) -> Result<bool, String> {
+    let mut head = head;
+    let mut left = match framing {
+        Framing::Length(n) => n,
+        _ => 0,
+    };
+    let mut chunks = Chunked::default();
+    let mut data = Vec::new();
+    loop {
+        let input = &rbuf[..];
+        let (take, done) = match framing {
+            Framing::Empty => (0, true),
+            Framing::Length(_) => {
+                let n = left.min(input.len() as u64);
+                left -= n;
+                (n as usize, left == 0)
+            }
+            Framing::Chunked => {
+                let n = chunks
+                    .scan(input, |r| {
+                        if dechunk {
+                            data.extend_from_slice(&input[r]);
+                        }
+                    })
+                    .map_err(|e| format!("from the backend: {e}"))?;
+                (n, chunks.done())
+            }
+            Framing::Close => (input.len(), false),
+        };
+        let body = if dechunk { &data[..] } else { &input[..take] };
+        write_two(client, head, body, done, idle)
+            .await
+            .map_err(|e| format!("writing to the client: {e}"))?;
+        head = &[];
+        rbuf.advance(take);
+        data.clear();
+        if done {
+            // Bytes past the end of the response: the connection is out
+            // of step.
+            return Ok(rbuf.is_empty());
+        }
+        rbuf.reserve(BACKEND_READ_SIZE);
+        match tokio::time::timeout(idle, backend.read_buf(rbuf)).await {
+            Ok(Ok(0)) if framing == Framing::Close => {
+                write_two(client, &[], &[], true, idle)
+                    .await
+                    .map_err(|e| format!("writing to the client: {e}"))?;
+                return Ok(false);
+            }
+            Ok(Ok(0)) => return Err("the backend closed the connection inside the body".into()),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(format!("reading the body from the backend: {e}")),
+            Err(_) => {
+                return Err(format!(
+                    "no body bytes from the backend for {idle:?} (idle_timeout)"
+                ));
+            }
+        }
+    }
+}
+
+/// Write `a` then `b`, in one system call when the socket takes them,
+/// and `flush` (TLS) at the end of a message: under one timeout.
+async fn write_two<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    a: &[u8],
+    b: &[u8],
+    flush: bool,
+    idle: Duration,
+) -> std::io::Result<()> {
+    let write = async {
+        let mut slices = [IoSlice::new(a), IoSlice::new(b)];
+        let mut bufs: &mut [IoSlice<'_>] = &mut slices;
+        IoSlice::advance_slices(&mut bufs, 0);
+        while !bufs.is_empty() {
+            let n = w.write_vectored(bufs).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            IoSlice::advance_slices(&mut bufs, n);
+        }
+        if flush {
+            w.flush().await?;
+        }
+        Ok(())
+    };
+    tokio::time::timeout(idle, write).await.unwrap_or_else(|_| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("stuck for {idle:?}"),
+        ))
+    })
+}

@@ -1,0 +1,494 @@
+//! Watching a relayed SMTP session in the clear for what mail operators
+//! fear most: an MTA that greets `220` and then defers every message (a
+//! full spool's `452 4.3.1`, a dead policy service's `451 4.3.0`, a
+//! `421` to MAIL FROM).
+//!
+//! The relay hands over each chunk it forwards; the watcher splits the
+//! client's bytes into commands (skipping message bodies, DATA and BDAT)
+//! and the backend's into replies, pairs them in order (pipelining keeps
+//! the order) and judges the replies that say something about the
+//! backend: a `250` to MAIL FROM or to the end of a message is a success;
+//! a `4xx` with an enhanced code of class `4.3` (mail system) to MAIL
+//! FROM, DATA or the end of a message is a failure; a `421` is a failure
+//! too, counted once per client unless its class is `4.3` (a client can
+//! provoke "421 4.7.0 too many errors" or "421 4.4.2 timeout"). Replies to
+//! RCPT are about one recipient and never count.
+//!
+//! It stops for good, costing nothing more, once the session turns to TLS
+//! (STARTTLS answered `220`), after a `421`, or when the two sides stop
+//! pairing up (a reply nobody asked for, too many commands in flight).
+
+use std::collections::VecDeque;
+
+/// Commands awaiting their reply, at most; past that the watcher stops.
+const IN_FLIGHT: usize = 64;
+/// Bytes kept from the start of each line: enough for a verb and a BDAT
+/// size, or a reply code, its enhanced code and some text for the log.
+const PREFIX: usize = 64;
+
+/// A reply that says something about the backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A message or transaction was accepted.
+    Accepted,
+    /// The backend deferred for its own reasons; `per_client`: it may be
+    /// about this client (a `421` outside class 4.3).
+    Deferred {
+        code: u16,
+        detail: String,
+        per_client: bool,
+    },
+}
+
+/// What a reply answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Asked {
+    Mail,
+    Rcpt,
+    Data,
+    EndOfData,
+    Bdat { last: bool },
+    StartTls,
+    Other,
+}
+
+impl Asked {
+    fn name(self) -> &'static str {
+        match self {
+            Asked::Mail => "MAIL FROM",
+            Asked::Rcpt => "RCPT TO",
+            Asked::Data => "DATA",
+            Asked::EndOfData => "end of data",
+            Asked::Bdat { .. } => "BDAT",
+            Asked::StartTls => "STARTTLS",
+            Asked::Other => "a command",
+        }
+    }
+}
+
+/// Where the client's bytes are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientState {
+    Commands,
+    /// Inside a DATA body, until a line that is a lone ".".
+    Body,
+    /// Inside a BDAT chunk: bytes left.
+    Chunk {
+        left: u64,
+        last: bool,
+    },
+}
+
+/// The start of the line being read, and whether it went past `PREFIX`.
+#[derive(Debug)]
+struct Line {
+    bytes: [u8; PREFIX],
+    len: usize,
+}
+
+impl Default for Line {
+    fn default() -> Self {
+        Line {
+            bytes: [0; PREFIX],
+            len: 0,
+        }
+    }
+}
+
+impl Line {
+    fn push(&mut self, part: &[u8]) {
+        let take = part.len().min(PREFIX - self.len);
+        self.bytes[self.len..self.len + take].copy_from_slice(&part[..take]);
+        self.len += take;
+    }
+
+    /// The line without its CR LF (or bare LF).
+    fn text(&self) -> &[u8] {
+        let t = &self.bytes[..self.len];
+        let t = t.strip_suffix(b"\n").unwrap_or(t);
+        t.strip_suffix(b"\r").unwrap_or(t)
+    }
+}
+
+/// Split `data` into lines, handing each complete one (its first `PREFIX`
+/// bytes) to `done`; a line cut by the end of `data` waits in `line`.
+/// Returns where `done` asked to stop, if it did.
+fn lines(line: &mut Line, data: &[u8], mut done: impl FnMut(&Line) -> bool) -> Option<usize> {
+    let mut at = 0;
+    while at < data.len() {
+        match memchr::memchr(b'\n', &data[at..]) {
+            None => {
+                line.push(&data[at..]);
+                return None;
+            }
+            Some(n) => {
+                line.push(&data[at..at + n + 1]);
+                at += n + 1;
+                let stop = done(line);
+                line.len = 0;
+                if stop {
+                    return Some(at);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The watcher of one session.
+#[derive(Debug)]
+pub struct Watch {
+    on: bool,
+    client: ClientState,
+    client_line: Line,
+    backend_line: Line,
+    /// The first line of the reply being read, for the log.
+    first: Line,
+    asked: VecDeque<Asked>,
+    /// MAIL FROM was accepted and nothing in its transaction failed yet:
+    /// a success once the transaction ends without a failure.
+    accepted_mail: bool,
+}
+
+impl Default for Watch {
+    fn default() -> Self {
+        Watch {
+            on: true,
+            client: ClientState::Commands,
+            client_line: Line::default(),
+            backend_line: Line::default(),
+            first: Line::default(),
+            asked: VecDeque::new(),
+            accepted_mail: false,
+        }
+    }
+}
+
+impl Watch {
+    pub fn is_on(&self) -> bool {
+        self.on
+    }
+
+    /// Bytes the client sent on to the backend.
+    pub fn client(&mut self, mut data: &[u8]) {
+        while self.on && !data.is_empty() {
+            match self.client {
+                ClientState::Chunk { left, last } => {
+                    let take = data.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                    data = &data[take..];
+                    self.chunk(left - take as u64, last);
+                }
+                ClientState::Body => {
+                    let mut line = std::mem::take(&mut self.client_line);
+                    let stop = lines(&mut line, data, |l| l.text() == b".");
+                    self.client_line = line;
+                    let Some(at) = stop else { return };
+                    data = &data[at..];
+                    self.client = ClientState::Commands;
+                    self.ask(Asked::EndOfData);
+                }
+                ClientState::Commands => {
+                    let mut line = std::mem::take(&mut self.client_line);
+                    let mut opens = None;
+                    let stop = lines(&mut line, data, |l| match command(l.text()) {
+                        // Its reply comes after the chunk.
+                        (_, Some((left, last))) => {
+                            opens = Some(ClientState::Chunk { left, last });
+                            true
+                        }
+                        (asked, None) => {
+                            self.ask(asked);
+                            if asked == Asked::Data {
+                                // A client waits for 354 before the body,
+                                // and sends none after a refusal (see
+                                // `judge`).
+                                opens = Some(ClientState::Body);
+                            }
+                            opens.is_some() || !self.on
+                        }
+                    });
+                    self.client_line = line;
+                    let (Some(at), Some(state)) = (stop, opens) else {
+                        return;
+                    };
+                    data = &data[at..];
+                    self.client = state;
+                    if let ClientState::Chunk { left: 0, last } = state {
+                        self.chunk(0, last);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `left` bytes of a BDAT chunk to go.
+    fn chunk(&mut self, left: u64, last: bool) {
+        self.client = ClientState::Chunk { left, last };
+        if left == 0 {
+            self.client = ClientState::Commands;
+            self.ask(Asked::Bdat { last });
+        }
+    }
+
+    fn ask(&mut self, asked: Asked) {
+        if self.asked.len() == IN_FLIGHT {
+            self.on = false;
+            return;
+        }
+        self.asked.push_back(asked);
+    }
+
+    /// Bytes the backend sent on to the client; `report` hears what they
+    /// said about it.
+    pub fn backend(&mut self, data: &[u8], mut report: impl FnMut(Event)) {
+        if !self.on {
+            return;
+        }
+        let mut line = std::mem::take(&mut self.backend_line);
+        lines(&mut line, data, |l| {
+            let text = l.text();
+            if self.first.len == 0 {
+                self.first.push(text);
+            }
+            // "250-..." goes on; "250 ..." or a bare "250" ends the reply.
+            if text.get(3) == Some(&b'-') {
+                return false;
+            }
+            let first = std::mem::take(&mut self.first);
+            let Some(asked) = self.asked.pop_front() else {
+                // A reply nobody asked for: the two sides do not pair up.
+                self.on = false;
+                return true;
+            };
+            if let Some(event) = self.judge(asked, &first) {
+                report(event);
+            }
+            !self.on
+        });
+        self.backend_line = line;
+    }
+
+    /// The session is over: a transaction whose MAIL FROM was accepted
+    /// and that nothing failed is a success (the client may have quit
+    /// after a recipient was refused).
+    pub fn finish(&mut self, report: impl FnOnce(Event)) {
+        if std::mem::take(&mut self.accepted_mail) {
+            report(Event::Accepted);
+        }
+    }
+
+    /// What the reply whose first line is `first` to `asked` says.
+    fn judge(&mut self, asked: Asked, first: &Line) -> Option<Event> {
+        let text = &first.bytes[..first.len];
+        let Some(code) = reply_code(text) else {
+            self.on = false;
+            return None;
+        };
+        if asked == Asked::Data && code != 354 && self.client == ClientState::Body {
+            // No body follows a refused DATA.
+            self.client = ClientState::Commands;
+        }
+        let system = enhanced_class(text) == Some(3);
+        let deferred = |per_client| Event::Deferred {
+            code,
+            detail: format!(
+                "{} answered {:?}",
+                asked.name(),
+                String::from_utf8_lossy(text)
+            ),
+            per_client,
+        };
+        if code == 421 {
+            self.on = false;
+            self.accepted_mail = false;
+            return Some(deferred(!system));
+        }
+        match asked {
+            Asked::StartTls if code == 220 => {
+                self.on = false;
+                None
+            }
+            // The transaction before it ended without a failure.
+            Asked::Mail if code == 250 => {
+                std::mem::replace(&mut self.accepted_mail, true).then_some(Event::Accepted)
+            }
+            Asked::EndOfData | Asked::Bdat { last: true } if code == 250 => {
+                self.accepted_mail = false;
+                Some(Event::Accepted)
+            }
+            Asked::Mail | Asked::Data | Asked::EndOfData | Asked::Bdat { .. }
+                if (400..500).contains(&code) && system =>
+            {
+                self.accepted_mail = false;
+                Some(deferred(false))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The three-digit code at the start of a reply line.
+fn reply_code(line: &[u8]) -> Option<u16> {
+    let digits = line.get(..3)?;
+    if !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// The middle digit of an enhanced status code ("452 4.3.1 ..." gives 3).
+fn enhanced_class(line: &[u8]) -> Option<u8> {
+    let rest = line.get(4..)?;
+    match rest {
+        [c, b'.', d, ..] if c.is_ascii_digit() && d.is_ascii_digit() => Some(d - b'0'),
+        _ => None,
+    }
+}
+
+/// What a command line asks, and for BDAT its chunk size and whether it
+/// is the last.
+fn command(line: &[u8]) -> (Asked, Option<(u64, bool)>) {
+    let verb_end = line.iter().position(|&b| b == b' ').unwrap_or(line.len());
+    let verb = &line[..verb_end];
+    let is = |name: &[u8]| verb.eq_ignore_ascii_case(name);
+    if is(b"MAIL") {
+        (Asked::Mail, None)
+    } else if is(b"RCPT") {
+        (Asked::Rcpt, None)
+    } else if is(b"DATA") && verb_end == line.len() {
+        (Asked::Data, None)
+    } else if is(b"STARTTLS") {
+        (Asked::StartTls, None)
+    } else if is(b"BDAT") {
+        let mut args = line[verb_end..]
+            .split(|&b| b == b' ')
+            .filter(|a| !a.is_empty());
+        let size = args
+            .next()
+            .and_then(|s| std::str::from_utf8(s).ok())
+            .and_then(|s| s.parse::<u64>().ok());
+        let last = args.next().is_some_and(|a| a.eq_ignore_ascii_case(b"LAST"));
+        match size {
+            Some(size) => (Asked::Other, Some((size, last))),
+            // A malformed BDAT is refused and no chunk follows.
+            None => (Asked::Other, None),
+        }
+    } else {
+        (Asked::Other, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feed a session as (client, backend) chunks; the events, in order.
+    fn run(steps: &[(&str, &str)]) -> (Vec<Event>, bool) {
+        let mut watch = Watch::default();
+        let mut events = Vec::new();
+        for (client, backend) in steps {
+            watch.client(client.as_bytes());
+            watch.backend(backend.as_bytes(), |e| events.push(e));
+        }
+        let on = watch.is_on();
+        watch.finish(|e| events.push(e));
+        (events, on)
+    }
+
+    fn deferred(code: u16, per_client: bool) -> impl Fn(&Event) -> bool {
+        move |e| matches!(e, Event::Deferred { code: c, per_client: p, .. } if *c == code && *p == per_client)
+    }
+
+    #[test]
+    fn an_accepted_message_is_one_success() {
+        let (events, on) = run(&[
+            ("EHLO c\r\n", "250-mx\r\n250 PIPELINING\r\n"),
+            (
+                "MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n",
+                "250 ok\r\n250 ok\r\n354 go\r\n",
+            ),
+            ("Subject: x\r\n\r\nMAIL FROM:<not a command>\r\n.\r", ""),
+            ("\n", "250 2.0.0 queued\r\n"),
+            ("QUIT\r\n", "221 bye\r\n"),
+        ]);
+        assert_eq!(events, vec![Event::Accepted]);
+        assert!(on);
+    }
+
+    #[test]
+    fn mail_accepted_then_data_dropped_is_a_failure_alone() {
+        let (events, _) = run(&[
+            ("MAIL FROM:<a@b>\r\n", "250 2.1.0 Ok\r\n"),
+            ("RCPT TO:<c@d>\r\n", "250 2.1.5 Ok\r\n"),
+            ("DATA\r\n", "421 4.0.0 Server closing connection\r\n"),
+        ]);
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert!(deferred(421, true)(&events[0]));
+        // Refused recipients, then QUIT: MAIL FROM was accepted.
+        let (events, _) = run(&[
+            ("MAIL FROM:<a@b>\r\n", "250 2.1.0 Ok\r\n"),
+            ("RCPT TO:<c@d>\r\n", "550 5.1.1 unknown\r\n"),
+            ("QUIT\r\n", "221 bye\r\n"),
+        ]);
+        assert_eq!(events, vec![Event::Accepted]);
+    }
+
+    #[test]
+    fn a_full_spool_defers_mail_from_and_recipients_never_count() {
+        let (events, _) = run(&[
+            (
+                "MAIL FROM:<a@b>\r\n",
+                "452 4.3.1 Insufficient system storage\r\n",
+            ),
+            (
+                "RCPT TO:<c@d>\r\n",
+                "451 4.3.0 <c@d>: Temporary lookup failure\r\n",
+            ),
+            ("MAIL FROM:<a@b>\r\n", "450 4.7.1 not now, you\r\n"),
+        ]);
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert!(deferred(452, false)(&events[0]));
+        let Event::Deferred { detail, .. } = &events[0] else {
+            unreachable!()
+        };
+        assert_eq!(
+            detail,
+            "MAIL FROM answered \"452 4.3.1 Insufficient system storage\""
+        );
+    }
+
+    #[test]
+    fn a_421_is_a_failure_then_the_watch_stops() {
+        let (events, on) = run(&[("DATA\r\n", "421 4.3.0 shutting down\r\n")]);
+        assert!(deferred(421, false)(&events[0]));
+        assert!(!on);
+        let (events, _) = run(&[("NOOP\r\n", "421 4.7.0 Error: too many errors\r\n")]);
+        assert!(
+            deferred(421, true)(&events[0]),
+            "a client can provoke this one"
+        );
+    }
+
+    #[test]
+    fn a_refused_data_sends_no_body_and_bdat_chunks_are_skipped() {
+        let (events, on) = run(&[
+            ("DATA\r\n", "554 5.5.1 no valid recipients\r\n"),
+            ("MAIL FROM:<a@b>\r\n", "250 ok\r\n"),
+            ("BDAT 15 LAST\r\nMAIL FROM:<x", ""),
+            (">\r\n", "250 2.0.0 queued\r\n"),
+        ]);
+        assert_eq!(events, vec![Event::Accepted]);
+        assert!(on);
+    }
+
+    #[test]
+    fn starttls_ends_the_watch_and_unpaired_replies_stop_it() {
+        let (events, on) = run(&[
+            ("STARTTLS\r\n", "220 go ahead\r\n"),
+            ("\x16\x03\x01garbage", ""),
+        ]);
+        assert!(events.is_empty() && !on);
+        let (_, on) = run(&[("", "250 unasked\r\n")]);
+        assert!(!on);
+    }
+}

@@ -1,0 +1,338 @@
+//! Health from live traffic, under attack: a client the MTAs refuse cannot
+//! take backends out, the MTAs' verdict reaches that client, and traffic
+//! evidence alone never takes out more than `max_ejection_percent` of a
+//! pool. In-process server on 127.0.0.1:0, in-test MTAs.
+
+mod support;
+
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use gale::generation::Generation;
+use gale::pool::Out;
+use gale::server::Server;
+use support::process::{SmtpSink, free_port};
+use support::smtp::{Backend, Behaviour, Client, LISTED};
+use support::wait_until;
+
+/// An SMTP listener before a pool `mta` of `backends` (with PROXY v1 if
+/// `proxy`), `pool_keys` added to the pool.
+async fn start(backends: &[&Backend], proxy: bool, pool_keys: &str, probe: &str) -> Server {
+    let mut toml = format!(
+        "[listeners.in]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\npool = \"mta\"\n\
+         hostname = \"gale.test\"\nbanner_timeout = \"1s\"\nconnect_timeout = \"1s\"\n\
+         max_attempts = {}\n\
+         [pools.mta]\n{pool_keys}\n[pools.mta.probe]\n{probe}\n",
+        backends.len()
+    );
+    for (i, b) in backends.iter().enumerate() {
+        toml.push_str(&format!(
+            "[[pools.mta.backends]]\nname = \"b{i}\"\naddress = \"{}\"\nproxy_protocol = \"{}\"\n",
+            b.address,
+            if proxy { "v1" } else { "none" }
+        ));
+    }
+    let config = support::config(&toml);
+    let (runtime, _cache) = support::runtime();
+    let generation = Generation::build(1, &runtime, config, &Default::default()).unwrap();
+    Server::start(generation).await.unwrap()
+}
+
+fn count(server: &Server, name: &str, labels: &[(&str, &str)]) -> f64 {
+    support::counter(&server.current.load().metrics, name, labels)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listed_client_gets_the_mtas_refusal_and_empties_no_pool() {
+    let listed: IpAddr = "127.0.0.66".parse().unwrap();
+    let a = Backend::start_on(
+        "127.0.0.1:0".parse().unwrap(),
+        Behaviour::Blocklist(listed),
+        Some(1),
+    )
+    .await;
+    let b = Backend::start_on(
+        "127.0.0.1:0".parse().unwrap(),
+        Behaviour::Blocklist(listed),
+        Some(1),
+    )
+    .await;
+    let server = start(
+        &[&a, &b],
+        true,
+        "",
+        "kind = \"smtp\"\ninterval = \"200ms\"\ntimeout = \"1s\"",
+    )
+    .await;
+    let addr = server.address("in").unwrap();
+    let pool = server.current.load_full().pools[0].clone();
+    // Both greeted gale's SMTP probe with 220: they are known to greet
+    // others, so a refusal of one client is their verdict on it.
+    wait_until(
+        || pool.vouches_for_refusal(0) && pool.vouches_for_refusal(1),
+        Duration::from_secs(5),
+        "both backends probed",
+    )
+    .await;
+
+    for i in 0..50 {
+        let mut c = Client::connect_from(addr, listed).await;
+        assert_eq!(
+            c.reply().await,
+            vec![LISTED],
+            "session {i}: the listed client gets the MTAs' own refusal, not 421"
+        );
+        assert!(c.closed().await, "session {i}: closed after the refusal");
+        if i % 5 == 4 {
+            let mut ok = Client::connect(addr).await;
+            assert!(
+                ok.reply().await.last().unwrap().starts_with("220"),
+                "session {i}"
+            );
+            assert!(
+                ok.send_mail().await.starts_with("250"),
+                "legitimate clients keep relaying"
+            );
+            ok.command("QUIT").await;
+        }
+    }
+    assert!(
+        pool.is_healthy(0) && pool.is_healthy(1),
+        "a refused client took a backend out of rotation"
+    );
+    assert_eq!(count(&server, "gale_backend_ejections_total", &[]), 0.0);
+    assert_eq!(
+        count(&server, "gale_sessions_total", &[("outcome", "refused")]),
+        50.0
+    );
+    assert_eq!(
+        count(&server, "gale_sessions_total", &[("outcome", "relayed")]),
+        10.0
+    );
+    assert_eq!(
+        a.messages.load(Ordering::SeqCst) + b.messages.load(Ordering::SeqCst),
+        10
+    );
+    assert_eq!(server.shutdown().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtas_refusing_everyone_are_an_outage_421_not_a_bounce() {
+    let a = Backend::start_on("127.0.0.1:0".parse().unwrap(), Behaviour::Reject, Some(1)).await;
+    let b = Backend::start_on("127.0.0.1:0".parse().unwrap(), Behaviour::Reject, Some(1)).await;
+    // A probe that only connects: the backends stay "healthy", yet they
+    // greet nobody with 220, so their 554 is no verdict on the client.
+    let server = start(&[&a, &b], true, "", "kind = \"tcp\"\ninterval = \"1h\"").await;
+    let addr = server.address("in").unwrap();
+    for i in 0..5 {
+        let mut c = Client::connect(addr).await;
+        assert_eq!(
+            c.reply().await,
+            vec!["421 4.3.2 gale.test Service temporarily unavailable, try again later"],
+            "session {i}: deferred, never bounced"
+        );
+    }
+    assert_eq!(
+        count(&server, "gale_sessions_total", &[("outcome", "refused")]),
+        0.0
+    );
+    assert_eq!(server.shutdown().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_ejects_at_most_max_ejection_percent_and_ejections_grow() {
+    // Three MTAs that greet 421 to every session (no PROXY: about gale,
+    // not a client) and one that works. A TCP probe passes for all, so
+    // only traffic evidence judges them.
+    let busy = [
+        Backend::start(Behaviour::Busy).await,
+        Backend::start(Behaviour::Busy).await,
+        Backend::start(Behaviour::Busy).await,
+    ];
+    let good = Backend::start(Behaviour::Sink).await;
+    let server = start(
+        &[&busy[0], &busy[1], &busy[2], &good],
+        false,
+        "base_ejection_time = \"2s\"\nmax_ejection_time = \"20s\"",
+        "kind = \"tcp\"\ninterval = \"100ms\"",
+    )
+    .await;
+    let addr = server.address("in").unwrap();
+    let pool = server.current.load_full().pools[0].clone();
+    let send = |n: usize| async move {
+        for i in 0..n {
+            let mut c = Client::connect(addr).await;
+            assert!(
+                c.reply().await.last().unwrap().starts_with("220"),
+                "session {i}: the client waited while gale tried the next backend"
+            );
+            c.command("QUIT").await;
+        }
+    };
+    send(30).await;
+    let ejected = |pool: &gale::pool::Pool| {
+        (0..3)
+            .filter(|&i| matches!(pool.out(i), Some(Out::Traffic { .. })))
+            .count()
+    };
+    assert_eq!(
+        ejected(&pool),
+        2,
+        "max_ejection_percent = 50: two of four out on traffic, the third failing one stays"
+    );
+    assert!(pool.is_healthy(3));
+    assert!(count(&server, "gale_pool_ejections_capped_total", &[]) > 0.0);
+    let first: Vec<u64> = pool
+        .backend_reports()
+        .iter()
+        .filter_map(|r| r.out.as_ref()?.ejected_ms_left)
+        .collect();
+    assert!(
+        first.iter().all(|&ms| ms <= 2000),
+        "first ejection: base_ejection_time {first:?}"
+    );
+
+    // Past the ejection time, a passing probe brings them back; failing
+    // again soon after, they are ejected for twice as long.
+    wait_until(
+        || (0..4).all(|i| pool.is_healthy(i)),
+        Duration::from_secs(8),
+        "ejected backends return after base_ejection_time and a passing probe",
+    )
+    .await;
+    send(30).await;
+    let second: Vec<u64> = pool
+        .backend_reports()
+        .iter()
+        .filter(|r| r.ejections_total == 2)
+        .filter_map(|r| r.out.as_ref()?.ejected_ms_left)
+        .collect();
+    assert!(
+        !second.is_empty() && second.iter().all(|&ms| ms > 2000 && ms <= 4000),
+        "a second ejection soon after the first lasts twice base_ejection_time: {second:?}"
+    );
+    assert_eq!(ejected(&pool), 2, "still at most half the pool");
+    assert_eq!(server.shutdown().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deep_smtp_probe_sees_backends_that_greet_but_defer_mail() {
+    let at = |port: u16| format!("127.0.0.1:{port}").parse().unwrap();
+    let good = SmtpSink::start_with(at(free_port()), &[]);
+    let full_spool = SmtpSink::start_with(at(free_port()), &["-r", "MAIL"]);
+    let broken_rcpt = SmtpSink::start_with(at(free_port()), &["-r", "RCPT"]);
+    let toml = format!(
+        "[listeners.in]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\npool = \"mta\"\n\
+         [pools.mta.probe]\nkind = \"smtp\"\ninterval = \"100ms\"\n\
+         mail_from = \"probe@gale.test\"\nrcpt_to = \"postmaster@example.test\"\n\
+         [[pools.mta.backends]]\nname = \"good\"\naddress = \"{}\"\n\
+         [[pools.mta.backends]]\nname = \"full-spool\"\naddress = \"{}\"\n\
+         [[pools.mta.backends]]\nname = \"broken-rcpt\"\naddress = \"{}\"\n",
+        good.address, full_spool.address, broken_rcpt.address
+    );
+    let (runtime, _cache) = support::runtime();
+    let generation =
+        Generation::build(1, &runtime, support::config(&toml), &Default::default()).unwrap();
+    let server = Server::start(generation).await.unwrap();
+    let pool = server.current.load_full().pools[0].clone();
+    wait_until(
+        || !pool.is_healthy(1) && !pool.is_healthy(2),
+        Duration::from_secs(5),
+        "backends that greet 220 but defer MAIL or RCPT leave rotation",
+    )
+    .await;
+    assert!(pool.is_healthy(0), "the good backend stays");
+    let reports = pool.backend_reports();
+    for (i, step) in [(1, "MAIL FROM"), (2, "RCPT TO")] {
+        assert_eq!(pool.out(i), Some(Out::Probe));
+        let last = reports[i].last_result.as_ref().unwrap();
+        assert_eq!(last.code, Some(450), "{last:?}");
+        assert!(last.detail.starts_with(step), "{last:?}");
+    }
+    assert_eq!(server.shutdown().await, 0);
+}
+
+/// A mail transaction after the greeting, as far as the backend lets it
+/// go: `Err` with the reply that stopped it.
+async fn try_mail(c: &mut Client) -> Result<(), String> {
+    for (line, expect) in [
+        ("EHLO client.test", "250"),
+        ("MAIL FROM:<a@client.test>", "250"),
+        ("RCPT TO:<b@example.test>", "250"),
+        ("DATA", "354"),
+        ("Subject: t\r\n\r\nhello\r\n.", "250"),
+    ] {
+        c.send_raw(&format!("{line}\r\n")).await;
+        let reply = c.reply().await;
+        if !reply.last().unwrap().starts_with(expect) {
+            return Err(reply.join(" / "));
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtas_that_greet_but_defer_mail_leave_rotation_on_traffic() {
+    let at = |port: u16| format!("127.0.0.1:{port}").parse().unwrap();
+    // `450 4.3.0` to MAIL FROM; `421 4.0.0` and a close after DATA.
+    let defers_mail = SmtpSink::start_with(at(free_port()), &["-r", "MAIL"]);
+    let drops_data = SmtpSink::start_with(at(free_port()), &["-Q", "DATA"]);
+    let good = SmtpSink::start_with(at(free_port()), &[]);
+    // A probe that only connects sees nothing wrong: traffic must.
+    let toml = format!(
+        "[listeners.in]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\npool = \"mta\"\n\
+         [pools.mta]\nmax_ejection_percent = 100\nbase_ejection_time = \"1m\"\n\
+         [pools.mta.probe]\nkind = \"tcp\"\ninterval = \"1h\"\n\
+         [[pools.mta.backends]]\nname = \"defers-mail\"\naddress = \"{}\"\n\
+         [[pools.mta.backends]]\nname = \"drops-data\"\naddress = \"{}\"\n\
+         [[pools.mta.backends]]\nname = \"good\"\naddress = \"{}\"\n",
+        defers_mail.address, drops_data.address, good.address
+    );
+    let (runtime, _cache) = support::runtime();
+    let generation =
+        Generation::build(1, &runtime, support::config(&toml), &Default::default()).unwrap();
+    let server = Server::start(generation).await.unwrap();
+    let addr = server.address("in").unwrap();
+    let pool = server.current.load_full().pools[0].clone();
+    // Senders from many addresses, as a fleet sees them (a 421 outside
+    // class 4.3 counts once per client).
+    let mut deferred = Vec::new();
+    for i in 0..30u8 {
+        let from = IpAddr::from([127, 0, 0, 10 + i]);
+        let mut c = Client::connect_from(addr, from).await;
+        assert!(c.reply().await.last().unwrap().starts_with("220"));
+        if let Err(reply) = try_mail(&mut c).await {
+            deferred.push(reply);
+        }
+    }
+    for (id, name) in [(0, "defers-mail"), (1, "drops-data")] {
+        assert!(
+            matches!(pool.out(id), Some(Out::Traffic { .. })),
+            "{name} greets 220 and defers, yet stays in rotation: {deferred:?} {:?}",
+            pool.backend_reports()[id]
+        );
+    }
+    assert!(pool.is_healthy(2));
+    // fall = 3 for each bad backend, then every message goes through.
+    assert_eq!(deferred.len(), 6, "{deferred:?}");
+    assert!(
+        deferred.iter().any(|r| r.starts_with("450 4.3.0")),
+        "{deferred:?}"
+    );
+    assert!(
+        deferred.iter().any(|r| r.starts_with("421")),
+        "{deferred:?}"
+    );
+    for backend in ["defers-mail", "drops-data"] {
+        assert_eq!(
+            count(
+                &server,
+                "gale_backend_failures_total",
+                &[("backend", backend), ("reason", "deferred")]
+            ),
+            3.0
+        );
+    }
+    assert_eq!(server.shutdown().await, 0);
+}
