@@ -13,7 +13,7 @@
 # gale/direct, plus the proxies' CPU per request. Everything is on loopback
 # and every run is bounded by its duration.
 #
-# Usage: [ROUNDS=3] [DURATION=5] [CONNECTIONS=32] bench/http.sh
+# Usage: [ROUNDS=3] [DURATION=5] [CONNECTIONS=32] [GALE=path] bench/http.sh
 #        (needs nginx, haproxy, wrk; builds gale)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,8 +24,8 @@ CONNECTIONS=${CONNECTIONS:-32}
 for tool in nginx haproxy wrk taskset python3; do
     command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install -y nginx haproxy wrk util-linux python3)"; exit 1; }
 done
-cargo build --release -q
-GALE=$PWD/target/release/gale
+# GALE=path: a gale built elsewhere (an earlier commit, to compare).
+if [ -z "${GALE:-}" ]; then cargo build --release -q; GALE=$PWD/target/release/gale; fi
 
 work=$(mktemp -d)
 # nginx workers started as root run as nobody: they must reach the files.

@@ -11,7 +11,7 @@
 # each as ratios gale/HAProxy and gale/direct. Everything is on loopback
 # and every run is bounded by its message count.
 #
-# Usage: [ROUNDS=9] bench/smtp.sh [messages]   (needs postfix, haproxy; builds gale)
+# Usage: [ROUNDS=9] [GALE=path] bench/smtp.sh [messages]   (needs postfix, haproxy; builds gale)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MESSAGES=${1:-10000}
@@ -22,8 +22,8 @@ LATENCY_SESSIONS=1000
 for tool in smtp-source smtp-sink haproxy taskset python3; do
     command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install postfix haproxy util-linux)"; exit 1; }
 done
-cargo build --release -q
-GALE=target/release/gale
+# GALE=path: a gale built elsewhere (an earlier commit, to compare).
+if [ -z "${GALE:-}" ]; then cargo build --release -q; GALE=target/release/gale; fi
 
 work=$(mktemp -d)
 pids=()

@@ -318,7 +318,7 @@ fn a_failing_candidate_costs_no_session() {
         candidate["source"],
         Value::from(sneaky.display().to_string())
     );
-    assert_eq!(candidate["contract"], "gale:plugin/selector@0.1.1");
+    assert_eq!(candidate["contract"], "gale:plugin/selector@0.1.2");
     let hooks: Vec<&str> = plugins
         .iter()
         .map(|p| p["hook"].as_str().unwrap())

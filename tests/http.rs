@@ -448,7 +448,7 @@ fn http2_requests_follow_the_client_field_rules_of_http1() {
 }
 
 #[test]
-fn a_backend_answering_503_is_ejected_its_gets_retried_and_a_post_never() {
+fn a_backend_answering_503_is_ejected_its_get_requests_go_elsewhere_and_a_post_never() {
     let bad_port = free_port();
     let bad = Nginx::start_with_status(bad_port, "bad", 503);
     let good = Nginx::start(free_port(), "good");

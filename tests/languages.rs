@@ -367,7 +367,7 @@ fn plugin_check_names_the_world_runs_samples_and_fails_what_would_not_load() {
     let (ok, out) = gale_plugin(&["check", wrr.to_str().unwrap()]);
     assert!(ok, "{out}");
     assert!(
-        out.contains("world `balancer`: exports gale:plugin/selector@0.1.1"),
+        out.contains("world `balancer`: exports gale:plugin/selector@0.1.2"),
         "{out}"
     );
     // Weights 3:1:1 (round-robin does not treat the standby apart).

@@ -67,14 +67,14 @@ async fn a_listed_client_gets_the_mtas_refusal_and_empties_no_pool() {
     .await;
     let addr = server.address("in").unwrap();
     let pool = server.current.load_full().pools[0].clone();
-    // Both greeted gale's SMTP probe with 220: they are known to greet
-    // others, so a refusal of one client is their verdict on it.
-    wait_until(
-        || pool.vouches_for_refusal(0) && pool.vouches_for_refusal(1),
-        Duration::from_secs(5),
-        "both backends probed",
-    )
-    .await;
+    // Each greets a client with 220 (round-robin takes turns): they are
+    // known to welcome others, so refusing one client is a verdict on it.
+    for _ in 0..2 {
+        let mut ok = Client::connect(addr).await;
+        assert!(ok.reply().await.last().unwrap().starts_with("220"));
+        ok.command("QUIT").await;
+    }
+    assert!(pool.vouches_for_refusal(0, listed) && pool.vouches_for_refusal(1, listed));
 
     for i in 0..50 {
         let mut c = Client::connect_from(addr, listed).await;
@@ -108,7 +108,8 @@ async fn a_listed_client_gets_the_mtas_refusal_and_empties_no_pool() {
     );
     assert_eq!(
         count(&server, "gale_sessions_total", &[("outcome", "relayed")]),
-        10.0
+        12.0,
+        "the two first sessions and every fifth"
     );
     assert_eq!(
         a.messages.load(Ordering::SeqCst) + b.messages.load(Ordering::SeqCst),
@@ -118,21 +119,46 @@ async fn a_listed_client_gets_the_mtas_refusal_and_empties_no_pool() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mtas_refusing_everyone_are_an_outage_421_not_a_bounce() {
-    let a = Backend::start_on("127.0.0.1:0".parse().unwrap(), Behaviour::Reject, Some(1)).await;
-    let b = Backend::start_on("127.0.0.1:0".parse().unwrap(), Behaviour::Reject, Some(1)).await;
-    // A probe that only connects: the backends stay "healthy", yet they
-    // greet nobody with 220, so their 554 is no verdict on the client.
-    let server = start(&[&a, &b], true, "", "kind = \"tcp\"\ninterval = \"1h\"").await;
+async fn mtas_refusing_every_client_are_an_outage_421_not_a_bounce() {
+    // A blocklist that misfires for everyone but gale's own address: the
+    // SMTP probes (PROXY from 127.0.0.1) pass, every client gets 554.
+    let gale_ip: IpAddr = "127.0.0.1".parse().unwrap();
+    let a = Backend::start_on(
+        "127.0.0.1:0".parse().unwrap(),
+        Behaviour::AllowOnly(gale_ip),
+        Some(1),
+    )
+    .await;
+    let b = Backend::start_on(
+        "127.0.0.1:0".parse().unwrap(),
+        Behaviour::AllowOnly(gale_ip),
+        Some(1),
+    )
+    .await;
+    let server = start(
+        &[&a, &b],
+        true,
+        "",
+        "kind = \"smtp\"\ninterval = \"100ms\"\ntimeout = \"1s\"",
+    )
+    .await;
     let addr = server.address("in").unwrap();
-    for i in 0..5 {
-        let mut c = Client::connect(addr).await;
+    let pool = server.current.load_full().pools[0].clone();
+    wait_until(
+        || a.sessions.load(Ordering::SeqCst) >= 2 && b.sessions.load(Ordering::SeqCst) >= 2,
+        Duration::from_secs(5),
+        "both probed",
+    )
+    .await;
+    for i in 0..10u8 {
+        let mut c = Client::connect_from(addr, IpAddr::from([127, 0, 0, 20 + i])).await;
         assert_eq!(
             c.reply().await,
             vec!["421 4.3.2 gale.test Service temporarily unavailable, try again later"],
-            "session {i}: deferred, never bounced"
+            "session {i}: deferred, never bounced: no client was welcomed"
         );
     }
+    assert!(pool.is_healthy(0) || pool.is_healthy(1), "probes pass");
     assert_eq!(
         count(&server, "gale_sessions_total", &[("outcome", "refused")]),
         0.0

@@ -10,7 +10,7 @@ pub mod __bindings {
     pub mod balancer {
         wit_bindgen::generate!({
             path: "../wit",
-            world: "gale:plugin/balancer@0.1.1",
+            world: "gale:plugin/balancer@0.1.2",
             default_bindings_module: "gale_sdk::__bindings::balancer",
             pub_export_macro: true,
             export_macro_name: "__export_balancer_world",
@@ -19,26 +19,26 @@ pub mod __bindings {
     pub mod health {
         wit_bindgen::generate!({
             path: "../wit",
-            world: "gale:plugin/health@0.1.1",
+            world: "gale:plugin/health@0.1.2",
             default_bindings_module: "gale_sdk::__bindings::health",
             pub_export_macro: true,
             export_macro_name: "__export_health_world",
             with: {
-                "gale:plugin/types@0.1.1": super::balancer::gale::plugin::types,
-                "gale:plugin/host@0.1.1": super::balancer::gale::plugin::host,
+                "gale:plugin/types@0.1.2": super::balancer::gale::plugin::types,
+                "gale:plugin/host@0.1.2": super::balancer::gale::plugin::host,
             },
         });
     }
     pub mod dns {
         wit_bindgen::generate!({
             path: "../wit",
-            world: "gale:plugin/dns@0.1.1",
+            world: "gale:plugin/dns@0.1.2",
             default_bindings_module: "gale_sdk::__bindings::dns",
             pub_export_macro: true,
             export_macro_name: "__export_dns_world",
             with: {
-                "gale:plugin/types@0.1.1": super::balancer::gale::plugin::types,
-                "gale:plugin/host@0.1.1": super::balancer::gale::plugin::host,
+                "gale:plugin/types@0.1.2": super::balancer::gale::plugin::types,
+                "gale:plugin/host@0.1.2": super::balancer::gale::plugin::host,
             },
         });
     }
@@ -49,6 +49,7 @@ pub use __bindings::balancer::gale::plugin::types::{
     Backend, BackendId, DnsRecord, DnsSnapshot, HealthVerdict, HttpRequest, IpAddress, Member,
     MemberKind, ProbeResult, ProbeSource, Protocol, RecordType, RequestContext,
 };
+pub use __bindings::health::gale::plugin::health_detail::{AgentState, LoadReport};
 
 impl RequestContext {
     /// The client's address as a standard IP address.
@@ -186,8 +187,9 @@ pub fn log_with(level: Level, message: &str, fields: &[(&str, &str)]) {
 }
 
 /// Whether a log at `level` would be recorded: check it before building
-/// a costly message. (Added in contract 0.1.1, which every plugin built
-/// with this SDK targets: such a plugin needs a gale of 0.1.1 or later.)
+/// a costly message. (Added in contract 0.1.1: a plugin built with this
+/// SDK needs a gale of 0.1.1 or later, and 0.1.2 if it asks for
+/// [`load_report`] or [`per_client`].)
 pub fn log_enabled(level: Level) -> bool {
     host::log_enabled(level)
 }
@@ -195,6 +197,22 @@ pub fn log_enabled(level: Level) -> bool {
 /// Nanoseconds from a fixed origin; never goes backwards.
 pub fn monotonic_now() -> u64 {
     host::monotonic_now()
+}
+
+/// Health plugins, during `evaluate`: the latest answer of the backend's
+/// load agent (`agent_port`, HAProxy's agent-check words), if any. The
+/// `backend.weight` that `evaluate` gets is the one before any health
+/// override, so scaling it by `weight_percent` does not compound.
+/// (Contract 0.1.2.)
+pub fn load_report() -> Option<LoadReport> {
+    __bindings::health::gale::plugin::health_detail::load()
+}
+
+/// Health plugins, during `evaluate`: whether `recent[index]` was a
+/// refusal about one client (gale counts those once per client in a run
+/// of failures). (Contract 0.1.2.)
+pub fn per_client(index: usize) -> bool {
+    u32::try_from(index).is_ok_and(__bindings::health::gale::plugin::health_detail::per_client)
 }
 
 /// Sessions or requests in flight on `backend` right now (balancers only).

@@ -4,15 +4,17 @@
 //! The protocol code makes each attempt (connect, greet, send, read) and
 //! says how it ended; this module does everything around it that must not
 //! differ between protocols: at most `max_attempts` backends, a backend at
-//! `max_sessions` is skipped, attempts after the first count as retries,
-//! every failure is counted with one typed [`FailureReason`] and reported
-//! to the pool as a traffic result, a success resets the backend's failure
-//! run, and the `tried=` log line says what happened at each backend.
+//! `max_sessions` is skipped (and counted as `full`), attempts after the
+//! first count as retries, every failed attempt is counted with one typed
+//! [`FailureReason`] and reported to the pool's health rules, a success
+//! ends the backend's failure run, and the `tried=` log line says what
+//! happened at each backend.
 //!
-//! What is retryable stays with the protocol (an SMTP client has received
-//! nothing until a backend greets; an HTTP request that reached a backend
-//! is replayed only if idempotent and unread), it decides whether to call
-//! [`Attempts::next`] again.
+//! An SMTP client has received nothing until a backend greets, so every
+//! failure moves on. For HTTP, [`HttpTries`] holds the rules both engines
+//! follow: what moves a request on (the pool's `retry_on`; a request that
+//! may have been acted on is never replayed) and what the client gets
+//! when no backend answered.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -110,14 +112,117 @@ impl Failure {
 /// by the pool's `retry_on`. `replayable`: the method is idempotent and
 /// no byte of the body was sent, so the backend cannot have acted on a
 /// part of it. A timeout is never retried: the backend may still act.
-pub fn http_retries(retry_on: &RetryOn, failure: &Failure, replayable: bool) -> bool {
+fn http_retries(retry_on: &RetryOn, failure: &Failure, replayable: bool) -> bool {
     match failure.reason {
-        FailureReason::Connect | FailureReason::Full => retry_on.connect,
+        FailureReason::Connect => retry_on.connect,
         FailureReason::Exchange => retry_on.error && replayable,
         FailureReason::Status => {
             replayable && failure.code.is_some_and(|code| retry_on.status(code))
         }
-        FailureReason::Timeout | FailureReason::Greeting | FailureReason::Deferred => false,
+        // Not HTTP failures, or (a timeout) never retried.
+        FailureReason::Full
+        | FailureReason::Timeout
+        | FailureReason::Greeting
+        | FailureReason::Deferred => false,
+    }
+}
+
+/// A reply gale writes itself to an HTTP request no backend answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpReply {
+    pub status: u16,
+    pub text: &'static str,
+    /// Ask the client to come back (`Retry-After`).
+    pub retry_after: bool,
+}
+
+/// What to do after an HTTP attempt failed.
+#[derive(Debug)]
+pub enum HttpStep {
+    /// Try the next backend.
+    Next,
+    /// Try no other: answer with [`HttpTries::reply`].
+    Stop,
+    /// The backend may have acted on the request: answer this, now.
+    Reply(HttpReply),
+}
+
+/// One HTTP request's tries so far, whichever engine makes them.
+#[derive(Debug, Default)]
+pub struct HttpTries {
+    /// Some backend may have seen the request.
+    reached: bool,
+    /// The gateway error of a response dropped to try another backend.
+    dropped: Option<u16>,
+}
+
+impl HttpTries {
+    /// Whether a response with `status` is dropped to try the next
+    /// backend (one is left to try).
+    pub fn drops(retry_on: &RetryOn, status: u16, replayable: bool, more: bool) -> bool {
+        more && Failure::of_status(status).is_some_and(|f| http_retries(retry_on, &f, replayable))
+    }
+
+    /// A response with gateway error `status` was dropped.
+    pub fn dropped(&mut self, status: u16) {
+        self.reached = true;
+        self.dropped = Some(status);
+    }
+
+    /// An attempt failed before any response: what next.
+    pub fn failed(&mut self, retry_on: &RetryOn, failure: &Failure, replayable: bool) -> HttpStep {
+        let reached = failure.reason != FailureReason::Connect;
+        self.reached |= reached;
+        if http_retries(retry_on, failure, replayable) {
+            return HttpStep::Next;
+        }
+        if !reached {
+            return HttpStep::Stop;
+        }
+        HttpStep::Reply(if failure.reason == FailureReason::Timeout {
+            HttpReply {
+                status: 504,
+                text: "the backend did not answer in time\n",
+                retry_after: false,
+            }
+        } else {
+            HttpReply {
+                status: 502,
+                text: "the backend failed before responding\n",
+                retry_after: false,
+            }
+        })
+    }
+
+    /// The reply once no backend is left to try.
+    pub fn reply(&self) -> HttpReply {
+        match self.dropped {
+            Some(503) => HttpReply {
+                status: 503,
+                text: "the backends are unavailable, try again later\n",
+                retry_after: true,
+            },
+            Some(504) => HttpReply {
+                status: 504,
+                text: "the backends did not answer in time\n",
+                retry_after: false,
+            },
+            Some(_) => HttpReply {
+                status: 502,
+                text: "every backend tried failed\n",
+                retry_after: false,
+            },
+            None if self.reached => HttpReply {
+                status: 502,
+                text: "every backend tried failed before responding\n",
+                retry_after: false,
+            },
+            None => HttpReply {
+                status: 503,
+                text: "no backend can take the request, try again later\n",
+                retry_after: true,
+            },
+        }
     }
 }
 
@@ -151,13 +256,6 @@ pub struct Turn<'p> {
     pub backend: &'p BackendConfig,
     pub in_flight: InFlight,
     started: Instant,
-}
-
-impl Turn<'_> {
-    /// Time since the attempt began.
-    pub fn elapsed(&self) -> std::time::Duration {
-        self.started.elapsed()
-    }
 }
 
 /// The backends of one session or request, tried in the balancer's order:
@@ -196,8 +294,7 @@ impl<'p> Attempts<'p> {
             failure.detail,
             latency.as_millis()
         );
-        self.pool.count_failure(turn.id, failure.reason);
-        self.pool.record_traffic_failure(turn.id, latency, &failure);
+        self.pool.traffic_failure(turn.id, latency, &failure);
     }
 
     /// `turn`'s backend answered, with a failure (a 503): it took the
@@ -213,8 +310,7 @@ impl<'p> Attempts<'p> {
             latency.as_millis()
         );
         self.pool.count_session(turn.id);
-        self.pool.count_failure(turn.id, failure.reason);
-        self.pool.record_traffic_failure(turn.id, latency, &failure);
+        self.pool.traffic_failure(turn.id, latency, &failure);
     }
 
     /// Whether a backend is left to try after this one.

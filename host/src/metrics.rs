@@ -247,7 +247,7 @@ impl Metrics {
         let backend_failures = Family::<FailureLabels, Counter>::default();
         registry.register(
             "backend_failures",
-            "Attempts at a backend that failed: connect, timeout, greeting (not 220), full (max_sessions), exchange (HTTP: failed before a response), status (HTTP: answered 502, 503 or 504), deferred (SMTP: a 4.3 reply to MAIL FROM or DATA, or a 421, after the greeting)",
+            "Attempts at a backend that failed: connect, timeout, greeting (not 220), full (max_sessions), exchange (HTTP: failed before a response), status (HTTP: answered 502, 503 or 504), deferred (SMTP, in the clear: a 4.3 reply to MAIL FROM, DATA or the end of a message, or a 421, after the greeting)",
             backend_failures.clone(),
         );
         let backend_ejections = Family::<BackendLabels, Counter>::default();

@@ -26,6 +26,10 @@ pub enum Behaviour {
     /// Behind PROXY v1: greets `554 5.7.1 ... listed` when the client is
     /// this address (a DNSBL-listed sender, say), as a sink otherwise.
     Blocklist(std::net::IpAddr),
+    /// Behind PROXY v1: a sink for this address only (gale's own, which
+    /// its probes carry), `554 5.7.1` to everyone else: a blocklist that
+    /// misfires for every client.
+    AllowOnly(std::net::IpAddr),
 }
 
 /// What [`Behaviour::Blocklist`] greets a listed client with.
@@ -149,6 +153,11 @@ async fn serve(
             return Ok(());
         }
         Behaviour::Blocklist(_) => {}
+        Behaviour::AllowOnly(allowed) if client != Some(allowed) => {
+            stream.write_all(format!("{LISTED}\r\n").as_bytes()).await?;
+            return Ok(());
+        }
+        Behaviour::AllowOnly(_) => {}
         Behaviour::Busy => {
             stream.write_all(b"421 4.3.2 busy\r\n").await?;
             return Ok(());

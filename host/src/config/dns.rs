@@ -372,6 +372,7 @@ pub(super) fn peers(
             priority: 0,
             proxy_protocol: super::ProxyProtocol::None,
             max_sessions: u32::MAX,
+            agent_port: None,
         });
     }
     let builtin = |name: &str| PluginSpec {

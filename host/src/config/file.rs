@@ -379,6 +379,9 @@ pub struct BackendSection {
     pub proxy_protocol: ProxyProtocol,
     /// `max_sessions`: sessions this backend takes at once (maxconn).
     pub max_sessions: Option<u32>,
+    /// `agent_port`: a load agent on the backend's address answers here
+    /// (HAProxy's agent-check: "up", "down", "drain", "75%").
+    pub agent_port: Option<Spanned<u16>>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]

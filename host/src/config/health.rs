@@ -43,6 +43,8 @@ pub struct EjectionConfig {
 pub const DEFAULT_MAX_EJECTION_PERCENT: u32 = 50;
 /// `base_ejection_time` unless set (Envoy's default).
 pub const DEFAULT_BASE_EJECTION_TIME: Duration = Duration::from_secs(30);
+/// The longest ejection time a config may set.
+const MAX_EJECTION: Duration = Duration::from_secs(24 * 3600);
 /// `max_ejection_time` unless set (Envoy's default).
 pub const DEFAULT_MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
 
@@ -74,6 +76,20 @@ pub(super) fn ejection(
         &format!("{key}.max_ejection_time"),
         DEFAULT_MAX_EJECTION_TIME.max(base_time),
     )?;
+    for (value, key_name) in [
+        (&pool.base_ejection_time, "base_ejection_time"),
+        (&pool.max_ejection_time, "max_ejection_time"),
+    ] {
+        if let Some(v) = value
+            && humantime::parse_duration(v.get_ref()).is_ok_and(|d| d > MAX_EJECTION)
+        {
+            return Err(errors.spanned(
+                v,
+                &format!("{key}.{key_name}"),
+                "must be at most a day (\"1d\")",
+            ));
+        }
+    }
     if max_time < base_time {
         let value = pool
             .max_ejection_time

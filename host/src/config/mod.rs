@@ -209,6 +209,9 @@ pub struct BackendConfig {
     pub proxy_protocol: ProxyProtocol,
     /// At most this many sessions at once (u32::MAX: no limit).
     pub max_sessions: u32,
+    /// Where the backend's load agent answers (its address, this port),
+    /// asked at every probe.
+    pub agent_port: Option<u16>,
 }
 
 /// A configuration that cannot be used, with where and why.
@@ -441,6 +444,16 @@ fn validate(file: FileConfig, path: &Path, errors: &Errors<'_>) -> Result<Config
                 }),
                 proxy_protocol: b.proxy_protocol,
                 max_sessions: b.max_sessions.unwrap_or(u32::MAX),
+                agent_port: match &b.agent_port {
+                    Some(port) if *port.get_ref() == 0 => {
+                        return Err(errors.spanned(
+                            port,
+                            &format!("{bkey}.agent_port"),
+                            "must be a port from 1 to 65535",
+                        ));
+                    }
+                    port => port.as_ref().map(|p| *p.get_ref()),
+                },
             });
         }
 

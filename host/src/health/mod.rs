@@ -22,6 +22,9 @@ use crate::plugin::types::{ProbeResult, ProbeSource};
 use crate::smtp::proxy_header;
 use crate::smtp::reply::read_reply;
 
+mod agent;
+pub use agent::{AgentState, LoadReport, MAX_PERCENT};
+
 /// Start a probe loop for every backend of every pool of `generation`.
 pub fn spawn_probes(
     generation: &Arc<Generation>,
@@ -51,13 +54,18 @@ pub fn spawn_probes(
                         _ = shutdown.cancelled() => break,
                         _ = tokio::time::sleep_until(next) => {}
                     }
-                    let started = std::time::Instant::now();
                     let result = probe_once(&probe, backend.address, backend.proxy_protocol).await;
-                    tracing::debug!(pool = %pool.name, backend = %backend.name, ok = result.ok, detail = %result.detail, "probe");
-                    if result.ok && probe.kind == ProbeKind::Smtp {
-                        // Greeted gale as it greets clients.
-                        pool.note_welcome(id, started);
+                    if let Some(port) = backend.agent_port {
+                        // A failed agent keeps its last word (a drain
+                        // holds), as HAProxy's does.
+                        let agent = SocketAddr::new(backend.address.ip(), port);
+                        match agent::ask(agent, probe.timeout).await {
+                            Ok(report) => pool.set_load(id, report),
+                            Err(e) => tracing::debug!(pool = %pool.name, backend = %backend.name, "{e}"),
+                        }
                     }
+                    tracing::debug!(pool = %pool.name, backend = %backend.name, ok = result.ok, detail = %result.detail, "probe");
+
                     pool.record(id, result);
                     next += probe.interval;
                     let now = tokio::time::Instant::now();

@@ -16,7 +16,7 @@ use std::time::Instant;
 use super::body::{BoxError, Idle, LocalBody, ProxyBody, SharedBody, UpstreamBody};
 use super::headers::{self, Peer};
 use super::upstream::{self, Upstreams};
-use crate::attempts::{Attempts, Failure, FailureReason, http_retries};
+use crate::attempts::{Attempts, Failure, FailureReason, HttpReply, HttpStep, HttpTries};
 use crate::config::ListenerConfig;
 use crate::generation::{Generation, ip_address};
 use crate::plugin::types::{HttpRequest, Protocol, RequestContext};
@@ -67,11 +67,12 @@ impl Proxy {
         // reloads.
         let generation = self.current.load_full();
         let Some((l, counters)) = generation.listener(&self.name) else {
-            return refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "listener is being removed\n",
-                req.into_body(),
-            );
+            let reply = HttpReply {
+                status: 503,
+                text: "listener is being removed\n",
+                retry_after: false,
+            };
+            return refuse(reply, req.into_body());
         };
         let pool = &generation.pools[l.pool];
         let pool_config = generation.config.pool_of(l);
@@ -85,7 +86,7 @@ impl Proxy {
             .keys()
             .any(|k| headers::framing_lookalike(k.as_str().as_bytes()))
         {
-            return refuse(StatusCode::BAD_REQUEST, headers::LOOKALIKE_REFUSED, body);
+            return refuse(bad_request(headers::LOOKALIKE_REFUSED), body);
         }
         // h2 refuses conflicting lengths only; hyper's HTTP/1 client would
         // pass two equal ones on, which the HTTP/1 engine refuses too.
@@ -96,7 +97,7 @@ impl Proxy {
             .count()
             > 1
         {
-            return refuse(StatusCode::BAD_REQUEST, "two Content-Length fields\n", body);
+            return refuse(bad_request("two Content-Length fields\n"), body);
         }
         let host = head
             .headers
@@ -128,7 +129,7 @@ impl Proxy {
         let body = SharedBody::new(body, l.idle_timeout);
         let replayable = is_idempotent(head.method.as_str());
         let mut attempts = Attempts::new(pool, &decision.order, l.max_attempts, &counters.retries);
-        let mut reached_a_backend = false;
+        let mut tries = HttpTries::default();
         while let Some(turn) = attempts.next() {
             let backend = turn.backend;
             let mut forwarded = Request::new(body.clone());
@@ -146,12 +147,12 @@ impl Proxy {
                     match Failure::of_status(status) {
                         None => attempts.succeeded(&turn, format_args!("{status}")),
                         Some(failure) => {
-                            let again = attempts.remaining()
-                                && http_retries(&retry_on, &failure, replayable && !body.touched());
+                            let more = attempts.remaining();
+                            let unsent = replayable && !body.touched();
                             attempts.answered_but_failed(&turn, failure);
-                            if again {
+                            if HttpTries::drops(&retry_on, status, unsent, more) {
                                 // Dropped unread: its connection closes.
-                                reached_a_backend = true;
+                                tries.dropped(status);
                                 continue;
                             }
                         }
@@ -179,69 +180,37 @@ impl Proxy {
                     format!("no response in {:?}", l.response_timeout),
                 ),
             };
-            let again = http_retries(&retry_on, &failure, replayable && !body.touched());
-            let reason = failure.reason;
+            let step = tries.failed(&retry_on, &failure, replayable && !body.touched());
             attempts.failed(turn, failure);
-            if again {
-                reached_a_backend |= reason != FailureReason::Connect;
-                continue;
+            match step {
+                HttpStep::Next => continue,
+                HttpStep::Stop => break,
+                HttpStep::Reply(reply) => {
+                    // The backend may have acted on it: never send it again.
+                    log_failure(
+                        l,
+                        peer,
+                        head.method.as_str(),
+                        &path,
+                        reply.status,
+                        attempts.tried(),
+                        started,
+                    );
+                    return refuse(reply, body);
+                }
             }
-            if reason == FailureReason::Connect {
-                break;
-            }
-            // The backend may have acted on it: never send it again.
-            let (status, text) = if reason == FailureReason::Timeout {
-                (
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "the backend did not answer in time\n",
-                )
-            } else {
-                (
-                    StatusCode::BAD_GATEWAY,
-                    "the backend failed before responding\n",
-                )
-            };
-            log_failure(
-                l,
-                peer,
-                head.method.as_str(),
-                &path,
-                status.as_u16(),
-                attempts.tried(),
-                started,
-            );
-            return refuse(status, text, body);
         }
-        let status = if reached_a_backend {
-            StatusCode::BAD_GATEWAY
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        };
+        let reply = tries.reply();
         log_failure(
             l,
             peer,
             head.method.as_str(),
             &path,
-            status.as_u16(),
+            reply.status,
             attempts.tried(),
             started,
         );
-        if reached_a_backend {
-            return refuse(
-                status,
-                "every backend tried failed before responding\n",
-                body,
-            );
-        }
-        let mut reply = refuse(
-            status,
-            "no backend can take the request, try again later\n",
-            body,
-        );
-        reply
-            .headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
-        reply
+        refuse(reply, body)
     }
 }
 
@@ -290,18 +259,34 @@ pub(super) fn log_failure(
     );
 }
 
+fn bad_request(text: &'static str) -> HttpReply {
+    HttpReply {
+        status: 400,
+        text,
+        retry_after: false,
+    }
+}
+
 /// A response gale writes itself, to a request whose body may still be
 /// arriving: see [`LocalBody`].
-fn refuse<B>(status: StatusCode, text: &'static str, request: B) -> Response<ProxyBody>
+fn refuse<B>(reply: HttpReply, request: B) -> Response<ProxyBody>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let mut reply = Response::new(ProxyBody::Local(LocalBody::new(text).draining(request)));
-    *reply.status_mut() = status;
-    reply.headers_mut().insert(
+    let mut response = Response::new(ProxyBody::Local(
+        LocalBody::new(reply.text).draining(request),
+    ));
+    *response.status_mut() =
+        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    reply
+    if reply.retry_after {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+    }
+    response
 }

@@ -5,7 +5,7 @@
 pub mod balancer {
     wasmtime::component::bindgen!({
         path: "../wit",
-        world: "gale:plugin/balancer@0.1.1",
+        world: "gale:plugin/balancer@0.1.2",
         additional_derives: [PartialEq],
         // Host calls may trap: the watchdog ends a call that spends its
         // time in them (fuel only counts the guest's own instructions).
@@ -16,10 +16,11 @@ pub mod balancer {
 pub mod health {
     wasmtime::component::bindgen!({
         path: "../wit",
-        world: "gale:plugin/health@0.1.1",
+        world: "gale:plugin/health@0.1.2",
+        imports: { default: trappable },
         with: {
-            "gale:plugin/types@0.1.1": super::balancer::gale::plugin::types,
-            "gale:plugin/host@0.1.1": super::balancer::gale::plugin::host,
+            "gale:plugin/types@0.1.2": super::balancer::gale::plugin::types,
+            "gale:plugin/host@0.1.2": super::balancer::gale::plugin::host,
         },
     });
 }
@@ -27,10 +28,10 @@ pub mod health {
 pub mod dns {
     wasmtime::component::bindgen!({
         path: "../wit",
-        world: "gale:plugin/dns@0.1.1",
+        world: "gale:plugin/dns@0.1.2",
         with: {
-            "gale:plugin/types@0.1.1": super::balancer::gale::plugin::types,
-            "gale:plugin/host@0.1.1": super::balancer::gale::plugin::host,
+            "gale:plugin/types@0.1.2": super::balancer::gale::plugin::types,
+            "gale:plugin/host@0.1.2": super::balancer::gale::plugin::host,
         },
     });
 }
@@ -40,11 +41,11 @@ pub use balancer::gale::plugin::types;
 
 /// The contract this host speaks (`wit/`). Plugins built against an
 /// earlier 0.1.x load too: see rule 1 at the top of `wit/types.wit`.
-pub const CONTRACT: &str = "0.1.1";
+pub const CONTRACT: &str = "0.1.2";
 
 /// Export interface each world must provide, and the world's short name.
 pub const WORLDS: [(&str, &str); 3] = [
-    ("balancer", "gale:plugin/selector@0.1.1"),
-    ("health", "gale:plugin/evaluator@0.1.1"),
-    ("dns", "gale:plugin/publisher@0.1.1"),
+    ("balancer", "gale:plugin/selector@0.1.2"),
+    ("health", "gale:plugin/evaluator@0.1.2"),
+    ("dns", "gale:plugin/publisher@0.1.2"),
 ];

@@ -265,7 +265,7 @@ fn health(plugin: &HealthPlugin, out: &mut String) -> bool {
     let mut times = Vec::new();
     for (i, (case, healthy, recent)) in cases.iter().enumerate() {
         let started = Instant::now();
-        let answer = plugin.evaluate(backend, *healthy, recent);
+        let answer = plugin.evaluate(backend, *healthy, recent, Default::default());
         times.push(started.elapsed());
         match answer {
             Ok(HealthVerdict { healthy, weight }) => {

@@ -10,6 +10,17 @@ use super::state::LiveCounters;
 use super::{CallFailure, PluginError};
 use crate::config::PluginSpec;
 
+/// What a health plugin may ask about the results of one `evaluate` call
+/// through the `health-detail` import (since contract 0.1.2): what the
+/// records of 0.1.0 cannot carry.
+#[derive(Debug, Clone, Default)]
+pub struct HealthDetail {
+    /// For each result of `recent`: a refusal about one client.
+    pub per_client: Vec<bool>,
+    /// The backend's latest load report.
+    pub load: Option<crate::health::LoadReport>,
+}
+
 /// A loaded health plugin.
 pub struct HealthPlugin {
     guest: Guest<Health>,
@@ -36,23 +47,27 @@ impl HealthPlugin {
     }
 
     /// The verdict for `backend` given the verdict in force and its recent
-    /// results, oldest first.
+    /// results, oldest first, with what `detail` adds about them.
     pub fn evaluate(
         &self,
         backend: &Backend,
         currently_healthy: bool,
         recent: &[ProbeResult],
+        detail: HealthDetail,
     ) -> Result<HealthVerdict, CallFailure> {
         let budget = self.guest.budget;
         self.guest.call(
             |runtime, live, _| {
                 runtime.arm(&mut live.store, budget);
-                live.exports.gale_plugin_evaluator().call_evaluate(
+                live.store.data_mut().health_detail = detail;
+                let verdict = live.exports.gale_plugin_evaluator().call_evaluate(
                     &mut live.store,
                     backend,
                     currently_healthy,
                     recent,
-                )
+                );
+                live.store.data_mut().health_detail = HealthDetail::default();
+                verdict
             },
             |_| Ok(()),
         )

@@ -1,6 +1,6 @@
 //! Resolving a plugin's imports. wasmtime's linker matches names by
 //! semver at instantiation (a plugin's `wasi:clocks/...@0.2.6` finds the
-//! host's `@0.2.12`, its `gale:plugin/host@0.1.0` the host's `@0.1.1`),
+//! host's `@0.2.12`, its `gale:plugin/host@0.1.0` the host's `@0.1.2`),
 //! but `define_unknown_imports_as_traps` looks names up exactly: used as
 //! it was, it turned every import of a version other than the host's into
 //! a trap, WASI clocks and random included. So gale stubs only what it
@@ -44,10 +44,11 @@ const WASI_LINKED: [&str; 15] = [
 ];
 
 /// Interfaces of the contract.
-const GALE: [&str; 3] = [
+const GALE: [&str; 4] = [
     "gale:plugin/types",
     "gale:plugin/host",
     "gale:plugin/pool-state",
+    "gale:plugin/health-detail",
 ];
 
 /// The resource types of WASI io, as the cli interfaces gale links hand

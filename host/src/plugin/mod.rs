@@ -26,7 +26,7 @@ mod watchdog;
 pub use balancer::{BalancerPlugin, PushedPool};
 pub use bindings::types;
 pub use dns::DnsPlugin;
-pub use health::HealthPlugin;
+pub use health::{HealthDetail, HealthPlugin};
 pub use runtime::PluginRuntime;
 pub use state::LiveCounters;
 

@@ -105,6 +105,13 @@ impl PluginRuntime {
             |s| s,
         )
         .map_err(|e| PluginError::engine(e.to_string()))?;
+        // The health world's own import (the rest is shared with the
+        // balancer world's, linked above).
+        bindings::health::gale::plugin::health_detail::add_to_linker::<
+            _,
+            wasmtime::component::HasSelf<_>,
+        >(&mut linker, |s| s)
+        .map_err(|e| PluginError::engine(e.to_string()))?;
 
         let fuel = FuelRate::calibrate(&engine)
             .map_err(|e| PluginError::engine(format!("calibrating fuel: {e:#}")))?;

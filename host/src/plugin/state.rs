@@ -15,6 +15,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::Level;
 use super::bindings::balancer::gale::plugin::{host, pool_state, types};
+use super::bindings::health::gale::plugin::health_detail;
 use super::watchdog::Watchdog;
 
 /// Longest log message a plugin may write; the rest is cut.
@@ -75,6 +76,9 @@ impl LiveCounters {
 pub struct PluginState {
     /// For log lines: "<pool>/<hook>" or the file name.
     pub plugin: Arc<str>,
+    /// Health plugins: the `health-detail` of the `evaluate` call in
+    /// progress (empty between calls).
+    pub health_detail: super::HealthDetail,
     pub live: Arc<LiveCounters>,
     pub limiter: MemoryCap,
     /// Watchdog tick after which host calls trap (set when a call is armed).
@@ -101,6 +105,7 @@ impl PluginState {
     ) -> Self {
         Self {
             plugin,
+            health_detail: Default::default(),
             live,
             limiter: MemoryCap::new(memory_bytes),
             stop_after: 0,
@@ -446,6 +451,26 @@ impl host::Host for PluginState {
 
     fn log_enabled(&mut self, level: Level) -> wasmtime::Result<bool> {
         Ok(enabled(level))
+    }
+}
+
+impl health_detail::Host for PluginState {
+    fn per_client(&mut self, index: u32) -> wasmtime::Result<bool> {
+        let flags = &self.health_detail.per_client;
+        Ok(flags.get(index as usize).copied().unwrap_or(false))
+    }
+
+    fn load(&mut self) -> wasmtime::Result<Option<health_detail::LoadReport>> {
+        use crate::health::AgentState;
+        use health_detail::AgentState as Wit;
+        Ok(self.health_detail.load.map(|r| health_detail::LoadReport {
+            state: r.state.map(|s| match s {
+                AgentState::Up => Wit::Up,
+                AgentState::Down => Wit::Down,
+                AgentState::Drain => Wit::Drain,
+            }),
+            weight_percent: r.weight_percent,
+        }))
     }
 }
 

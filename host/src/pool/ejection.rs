@@ -2,16 +2,19 @@
 //! client can provoke never empties a pool (Envoy's outlier detection is
 //! the model):
 //!
-//! - a traffic success ends a backend's failure run (the plugin sees it,
-//!   so rise/fall streaks break);
-//! - within a run, failures about one client (an MTA refusing a client it
-//!   knows through PROXY) count once, whatever that client retries;
+//! - a traffic success ends a backend's failure run, as deep as itself
+//!   ([`Depth`]): the plugin sees it, so rise/fall streaks break;
+//! - within a run, failures that may be about one client (an MTA refusing
+//!   a client it knows through PROXY) count once per client
+//!   ([`client_key`]: an IPv4 address or an IPv6 /64);
 //! - a verdict to take a backend out on traffic evidence is an ejection:
-//!   refused while it would leave fewer than `100 - max_ejection_percent`
-//!   percent of the pool in rotation, and it lasts `base_ejection_time`,
-//!   once more for each ejection that follows soon after another, up to
-//!   `max_ejection_time`; the backend returns on the first passing probe
-//!   after that;
+//!   refused while it would leave more than `max_ejection_percent` of the
+//!   pool out, and it lasts `base_ejection_time`, once more for each
+//!   ejection that follows soon after another, up to `max_ejection_time`;
+//!   the backend returns on the first passing probe after that, or at
+//!   once (probes passing) when probes took others out so that the
+//!   ejections would keep more than the cap out;
+//! - an ejection or a return ends the run: its failures count no more;
 //! - probes may take any backend out, as before.
 
 use std::net::IpAddr;
@@ -25,7 +28,7 @@ use crate::plugin::types::ProbeSource;
 /// has long been judged.
 const RUN_CLIENTS: usize = 16;
 /// A backend whose latest 220 greeting is older than this is not taken
-/// to be greeting other clients (see [`Pool::vouches_for_refusal`]).
+/// to be greeting other clients (see `Pool::vouches_for_refusal`).
 pub const WELCOME_WINDOW: Duration = Duration::from_secs(60);
 
 /// Origin of the millisecond stamps kept in atomics.
@@ -57,6 +60,21 @@ pub enum Out {
     Traffic { until: Instant },
 }
 
+/// A failure run that holds a deferral and saw none for this long ends on
+/// the next session success: most sessions of a fleet are inside STARTTLS,
+/// where no transaction success can be seen, and one old deferral must not
+/// let unrelated failures add up for hours.
+const STALE_RUN: Duration = Duration::from_secs(60);
+
+/// A client as the rules count it: an IPv4 address, or an IPv6 /64 (one
+/// host holds a whole /64). Never 0.
+pub fn client_key(ip: IpAddr) -> u64 {
+    match ip {
+        IpAddr::V4(v4) => (1 << 63) | u64::from(v4.to_bits()),
+        IpAddr::V6(v6) => ((v6.to_bits() >> 64) as u64).max(1),
+    }
+}
+
 /// Per-backend state of the rules above.
 #[derive(Debug, Default)]
 pub(super) struct Ejection {
@@ -64,15 +82,20 @@ pub(super) struct Ejection {
     /// [`Depth`]: read on every success, so that a success with nothing
     /// to reset costs one load.
     failing: AtomicU8,
-    /// When the backend last greeted a client (or an SMTP probe) with 220.
+    /// When the last failure of the run came.
+    failed_at: AtomicU64,
+    /// When the backend last greeted a client with 220, and which one
+    /// ([`client_key`]).
     welcomed: AtomicU64,
+    welcomed_client: AtomicU64,
     state: std::sync::Mutex<EjectionState>,
 }
 
 #[derive(Debug, Default, Clone)]
 pub(super) struct EjectionState {
-    /// Clients whose refusals counted in the current failure run.
-    run_clients: Vec<IpAddr>,
+    /// Clients ([`client_key`]) whose refusals counted in the current
+    /// failure run.
+    run_clients: Vec<u64>,
     pub out: Option<Out>,
     /// Ejections in a row, each soon after the last return.
     pub ejections: u32,
@@ -88,10 +111,15 @@ impl Ejection {
 
     /// Take over `old`'s state (a reload).
     pub fn inherit(&self, old: &Ejection) {
+        for (new, old) in [
+            (&self.failed_at, &old.failed_at),
+            (&self.welcomed, &old.welcomed),
+            (&self.welcomed_client, &old.welcomed_client),
+        ] {
+            new.store(old.load(Ordering::Acquire), Ordering::Release);
+        }
         self.failing
             .store(old.failing.load(Ordering::Acquire), Ordering::Release);
-        self.welcomed
-            .store(old.welcomed.load(Ordering::Relaxed), Ordering::Relaxed);
         *self.state() = old.state().clone();
     }
 
@@ -99,15 +127,18 @@ impl Ejection {
     /// refusal in one run does not).
     pub fn failed(&self, about_client: Option<IpAddr>, depth: Depth) -> bool {
         self.failing.fetch_max(depth as u8, Ordering::AcqRel);
+        self.failed_at
+            .store(stamp(Instant::now()), Ordering::Release);
         let Some(ip) = about_client else {
             return true;
         };
+        let key = client_key(ip);
         let mut state = self.state();
-        if state.run_clients.contains(&ip) {
+        if state.run_clients.contains(&key) {
             return false;
         }
         if state.run_clients.len() < RUN_CLIENTS {
-            state.run_clients.push(ip);
+            state.run_clients.push(key);
         }
         true
     }
@@ -115,8 +146,14 @@ impl Ejection {
     /// A success as deep as `depth`; whether it ended a failure run.
     pub fn succeeded(&self, depth: Depth) -> bool {
         let failing = self.failing.load(Ordering::Acquire);
-        if failing == 0
-            || failing > depth as u8
+        if failing == 0 {
+            return false;
+        }
+        let stale = || {
+            stamp(Instant::now()).saturating_sub(self.failed_at.load(Ordering::Acquire))
+                > STALE_RUN.as_millis() as u64
+        };
+        if (failing > depth as u8 && !stale())
             || self
                 .failing
                 .compare_exchange(failing, 0, Ordering::AcqRel, Ordering::Acquire)
@@ -124,20 +161,33 @@ impl Ejection {
         {
             return false;
         }
-        let mut state = self.state();
-        state.run_clients.clear();
-        state.capped_logged = false;
+        self.end_run();
         true
     }
 
-    pub fn welcome(&self, at: Instant) {
-        self.welcomed.store(stamp(at), Ordering::Relaxed);
+    /// Forget the failure run (it ended, or it ejected the backend).
+    pub fn end_run(&self) {
+        self.failing.store(0, Ordering::Release);
+        let mut state = self.state();
+        state.run_clients.clear();
+        state.capped_logged = false;
     }
 
-    /// Greeted someone with 220 within [`WELCOME_WINDOW`].
-    pub fn welcomed_recently(&self) -> bool {
+    /// The backend greeted `client` with 220 in a session begun `at`.
+    pub fn welcome(&self, at: Instant, client: IpAddr) {
+        self.welcomed.store(stamp(at), Ordering::Relaxed);
+        self.welcomed_client
+            .store(client_key(client), Ordering::Relaxed);
+    }
+
+    /// Greeted a client other than `refused` with 220 within
+    /// [`WELCOME_WINDOW`]. Probes do not count: an MTA's blocklist that
+    /// misfires for everyone still lets gale's own address in.
+    pub fn welcomed_another(&self, refused: IpAddr) -> bool {
         let at = self.welcomed.load(Ordering::Relaxed);
-        at != 0 && stamp(Instant::now()).saturating_sub(at) <= WELCOME_WINDOW.as_millis() as u64
+        at != 0
+            && stamp(Instant::now()).saturating_sub(at) <= WELCOME_WINDOW.as_millis() as u64
+            && self.welcomed_client.load(Ordering::Relaxed) != client_key(refused)
     }
 }
 
@@ -155,14 +205,21 @@ pub(super) enum Ruling {
 }
 
 impl EjectionState {
+    /// Back in rotation now.
+    pub fn return_now(&mut self) {
+        self.out = None;
+        self.returned = Some(Instant::now());
+    }
+
     /// The ruling when the plugin wants the backend `wanted` (healthy or
     /// not) after a result from `source`; `ok`: that result passed.
-    /// `may_eject`: one more backend out stays within the cap.
+    /// `may_eject`: one more backend out stays within the cap;
+    /// `over_cap`: with this one out, more of the pool is out than the cap.
     pub fn rule(
         &mut self,
         (current, wanted): (bool, bool),
         (source, ok): (ProbeSource, bool),
-        may_eject: bool,
+        (may_eject, over_cap): (bool, bool),
         config: &crate::config::EjectionConfig,
     ) -> Ruling {
         let now = Instant::now();
@@ -185,16 +242,23 @@ impl EjectionState {
                     .base_time
                     .saturating_mul(self.ejections)
                     .min(config.max_time);
-                let out = Out::Traffic { until: now + time };
+                // `max_time` is at most a day (config), so this holds.
+                let out = Out::Traffic {
+                    until: now.checked_add(time).unwrap_or(now),
+                };
                 self.out = Some(out);
                 Ruling::Leaves(out)
             }
             (false, true) => match self.out {
-                Some(Out::Traffic { until }) if now < until => Ruling::Stays,
+                // Early only if others left on their probes meanwhile.
+                Some(Out::Traffic { until })
+                    if now < until && !(over_cap && source == ProbeSource::Probe && ok) =>
+                {
+                    Ruling::Stays
+                }
                 Some(Out::Traffic { .. }) if !(source == ProbeSource::Probe && ok) => Ruling::Stays,
                 _ => {
-                    self.out = None;
-                    self.returned = Some(now);
+                    self.return_now();
                     Ruling::Returns
                 }
             },

@@ -22,13 +22,15 @@ use prometheus_client::metrics::counter::Counter;
 use crate::attempts::{Failure, FailureReason};
 use crate::config::EjectionConfig;
 use crate::config::{BackendConfig, PoolConfig};
+use crate::health::LoadReport;
 use crate::metrics::{
     BackendLabels, FailureLabels, FallbackLabels, Metrics, PluginLabels, ProbeLabels,
 };
 use crate::plugin::PushedPool;
 use crate::plugin::types::{Backend, ProbeResult, ProbeSource, RequestContext};
 use crate::plugin::{
-    BalancerPlugin, CallFailure, HealthPlugin, LiveCounters, PluginError, PluginRuntime,
+    BalancerPlugin, CallFailure, HealthDetail, HealthPlugin, LiveCounters, PluginError,
+    PluginRuntime,
 };
 pub use ejection::{Depth, Out, WELCOME_WINDOW};
 use ejection::{Ejection, Ruling};
@@ -65,14 +67,16 @@ pub struct Decision {
 /// checks and outlier detection apart the same way).
 #[derive(Debug, Clone, Default)]
 struct History {
-    probes: VecDeque<ProbeResult>,
-    traffic: VecDeque<ProbeResult>,
+    /// Each result with whether it was about one client.
+    probes: VecDeque<(ProbeResult, bool)>,
+    traffic: VecDeque<(ProbeResult, bool)>,
     last: Option<ProbeResult>,
 }
 
 impl History {
-    /// Add `result`; the recent results of its source, oldest first.
-    fn push(&mut self, result: &ProbeResult) -> Vec<ProbeResult> {
+    /// Add `result`; the recent results of its source, oldest first, and
+    /// which of them were about one client.
+    fn push(&mut self, result: &ProbeResult, per_client: bool) -> (Vec<ProbeResult>, Vec<bool>) {
         let recent = match result.source {
             ProbeSource::Probe => &mut self.probes,
             ProbeSource::Traffic => &mut self.traffic,
@@ -80,9 +84,9 @@ impl History {
         if recent.len() == HISTORY {
             recent.pop_front();
         }
-        recent.push_back(result.clone());
+        recent.push_back((result.clone(), per_client));
         self.last = Some(result.clone());
-        recent.iter().cloned().collect()
+        recent.iter().cloned().unzip()
     }
 }
 
@@ -101,6 +105,10 @@ struct BackendState {
     sessions: Counter,
     /// The host's rules on traffic evidence (see [`ejection`]).
     ejection: Ejection,
+    /// The weight the health plugin's latest verdict set, if it set one.
+    verdict_weight: Mutex<Option<u32>>,
+    /// The latest answer of the backend's load agent (`agent_port`).
+    load: Mutex<Option<LoadReport>>,
     /// `gale_backend_ejections_total` for this backend.
     ejections: Counter,
 }
@@ -266,6 +274,8 @@ impl Pool {
                     ramp_since: Mutex::new(None),
                     sessions: metrics.backend_sessions.get_or_create(&labels).clone(),
                     ejection: Ejection::default(),
+                    verdict_weight: Mutex::new(None),
+                    load: Mutex::new(None),
                     ejections: metrics.backend_ejections.get_or_create(&labels).clone(),
                 }
             })
@@ -372,11 +382,25 @@ impl Pool {
         }
     }
 
-    /// The weight balancers see: the operator's weight or the configured
-    /// one, scaled down while the backend ramps up (at least 1).
+    /// The weight before the health plugin's say: the operator's, else
+    /// the configured one. A health plugin scales this one (a load report
+    /// of 50 % halves it), so that its own override does not compound.
+    pub fn base_weight(&self, id: usize) -> u32 {
+        self.steering_of(id)
+            .weight
+            .unwrap_or(self.backends[id].config.weight)
+    }
+
+    /// The weight balancers see: the operator's weight, else the health
+    /// plugin's (its verdict's `weight`), else the configured one; scaled
+    /// down while the backend ramps up (at least 1).
     pub fn effective_weight(&self, id: usize) -> u32 {
         let b = &self.backends[id];
-        let base = self.steering_of(id).weight.unwrap_or(b.config.weight);
+        let base = self
+            .steering_of(id)
+            .weight
+            .or(self.health_weight(id))
+            .unwrap_or(b.config.weight);
         let since = *b.ramp_since.lock().unwrap_or_else(|p| p.into_inner());
         match (self.slow_start, since) {
             (Some(ramp), Some(since)) if since.elapsed() < ramp => {
@@ -385,6 +409,31 @@ impl Pool {
             }
             _ => base,
         }
+    }
+
+    /// The weight the health plugin's verdict holds the backend at.
+    pub fn health_weight(&self, id: usize) -> Option<u32> {
+        *self.backends[id]
+            .verdict_weight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The latest answer of the backend's load agent.
+    pub fn load(&self, id: usize) -> Option<LoadReport> {
+        *self.backends[id]
+            .load
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The backend's agent answered `report` (probes ask it, then feed
+    /// their result, which the health plugin judges with the report).
+    pub fn set_load(&self, id: usize, report: LoadReport) {
+        *self.backends[id]
+            .load
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(report);
     }
 
     fn steering_of(&self, id: usize) -> Steering {
@@ -546,6 +595,17 @@ impl Pool {
             let healthy = before.healthy.load(Ordering::Acquire);
             changed |= state.healthy.swap(healthy, Ordering::AcqRel) != healthy;
             state.ejection.inherit(&before.ejection);
+            let weight = *before
+                .verdict_weight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            changed |= weight.is_some();
+            *state
+                .verdict_weight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = weight;
+            *state.load.lock().unwrap_or_else(|p| p.into_inner()) =
+                *before.load.lock().unwrap_or_else(|p| p.into_inner());
             // A ramp under way goes on from where it was.
             let ramp = *before.ramp_since.lock().unwrap_or_else(|p| p.into_inner());
             if ramp.is_some() && self.slow_start.is_some() {
@@ -571,6 +631,13 @@ impl Pool {
         }
     }
 
+    /// Count a failure seen on live traffic and report it to the health
+    /// rules: [`Pool::count_failure`] and [`Pool::record_traffic_failure`].
+    pub fn traffic_failure(&self, id: usize, latency: std::time::Duration, failure: &Failure) {
+        self.count_failure(id, failure.reason);
+        self.record_traffic_failure(id, latency, failure);
+    }
+
     /// A failure seen on live traffic (refused, timed out, bad greeting or
     /// response). It counts as a health result, so a dead backend leaves
     /// the pool before its next probe, within the rules of [`ejection`].
@@ -591,7 +658,7 @@ impl Pool {
             // This client was refused already in this run.
             return None;
         }
-        self.record(
+        self.observe(
             id,
             ProbeResult {
                 ok: false,
@@ -600,17 +667,16 @@ impl Pool {
                 detail: failure.detail.clone(),
                 source: ProbeSource::Traffic,
             },
+            failure.about_client.is_some(),
         )
     }
 
     /// Backend `id` took a session or request that began at `at` (or,
     /// with [`Depth::Transaction`], a message). Ends a failure run no
     /// deeper than `depth` (the health plugin sees a success then);
-    /// otherwise it costs two atomic operations.
+    /// otherwise it costs one atomic load.
     pub fn record_traffic_success(&self, id: usize, at: std::time::Instant, depth: Depth) {
-        let ejection = &self.backends[id].ejection;
-        ejection.welcome(at);
-        if ejection.succeeded(depth) {
+        if self.backends[id].ejection.succeeded(depth) {
             self.record(
                 id,
                 ProbeResult {
@@ -624,17 +690,17 @@ impl Pool {
         }
     }
 
-    /// An SMTP probe was greeted with 220 at `at`.
-    pub fn note_welcome(&self, id: usize, at: std::time::Instant) {
-        self.backends[id].ejection.welcome(at);
+    /// Backend `id` greeted `client` with 220 in a session begun `at`.
+    pub fn welcomed(&self, id: usize, at: std::time::Instant, client: std::net::IpAddr) {
+        self.backends[id].ejection.welcome(at, client);
     }
 
-    /// Whether backend `id`'s refusal of a client it knows is its verdict
-    /// on that client, not an outage: it passes its probes and greeted
-    /// someone with 220 within [`WELCOME_WINDOW`].
-    pub fn vouches_for_refusal(&self, id: usize) -> bool {
+    /// Whether backend `id`'s refusal of `client`, whom it knows, is its
+    /// verdict on that client rather than an outage: it passes its probes
+    /// and greeted another client with 220 within [`WELCOME_WINDOW`].
+    pub fn vouches_for_refusal(&self, id: usize, client: std::net::IpAddr) -> bool {
         let b = &self.backends[id];
-        b.healthy.load(Ordering::Acquire) && b.ejection.welcomed_recently()
+        b.healthy.load(Ordering::Acquire) && b.ejection.welcomed_another(client)
     }
 
     /// Why backend `id` is out of rotation, if it is.
@@ -650,6 +716,12 @@ impl Pool {
     /// health plugin, then the host's rules. Returns the new verdict if it
     /// changed.
     pub fn record(&self, id: usize, result: ProbeResult) -> Option<bool> {
+        self.observe(id, result, false)
+    }
+
+    /// [`Pool::record`], `per_client`: the result was a refusal about one
+    /// client (the health plugin can ask).
+    fn observe(&self, id: usize, result: ProbeResult, per_client: bool) -> Option<bool> {
         let state = &self.backends[id];
         if result.source == ProbeSource::Probe {
             self.metrics
@@ -661,26 +733,40 @@ impl Pool {
                 })
                 .inc();
         }
-        let recent = state
+        let (recent, per_client) = state
             .history
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(&result);
+            .push(&result, per_client);
         let current = state.healthy.load(Ordering::Acquire);
-        let snapshot = self.pushed.load();
+        // The weight the plugin would scale: before its own override.
+        let mut backend = self.pushed.load().backends[id].clone();
+        backend.weight = self.base_weight(id);
+        let detail = HealthDetail {
+            per_client,
+            load: self.load(id),
+        };
         self.health_stats.calls.inc();
         let called = std::time::Instant::now();
-        let wanted = match self
-            .health
-            .evaluate(&snapshot.backends[id], current, &recent)
-        {
-            Ok(v) => v.healthy,
+        let (wanted, weight) = match self.health.evaluate(&backend, current, &recent, detail) {
+            Ok(v) => (v.healthy, Some(v.weight)),
             Err(failure) => {
                 self.health_stats
                     .failed(&self.name, self.health.name(), &failure);
-                RiseFall::default().next_state(current, recent.iter().map(|r| r.ok))
+                // The weight in force stays.
+                let healthy = RiseFall::default().next_state(current, recent.iter().map(|r| r.ok));
+                (healthy, None)
             }
         };
+        // The contract: a verdict's weight replaces the configured one
+        // while the verdict holds; `None` gives it back.
+        let reweighted = weight.is_some_and(|weight| {
+            let mut held = state
+                .verdict_weight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            std::mem::replace(&mut *held, weight) != weight
+        });
         self.health_stats
             .latency
             .observe(called.elapsed().as_secs_f64());
@@ -696,6 +782,9 @@ impl Pool {
             .unwrap_or_else(|p| p.into_inner())
             .push(&result, verdict, verdict != current);
         if verdict == current {
+            if reweighted {
+                self.publish();
+            }
             return None;
         }
         if verdict {
@@ -733,6 +822,18 @@ impl Pool {
         Some(verdict)
     }
 
+    /// Backends out of rotation for any reason, `except` one.
+    fn out_count(&self, except: usize) -> usize {
+        (0..self.backends.len())
+            .filter(|&i| i != except && !(self.is_healthy(i) && self.takes_sessions(i)))
+            .count()
+    }
+
+    /// How many backends may be out when traffic evidence decides.
+    fn ejections_allowed(&self) -> usize {
+        self.backends.len() * self.ejection.max_percent as usize / 100
+    }
+
     /// Apply the host's rules to the plugin's verdict for backend `id`.
     fn rule(&self, id: usize, (current, wanted): (bool, bool), result: &ProbeResult) -> Ruling {
         let state = &self.backends[id];
@@ -744,24 +845,28 @@ impl Pool {
         // cannot both fit under the cap.
         let _deciding =
             traffic_ejects.then(|| self.ejecting.lock().unwrap_or_else(|p| p.into_inner()));
-        let may_eject = traffic_ejects && {
-            let out = (0..self.backends.len())
-                .filter(|&i| i != id && !(self.is_healthy(i) && self.takes_sessions(i)))
-                .count();
-            let allowed = self.backends.len() * self.ejection.max_percent as usize / 100;
-            out < allowed
-        };
+        if traffic_ejects && !state.healthy.load(Ordering::Acquire) {
+            // Another failure, evaluated at the same time, ejected it.
+            return Ruling::Stays;
+        }
+        let allowed = self.ejections_allowed();
+        let may_eject = traffic_ejects && self.out_count(id) < allowed;
+        // With this backend out, more of the pool is out than traffic may
+        // keep out: probes took others since it was ejected.
+        let over_cap = !current && self.out_count(id) + 1 > allowed;
         let mut ejection = state.ejection.state();
         let ruling = ejection.rule(
             (current, wanted),
             (result.source, result.ok),
-            may_eject,
+            (may_eject, over_cap),
             &self.ejection,
         );
+        let first_cap = ruling == Ruling::Capped && ejection.first_cap_in_run();
+        drop(ejection);
         match ruling {
             Ruling::Capped => {
                 self.capped.inc();
-                if ejection.first_cap_in_run() {
+                if first_cap {
                     tracing::warn!(
                         pool = %self.name,
                         backend = %state.config.name,
@@ -775,12 +880,63 @@ impl Pool {
                 state.ejections.inc();
                 // Stored before the lock goes, so the next count sees it.
                 state.healthy.store(false, Ordering::Release);
+                self.forget_traffic(state);
             }
-            Ruling::Leaves(Out::Probe) => state.healthy.store(false, Ordering::Release),
-            Ruling::Returns => state.healthy.store(true, Ordering::Release),
+            Ruling::Leaves(Out::Probe) => {
+                state.healthy.store(false, Ordering::Release);
+                self.restore_within_cap(id);
+            }
+            Ruling::Returns => {
+                state.healthy.store(true, Ordering::Release);
+                self.forget_traffic(state);
+            }
             Ruling::Stays => {}
         }
         ruling
+    }
+
+    /// A backend left or came back: the failures that took it out count no
+    /// more (Envoy resets its counters on ejection), or it would leave
+    /// again on its first failure.
+    fn forget_traffic(&self, state: &BackendState) {
+        state.ejection.end_run();
+        state
+            .history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .traffic
+            .clear();
+    }
+
+    /// Probes took backend `left` out. If traffic ejections now keep more
+    /// of the pool out than `max_ejection_percent`, ejected backends whose
+    /// latest probe passed come back at once rather than at their next
+    /// probe: traffic evidence must never be what empties a pool.
+    fn restore_within_cap(&self, left: usize) {
+        let allowed = self.ejections_allowed();
+        for (id, state) in self.backends.iter().enumerate() {
+            if id == left || self.out_count(usize::MAX) <= allowed {
+                continue;
+            }
+            let probe_passed = {
+                let history = state.history.lock().unwrap_or_else(|p| p.into_inner());
+                history.probes.back().is_some_and(|(r, _)| r.ok)
+            };
+            let mut ejection = state.ejection.state();
+            if !probe_passed || !matches!(ejection.out, Some(Out::Traffic { .. })) {
+                continue;
+            }
+            ejection.return_now();
+            drop(ejection);
+            state.healthy.store(true, Ordering::Release);
+            self.forget_traffic(state);
+            tracing::warn!(
+                pool = %self.name,
+                backend = %state.config.name,
+                address = %state.config.address,
+                "backend is back in rotation before its ejection time: probes took others out, and traffic may not keep more than max_ejection_percent of the pool out"
+            );
+        }
     }
 }
 
@@ -808,7 +964,12 @@ impl Pool {
         }
         if let Some(backend) = pool.backends.first() {
             self.health
-                .evaluate(backend, true, std::slice::from_ref(result))
+                .evaluate(
+                    backend,
+                    true,
+                    std::slice::from_ref(result),
+                    HealthDetail::default(),
+                )
                 .map_err(|failure| PluginError::SelfCheck {
                     plugin: self.health.name().to_string(),
                     failure,

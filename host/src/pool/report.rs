@@ -26,6 +26,12 @@ pub struct BackendReport {
     /// The weight balancers see: an operator's override, else `weight`,
     /// scaled down while the backend ramps up after coming back.
     pub effective_weight: u32,
+    /// The weight the health plugin's verdict holds it at (a load report
+    /// lowered it, say), if it set one.
+    pub health_weight: Option<u32>,
+    /// The latest answer of its load agent (`agent_port`): "up 50%",
+    /// "drain", ...
+    pub load: Option<String>,
     /// Set through the admin API: enabled, draining or disabled.
     pub admin_state: AdminState,
     pub priority: u32,
@@ -158,6 +164,8 @@ impl Pool {
                     },
                     weight: b.config.weight,
                     effective_weight: self.effective_weight(id),
+                    health_weight: self.health_weight(id),
+                    load: self.load(id).map(|r| r.to_string()),
                     admin_state: steered.state,
                     priority: b.config.priority,
                     healthy,

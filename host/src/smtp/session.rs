@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use super::reply::{Reply, ReplyError, read_reply};
-use super::transaction::{Event, Watch};
+use super::transaction::{Event, Watch, enhanced_class};
 use super::{pregreet, proxy_header, refusal, relay};
 use crate::attempts::{Attempts, Failure, FailureReason};
 use crate::buffers::Charge;
@@ -53,8 +53,15 @@ impl Attempt {
                 _ => None,
             },
             detail,
+            // A 5xx, or a 4xx outside class 4.3 ("421 4.7.0 too many
+            // connections from you"), is the MTA's word on the client;
+            // "421 4.3.2 all server ports busy" is about the MTA.
             about_client: match self {
-                Attempt::Refused(_) => knows_client,
+                Attempt::Refused(reply)
+                    if reply.code >= 500 || enhanced_class(&reply.raw) != Some(3) =>
+                {
+                    knows_client
+                }
                 _ => None,
             },
         }
@@ -123,7 +130,7 @@ pub async fn run(
         };
         match connect_and_greet(l, backend.address, backend.proxy_protocol, peer, local).await {
             Ok((mut upstream, greeting)) => {
-                attempts.succeeded(&turn, format_args!("220"));
+                pool.welcomed(turn.id, started, peer.ip());
                 if let Some(early) = pregreet::spoke_early(&client).await {
                     let log = |action: &str| {
                         tracing::info!(
@@ -152,6 +159,7 @@ pub async fn run(
                     }
                     log("passed to the backend");
                 }
+                attempts.succeeded(&turn, format_args!("220"));
                 counters.relayed.inc();
                 // What the backend answers to MAIL FROM and DATA is health
                 // evidence too (a full spool greets 220, then defers).
@@ -171,8 +179,7 @@ pub async fn run(
                             detail,
                             about_client: per_client.then_some(client_ip),
                         };
-                        pool.count_failure(id, failure.reason);
-                        pool.record_traffic_failure(id, Duration::ZERO, &failure);
+                        pool.traffic_failure(id, Duration::ZERO, &failure);
                     }
                 };
                 let outcome = join(
@@ -205,7 +212,7 @@ pub async fn run(
                     (backend.proxy_protocol != ProxyProtocol::None).then(|| peer.ip());
                 // Asked before the failure counts: it may take the
                 // backend out.
-                let vouched = knows_client.is_some() && pool.vouches_for_refusal(turn.id);
+                let vouched = knows_client.is_some_and(|ip| pool.vouches_for_refusal(turn.id, ip));
                 let failure = attempt.failure(knows_client);
                 attempts.failed(turn, failure);
                 verdict = verdict.and(attempt, vouched);
@@ -326,7 +333,6 @@ async fn join(
     drop(greeting);
     let mut watch = Watch::default();
     let mut outcome = relay::relay((client, upstream), idle, charge, &mut watch, report).await;
-    watch.finish(report);
     outcome.down += sent;
     outcome
 }

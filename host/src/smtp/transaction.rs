@@ -1,27 +1,36 @@
 //! Watching a relayed SMTP session in the clear for what mail operators
 //! fear most: an MTA that greets `220` and then defers every message (a
 //! full spool's `452 4.3.1`, a dead policy service's `451 4.3.0`, a
-//! `421` to MAIL FROM).
+//! `421 4.3.0` when DATA comes).
 //!
 //! The relay hands over each chunk it forwards; the watcher splits the
 //! client's bytes into commands (skipping message bodies, DATA and BDAT)
 //! and the backend's into replies, pairs them in order (pipelining keeps
 //! the order) and judges the replies that say something about the
-//! backend: a `250` to MAIL FROM or to the end of a message is a success;
-//! a `4xx` with an enhanced code of class `4.3` (mail system) to MAIL
-//! FROM, DATA or the end of a message is a failure; a `421` is a failure
-//! too, counted once per client unless its class is `4.3` (a client can
-//! provoke "421 4.7.0 too many errors" or "421 4.4.2 timeout"). Replies to
-//! RCPT are about one recipient and never count.
+//! backend:
+//!
+//! - a `250` to the end of a message (or to `BDAT ... LAST`) is a success;
+//! - a `4xx` with an enhanced code of class `4.3` (mail system) to MAIL
+//!   FROM, DATA, a BDAT chunk or the end of a message is a failure, and so
+//!   is a `421 4.3.x`; at most one per session, so that one client cannot
+//!   pile them up. A `452 4.3.1` to a MAIL FROM that declared a SIZE is
+//!   about that client (Postfix says it when the size does not fit), and
+//!   so is a `421` without a class (`4.0.0` or none): each counts once per
+//!   client, like a refused greeting;
+//! - nothing else counts: replies to RCPT are about one recipient, and a
+//!   `421` of another class ("4.7.0 too many errors", "4.4.2 timeout") is
+//!   what a client can provoke; a real shutdown fails the probes too.
 //!
 //! It stops for good, costing nothing more, once the session turns to TLS
-//! (STARTTLS answered `220`), after a `421`, or when the two sides stop
-//! pairing up (a reply nobody asked for, too many commands in flight).
+//! (STARTTLS answered `220`), after a failure or a `421`, at AUTH (`334`),
+//! or when the two sides stop pairing up (a reply nobody asked for, a
+//! `354` to anything but DATA, more than [`IN_FLIGHT`] commands waiting).
 
 use std::collections::VecDeque;
 
-/// Commands awaiting their reply, at most; past that the watcher stops.
-const IN_FLIGHT: usize = 64;
+/// Commands awaiting their reply, at most; past that the watcher stops
+/// (Postfix takes 1000 recipients a message by default).
+const IN_FLIGHT: usize = 1024;
 /// Bytes kept from the start of each line: enough for a verb and a BDAT
 /// size, or a reply code, its enhanced code and some text for the log.
 const PREFIX: usize = 64;
@@ -43,11 +52,16 @@ pub enum Event {
 /// What a reply answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Asked {
-    Mail,
+    /// `sized`: it declared a SIZE.
+    Mail {
+        sized: bool,
+    },
     Rcpt,
     Data,
     EndOfData,
-    Bdat { last: bool },
+    Bdat {
+        last: bool,
+    },
     StartTls,
     Other,
 }
@@ -55,7 +69,7 @@ enum Asked {
 impl Asked {
     fn name(self) -> &'static str {
         match self {
-            Asked::Mail => "MAIL FROM",
+            Asked::Mail { .. } => "MAIL FROM",
             Asked::Rcpt => "RCPT TO",
             Asked::Data => "DATA",
             Asked::EndOfData => "end of data",
@@ -145,9 +159,6 @@ pub struct Watch {
     /// The first line of the reply being read, for the log.
     first: Line,
     asked: VecDeque<Asked>,
-    /// MAIL FROM was accepted and nothing in its transaction failed yet:
-    /// a success once the transaction ends without a failure.
-    accepted_mail: bool,
 }
 
 impl Default for Watch {
@@ -159,7 +170,6 @@ impl Default for Watch {
             backend_line: Line::default(),
             first: Line::default(),
             asked: VecDeque::new(),
-            accepted_mail: false,
         }
     }
 }
@@ -255,10 +265,15 @@ impl Watch {
                 return false;
             }
             let first = std::mem::take(&mut self.first);
-            let Some(asked) = self.asked.pop_front() else {
-                // A reply nobody asked for: the two sides do not pair up.
-                self.on = false;
-                return true;
+            let asked = match self.asked.pop_front() {
+                Some(asked) => asked,
+                // A shutdown notice may come unasked.
+                None if first.text().starts_with(b"421") => Asked::Other,
+                None => {
+                    // A reply nobody asked for: the sides do not pair up.
+                    self.on = false;
+                    return true;
+                }
             };
             if let Some(event) = self.judge(asked, &first) {
                 report(event);
@@ -266,15 +281,6 @@ impl Watch {
             !self.on
         });
         self.backend_line = line;
-    }
-
-    /// The session is over: a transaction whose MAIL FROM was accepted
-    /// and that nothing failed is a success (the client may have quit
-    /// after a recipient was refused).
-    pub fn finish(&mut self, report: impl FnOnce(Event)) {
-        if std::mem::take(&mut self.accepted_mail) {
-            report(Event::Accepted);
-        }
     }
 
     /// What the reply whose first line is `first` to `asked` says.
@@ -288,39 +294,47 @@ impl Watch {
             // No body follows a refused DATA.
             self.client = ClientState::Commands;
         }
-        let system = enhanced_class(text) == Some(3);
-        let deferred = |per_client| Event::Deferred {
-            code,
-            detail: format!(
-                "{} answered {:?}",
-                asked.name(),
-                String::from_utf8_lossy(text)
-            ),
-            per_client,
-        };
-        if code == 421 {
+        // Out of step, or a SASL exchange whose lines are not commands.
+        if (code == 354 && asked != Asked::Data) || code == 334 {
             self.on = false;
-            self.accepted_mail = false;
-            return Some(deferred(!system));
+            return None;
         }
+        let system = enhanced_class(text) == Some(3);
+        let deferred = |per_client| {
+            Some(Event::Deferred {
+                code,
+                detail: format!(
+                    "{} answered {:?}",
+                    asked.name(),
+                    String::from_utf8_lossy(text)
+                ),
+                per_client,
+            })
+        };
         match asked {
             Asked::StartTls if code == 220 => {
                 self.on = false;
                 None
             }
-            // The transaction before it ended without a failure.
-            Asked::Mail if code == 250 => {
-                std::mem::replace(&mut self.accepted_mail, true).then_some(Event::Accepted)
+            _ if code == 421 => {
+                self.on = false;
+                match enhanced_class(text) {
+                    Some(3) => deferred(false),
+                    // "421 4.0.0 closing connection": it may be about this
+                    // client, so once per client.
+                    Some(0) | None => deferred(true),
+                    // 4.4 timeouts, 4.5 protocol errors, 4.7 policy: what
+                    // a client provokes.
+                    Some(_) => None,
+                }
             }
-            Asked::EndOfData | Asked::Bdat { last: true } if code == 250 => {
-                self.accepted_mail = false;
-                Some(Event::Accepted)
-            }
-            Asked::Mail | Asked::Data | Asked::EndOfData | Asked::Bdat { .. }
+            Asked::EndOfData | Asked::Bdat { last: true } if code == 250 => Some(Event::Accepted),
+            Asked::Mail { .. } | Asked::Data | Asked::EndOfData | Asked::Bdat { .. }
                 if (400..500).contains(&code) && system =>
             {
-                self.accepted_mail = false;
-                Some(deferred(false))
+                // One failure a session: the rest of it tells no more.
+                self.on = false;
+                deferred(matches!(asked, Asked::Mail { sized: true }))
             }
             _ => None,
         }
@@ -337,7 +351,7 @@ fn reply_code(line: &[u8]) -> Option<u16> {
 }
 
 /// The middle digit of an enhanced status code ("452 4.3.1 ..." gives 3).
-fn enhanced_class(line: &[u8]) -> Option<u8> {
+pub(super) fn enhanced_class(line: &[u8]) -> Option<u8> {
     let rest = line.get(4..)?;
     match rest {
         [c, b'.', d, ..] if c.is_ascii_digit() && d.is_ascii_digit() => Some(d - b'0'),
@@ -346,28 +360,30 @@ fn enhanced_class(line: &[u8]) -> Option<u8> {
 }
 
 /// What a command line asks, and for BDAT its chunk size and whether it
-/// is the last.
+/// is the last. Words are split as MTAs split them: on spaces and tabs,
+/// trailing ones ignored ("DATA \r\n" is DATA to Postfix).
 fn command(line: &[u8]) -> (Asked, Option<(u64, bool)>) {
-    let verb_end = line.iter().position(|&b| b == b' ').unwrap_or(line.len());
-    let verb = &line[..verb_end];
+    let blank = |b: &u8| *b == b' ' || *b == b'\t';
+    let mut words = line.split(blank).filter(|w| !w.is_empty());
+    let verb = words.next().unwrap_or_default();
     let is = |name: &[u8]| verb.eq_ignore_ascii_case(name);
     if is(b"MAIL") {
-        (Asked::Mail, None)
+        let sized = words.any(|w| w.len() > 5 && w[..5].eq_ignore_ascii_case(b"SIZE="));
+        (Asked::Mail { sized }, None)
     } else if is(b"RCPT") {
         (Asked::Rcpt, None)
-    } else if is(b"DATA") && verb_end == line.len() {
+    } else if is(b"DATA") && words.next().is_none() {
         (Asked::Data, None)
     } else if is(b"STARTTLS") {
         (Asked::StartTls, None)
     } else if is(b"BDAT") {
-        let mut args = line[verb_end..]
-            .split(|&b| b == b' ')
-            .filter(|a| !a.is_empty());
-        let size = args
+        let size = words
             .next()
             .and_then(|s| std::str::from_utf8(s).ok())
             .and_then(|s| s.parse::<u64>().ok());
-        let last = args.next().is_some_and(|a| a.eq_ignore_ascii_case(b"LAST"));
+        let last = words
+            .next()
+            .is_some_and(|a| a.eq_ignore_ascii_case(b"LAST"));
         match size {
             Some(size) => (Asked::Other, Some((size, last))),
             // A malformed BDAT is refused and no chunk follows.
@@ -382,7 +398,8 @@ fn command(line: &[u8]) -> (Asked, Option<(u64, bool)>) {
 mod tests {
     use super::*;
 
-    /// Feed a session as (client, backend) chunks; the events, in order.
+    /// Feed a session as (client, backend) chunks; the events, in order,
+    /// and whether the watch is still on.
     fn run(steps: &[(&str, &str)]) -> (Vec<Event>, bool) {
         let mut watch = Watch::default();
         let mut events = Vec::new();
@@ -390,9 +407,7 @@ mod tests {
             watch.client(client.as_bytes());
             watch.backend(backend.as_bytes(), |e| events.push(e));
         }
-        let on = watch.is_on();
-        watch.finish(|e| events.push(e));
-        (events, on)
+        (events, watch.is_on())
     }
 
     fn deferred(code: u16, per_client: bool) -> impl Fn(&Event) -> bool {
@@ -416,37 +431,42 @@ mod tests {
     }
 
     #[test]
-    fn mail_accepted_then_data_dropped_is_a_failure_alone() {
+    fn mail_accepted_is_no_success_until_the_message_is() {
         let (events, _) = run(&[
             ("MAIL FROM:<a@b>\r\n", "250 2.1.0 Ok\r\n"),
             ("RCPT TO:<c@d>\r\n", "250 2.1.5 Ok\r\n"),
             ("DATA\r\n", "421 4.0.0 Server closing connection\r\n"),
         ]);
         assert_eq!(events.len(), 1, "{events:?}");
-        assert!(deferred(421, true)(&events[0]));
-        // Refused recipients, then QUIT: MAIL FROM was accepted.
+        assert!(deferred(421, true)(&events[0]), "{events:?}");
         let (events, _) = run(&[
             ("MAIL FROM:<a@b>\r\n", "250 2.1.0 Ok\r\n"),
-            ("RCPT TO:<c@d>\r\n", "550 5.1.1 unknown\r\n"),
+            ("RSET\r\nMAIL FROM:<a@b>\r\n", "250 ok\r\n250 2.1.0 Ok\r\n"),
             ("QUIT\r\n", "221 bye\r\n"),
         ]);
-        assert_eq!(events, vec![Event::Accepted]);
+        assert!(
+            events.is_empty(),
+            "MAIL/RSET loops prove nothing: {events:?}"
+        );
     }
 
     #[test]
-    fn a_full_spool_defers_mail_from_and_recipients_never_count() {
+    fn a_full_spool_defers_mail_from_once_and_recipients_never_count() {
         let (events, _) = run(&[
+            (
+                "RCPT TO:<c@d>\r\n",
+                "451 4.3.0 <c@d>: Temporary lookup failure\r\n",
+            ),
             (
                 "MAIL FROM:<a@b>\r\n",
                 "452 4.3.1 Insufficient system storage\r\n",
             ),
             (
-                "RCPT TO:<c@d>\r\n",
-                "451 4.3.0 <c@d>: Temporary lookup failure\r\n",
+                "MAIL FROM:<a@b>\r\n",
+                "452 4.3.1 Insufficient system storage\r\n",
             ),
-            ("MAIL FROM:<a@b>\r\n", "450 4.7.1 not now, you\r\n"),
         ]);
-        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events.len(), 1, "one failure a session: {events:?}");
         assert!(deferred(452, false)(&events[0]));
         let Event::Deferred { detail, .. } = &events[0] else {
             unreachable!()
@@ -455,17 +475,30 @@ mod tests {
             detail,
             "MAIL FROM answered \"452 4.3.1 Insufficient system storage\""
         );
+        // A declared SIZE that does not fit is about the client.
+        let (events, _) = run(&[(
+            "MAIL FROM:<a@b> BODY=8BITMIME SIZE=999999999999\r\n",
+            "452 4.3.1 Insufficient system storage\r\n",
+        )]);
+        assert!(deferred(452, true)(&events[0]), "{events:?}");
     }
 
     #[test]
-    fn a_421_is_a_failure_then_the_watch_stops() {
+    fn a_421_counts_by_its_class() {
         let (events, on) = run(&[("DATA\r\n", "421 4.3.0 shutting down\r\n")]);
         assert!(deferred(421, false)(&events[0]));
         assert!(!on);
-        let (events, _) = run(&[("NOOP\r\n", "421 4.7.0 Error: too many errors\r\n")]);
+        for provoked in [
+            "421 4.7.0 Error: too many errors",
+            "421 4.4.2 Error: timeout exceeded",
+        ] {
+            let (events, _) = run(&[("NOOP\r\n", &format!("{provoked}\r\n"))]);
+            assert!(events.is_empty(), "a client can provoke {provoked:?}");
+        }
+        let (events, _) = run(&[("", "421 4.3.2 shutting down\r\n")]);
         assert!(
-            deferred(421, true)(&events[0]),
-            "a client can provoke this one"
+            deferred(421, false)(&events[0]),
+            "an unasked shutdown notice"
         );
     }
 
@@ -482,13 +515,31 @@ mod tests {
     }
 
     #[test]
-    fn starttls_ends_the_watch_and_unpaired_replies_stop_it() {
+    fn commands_split_as_mtas_split_them() {
+        // "DATA " and tabs are DATA and BDAT to Postfix: the body that
+        // follows is no command, and a RCPT reply is not a MAIL reply.
+        let (events, on) = run(&[
+            ("DATA \r\n", "354 go\r\n"),
+            ("MAIL FROM:<x>\r\nMAIL FROM:<y>\r\n.\r\n", "250 queued\r\n"),
+            ("BDAT\t6\tLAST\r\nRCPT\r\n", "250 queued\r\n"),
+            ("RCPT TO:<x>\r\n", "451 4.3.0 lookup failure\r\n"),
+        ]);
+        assert_eq!(events, vec![Event::Accepted, Event::Accepted]);
+        assert!(on);
+    }
+
+    #[test]
+    fn the_watch_stops_at_tls_auth_and_anything_out_of_step() {
         let (events, on) = run(&[
             ("STARTTLS\r\n", "220 go ahead\r\n"),
             ("\x16\x03\x01garbage", ""),
         ]);
         assert!(events.is_empty() && !on);
         let (_, on) = run(&[("", "250 unasked\r\n")]);
+        assert!(!on);
+        let (_, on) = run(&[("AUTH LOGIN\r\n", "334 VXNlcm5hbWU6\r\n")]);
+        assert!(!on);
+        let (_, on) = run(&[("NOOP\r\n", "354 what\r\n")]);
         assert!(!on);
     }
 }

@@ -35,7 +35,7 @@ use super::MAX_HEADER_BYTES;
 use super::headers::Peer;
 use super::metered::Metered;
 use super::proxy::{Proxy, RETRY_AFTER_SECS, is_idempotent, log_failure, loggable};
-use crate::attempts::{Attempts, Failure, FailureReason, http_retries};
+use crate::attempts::{Attempts, Failure, FailureReason, HttpReply, HttpStep, HttpTries};
 use crate::buffers::Charge;
 use crate::config::ListenerConfig;
 use crate::generation::ip_address;
@@ -120,9 +120,9 @@ pub struct Client<IO> {
 enum Attempt {
     /// A response went to the client; whether its connection stays open.
     Answered(bool),
-    /// The backend answered with a gateway error that is tried on the
+    /// The backend answered with this gateway error, dropped to try the
     /// next backend instead of reaching the client.
-    Retry(Failure),
+    Dropped(u16),
     /// Nothing reached the client.
     Failed(Failure),
     /// The client's body stalled, broke its framing or ended early.
@@ -315,13 +315,12 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
         // follows reloads.
         let generation = self.proxy.current.load_full();
         let Some((l, counters)) = generation.listener(&self.proxy.name) else {
-            return self
-                .reply(
-                    (503, "Service Unavailable"),
-                    "listener is being removed\n",
-                    None,
-                )
-                .await;
+            let reply = HttpReply {
+                status: 503,
+                text: "listener is being removed\n",
+                retry_after: false,
+            };
+            return self.reply(reply).await;
         };
         let pool = &generation.pools[l.pool];
         let pool_config = generation.config.pool_of(l);
@@ -348,20 +347,14 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
         };
         let replayable = is_idempotent(&method);
         let mut attempts = Attempts::new(pool, &decision.order, l.max_attempts, &counters.retries);
-        let mut reached_a_backend = false;
+        let mut tries = HttpTries::default();
         while let Some(turn) = attempts.next() {
             let backend = turn.backend;
             // A gateway error that another backend may answer better is
             // not passed on while one is left.
             let more = attempts.remaining();
-            let retry_status = |status: u16| {
-                more && Failure::of_status(status)
-                    .is_some_and(|f| http_retries(&retry_on, &f, replayable))
-            };
-            let failure = match self
-                .attempt(backend.address, l, keepalive, retry_status)
-                .await
-            {
+            let drops = |status| HttpTries::drops(&retry_on, status, replayable, more);
+            let failure = match self.attempt(backend.address, l, keepalive, drops).await {
                 Attempt::Answered(keep) => {
                     let status = self.resp.code;
                     match Failure::of_status(status) {
@@ -386,79 +379,45 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
                     }
                     return false;
                 }
-                Attempt::Retry(failure) => {
+                Attempt::Dropped(status) => {
+                    let failure = Failure::of_status(status).expect("only gateway errors drop");
                     attempts.answered_but_failed(&turn, failure);
-                    reached_a_backend = true;
+                    tries.dropped(status);
                     continue;
                 }
                 Attempt::Failed(failure) => failure,
             };
-            let again = http_retries(&retry_on, &failure, replayable && self.head_in_buf);
-            let reason = failure.reason;
+            let step = tries.failed(&retry_on, &failure, replayable && self.head_in_buf);
             attempts.failed(turn, failure);
-            if again {
-                reached_a_backend |= reason != FailureReason::Connect;
-                continue;
+            match step {
+                HttpStep::Next => continue,
+                HttpStep::Stop => break,
+                HttpStep::Reply(reply) => {
+                    // The backend may have acted on it: never send it again.
+                    log_failure(
+                        l,
+                        self.peer.addr,
+                        &method,
+                        &path,
+                        reply.status,
+                        attempts.tried(),
+                        started,
+                    );
+                    return self.reply(reply).await;
+                }
             }
-            if reason == FailureReason::Connect {
-                break;
-            }
-            // The backend may have acted on it: never send it again.
-            let (status, text) = if reason == FailureReason::Timeout {
-                (
-                    (504, "Gateway Timeout"),
-                    "the backend did not answer in time\n",
-                )
-            } else {
-                (
-                    (502, "Bad Gateway"),
-                    "the backend failed before responding\n",
-                )
-            };
-            log_failure(
-                l,
-                self.peer.addr,
-                &method,
-                &path,
-                status.0,
-                attempts.tried(),
-                started,
-            );
-            return self.reply(status, text, None).await;
         }
-        if reached_a_backend {
-            log_failure(
-                l,
-                self.peer.addr,
-                &method,
-                &path,
-                502,
-                attempts.tried(),
-                started,
-            );
-            return self
-                .reply(
-                    (502, "Bad Gateway"),
-                    "every backend tried failed before responding\n",
-                    None,
-                )
-                .await;
-        }
+        let reply = tries.reply();
         log_failure(
             l,
             self.peer.addr,
             &method,
             &path,
-            503,
+            reply.status,
             attempts.tried(),
             started,
         );
-        self.reply(
-            (503, "Service Unavailable"),
-            "no backend can take the request, try again later\n",
-            Some(RETRY_AFTER_SECS),
-        )
-        .await
+        self.reply(reply).await
     }
 
     /// One try at the backend at `addr`.
@@ -467,7 +426,7 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
         addr: SocketAddr,
         l: &ListenerConfig,
         keepalive: Duration,
-        retry_status: impl Fn(u16) -> bool,
+        drops: impl Fn(u16) -> bool,
     ) -> Attempt {
         let mut backend = match self.proxy.backends.checkout(addr, keepalive) {
             Some(stream) => stream,
@@ -549,10 +508,10 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
                 ));
             }
         }
-        if self.head_in_buf && retry_status(self.resp.code) {
+        if self.head_in_buf && drops(self.resp.code) {
             // Nothing of it reached the client; its connection, holding
             // the unread body, closes.
-            return Attempt::Retry(Failure::of_status(self.resp.code).expect("a gateway error"));
+            return Attempt::Dropped(self.resp.code);
         }
 
         // An HTTP/1.0 client cannot read chunks: it gets the data, and the
@@ -594,15 +553,19 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
 
     /// Answer with a short text of gale's own; whether the connection
     /// stays open.
-    async fn reply(&mut self, status: (u16, &str), text: &str, retry_after: Option<&str>) -> bool {
-        self.count_status(status.0);
+    async fn reply(&mut self, reply: HttpReply) -> bool {
+        self.count_status(reply.status);
         let close = self.must_close();
+        let phrase = hyper::StatusCode::from_u16(reply.status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("Error");
         head::write_local(
             &mut self.out,
-            status,
-            text,
+            (reply.status, phrase),
+            reply.text,
             (close, self.req.http10),
-            retry_after,
+            reply.retry_after.then_some(RETRY_AFTER_SECS),
         );
         let written = self.write_out().await;
         written && !close
