@@ -51,6 +51,43 @@ fn a_plugin_built_against_the_previous_contract_still_loads_and_decides() {
 }
 
 #[test]
+fn a_health_plugin_of_the_previous_world_loads_and_its_verdict_weight_applies() {
+    let previous =
+        std::fs::read_to_string(support::workspace().join("wit/previous/0.1.1/worlds.wit"))
+            .unwrap();
+    assert!(previous.contains("package gale:plugin@0.1.1;"));
+    assert!(
+        !previous.contains("health-detail"),
+        "0.1.1 had no health-detail"
+    );
+
+    let (rt, _cache) = runtime();
+    let path = plugin("contract-0-1-1");
+    let toml = pool_toml("weighted-round-robin.wasm").replace(
+        "balancer = { path = \"weighted-round-robin.wasm\" }",
+        &format!("health = {{ path = {:?} }}", path.display().to_string()),
+    );
+    let config = support::config(&toml);
+    let pool = gale::pool::Pool::build(&rt, &config.pools[0], &Default::default())
+        .unwrap_or_else(|e| panic!("the 0.1.1 health plugin was refused: {e}"));
+    assert_eq!(pool.plugins()[1].1.contract, "gale:plugin/evaluator@0.1.1");
+    let probe = |ok| gale::plugin::types::ProbeResult {
+        ok,
+        latency_us: 100,
+        code: None,
+        detail: "probe".into(),
+        source: gale::plugin::types::ProbeSource::Probe,
+    };
+    // Its verdict: the newest result, at weight 7 (the contract: a
+    // verdict's weight replaces the configured one while it holds).
+    pool.record(0, probe(true));
+    assert_eq!(pool.health_weight(0), Some(7));
+    assert_eq!(pool.effective_weight(0), 7);
+    assert_eq!(pool.record(1, probe(false)), Some(false));
+    assert!(pool.is_healthy(0) && !pool.is_healthy(1));
+}
+
+#[test]
 fn a_plugin_of_an_incompatible_contract_is_refused_naming_both_versions() {
     let (rt, _cache) = runtime();
     let path = plugin("contract-0-2-0");

@@ -91,14 +91,21 @@ async fn an_agent_halves_the_weight_drains_and_takes_the_backend_out() {
     )
     .await;
 
+    // As HAProxy: "up" alone keeps the last share (50 %).
     *say.lock().unwrap() = "up\n";
     wait_until(
-        || pool.is_healthy(0) && pool.effective_weight(0) == 4,
+        || pool.is_healthy(0) && pool.effective_weight(0) == 2,
         Duration::from_secs(5),
-        "\"up\" brings a back at its own weight",
+        "\"up\" brings a back, at the share it last reported",
     )
     .await;
-    assert_eq!(pool.backend_reports()[0].health_weight, None);
+    *say.lock().unwrap() = "up 100%\n";
+    wait_until(
+        || pool.effective_weight(0) == 4,
+        Duration::from_secs(5),
+        "\"100%\": a's own weight again",
+    )
+    .await;
     agent_task.abort();
     assert_eq!(server.shutdown().await, 0);
 }

@@ -352,12 +352,14 @@ fn a_postfix_with_a_full_spool_leaves_rotation_on_traffic_and_returns() {
     full.wait_log(&["reload"], Duration::from_secs(10));
     let normal = Postfix::start();
     // The SMTP probe stops at EHLO: only traffic sees the full spool.
+    // Ejected for 3 s: the rest of the 40 sessions, on the normal
+    // Postfix, end well within it.
     let gale = Gale::start(&config(
         &[
             (full.address.to_string(), "v1"),
             (normal.address.to_string(), "v1"),
         ],
-        "base_ejection_time = \"1s\"",
+        "base_ejection_time = \"3s\"",
     ));
     let (deferred, stderr) = smtp_source(&gale, 40);
     gale.wait_line(

@@ -187,9 +187,8 @@ pub fn log_with(level: Level, message: &str, fields: &[(&str, &str)]) {
 }
 
 /// Whether a log at `level` would be recorded: check it before building
-/// a costly message. (Added in contract 0.1.1: a plugin built with this
-/// SDK needs a gale of 0.1.1 or later, and 0.1.2 if it asks for
-/// [`load_report`] or [`per_client`].)
+/// a costly message. (Added in contract 0.1.1. A plugin built with this
+/// SDK exports the 0.1.2 names and needs a gale of 0.1.2 or later.)
 pub fn log_enabled(level: Level) -> bool {
     host::log_enabled(level)
 }

@@ -54,15 +54,23 @@ pub fn spawn_probes(
                         _ = shutdown.cancelled() => break,
                         _ = tokio::time::sleep_until(next) => {}
                     }
-                    let result = probe_once(&probe, backend.address, backend.proxy_protocol).await;
-                    if let Some(port) = backend.agent_port {
+                    // The agent is asked beside the probe, within the same
+                    // timeout, so a silent agent delays no probe.
+                    let agent = async {
+                        let port = backend.agent_port?;
+                        let agent = SocketAddr::new(backend.address.ip(), port);
+                        Some(agent::ask(agent, probe.timeout).await)
+                    };
+                    let (result, report) = tokio::join!(
+                        probe_once(&probe, backend.address, backend.proxy_protocol),
+                        agent
+                    );
+                    match report {
+                        Some(Ok(report)) => pool.set_load(id, report),
                         // A failed agent keeps its last word (a drain
                         // holds), as HAProxy's does.
-                        let agent = SocketAddr::new(backend.address.ip(), port);
-                        match agent::ask(agent, probe.timeout).await {
-                            Ok(report) => pool.set_load(id, report),
-                            Err(e) => tracing::debug!(pool = %pool.name, backend = %backend.name, "{e}"),
-                        }
+                        Some(Err(e)) => tracing::debug!(pool = %pool.name, backend = %backend.name, "{e}"),
+                        None => {}
                     }
                     tracing::debug!(pool = %pool.name, backend = %backend.name, ok = result.ok, detail = %result.detail, "probe");
 

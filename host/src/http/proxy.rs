@@ -145,7 +145,7 @@ impl Proxy {
                 Ok(Ok((mut response, lease))) => {
                     let status = response.status().as_u16();
                     match Failure::of_status(status) {
-                        None => attempts.succeeded(&turn, format_args!("{status}")),
+                        None => attempts.succeeded(&turn),
                         Some(failure) => {
                             let more = attempts.remaining();
                             let unsent = replayable && !body.touched();

@@ -60,8 +60,8 @@ pub enum Out {
     Traffic { until: Instant },
 }
 
-/// A failure run that holds a deferral and saw none for this long ends on
-/// the next session success: most sessions of a fleet are inside STARTTLS,
+/// A failure run that holds a deferral and saw no failure for this long
+/// ends on the next session success: most sessions of a fleet are inside STARTTLS,
 /// where no transaction success can be seen, and one old deferral must not
 /// let unrelated failures add up for hours.
 const STALE_RUN: Duration = Duration::from_secs(60);

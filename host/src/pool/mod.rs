@@ -109,6 +109,9 @@ struct BackendState {
     verdict_weight: Mutex<Option<u32>>,
     /// The latest answer of the backend's load agent (`agent_port`).
     load: Mutex<Option<LoadReport>>,
+    /// The health plugin's latest verdict on a probe result: whether the
+    /// probes alone would have the backend in rotation.
+    probes_want_in: AtomicBool,
     /// `gale_backend_ejections_total` for this backend.
     ejections: Counter,
 }
@@ -276,6 +279,7 @@ impl Pool {
                     ejection: Ejection::default(),
                     verdict_weight: Mutex::new(None),
                     load: Mutex::new(None),
+                    probes_want_in: AtomicBool::new(true),
                     ejections: metrics.backend_ejections.get_or_create(&labels).clone(),
                 }
             })
@@ -391,15 +395,15 @@ impl Pool {
             .unwrap_or(self.backends[id].config.weight)
     }
 
-    /// The weight balancers see: the operator's weight, else the health
-    /// plugin's (its verdict's `weight`), else the configured one; scaled
+    /// The weight balancers see: the health plugin's (its verdict's
+    /// `weight`, which scales [`Pool::base_weight`], the operator's
+    /// included), else the operator's, else the configured one; scaled
     /// down while the backend ramps up (at least 1).
     pub fn effective_weight(&self, id: usize) -> u32 {
         let b = &self.backends[id];
         let base = self
-            .steering_of(id)
-            .weight
-            .or(self.health_weight(id))
+            .health_weight(id)
+            .or(self.steering_of(id).weight)
             .unwrap_or(b.config.weight);
         let since = *b.ramp_since.lock().unwrap_or_else(|p| p.into_inner());
         match (self.slow_start, since) {
@@ -429,11 +433,18 @@ impl Pool {
 
     /// The backend's agent answered `report` (probes ask it, then feed
     /// their result, which the health plugin judges with the report).
-    pub fn set_load(&self, id: usize, report: LoadReport) {
-        *self.backends[id]
+    pub fn set_load(&self, id: usize, mut report: LoadReport) {
+        let mut load = self.backends[id]
             .load
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(report);
+            .unwrap_or_else(|p| p.into_inner());
+        // As HAProxy: a share holds until the agent names another ("up"
+        // alone keeps "50%"), and so does a state.
+        if let Some(last) = *load {
+            report.weight_percent = report.weight_percent.or(last.weight_percent);
+            report.state = report.state.or(last.state);
+        }
+        *load = Some(report);
     }
 
     fn steering_of(&self, id: usize) -> Steering {
@@ -604,8 +615,11 @@ impl Pool {
                 .verdict_weight
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()) = weight;
-            *state.load.lock().unwrap_or_else(|p| p.into_inner()) =
-                *before.load.lock().unwrap_or_else(|p| p.into_inner());
+            // An agent's word holds only while gale still asks that agent.
+            if state.config.agent_port == before.config.agent_port {
+                *state.load.lock().unwrap_or_else(|p| p.into_inner()) =
+                    *before.load.lock().unwrap_or_else(|p| p.into_inner());
+            }
             // A ramp under way goes on from where it was.
             let ramp = *before.ramp_since.lock().unwrap_or_else(|p| p.into_inner());
             if ramp.is_some() && self.slow_start.is_some() {
@@ -770,6 +784,9 @@ impl Pool {
         self.health_stats
             .latency
             .observe(called.elapsed().as_secs_f64());
+        if result.source == ProbeSource::Probe {
+            state.probes_want_in.store(wanted, Ordering::Release);
+        }
         let ruling = self.rule(id, (current, wanted), &result);
         let verdict = match ruling {
             Ruling::Leaves(_) => false,
@@ -822,10 +839,16 @@ impl Pool {
         Some(verdict)
     }
 
-    /// Backends out of rotation for any reason, `except` one.
+    /// Backends out of rotation for any reason (down, ejected, drained by
+    /// an operator or by its agent), `except` one.
     fn out_count(&self, except: usize) -> usize {
         (0..self.backends.len())
-            .filter(|&i| i != except && !(self.is_healthy(i) && self.takes_sessions(i)))
+            .filter(|&i| {
+                i != except
+                    && !(self.is_healthy(i)
+                        && self.takes_sessions(i)
+                        && self.effective_weight(i) > 0)
+            })
             .count()
     }
 
@@ -841,12 +864,12 @@ impl Pool {
             return Ruling::Stays;
         }
         let traffic_ejects = current && !wanted && result.source == ProbeSource::Traffic;
-        // Held across the count and the change, so two ejections at once
-        // cannot both fit under the cap.
-        let _deciding =
-            traffic_ejects.then(|| self.ejecting.lock().unwrap_or_else(|p| p.into_inner()));
-        if traffic_ejects && !state.healthy.load(Ordering::Acquire) {
-            // Another failure, evaluated at the same time, ejected it.
+        // Held across the count and the change, so two changes at once
+        // (two ejections, a probe's and an ejection) cannot both pass on
+        // what the other is changing.
+        let _deciding = self.ejecting.lock().unwrap_or_else(|p| p.into_inner());
+        if state.healthy.load(Ordering::Acquire) != current {
+            // Another result, evaluated at the same time, changed it.
             return Ruling::Stays;
         }
         let allowed = self.ejections_allowed();
@@ -918,17 +941,16 @@ impl Pool {
             if id == left || self.out_count(usize::MAX) <= allowed {
                 continue;
             }
-            let probe_passed = {
-                let history = state.history.lock().unwrap_or_else(|p| p.into_inner());
-                history.probes.back().is_some_and(|(r, _)| r.ok)
-            };
             let mut ejection = state.ejection.state();
-            if !probe_passed || !matches!(ejection.out, Some(Out::Traffic { .. })) {
+            if !state.probes_want_in.load(Ordering::Acquire)
+                || !matches!(ejection.out, Some(Out::Traffic { .. }))
+            {
                 continue;
             }
             ejection.return_now();
             drop(ejection);
             state.healthy.store(true, Ordering::Release);
+            self.start_ramp(state);
             self.forget_traffic(state);
             tracing::warn!(
                 pool = %self.name,

@@ -53,15 +53,12 @@ impl Attempt {
                 _ => None,
             },
             detail,
-            // A 5xx, or a 4xx outside class 4.3 ("421 4.7.0 too many
-            // connections from you"), is the MTA's word on the client;
-            // "421 4.3.2 all server ports busy" is about the MTA.
+            // A refusal is the MTA's word on the client ("554 5.7.1
+            // listed", "421 4.7.0 too many connections from you") unless
+            // its class is 3, the mail system ("421 4.3.2 all server
+            // ports busy", "554 5.3.2 not accepting network messages").
             about_client: match self {
-                Attempt::Refused(reply)
-                    if reply.code >= 500 || enhanced_class(&reply.raw) != Some(3) =>
-                {
-                    knows_client
-                }
+                Attempt::Refused(reply) if enhanced_class(&reply.raw) != Some(3) => knows_client,
                 _ => None,
             },
         }
@@ -81,14 +78,12 @@ enum Verdict {
 }
 
 impl Verdict {
-    fn and(self, attempt: Attempt, vouched: bool) -> Verdict {
+    /// With one more attempt; `on_client`: it was a 5xx about this client
+    /// from a backend that passes its probes and greets others.
+    fn and(self, attempt: Attempt, on_client: bool) -> Verdict {
         match (self, attempt) {
-            (Verdict::None, Attempt::Refused(reply)) if vouched && reply.code >= 500 => {
-                Verdict::Refused(reply)
-            }
-            (Verdict::Refused(first), Attempt::Refused(reply)) if vouched && reply.code >= 500 => {
-                Verdict::Refused(first)
-            }
+            (Verdict::None, Attempt::Refused(reply)) if on_client => Verdict::Refused(reply),
+            (Verdict::Refused(first), Attempt::Refused(_)) if on_client => Verdict::Refused(first),
             _ => Verdict::Outage,
         }
     }
@@ -159,15 +154,15 @@ pub async fn run(
                     }
                     log("passed to the backend");
                 }
-                attempts.succeeded(&turn, format_args!("220"));
+                attempts.succeeded_noted(&turn, format_args!("220"));
                 counters.relayed.inc();
                 // What the backend answers to MAIL FROM and DATA is health
                 // evidence too (a full spool greets 220, then defers).
                 let (id, client_ip) = (turn.id, peer.ip());
                 let mut report = |event: Event| match event {
-                    Event::Accepted => {
-                        pool.record_traffic_success(id, Instant::now(), Depth::Transaction)
-                    }
+                    // The session's start stands in for the message's: no
+                    // clock read per message.
+                    Event::Accepted => pool.record_traffic_success(id, started, Depth::Transaction),
                     Event::Deferred {
                         code,
                         detail,
@@ -214,8 +209,19 @@ pub async fn run(
                 // backend out.
                 let vouched = knows_client.is_some_and(|ip| pool.vouches_for_refusal(turn.id, ip));
                 let failure = attempt.failure(knows_client);
-                attempts.failed(turn, failure);
-                verdict = verdict.and(attempt, vouched);
+                // A 5xx about this client from a backend that greets others.
+                let verdict_on_client = vouched
+                    && failure.about_client.is_some()
+                    && matches!(&attempt, Attempt::Refused(r) if r.code >= 500);
+                if verdict_on_client {
+                    // It greets others: a refusal of this one is no
+                    // evidence against it (a spam wave of listed senders
+                    // must not eject a working MTA).
+                    attempts.refused_client(turn, failure);
+                } else {
+                    attempts.failed(turn, failure);
+                }
+                verdict = verdict.and(attempt, verdict_on_client);
             }
         }
     }

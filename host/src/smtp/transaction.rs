@@ -200,21 +200,23 @@ impl Watch {
                 ClientState::Commands => {
                     let mut line = std::mem::take(&mut self.client_line);
                     let mut opens = None;
-                    let stop = lines(&mut line, data, |l| match command(l.text()) {
-                        // Its reply comes after the chunk.
-                        (_, Some((left, last))) => {
-                            opens = Some(ClientState::Chunk { left, last });
-                            true
-                        }
-                        (asked, None) => {
-                            self.ask(asked);
-                            if asked == Asked::Data {
-                                // A client waits for 354 before the body,
-                                // and sends none after a refusal (see
-                                // `judge`).
-                                opens = Some(ClientState::Body);
+                    let stop = lines(&mut line, data, |l| {
+                        match command(l.text(), l.len == PREFIX) {
+                            // Its reply comes after the chunk.
+                            (_, Some((left, last))) => {
+                                opens = Some(ClientState::Chunk { left, last });
+                                true
                             }
-                            opens.is_some() || !self.on
+                            (asked, None) => {
+                                self.ask(asked);
+                                if asked == Asked::Data {
+                                    // A client waits for 354 before the body,
+                                    // and sends none after a refusal (see
+                                    // `judge`).
+                                    opens = Some(ClientState::Body);
+                                }
+                                opens.is_some() || !self.on
+                            }
                         }
                     });
                     self.client_line = line;
@@ -290,9 +292,16 @@ impl Watch {
             self.on = false;
             return None;
         };
-        if asked == Asked::Data && code != 354 && self.client == ClientState::Body {
-            // No body follows a refused DATA.
-            self.client = ClientState::Commands;
+        if asked == Asked::Data && code != 354 {
+            if self.client == ClientState::Body {
+                // No body follows a refused DATA.
+                self.client = ClientState::Commands;
+            } else {
+                // The client sent a "body" without waiting for 354: the
+                // MTA read it as commands, the watch as a message.
+                self.on = false;
+                return None;
+            }
         }
         // Out of step, or a SASL exchange whose lines are not commands.
         if (code == 354 && asked != Asked::Data) || code == 334 {
@@ -362,13 +371,15 @@ pub(super) fn enhanced_class(line: &[u8]) -> Option<u8> {
 /// What a command line asks, and for BDAT its chunk size and whether it
 /// is the last. Words are split as MTAs split them: on spaces and tabs,
 /// trailing ones ignored ("DATA \r\n" is DATA to Postfix).
-fn command(line: &[u8]) -> (Asked, Option<(u64, bool)>) {
+/// `cut`: the line was longer than what was kept of it (a MAIL FROM whose
+/// parameters are past it counts as sized).
+fn command(line: &[u8], cut: bool) -> (Asked, Option<(u64, bool)>) {
     let blank = |b: &u8| *b == b' ' || *b == b'\t';
     let mut words = line.split(blank).filter(|w| !w.is_empty());
     let verb = words.next().unwrap_or_default();
     let is = |name: &[u8]| verb.eq_ignore_ascii_case(name);
     if is(b"MAIL") {
-        let sized = words.any(|w| w.len() > 5 && w[..5].eq_ignore_ascii_case(b"SIZE="));
+        let sized = cut || words.any(|w| w.len() > 5 && w[..5].eq_ignore_ascii_case(b"SIZE="));
         (Asked::Mail { sized }, None)
     } else if is(b"RCPT") {
         (Asked::Rcpt, None)

@@ -48,9 +48,10 @@ impl HealthPolicy for ThresholdHealth {
                 weight: None,
             };
         };
-        let scaled = report
-            .weight_percent
-            .map(|p| (u64::from(backend.weight) * u64::from(p)).div_ceil(100) as u32);
+        let scaled = report.weight_percent.map(|p| {
+            let scaled = (u64::from(backend.weight) * u64::from(p)).div_ceil(100);
+            u32::try_from(scaled).unwrap_or(u32::MAX)
+        });
         match report.state {
             Some(AgentState::Down) => HealthVerdict {
                 healthy: false,

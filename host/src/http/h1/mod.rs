@@ -358,7 +358,7 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
                 Attempt::Answered(keep) => {
                     let status = self.resp.code;
                     match Failure::of_status(status) {
-                        None => attempts.succeeded(&turn, format_args!("{status}")),
+                        None => attempts.succeeded(&turn),
                         Some(failure) => attempts.answered_but_failed(&turn, failure),
                     }
                     counters.status(status);

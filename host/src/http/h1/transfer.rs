@@ -21,6 +21,7 @@ pub(super) enum BodyError {
 
 /// Stream the request body from the client (what is already in `buf`
 /// first) to the backend; `buf` keeps whatever follows the body.
+#[inline]
 pub(super) async fn send_body<C: AsyncRead + AsyncWrite + Unpin>(
     client: &mut C,
     buf: &mut BytesMut,
@@ -99,6 +100,7 @@ pub(super) async fn send_body<C: AsyncRead + AsyncWrite + Unpin>(
 
 /// Read the backend's response head into `rbuf`, passing over interim
 /// (1xx) responses.
+#[inline]
 pub(super) async fn read_response_head(
     backend: &mut ReadHalf<'_>,
     rbuf: &mut BytesMut,
@@ -136,6 +138,7 @@ pub(super) async fn read_response_head(
 /// Write the response head in `head` and stream the body after it from
 /// the backend to the client. `Ok(true)`: the body ended cleanly and the
 /// backend connection can take another request.
+#[inline]
 pub(super) async fn relay_body<C: AsyncWrite + Unpin>(
     client: &mut C,
     backend: &mut ReadHalf<'_>,
@@ -207,6 +210,7 @@ pub(super) async fn relay_body<C: AsyncWrite + Unpin>(
 
 /// Write `a` then `b`, in one system call when the socket takes them,
 /// and `flush` (TLS) at the end of a message: under one timeout.
+#[inline]
 async fn write_two<W: AsyncWrite + Unpin>(
     w: &mut W,
     a: &[u8],
