@@ -470,6 +470,21 @@ impl Postfix {
         assert!(status.success(), "postconf -e {setting}");
     }
 
+    /// Stop and start again with the settings as they are now.
+    pub fn restart(&self) {
+        for action in ["stop", "start"] {
+            let status = Command::new(require("postfix"))
+                .arg("-c")
+                .arg(self.dir.path().join("conf"))
+                .arg(action)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(status.success(), "postfix {action}");
+        }
+    }
+
     /// `postfix reload`: new smtpd processes read the changed settings.
     pub fn reload(&self) {
         let status = Command::new(require("postfix"))
