@@ -286,6 +286,12 @@ impl<'p> Attempts<'p> {
     /// `turn`'s backend failed: count it, report it to the pool's health
     /// and note it for the log.
     pub fn failed(&mut self, turn: Turn<'p>, failure: Failure) {
+        let latency = self.note(&turn, &failure);
+        self.pool.traffic_failure(turn.id, latency, &failure);
+    }
+
+    /// Note `failure` at `turn`'s backend for the log; how long it took.
+    fn note(&mut self, turn: &Turn<'p>, failure: &Failure) -> std::time::Duration {
         let latency = turn.started.elapsed();
         let _ = write!(
             self.tried,
@@ -294,20 +300,14 @@ impl<'p> Attempts<'p> {
             failure.detail,
             latency.as_millis()
         );
-        self.pool.traffic_failure(turn.id, latency, &failure);
+        latency
     }
 
     /// `turn`'s backend refused the client, and it vouches for that
     /// refusal (it greets others): a verdict on the client, counted in
     /// the metrics and the log but no evidence against the backend.
     pub fn refused_client(&mut self, turn: Turn<'p>, failure: Failure) {
-        let _ = write!(
-            self.tried,
-            "{}: {} in {}ms; ",
-            turn.backend.name,
-            failure.detail,
-            turn.started.elapsed().as_millis()
-        );
+        self.note(&turn, &failure);
         self.pool.count_failure(turn.id, failure.reason);
     }
 
@@ -315,14 +315,7 @@ impl<'p> Attempts<'p> {
     /// request, and the failure counts; the answer may still go to the
     /// client.
     pub fn answered_but_failed(&mut self, turn: &Turn<'p>, failure: Failure) {
-        let latency = turn.started.elapsed();
-        let _ = write!(
-            self.tried,
-            "{}: {} in {}ms; ",
-            turn.backend.name,
-            failure.detail,
-            latency.as_millis()
-        );
+        let latency = self.note(turn, &failure);
         self.pool.count_session(turn.id);
         self.pool.traffic_failure(turn.id, latency, &failure);
     }

@@ -130,77 +130,71 @@ impl Proxy {
         let replayable = is_idempotent(head.method.as_str());
         let mut attempts = Attempts::new(pool, &decision.order, l.max_attempts, &counters.retries);
         let mut tries = HttpTries::default();
-        while let Some(turn) = attempts.next() {
-            let backend = turn.backend;
-            let mut forwarded = Request::new(body.clone());
-            *forwarded.method_mut() = head.method.clone();
-            *forwarded.uri_mut() = target.clone();
-            *forwarded.version_mut() = Version::HTTP_11;
-            *forwarded.headers_mut() = head.headers.clone();
+        let reply = 'tried: {
+            while let Some(turn) = attempts.next() {
+                let backend = turn.backend;
+                let mut forwarded = Request::new(body.clone());
+                *forwarded.method_mut() = head.method.clone();
+                *forwarded.uri_mut() = target.clone();
+                *forwarded.version_mut() = Version::HTTP_11;
+                *forwarded.headers_mut() = head.headers.clone();
 
-            let exchange =
-                self.upstreams
-                    .request(backend.address, l.connect_timeout, keepalive, forwarded);
-            let failure = match tokio::time::timeout(l.response_timeout, exchange).await {
-                Ok(Ok((mut response, lease))) => {
-                    let status = response.status().as_u16();
-                    match Failure::of_status(status) {
-                        None => attempts.succeeded(&turn),
-                        Some(failure) => {
-                            let more = attempts.remaining();
-                            let unsent = replayable && !body.touched();
-                            attempts.answered_but_failed(&turn, failure);
-                            if HttpTries::drops(&retry_on, status, unsent, more) {
-                                // Dropped unread: its connection closes.
-                                tries.dropped(status);
-                                continue;
+                let exchange = self.upstreams.request(
+                    backend.address,
+                    l.connect_timeout,
+                    keepalive,
+                    forwarded,
+                );
+                let failure = match tokio::time::timeout(l.response_timeout, exchange).await {
+                    Ok(Ok((mut response, lease))) => {
+                        let status = response.status().as_u16();
+                        match Failure::of_status(status) {
+                            None => attempts.succeeded(&turn),
+                            Some(failure) => {
+                                let more = attempts.remaining();
+                                let unsent = replayable && !body.touched();
+                                attempts.answered_but_failed(&turn, failure);
+                                if HttpTries::drops(&retry_on, status, unsent, more) {
+                                    // Dropped unread: its connection closes.
+                                    tries.dropped(status);
+                                    continue;
+                                }
                             }
                         }
+                        headers::strip_hop_by_hop(response.headers_mut());
+                        tracing::debug!(
+                            listener = %l.name, client = %peer, backend = %backend.name,
+                            method = %head.method, path, status,
+                            ms = started.elapsed().as_millis() as u64, "http request"
+                        );
+                        return response.map(|body| {
+                            let body = Idle::new(body, l.idle_timeout);
+                            ProxyBody::Upstream(UpstreamBody::new(body, lease, turn.in_flight))
+                        });
                     }
-                    headers::strip_hop_by_hop(response.headers_mut());
-                    tracing::debug!(
-                        listener = %l.name, client = %peer, backend = %backend.name,
-                        method = %head.method, path, status,
-                        ms = started.elapsed().as_millis() as u64, "http request"
-                    );
-                    return response.map(|body| {
-                        let body = Idle::new(body, l.idle_timeout);
-                        ProxyBody::Upstream(UpstreamBody::new(body, lease, turn.in_flight))
-                    });
-                }
-                Ok(Err(upstream::Failure::Connect(e))) => {
-                    Failure::new(FailureReason::Connect, format!("connect: {e}"))
-                }
-                Ok(Err(upstream::Failure::Exchange(e))) => Failure::new(
-                    FailureReason::Exchange,
-                    format!("before a response: {}", source_message(&e)),
-                ),
-                Err(_) => Failure::new(
-                    FailureReason::Timeout,
-                    format!("no response in {:?}", l.response_timeout),
-                ),
-            };
-            let step = tries.failed(&retry_on, &failure, replayable && !body.touched());
-            attempts.failed(turn, failure);
-            match step {
-                HttpStep::Next => continue,
-                HttpStep::Stop => break,
-                HttpStep::Reply(reply) => {
+                    Ok(Err(upstream::Failure::Connect(e))) => {
+                        Failure::new(FailureReason::Connect, format!("connect: {e}"))
+                    }
+                    Ok(Err(upstream::Failure::Exchange(e))) => Failure::new(
+                        FailureReason::Exchange,
+                        format!("before a response: {}", source_message(&e)),
+                    ),
+                    Err(_) => Failure::new(
+                        FailureReason::Timeout,
+                        format!("no response in {:?}", l.response_timeout),
+                    ),
+                };
+                let step = tries.failed(&retry_on, &failure, replayable && !body.touched());
+                attempts.failed(turn, failure);
+                match step {
+                    HttpStep::Next => continue,
+                    HttpStep::Stop => break,
                     // The backend may have acted on it: never send it again.
-                    log_failure(
-                        l,
-                        peer,
-                        head.method.as_str(),
-                        &path,
-                        reply.status,
-                        attempts.tried(),
-                        started,
-                    );
-                    return refuse(reply, body);
+                    HttpStep::Reply(reply) => break 'tried reply,
                 }
             }
-        }
-        let reply = tries.reply();
+            tries.reply()
+        };
         log_failure(
             l,
             peer,

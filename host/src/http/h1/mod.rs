@@ -348,66 +348,57 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
         let replayable = is_idempotent(&method);
         let mut attempts = Attempts::new(pool, &decision.order, l.max_attempts, &counters.retries);
         let mut tries = HttpTries::default();
-        while let Some(turn) = attempts.next() {
-            let backend = turn.backend;
-            // A gateway error that another backend may answer better is
-            // not passed on while one is left.
-            let more = attempts.remaining();
-            let drops = |status| HttpTries::drops(&retry_on, status, replayable, more);
-            let failure = match self.attempt(backend.address, l, keepalive, drops).await {
-                Attempt::Answered(keep) => {
-                    let status = self.resp.code;
-                    match Failure::of_status(status) {
-                        None => attempts.succeeded(&turn),
-                        Some(failure) => attempts.answered_but_failed(&turn, failure),
+        let reply = 'tried: {
+            while let Some(turn) = attempts.next() {
+                let backend = turn.backend;
+                // A gateway error that another backend may answer better is
+                // not passed on while one is left.
+                let more = attempts.remaining();
+                let drops = |status| HttpTries::drops(&retry_on, status, replayable, more);
+                let failure = match self.attempt(backend.address, l, keepalive, drops).await {
+                    Attempt::Answered(keep) => {
+                        let status = self.resp.code;
+                        match Failure::of_status(status) {
+                            None => attempts.succeeded(&turn),
+                            Some(failure) => attempts.answered_but_failed(&turn, failure),
+                        }
+                        counters.status(status);
+                        tracing::debug!(
+                            listener = %l.name, client = %self.peer.addr, backend = %backend.name,
+                            method, path = loggable(&path), status,
+                            ms = started.elapsed().as_millis() as u64, "http request"
+                        );
+                        return keep;
                     }
-                    counters.status(status);
-                    tracing::debug!(
-                        listener = %l.name, client = %self.peer.addr, backend = %backend.name,
-                        method, path = loggable(&path), status,
-                        ms = started.elapsed().as_millis() as u64, "http request"
-                    );
-                    return keep;
-                }
-                Attempt::ClientFailed(refusal, why) => {
-                    tracing::warn!(
-                        listener = %l.name, client = %self.peer.addr, backend = %backend.name,
-                        method, path = loggable(&path), "http request failed: client {why}"
-                    );
-                    if let Some(refusal) = refusal {
-                        self.refuse(refusal, &why).await;
+                    Attempt::ClientFailed(refusal, why) => {
+                        tracing::warn!(
+                            listener = %l.name, client = %self.peer.addr, backend = %backend.name,
+                            method, path = loggable(&path), "http request failed: client {why}"
+                        );
+                        if let Some(refusal) = refusal {
+                            self.refuse(refusal, &why).await;
+                        }
+                        return false;
                     }
-                    return false;
-                }
-                Attempt::Dropped(status) => {
-                    let failure = Failure::of_status(status).expect("only gateway errors drop");
-                    attempts.answered_but_failed(&turn, failure);
-                    tries.dropped(status);
-                    continue;
-                }
-                Attempt::Failed(failure) => failure,
-            };
-            let step = tries.failed(&retry_on, &failure, replayable && self.head_in_buf);
-            attempts.failed(turn, failure);
-            match step {
-                HttpStep::Next => continue,
-                HttpStep::Stop => break,
-                HttpStep::Reply(reply) => {
+                    Attempt::Dropped(status) => {
+                        let failure = Failure::of_status(status).expect("only gateway errors drop");
+                        attempts.answered_but_failed(&turn, failure);
+                        tries.dropped(status);
+                        continue;
+                    }
+                    Attempt::Failed(failure) => failure,
+                };
+                let step = tries.failed(&retry_on, &failure, replayable && self.head_in_buf);
+                attempts.failed(turn, failure);
+                match step {
+                    HttpStep::Next => continue,
+                    HttpStep::Stop => break,
                     // The backend may have acted on it: never send it again.
-                    log_failure(
-                        l,
-                        self.peer.addr,
-                        &method,
-                        &path,
-                        reply.status,
-                        attempts.tried(),
-                        started,
-                    );
-                    return self.reply(reply).await;
+                    HttpStep::Reply(reply) => break 'tried reply,
                 }
             }
-        }
-        let reply = tries.reply();
+            tries.reply()
+        };
         log_failure(
             l,
             self.peer.addr,
