@@ -6,11 +6,12 @@
 mod support;
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use gale::generation::Generation;
-use gale::pool::Out;
+use gale::pool::{Out, Pool};
 use gale::server::Server;
 use support::process::{SmtpSink, free_port};
 use support::smtp::{Backend, Behaviour, Client, LISTED};
@@ -39,6 +40,25 @@ async fn start(backends: &[&Backend], proxy: bool, pool_keys: &str, probe: &str)
     Server::start(generation).await.unwrap()
 }
 
+/// Two MTAs behind PROXY v1 that treat clients as `behaviour` says, and
+/// gale before them with an SMTP probe: (server, backends, pool).
+async fn two_behind_proxy(behaviour: Behaviour) -> (Server, [Backend; 2], Arc<Pool>) {
+    let at = || "127.0.0.1:0".parse().unwrap();
+    let backends = [
+        Backend::start_on(at(), behaviour, Some(1)).await,
+        Backend::start_on(at(), behaviour, Some(1)).await,
+    ];
+    let server = start(
+        &[&backends[0], &backends[1]],
+        true,
+        "",
+        "kind = \"smtp\"\ninterval = \"100ms\"\ntimeout = \"1s\"",
+    )
+    .await;
+    let pool = server.current.load_full().pools[0].clone();
+    (server, backends, pool)
+}
+
 fn count(server: &Server, name: &str, labels: &[(&str, &str)]) -> f64 {
     support::counter(&server.current.load().metrics, name, labels)
 }
@@ -46,27 +66,8 @@ fn count(server: &Server, name: &str, labels: &[(&str, &str)]) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listed_client_gets_the_mtas_refusal_and_empties_no_pool() {
     let listed: IpAddr = "127.0.0.66".parse().unwrap();
-    let a = Backend::start_on(
-        "127.0.0.1:0".parse().unwrap(),
-        Behaviour::Blocklist(listed),
-        Some(1),
-    )
-    .await;
-    let b = Backend::start_on(
-        "127.0.0.1:0".parse().unwrap(),
-        Behaviour::Blocklist(listed),
-        Some(1),
-    )
-    .await;
-    let server = start(
-        &[&a, &b],
-        true,
-        "",
-        "kind = \"smtp\"\ninterval = \"200ms\"\ntimeout = \"1s\"",
-    )
-    .await;
+    let (server, [a, b], pool) = two_behind_proxy(Behaviour::Blocklist(listed)).await;
     let addr = server.address("in").unwrap();
-    let pool = server.current.load_full().pools[0].clone();
     // Each greets a client with 220 (round-robin takes turns): they are
     // known to welcome others, so refusing one client is a verdict on it.
     for _ in 0..2 {
@@ -123,27 +124,8 @@ async fn mtas_refusing_every_client_are_an_outage_421_not_a_bounce() {
     // A blocklist that misfires for everyone but gale's own address: the
     // SMTP probes (PROXY from 127.0.0.1) pass, every client gets 554.
     let gale_ip: IpAddr = "127.0.0.1".parse().unwrap();
-    let a = Backend::start_on(
-        "127.0.0.1:0".parse().unwrap(),
-        Behaviour::AllowOnly(gale_ip),
-        Some(1),
-    )
-    .await;
-    let b = Backend::start_on(
-        "127.0.0.1:0".parse().unwrap(),
-        Behaviour::AllowOnly(gale_ip),
-        Some(1),
-    )
-    .await;
-    let server = start(
-        &[&a, &b],
-        true,
-        "",
-        "kind = \"smtp\"\ninterval = \"100ms\"\ntimeout = \"1s\"",
-    )
-    .await;
+    let (server, [a, b], pool) = two_behind_proxy(Behaviour::AllowOnly(gale_ip)).await;
     let addr = server.address("in").unwrap();
-    let pool = server.current.load_full().pools[0].clone();
     wait_until(
         || a.sessions.load(Ordering::SeqCst) >= 2 && b.sessions.load(Ordering::SeqCst) >= 2,
         Duration::from_secs(5),
