@@ -76,12 +76,12 @@ pub(super) fn ejection(
         &format!("{key}.max_ejection_time"),
         DEFAULT_MAX_EJECTION_TIME.max(base_time),
     )?;
-    for (value, key_name) in [
-        (&pool.base_ejection_time, "base_ejection_time"),
-        (&pool.max_ejection_time, "max_ejection_time"),
+    for (value, parsed, key_name) in [
+        (&pool.base_ejection_time, base_time, "base_ejection_time"),
+        (&pool.max_ejection_time, max_time, "max_ejection_time"),
     ] {
         if let Some(v) = value
-            && humantime::parse_duration(v.get_ref()).is_ok_and(|d| d > MAX_EJECTION)
+            && parsed > MAX_EJECTION
         {
             return Err(errors.spanned(
                 v,

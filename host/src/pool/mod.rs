@@ -873,10 +873,11 @@ impl Pool {
             return Ruling::Stays;
         }
         let allowed = self.ejections_allowed();
-        let may_eject = traffic_ejects && self.out_count(id) < allowed;
+        let others_out = self.out_count(id);
+        let may_eject = traffic_ejects && others_out < allowed;
         // With this backend out, more of the pool is out than traffic may
-        // keep out: probes took others since it was ejected.
-        let over_cap = !current && self.out_count(id) + 1 > allowed;
+        // keep out: probes (or drains) took others since it was ejected.
+        let over_cap = !current && others_out + 1 > allowed;
         let mut ejection = state.ejection.state();
         let ruling = ejection.rule(
             (current, wanted),
