@@ -10,11 +10,18 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::Command;
 
-const PLUGINS: [(&str, &str); 4] = [
+const PLUGINS: [(&str, &str); 3] = [
     ("weighted-round-robin", "weighted_round_robin"),
-    ("failover", "failover"),
     ("threshold-health", "threshold_health"),
     ("weighted-dns", "weighted_dns"),
+];
+
+/// Built-in names kept for configs written before a plugin was folded
+/// into another: (name, the package whose component it is).
+const ALIASES: [(&str, &str); 1] = [
+    // Since weighted-round-robin keeps standbys for when every primary
+    // is out, it is all `failover` was.
+    ("failover", "weighted-round-robin"),
 ];
 
 fn main() {
@@ -62,7 +69,12 @@ fn main() {
 
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
     let mut code = String::from("/// (name, component bytes) of every built-in plugin.\n");
-    code.push_str("pub static BUILTIN: [(&str, &[u8]); 4] = [\n");
+    writeln!(
+        code,
+        "pub static BUILTIN: [(&str, &[u8]); {}] = [",
+        PLUGINS.len() + ALIASES.len()
+    )
+    .unwrap();
     for (package, file) in PLUGINS {
         let built = target_dir
             .join("wasm32-wasip2")
@@ -70,12 +82,15 @@ fn main() {
             .join(format!("{file}.wasm"));
         let copy = out.join(format!("{file}.wasm"));
         std::fs::copy(&built, &copy).unwrap_or_else(|e| panic!("{}: {e}", built.display()));
-        writeln!(
-            code,
-            "    ({package:?}, include_bytes!({:?})),",
-            copy.display()
-        )
-        .unwrap();
+        let aliases = ALIASES.iter().filter(|(_, of)| *of == package);
+        for name in std::iter::once(package).chain(aliases.map(|(name, _)| *name)) {
+            writeln!(
+                code,
+                "    ({name:?}, include_bytes!({:?})),",
+                copy.display()
+            )
+            .unwrap();
+        }
     }
     code.push_str("];\n");
     std::fs::write(out.join("builtin_plugins.rs"), code).unwrap();

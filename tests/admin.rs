@@ -210,23 +210,27 @@ fn with_a_token_every_call_must_carry_it() {
     );
 }
 
-/// Backends for the shadow tests: `a` primary, `b` standby, equal weights.
-/// Round-robin ignores roles and alternates a, b; failover always picks a.
-fn two_tiers(a: &SmtpSink, b: &SmtpSink) -> Vec<(&'static str, SocketAddr, &'static str)> {
+/// Backends for the shadow tests: `a` and `b`, equal weights.
+/// Round-robin alternates a, b; the test plugin `first-listed` always
+/// picks a.
+fn two_backends(a: &SmtpSink, b: &SmtpSink) -> Vec<(&'static str, SocketAddr, &'static str)> {
     vec![
         ("a", a.address, "weight = 1"),
-        ("b", b.address, "weight = 1\nrole = \"standby\""),
+        ("b", b.address, "weight = 1"),
     ]
 }
 
 #[test]
 fn a_shadow_candidate_is_compared_but_not_obeyed_until_promoted() {
     let (a, b) = (SmtpSink::start(free_port()), SmtpSink::start(free_port()));
-    let backends = two_tiers(&a, &b);
+    let backends = two_backends(&a, &b);
+    let first_listed = support::plugin("first-listed");
     let gale = Gale::start(&config(
         &backends,
-        "balancer = { builtin = \"weighted-round-robin\" }\n\
-         candidate = { builtin = \"failover\", mode = \"shadow\" }",
+        &format!(
+            "balancer = {{ builtin = \"weighted-round-robin\" }}\n\
+             candidate = {{ path = {first_listed:?}, mode = \"shadow\" }}"
+        ),
         "",
     ));
     let addr = gale.address("in");
@@ -234,14 +238,14 @@ fn a_shadow_candidate_is_compared_but_not_obeyed_until_promoted() {
         send_mail(addr);
     }
     gale.wait_count("smtp session", 20, Duration::from_secs(10));
-    // Round-robin decided: half the sessions went to the standby.
+    // Round-robin decided: half the sessions went to b.
     assert_eq!(gale.log_lines("backend=b ").len(), 10);
 
     let s = status(&gale);
     let shadow = &s["pools"][0]["candidate"];
     assert_eq!(shadow["mode"], "shadow");
     assert!(
-        shadow["plugin"].as_str().unwrap().contains("failover"),
+        shadow["plugin"].as_str().unwrap().contains("first_listed"),
         "{shadow}"
     );
     assert_eq!(
@@ -263,7 +267,7 @@ fn a_shadow_candidate_is_compared_but_not_obeyed_until_promoted() {
     // Promote: the candidate becomes the balancer.
     gale.rewrite_config(&config(
         &backends,
-        "balancer = { builtin = \"failover\" }",
+        &format!("balancer = {{ path = {first_listed:?} }}"),
         "",
     ));
     gale.wait_log("reloaded generation=2", Duration::from_secs(20));
@@ -287,7 +291,7 @@ fn a_failing_candidate_costs_no_session() {
     let (a, b) = (SmtpSink::start(free_port()), SmtpSink::start(free_port()));
     let sneaky = support::plugin("hostile-sneaky");
     let gale = Gale::start(&config(
-        &two_tiers(&a, &b),
+        &two_backends(&a, &b),
         &format!(
             "candidate = {{ path = \"{}\", mode = \"shadow\" }}",
             sneaky.display()

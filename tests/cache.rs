@@ -18,29 +18,32 @@ use gale::pool::Pool;
 use sha2::{Digest, Sha256};
 use support::{config, first_choices};
 
-/// Two pools of one primary and one standby each: `wrr`'s weighted
-/// round-robin sends half the sessions to the standby, `failover`'s
-/// failover none while the primary is up.
-const TWO_POOLS: &str = "\
+/// Two pools over the same two backends: `wrr`'s weighted round-robin
+/// sends half the sessions to each, `first`'s test balancer every one to
+/// the first while it is up.
+fn two_pools() -> String {
+    let first_listed = support::plugin("first-listed");
+    format!(
+        "\
 [pools.wrr]
-balancer = { builtin = \"weighted-round-robin\" }
+balancer = {{ builtin = \"weighted-round-robin\" }}
 [[pools.wrr.backends]]
-name = \"primary\"
+name = \"a\"
 address = \"127.0.0.1:30000\"
 [[pools.wrr.backends]]
-name = \"standby\"
+name = \"b\"
 address = \"127.0.0.1:30001\"
-role = \"standby\"
-[pools.failover]
-balancer = { builtin = \"failover\" }
-[[pools.failover.backends]]
-name = \"primary\"
+[pools.first]
+balancer = {{ path = {first_listed:?} }}
+[[pools.first.backends]]
+name = \"a\"
 address = \"127.0.0.1:30000\"
-[[pools.failover.backends]]
-name = \"standby\"
+[[pools.first.backends]]
+name = \"b\"
 address = \"127.0.0.1:30001\"
-role = \"standby\"
-";
+"
+    )
+}
 
 /// The pools of `toml` by name, built on a runtime caching into `cache`;
 /// with the runtime's (compiled, cache hits) and what it logged at warn
@@ -59,10 +62,13 @@ fn start(cache: &Path, toml: &str) -> (BTreeMap<String, Pool>, (u64, u64), Strin
     (pools, stats, log)
 }
 
-/// The cache entry of built-in plugin `name`: its file name starts with
-/// the hex SHA-256 of the component's bytes.
+/// The cache entry of plugin `name` (built in, or the file of a test
+/// plugin): its file name starts with the hex SHA-256 of the component's
+/// bytes.
 fn entry(cache: &Path, name: &str) -> PathBuf {
-    let bytes = gale::plugin::builtin::bytes(name).unwrap();
+    let bytes = gale::plugin::builtin::bytes(name)
+        .map(<[u8]>::to_vec)
+        .unwrap_or_else(|| std::fs::read(support::plugin(name)).unwrap());
     let hex: String = Sha256::digest(bytes)
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -83,7 +89,7 @@ fn entry(cache: &Path, name: &str) -> PathBuf {
 fn an_entry_copied_over_another_plugins_is_rejected_and_the_right_plugin_runs() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
-    let (pools, stats, _) = start(&cache, TWO_POOLS);
+    let (pools, stats, _) = start(&cache, &two_pools());
     assert_eq!(
         stats,
         (3, 1),
@@ -91,22 +97,22 @@ fn an_entry_copied_over_another_plugins_is_rejected_and_the_right_plugin_runs() 
     );
     assert_eq!(first_choices(&pools["wrr"], 100), vec![50, 50], "wrr");
     assert_eq!(
-        first_choices(&pools["failover"], 100),
+        first_choices(&pools["first"], 100),
         vec![100, 0],
-        "failover"
+        "first-listed"
     );
     drop(pools);
 
     std::fs::copy(
         entry(&cache, "weighted-round-robin"),
-        entry(&cache, "failover"),
+        entry(&cache, "first-listed"),
     )
     .unwrap();
-    let (pools, stats, log) = start(&cache, TWO_POOLS);
+    let (pools, stats, log) = start(&cache, &two_pools());
     assert_eq!(
-        first_choices(&pools["failover"], 100),
+        first_choices(&pools["first"], 100),
         vec![100, 0],
-        "the failover pool runs failover, not the code cached for another plugin"
+        "the first pool runs first-listed, not the code cached for another plugin"
     );
     assert_eq!(first_choices(&pools["wrr"], 100), vec![50, 50]);
     assert_eq!(stats, (1, 3), "only the rejected entry is recompiled");
@@ -115,9 +121,9 @@ fn an_entry_copied_over_another_plugins_is_rejected_and_the_right_plugin_runs() 
         .filter(|l| l.contains("cache entry rejected"))
         .collect();
     assert_eq!(rejected.len(), 1, "{log}");
-    assert!(rejected[0].contains("builtin:failover"), "{log}");
+    assert!(rejected[0].contains("first_listed.wasm"), "{log}");
 
-    let (_, stats, log) = start(&cache, TWO_POOLS);
+    let (_, stats, log) = start(&cache, &two_pools());
     assert_eq!(stats, (0, 4), "the rejected entry was rewritten: {log}");
 }
 
@@ -143,7 +149,7 @@ fn a_cache_directory_others_could_write_is_refused_and_plugins_compile_fresh() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         let mut cache = dir.path().join("cache");
-        let (_, stats, _) = start(&cache, TWO_POOLS);
+        let (_, stats, _) = start(&cache, &two_pools());
         assert_eq!(stats, (3, 1), "a cold cache");
         let reason = match exposure {
             Exposure::WorldWritable => {
@@ -165,9 +171,9 @@ fn a_cache_directory_others_could_write_is_refused_and_plugins_compile_fresh() {
                 "readable or writable by group or others"
             }
         };
-        let (pools, stats, log) = start(&cache, TWO_POOLS);
+        let (pools, stats, log) = start(&cache, &two_pools());
         assert_eq!(stats, (4, 0), "every plugin compiled, none loaded: {log}");
-        assert_eq!(first_choices(&pools["failover"], 100), vec![100, 0]);
+        assert_eq!(first_choices(&pools["first"], 100), vec![100, 0]);
         let refused: Vec<&str> = log.lines().filter(|l| l.contains("refused")).collect();
         assert_eq!(refused.len(), 1, "one warning per runtime: {log}");
         assert!(refused[0].contains(&cache.display().to_string()), "{log}");
@@ -179,17 +185,17 @@ fn a_cache_directory_others_could_write_is_refused_and_plugins_compile_fresh() {
 fn an_entry_others_could_write_is_rejected_and_rewritten() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
-    let _ = start(&cache, TWO_POOLS);
-    chmod(&entry(&cache, "failover"), 0o666);
-    let (_, stats, log) = start(&cache, TWO_POOLS);
+    let _ = start(&cache, &two_pools());
+    chmod(&entry(&cache, "first-listed"), 0o666);
+    let (_, stats, log) = start(&cache, &two_pools());
     assert_eq!(stats, (1, 3), "{log}");
     assert!(
         log.lines().any(|l| l.contains("cache entry rejected")
-            && l.contains("builtin:failover")
+            && l.contains("first_listed.wasm")
             && l.contains("writable by group or others")),
         "{log}"
     );
-    let mode = std::fs::metadata(entry(&cache, "failover"))
+    let mode = std::fs::metadata(entry(&cache, "first-listed"))
         .unwrap()
         .permissions()
         .mode();
@@ -200,7 +206,7 @@ fn an_entry_others_could_write_is_rejected_and_rewritten() {
 fn a_new_cache_directory_and_its_key_are_private() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("new").join("cache");
-    let _ = start(&cache, TWO_POOLS);
+    let _ = start(&cache, &two_pools());
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&cache), 0o700);
     assert_eq!(mode(&cache.join("key")), 0o600);

@@ -86,10 +86,33 @@ fn unhealthy_backends_are_never_chosen_first() {
 }
 
 #[test]
+fn round_robin_goes_primary_standby_primary() {
+    primary_standby_primary("weighted-round-robin");
+}
+
+#[test]
 fn failover_goes_primary_standby_primary() {
+    primary_standby_primary("failover");
+}
+
+#[test]
+fn without_standby_retry_standbys_stay_out_of_retries() {
     let (rt, _cache) = runtime();
     let toml = format!(
-        "[pools.p]\nbalancer = {{ builtin = \"failover\" }}\nhealth = {{ builtin = \"threshold-health\", settings = {{ rise = 2, fall = 1 }} }}\n{}",
+        "[pools.p]\nbalancer = {{ builtin = \"weighted-round-robin\", settings = {{ standby_retry = false }} }}\n{}",
+        backends(&[(1, "primary"), (1, "primary"), (1, "standby")])
+    );
+    let (pool, _) = pool(&rt, &toml);
+    let order = pool.select(&sample_context()).order;
+    assert_eq!(order.len(), 2, "primaries only: {order:?}");
+    assert!(!order.contains(&2));
+}
+
+/// Two primaries and a standby under the built-in balancer `balancer`.
+fn primary_standby_primary(balancer: &str) {
+    let (rt, _cache) = runtime();
+    let toml = format!(
+        "[pools.p]\nbalancer = {{ builtin = \"{balancer}\" }}\nhealth = {{ builtin = \"threshold-health\", settings = {{ rise = 2, fall = 1 }} }}\n{}",
         backends(&[(1, "primary"), (1, "primary"), (1, "standby")])
     );
     let (pool, _) = pool(&rt, &toml);

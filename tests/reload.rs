@@ -182,8 +182,7 @@ fn a_thousand_reloads_do_not_grow_memory() {
     eprintln!("RSS after 10 reloads: {after_ten} KiB, after 1000: {after} KiB");
 }
 
-/// The config of the load test: `a` primary, `b` standby, more backends
-/// optional; the balancer is whatever component `balancer.wasm` holds.
+/// The config of the load test: backends `a`, `b` and optionally more; the balancer is whatever component `balancer.wasm` holds.
 /// `toml` plus an HTTP listener `web` whose pool `web` has the same
 /// balancer over `backends` (equal weights).
 fn with_http(toml: String, balancer: &std::path::Path, backends: &[SocketAddr]) -> String {
@@ -226,16 +225,17 @@ fn plugin_and_config_swaps_under_load_cost_no_session() {
     let (a, b, c) = (sinks[0].address, sinks[1].address, sinks[2].address);
     let dir = tempfile::tempdir().unwrap();
     let balancer = dir.path().join("balancer.wasm");
-    // Round-robin spreads over a and b; failover sends everything to the
-    // primary, a, while it is healthy: which one decided is visible.
+    // Round-robin spreads over a and b; the test balancer first-listed
+    // sends everything to a while it is healthy: which one decided is
+    // visible.
     let versions = [
         (
             "weighted-round-robin",
             std::fs::read(support::plugin("weighted-round-robin")).unwrap(),
         ),
         (
-            "failover",
-            std::fs::read(support::plugin("failover")).unwrap(),
+            "first-listed",
+            std::fs::read(support::plugin("first-listed")).unwrap(),
         ),
     ];
     let install = |bytes: &[u8]| {
@@ -252,7 +252,7 @@ fn plugin_and_config_swaps_under_load_cost_no_session() {
     let config = |backends: &[(&str, SocketAddr, u32, &str)]| {
         with_http(swap_config(&balancer, backends), &balancer, &web)
     };
-    let two = [("a", a, 1, "primary"), ("b", b, 1, "standby")];
+    let two = [("a", a, 1, "primary"), ("b", b, 1, "primary")];
     let gale = Gale::start(&config(&two));
     let addr = gale.address("in");
 
@@ -282,10 +282,10 @@ fn plugin_and_config_swaps_under_load_cost_no_session() {
     // Round-robin again after an even number of swaps; now the config:
     // new weights, a third backend, and without it again.
     let rr = versions[0].0;
-    let heavier = [("a", a, 3, "primary"), ("b", b, 1, "standby")];
+    let heavier = [("a", a, 3, "primary"), ("b", b, 1, "primary")];
     let three = [
         ("a", a, 1, "primary"),
-        ("b", b, 1, "standby"),
+        ("b", b, 1, "primary"),
         ("c", c, 2, "primary"),
     ];
     apply(&|| gale.rewrite_config(&config(&heavier)), rr);
@@ -318,9 +318,9 @@ fn plugin_and_config_swaps_under_load_cost_no_session() {
     for (g, backends) in &backends_by_generation {
         let enough = backends.len() >= 4;
         match plugin_of[g] {
-            "failover" => assert!(
+            "first-listed" => assert!(
                 backends.iter().all(|b| b == "a"),
-                "generation {g} (failover) did not keep to the primary: {backends:?}"
+                "generation {g} (first-listed) did not keep to a: {backends:?}"
             ),
             _ if enough => assert!(
                 backends.iter().any(|b| b == "b"),

@@ -252,7 +252,20 @@ async fn shutdown_lets_a_session_in_data_finish() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn standby_takes_sessions_only_while_every_primary_is_down() {
+async fn with_the_default_balancer_a_standby_takes_sessions_only_while_every_primary_is_down() {
+    // No `balancer` key: the built-in weighted round-robin.
+    standby_only_while_every_primary_is_down("").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_is_the_same_policy_under_its_former_name() {
+    standby_only_while_every_primary_is_down("balancer = { builtin = \"failover\" }").await;
+}
+
+/// One primary and one standby of equal weight under `balancer`: the
+/// standby takes nothing while the primary is up, everything while it is
+/// down, and nothing again once it is back.
+async fn standby_only_while_every_primary_is_down(balancer: &str) {
     let primary = Backend::start(Behaviour::Sink).await;
     let primary_addr = primary.address;
     let standby = Backend::start(Behaviour::Sink).await;
@@ -272,7 +285,7 @@ async fn standby_takes_sessions_only_while_every_primary_is_down() {
     // its probes within the test.
     let server = start(
         &backends,
-        "balancer = { builtin = \"failover\" }\nbase_ejection_time = \"500ms\"",
+        &format!("{balancer}\nbase_ejection_time = \"500ms\""),
     )
     .await;
     let addr = server.address("in").unwrap();

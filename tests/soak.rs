@@ -237,7 +237,7 @@ fn rss(pid: u32) -> u64 {
 }
 
 /// The config for a balancer (`0`: built-in weighted round-robin, `1`:
-/// the same as a Wasm plugin, `2`: the failover plugin) and a weight
+/// the same as a Wasm plugin, `2`: the test balancer first-listed) and a weight
 /// variant.
 fn config(
     balancer: usize,
@@ -249,7 +249,7 @@ fn config(
     let balancer = match balancer % 3 {
         0 => "{ builtin = \"weighted-round-robin\" }".to_string(),
         1 => format!("{{ path = {:?} }}", support::plugin("weighted-round-robin")),
-        _ => format!("{{ path = {:?} }}", support::plugin("failover")),
+        _ => format!("{{ path = {:?} }}", support::plugin("first-listed")),
     };
     let mut toml = format!(
         "[admin]\naddress = \"127.0.0.1:0\"\n\
@@ -293,7 +293,7 @@ fn under_faults_mail_is_deferred_never_lost_and_gale_stays_flat() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     // Built (if need be) now, not in the middle of the faults.
     support::plugin("weighted-round-robin");
-    support::plugin("failover");
+    support::plugin("first-listed");
 
     let mut named = Named::start(free_port());
     let a_addr: SocketAddr = format!("127.0.0.21:{}", free_port()).parse().unwrap();
@@ -483,7 +483,7 @@ fn under_faults_mail_is_deferred_never_lost_and_gale_stays_flat() {
          | RSS, MiB | {:.1} | {:.1} (peak {:.1}) |\n| open file descriptors | {} | {} |\n\
          | of them sockets / plugin code / other | {} / {} / {} | {} / {} / {} |\n\n\
          {reloads} reloads by config file change (balancer swapped between built-in, Wasm \
-         weighted round-robin and Wasm failover, and weights changed), all applied; BIND \
+         weighted round-robin and the test balancer first-listed, and weights changed), all applied; BIND \
          stopped and started again {} time(s), its records back to all three backends afterwards.\n",
         faulted.as_secs_f64(),
         injected / faults.len(),

@@ -76,6 +76,11 @@ impl SmoothWrr {
     /// goes where most capacity is.
     pub fn order(&mut self, order: &mut Vec<u32>) {
         order.clear();
+        self.append_order(order);
+    }
+
+    /// [`SmoothWrr::order`], appended to what `order` holds.
+    fn append_order(&mut self, order: &mut Vec<u32>) {
         let Some(first) = self.pick() else {
             return;
         };
@@ -85,6 +90,60 @@ impl SmoothWrr {
             if i as usize != first {
                 order.push(i);
             }
+        }
+    }
+}
+
+/// Weighted round-robin in tiers, as HAProxy's `backup` servers: the best
+/// tier (lowest priority; primaries are 0, standbys 1) that has an
+/// eligible backend takes every session, and a later tier takes sessions
+/// only while every backend of the tiers before it is out. Later tiers
+/// follow in the try order, so a retry can still reach a standby when the
+/// primaries it tried failed.
+#[derive(Debug, Default, Clone)]
+pub struct TieredWrr {
+    /// One round-robin per tier with an eligible backend, best tier first.
+    tiers: Vec<SmoothWrr>,
+}
+
+impl TieredWrr {
+    /// Tiers over `backends`, indexed like the pool: each one's
+    /// `(priority, weight)`, weight 0 when it may not take sessions
+    /// (unhealthy, draining, zero-weight). Scores start from zero again.
+    pub fn new(backends: &[(u32, u32)]) -> Self {
+        let mut priorities: Vec<u32> = backends
+            .iter()
+            .filter(|&&(_, w)| w > 0)
+            .map(|&(p, _)| p)
+            .collect();
+        priorities.sort_unstable();
+        priorities.dedup();
+        let tiers = priorities
+            .into_iter()
+            .map(|tier| {
+                let weights: Vec<u32> = backends
+                    .iter()
+                    .map(|&(p, w)| if p == tier { w } else { 0 })
+                    .collect();
+                SmoothWrr::new(&weights)
+            })
+            .collect();
+        Self { tiers }
+    }
+
+    /// How many backends are eligible, in every tier: the longest order.
+    pub fn eligible(&self) -> usize {
+        self.tiers.iter().map(SmoothWrr::eligible).sum()
+    }
+
+    /// Pick from the best tier and write the try order into `order`: the
+    /// pick, the rest of its tier heaviest first, then (with
+    /// `later_tiers`) each later tier the same way, its own pick first.
+    pub fn order(&mut self, order: &mut Vec<u32>, later_tiers: bool) {
+        order.clear();
+        let take = if later_tiers { self.tiers.len() } else { 1 };
+        for tier in self.tiers.iter_mut().take(take) {
+            tier.append_order(order);
         }
     }
 }
@@ -127,5 +186,33 @@ mod tests {
         wrr.order(&mut order);
         assert!(order.is_empty());
         assert_eq!(SmoothWrr::new(&[]).pick(), None);
+    }
+
+    #[test]
+    fn standbys_only_while_every_primary_is_out() {
+        // Two primaries (priority 0) and a standby (1).
+        let mut tiers = TieredWrr::new(&[(0, 1), (0, 1), (1, 5)]);
+        let mut order = Vec::new();
+        let mut firsts = [0u32; 3];
+        for _ in 0..10 {
+            tiers.order(&mut order, true);
+            firsts[order[0] as usize] += 1;
+            assert_eq!(order[2], 2, "the standby follows for retries");
+        }
+        assert_eq!(firsts, [5, 5, 0]);
+        tiers.order(&mut order, false);
+        assert_eq!(order.len(), 2, "without later tiers: primaries only");
+        assert_eq!(tiers.eligible(), 3);
+
+        let mut tiers = TieredWrr::new(&[(0, 0), (0, 0), (1, 5)]);
+        tiers.order(&mut order, false);
+        assert_eq!(
+            order,
+            vec![2],
+            "every primary out: the standby tier is first"
+        );
+        let mut none = TieredWrr::new(&[(0, 0), (1, 0)]);
+        none.order(&mut order, true);
+        assert!(order.is_empty());
     }
 }

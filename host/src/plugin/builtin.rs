@@ -3,7 +3,8 @@
 
 include!(concat!(env!("OUT_DIR"), "/builtin_plugins.rs"));
 
-/// Names a config may use in `builtin = "..."`.
+/// Names a config may use in `builtin = "..."` (`failover` is
+/// weighted-round-robin under its former name).
 pub const NAMES: [&str; 4] = [
     "weighted-round-robin",
     "failover",

@@ -1,12 +1,12 @@
-//! What decides when a plugin cannot: a native weighted round-robin (the
-//! same code as the default plugin, from `gale-sdk`), aware of standby
-//! tiers so a failing failover plugin does not spill onto standbys.
+//! What decides when a plugin cannot: a native weighted round-robin in
+//! tiers (the same code as the default plugin, from `gale-sdk`), so a
+//! failing plugin does not spill sessions onto standbys.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use gale_sdk::wrr::SmoothWrr;
+use gale_sdk::wrr::TieredWrr;
 
 use crate::plugin::CallFailure;
 use crate::plugin::PushedPool;
@@ -14,52 +14,29 @@ use crate::plugin::types::Backend;
 
 #[derive(Default)]
 pub struct FallbackBalancer {
-    /// The round-robin and the pool version its weights came from.
-    wrr: Mutex<(u64, SmoothWrr)>,
+    /// The tiers and the pool version their weights came from.
+    tiers: Mutex<(u64, TieredWrr)>,
 }
 
 impl FallbackBalancer {
     /// Smooth WRR over the eligible backends of the best tier, then the
-    /// eligible backends of later tiers, best tier first.
+    /// eligible backends of later tiers, best tier first: what the default
+    /// plugin decides.
     pub fn order(&self, pool: &PushedPool) -> Vec<u32> {
-        let eligible = |b: &Backend| b.healthy && !b.draining && b.weight > 0;
-        let Some(best) = pool
-            .backends
-            .iter()
-            .filter(|b| eligible(b))
-            .map(|b| b.priority)
-            .min()
-        else {
-            return Vec::new();
-        };
-        let mut order = Vec::with_capacity(pool.backends.len());
-        {
-            let mut guard = self.wrr.lock().unwrap_or_else(|p| p.into_inner());
-            let (version, wrr) = &mut *guard;
-            if *version != pool.version {
-                let weights: Vec<u32> = pool
-                    .backends
-                    .iter()
-                    .map(|b| {
-                        if eligible(b) && b.priority == best {
-                            b.weight
-                        } else {
-                            0
-                        }
-                    })
-                    .collect();
-                wrr.set_weights(&weights);
-                *version = pool.version;
-            }
-            wrr.order(&mut order);
+        let mut guard = self.tiers.lock().unwrap_or_else(|p| p.into_inner());
+        let (version, tiers) = &mut *guard;
+        if *version != pool.version {
+            let eligible = |b: &Backend| b.healthy && !b.draining;
+            let backends: Vec<(u32, u32)> = pool
+                .backends
+                .iter()
+                .map(|b| (b.priority, if eligible(b) { b.weight } else { 0 }))
+                .collect();
+            *tiers = TieredWrr::new(&backends);
+            *version = pool.version;
         }
-        let mut rest: Vec<&Backend> = pool
-            .backends
-            .iter()
-            .filter(|b| eligible(b) && b.priority != best)
-            .collect();
-        rest.sort_by_key(|b| b.priority);
-        order.extend(rest.into_iter().map(|b| b.id));
+        let mut order = Vec::with_capacity(tiers.eligible());
+        tiers.order(&mut order, true);
         order
     }
 }
