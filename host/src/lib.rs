@@ -19,11 +19,14 @@
 //! - [`server`]: binds listeners, starts probes, swaps generations,
 //!   drains on shutdown.
 //! - [`reload`]: builds the next generation on SIGHUP or a file change.
+//! - [`control`]: the loop around the server (reloads, rollback, the
+//!   admin API, shutdown) that `gale run` runs and tests run in-process.
 
 pub mod admin;
 pub mod attempts;
 pub mod buffers;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod dns;
 pub mod generation;

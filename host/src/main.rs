@@ -2,16 +2,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use gale::admin::Admin;
-use gale::config::Config;
-use gale::generation::Generation;
-use gale::metrics::Metrics;
 use gale::plugin::PluginRuntime;
-use gale::reload;
 use tokio::signal::unix::{SignalKind, signal};
 
 /// Every request allocates (header maps, buffers, futures); glibc's malloc
@@ -154,33 +148,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// The compiled-plugin cache: the config's `[plugins] cache_dir`, else
-/// `$GALE_CACHE_DIR`, else `$XDG_CACHE_HOME/gale`, else `~/.cache/gale`.
-fn cache_dir(config: &Config) -> Option<PathBuf> {
-    config.plugins.cache_dir.clone().or_else(default_cache_dir)
-}
-
-fn default_cache_dir() -> Option<PathBuf> {
-    let env = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    env("GALE_CACHE_DIR")
-        .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("gale")))
-        .or_else(|| env("HOME").map(|d| d.join(".cache").join("gale")))
-}
-
-fn load(path: &Path) -> anyhow::Result<(PluginRuntime, Generation, Arc<Metrics>)> {
-    let config = Config::load(path)?;
-    let runtime = PluginRuntime::new(cache_dir(&config))?;
-    let metrics = Arc::new(Metrics::new());
-    let generation = Generation::build(1, &runtime, config, &metrics)?;
-    Ok((runtime, generation, metrics))
-}
-
 fn check(path: &Path) -> anyhow::Result<()> {
-    let (_runtime, generation, _) = load(path)?;
+    let (_runtime, generation, _) = gale::control::load(path)?;
     println!("{}: ok", path.display());
     for pool in &generation.pools {
         println!(
@@ -215,86 +184,8 @@ fn run(path: &Path, demo: bool) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async {
-        let path = path.to_path_buf();
-        // Compiling plugins is CPU work: keep it off the async workers.
-        let (runtime, generation, metrics) = {
-            let path = path.clone();
-            tokio::task::spawn_blocking(move || load(&path)).await??
-        };
-        let (id, pools) = (generation.id, generation.pools.len());
-        let demo_stop = tokio_util::sync::CancellationToken::new();
-        if demo {
-            let config = generation.config.clone();
-            let stop = demo_stop.clone();
-            tokio::spawn(async move { gale::demo::run_backends(&config, stop).await });
-        }
-        let files = reload::files_of(&path, &generation.config);
-        let reloader = reload::Reloader::new(&path, runtime, metrics.clone(), id);
-        let server = Arc::new(gale::server::Server::start(generation).await?);
-        let (reload_tx, mut reload_requests) = tokio::sync::mpsc::channel(8);
-        let admin = Arc::new(Admin::new(
-            server.clone(),
-            reloader.history(),
-            metrics,
-            reload_tx,
-        ));
-        let mut admin_listener = match &server.current.load().config.admin {
-            Some(a) => Some(gale::admin::start(a, admin.clone()).await?),
-            None => None,
-        };
-        // Every socket of the first generation is bound: root is no
-        // longer needed. (A reload that binds a port below 1024 then
-        // fails, and the running generation stays.)
-        if let Some(run_as) = &server.current.load().config.run_as {
-            gale::privileges::drop_to(run_as).map_err(anyhow::Error::msg)?;
-            tracing::info!(user = %gale::privileges::current_user(), uid = run_as.uid, gid = run_as.gid, "running without root");
-        }
-        let mut watcher = reload::FileWatcher::new(&files)
-            .inspect_err(|e| tracing::warn!("config and plugin files are not watched: {e}"))
-            .ok();
-        let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-        tracing::info!(generation = id, pools, listeners = ?server.addresses(), "gale is ready");
-        let stop = shutdown_signal();
-        tokio::pin!(stop);
-        let mut probation = tokio::time::interval(std::time::Duration::from_millis(250));
-        loop {
-            let (trigger, reply) = tokio::select! {
-                _ = &mut stop => break,
-                _ = hangup.recv() => ("SIGHUP", None),
-                _ = async {
-                    match watcher.as_mut() {
-                        Some(w) => w.changed().await,
-                        None => std::future::pending().await,
-                    }
-                } => ("file change", None),
-                Some(reply) = reload_requests.recv() => ("admin", Some(reply)),
-                _ = probation.tick() => {
-                    if let Some(restored) = reloader.check_rollback(&server).await {
-                        // The admin listener follows the restored config:
-                        // its address and its token, together.
-                        admin_listener = move_admin(admin_listener, restored.config.admin.as_ref(), &admin).await;
-                    }
-                    continue;
-                }
-            };
-            let result = reloader.reload(&server, trigger).await;
-            if result.is_ok() {
-                if let Some(w) = watcher.as_mut() {
-                    w.watch(&reload::files_of(&path, &server.current.load().config));
-                }
-                let current = server.current.load_full();
-                admin_listener = move_admin(admin_listener, current.config.admin.as_ref(), &admin).await;
-            }
-            if let Some(reply) = reply {
-                let _ = reply.send(result.map_err(|e| format!("{e:#}")));
-            }
-        }
-        if let Some(admin) = &admin_listener {
-            admin.stop();
-        }
-        tracing::info!("shutting down: no new sessions");
-        server.shutdown().await;
-        demo_stop.cancel();
+        let control = gale::control::Control::start(path, demo).await?;
+        control.run(shutdown_signal()).await?;
         Ok(())
     })
 }
@@ -307,46 +198,8 @@ async fn shutdown_signal() {
     }
 }
 
-/// Follow a new generation's `[admin]`: bind the new address before
-/// closing the old one, and check the new token. If the new address cannot
-/// be bound, the old listener stays, checking the new token (or, when the
-/// new config has none, the token it had): an address is never left with
-/// less protection than either config gave it.
-async fn move_admin(
-    running: Option<gale::admin::Handle>,
-    wanted: Option<&gale::config::AdminConfig>,
-    admin: &Arc<Admin>,
-) -> Option<gale::admin::Handle> {
-    match (running, wanted) {
-        (None, None) => None,
-        (Some(old), None) => {
-            old.stop();
-            None
-        }
-        (Some(old), Some(new)) if old.configured == new.address => {
-            old.set_token(new.token.clone());
-            Some(old)
-        }
-        (running, Some(new)) => match gale::admin::start(new, admin.clone()).await {
-            Ok(handle) => {
-                if let Some(old) = running {
-                    old.stop();
-                }
-                Some(handle)
-            }
-            Err(e) => {
-                tracing::error!("{e:#}; the admin API stays where it was");
-                if let Some(old) = &running {
-                    old.set_token(new.token.clone().or_else(|| old.token()));
-                }
-                running
-            }
-        },
-    }
-}
-
 fn plugin_check(file: &Path, options: gale::plugin::check::Options) -> anyhow::Result<()> {
-    let runtime = PluginRuntime::new(default_cache_dir())?;
+    let runtime = PluginRuntime::new(gale::plugin::default_cache_dir())?;
     let report = gale::plugin::check::check(&runtime, file, options);
     print!("{}", report.text);
     if report.ok {

@@ -6,6 +6,7 @@
 pub mod browser;
 pub mod client;
 pub mod http;
+pub mod in_process;
 pub mod named;
 pub mod process;
 pub mod smtp;

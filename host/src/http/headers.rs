@@ -98,14 +98,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// request (tens of nanoseconds) rather than kept formatted: three
 /// strings per connection were a tenth of what an idle connection cost.
 #[derive(Clone, Copy, Debug)]
-pub struct Peer {
+pub struct ClientOrigin {
     pub addr: SocketAddr,
     pub https: bool,
 }
 
-impl Peer {
+impl ClientOrigin {
     pub fn new(addr: SocketAddr, https: bool) -> Self {
-        Peer { addr, https }
+        ClientOrigin { addr, https }
     }
 
     /// `http` or `https`, for `X-Forwarded-Proto`.
@@ -135,7 +135,7 @@ fn proto(https: bool) -> &'static str {
 }
 
 /// Prepare a client's request headers for a backend.
-pub fn forward_request(headers: &mut HeaderMap, peer: &Peer, host: &str) {
+pub fn forward_request(headers: &mut HeaderMap, peer: &ClientOrigin, host: &str) {
     strip_hop_by_hop(headers);
     // Any spelling of a claim (`X_Real_IP` too): one pass over the names,
     // allocating only when a client sent one.
@@ -215,7 +215,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("192.0.2.7"));
         h.insert("forwarded", HeaderValue::from_static("for=192.0.2.7"));
-        let peer = Peer::new("[2001:db8::1]:5000".parse().unwrap(), false);
+        let peer = ClientOrigin::new("[2001:db8::1]:5000".parse().unwrap(), false);
         forward_request(&mut h, &peer, "api.test");
         assert_eq!(h["x-forwarded-for"], "192.0.2.7, 2001:db8::1");
         assert_eq!(h["x-forwarded-proto"], "http");
@@ -238,7 +238,7 @@ mod tests {
         ] {
             h.insert(name, HeaderValue::from_static(value));
         }
-        let peer = Peer::new("192.0.2.7:5000".parse().unwrap(), false);
+        let peer = ClientOrigin::new("192.0.2.7:5000".parse().unwrap(), false);
         forward_request(&mut h, &peer, "api.test");
         for gone in ["x-real-ip", "x-forwarded-host", "true-client-ip"] {
             assert!(!h.contains_key(gone), "{gone} in {h:?}");

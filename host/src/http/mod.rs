@@ -167,7 +167,7 @@ impl Connection {
     {
         let mut client = h1::Client::new(
             io,
-            headers::Peer::new(self.peer, self.https),
+            headers::ClientOrigin::new(self.peer, self.https),
             self.proxy.clone(),
             self.header_timeout,
             self.shutdown.clone(),
@@ -204,7 +204,7 @@ impl Connection {
         } = self;
         let mut charge = buffers.charge();
         charge.set(H2_CONNECTION_BUFFERS);
-        let client = headers::Peer::new(peer, https);
+        let client = headers::ClientOrigin::new(peer, https);
         let activity = Arc::new(Activity::default());
         let seen = activity.clone();
         let service = hyper::service::service_fn(move |req| {

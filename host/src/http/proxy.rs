@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::body::{BoxError, Idle, LocalBody, ProxyBody, SharedBody, UpstreamBody};
-use super::headers::{self, Peer};
+use super::headers::{self, ClientOrigin};
 use super::upstream::{self, Upstreams};
 use crate::attempts::{Attempts, Failure, FailureReason, HttpReply, HttpStep, HttpTries};
 use crate::config::ListenerConfig;
@@ -49,7 +49,11 @@ impl Proxy {
     }
 
     /// Serve one request from `peer` (HTTP/2).
-    pub async fn handle(&self, client: &Peer, req: Request<Incoming>) -> Response<ProxyBody> {
+    pub async fn handle(
+        &self,
+        client: &ClientOrigin,
+        req: Request<Incoming>,
+    ) -> Response<ProxyBody> {
         let response = self.exchange(client, req).await;
         if let Some((_, counters)) = self.current.load().listener(&self.name) {
             counters.status(response.status().as_u16());
@@ -60,7 +64,7 @@ impl Proxy {
         response
     }
 
-    async fn exchange(&self, client: &Peer, req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn exchange(&self, client: &ClientOrigin, req: Request<Incoming>) -> Response<ProxyBody> {
         let peer = client.addr;
         let started = Instant::now();
         // Per request, not per connection: a kept-alive connection follows

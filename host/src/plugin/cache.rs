@@ -79,6 +79,19 @@ pub enum CacheError {
     Io(#[from] io::Error),
 }
 
+/// The cache directory when the config names none: `$GALE_CACHE_DIR`,
+/// else `$XDG_CACHE_HOME/gale`, else `~/.cache/gale`.
+pub fn default_dir() -> Option<std::path::PathBuf> {
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(std::path::PathBuf::from)
+    };
+    env("GALE_CACHE_DIR")
+        .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("gale")))
+        .or_else(|| env("HOME").map(|d| d.join(".cache").join("gale")))
+}
+
 /// An open, checked cache directory and its key.
 pub struct Cache {
     dir: File,

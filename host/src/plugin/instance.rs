@@ -91,7 +91,7 @@ pub(super) struct Live<E> {
 /// fall back at once instead of paying for instantiation and `init` on the
 /// request path (a Python `init` takes ~100 ms, a hostile one its whole
 /// setup deadline).
-pub(super) struct Slot<E> {
+pub(super) struct InstanceSlot<E> {
     pub live: Option<Live<E>>,
     /// Version of the pool last pushed into `live` (0: none yet).
     pub pushed: u64,
@@ -117,7 +117,7 @@ struct Shared<E: Exports> {
     memory_mb: u32,
     live: Arc<LiveCounters>,
     log: Arc<LogLimit>,
-    slot: Mutex<Slot<E>>,
+    slot: Mutex<InstanceSlot<E>>,
 }
 
 pub(super) struct Guest<E: Exports> {
@@ -182,7 +182,7 @@ impl<E: Exports> Guest<E> {
             memory_mb: spec.memory_mb,
             live,
             log: Arc::new(LogLimit::default()),
-            slot: Mutex::new(Slot {
+            slot: Mutex::new(InstanceSlot {
                 live: None,
                 pushed: 0,
                 rebuilding: false,
@@ -294,7 +294,7 @@ impl<E: Exports> Shared<E> {
     /// Start setting up a fresh instance on a thread of its own, unless
     /// one is being set up or the back-off says wait. Called with the slot
     /// locked.
-    fn maybe_rebuild(this: &Arc<Self>, slot: &mut Slot<E>) {
+    fn maybe_rebuild(this: &Arc<Self>, slot: &mut InstanceSlot<E>) {
         if slot.rebuilding || slot.retry_at.is_some_and(|at| Instant::now() < at) {
             return;
         }

@@ -25,6 +25,7 @@ mod watchdog;
 
 pub use balancer::{BalancerPlugin, PushedPool};
 pub use bindings::types;
+pub use cache::default_dir as default_cache_dir;
 pub use dns::DnsPlugin;
 pub use health::{HealthDetail, HealthPlugin};
 pub use runtime::PluginRuntime;

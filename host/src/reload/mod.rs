@@ -31,12 +31,12 @@ pub struct Reloader {
     /// One reload at a time; a trigger during a reload waits its turn.
     busy: tokio::sync::Mutex<()>,
     /// The generation on probation since the last reload.
-    watch: Mutex<Option<Watch>>,
+    probation: Mutex<Option<Probation>>,
     history: Arc<History>,
 }
 
 /// A freshly swapped-in generation and the one it replaced.
-struct Watch {
+struct Probation {
     generation: Arc<Generation>,
     previous: Arc<Generation>,
     until: Instant,
@@ -57,7 +57,7 @@ impl Reloader {
             metrics,
             next_id: AtomicU64::new(current_id + 1),
             busy: tokio::sync::Mutex::new(()),
-            watch: Mutex::new(None),
+            probation: Mutex::new(None),
             history: Arc::default(),
         }
     }
@@ -106,7 +106,7 @@ impl Reloader {
             Ok(previous) => {
                 let generation = server.current.load_full();
                 let until = Instant::now() + generation.config.plugins.rollback_window;
-                *self.watch.lock().unwrap_or_else(|p| p.into_inner()) = Some(Watch {
+                *self.probation.lock().unwrap_or_else(|p| p.into_inner()) = Some(Probation {
                     generation,
                     previous,
                     until,
@@ -181,7 +181,7 @@ impl Reloader {
     /// probation. Returns the restored generation if it rolled back.
     pub async fn check_rollback(&self, server: &Server) -> Option<Arc<Generation>> {
         let (generation, previous) = {
-            let mut watch = self.watch.lock().unwrap_or_else(|p| p.into_inner());
+            let mut watch = self.probation.lock().unwrap_or_else(|p| p.into_inner());
             let w = watch.as_ref()?;
             if server.current.load().id != w.generation.id || Instant::now() > w.until {
                 *watch = None;
@@ -195,7 +195,7 @@ impl Reloader {
             failed,
             calls,
         } = failing(&generation, generation.config.plugins.rollback_share)?;
-        *self.watch.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.probation.lock().unwrap_or_else(|p| p.into_inner()) = None;
         match server.restore(previous.clone()).await {
             Ok(_) => {
                 let mut event = ReloadEvent::now("rollback", &what, previous.id, previous.id);

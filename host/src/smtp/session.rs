@@ -23,7 +23,7 @@ use crate::pool::{Depth, Pool};
 
 /// Why a backend could not take the session.
 #[derive(Debug)]
-enum Attempt {
+enum SetupFailure {
     Connect(String),
     ConnectTimeout,
     BannerTimeout,
@@ -32,16 +32,16 @@ enum Attempt {
     Refused(Reply),
 }
 
-impl Attempt {
+impl SetupFailure {
     /// As the request policy counts it. A refusal is about the client
     /// when the backend knew who the client was (PROXY).
     fn failure(&self, knows_client: Option<IpAddr>) -> Failure {
         let (reason, detail) = match self {
-            Attempt::Connect(e) => (FailureReason::Connect, format!("connect: {e}")),
-            Attempt::ConnectTimeout => (FailureReason::Timeout, "connect timeout".into()),
-            Attempt::BannerTimeout => (FailureReason::Timeout, "no greeting (timeout)".into()),
-            Attempt::Greeting(e) => (FailureReason::Greeting, format!("greeting: {e}")),
-            Attempt::Refused(reply) => (
+            SetupFailure::Connect(e) => (FailureReason::Connect, format!("connect: {e}")),
+            SetupFailure::ConnectTimeout => (FailureReason::Timeout, "connect timeout".into()),
+            SetupFailure::BannerTimeout => (FailureReason::Timeout, "no greeting (timeout)".into()),
+            SetupFailure::Greeting(e) => (FailureReason::Greeting, format!("greeting: {e}")),
+            SetupFailure::Refused(reply) => (
                 FailureReason::Greeting,
                 format!("greeted {:?}", reply.first_line()),
             ),
@@ -49,7 +49,7 @@ impl Attempt {
         Failure {
             reason,
             code: match self {
-                Attempt::Refused(reply) => Some(reply.code),
+                SetupFailure::Refused(reply) => Some(reply.code),
                 _ => None,
             },
             detail,
@@ -58,7 +58,9 @@ impl Attempt {
             // its class is 3, the mail system ("421 4.3.2 all server
             // ports busy", "554 5.3.2 not accepting network messages").
             about_client: match self {
-                Attempt::Refused(reply) if enhanced_class(&reply.raw) != Some(3) => knows_client,
+                SetupFailure::Refused(reply) if enhanced_class(&reply.raw) != Some(3) => {
+                    knows_client
+                }
                 _ => None,
             },
         }
@@ -80,10 +82,12 @@ enum Verdict {
 impl Verdict {
     /// With one more attempt; `on_client`: it was a 5xx about this client
     /// from a backend that passes its probes and greets others.
-    fn and(self, attempt: Attempt, on_client: bool) -> Verdict {
+    fn and(self, attempt: SetupFailure, on_client: bool) -> Verdict {
         match (self, attempt) {
-            (Verdict::None, Attempt::Refused(reply)) if on_client => Verdict::Refused(reply),
-            (Verdict::Refused(first), Attempt::Refused(_)) if on_client => Verdict::Refused(first),
+            (Verdict::None, SetupFailure::Refused(reply)) if on_client => Verdict::Refused(reply),
+            (Verdict::Refused(first), SetupFailure::Refused(_)) if on_client => {
+                Verdict::Refused(first)
+            }
             _ => Verdict::Outage,
         }
     }
@@ -212,7 +216,7 @@ pub async fn run(
                 // A 5xx about this client from a backend that greets others.
                 let verdict_on_client = vouched
                     && failure.about_client.is_some()
-                    && matches!(&attempt, Attempt::Refused(r) if r.code >= 500);
+                    && matches!(&attempt, SetupFailure::Refused(r) if r.code >= 500);
                 if verdict_on_client {
                     // It greets others: a refusal of this one is no
                     // evidence against it (a spam wave of listed senders
@@ -262,22 +266,22 @@ async fn connect_and_greet(
     proxy: ProxyProtocol,
     peer: SocketAddr,
     local: SocketAddr,
-) -> Result<(TcpStream, Reply), Attempt> {
+) -> Result<(TcpStream, Reply), SetupFailure> {
     let mut upstream = connect(address, l.connect_timeout).await?;
     let header = proxy_header::for_client(proxy, peer, local);
     if !header.is_empty() {
         upstream
             .write_all(&header)
             .await
-            .map_err(|e| Attempt::Connect(e.to_string()))?;
+            .map_err(|e| SetupFailure::Connect(e.to_string()))?;
     }
     let greeting = match timeout(l.banner_timeout, read_reply(&mut upstream)).await {
-        Err(_) => return Err(Attempt::BannerTimeout),
-        Ok(Err(e)) => return Err(Attempt::Greeting(e)),
+        Err(_) => return Err(SetupFailure::BannerTimeout),
+        Ok(Err(e)) => return Err(SetupFailure::Greeting(e)),
         Ok(Ok(r)) => r,
     };
     if greeting.code != 220 {
-        return Err(Attempt::Refused(greeting));
+        return Err(SetupFailure::Refused(greeting));
     }
     Ok((upstream, greeting))
 }
@@ -286,8 +290,8 @@ async fn connect_and_greet(
 /// before connecting, and success is not confirmed with `SO_ERROR` (that
 /// is read only when the connection failed); the greeting read that comes
 /// next reports anything else.
-async fn connect(address: SocketAddr, limit: Duration) -> Result<TcpStream, Attempt> {
-    let failed = |e: std::io::Error| Attempt::Connect(e.kind().to_string());
+async fn connect(address: SocketAddr, limit: Duration) -> Result<TcpStream, SetupFailure> {
+    let failed = |e: std::io::Error| SetupFailure::Connect(e.kind().to_string());
     let socket = Socket::new(
         Domain::for_address(address),
         Type::STREAM.nonblocking(),
@@ -302,7 +306,7 @@ async fn connect(address: SocketAddr, limit: Duration) -> Result<TcpStream, Atte
     }
     let stream = TcpStream::from_std(std::net::TcpStream::from(socket)).map_err(failed)?;
     match timeout(limit, stream.ready(Interest::WRITABLE)).await {
-        Err(_) => Err(Attempt::ConnectTimeout),
+        Err(_) => Err(SetupFailure::ConnectTimeout),
         Ok(Err(e)) => Err(failed(e)),
         Ok(Ok(ready)) if ready.is_error() || ready.is_write_closed() => {
             let e = stream.take_error().ok().flatten();

@@ -17,7 +17,7 @@ use arbitrary::{Arbitrary, Unstructured};
 use gale::config::{Config, ConfigError, ProxyProtocol};
 use gale::http::h1::chunked::Chunked;
 use gale::http::h1::head::{Framing, Request, parse_request, write_request};
-use gale::http::headers::Peer;
+use gale::http::headers::ClientOrigin;
 use gale::plugin::types::{DnsRecord, RecordType};
 use gale::smtp::proxy_header;
 use gale::smtp::reply::{self, MAX_REPLY, Parsed};
@@ -189,7 +189,7 @@ pub fn http_request(data: &[u8]) {
         }
     }
     assert!(req.len <= data.len());
-    let peer = Peer::new("192.0.2.1:40000".parse().unwrap(), false);
+    let peer = ClientOrigin::new("192.0.2.1:40000".parse().unwrap(), false);
     let backend: SocketAddr = "127.0.0.1:8080".parse().unwrap();
     let mut out = Vec::new();
     write_request(&mut out, data, &req, &peer, backend);

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
-use super::super::headers::{self, Peer};
+use super::super::headers::{self, ClientOrigin};
 use super::super::{MAX_HEADER_BYTES, MAX_HEADERS};
 
 /// How a message's body is delimited.
@@ -366,7 +366,7 @@ pub fn write_request(
     out: &mut Vec<u8>,
     buf: &[u8],
     req: &Request,
-    peer: &Peer,
+    peer: &ClientOrigin,
     backend: std::net::SocketAddr,
 ) {
     out.clear();

@@ -32,7 +32,7 @@ use head::{Framing, Refusal};
 use transfer::{BodyError, read_response_head, relay_body, send_body};
 
 use super::MAX_HEADER_BYTES;
-use super::headers::Peer;
+use super::headers::ClientOrigin;
 use super::metered::Metered;
 use super::proxy::{Proxy, RETRY_AFTER_SECS, is_idempotent, log_failure, loggable};
 use crate::attempts::{Attempts, Failure, FailureReason, HttpReply, HttpStep, HttpTries};
@@ -91,7 +91,7 @@ impl Readable for tokio_rustls::server::TlsStream<Metered<TcpStream>> {
 /// One client connection speaking HTTP/1.x.
 pub struct Client<IO> {
     io: IO,
-    peer: Peer,
+    peer: ClientOrigin,
     proxy: Arc<Proxy>,
     header_timeout: Duration,
     shutdown: CancellationToken,
@@ -117,7 +117,7 @@ pub struct Client<IO> {
 }
 
 /// How one attempt at a backend ended.
-enum Attempt {
+enum Outcome {
     /// A response went to the client; whether its connection stays open.
     Answered(bool),
     /// The backend answered with this gateway error, dropped to try the
@@ -132,7 +132,7 @@ enum Attempt {
 impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
     pub fn new(
         io: IO,
-        peer: Peer,
+        peer: ClientOrigin,
         proxy: Arc<Proxy>,
         header_timeout: Duration,
         shutdown: CancellationToken,
@@ -356,7 +356,7 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
                 let more = attempts.remaining();
                 let drops = |status| HttpTries::drops(&retry_on, status, replayable, more);
                 let failure = match self.attempt(backend.address, l, keepalive, drops).await {
-                    Attempt::Answered(keep) => {
+                    Outcome::Answered(keep) => {
                         let status = self.resp.code;
                         match Failure::of_status(status) {
                             None => attempts.succeeded(&turn),
@@ -370,7 +370,7 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
                         );
                         return keep;
                     }
-                    Attempt::ClientFailed(refusal, why) => {
+                    Outcome::ClientFailed(refusal, why) => {
                         tracing::warn!(
                             listener = %l.name, client = %self.peer.addr, backend = %backend.name,
                             method, path = loggable(&path), "http request failed: client {why}"
@@ -380,13 +380,13 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
                         }
                         return false;
                     }
-                    Attempt::Dropped(status) => {
+                    Outcome::Dropped(status) => {
                         let failure = Failure::of_status(status).expect("only gateway errors drop");
                         attempts.answered_but_failed(&turn, failure);
                         tries.dropped(status);
                         continue;
                     }
-                    Attempt::Failed(failure) => failure,
+                    Outcome::Failed(failure) => failure,
                 };
                 let step = tries.failed(&retry_on, &failure, replayable && self.head_in_buf);
                 attempts.failed(turn, failure);
@@ -418,7 +418,7 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
         l: &ListenerConfig,
         keepalive: Duration,
         drops: impl Fn(u16) -> bool,
-    ) -> Attempt {
+    ) -> Outcome {
         let mut backend = match self.proxy.backends.checkout(addr, keepalive) {
             Some(stream) => stream,
             None => match backends::connect(addr, l.connect_timeout).await {
@@ -473,7 +473,7 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
                         None
                     }
                     Err(BodyError::Client(refusal, why)) => {
-                        return Attempt::ClientFailed(refusal, why);
+                        return Outcome::ClientFailed(refusal, why);
                     }
                     Err(BodyError::Backend(why)) => {
                         match tokio::time::timeout(l.response_timeout, &mut recv).await {
@@ -493,7 +493,7 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
             Ok(Ok(())) => {}
             Ok(Err(why)) => return failed(format!("before a response: {why}"), true),
             Err(_) => {
-                return Attempt::Failed(Failure::new(
+                return Outcome::Failed(Failure::new(
                     FailureReason::Timeout,
                     format!("no response in {:?}", l.response_timeout),
                 ));
@@ -502,7 +502,7 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
         if self.head_in_buf && drops(self.resp.code) {
             // Nothing of it reached the client; its connection, holding
             // the unread body, closes.
-            return Attempt::Dropped(self.resp.code);
+            return Outcome::Dropped(self.resp.code);
         }
 
         // An HTTP/1.0 client cannot read chunks: it gets the data, and the
@@ -533,11 +533,11 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
                 if clean && !self.unread_body && self.resp.reusable {
                     self.proxy.backends.release(addr, backend, keepalive);
                 }
-                Attempt::Answered(!close)
+                Outcome::Answered(!close)
             }
             Err(why) => {
                 tracing::debug!(client = %self.peer.addr, backend = %addr, "response cut short: {why}");
-                Attempt::Answered(false)
+                Outcome::Answered(false)
             }
         }
     }
@@ -626,11 +626,11 @@ enum Next {
 }
 
 /// `reached`: the backend may have acted on the request.
-fn failed(why: String, reached: bool) -> Attempt {
+fn failed(why: String, reached: bool) -> Outcome {
     let reason = if reached {
         FailureReason::Exchange
     } else {
         FailureReason::Connect
     };
-    Attempt::Failed(Failure::new(reason, why))
+    Outcome::Failed(Failure::new(reason, why))
 }

@@ -1,0 +1,239 @@
+//! The control loop: everything `gale run` does around the server. It
+//! loads the config and its plugins, starts the server and the admin API,
+//! drops root, then reloads on SIGHUP, on a change to any file the config
+//! names and on `POST /reload`, rolls back a generation that fails its
+//! probation, and on shutdown drains. It lives in the library so tests can
+//! run a whole gale in their own process and stop it when they choose.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, Admin, ReloadRequest};
+use crate::config::{AdminConfig, Config};
+use crate::generation::Generation;
+use crate::metrics::Metrics;
+use crate::plugin::PluginRuntime;
+use crate::reload::{self, FileWatcher, Reloader};
+use crate::server::Server;
+
+/// How often a generation on probation is checked for rollback.
+const PROBATION_TICK: Duration = Duration::from_millis(250);
+
+/// A started gale, before its loop runs: every socket bound, probes
+/// running, privileges dropped.
+pub struct Control {
+    path: PathBuf,
+    running: Running,
+    reloader: Reloader,
+    admin: Arc<Admin>,
+    admin_listener: Option<admin::Handle>,
+    reload_requests: mpsc::Receiver<ReloadRequest>,
+    watcher: Option<FileWatcher>,
+    /// Stops the demo backends (`gale demo`) after the drain.
+    demo_stop: CancellationToken,
+}
+
+/// What the outside may look at while the loop runs: the server (its
+/// generations and listener addresses), the reloads so far and where the
+/// admin API answers, which a reload can move.
+#[derive(Clone)]
+pub struct Running {
+    pub server: Arc<Server>,
+    pub history: Arc<reload::History>,
+    admin_address: Arc<Mutex<Option<SocketAddr>>>,
+}
+
+impl Running {
+    /// The admin listener's bound address now, if there is one.
+    pub fn admin_address(&self) -> Option<SocketAddr> {
+        *self.admin_address.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_admin(&self, handle: Option<&admin::Handle>) {
+        *self.admin_address.lock().unwrap_or_else(|p| p.into_inner()) = handle.map(|h| h.address);
+    }
+}
+
+impl Control {
+    /// Load `path` and start serving it; with `demo`, the demo backends
+    /// the shipped config names are started in this process first.
+    pub async fn start(path: &Path, demo: bool) -> anyhow::Result<Control> {
+        let path = path.to_path_buf();
+        // Compiling plugins is CPU work: keep it off the async workers.
+        let (runtime, generation, metrics) = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || load(&path)).await??
+        };
+        let (id, pools) = (generation.id, generation.pools.len());
+        let demo_stop = CancellationToken::new();
+        if demo {
+            let config = generation.config.clone();
+            let stop = demo_stop.clone();
+            tokio::spawn(async move { crate::demo::run_backends(&config, stop).await });
+        }
+        let files = reload::files_of(&path, &generation.config);
+        let reloader = Reloader::new(&path, runtime, metrics.clone(), id);
+        let server = Arc::new(Server::start(generation).await?);
+        let (reload_tx, reload_requests) = mpsc::channel(8);
+        let admin = Arc::new(Admin::new(
+            server.clone(),
+            reloader.history(),
+            metrics,
+            reload_tx,
+        ));
+        let config = server.current.load_full().config.clone();
+        let admin_listener = match &config.admin {
+            Some(a) => Some(admin::start(a, admin.clone()).await?),
+            None => None,
+        };
+        // Every socket of the first generation is bound: root is no
+        // longer needed. (A reload that binds a port below 1024 then
+        // fails, and the running generation stays.)
+        if let Some(run_as) = &config.run_as {
+            crate::privileges::drop_to(run_as).map_err(anyhow::Error::msg)?;
+            tracing::info!(user = %crate::privileges::current_user(), uid = run_as.uid, gid = run_as.gid, "running without root");
+        }
+        let watcher = FileWatcher::new(&files)
+            .inspect_err(|e| tracing::warn!("config and plugin files are not watched: {e}"))
+            .ok();
+        let running = Running {
+            server,
+            history: reloader.history(),
+            admin_address: Arc::default(),
+        };
+        running.set_admin(admin_listener.as_ref());
+        tracing::info!(generation = id, pools, listeners = ?running.server.addresses(), "gale is ready");
+        Ok(Control {
+            path,
+            running,
+            reloader,
+            admin,
+            admin_listener,
+            reload_requests,
+            watcher,
+            demo_stop,
+        })
+    }
+
+    /// The server and the admin address, for whoever watches the loop.
+    pub fn running(&self) -> Running {
+        self.running.clone()
+    }
+
+    /// Reload and roll back until `shutdown` completes, then stop
+    /// accepting and drain. Returns how many sessions the drain deadline
+    /// cut.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<usize> {
+        let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        tokio::pin!(shutdown);
+        let mut probation = tokio::time::interval(PROBATION_TICK);
+        loop {
+            let (trigger, reply) = tokio::select! {
+                _ = &mut shutdown => break,
+                _ = hangup.recv() => ("SIGHUP", None),
+                _ = changed(self.watcher.as_mut()) => ("file change", None),
+                Some(reply) = self.reload_requests.recv() => ("admin", Some(reply)),
+                _ = probation.tick() => {
+                    if let Some(restored) = self.reloader.check_rollback(&self.running.server).await {
+                        // The admin listener follows the restored config:
+                        // its address and its token, together.
+                        self.follow_admin(restored.config.admin.as_ref()).await;
+                    }
+                    continue;
+                }
+            };
+            let result = self.reloader.reload(&self.running.server, trigger).await;
+            if result.is_ok() {
+                let config = self.running.server.current.load_full().config.clone();
+                if let Some(w) = self.watcher.as_mut() {
+                    w.watch(&reload::files_of(&self.path, &config));
+                }
+                self.follow_admin(config.admin.as_ref()).await;
+            }
+            if let Some(reply) = reply {
+                let _ = reply.send(result.map_err(|e| format!("{e:#}")));
+            }
+        }
+        if let Some(admin) = &self.admin_listener {
+            admin.stop();
+        }
+        tracing::info!("shutting down: no new sessions");
+        let cut = self.running.server.shutdown().await;
+        self.demo_stop.cancel();
+        Ok(cut)
+    }
+
+    async fn follow_admin(&mut self, wanted: Option<&AdminConfig>) {
+        self.admin_listener = move_admin(self.admin_listener.take(), wanted, &self.admin).await;
+        self.running.set_admin(self.admin_listener.as_ref());
+    }
+}
+
+/// A change to a watched file; never, when nothing is watched.
+async fn changed(watcher: Option<&mut FileWatcher>) {
+    match watcher {
+        Some(w) => w.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The config at `path`, a plugin runtime caching where the config says,
+/// and the first generation built from them.
+pub fn load(path: &Path) -> anyhow::Result<(PluginRuntime, Generation, Arc<Metrics>)> {
+    let config = Config::load(path)?;
+    let cache = config
+        .plugins
+        .cache_dir
+        .clone()
+        .or_else(crate::plugin::default_cache_dir);
+    let runtime = PluginRuntime::new(cache)?;
+    let metrics = Arc::new(Metrics::new());
+    let generation = Generation::build(1, &runtime, config, &metrics)?;
+    Ok((runtime, generation, metrics))
+}
+
+/// Follow a new generation's `[admin]`: bind the new address before
+/// closing the old one, and check the new token. If the new address cannot
+/// be bound, the old listener stays, checking the new token (or, when the
+/// new config has none, the token it had): an address is never left with
+/// less protection than either config gave it.
+async fn move_admin(
+    running: Option<admin::Handle>,
+    wanted: Option<&AdminConfig>,
+    admin: &Arc<Admin>,
+) -> Option<admin::Handle> {
+    match (running, wanted) {
+        (None, None) => None,
+        (Some(old), None) => {
+            old.stop();
+            None
+        }
+        (Some(old), Some(new)) if old.configured == new.address => {
+            old.set_token(new.token.clone());
+            Some(old)
+        }
+        (running, Some(new)) => match admin::start(new, admin.clone()).await {
+            Ok(handle) => {
+                if let Some(old) = running {
+                    old.stop();
+                }
+                Some(handle)
+            }
+            Err(e) => {
+                tracing::error!("{e:#}; the admin API stays where it was");
+                if let Some(old) = &running {
+                    old.set_token(new.token.clone().or_else(|| old.token()));
+                }
+                running
+            }
+        },
+    }
+}
