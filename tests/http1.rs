@@ -1,8 +1,9 @@
 //! gale's own HTTP/1.x engine on the wire, with raw sockets and curl as
 //! clients of the running binary: pipelining, chunked bodies both ways,
 //! HTTP/1.0 clients, HEAD, absolute targets, hop-by-hop and proxy
-//! headers (and those a client may not set), an answer that comes before
-//! the upload ends, and framing that could smuggle a request refused.
+//! headers (and those a client may not set), upgrade requests, an answer
+//! that comes before the upload ends, and framing that could smuggle a
+//! request refused. (WebSocket end to end: `tests/websocket.rs`.)
 
 mod support;
 
@@ -153,6 +154,41 @@ fn hop_by_hop_headers_stay_and_proxy_headers_are_added() {
     }
     // The connection is still good for the next request.
     assert!(conn.get("/next").is_ok());
+}
+
+#[test]
+fn an_upgrade_request_reaches_the_backend_with_its_upgrade_fields() {
+    let (_backend, gale) = echo();
+    let mut conn = HttpConnection::open(gale.address("web")).unwrap();
+    conn.send(
+        b"GET /ws HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Key: x\r\n\r\n",
+    )
+    .unwrap();
+    let r = conn.response(false).unwrap();
+    let (head, _) = seen(&r.body);
+    let lines: Vec<&str> = head.lines().collect();
+    for kept in [
+        "upgrade: websocket",
+        "connection: upgrade",
+        "sec-websocket-key: x",
+    ] {
+        assert!(lines.contains(&kept), "no {kept:?} in {head}");
+    }
+    // The backend answered 200, not 101: a plain answer, and the
+    // connection serves the next request.
+    assert!(conn.get("/next").is_ok());
+    // With a body no upgrade is asked for: where the new protocol would
+    // start could not be told.
+    conn.send(
+        b"POST /ws HTTP/1.1\r\nHost: a.test\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\
+          Content-Length: 2\r\n\r\nhi",
+    )
+    .unwrap();
+    let r = conn.response(false).unwrap();
+    let (head, body) = seen(&r.body);
+    assert!(!head.lines().any(|l| l.starts_with("upgrade:")), "{head}");
+    assert_eq!(body, b"hi");
 }
 
 #[test]

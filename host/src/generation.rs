@@ -141,11 +141,32 @@ impl ListenerCounters {
             .inc();
     }
 
+    /// Count a connection switched to another protocol, open until the
+    /// guard drops (rare: the series are looked up each time).
+    pub fn upgraded(&self) -> UpgradedGuard {
+        let labels = ListenerLabels {
+            listener: self.listener.clone(),
+        };
+        self.metrics.upgrades.get_or_create(&labels).inc();
+        let open = self.metrics.upgraded_open.get_or_create(&labels).clone();
+        open.inc();
+        UpgradedGuard(open)
+    }
+
     /// Count a response with `status` sent to a client.
     pub fn status(&self, status: u16) {
         if let Some(c) = self.statuses.get(usize::from(status / 100).wrapping_sub(1)) {
             c.inc();
         }
+    }
+}
+
+/// An upgraded connection, counted open while it lives.
+pub struct UpgradedGuard(prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for UpgradedGuard {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -37,6 +37,7 @@ pub mod metrics;
 pub mod plugin;
 pub mod pool;
 pub mod privileges;
+pub mod relay;
 pub mod reload;
 pub mod scaffold;
 pub mod server;

@@ -149,6 +149,10 @@ pub struct Metrics {
     pub retries: Family<ListenerLabels, Counter>,
     /// Bytes a listener's connections hold in buffers (see `buffers`).
     pub listener_buffers: Family<ListenerLabels, Gauge>,
+    /// HTTP/1.1 connections switched to another protocol (WebSocket).
+    pub upgrades: Family<ListenerLabels, Counter>,
+    /// Of those, the ones open now.
+    pub upgraded_open: Family<ListenerLabels, Gauge>,
     pub probes: Family<ProbeLabels, Counter>,
     pub plugin_call_seconds: Family<PluginLabels, Histogram>,
     pub dns_updates: Family<DnsLabels, Counter>,
@@ -274,6 +278,18 @@ impl Metrics {
             "Bytes a listener's connections hold in buffers, counted against its max_buffer_mb",
             listener_buffers.clone(),
         );
+        let upgrades = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "http_upgrades",
+            "HTTP/1.1 connections a backend switched to another protocol (101, WebSocket), joined both ways",
+            upgrades.clone(),
+        );
+        let upgraded_open = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "http_upgraded_connections",
+            "Switched-protocol (WebSocket) connections open now",
+            upgraded_open.clone(),
+        );
         let probes = Family::<ProbeLabels, Counter>::default();
         registry.register("probes", "Health probe results by backend", probes.clone());
         let plugin_call_seconds = Family::<PluginLabels, Histogram>::new_with_constructor(|| {
@@ -311,6 +327,8 @@ impl Metrics {
             ejections_capped,
             retries,
             listener_buffers,
+            upgrades,
+            upgraded_open,
             probes,
             plugin_call_seconds,
             dns_updates,

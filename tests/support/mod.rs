@@ -10,6 +10,7 @@ pub mod in_process;
 pub mod named;
 pub mod process;
 pub mod smtp;
+pub mod websocket;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -13,7 +13,6 @@
 mod pregreet;
 pub mod proxy_header;
 pub mod refusal;
-mod relay;
 pub mod reply;
 mod session;
 mod transaction;

@@ -12,7 +12,7 @@ use tokio::time::timeout;
 
 use super::reply::{Reply, ReplyError, read_reply};
 use super::transaction::{Event, Watch, enhanced_class};
-use super::{pregreet, proxy_header, refusal, relay};
+use super::{pregreet, proxy_header, refusal};
 use crate::attempts::{Attempts, Failure, FailureReason};
 use crate::buffers::Charge;
 use crate::config::{ListenerConfig, Pregreet, ProxyProtocol};
@@ -20,6 +20,7 @@ use crate::generation::{Generation, ip_address};
 use crate::listener::canonical;
 use crate::plugin::types::{Protocol, RequestContext};
 use crate::pool::{Depth, Pool};
+use crate::relay;
 
 /// Why a backend could not take the session.
 #[derive(Debug)]
@@ -341,10 +342,33 @@ async fn join(
     let sent = (greeting.raw.len() + greeting.rest.len()) as u64;
     // Not kept for a session that may stay open for minutes.
     drop(greeting);
-    let mut watch = Watch::default();
-    let mut outcome = relay::relay((client, upstream), idle, charge, &mut watch, report).await;
+    let mut watching = Watching {
+        watch: Watch::default(),
+        report,
+    };
+    let mut outcome = relay::relay((client, upstream), idle, charge, &mut watching).await;
     outcome.down += sent;
     outcome
+}
+
+/// The transaction watch over a relay, and where its events go.
+struct Watching<'a> {
+    watch: Watch,
+    report: &'a mut (dyn FnMut(Event) + Send),
+}
+
+impl relay::Observer for Watching<'_> {
+    fn is_on(&self) -> bool {
+        self.watch.is_on()
+    }
+
+    fn client(&mut self, data: &[u8]) {
+        self.watch.client(data);
+    }
+
+    fn backend(&mut self, data: &[u8]) {
+        self.watch.backend(data, &mut *self.report);
+    }
 }
 
 /// Write all of `data` to `peer`. A peer that stops reading must not hold

@@ -74,9 +74,10 @@ struct Special {
     /// A `Content_Length` or `Transfer_Encoding` field seen.
     framing_lookalike: bool,
     chunked: bool,
-    /// `Connection: close` / `keep-alive` seen.
+    /// `Connection: close` / `keep-alive` / `upgrade` seen.
     close: bool,
     keep_alive: bool,
+    upgrade: bool,
     /// A `Connection` field names fields (other than `close` and
     /// `keep-alive`): those are hop-by-hop too. Rare, so the common case
     /// skips the search.
@@ -99,6 +100,10 @@ pub struct Request {
     /// Whether the client wants the connection kept after this exchange.
     pub keep_alive: bool,
     pub expect_continue: bool,
+    /// The `Upgrade` field's value when the client asks to switch
+    /// protocols (RFC 9110 §7.8: HTTP/1.1, `Connection: upgrade`, no
+    /// body), e.g. `websocket`.
+    pub upgrade: Option<Range<usize>>,
     connection: bool,
 }
 
@@ -175,6 +180,7 @@ fn special(buf: &[u8], fields: &[Field]) -> Result<Special, &'static str> {
             });
             s.close |= lists(value, "close");
             s.keep_alive |= lists(value, "keep-alive");
+            s.upgrade |= lists(value, "upgrade");
         } else {
             s.framing_lookalike |= headers::framing_lookalike(name);
         }
@@ -273,6 +279,19 @@ pub fn parse_request(buf: &[u8], req: &mut Request) -> Result<bool, Refusal> {
     }
     if req.host.is_none() && !req.http10 {
         return Err(Refusal::Malformed("HTTP/1.1 request without Host\n"));
+    }
+    // An upgrade with a body is served as a plain request: the backend
+    // would read the body, then switch, and gale could not tell where the
+    // new protocol starts.
+    req.upgrade = None;
+    if s.upgrade && !req.http10 && req.body == Framing::Empty {
+        let mut upgrades = req
+            .fields
+            .iter()
+            .filter(|f| buf[f.name.clone()].eq_ignore_ascii_case(b"upgrade"));
+        if let (Some(f), None) = (upgrades.next(), upgrades.next()) {
+            req.upgrade = Some(f.value.clone()).filter(|v| !v.is_empty());
+        }
     }
     req.expect_continue = !req.http10
         && req.body != Framing::Empty
@@ -413,6 +432,10 @@ pub fn write_request(
         }
         field(out, name, value);
     }
+    if let Some(upgrade) = &req.upgrade {
+        field(out, b"upgrade", &buf[upgrade.clone()]);
+        field(out, b"connection", b"upgrade");
+    }
     out.extend_from_slice(b"x-forwarded-for: ");
     for earlier in xff.iter().flatten() {
         out.extend_from_slice(earlier);
@@ -462,7 +485,15 @@ pub fn write_response(
         }
         field(out, name, value);
     }
-    if close {
+    if resp.code == 101 {
+        // Switched: the connection is the new protocol's now.
+        for f in &resp.fields {
+            if buf[f.name.clone()].eq_ignore_ascii_case(b"upgrade") {
+                field(out, b"upgrade", &buf[f.value.clone()]);
+            }
+        }
+        out.extend_from_slice(b"connection: upgrade\r\n");
+    } else if close {
         out.extend_from_slice(b"connection: close\r\n");
     } else if http10 {
         out.extend_from_slice(b"connection: keep-alive\r\n");

@@ -120,6 +120,9 @@ pub struct Client<IO> {
 enum Outcome {
     /// A response went to the client; whether its connection stays open.
     Answered(bool),
+    /// The backend switched protocols as the client asked (`101`):
+    /// nothing of its answer was sent yet.
+    Switched(TcpStream),
     /// The backend answered with this gateway error, dropped to try the
     /// next backend instead of reaching the client.
     Dropped(u16),
@@ -370,6 +373,15 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
                         );
                         return keep;
                     }
+                    Outcome::Switched(backend_stream) => {
+                        attempts.succeeded(&turn);
+                        counters.status(101);
+                        // `turn` lives on: the connection counts against the
+                        // backend's `max_sessions` while it is open.
+                        let _open = counters.upgraded();
+                        self.join(backend_stream, l, &backend.name, started).await;
+                        return false;
+                    }
                     Outcome::ClientFailed(refusal, why) => {
                         tracing::warn!(
                             listener = %l.name, client = %self.peer.addr, backend = %backend.name,
@@ -428,6 +440,7 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
         };
         head::write_request(&mut self.out, &self.buf, &self.req, &self.peer, addr);
         let head_request = &self.buf[self.req.method.clone()] == b"HEAD";
+        let asked = (head_request, self.req.upgrade.is_some());
         let idle = l.idle_timeout;
         let (mut from_backend, mut to_backend) = backend.split();
         // A head cut short cannot be acted on: the next backend may have it.
@@ -438,12 +451,7 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
         }
 
         let response = if self.req.body == Framing::Empty {
-            let recv = read_response_head(
-                &mut from_backend,
-                &mut self.rbuf,
-                &mut self.resp,
-                head_request,
-            );
+            let recv = read_response_head(&mut from_backend, &mut self.rbuf, &mut self.resp, asked);
             tokio::time::timeout(l.response_timeout, recv).await
         } else {
             // From here on the request cannot go to another backend.
@@ -457,12 +465,7 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
                 self.req.expect_continue,
                 idle,
             );
-            let recv = read_response_head(
-                &mut from_backend,
-                &mut self.rbuf,
-                &mut self.resp,
-                head_request,
-            );
+            let recv = read_response_head(&mut from_backend, &mut self.rbuf, &mut self.resp, asked);
             tokio::pin!(send, recv);
             // The backend may answer before it has the whole body (a 413,
             // say): that answer goes to the client, which is then closed.
@@ -498,6 +501,9 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
                     format!("no response in {:?}", l.response_timeout),
                 ));
             }
+        }
+        if self.resp.code == 101 {
+            return Outcome::Switched(backend);
         }
         if self.head_in_buf && drops(self.resp.code) {
             // Nothing of it reached the client; its connection, holding
@@ -540,6 +546,52 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
                 Outcome::Answered(false)
             }
         }
+    }
+
+    /// The backend at `backend` switched protocols (a WebSocket, say):
+    /// pass its `101` on, then join the two connections both ways, as an
+    /// SMTP session is joined, until both close or nothing moves for the
+    /// listener's idle timeout. A reload or shutdown lets it run (up to
+    /// the drain deadline).
+    async fn join(
+        &mut self,
+        mut backend: TcpStream,
+        l: &ListenerConfig,
+        name: &str,
+        started: std::time::Instant,
+    ) {
+        let idle = l.idle_timeout;
+        head::write_response(&mut self.out, &self.rbuf, &self.resp, false, false, false);
+        // What either side sent after its head is the new protocol's.
+        self.out.extend_from_slice(&self.rbuf[self.resp.len..]);
+        let early = self.buf.split_off(self.req.len);
+        self.head_in_buf = false;
+        let greeted = tokio::time::timeout(idle, async {
+            self.io.write_all(&self.out).await?;
+            self.io.flush().await?;
+            backend.write_all(&early).await
+        })
+        .await;
+        // The relay holds buffers only while a side lags.
+        (self.buf, self.rbuf, self.out) = (BytesMut::new(), BytesMut::new(), Vec::new());
+        self.charge.set(0);
+        if !matches!(greeted, Ok(Ok(()))) {
+            return;
+        }
+        let outcome = crate::relay::relay(
+            (&mut self.io, &mut backend),
+            idle,
+            &mut self.charge,
+            &mut crate::relay::Blind,
+        )
+        .await;
+        tracing::info!(
+            listener = %l.name, client = %self.peer.addr, backend = name,
+            up = outcome.up + early.len() as u64, down = outcome.down,
+            ms = started.elapsed().as_millis() as u64,
+            end = outcome.error.as_deref().unwrap_or("closed"),
+            "http upgraded connection"
+        );
     }
 
     /// Answer with a short text of gale's own; whether the connection

@@ -105,13 +105,14 @@ pub(super) async fn read_response_head(
     backend: &mut ReadHalf<'_>,
     rbuf: &mut BytesMut,
     resp: &mut head::Response,
-    head_request: bool,
+    (head_request, upgrading): (bool, bool),
 ) -> Result<(), String> {
     rbuf.clear();
     let mut scanned = 0;
     loop {
         if rbuf[scanned..].contains(&b'\n') && head::parse_response(rbuf, head_request, resp)? {
             match resp.code {
+                101 if upgrading => return Ok(()),
                 101 => return Err("101 Switching Protocols, no upgrade was asked for".into()),
                 100..=199 => {
                     rbuf.advance(resp.len);

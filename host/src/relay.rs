@@ -1,6 +1,8 @@
 //! Joining a client and a backend: copy both ways until both sides have
 //! closed, pass each half-close on, and end a session that moves nothing
-//! for the idle timeout.
+//! for the idle timeout. SMTP sessions after the greeting and HTTP/1.1
+//! connections after a `101 Switching Protocols` (WebSocket) both end
+//! here.
 //!
 //! One hand-written poll loop instead of `select!` over per-direction
 //! futures: no future, timer or clock read per forwarded command. An SMTP
@@ -14,10 +16,29 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
-use super::transaction::{Event, Watch};
 use crate::buffers::Charge;
+
+/// Sees every byte relayed, as it is read (SMTP's transaction watch).
+pub trait Observer {
+    /// Whether it still wants bytes; once off, it is never called again.
+    fn is_on(&self) -> bool;
+    /// Bytes the client sent on to the backend.
+    fn client(&mut self, data: &[u8]);
+    /// Bytes the backend sent on to the client.
+    fn backend(&mut self, data: &[u8]);
+}
+
+/// Looks at nothing: a relay of opaque bytes.
+pub struct Blind;
+
+impl Observer for Blind {
+    fn is_on(&self) -> bool {
+        false
+    }
+    fn client(&mut self, _: &[u8]) {}
+    fn backend(&mut self, _: &[u8]) {}
+}
 
 /// How a relay ended, with the bytes moved each way.
 pub struct Outcome {
@@ -37,15 +58,18 @@ const CHECKS: u32 = 8;
 
 /// Copy `client` <-> `upstream` until both have closed, or nothing moved
 /// for `idle`; what the relay holds for a side that lags is counted in
-/// `charge`. While `watch` is on it sees every byte forwarded, and what
-/// it makes of the backend's replies goes to `report`.
-pub async fn relay(
-    (client, upstream): (&mut TcpStream, &mut TcpStream),
+/// `charge`. While `observer` is on it sees every byte forwarded.
+pub async fn relay<C, U, O>(
+    (client, upstream): (&mut C, &mut U),
     idle: Duration,
     charge: &mut Charge,
-    watch: &mut Watch,
-    report: &mut (dyn FnMut(Event) + Send),
-) -> Outcome {
+    observer: &mut O,
+) -> Outcome
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+    O: Observer,
+{
     let mut up = Direction::new("backend", true);
     let mut down = Direction::new("client", false);
     // Timers have millisecond resolution.
@@ -61,25 +85,40 @@ pub async fn relay(
         // DATA cannot spend the task's whole I/O budget on every poll
         // while the backend's replies wait.
         backend_first = !backend_first;
-        let mut step = |d: &mut Direction, from: &mut TcpStream, to: &mut TcpStream| {
-            match d.poll(cx, (from, to), &mut moved, (&mut *watch, &mut *report)) {
-                // The side written to is gone. The other direction still
-                // runs: the backend's last reply (a 421 or 554 before it
-                // hung up) must reach the client.
-                Poll::Ready(Err(e)) => {
-                    first_error.get_or_insert(e);
-                    d.finished = true;
-                    true
-                }
-                p => p.is_ready(),
-            }
-        };
         let (up_done, down_done) = if backend_first {
-            let down_done = step(&mut down, upstream, client);
-            (step(&mut up, client, upstream), down_done)
+            let down_done = down.step(
+                cx,
+                (upstream, client),
+                &mut moved,
+                observer,
+                &mut first_error,
+            );
+            let up_done = up.step(
+                cx,
+                (client, upstream),
+                &mut moved,
+                observer,
+                &mut first_error,
+            );
+            (up_done, down_done)
         } else {
-            let up_done = step(&mut up, client, upstream);
-            (up_done, step(&mut down, upstream, client))
+            let up_done = up.step(
+                cx,
+                (client, upstream),
+                &mut moved,
+                observer,
+                &mut first_error,
+            );
+            (
+                up_done,
+                down.step(
+                    cx,
+                    (upstream, client),
+                    &mut moved,
+                    observer,
+                    &mut first_error,
+                ),
+            )
         };
         charge.set(up.pending.capacity() + down.pending.capacity());
         if up_done && down_done {
@@ -136,7 +175,7 @@ struct Direction {
     bytes: u64,
     /// The side written to, for error messages.
     writer: &'static str,
-    /// Client to backend (what the watch sees as commands).
+    /// Client to backend (what the observer sees as the client's).
     from_client: bool,
 }
 
@@ -159,10 +198,10 @@ impl Direction {
 
     /// Write as much of `data` to `to` as it takes now: the count, or the
     /// error that ends this direction.
-    fn write_now(
+    fn write_now<W: AsyncWrite + Unpin>(
         &mut self,
         cx: &mut Context<'_>,
-        to: &mut TcpStream,
+        to: &mut W,
         data: &[u8],
         moved: &mut bool,
     ) -> Result<usize, String> {
@@ -182,16 +221,48 @@ impl Direction {
         Ok(written)
     }
 
+    /// [`Direction::poll`]: whether this direction is done. When the side
+    /// written to is gone, it is done and the error kept; the other
+    /// direction still runs: the backend's last reply (a 421 or 554 before
+    /// it hung up) must reach the client.
+    fn step<R, W, O>(
+        &mut self,
+        cx: &mut Context<'_>,
+        (from, to): (&mut R, &mut W),
+        moved: &mut bool,
+        observer: &mut O,
+        first_error: &mut Option<String>,
+    ) -> bool
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+        O: Observer,
+    {
+        match self.poll(cx, (from, to), moved, observer) {
+            Poll::Ready(Err(e)) => {
+                first_error.get_or_insert(e);
+                self.finished = true;
+                true
+            }
+            p => p.is_ready(),
+        }
+    }
+
     /// Move everything `from` has to offer into `to`. Ready(Ok) once `from`
     /// has closed (or failed: a reset reads as a close) and the close has
     /// been passed on; Ready(Err) when writing to `to` fails.
-    fn poll(
+    fn poll<R, W, O>(
         &mut self,
         cx: &mut Context<'_>,
-        (from, to): (&mut TcpStream, &mut TcpStream),
+        (from, to): (&mut R, &mut W),
         moved: &mut bool,
-        (watch, report): (&mut Watch, &mut (dyn FnMut(Event) + Send)),
-    ) -> Poll<Result<(), String>> {
+        observer: &mut O,
+    ) -> Poll<Result<(), String>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+        O: Observer,
+    {
         if self.finished {
             return Poll::Ready(Ok(()));
         }
@@ -226,12 +297,12 @@ impl Direction {
                     }
                 }
                 let read = rb.filled();
-                if watch.is_on() {
+                if observer.is_on() {
                     // Seen as read: what is read is forwarded, now or later.
                     if self.from_client {
-                        watch.client(read);
+                        observer.client(read);
                     } else {
-                        watch.backend(read, &mut *report);
+                        observer.backend(read);
                     }
                 }
                 let written = self.write_now(cx, to, read, moved)?;
