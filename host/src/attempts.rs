@@ -98,6 +98,16 @@ impl Failure {
         })
     }
 
+    /// No connection was made: a `timeout` when it took too long, else
+    /// `connect`, whichever protocol asked.
+    pub fn of_connect(error: &crate::connect::ConnectError) -> Failure {
+        let reason = match error {
+            crate::connect::ConnectError::TimedOut(_) => FailureReason::Timeout,
+            crate::connect::ConnectError::Failed(_) => FailureReason::Connect,
+        };
+        Failure::new(reason, format!("connect: {error}"))
+    }
+
     pub fn new(reason: FailureReason, detail: impl Into<String>) -> Self {
         Failure {
             reason,

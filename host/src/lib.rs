@@ -6,6 +6,7 @@
 //! - [`plugin`]: the wasmtime runtime that runs policy plugins under a
 //!   deadline and a memory cap.
 //! - [`pool`]: backends, their health, and the decisions over them.
+//! - [`connect`]: the one way gale connects to a backend.
 //! - [`attempts`]: trying backends in the balancer's order, the request
 //!   policy SMTP and both HTTP engines share.
 //! - [`generation`]: one consistent set of config, pools and plugins.
@@ -26,6 +27,7 @@ pub mod admin;
 pub mod attempts;
 pub mod buffers;
 pub mod config;
+pub mod connect;
 pub mod control;
 pub mod demo;
 pub mod dns;

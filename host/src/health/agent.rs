@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 /// Longest answer read; agents send a few words.
@@ -53,9 +52,9 @@ impl std::fmt::Display for LoadReport {
 /// Ask the agent at `address` within `limit`.
 pub async fn ask(address: SocketAddr, limit: Duration) -> Result<LoadReport, String> {
     let read = async {
-        let mut stream = TcpStream::connect(address)
+        let mut stream = crate::connect::connect(address, limit)
             .await
-            .map_err(|e| format!("agent connect: {}", e.kind()))?;
+            .map_err(|e| format!("agent connect: {e}"))?;
         let mut buf = Vec::with_capacity(MAX_LINE);
         let mut chunk = [0u8; MAX_LINE];
         while buf.len() < MAX_LINE && !buf.contains(&b'\n') {

@@ -111,9 +111,9 @@ pub async fn probe_once(
 type ProbeOutcome = Result<Option<u16>, (Option<u16>, String)>;
 
 async fn run_probe(probe: &ProbeConfig, address: SocketAddr, proxy: ProxyProtocol) -> ProbeOutcome {
-    let mut stream = TcpStream::connect(address)
+    let mut stream = crate::connect::connect(address, probe.timeout)
         .await
-        .map_err(|e| (None, format!("connect: {}", e.kind())))?;
+        .map_err(|e| (None, format!("connect: {e}")))?;
     let local = stream.local_addr().map_err(|e| (None, e.to_string()))?;
     let header = proxy_header::for_probe(proxy, local, address);
     if !header.is_empty() {

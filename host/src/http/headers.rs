@@ -24,6 +24,24 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     UPGRADE,
 ];
 
+/// Whether `name` is a hop-by-hop field (any case): the one table both
+/// engines drop by.
+pub fn hop_by_hop(name: &[u8]) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|h| h.as_str().as_bytes().eq_ignore_ascii_case(name))
+}
+
+/// Whether a `Connection` field may make `name` hop-by-hop too. Framing
+/// fields and `Host` stay whatever `Connection` says: gale frames the
+/// body and routes by them, so must the next hop (`Connection:
+/// content-length` would otherwise smuggle a body past the backend as a
+/// request).
+pub fn connection_may_name(name: &[u8]) -> bool {
+    const KEPT: [&[u8]; 3] = [b"content-length", b"transfer-encoding", b"host"];
+    !KEPT.iter().any(|k| k.eq_ignore_ascii_case(name))
+}
+
 /// Fields in which a client would speak for the proxy: who the client is,
 /// which host it asked for, which scheme it used. gale writes
 /// `X-Forwarded-Proto` itself and drops the others, so that a backend
@@ -87,7 +105,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|name| connection_may_name(name.as_bytes()))
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
     for name in named.iter().chain(&HOP_BY_HOP) {
         headers.remove(name);

@@ -12,6 +12,7 @@
 mod body;
 pub mod h1;
 pub mod headers;
+mod idle;
 mod metered;
 mod proxy;
 mod rewind;

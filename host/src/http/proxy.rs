@@ -35,7 +35,8 @@ pub struct Proxy {
     /// Backend connections for HTTP/2 clients (hyper's client).
     upstreams: Arc<Upstreams>,
     /// Backend connections for HTTP/1 clients (gale's own).
-    pub(super) backends: super::h1::Backends,
+    /// Idle raw connections for gale's own HTTP/1 writer.
+    pub(super) backends: super::idle::IdlePool<tokio::net::TcpStream>,
 }
 
 impl Proxy {
@@ -176,7 +177,8 @@ impl Proxy {
                             ProxyBody::Upstream(UpstreamBody::new(body, lease, turn.in_flight))
                         });
                     }
-                    Ok(Err(upstream::Failure::Connect(e))) => {
+                    Ok(Err(upstream::Failure::Connect(e))) => Failure::of_connect(&e),
+                    Ok(Err(upstream::Failure::NotSent(e))) => {
                         Failure::new(FailureReason::Connect, format!("connect: {e}"))
                     }
                     Ok(Err(upstream::Failure::Exchange(e))) => Failure::new(

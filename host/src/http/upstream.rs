@@ -7,36 +7,30 @@
 //! hashed key, a lazy connector future per request) measured ~7 % of the
 //! CPU per proxied request.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use super::body::SharedBody;
-
-/// Idle connections kept per backend address.
-const MAX_IDLE: usize = 256;
-/// Idle connections are dropped past this, whatever a pool allows.
-const IDLE_MAX: Duration = Duration::from_secs(3600);
-
-/// A connection waiting for its next request, and since when.
-type IdleConnection = (SendRequest<SharedBody>, Instant);
+use super::idle::IdlePool;
 
 #[derive(Default)]
 pub struct Upstreams {
-    idle: Mutex<HashMap<SocketAddr, Vec<IdleConnection>>>,
+    idle: IdlePool<SendRequest<SharedBody>>,
 }
 
 /// Why a request got no response.
 pub enum Failure {
     /// No connection could be made: the backend saw nothing.
-    Connect(String),
+    Connect(crate::connect::ConnectError),
+    /// A fresh connection closed before the request went out: the
+    /// backend saw nothing either.
+    NotSent(String),
     /// The request was (maybe partly) sent, then the exchange failed.
     Exchange(hyper::Error),
 }
@@ -46,22 +40,14 @@ pub enum Failure {
 pub struct Lease {
     pool: Arc<Upstreams>,
     addr: SocketAddr,
+    keepalive: Duration,
     sender: SendRequest<SharedBody>,
 }
 
 impl Lease {
     pub fn release(self) {
-        if self.sender.is_closed() {
-            return;
-        }
-        let mut idle = self.pool.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let conns = idle.entry(self.addr).or_default();
-        if conns.len() == MAX_IDLE {
-            // Full: make room by dropping what could not be reused anyway.
-            conns.retain(|(s, since)| !s.is_closed() && since.elapsed() < IDLE_MAX);
-        }
-        if conns.len() < MAX_IDLE {
-            conns.push((self.sender, Instant::now()));
+        if !self.sender.is_closed() {
+            (self.pool.idle).release(self.addr, self.sender, self.keepalive);
         }
     }
 }
@@ -77,7 +63,7 @@ impl Upstreams {
         mut req: Request<SharedBody>,
     ) -> Result<(Response<Incoming>, Lease), Failure> {
         loop {
-            let (mut sender, pooled) = match self.checkout(addr, keepalive) {
+            let (mut sender, pooled) = match self.idle.checkout(addr, keepalive) {
                 Some(sender) => (sender, true),
                 None => (connect(addr, connect_timeout).await?, false),
             };
@@ -86,6 +72,7 @@ impl Upstreams {
                     let lease = Lease {
                         pool: self.clone(),
                         addr,
+                        keepalive,
                         sender,
                     };
                     return Ok((response, lease));
@@ -94,41 +81,21 @@ impl Upstreams {
                     // The pooled connection was closed before the request
                     // went out: nothing was sent, try a fresh one.
                     Some(back) if pooled => req = back,
-                    Some(_) => return Err(Failure::Connect(e.into_error().to_string())),
+                    Some(_) => return Err(Failure::NotSent(e.into_error().to_string())),
                     None => return Err(Failure::Exchange(e.into_error())),
                 },
             }
         }
     }
-
-    fn checkout(&self, addr: SocketAddr, keepalive: Duration) -> Option<SendRequest<SharedBody>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let conns = idle.get_mut(&addr)?;
-        // Newest first; anything older than the newest stale one is stale
-        // too.
-        while let Some((sender, since)) = conns.pop() {
-            if since.elapsed() >= keepalive {
-                conns.clear();
-                return None;
-            }
-            if sender.is_ready() {
-                return Some(sender);
-            }
-        }
-        None
-    }
 }
 
 async fn connect(addr: SocketAddr, timeout: Duration) -> Result<SendRequest<SharedBody>, Failure> {
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => return Err(Failure::Connect(e.to_string())),
-        Err(_) => return Err(Failure::Connect(format!("timed out after {timeout:?}"))),
-    };
-    let _ = stream.set_nodelay(true);
+    let stream = crate::connect::connect(addr, timeout)
+        .await
+        .map_err(Failure::Connect)?;
     let (sender, conn) = http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| Failure::Connect(e.to_string()))?;
+        .map_err(|e| Failure::NotSent(e.to_string()))?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(backend = %addr, "backend connection: {e}");

@@ -5,8 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use socket2::{Domain, Socket, Type};
-use tokio::io::{AsyncWrite, AsyncWriteExt, Interest};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
@@ -25,8 +24,7 @@ use crate::relay;
 /// Why a backend could not take the session.
 #[derive(Debug)]
 enum SetupFailure {
-    Connect(String),
-    ConnectTimeout,
+    Connect(crate::connect::ConnectError),
     BannerTimeout,
     Greeting(ReplyError),
     /// Greeted with something other than 220.
@@ -38,8 +36,7 @@ impl SetupFailure {
     /// when the backend knew who the client was (PROXY).
     fn failure(&self, knows_client: Option<IpAddr>) -> Failure {
         let (reason, detail) = match self {
-            SetupFailure::Connect(e) => (FailureReason::Connect, format!("connect: {e}")),
-            SetupFailure::ConnectTimeout => (FailureReason::Timeout, "connect timeout".into()),
+            SetupFailure::Connect(e) => return Failure::of_connect(e),
             SetupFailure::BannerTimeout => (FailureReason::Timeout, "no greeting (timeout)".into()),
             SetupFailure::Greeting(e) => (FailureReason::Greeting, format!("greeting: {e}")),
             SetupFailure::Refused(reply) => (
@@ -268,13 +265,15 @@ async fn connect_and_greet(
     peer: SocketAddr,
     local: SocketAddr,
 ) -> Result<(TcpStream, Reply), SetupFailure> {
-    let mut upstream = connect(address, l.connect_timeout).await?;
+    let mut upstream = crate::connect::connect(address, l.connect_timeout)
+        .await
+        .map_err(SetupFailure::Connect)?;
     let header = proxy_header::for_client(proxy, peer, local);
     if !header.is_empty() {
         upstream
             .write_all(&header)
             .await
-            .map_err(|e| SetupFailure::Connect(e.to_string()))?;
+            .map_err(|e| SetupFailure::Connect(crate::connect::ConnectError::Failed(e.kind())))?;
     }
     let greeting = match timeout(l.banner_timeout, read_reply(&mut upstream)).await {
         Err(_) => return Err(SetupFailure::BannerTimeout),
@@ -285,38 +284,6 @@ async fn connect_and_greet(
         return Err(SetupFailure::Refused(greeting));
     }
     Ok((upstream, greeting))
-}
-
-/// Connect without the syscalls a generic connect spends: no-delay is set
-/// before connecting, and success is not confirmed with `SO_ERROR` (that
-/// is read only when the connection failed); the greeting read that comes
-/// next reports anything else.
-async fn connect(address: SocketAddr, limit: Duration) -> Result<TcpStream, SetupFailure> {
-    let failed = |e: std::io::Error| SetupFailure::Connect(e.kind().to_string());
-    let socket = Socket::new(
-        Domain::for_address(address),
-        Type::STREAM.nonblocking(),
-        None,
-    )
-    .map_err(failed)?;
-    socket.set_tcp_nodelay(true).map_err(failed)?;
-    match socket.connect(&address.into()) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-        Err(e) => return Err(failed(e)),
-    }
-    let stream = TcpStream::from_std(std::net::TcpStream::from(socket)).map_err(failed)?;
-    match timeout(limit, stream.ready(Interest::WRITABLE)).await {
-        Err(_) => Err(SetupFailure::ConnectTimeout),
-        Ok(Err(e)) => Err(failed(e)),
-        Ok(Ok(ready)) if ready.is_error() || ready.is_write_closed() => {
-            let e = stream.take_error().ok().flatten();
-            Err(failed(e.unwrap_or_else(|| {
-                std::io::ErrorKind::ConnectionRefused.into()
-            })))
-        }
-        Ok(Ok(_)) => Ok(stream),
-    }
 }
 
 /// Forward the greeting, then relay both ways until both sides close or

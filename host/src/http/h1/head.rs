@@ -343,31 +343,14 @@ pub fn parse_response(
     Ok(true)
 }
 
-/// Fields that describe one connection (RFC 9110 §7.6.1), never forwarded.
-/// `Transfer-Encoding` is kept: chunked bodies pass through as they are.
-fn hop_by_hop(name: &[u8]) -> bool {
-    const NAMES: [&[u8]; 8] = [
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"upgrade",
-    ];
-    NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
-}
-
-/// Whether `name` is hop-by-hop, or named as such by a `Connection` field.
-/// Framing fields and `Host` stay whatever `Connection` says: gale frames
-/// the body by them, so must the next hop (`Connection: content-length`
-/// would otherwise smuggle the body past the backend as a request).
+/// Whether `name` is hop-by-hop, or named as such by a `Connection` field
+/// that may name it (the rules of [`headers`], which the HTTP/2 path
+/// follows too). `Transfer-Encoding` is kept: chunked bodies pass through
+/// as they are.
 fn dropped(buf: &[u8], fields: &[Field], connection: bool, name: &[u8]) -> bool {
-    const KEPT: [&[u8]; 3] = [b"content-length", b"transfer-encoding", b"host"];
-    hop_by_hop(name)
+    headers::hop_by_hop(name)
         || connection
-            && !KEPT.iter().any(|k| k.eq_ignore_ascii_case(name))
+            && headers::connection_may_name(name)
             && fields
                 .iter()
                 .filter(|f| buf[f.name.clone()].eq_ignore_ascii_case(b"connection"))

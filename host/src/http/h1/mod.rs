@@ -12,7 +12,6 @@
 //! method whose body was not sent; nothing is retried once the client has
 //! seen a byte of the response.
 
-mod backends;
 pub mod chunked;
 pub mod head;
 mod transfer;
@@ -27,7 +26,6 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use backends::Backends;
 use head::{Framing, Refusal};
 use transfer::{BodyError, read_response_head, relay_body, send_body};
 
@@ -433,9 +431,9 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
     ) -> Outcome {
         let mut backend = match self.proxy.backends.checkout(addr, keepalive) {
             Some(stream) => stream,
-            None => match backends::connect(addr, l.connect_timeout).await {
+            None => match crate::connect::connect(addr, l.connect_timeout).await {
                 Ok(stream) => stream,
-                Err(e) => return failed(format!("connect: {e}"), false),
+                Err(e) => return Outcome::Failed(Failure::of_connect(&e)),
             },
         };
         head::write_request(&mut self.out, &self.buf, &self.req, &self.peer, addr);

@@ -1,0 +1,63 @@
+//! Connecting to a backend: one function for SMTP sessions, both HTTP
+//! engines, health probes and load agents, so every connection gale makes
+//! to a backend is made, timed and described the same way.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use socket2::{Domain, Socket, Type};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+/// Why no connection was made.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// Refused, unreachable, or any other error of the socket.
+    Failed(std::io::ErrorKind),
+    /// Not established within the limit.
+    TimedOut(Duration),
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Failed(kind) => write!(f, "{kind}"),
+            ConnectError::TimedOut(limit) => write!(f, "timed out after {limit:?}"),
+        }
+    }
+}
+
+/// A connection to `address` within `limit`, with no-delay on (requests
+/// and SMTP commands are small writes that must not wait for an ACK).
+///
+/// Without the syscalls a generic connect spends: no-delay is set before
+/// connecting, and success is not confirmed with `SO_ERROR` (that is read
+/// only when the connection failed); the first read or write reports
+/// anything else.
+pub async fn connect(address: SocketAddr, limit: Duration) -> Result<TcpStream, ConnectError> {
+    let failed = |e: std::io::Error| ConnectError::Failed(e.kind());
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM.nonblocking(),
+        None,
+    )
+    .map_err(failed)?;
+    socket.set_tcp_nodelay(true).map_err(failed)?;
+    match socket.connect(&address.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(failed(e)),
+    }
+    let stream = TcpStream::from_std(std::net::TcpStream::from(socket)).map_err(failed)?;
+    match tokio::time::timeout(limit, stream.ready(Interest::WRITABLE)).await {
+        Err(_) => Err(ConnectError::TimedOut(limit)),
+        Ok(Err(e)) => Err(failed(e)),
+        Ok(Ok(ready)) if ready.is_error() || ready.is_write_closed() => {
+            let e = stream.take_error().ok().flatten();
+            Err(failed(e.unwrap_or_else(|| {
+                std::io::ErrorKind::ConnectionRefused.into()
+            })))
+        }
+        Ok(Ok(_)) => Ok(stream),
+    }
+}

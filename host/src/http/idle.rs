@@ -1,0 +1,89 @@
+//! Kept-alive connections to backends, pooled per address, for both
+//! engines' backend sides (gale's own HTTP/1 writer keeps raw streams,
+//! the HTTP/2 path hyper's senders): a connection whose response ended
+//! cleanly waits here for the next request to the same backend, for at
+//! most the pool's `keepalive_timeout`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+
+/// Idle connections kept per backend address.
+const MAX_IDLE: usize = 256;
+
+/// A backend connection that can say whether it may take a request now.
+pub trait Reusable {
+    /// Still open, with nothing unasked waiting on it.
+    fn reusable(&self) -> bool;
+}
+
+/// A raw stream: the backend has not closed it (nor sent anything
+/// unasked). Costs no system call unless the socket was seen readable
+/// since its last read.
+impl Reusable for TcpStream {
+    fn reusable(&self) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(self.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
+impl<B> Reusable for hyper::client::conn::http1::SendRequest<B> {
+    fn reusable(&self) -> bool {
+        self.is_ready()
+    }
+}
+
+pub struct IdlePool<C> {
+    idle: Mutex<HashMap<SocketAddr, Vec<(C, Instant)>>>,
+}
+
+impl<C> Default for IdlePool<C> {
+    fn default() -> Self {
+        IdlePool {
+            idle: Mutex::default(),
+        }
+    }
+}
+
+impl<C: Reusable> IdlePool<C> {
+    /// The newest idle connection to `addr` that is still reusable and
+    /// was idle for less than `keepalive`.
+    pub fn checkout(&self, addr: SocketAddr, keepalive: Duration) -> Option<C> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let conns = idle.get_mut(&addr)?;
+        while let Some((conn, since)) = conns.pop() {
+            if since.elapsed() >= keepalive {
+                // Older ones are staler still.
+                conns.clear();
+                return None;
+            }
+            if conn.reusable() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Keep `conn`, whose last response ended cleanly, for reuse within
+    /// `keepalive`.
+    pub fn release(&self, addr: SocketAddr, conn: C, keepalive: Duration) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let conns = idle.entry(addr).or_default();
+        // The oldest first: after a burst, the connections no request took
+        // again are closed once stale instead of lingering (CLOSE_WAIT).
+        if conns
+            .first()
+            .is_some_and(|(_, since)| since.elapsed() >= keepalive)
+        {
+            conns.retain(|(_, since)| since.elapsed() < keepalive);
+        }
+        if conns.len() == MAX_IDLE {
+            // The oldest is the likeliest to have been closed by now.
+            conns.remove(0);
+        }
+        conns.push((conn, Instant::now()));
+    }
+}
