@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use support::http::{Behaviour, HttpBackend, config};
+use support::http::{Behaviour, HttpBackend, web};
 use support::process::{Gale, Nginx, curl, curl_output, free_port};
 
 /// A port nothing listens on.
@@ -42,7 +42,7 @@ fn statuses(gale: &Gale, n: usize, extra: &[&str]) -> Vec<u16> {
 fn weights_are_respected_over_http1_and_h2c() {
     let a = HttpBackend::start("a", Behaviour::Respond);
     let b = HttpBackend::start("b", Behaviour::Respond);
-    let gale = Gale::start(&config(&[("a", a.address, 3), ("b", b.address, 1)], ""));
+    let gale = Gale::start(&web(&[("a", a.address, 3), ("b", b.address, 1)]).to_string());
     assert_eq!(statuses(&gale, 40, &[]), vec![200; 40]);
     assert_eq!((a.requests(), b.requests()), (30, 10));
 
@@ -73,10 +73,7 @@ fn weights_are_respected_over_http1_and_h2c() {
 #[test]
 fn a_dead_backend_is_skipped_without_client_errors() {
     let a = HttpBackend::start("a", Behaviour::Respond);
-    let gale = Gale::start(&config(
-        &[("dead", closed_port(), 1), ("a", a.address, 1)],
-        "",
-    ));
+    let gale = Gale::start(&web(&[("dead", closed_port(), 1), ("a", a.address, 1)]).to_string());
     assert_eq!(statuses(&gale, 20, &[]), vec![200; 20]);
     assert_eq!(a.requests(), 20);
     gale.wait_log("backend left rotation", Duration::from_secs(10));
@@ -86,10 +83,9 @@ fn a_dead_backend_is_skipped_without_client_errors() {
 fn a_post_that_reached_a_backend_is_never_sent_twice() {
     let dropper = HttpBackend::start("dropper", Behaviour::DropAfterReading);
     let good = HttpBackend::start("good", Behaviour::Respond);
-    let gale = Gale::start(&config(
-        &[("dropper", dropper.address, 100), ("good", good.address, 1)],
-        "",
-    ));
+    let gale = Gale::start(
+        &web(&[("dropper", dropper.address, 100), ("good", good.address, 1)]).to_string(),
+    );
     let (code, body) = curl(&["-X", "POST", "--data", "charge=1", &url(&gale)]);
     assert_eq!(code, 502, "{body}");
     assert_eq!((dropper.requests(), good.requests()), (1, 0));
@@ -105,10 +101,7 @@ fn a_post_that_reached_a_backend_is_never_sent_twice() {
 #[test]
 fn each_error_status_is_produced_on_cue() {
     // No backend can take it: 503 with Retry-After.
-    let gale = Gale::start(&config(
-        &[("x", closed_port(), 1), ("y", closed_port(), 1)],
-        "",
-    ));
+    let gale = Gale::start(&web(&[("x", closed_port(), 1), ("y", closed_port(), 1)]).to_string());
     let headers = curl_output(&["-D", "-", "-o", "/dev/null", &url(&gale)]);
     assert!(headers.starts_with("HTTP/1.1 503"), "{headers}");
     assert!(headers.contains("retry-after: 10"), "{headers}");
@@ -117,10 +110,11 @@ fn each_error_status_is_produced_on_cue() {
     // No answer within response_timeout: 504, and no retry.
     let hang = HttpBackend::start("hang", Behaviour::Hang);
     let other = HttpBackend::start("other", Behaviour::Respond);
-    let gale = Gale::start(&config(
-        &[("hang", hang.address, 100), ("other", other.address, 1)],
-        "response_timeout = \"300ms\"",
-    ));
+    let gale = Gale::start(
+        &web(&[("hang", hang.address, 100), ("other", other.address, 1)])
+            .set("listeners.web.response_timeout", "300ms")
+            .to_string(),
+    );
     let (code, body) = curl(&[&url(&gale)]);
     assert_eq!(code, 504, "{body}");
     assert_eq!(other.requests(), 0);
@@ -137,10 +131,11 @@ fn each_error_status_is_produced_on_cue() {
 #[test]
 fn slow_request_headers_are_cut_off() {
     let a = HttpBackend::start("a", Behaviour::Respond);
-    let gale = Gale::start(&config(
-        &[("a", a.address, 1)],
-        "header_timeout = \"300ms\"",
-    ));
+    let gale = Gale::start(
+        &web(&[("a", a.address, 1)])
+            .set("listeners.web.header_timeout", "300ms")
+            .to_string(),
+    );
     let mut slow = TcpStream::connect(gale.address("web")).unwrap();
     slow.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
@@ -172,7 +167,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
 #[test]
 fn a_100_mb_upload_streams_through_with_flat_memory() {
     let sink = HttpBackend::start("sink", Behaviour::Respond);
-    let gale = Gale::start(&config(&[("sink", sink.address, 1)], ""));
+    let gale = Gale::start(&web(&[("sink", sink.address, 1)]).to_string());
     assert_eq!(statuses(&gale, 3, &[]), vec![200; 3]);
     let before = peak_rss_kib(gale.child.id());
 
@@ -200,7 +195,7 @@ fn a_100_mb_upload_streams_through_with_flat_memory() {
 fn real_nginx_backends_share_requests_and_a_killed_one_is_skipped() {
     let mut a = Nginx::start(free_port(), "a");
     let b = Nginx::start(free_port(), "b");
-    let gale = Gale::start(&config(&[("a", a.address, 1), ("b", b.address, 1)], ""));
+    let gale = Gale::start(&web(&[("a", a.address, 1), ("b", b.address, 1)]).to_string());
     let bodies = |n: usize| -> Vec<String> {
         (0..n)
             .map(|_| {
@@ -247,14 +242,12 @@ fn https_offers_http2_and_http1_by_alpn() {
         "{}",
         String::from_utf8_lossy(&made.stderr)
     );
-    let gale = Gale::start(&config(
-        &[("a", a.address, 1)],
-        &format!(
-            "tls = {{ cert = \"{}\", key = \"{}\" }}",
-            cert.display(),
-            key.display()
-        ),
-    ));
+    let gale = Gale::start(
+        &web(&[("a", a.address, 1)])
+            .set("listeners.web.tls.cert", cert.to_str().unwrap())
+            .set("listeners.web.tls.key", key.to_str().unwrap())
+            .to_string(),
+    );
     let https = format!("https://{}/", gale.address("web"));
     let cacert = cert.display().to_string();
     let fetch = |version: &str| {
@@ -282,7 +275,11 @@ fn https_offers_http2_and_http1_by_alpn() {
 #[test]
 fn a_stalled_request_body_is_cut_off_after_the_idle_timeout() {
     let a = HttpBackend::start("a", Behaviour::Respond);
-    let gale = Gale::start(&config(&[("a", a.address, 1)], "idle_timeout = \"300ms\""));
+    let gale = Gale::start(
+        &web(&[("a", a.address, 1)])
+            .set("listeners.web.idle_timeout", "300ms")
+            .to_string(),
+    );
     let mut slow = TcpStream::connect(gale.address("web")).unwrap();
     slow.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
@@ -304,7 +301,7 @@ fn a_stalled_request_body_is_cut_off_after_the_idle_timeout() {
 #[test]
 fn sigterm_lets_a_request_in_flight_finish() {
     let slow = HttpBackend::start("slow", Behaviour::Slow(700));
-    let mut gale = Gale::start(&config(&[("slow", slow.address, 1)], ""));
+    let mut gale = Gale::start(&web(&[("slow", slow.address, 1)]).to_string());
     let url = url(&gale);
     let request = std::thread::spawn(move || curl(&[&url]));
     let started = Instant::now();
@@ -326,10 +323,14 @@ fn backend_connections_are_reused_within_the_keepalive_timeout_only() {
     // Backend connections opened for 5 sequential requests from separate
     // clients (the probe's own connections excluded: interval 10 s, and
     // counted from after the first request).
-    let opened = |pool_keys: &str| {
+    let opened = |keepalive: Option<&str>| {
         let backend = HttpBackend::start("a", Behaviour::Respond);
-        let toml = config(&[("a", backend.address, 1)], "")
-            .replace("[pools.web]\n", &format!("[pools.web]\n{pool_keys}\n"));
+        let toml = web(&[("a", backend.address, 1)]);
+        let toml = match keepalive {
+            Some(timeout) => toml.set("pools.web.keepalive_timeout", timeout),
+            None => toml,
+        }
+        .to_string();
         let gale = Gale::start(&toml);
         let connections = || {
             backend
@@ -344,18 +345,19 @@ fn backend_connections_are_reused_within_the_keepalive_timeout_only() {
         assert_eq!(backend.requests(), 5);
         connections() - before
     };
-    assert_eq!(opened(""), 0, "kept-alive connection not reused");
+    assert_eq!(opened(None), 0, "kept-alive connection not reused");
     // Each curl takes longer than this to start.
-    assert_eq!(opened("keepalive_timeout = \"1ms\""), 4);
+    assert_eq!(opened(Some("1ms")), 4);
 }
 
 #[test]
 fn an_idle_http2_connection_is_closed_though_it_answers_pings() {
     let backend = HttpBackend::start("a", Behaviour::Respond);
-    let gale = Gale::start(&config(
-        &[("a", backend.address, 1)],
-        "header_timeout = \"300ms\"",
-    ));
+    let gale = Gale::start(
+        &web(&[("a", backend.address, 1)])
+            .set("listeners.web.header_timeout", "300ms")
+            .to_string(),
+    );
     // h2c by prior knowledge, frame by frame: the preface and empty
     // SETTINGS, then every SETTINGS and PING of gale's answered, as any
     // HTTP/2 library does, and no request.
@@ -401,7 +403,7 @@ fn an_idle_http2_connection_is_closed_though_it_answers_pings() {
 #[test]
 fn http2_requests_follow_the_client_field_rules_of_http1() {
     let backend = HttpBackend::start("echo", Behaviour::Echo);
-    let gale = Gale::start(&config(&[("echo", backend.address, 1)], ""));
+    let gale = Gale::start(&web(&[("echo", backend.address, 1)]).to_string());
     let h2 = "--http2-prior-knowledge";
     let seen = curl_output(&[
         h2,

@@ -11,13 +11,13 @@ use std::io::Write;
 use std::time::Duration;
 
 use support::client::HttpConnection;
-use support::http::{Behaviour, HttpBackend, config};
+use support::http::{Behaviour, HttpBackend, web};
 use support::process::{Gale, curl_output};
 
 /// gale over one echoing backend.
 fn echo() -> (HttpBackend, Gale) {
     let backend = HttpBackend::start("echo", Behaviour::Echo);
-    let gale = Gale::start(&config(&[("echo", backend.address, 1)], ""));
+    let gale = Gale::start(&web(&[("echo", backend.address, 1)]).to_string());
     (backend, gale)
 }
 
@@ -194,7 +194,7 @@ fn an_upgrade_request_reaches_the_backend_with_its_upgrade_fields() {
 #[test]
 fn an_answer_before_the_upload_ends_reaches_the_client() {
     let backend = HttpBackend::start("picky", Behaviour::RejectEarly);
-    let gale = Gale::start(&config(&[("picky", backend.address, 1)], ""));
+    let gale = Gale::start(&web(&[("picky", backend.address, 1)]).to_string());
     let mut conn = HttpConnection::open(gale.address("web")).unwrap();
     let length = 64 * 1024 * 1024;
     conn.send(format!("POST / HTTP/1.1\r\nHost: t\r\nContent-Length: {length}\r\n\r\n").as_bytes())
@@ -326,7 +326,7 @@ fn a_status_line_without_a_reason_phrase_is_relayed() {
             });
         }
     });
-    let gale = Gale::start(&config(&[("bare", address, 1)], ""));
+    let gale = Gale::start(&web(&[("bare", address, 1)]).to_string());
     let mut conn = HttpConnection::open(gale.address("web")).unwrap();
     conn.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
     let r = conn.response(false).unwrap();

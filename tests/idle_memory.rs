@@ -15,7 +15,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use support::http::{Behaviour, HttpBackend, config};
+use support::http::{Behaviour, HttpBackend, web};
 use support::process::{Gale, scrape, value};
 
 /// Idle client connections per HTTP/1 case.
@@ -140,10 +140,10 @@ fn cost(gale: &Gale, n: usize, descriptors: usize, open: impl Fn() -> TcpStream)
 fn idle_connections_cost_at_most_4_kib_each() {
     raise_nofile();
     let backend = HttpBackend::start("idle", Behaviour::Respond);
-    let web = config(
-        &[("idle", backend.address, 1)],
-        "header_timeout = \"5m\"\nmax_sessions = 20000",
-    );
+    let web = web(&[("idle", backend.address, 1)])
+        .set("listeners.web.header_timeout", "5m")
+        .set("listeners.web.max_sessions", 20000)
+        .to_string();
 
     // Connections that have sent nothing yet.
     let gale = Gale::start_warm(&web);
@@ -223,10 +223,11 @@ fn idle_connections_cost_at_most_4_kib_each() {
 fn a_listener_holds_its_buffers_near_max_buffer_mb() {
     raise_nofile();
     let backend = HttpBackend::start("capped", Behaviour::Respond);
-    let toml = config(
-        &[("capped", backend.address, 1)],
-        "header_timeout = \"1m\"\nmax_buffer_mb = 1",
-    ) + "[admin]\naddress = \"127.0.0.1:0\"\n";
+    let toml = web(&[("capped", backend.address, 1)])
+        .set("listeners.web.header_timeout", "1m")
+        .set("listeners.web.max_buffer_mb", 1)
+        .set("admin.address", "127.0.0.1:0")
+        .to_string();
     let gale = Gale::start_warm(&toml);
     let address = gale.address("web");
     let limit = 1024.0 * 1024.0;

@@ -9,22 +9,28 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use support::client::{Load, Session, send_mail};
+use support::conf::Conf;
 use support::http::{Behaviour, HttpBackend};
 use support::in_process::InProcess;
 use support::process::{Gale, SmtpSink, curl, free_port, signal};
 
 fn config(backends: &[(&str, SocketAddr, u32)]) -> String {
-    let mut toml = String::from(
-        "[listeners.in]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\npool = \"mta\"\n\
-         connect_timeout = \"500ms\"\nbanner_timeout = \"500ms\"\n\
-         [pools.mta]\n[pools.mta.probe]\nkind = \"smtp\"\ninterval = \"200ms\"\ntimeout = \"500ms\"\n",
-    );
-    for (name, address, weight) in backends {
-        toml.push_str(&format!(
-            "[[pools.mta.backends]]\nname = \"{name}\"\naddress = \"{address}\"\nweight = {weight}\n"
-        ));
+    conf(backends).to_string()
+}
+
+fn conf(backends: &[(&str, SocketAddr, u32)]) -> Conf {
+    let mut conf = Conf::new()
+        .smtp("in", "mta")
+        .set("listeners.in.connect_timeout", "500ms")
+        .set("listeners.in.banner_timeout", "500ms")
+        .probe("mta", "smtp", "200ms", "500ms");
+    for &(name, address, weight) in backends {
+        conf = conf.backend("mta", name, address).set(
+            &format!("pools.mta.backends.{name}.weight"),
+            i64::from(weight),
+        );
     }
-    toml
+    conf
 }
 
 #[test]
@@ -77,22 +83,24 @@ fn reloads_swap_generations_without_losing_a_session() {
 #[test]
 fn broken_reloads_keep_the_running_generation() {
     let sink = SmtpSink::start(free_port());
-    let good = config(&[("a", sink.address, 1)]);
-    let gale = InProcess::start(&good);
+    let good = conf(&[("a", sink.address, 1)]);
+    let gale = InProcess::start(&good.to_string());
     let addr = gale.address("in");
     let not_a_component = gale.config.with_file_name("garbage.wasm");
     std::fs::write(&not_a_component, b"\0asm but not really").unwrap();
     let wrong_world = support::plugin("hostile-wrong-world");
     let with_balancer = |path: &std::path::Path| {
-        good.replace(
-            "[pools.mta]\n",
-            &format!("[pools.mta]\nbalancer = {{ path = {path:?} }}\n"),
-        )
+        (good.clone())
+            .set("pools.mta.balancer.path", path.to_str().unwrap())
+            .to_string()
     };
     let cases = [
         ("[listeners.in\n".to_string(), "gale.toml:1:"),
         (
-            good.replace("weight = 1", "wieght = 1"),
+            (good.clone())
+                .unset("pools.mta.backends.a.weight")
+                .set("pools.mta.backends.a.wieght", 1)
+                .to_string(),
             "unknown field `wieght`",
         ),
         (with_balancer(&not_a_component), "garbage.wasm"),
@@ -189,31 +197,28 @@ fn a_thousand_reloads_do_not_grow_memory() {
 /// The config of the load test: backends `a`, `b` and optionally more; the balancer is whatever component `balancer.wasm` holds.
 /// `toml` plus an HTTP listener `web` whose pool `web` has the same
 /// balancer over `backends` (equal weights).
-fn with_http(toml: String, balancer: &std::path::Path, backends: &[SocketAddr]) -> String {
-    let mut toml = toml
-        + &format!(
-            "[listeners.web]\nprotocol = \"http\"\naddress = \"127.0.0.1:0\"\npool = \"web\"\n\
-             [pools.web]\nbalancer = {{ path = {balancer:?} }}\n"
-        );
-    for (i, address) in backends.iter().enumerate() {
-        toml.push_str(&format!(
-            "[[pools.web.backends]]\nname = \"w{i}\"\naddress = \"{address}\"\n"
-        ));
+fn with_http(conf: Conf, balancer: &std::path::Path, backends: &[SocketAddr]) -> String {
+    let mut conf = conf
+        .http("web", "web")
+        .set("pools.web.balancer.path", balancer.to_str().unwrap());
+    for (i, &address) in backends.iter().enumerate() {
+        conf = conf.backend("web", &format!("w{i}"), address);
     }
-    toml
+    conf.to_string()
 }
 
-fn swap_config(balancer: &std::path::Path, backends: &[(&str, SocketAddr, u32, &str)]) -> String {
-    let mut toml = format!(
-        "[listeners.in]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\npool = \"mta\"\n\
-         [pools.mta]\nbalancer = {{ path = {balancer:?} }}\n"
-    );
-    for (name, address, weight, role) in backends {
-        toml.push_str(&format!(
-            "[[pools.mta.backends]]\nname = \"{name}\"\naddress = \"{address}\"\nweight = {weight}\nrole = \"{role}\"\n"
-        ));
+fn swap_config(balancer: &std::path::Path, backends: &[(&str, SocketAddr, u32, &str)]) -> Conf {
+    let mut conf = Conf::new()
+        .smtp("in", "mta")
+        .set("pools.mta.balancer.path", balancer.to_str().unwrap());
+    for &(name, address, weight, role) in backends {
+        let at = format!("pools.mta.backends.{name}");
+        conf = conf
+            .backend("mta", name, address)
+            .set(&format!("{at}.weight"), i64::from(weight))
+            .set(&format!("{at}.role"), role);
     }
-    toml
+    conf
 }
 
 /// Field `key=` of a log line.
@@ -471,10 +476,8 @@ fn a_plugin_version_answering_garbage_is_rolled_back() {
     // It passes the self-check, then answers backend id 999 to every
     // real client, forever.
     let sneaky = support::plugin("hostile-sneaky");
-    let garbage = swap_config(&sneaky, &backends).replace(
-        &format!("balancer = {{ path = {sneaky:?} }}"),
-        &format!("balancer = {{ path = {sneaky:?}, settings = {{ fail = \"garbage\" }} }}"),
-    );
+    let garbage =
+        swap_config(&sneaky, &backends).set("pools.mta.balancer.settings.fail", "garbage");
     gale.rewrite_config(&format!("{head}{garbage}"));
     let _ = gale.wait_log("reloaded generation=2", Duration::from_secs(20));
     let rolled = gale.wait_line(

@@ -337,10 +337,11 @@ async fn ipv4_clients_of_a_dual_stack_listener_reach_backends_as_ipv4() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipv4_clients_of_a_dual_stack_http_listener_are_forwarded_as_ipv4() {
-    use support::http::{Behaviour, HttpBackend, config};
+    use support::http::{Behaviour, HttpBackend, web};
     let backend = HttpBackend::start("echo", Behaviour::Echo);
-    let toml = config(&[("echo", backend.address, 1)], "")
-        .replace("address = \"127.0.0.1:0\"", "address = \"[::]:0\"");
+    let toml = web(&[("echo", backend.address, 1)])
+        .set("listeners.web.address", "[::]:0")
+        .to_string();
     let server = start_toml(&toml).await;
     let port = server.address("web").unwrap().port();
     let mut c = TcpStream::connect(("127.0.0.1", port)).await.unwrap();

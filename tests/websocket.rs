@@ -8,24 +8,22 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use support::conf::Conf;
 use support::in_process::InProcess;
 use support::process::{Gale, signal};
 use support::websocket::{WsBackend, WsClient};
 
 fn config(backends: &[&WsBackend], idle: &str, drain: &str) -> String {
-    let mut toml = format!(
-        "[server]\ndrain_timeout = \"{drain}\"\n\
-         [listeners.web]\nprotocol = \"http\"\naddress = \"127.0.0.1:0\"\npool = \"ws\"\n\
-         idle_timeout = \"{idle}\"\nconnect_timeout = \"500ms\"\n\
-         [pools.ws]\n[pools.ws.probe]\nkind = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"500ms\"\n"
-    );
+    let mut conf = Conf::new()
+        .set("server.drain_timeout", drain)
+        .http("web", "ws")
+        .set("listeners.web.idle_timeout", idle)
+        .set("listeners.web.connect_timeout", "500ms")
+        .probe("ws", "tcp", "200ms", "500ms");
     for (i, b) in backends.iter().enumerate() {
-        toml.push_str(&format!(
-            "[[pools.ws.backends]]\nname = \"ws{i}\"\naddress = \"{}\"\n",
-            b.address
-        ));
+        conf = conf.backend("ws", &format!("ws{i}"), b.address);
     }
-    toml
+    conf.to_string()
 }
 
 /// The value of `metric` for listener `web` in gale's exposition.

@@ -10,6 +10,8 @@ use hyper::body::{Body, Bytes, Incoming};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+use super::conf::Conf;
+
 #[derive(Clone, Copy, Debug)]
 pub enum Behaviour {
     /// `200` with the backend's name as the body, after reading the whole
@@ -183,18 +185,19 @@ impl Body for EchoBody {
     }
 }
 
-/// An HTTP listener `web` over `backends` (name, address, weight), with
-/// extra listener keys.
-pub fn config(backends: &[(&str, SocketAddr, u32)], listener: &str) -> String {
-    let mut toml = format!(
-        "[listeners.web]\nprotocol = \"http\"\naddress = \"127.0.0.1:0\"\npool = \"web\"\n\
-         connect_timeout = \"500ms\"\n{listener}\n\
-         [pools.web]\n[pools.web.probe]\nkind = \"tcp\"\ninterval = \"10s\"\n"
-    );
-    for (name, address, weight) in backends {
-        toml.push_str(&format!(
-            "[[pools.web.backends]]\nname = \"{name}\"\naddress = \"{address}\"\nweight = {weight}\n"
-        ));
+/// An HTTP listener `web` over pool `web` of `backends` (name, address,
+/// weight); more keys with [`Conf::set`].
+pub fn web(backends: &[(&str, SocketAddr, u32)]) -> Conf {
+    let mut conf = Conf::new()
+        .http("web", "web")
+        .set("listeners.web.connect_timeout", "500ms")
+        .set("pools.web.probe.kind", "tcp")
+        .set("pools.web.probe.interval", "10s");
+    for &(name, address, weight) in backends {
+        conf = conf.backend("web", name, address).set(
+            &format!("pools.web.backends.{name}.weight"),
+            i64::from(weight),
+        );
     }
-    toml
+    conf
 }

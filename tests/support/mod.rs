@@ -5,6 +5,7 @@
 
 pub mod browser;
 pub mod client;
+pub mod conf;
 pub mod http;
 pub mod in_process;
 pub mod named;
