@@ -11,6 +11,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use support::http::{Behaviour, HttpBackend, web};
+use support::in_process::InProcess;
 use support::process::{Gale, Nginx, curl, curl_output, free_port};
 
 /// A port nothing listens on.
@@ -489,5 +490,50 @@ fn a_backend_answering_503_is_ejected_its_get_requests_go_elsewhere_and_a_post_n
     assert!(
         healed.requests() > 0,
         "the healed backend takes requests again"
+    );
+}
+
+/// Samples of `metric` in an in-process gale's exposition whose labels
+/// include every one of `labels`: (the full line's labels, value).
+fn samples(gale: &InProcess, metric: &str, labels: &[&str]) -> Vec<(String, f64)> {
+    let text = gale.running.server.current.load().metrics.encode();
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').unwrap();
+            (series.to_string(), value.parse().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn http1_and_http2_count_retries_and_label_failures_alike() {
+    let good = HttpBackend::start("good", Behaviour::Respond);
+    let dead = closed_port();
+    let mut seen = Vec::new();
+    // A gale of its own per protocol, so each starts from the same
+    // state: `dead` first in the order (weight 100) until traffic
+    // ejects it.
+    for flag in ["--http1.1", "--http2-prior-knowledge"] {
+        let gale =
+            InProcess::start(&web(&[("dead", dead, 100), ("good", good.address, 1)]).to_string());
+        let url = format!("http://{}/", gale.address("web"));
+        for _ in 0..6 {
+            let (code, body) = curl(&[flag, &url]);
+            assert_eq!(code, 200, "{flag}: {body}");
+        }
+        let retries = samples(&gale, "gale_retries_total", &["listener=\"web\""]);
+        let failures = samples(&gale, "gale_backend_failures_total", &["backend=\"dead\""]);
+        seen.push((flag, retries, failures));
+    }
+    let (_, retries, failures) = &seen[0];
+    assert!(retries[0].1 >= 1.0, "no retry counted: {seen:?}");
+    assert_eq!(failures.len(), 1, "{seen:?}");
+    assert!(failures[0].0.contains("reason=\"connect\""), "{seen:?}");
+    assert_eq!(
+        (&seen[1].1, &seen[1].2),
+        (retries, failures),
+        "HTTP/2 counted otherwise than HTTP/1: {seen:?}"
     );
 }
