@@ -85,40 +85,19 @@ where
         // DATA cannot spend the task's whole I/O budget on every poll
         // while the backend's replies wait.
         backend_first = !backend_first;
+        // The two directions have their reader and writer types swapped,
+        // so one closure cannot step both.
+        macro_rules! step {
+            ($direction:ident, $from:expr, $to:expr) => {
+                $direction.step(cx, ($from, $to), &mut moved, observer, &mut first_error)
+            };
+        }
         let (up_done, down_done) = if backend_first {
-            let down_done = down.step(
-                cx,
-                (upstream, client),
-                &mut moved,
-                observer,
-                &mut first_error,
-            );
-            let up_done = up.step(
-                cx,
-                (client, upstream),
-                &mut moved,
-                observer,
-                &mut first_error,
-            );
-            (up_done, down_done)
+            let down_done = step!(down, upstream, client);
+            (step!(up, client, upstream), down_done)
         } else {
-            let up_done = up.step(
-                cx,
-                (client, upstream),
-                &mut moved,
-                observer,
-                &mut first_error,
-            );
-            (
-                up_done,
-                down.step(
-                    cx,
-                    (upstream, client),
-                    &mut moved,
-                    observer,
-                    &mut first_error,
-                ),
-            )
+            let up_done = step!(up, client, upstream);
+            (up_done, step!(down, upstream, client))
         };
         charge.set(up.pending.capacity() + down.pending.capacity());
         if up_done && down_done {
