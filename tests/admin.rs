@@ -12,22 +12,26 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
 use support::client::send_mail;
+use support::conf::Conf;
 use support::process::{Gale, SmtpSink, curl, free_port, scrape, value};
 
-/// One SMTP listener on pool `mta` with `backends` (name, address, extra
-/// backend keys), `pool` extra keys, and the admin listener.
-fn config(backends: &[(&str, SocketAddr, &str)], pool: &str, admin: &str) -> String {
-    let mut toml = format!(
-        "[admin]\naddress = \"127.0.0.1:0\"\n{admin}\n\
-         [listeners.in]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\npool = \"mta\"\n\
-         [pools.mta]\n{pool}\n"
-    );
-    for (name, address, extra) in backends {
-        toml.push_str(&format!(
-            "[[pools.mta.backends]]\nname = \"{name}\"\naddress = \"{address}\"\n{extra}\n"
-        ));
+/// One SMTP listener on pool `mta` with `backends` (name, address), and
+/// the admin listener; more keys with [`Conf::set`].
+fn config(backends: &[(&str, SocketAddr)]) -> Conf {
+    let mut conf = Conf::new().admin().smtp("in", "mta");
+    for &(name, address) in backends {
+        conf = conf.backend("mta", name, address);
     }
-    toml
+    conf
+}
+
+/// [`config`] with every backend at `weight`.
+fn weighted(backends: &[(&str, SocketAddr)], weight: i64) -> Conf {
+    let mut conf = config(backends);
+    for (name, _) in backends {
+        conf = conf.set(&format!("pools.mta.backends.{name}.weight"), weight);
+    }
+    conf
 }
 
 fn url(gale: &Gale, path: &str) -> String {
@@ -57,8 +61,8 @@ fn sample(metrics: &str, series: &str) -> f64 {
 #[test]
 fn post_reload_swaps_generations_and_status_shows_each_result() {
     let a = SmtpSink::start(free_port());
-    let toml = config(&[("a", a.address, "")], "", "");
-    let gale = Gale::start(&toml);
+    let conf = config(&[("a", a.address)]);
+    let gale = Gale::start(&conf.to_string());
     let addr = gale.address("in");
 
     let s = status(&gale);
@@ -93,10 +97,7 @@ fn post_reload_swaps_generations_and_status_shows_each_result() {
     );
 
     // A typo: the file watcher's reload fails, and so does ours.
-    gale.rewrite_config(&toml.replace(
-        "[[pools.mta.backends]]\n",
-        "[[pools.mta.backends]]\nwieght = 2\n",
-    ));
+    gale.rewrite_config(&conf.set("pools.mta.backends.a.wieght", 2).to_string());
     gale.wait_line(&["reload failed", "file change"], Duration::from_secs(10));
     let (code, reply) = post_reload(&gale);
     assert_eq!(code, 422, "{reply}");
@@ -136,7 +137,11 @@ fn post_reload_swaps_generations_and_status_shows_each_result() {
 #[test]
 fn with_a_token_every_call_must_carry_it() {
     let a = SmtpSink::start(free_port());
-    let gale = Gale::start(&config(&[("a", a.address, "")], "", "token = \"s3cret\""));
+    let gale = Gale::start(
+        &config(&[("a", a.address)])
+            .set("admin.token", "s3cret")
+            .to_string(),
+    );
     let status_url = url(&gale, "/status");
     assert_eq!(curl(&[&status_url]).0, 401);
     assert_eq!(
@@ -210,14 +215,10 @@ fn with_a_token_every_call_must_carry_it() {
     );
 }
 
-/// Backends for the shadow tests: `a` and `b`, equal weights.
-/// Round-robin alternates a, b; the test plugin `first-listed` always
-/// picks a.
-fn two_backends(a: &SmtpSink, b: &SmtpSink) -> Vec<(&'static str, SocketAddr, &'static str)> {
-    vec![
-        ("a", a.address, "weight = 1"),
-        ("b", b.address, "weight = 1"),
-    ]
+/// Backends `a` and `b`, equal weights (1). Round-robin alternates a, b;
+/// the test plugin `first-listed` always picks a.
+fn two_backends(a: &SmtpSink, b: &SmtpSink) -> Conf {
+    weighted(&[("a", a.address), ("b", b.address)], 1)
 }
 
 #[test]
@@ -225,14 +226,15 @@ fn a_shadow_candidate_is_compared_but_not_obeyed_until_promoted() {
     let (a, b) = (SmtpSink::start(free_port()), SmtpSink::start(free_port()));
     let backends = two_backends(&a, &b);
     let first_listed = support::plugin("first-listed");
-    let gale = Gale::start(&config(
-        &backends,
-        &format!(
-            "balancer = {{ builtin = \"weighted-round-robin\" }}\n\
-             candidate = {{ path = {first_listed:?}, mode = \"shadow\" }}"
-        ),
-        "",
-    ));
+    let first_listed = first_listed.to_str().unwrap();
+    let gale = Gale::start(
+        &backends
+            .clone()
+            .set("pools.mta.balancer.builtin", "weighted-round-robin")
+            .set("pools.mta.candidate.path", first_listed)
+            .set("pools.mta.candidate.mode", "shadow")
+            .to_string(),
+    );
     let addr = gale.address("in");
     for _ in 0..20 {
         send_mail(addr);
@@ -265,11 +267,11 @@ fn a_shadow_candidate_is_compared_but_not_obeyed_until_promoted() {
     assert_eq!(sample["candidate"][0], "a", "{sample}");
 
     // Promote: the candidate becomes the balancer.
-    gale.rewrite_config(&config(
-        &backends,
-        &format!("balancer = {{ path = {first_listed:?} }}"),
-        "",
-    ));
+    gale.rewrite_config(
+        &backends
+            .set("pools.mta.balancer.path", first_listed)
+            .to_string(),
+    );
     gale.wait_log("reloaded generation=2", Duration::from_secs(20));
     for _ in 0..10 {
         send_mail(addr);
@@ -290,14 +292,12 @@ fn a_shadow_candidate_is_compared_but_not_obeyed_until_promoted() {
 fn a_failing_candidate_costs_no_session() {
     let (a, b) = (SmtpSink::start(free_port()), SmtpSink::start(free_port()));
     let sneaky = support::plugin("hostile-sneaky");
-    let gale = Gale::start(&config(
-        &two_backends(&a, &b),
-        &format!(
-            "candidate = {{ path = \"{}\", mode = \"shadow\" }}",
-            sneaky.display()
-        ),
-        "",
-    ));
+    let gale = Gale::start(
+        &two_backends(&a, &b)
+            .set("pools.mta.candidate.path", sneaky.display().to_string())
+            .set("pools.mta.candidate.mode", "shadow")
+            .to_string(),
+    );
     let addr = gale.address("in");
     // It passed the self-check; on real clients it panics every time.
     for _ in 0..10 {
@@ -342,15 +342,7 @@ fn a_failing_candidate_costs_no_session() {
 #[test]
 fn a_drained_backend_takes_no_new_sessions_until_enabled_even_across_a_reload() {
     let (a, b) = (SmtpSink::start(free_port()), SmtpSink::start(free_port()));
-    let toml = config(
-        &[
-            ("a", a.address, "weight = 1"),
-            ("b", b.address, "weight = 1"),
-        ],
-        "",
-        "",
-    );
-    let gale = Gale::start(&toml);
+    let gale = Gale::start(&two_backends(&a, &b).to_string());
     let load = support::client::Load::start(gale.address("in"), 3);
     gale.wait_line(&["smtp session", "backend=b"], Duration::from_secs(10));
 
@@ -422,14 +414,9 @@ fn a_drained_backend_takes_no_new_sessions_until_enabled_even_across_a_reload() 
 #[test]
 fn an_enabled_backend_ramps_up_to_its_weight_over_slow_start() {
     let (a, b) = (SmtpSink::start(free_port()), SmtpSink::start(free_port()));
-    let toml = config(
-        &[
-            ("a", a.address, "weight = 10"),
-            ("b", b.address, "weight = 10"),
-        ],
-        "slow_start = \"2s\"",
-        "",
-    );
+    let toml = weighted(&[("a", a.address), ("b", b.address)], 10)
+        .set("pools.mta.slow_start", "2s")
+        .to_string();
     let gale = Gale::start(&toml);
     let steer = |verb: &str| {
         curl(&[
@@ -479,11 +466,10 @@ fn an_enabled_backend_ramps_up_to_its_weight_over_slow_start() {
 fn gale_status_prints_the_running_state_as_tables() {
     let a = SmtpSink::start(free_port());
     let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let toml = config(
-        &[("a", a.address, ""), ("dead", dead, "")],
-        "[pools.mta.probe]\ninterval = \"100ms\"",
-        "token = \"s3cret\"",
-    );
+    let toml = config(&[("a", a.address), ("dead", dead)])
+        .set("pools.mta.probe.interval", "100ms")
+        .set("admin.token", "s3cret")
+        .to_string();
     let gale = Gale::start(&toml);
     gale.wait_line(&["backend=dead", "left rotation"], Duration::from_secs(5));
     let admin = gale.admin_address().to_string();
@@ -533,20 +519,17 @@ fn gale_status_prints_the_running_state_as_tables() {
 fn metrics_parse_and_count_what_was_sent() {
     let a = SmtpSink::start(free_port());
     let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut toml = config(
-        &[("a", a.address, "weight = 1"), ("dead", dead, "weight = 1")],
-        "[pools.mta.probe]\ninterval = \"1h\"",
-        "",
-    );
-    // Listeners whose only backend is dead: gale answers them itself.
-    toml.push_str(&format!(
-        "[listeners.nowhere]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\npool = \"gone\"\n\
-         [listeners.web]\nprotocol = \"http\"\naddress = \"127.0.0.1:0\"\npool = \"goneweb\"\n\
-         [pools.gone]\n[pools.gone.probe]\ninterval = \"1h\"\n\
-         [[pools.gone.backends]]\nname = \"dead\"\naddress = \"{dead}\"\n\
-         [pools.goneweb]\n[pools.goneweb.probe]\nkind = \"http\"\ninterval = \"1h\"\n\
-         [[pools.goneweb.backends]]\nname = \"dead\"\naddress = \"{dead}\"\n"
-    ));
+    let toml = weighted(&[("a", a.address), ("dead", dead)], 1)
+        .set("pools.mta.probe.interval", "1h")
+        // Listeners whose only backend is dead: gale answers them itself.
+        .smtp("nowhere", "gone")
+        .set("pools.gone.probe.interval", "1h")
+        .backend("gone", "dead", dead)
+        .http("web", "goneweb")
+        .set("pools.goneweb.probe.kind", "http")
+        .set("pools.goneweb.probe.interval", "1h")
+        .backend("goneweb", "dead", dead)
+        .to_string();
     let gale = Gale::start(&toml);
     let addr = gale.address("in");
     for _ in 0..30 {
@@ -682,7 +665,7 @@ fn raw_status(admin: SocketAddr) -> Vec<u8> {
 #[test]
 fn one_client_holds_at_most_eight_admin_connections_and_others_are_still_answered() {
     let a = SmtpSink::start(free_port());
-    let gale = Gale::start(&config(&[("a", a.address, "")], "", ""));
+    let gale = Gale::start(&config(&[("a", a.address)]).to_string());
     let admin = gale.admin_address();
     // Eight connections from 127.0.0.1 in the middle of a request.
     let mut held: Vec<TcpStream> = (0..8)
@@ -726,7 +709,7 @@ fn one_client_holds_at_most_eight_admin_connections_and_others_are_still_answere
 #[test]
 fn an_admin_connection_that_sends_nothing_is_closed_after_two_seconds() {
     let a = SmtpSink::start(free_port());
-    let gale = Gale::start(&config(&[("a", a.address, "")], "", ""));
+    let gale = Gale::start(&config(&[("a", a.address)]).to_string());
     let mut silent = TcpStream::connect(gale.admin_address()).unwrap();
     silent
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -746,7 +729,11 @@ fn an_admin_connection_that_sends_nothing_is_closed_after_two_seconds() {
 fn the_read_cookie_expires_after_twelve_hours() {
     use sha2::{Digest, Sha256};
     let a = SmtpSink::start(free_port());
-    let gale = Gale::start(&config(&[("a", a.address, "")], "", "token = \"s3cret\""));
+    let gale = Gale::start(
+        &config(&[("a", a.address)])
+            .set("admin.token", "s3cret")
+            .to_string(),
+    );
     let headers = support::process::curl_output(&[
         "-D",
         "-",

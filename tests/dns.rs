@@ -16,6 +16,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use toml::Table;
+
+use support::conf::Conf;
 use support::named::{KEY_NAME, KEY_SECRET, Named, addresses, dig};
 use support::process::{Gale, curl, free_port, require};
 
@@ -67,38 +70,55 @@ impl Drop for Backend {
 /// published as mx.example.test by the embedded server. Without a rate
 /// limit: these tests poll with dig far faster than a caching resolver
 /// asks (`dns_reflection.rs` tests the limit).
-fn config(backends: &[(&str, SocketAddr, u32)]) -> String {
-    with_provider(
-        backends,
-        "provider = \"embedded\"\n[dns.embedded]\naddress = \"127.0.0.1:0\"\nrate_limit = 0\n",
-    )
+fn config(backends: &[(&str, SocketAddr, u32)]) -> Conf {
+    pool(backends)
+        .set("dns.provider", "embedded")
+        .set("dns.embedded.address", "127.0.0.1:0")
+        .set("dns.embedded.rate_limit", 0)
 }
 
 /// The same, published to the BIND at `server` with `secret`.
-fn rfc2136(backends: &[(&str, SocketAddr, u32)], server: SocketAddr, secret: &str) -> String {
-    with_provider(
-        backends,
-        &format!(
-            "provider = \"rfc2136\"\n[dns.rfc2136]\nserver = \"{server}\"\n\
-             key_name = \"{KEY_NAME}\"\nkey_secret = \"{secret}\"\ntimeout = \"500ms\"\n\
-             reconcile = \"1s\"\n"
-        ),
-    )
+fn rfc2136(backends: &[(&str, SocketAddr, u32)], server: SocketAddr, secret: &str) -> Conf {
+    to_bind(pool(backends), server, secret)
 }
 
-fn with_provider(backends: &[(&str, SocketAddr, u32)], provider: &str) -> String {
-    let mut toml = format!(
-        "[listeners.smtp]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\npool = \"mta\"\n\
-         [pools.mta]\n[pools.mta.probe]\nkind = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"200ms\"\n\
-         [dns]\nzone = \"example.test.\"\nname = \"mx.example.test.\"\nttl = 5\npool = \"mta\"\n\
-         debounce = \"300ms\"\n{provider}"
+/// An SMTP listener `smtp` on pool `mta` of `backends` (name, address,
+/// weight) probed over TCP every 200 ms, published as mx.example.test by
+/// a provider still to be named.
+fn pool(backends: &[(&str, SocketAddr, u32)]) -> Conf {
+    let mut conf = publish(
+        Conf::new()
+            .smtp("smtp", "mta")
+            .probe("mta", "tcp", "200ms", "200ms"),
+        "mta",
     );
-    for (name, address, weight) in backends {
-        toml.push_str(&format!(
-            "[[pools.mta.backends]]\nname = \"{name}\"\naddress = \"{address}\"\nweight = {weight}\n"
-        ));
+    for &(name, address, weight) in backends {
+        conf = conf.backend("mta", name, address).set(
+            &format!("pools.mta.backends.{name}.weight"),
+            i64::from(weight),
+        );
     }
-    toml
+    conf
+}
+
+/// `conf` with the `dns` keys but the provider's: pool `pool` as
+/// mx.example.test.
+fn publish(conf: Conf, pool: &str) -> Conf {
+    conf.set("dns.zone", "example.test.")
+        .set("dns.name", "mx.example.test.")
+        .set("dns.ttl", 5)
+        .set("dns.pool", pool)
+        .set("dns.debounce", "300ms")
+}
+
+/// `conf` publishing to the BIND at `server` with `secret`.
+fn to_bind(conf: Conf, server: SocketAddr, secret: &str) -> Conf {
+    conf.set("dns.provider", "rfc2136")
+        .set("dns.rfc2136.server", server.to_string())
+        .set("dns.rfc2136.key_name", KEY_NAME)
+        .set("dns.rfc2136.key_secret", secret)
+        .set("dns.rfc2136.timeout", "500ms")
+        .set("dns.rfc2136.reconcile", "1s")
 }
 
 fn dns_address(gale: &Gale) -> SocketAddr {
@@ -130,11 +150,14 @@ fn wait_for(server: SocketAddr, want: &[&str], limit: Duration) -> Duration {
 fn only_healthy_members_are_answered_and_a_dead_one_comes_back() {
     let mut b = Backend::start("127.0.0.3:0");
     let (a, c) = (Backend::start("127.0.0.2:0"), Backend::start("127.0.0.4:0"));
-    let gale = Gale::start(&config(&[
-        ("a", a.address, 1),
-        ("b", b.address, 1),
-        ("c", c.address, 1),
-    ]));
+    let gale = Gale::start(
+        &config(&[
+            ("a", a.address, 1),
+            ("b", b.address, 1),
+            ("c", c.address, 1),
+        ])
+        .to_string(),
+    );
     let server = dns_address(&gale);
     wait_for(
         server,
@@ -181,7 +204,7 @@ fn only_healthy_members_are_answered_and_a_dead_one_comes_back() {
 #[test]
 fn the_last_records_stay_when_every_member_is_down() {
     let mut a = Backend::start("127.0.0.5:0");
-    let gale = Gale::start(&config(&[("a", a.address, 1)]));
+    let gale = Gale::start(&config(&[("a", a.address, 1)]).to_string());
     let server = dns_address(&gale);
     wait_for(server, &["127.0.0.5"], Duration::from_secs(5));
     a.kill();
@@ -198,10 +221,9 @@ fn the_last_records_stay_when_every_member_is_down() {
 #[test]
 fn weights_show_in_which_address_comes_first() {
     let (light, heavy) = (Backend::start("127.0.0.6:0"), Backend::start("127.0.0.7:0"));
-    let gale = Gale::start(&config(&[
-        ("light", light.address, 1),
-        ("heavy", heavy.address, 3),
-    ]));
+    let gale = Gale::start(
+        &config(&[("light", light.address, 1), ("heavy", heavy.address, 3)]).to_string(),
+    );
     let server = dns_address(&gale);
     wait_for(server, &["127.0.0.6", "127.0.0.7"], Duration::from_secs(5));
 
@@ -231,11 +253,14 @@ fn two_on_bind(a: &str, b: &str) -> (Named, Backend, Backend, Gale) {
         Backend::start(&format!("{a}:0")),
         Backend::start(&format!("{b}:0")),
     );
-    let gale = Gale::start(&rfc2136(
-        &[("a", first.address, 1), ("b", second.address, 1)],
-        named.address,
-        KEY_SECRET,
-    ));
+    let gale = Gale::start(
+        &rfc2136(
+            &[("a", first.address, 1), ("b", second.address, 1)],
+            named.address,
+            KEY_SECRET,
+        )
+        .to_string(),
+    );
     wait_for(named.address, &[a, b], Duration::from_secs(5));
     (named, first, second, gale)
 }
@@ -268,7 +293,7 @@ fn a_wrong_key_is_refused_with_a_clear_error_and_changes_nothing() {
     let a = Backend::start("127.0.0.13:0");
     // The right length, the wrong bytes.
     let wrong = "d3Jvbmcta2V5LWZvci1nYWxlLXRlc3RzLTMyLWJ5dGVzLg==";
-    let gale = Gale::start(&rfc2136(&[("a", a.address, 1)], named.address, wrong));
+    let gale = Gale::start(&rfc2136(&[("a", a.address, 1)], named.address, wrong).to_string());
     let line = gale.wait_log("dns update refused", Duration::from_secs(5));
     assert!(line.contains("key=gale-key."), "{line}");
     assert!(line.contains("the server refused the key"), "{line}");
@@ -293,21 +318,30 @@ fn an_update_made_while_the_server_is_down_lands_when_it_returns() {
 /// Instance `n` of three on 127.0.0.{2,3,4}:`port`, each probing the
 /// other two and publishing the healthy ones (itself included) to BIND.
 fn instance(n: u8, port: u16, backend: SocketAddr, named: SocketAddr) -> String {
-    let mut toml = format!(
-        "[listeners.smtp]\nprotocol = \"smtp\"\naddress = \"127.0.0.{n}:{port}\"\npool = \"mta\"\n\
-         [pools.mta]\n[[pools.mta.backends]]\nname = \"mta\"\naddress = \"{backend}\"\nweight = 1\n\
-         [peers]\naddress = \"127.0.0.{n}\"\nname = \"gale-{n}\"\n\
-         [peers.probe]\nkind = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"200ms\"\n\
-         [dns]\nzone = \"example.test.\"\nname = \"mx.example.test.\"\nttl = 5\npool = \"peers\"\n\
-         debounce = \"300ms\"\nprovider = \"rfc2136\"\n[dns.rfc2136]\nserver = \"{named}\"\n\
-         key_name = \"{KEY_NAME}\"\nkey_secret = \"{KEY_SECRET}\"\ntimeout = \"500ms\"\nreconcile = \"1s\"\n"
-    );
-    for other in (2..=4).filter(|o| *o != n) {
-        toml.push_str(&format!(
-            "[[peers.members]]\nname = \"gale-{other}\"\naddress = \"127.0.0.{other}:{port}\"\n"
-        ));
-    }
-    toml
+    let members: Vec<Table> = (2..=4)
+        .filter(|o| *o != n)
+        .map(|other| {
+            Table::from_iter([
+                ("name".to_string(), format!("gale-{other}").into()),
+                (
+                    "address".to_string(),
+                    format!("127.0.0.{other}:{port}").into(),
+                ),
+            ])
+        })
+        .collect();
+    let conf = Conf::new()
+        .smtp("smtp", "mta")
+        .set("listeners.smtp.address", format!("127.0.0.{n}:{port}"))
+        .backend("mta", "mta", backend)
+        .set("pools.mta.backends.mta.weight", 1)
+        .set("peers.address", format!("127.0.0.{n}"))
+        .set("peers.name", format!("gale-{n}"))
+        .set("peers.probe.kind", "tcp")
+        .set("peers.probe.interval", "200ms")
+        .set("peers.probe.timeout", "200ms")
+        .set("peers.members", members);
+    to_bind(publish(conf, "peers"), named, KEY_SECRET).to_string()
 }
 
 #[test]
@@ -367,10 +401,10 @@ fn three_balancers_share_a_name_and_the_survivors_remove_a_dead_one() {
 #[test]
 fn changes_past_max_changes_wait_and_status_says_why() {
     let (a, mut b) = (Backend::start("127.0.0.8:0"), Backend::start("127.0.0.9:0"));
-    let toml = config(&[("a", a.address, 1), ("b", b.address, 1)]).replace(
-        "provider = \"embedded\"",
-        "max_changes = 2\nprovider = \"embedded\"",
-    ) + "[admin]\naddress = \"127.0.0.1:0\"\n";
+    let toml = config(&[("a", a.address, 1), ("b", b.address, 1)])
+        .set("dns.max_changes", 2)
+        .admin()
+        .to_string();
     let gale = Gale::start(&toml);
     let server = dns_address(&gale);
     // The first publication spends this minute's two changes.
@@ -409,7 +443,8 @@ fn changes_past_max_changes_wait_and_status_says_why() {
 fn drift_on_the_server_is_put_right_by_the_reconcile_loop() {
     let named = Named::start(free_port());
     let a = Backend::start("127.0.0.16:0");
-    let _gale = Gale::start(&rfc2136(&[("a", a.address, 1)], named.address, KEY_SECRET));
+    let _gale =
+        Gale::start(&rfc2136(&[("a", a.address, 1)], named.address, KEY_SECRET).to_string());
     wait_for(named.address, &["127.0.0.16"], Duration::from_secs(5));
     // Another writer deletes the set behind gale's back.
     let mut nsupdate = Command::new(require("nsupdate"))
@@ -525,7 +560,8 @@ fn a_forged_answer_to_a_read_is_an_error_and_never_taken_as_published() {
     // trusting it would mean sending no update at all.
     let relay = ForgingRelay::start(named.address, Ipv4Addr::new(127, 0, 0, 17), 5);
     let toml = rfc2136(&[("a", a.address, 1)], relay.address, KEY_SECRET)
-        + "[admin]\naddress = \"127.0.0.1:0\"\n";
+        .admin()
+        .to_string();
     let gale = Gale::start(&toml);
 
     let line = gale.wait_log("dns answer not trusted", Duration::from_secs(5));

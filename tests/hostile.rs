@@ -8,17 +8,15 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use support::client::{HttpConnection, Load, Session};
+use support::conf::Conf;
 use support::http::{Behaviour, HttpBackend};
 use support::process::{Gale, SmtpSink, curl, free_port};
 
-/// An SMTP listener `name` over pool `name`, whose balancer is `balancer`
-/// (a TOML inline table) over `sink`.
-fn smtp_pool(name: &str, balancer: &str, sink: SocketAddr) -> String {
-    format!(
-        "[listeners.{name}]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\npool = \"{name}\"\n\
-         [pools.{name}]\nbalancer = {balancer}\n\
-         [[pools.{name}.backends]]\nname = \"{name}-sink\"\naddress = \"{sink}\"\n"
-    )
+/// An SMTP listener `name` over pool `name` over `sink`; its balancer by
+/// `set("pools.NAME.balancer.KEY", ...)`.
+fn smtp_pool(conf: Conf, name: &str, sink: SocketAddr) -> Conf {
+    conf.smtp(name, name)
+        .backend(name, &format!("{name}-sink"), sink)
 }
 
 /// Time from connecting to the greeting.
@@ -48,22 +46,14 @@ fn a_plugin_spending_its_calls_in_wasi_stalls_no_other_pool() {
     let random = support::plugin("hostile-random");
     // 64 KiB a turn: each call succeeds, so only the time charged for the
     // host stops the loop.
-    let toml = format!(
-        "[admin]\naddress = \"127.0.0.1:0\"\n{}{}\
-         [listeners.web]\nprotocol = \"http\"\naddress = \"127.0.0.1:0\"\npool = \"web\"\n\
-         [pools.web]\n[[pools.web.backends]]\nname = \"web\"\naddress = \"{}\"\n",
-        smtp_pool(
-            "bad",
-            &format!("{{ path = {random:?}, settings = {{ bytes = 65536 }} }}"),
-            sink.address
-        ),
-        smtp_pool(
-            "good",
-            "{ builtin = \"weighted-round-robin\" }",
-            sink.address
-        ),
-        web.address,
-    );
+    let bad = smtp_pool(Conf::new().admin(), "bad", sink.address)
+        .set("pools.bad.balancer.path", random.to_str().unwrap())
+        .set("pools.bad.balancer.settings.bytes", 65536);
+    let toml = smtp_pool(bad, "good", sink.address)
+        .set("pools.good.balancer.builtin", "weighted-round-robin")
+        .http("web", "web")
+        .backend("web", "web", web.address)
+        .to_string();
     let gale = Gale::start(&toml);
     let load = Load::start(gale.address("bad"), 4);
     // The hostile pool is being decided on (and failing) while we measure.
@@ -101,10 +91,11 @@ fn a_plugin_spending_its_calls_in_wasi_stalls_no_other_pool() {
 fn after_a_trap_decisions_never_wait_for_a_slow_init() {
     let sink = SmtpSink::start(free_port());
     let slow = support::plugin("hostile-slow-init");
-    let gale = Gale::start(&format!(
-        "[admin]\naddress = \"127.0.0.1:0\"\n{}",
-        smtp_pool("slow", &format!("{{ path = {slow:?} }}"), sink.address)
-    ));
+    let gale = Gale::start(
+        &smtp_pool(Conf::new().admin(), "slow", sink.address)
+            .set("pools.slow.balancer.path", slow.to_str().unwrap())
+            .to_string(),
+    );
     let addr = gale.address("slow");
     // Ten clients at once: the first decision traps, and every fresh
     // instance takes ~900 ms in init; none of them may wait for it.
@@ -130,14 +121,12 @@ fn a_plugin_cannot_flood_or_forge_the_log() {
     // The self-check at start-up calls the plugin too: the budget counts
     // from there.
     let started = Instant::now();
-    let gale = Gale::start(&format!(
-        "[admin]\naddress = \"127.0.0.1:0\"\n{}",
-        smtp_pool(
-            "flood",
-            &format!("{{ path = {flood:?}, deadline = \"200ms\" }}"),
-            sink.address,
-        )
-    ));
+    let gale = Gale::start(
+        &smtp_pool(Conf::new().admin(), "flood", sink.address)
+            .set("pools.flood.balancer.path", flood.to_str().unwrap())
+            .set("pools.flood.balancer.deadline", "200ms")
+            .to_string(),
+    );
     let addr = gale.address("flood");
     // Each session's decision logs 10,000 warnings; keep going until a
     // line says how many were suppressed (the budget refills at 20 a

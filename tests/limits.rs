@@ -9,6 +9,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use support::client::Session;
+use support::conf::Conf;
 use support::process::{Gale, SmtpSink, free_port};
 
 /// A connection through gale and its greeting, if one came within 1 s.
@@ -44,12 +45,11 @@ fn cpu_ticks(pid: u32) -> u64 {
 #[test]
 fn out_of_file_descriptors_gale_backs_off_keeps_sessions_and_recovers() {
     let sink = SmtpSink::start(free_port());
-    let toml = format!(
-        "[listeners.in]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\npool = \"mta\"\n\
-         [pools.mta]\n[pools.mta.probe]\ninterval = \"1h\"\n\
-         [[pools.mta.backends]]\nname = \"a\"\naddress = \"{}\"\n",
-        sink.address
-    );
+    let toml = Conf::new()
+        .smtp("in", "mta")
+        .set("pools.mta.probe.interval", "1h")
+        .backend("mta", "a", sink.address)
+        .to_string();
     let gale = Gale::start_with_nofile(&toml, 64);
     let addr = gale.address("in");
 
@@ -155,12 +155,12 @@ fn connect_from(addr: SocketAddr, source: &str) -> (TcpStream, String) {
 #[test]
 fn sessions_per_client_ip_are_capped_with_a_421() {
     let sink = SmtpSink::start(free_port());
-    let toml = format!(
-        "[listeners.in]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\npool = \"mta\"\n\
-         hostname = \"mx.test\"\nmax_sessions_per_client = 2\n\
-         [pools.mta]\n[[pools.mta.backends]]\nname = \"a\"\naddress = \"{}\"\n",
-        sink.address
-    );
+    let toml = Conf::new()
+        .smtp("in", "mta")
+        .set("listeners.in.hostname", "mx.test")
+        .set("listeners.in.max_sessions_per_client", 2)
+        .backend("mta", "a", sink.address)
+        .to_string();
     let gale = Gale::start(&toml);
     let addr = gale.address("in");
     let mut held = Vec::new();

@@ -12,6 +12,7 @@ use std::time::Duration;
 use gale::generation::Generation;
 use gale::pool::Out;
 use gale::server::Server;
+use support::conf::Conf;
 use support::smtp::{Backend, Behaviour, Client};
 use support::wait_until;
 use tokio::io::AsyncWriteExt;
@@ -37,13 +38,16 @@ async fn an_agent_halves_the_weight_drains_and_takes_the_backend_out() {
     let b = Backend::start(Behaviour::Sink).await;
     let say = Arc::new(Mutex::new("up 50%\n"));
     let (agent_port, agent_task) = agent(say.clone()).await;
-    let toml = format!(
-        "[listeners.in]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\npool = \"mta\"\n\
-         [pools.mta.probe]\nkind = \"tcp\"\ninterval = \"100ms\"\n\
-         [[pools.mta.backends]]\nname = \"a\"\naddress = \"{}\"\nweight = 4\nagent_port = {agent_port}\n\
-         [[pools.mta.backends]]\nname = \"b\"\naddress = \"{}\"\nweight = 4\n",
-        a.address, b.address
-    );
+    let toml = Conf::new()
+        .smtp("in", "mta")
+        .set("pools.mta.probe.kind", "tcp")
+        .set("pools.mta.probe.interval", "100ms")
+        .backend("mta", "a", a.address)
+        .set("pools.mta.backends.a.weight", 4)
+        .set("pools.mta.backends.a.agent_port", i64::from(agent_port))
+        .backend("mta", "b", b.address)
+        .set("pools.mta.backends.b.weight", 4)
+        .to_string();
     let (runtime, _cache) = support::runtime();
     let generation =
         Generation::build(1, &runtime, support::config(&toml), &Default::default()).unwrap();

@@ -13,22 +13,21 @@ use std::time::Duration;
 use fantoccini::Locator;
 use support::browser::Browser;
 use support::client::Load;
+use support::conf::Conf;
 use support::process::{Gale, SmtpSink, curl, free_port};
 
 const TOKEN: &str = "page-test-token";
 
 fn config(backends: &[(&str, SocketAddr)]) -> String {
-    let mut toml = format!(
-        "[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\
-         [listeners.in]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\npool = \"mta\"\n\
-         [pools.mta]\n[pools.mta.probe]\ninterval = \"200ms\"\n"
-    );
-    for (name, address) in backends {
-        toml.push_str(&format!(
-            "[[pools.mta.backends]]\nname = \"{name}\"\naddress = \"{address}\"\n"
-        ));
+    let mut conf = Conf::new()
+        .admin()
+        .set("admin.token", TOKEN)
+        .smtp("in", "mta")
+        .set("pools.mta.probe.interval", "200ms");
+    for &(name, address) in backends {
+        conf = conf.backend("mta", name, address);
     }
-    toml
+    conf.to_string()
 }
 
 /// Where the screenshot goes: `target/artifacts/`.

@@ -13,28 +13,33 @@ use std::time::Duration;
 use gale::generation::Generation;
 use gale::pool::{Out, Pool};
 use gale::server::Server;
+use support::conf::Conf;
 use support::process::{SmtpSink, free_port};
 use support::smtp::{Backend, Behaviour, Client, LISTED};
 use support::wait_until;
 
-/// An SMTP listener before a pool `mta` of `backends` (with PROXY v1 if
-/// `proxy`), `pool_keys` added to the pool.
-async fn start(backends: &[&Backend], proxy: bool, pool_keys: &str, probe: &str) -> Server {
-    let mut toml = format!(
-        "[listeners.in]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\npool = \"mta\"\n\
-         hostname = \"gale.test\"\nbanner_timeout = \"1s\"\nconnect_timeout = \"1s\"\n\
-         max_attempts = {}\n\
-         [pools.mta]\n{pool_keys}\n[pools.mta.probe]\n{probe}\n",
-        backends.len()
-    );
+/// An SMTP listener before a pool `mta` of `backends` as `b0`, `b1`, ...
+/// (with PROXY v1 if `proxy`), as many attempts as backends; the probe and
+/// more pool keys with [`Conf::set`].
+fn conf(backends: &[&Backend], proxy: bool) -> Conf {
+    let mut conf = Conf::new()
+        .smtp("in", "mta")
+        .set("listeners.in.hostname", "gale.test")
+        .set("listeners.in.banner_timeout", "1s")
+        .set("listeners.in.connect_timeout", "1s")
+        .set("listeners.in.max_attempts", backends.len() as i64);
     for (i, b) in backends.iter().enumerate() {
-        toml.push_str(&format!(
-            "[[pools.mta.backends]]\nname = \"b{i}\"\naddress = \"{}\"\nproxy_protocol = \"{}\"\n",
-            b.address,
-            if proxy { "v1" } else { "none" }
-        ));
+        let name = format!("b{i}");
+        conf = conf.backend("mta", &name, b.address).set(
+            &format!("pools.mta.backends.{name}.proxy_protocol"),
+            if proxy { "v1" } else { "none" },
+        );
     }
-    let config = support::config(&toml);
+    conf
+}
+
+async fn start(conf: Conf) -> Server {
+    let config = support::config(&conf.to_string());
     let (runtime, _cache) = support::runtime();
     let generation = Generation::build(1, &runtime, config, &Default::default()).unwrap();
     Server::start(generation).await.unwrap()
@@ -48,13 +53,8 @@ async fn two_behind_proxy(behaviour: Behaviour) -> (Server, [Backend; 2], Arc<Po
         Backend::start_on(at(), behaviour, Some(1)).await,
         Backend::start_on(at(), behaviour, Some(1)).await,
     ];
-    let server = start(
-        &[&backends[0], &backends[1]],
-        true,
-        "",
-        "kind = \"smtp\"\ninterval = \"100ms\"\ntimeout = \"1s\"",
-    )
-    .await;
+    let server =
+        start(conf(&[&backends[0], &backends[1]], true).probe("mta", "smtp", "100ms", "1s")).await;
     let pool = server.current.load_full().pools[0].clone();
     (server, backends, pool)
 }
@@ -160,10 +160,11 @@ async fn traffic_ejects_at_most_max_ejection_percent_and_ejections_grow() {
     ];
     let good = Backend::start(Behaviour::Sink).await;
     let server = start(
-        &[&busy[0], &busy[1], &busy[2], &good],
-        false,
-        "base_ejection_time = \"2s\"\nmax_ejection_time = \"20s\"",
-        "kind = \"tcp\"\ninterval = \"100ms\"",
+        conf(&[&busy[0], &busy[1], &busy[2], &good], false)
+            .set("pools.mta.base_ejection_time", "2s")
+            .set("pools.mta.max_ejection_time", "20s")
+            .set("pools.mta.probe.kind", "tcp")
+            .set("pools.mta.probe.interval", "100ms"),
     )
     .await;
     let addr = server.address("in").unwrap();
@@ -230,19 +231,18 @@ async fn the_deep_smtp_probe_sees_backends_that_greet_but_defer_mail() {
     let good = SmtpSink::start_with(at(free_port()), &[]);
     let full_spool = SmtpSink::start_with(at(free_port()), &["-r", "MAIL"]);
     let broken_rcpt = SmtpSink::start_with(at(free_port()), &["-r", "RCPT"]);
-    let toml = format!(
-        "[listeners.in]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\npool = \"mta\"\n\
-         [pools.mta.probe]\nkind = \"smtp\"\ninterval = \"100ms\"\n\
-         mail_from = \"probe@gale.test\"\nrcpt_to = \"postmaster@example.test\"\n\
-         [[pools.mta.backends]]\nname = \"good\"\naddress = \"{}\"\n\
-         [[pools.mta.backends]]\nname = \"full-spool\"\naddress = \"{}\"\n\
-         [[pools.mta.backends]]\nname = \"broken-rcpt\"\naddress = \"{}\"\n",
-        good.address, full_spool.address, broken_rcpt.address
-    );
-    let (runtime, _cache) = support::runtime();
-    let generation =
-        Generation::build(1, &runtime, support::config(&toml), &Default::default()).unwrap();
-    let server = Server::start(generation).await.unwrap();
+    let server = start(
+        Conf::new()
+            .smtp("in", "mta")
+            .set("pools.mta.probe.kind", "smtp")
+            .set("pools.mta.probe.interval", "100ms")
+            .set("pools.mta.probe.mail_from", "probe@gale.test")
+            .set("pools.mta.probe.rcpt_to", "postmaster@example.test")
+            .backend("mta", "good", good.address)
+            .backend("mta", "full-spool", full_spool.address)
+            .backend("mta", "broken-rcpt", broken_rcpt.address),
+    )
+    .await;
     let pool = server.current.load_full().pools[0].clone();
     wait_until(
         || !pool.is_healthy(1) && !pool.is_healthy(2),
@@ -288,19 +288,18 @@ async fn mtas_that_greet_but_defer_mail_leave_rotation_on_traffic() {
     let drops_data = SmtpSink::start_with(at(free_port()), &["-Q", "DATA"]);
     let good = SmtpSink::start_with(at(free_port()), &[]);
     // A probe that only connects sees nothing wrong: traffic must.
-    let toml = format!(
-        "[listeners.in]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\npool = \"mta\"\n\
-         [pools.mta]\nmax_ejection_percent = 100\nbase_ejection_time = \"1m\"\n\
-         [pools.mta.probe]\nkind = \"tcp\"\ninterval = \"1h\"\n\
-         [[pools.mta.backends]]\nname = \"defers-mail\"\naddress = \"{}\"\n\
-         [[pools.mta.backends]]\nname = \"drops-data\"\naddress = \"{}\"\n\
-         [[pools.mta.backends]]\nname = \"good\"\naddress = \"{}\"\n",
-        defers_mail.address, drops_data.address, good.address
-    );
-    let (runtime, _cache) = support::runtime();
-    let generation =
-        Generation::build(1, &runtime, support::config(&toml), &Default::default()).unwrap();
-    let server = Server::start(generation).await.unwrap();
+    let server = start(
+        Conf::new()
+            .smtp("in", "mta")
+            .set("pools.mta.max_ejection_percent", 100)
+            .set("pools.mta.base_ejection_time", "1m")
+            .set("pools.mta.probe.kind", "tcp")
+            .set("pools.mta.probe.interval", "1h")
+            .backend("mta", "defers-mail", defers_mail.address)
+            .backend("mta", "drops-data", drops_data.address)
+            .backend("mta", "good", good.address),
+    )
+    .await;
     let addr = server.address("in").unwrap();
     let pool = server.current.load_full().pools[0].clone();
     // Senders from many addresses, as a fleet sees them (a 421 outside

@@ -4,36 +4,40 @@
 
 mod support;
 
+use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use support::conf::Conf;
 use support::process::{Gale, Postfix, SmtpSink, curl, free_port, require, signal};
 use support::smtp::{Backend, Behaviour, Client};
 
-fn config(backends: &[(String, &str)], pool_extra: &str) -> String {
-    let mut toml = String::from(
-        "[server]\ndrain_timeout = \"20s\"\n\
-         [listeners.in]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\npool = \"mta\"\nhostname = \"gale.test\"\n\
-         banner_timeout = \"500ms\"\nconnect_timeout = \"500ms\"\nmax_attempts = 6\n\
-         [pools.mta]\n",
-    );
-    toml.push_str(pool_extra);
-    toml.push_str(
-        "\n[pools.mta.probe]\nkind = \"smtp\"\ninterval = \"300ms\"\ntimeout = \"500ms\"\n",
-    );
-    for (i, (address, proxy)) in backends.iter().enumerate() {
-        toml.push_str(&format!(
-            "[[pools.mta.backends]]\nname = \"b{i}\"\naddress = \"{address}\"\nproxy_protocol = \"{proxy}\"\n"
-        ));
+/// An SMTP listener `in` before pool `mta` of `backends` (address, PROXY
+/// protocol) as `b0`, `b1`, ..., probed over SMTP every 300 ms; more keys
+/// with [`Conf::set`].
+fn config(backends: &[(SocketAddr, &str)]) -> Conf {
+    let mut conf = Conf::new()
+        .set("server.drain_timeout", "20s")
+        .smtp("in", "mta")
+        .set("listeners.in.hostname", "gale.test")
+        .set("listeners.in.banner_timeout", "500ms")
+        .set("listeners.in.connect_timeout", "500ms")
+        .set("listeners.in.max_attempts", 6)
+        .probe("mta", "smtp", "300ms", "500ms");
+    for (i, &(address, proxy)) in backends.iter().enumerate() {
+        let name = format!("b{i}");
+        conf = conf
+            .backend("mta", &name, address)
+            .set(&format!("pools.mta.backends.{name}.proxy_protocol"), proxy);
     }
-    toml
+    conf
 }
 
 #[test]
 fn postfix_accepts_mail_and_logs_the_real_client_address() {
     let postfix = Postfix::start();
     for (proxy, client_ip) in [("v2", "127.0.0.2"), ("v1", "127.0.0.3")] {
-        let gale = Gale::start(&config(&[(postfix.address.to_string(), proxy)], ""));
+        let gale = Gale::start(&config(&[(postfix.address, proxy)]).to_string());
         let out = Command::new(require("swaks"))
             .args(["--server", &gale.address("in").to_string()])
             .args(["--local-interface", client_ip])
@@ -90,19 +94,19 @@ fn smtp_source_sees_no_errors_while_bad_backends_are_skipped() {
             Backend::start(Behaviour::Silent).await,
         )
     });
-    let closed = format!("127.0.0.1:{}", free_port());
+    let closed: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let sink_a = SmtpSink::start(free_port());
     let sink_b = SmtpSink::start(free_port());
-    let gale = Gale::start(&config(
-        &[
+    let gale = Gale::start(
+        &config(&[
             (closed, "none"),
-            (busy.address.to_string(), "none"),
-            (silent.address.to_string(), "none"),
-            (sink_a.address.to_string(), "none"),
-            (sink_b.address.to_string(), "none"),
-        ],
-        "",
-    ));
+            (busy.address, "none"),
+            (silent.address, "none"),
+            (sink_a.address, "none"),
+            (sink_b.address, "none"),
+        ])
+        .to_string(),
+    );
     let messages = 300;
     let out = Command::new(require("smtp-source"))
         .args([
@@ -144,16 +148,16 @@ fn a_killed_backend_costs_no_new_session_and_returns_after_restart() {
     let port_a = free_port();
     let mut sink_a = SmtpSink::start(port_a);
     let sink_b = SmtpSink::start(free_port());
-    let gale = Gale::start(&config(
-        &[
-            (sink_a.address.to_string(), "none"),
-            (sink_b.address.to_string(), "none"),
-        ],
-        // Traffic ejects the killed backend before its probes fail; a
-        // short ejection, so that its return is up to the probes.
-        "health = { builtin = \"threshold-health\", settings = { rise = 2, fall = 3 } }\n\
-         base_ejection_time = \"300ms\"",
-    ));
+    let gale = Gale::start(
+        &config(&[(sink_a.address, "none"), (sink_b.address, "none")])
+            .set("pools.mta.health.builtin", "threshold-health")
+            .set("pools.mta.health.settings.rise", 2)
+            .set("pools.mta.health.settings.fall", 3)
+            // Traffic ejects the killed backend before its probes fail; a
+            // short ejection, so that its return is up to the probes.
+            .set("pools.mta.base_ejection_time", "300ms")
+            .to_string(),
+    );
     let addr = gale.address("in");
     let rt = tokio::runtime::Runtime::new().unwrap();
     // Bounded load: 4 clients, 6 s, one message per session.
@@ -228,7 +232,7 @@ fn a_killed_backend_costs_no_new_session_and_returns_after_restart() {
 #[test]
 fn sigterm_drains_a_session_in_the_middle_of_data() {
     let sink = SmtpSink::start(free_port());
-    let mut gale = Gale::start(&config(&[(sink.address.to_string(), "none")], ""));
+    let mut gale = Gale::start(&config(&[(sink.address, "none")]).to_string());
     let addr = gale.address("in");
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -293,12 +297,11 @@ fn gale_drops_root_after_binding_and_still_relays() {
     // SAFETY: geteuid takes nothing and cannot fail.
     let euid = unsafe { libc::geteuid() };
     let config = |user: &str| {
-        format!(
-            "[server]\nuser = \"{user}\"\n\
-             [listeners.in]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\npool = \"mta\"\n\
-             [pools.mta]\n[[pools.mta.backends]]\nname = \"a\"\naddress = \"{}\"\n",
-            sink.address
-        )
+        Conf::new()
+            .set("server.user", user)
+            .smtp("in", "mta")
+            .backend("mta", "a", sink.address)
+            .to_string()
     };
     let (user, uid) = if euid == 0 {
         ("nobody", gale::privileges::user_ids("nobody").unwrap().0)
@@ -354,13 +357,11 @@ fn a_postfix_with_a_full_spool_leaves_rotation_on_traffic_and_returns() {
     // The SMTP probe stops at EHLO: only traffic sees the full spool.
     // Ejected for 3 s: the rest of the 40 sessions, on the normal
     // Postfix, end well within it.
-    let gale = Gale::start(&config(
-        &[
-            (full.address.to_string(), "v1"),
-            (normal.address.to_string(), "v1"),
-        ],
-        "base_ejection_time = \"3s\"",
-    ));
+    let gale = Gale::start(
+        &config(&[(full.address, "v1"), (normal.address, "v1")])
+            .set("pools.mta.base_ejection_time", "3s")
+            .to_string(),
+    );
     let (deferred, stderr) = smtp_source(&gale, 40);
     gale.wait_line(
         &["left rotation", "backend=b0", "traffic"],

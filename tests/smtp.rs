@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use gale::generation::Generation;
 use gale::server::Server;
+use support::conf::Conf;
 use support::smtp::{Backend, Behaviour, Client, closed_port};
 use support::wait_until;
 
@@ -25,43 +26,31 @@ fn spec(address: std::net::SocketAddr) -> BackendSpec {
     }
 }
 
-const LISTENER_LIMITS: &str =
-    "banner_timeout = \"300ms\"\nconnect_timeout = \"300ms\"\nmax_attempts = 5\n";
-
-async fn start(backends: &[BackendSpec], extra_pool: &str) -> Server {
-    start_with(backends, extra_pool, LISTENER_LIMITS, &[]).await
+/// An SMTP listener `in` (hostname gale.test, 300 ms timeouts, five
+/// attempts) before pool `mta` of `backends` as `b0`, `b1`, ..., probed
+/// over SMTP every 200 ms; more keys with [`Conf::set`].
+fn conf(backends: &[BackendSpec]) -> Conf {
+    let mut conf = Conf::new()
+        .set("server.drain_timeout", "10s")
+        .smtp("in", "mta")
+        .set("listeners.in.hostname", "gale.test")
+        .set("listeners.in.banner_timeout", "300ms")
+        .set("listeners.in.connect_timeout", "300ms")
+        .set("listeners.in.max_attempts", 5)
+        .probe("mta", "smtp", "200ms", "300ms");
+    for (i, b) in backends.iter().enumerate() {
+        let name = format!("b{i}");
+        let at = format!("pools.mta.backends.{name}");
+        conf = conf
+            .backend("mta", &name, b.address)
+            .set(&format!("{at}.role"), b.role)
+            .set(&format!("{at}.proxy_protocol"), b.proxy);
+    }
+    conf
 }
 
-/// `limits`: the listener's timeout and attempt keys; `backend_extra[i]`:
-/// more keys for backend `i`.
-async fn start_with(
-    backends: &[BackendSpec],
-    extra_pool: &str,
-    limits: &str,
-    backend_extra: &[&str],
-) -> Server {
-    let mut toml = format!(
-        "[server]\ndrain_timeout = \"10s\"\n\
-         [listeners.in]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\npool = \"mta\"\n\
-         hostname = \"gale.test\"\n{limits}\
-         [pools.mta]\n",
-    );
-    toml.push_str(extra_pool);
-    if !extra_pool.contains("[pools.mta.probe]") {
-        toml.push_str(
-            "\n[pools.mta.probe]\nkind = \"smtp\"\ninterval = \"200ms\"\ntimeout = \"300ms\"\n",
-        );
-    }
-    for (i, b) in backends.iter().enumerate() {
-        toml.push_str(&format!(
-            "[[pools.mta.backends]]\nname = \"b{i}\"\naddress = \"{}\"\nrole = \"{}\"\nproxy_protocol = \"{}\"\n{}\n",
-            b.address,
-            b.role,
-            b.proxy,
-            backend_extra.get(i).unwrap_or(&"")
-        ));
-    }
-    let config = support::config(&toml);
+async fn start(conf: Conf) -> Server {
+    let config = support::config(&conf.to_string());
     let (runtime, _cache) = support::runtime();
     let generation = Generation::build(1, &runtime, config, &Default::default()).unwrap();
     Server::start(generation).await.unwrap()
@@ -74,16 +63,13 @@ async fn bad_backends_are_skipped_while_the_client_waits() {
     let silent = Backend::start(Behaviour::Silent).await;
     let garbage = Backend::start(Behaviour::Garbage).await;
     let refused = closed_port().await;
-    let server = start(
-        &[
-            spec(refused),
-            spec(busy.address),
-            spec(silent.address),
-            spec(garbage.address),
-            spec(good.address),
-        ],
-        "",
-    )
+    let server = start(conf(&[
+        spec(refused),
+        spec(busy.address),
+        spec(silent.address),
+        spec(garbage.address),
+        spec(good.address),
+    ]))
     .await;
     let addr = server.address("in").unwrap();
     for i in 0..20 {
@@ -116,7 +102,7 @@ async fn bad_backends_are_skipped_while_the_client_waits() {
 async fn no_backend_means_421_and_a_clean_close() {
     let busy = Backend::start(Behaviour::Busy).await;
     let refused = closed_port().await;
-    let server = start(&[spec(refused), spec(busy.address)], "").await;
+    let server = start(conf(&[spec(refused), spec(busy.address)])).await;
     let addr = server.address("in").unwrap();
     for _ in 0..5 {
         let mut c = Client::connect(addr).await;
@@ -145,7 +131,7 @@ async fn proxy_headers_carry_the_client_address() {
             proxy: "v2",
         },
     ];
-    let server = start(&backends, "balancer = { builtin = \"failover\" }").await;
+    let server = start(conf(&backends).set("pools.mta.balancer.builtin", "failover")).await;
     let addr = server.address("in").unwrap();
     let mut c = Client::connect(addr).await;
     c.reply().await;
@@ -194,7 +180,7 @@ async fn proxy_headers_carry_the_client_address() {
 async fn a_dead_backend_returns_when_it_recovers() {
     let spare = closed_port().await;
     let good = Backend::start(Behaviour::Sink).await;
-    let server = start(&[spec(spare), spec(good.address)], "").await;
+    let server = start(conf(&[spec(spare), spec(good.address)])).await;
     let generation = server.current.load_full();
     let pool = generation.pools[0].clone();
     // Probes every 200 ms, fall 3: out within about a second.
@@ -234,7 +220,7 @@ async fn a_dead_backend_returns_when_it_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_a_session_in_data_finish() {
     let good = Backend::start(Behaviour::Sink).await;
-    let server = start(&[spec(good.address)], "").await;
+    let server = start(conf(&[spec(good.address)])).await;
     let addr = server.address("in").unwrap();
     let mut c = Client::connect(addr).await;
     c.reply().await;
@@ -254,18 +240,19 @@ async fn shutdown_lets_a_session_in_data_finish() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_default_balancer_a_standby_takes_sessions_only_while_every_primary_is_down() {
     // No `balancer` key: the built-in weighted round-robin.
-    standby_only_while_every_primary_is_down("").await;
+    standby_only_while_every_primary_is_down(None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_is_the_same_policy_under_its_former_name() {
-    standby_only_while_every_primary_is_down("balancer = { builtin = \"failover\" }").await;
+    standby_only_while_every_primary_is_down(Some("failover")).await;
 }
 
-/// One primary and one standby of equal weight under `balancer`: the
+/// One primary and one standby of equal weight under the built-in
+/// `balancer` (gale's default if `None`): the
 /// standby takes nothing while the primary is up, everything while it is
 /// down, and nothing again once it is back.
-async fn standby_only_while_every_primary_is_down(balancer: &str) {
+async fn standby_only_while_every_primary_is_down(balancer: Option<&str>) {
     let primary = Backend::start(Behaviour::Sink).await;
     let primary_addr = primary.address;
     let standby = Backend::start(Behaviour::Sink).await;
@@ -283,11 +270,11 @@ async fn standby_only_while_every_primary_is_down(balancer: &str) {
     ];
     // Traffic ejects the dead primary; a short ejection lets it return on
     // its probes within the test.
-    let server = start(
-        &backends,
-        &format!("{balancer}\nbase_ejection_time = \"500ms\""),
-    )
-    .await;
+    let mut conf = conf(&backends).set("pools.mta.base_ejection_time", "500ms");
+    if let Some(builtin) = balancer {
+        conf = conf.set("pools.mta.balancer.builtin", builtin);
+    }
+    let server = start(conf).await;
     let addr = server.address("in").unwrap();
     let send = |n: usize| async move {
         for _ in 0..n {
@@ -355,11 +342,10 @@ async fn a_backend_at_max_sessions_is_skipped() {
             proxy: "none",
         },
     ];
-    let server = start_with(
-        &backends,
-        "balancer = { builtin = \"failover\" }",
-        LISTENER_LIMITS,
-        &["max_sessions = 1"],
+    let server = start(
+        conf(&backends)
+            .set("pools.mta.balancer.builtin", "failover")
+            .set("pools.mta.backends.b0.max_sessions", 1),
     )
     .await;
     let addr = server.address("in").unwrap();
@@ -380,8 +366,7 @@ async fn a_backend_at_max_sessions_is_skipped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_session_is_closed_after_the_idle_timeout() {
     let good = Backend::start(Behaviour::Sink).await;
-    let limits = format!("{LISTENER_LIMITS}idle_timeout = \"300ms\"\n");
-    let server = start_with(&[spec(good.address)], "", &limits, &[]).await;
+    let server = start(conf(&[spec(good.address)]).set("listeners.in.idle_timeout", "300ms")).await;
     let mut c = Client::connect(server.address("in").unwrap()).await;
     c.reply().await;
     let started = std::time::Instant::now();
@@ -401,11 +386,16 @@ async fn attempts_per_session_are_capped() {
         busy.push(Backend::start(Behaviour::Busy).await);
     }
     let specs: Vec<BackendSpec> = busy.iter().map(|b| spec(b.address)).collect();
-    let limits = "banner_timeout = \"300ms\"\nconnect_timeout = \"300ms\"\nmax_attempts = 2\n";
     // Probes are spread over the interval: with an hour, only backend 0 is
     // probed, once, at start; wait for it so it cannot blur the count.
-    let probe = "[pools.mta.probe]\nkind = \"tcp\"\ninterval = \"1h\"\n";
-    let server = start_with(&specs, probe, limits, &[]).await;
+    let server = start(
+        conf(&specs)
+            .set("listeners.in.max_attempts", 2)
+            .set("pools.mta.probe.kind", "tcp")
+            .set("pools.mta.probe.interval", "1h")
+            .unset("pools.mta.probe.timeout"),
+    )
+    .await;
     wait_until(
         || busy[0].sessions.load(Ordering::SeqCst) == 1,
         Duration::from_secs(5),

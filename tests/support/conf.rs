@@ -46,6 +46,12 @@ impl Conf {
         self.listener(name, "http", pool)
     }
 
+    /// The admin listener on 127.0.0.1 (a port the kernel picks); a token
+    /// by `set("admin.token", ...)`.
+    pub fn admin(self) -> Conf {
+        self.set("admin.address", "127.0.0.1:0")
+    }
+
     /// Pool `name`, empty if it is new.
     pub fn pool(mut self, name: &str) -> Conf {
         table(&mut self.root, &format!("pools.{name}"));
