@@ -1,7 +1,7 @@
 //! The TOML file as written: serde structs with `deny_unknown_fields`, so a
 //! typo is rejected at load, not discovered under traffic. Values that need
 //! checking beyond their type carry their position (`Spanned`) so that
-//! [`super::validate`] can name the line.
+//! the section modules can name the line.
 
 use std::collections::BTreeMap;
 
@@ -56,12 +56,12 @@ pub struct PeerSection {
     /// `address`: the peer's SMTP listener, ip:port; its record carries
     /// the IP.
     pub address: Spanned<String>,
-    #[serde(default = "one")]
+    #[serde(default = "default_peer_weight")]
     pub weight: u32,
 }
 
-fn one() -> u32 {
-    1
+fn default_peer_weight() -> u32 {
+    super::dns::DEFAULT_PEER_WEIGHT
 }
 
 #[derive(Debug, Deserialize)]
@@ -394,5 +394,5 @@ pub enum ProxyProtocol {
 }
 
 fn default_weight() -> u32 {
-    1
+    super::pools::DEFAULT_WEIGHT
 }

@@ -26,6 +26,20 @@ pub struct ProbeConfig {
     pub expect_status: (u16, u16),
 }
 
+/// A probe's `interval` unless set.
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// A probe's `timeout` unless set.
+pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The SMTP probe's `ehlo` unless set: `.invalid` is reserved (RFC 2606),
+/// so the name claims no real host.
+pub const DEFAULT_EHLO: &str = "gale.invalid";
+/// The HTTP probe's `method` unless set.
+pub const DEFAULT_PROBE_METHOD: &str = "GET";
+/// The HTTP probe's `path` unless set.
+pub const DEFAULT_PROBE_PATH: &str = "/";
+/// The HTTP probe's `expect_status` unless set: success and redirects.
+pub const DEFAULT_EXPECT_STATUS: (u16, u16) = (200, 399);
+
 /// Limits on taking backends out on live-traffic evidence (Envoy's
 /// outlier detection): the health plugin says when, these say whether and
 /// for how long.
@@ -114,7 +128,7 @@ pub(super) fn probe_config(
     key: &str,
 ) -> Result<ProbeConfig, ConfigError> {
     let expect_status = match &p.expect_status {
-        None => (200, 399),
+        None => DEFAULT_EXPECT_STATUS,
         Some(s) => {
             let [lo, hi] = *s.get_ref();
             if !(100..=599).contains(&lo) || !(lo..=599).contains(&hi) {
@@ -133,19 +147,19 @@ pub(super) fn probe_config(
             errors,
             p.interval.as_ref(),
             &format!("{key}.interval"),
-            Duration::from_secs(2),
+            DEFAULT_PROBE_INTERVAL,
         )?,
         timeout: parse_duration(
             errors,
             p.timeout.as_ref(),
             &format!("{key}.timeout"),
-            Duration::from_secs(1),
+            DEFAULT_PROBE_TIMEOUT,
         )?,
         ehlo: word(
             errors,
             p.ehlo.as_ref(),
             &format!("{key}.ehlo"),
-            "gale.invalid",
+            DEFAULT_EHLO,
             "a host name",
         )?,
         mail_from: address(errors, p.mail_from.as_ref(), &format!("{key}.mail_from"))?,
@@ -163,14 +177,20 @@ pub(super) fn probe_config(
             errors,
             p.method.as_ref(),
             &format!("{key}.method"),
-            "GET",
+            DEFAULT_PROBE_METHOD,
             "an HTTP method",
         )?,
         path: match &p.path {
             Some(path) if !path.get_ref().starts_with('/') => {
                 return Err(errors.spanned(path, &format!("{key}.path"), "must start with /"));
             }
-            path => word(errors, path.as_ref(), &format!("{key}.path"), "/", "a path")?,
+            path => word(
+                errors,
+                path.as_ref(),
+                &format!("{key}.path"),
+                DEFAULT_PROBE_PATH,
+                "a path",
+            )?,
         },
         expect_status,
     })
