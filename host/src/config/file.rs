@@ -200,8 +200,9 @@ pub struct ListenerSection {
     pub address: Spanned<String>,
     /// `pool`: name of the pool that serves this listener.
     pub pool: Spanned<String>,
-    /// `hostname`: name used in replies gale writes itself (the SMTP 421).
-    pub hostname: Option<String>,
+    /// `hostname` (SMTP): name used in replies gale writes itself (421,
+    /// 554).
+    pub hostname: Option<Spanned<String>>,
     /// `max_sessions`: sessions open at once; more wait in the accept queue.
     pub max_sessions: Option<u32>,
     /// `max_sessions_per_client`: sessions open at once from one client IP.
@@ -213,7 +214,7 @@ pub struct ListenerSection {
     pub max_attempts: Option<u32>,
     /// `connect_timeout`: per backend connection attempt.
     pub connect_timeout: Option<Spanned<String>>,
-    /// `banner_timeout`: wait for the backend's greeting.
+    /// `banner_timeout` (SMTP): wait for the backend's greeting.
     pub banner_timeout: Option<Spanned<String>>,
     /// `idle_timeout`: a session with no bytes either way this long ends.
     pub idle_timeout: Option<Spanned<String>>,

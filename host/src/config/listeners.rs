@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use toml::Spanned;
+
 use super::file::{ListenerSection, Pregreet, Protocol};
 use super::pools::PoolConfig;
 use super::tls::{self, TlsConfig};
@@ -88,6 +90,7 @@ fn validate_listener(
     pools: &mut [PoolConfig],
 ) -> Result<ListenerConfig, ConfigError> {
     let key = format!("listeners.{name}");
+    refuse_other_protocol_keys(errors, l, &key)?;
     let address = parse_addr(errors, &l.address, &format!("{key}.address"))?;
     if let Some(other) = before
         .iter()
@@ -127,8 +130,9 @@ fn validate_listener(
         index_in_pool,
         hostname: l
             .hostname
-            .clone()
-            .unwrap_or_else(|| DEFAULT_HOSTNAME.to_string()),
+            .as_ref()
+            .map_or(DEFAULT_HOSTNAME, |h| h.get_ref())
+            .to_string(),
         max_sessions: l.max_sessions.unwrap_or(DEFAULT_MAX_SESSIONS).max(1),
         max_sessions_per_client: l
             .max_sessions_per_client
@@ -164,17 +168,10 @@ fn validate_listener(
             &format!("{key}.idle_timeout"),
             DEFAULT_IDLE_TIMEOUT,
         )?,
-        pregreet: match &l.pregreet {
-            None => Pregreet::default(),
-            Some(p) if l.protocol == Protocol::Http => {
-                return Err(errors.spanned(
-                    p,
-                    &format!("{key}.pregreet"),
-                    "only SMTP listeners greet their clients",
-                ));
-            }
-            Some(p) => *p.get_ref(),
-        },
+        pregreet: l
+            .pregreet
+            .as_ref()
+            .map_or_else(Pregreet::default, |p| *p.get_ref()),
         header_timeout: parse_duration(
             errors,
             l.header_timeout.as_ref(),
@@ -189,13 +186,6 @@ fn validate_listener(
         )?,
         tls: match &l.tls {
             None => None,
-            Some(tls) if l.protocol == Protocol::Smtp => {
-                return Err(errors.spanned(
-                    tls,
-                    &format!("{key}.tls"),
-                    "only HTTP listeners terminate TLS (SMTP's STARTTLS passes through to the MTA)",
-                ));
-            }
             Some(tls) => Some(tls::load(
                 errors,
                 base,
@@ -204,4 +194,61 @@ fn validate_listener(
             )?),
         },
     })
+}
+
+/// A key of the other protocol would be ignored without a word (a
+/// `response_timeout` on an SMTP listener bounds nothing), so it is an
+/// error. Keys of both: `max_*`, `connect_timeout`, `idle_timeout` (an
+/// SMTP session, an HTTP body or upgraded connection that stalls).
+fn refuse_other_protocol_keys(
+    errors: &Errors<'_>,
+    l: &ListenerSection,
+    key: &str,
+) -> Result<(), ConfigError> {
+    let keys = [
+        (
+            "hostname",
+            l.hostname.as_ref().map(Spanned::span),
+            Protocol::Smtp,
+            "only SMTP listeners write replies that name them (421, 554)",
+        ),
+        (
+            "pregreet",
+            l.pregreet.as_ref().map(Spanned::span),
+            Protocol::Smtp,
+            "only SMTP listeners greet their clients",
+        ),
+        (
+            "banner_timeout",
+            l.banner_timeout.as_ref().map(Spanned::span),
+            Protocol::Smtp,
+            "only SMTP listeners wait for a backend's greeting (HTTP: response_timeout)",
+        ),
+        (
+            "header_timeout",
+            l.header_timeout.as_ref().map(Spanned::span),
+            Protocol::Http,
+            "only HTTP listeners read request headers (SMTP: idle_timeout)",
+        ),
+        (
+            "response_timeout",
+            l.response_timeout.as_ref().map(Spanned::span),
+            Protocol::Http,
+            "only HTTP listeners wait for response headers (SMTP: banner_timeout)",
+        ),
+        (
+            "tls",
+            l.tls.as_ref().map(Spanned::span),
+            Protocol::Http,
+            "only HTTP listeners terminate TLS (SMTP's STARTTLS passes through to the MTA)",
+        ),
+    ];
+    for (name, span, applies_to, message) in keys {
+        if let Some(span) = span
+            && l.protocol != applies_to
+        {
+            return Err(errors.at(span, &format!("{key}.{name}"), message));
+        }
+    }
+    Ok(())
 }
