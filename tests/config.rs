@@ -3,6 +3,7 @@
 //! config loading cleanly.
 
 use std::path::Path;
+use std::time::Duration;
 
 use gale::config::Config;
 
@@ -129,6 +130,39 @@ fn shipped_config_states_the_defaults() {
     assert_eq!(*rate_limit, dns::RateLimit::default());
     assert_eq!(rate_limit.per_second, dns::DEFAULT_RATE_LIMIT);
     assert_eq!(rate_limit.burst, dns::DEFAULT_RATE_LIMIT_BURST);
+}
+
+/// Pool keys of one protocol are refused only when every listener of the
+/// pool speaks the other: a pool behind both kinds of listener, or behind
+/// none (published by `[dns]` alone), keeps them all.
+#[test]
+fn a_pool_whose_protocol_is_ambiguous_keeps_every_key() {
+    let pool_keys = "keepalive_timeout = \"30s\"\nretry_on = [\"connect\"]\n\
+         [pools.POOL.probe]\nkind = \"http\"\n\
+         [[pools.POOL.backends]]\nname = \"a\"\naddress = \"127.0.0.1:2601\"\nproxy_protocol = \"v1\"\n";
+    let both = format!(
+        "[listeners.in]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:2525\"\npool = \"both\"\n\
+         [listeners.api]\nprotocol = \"http\"\naddress = \"127.0.0.1:8080\"\npool = \"both\"\n\
+         [pools.both]\n{}\
+         [pools.alone]\n{}",
+        pool_keys.replace("POOL", "both"),
+        pool_keys.replace("POOL", "alone"),
+    );
+    let config = Config::parse(Path::new("both.toml"), &both).unwrap();
+    for pool in &config.pools {
+        assert_eq!(
+            pool.keepalive_timeout,
+            Duration::from_secs(30),
+            "{}",
+            pool.name
+        );
+        assert!(!pool.retry_on.error, "{}", pool.name);
+        assert_eq!(pool.probe.kind, gale::config::ProbeKind::Http);
+        assert_eq!(
+            pool.backends[0].proxy_protocol,
+            gale::config::ProxyProtocol::V1
+        );
+    }
 }
 
 #[test]

@@ -329,9 +329,8 @@ pub enum ProbeKind {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProbeSection {
-    /// `kind`: "tcp", "smtp" or "http".
-    #[serde(default)]
-    pub kind: ProbeKind,
+    /// `kind`: "tcp" (default), "smtp" or "http".
+    pub kind: Option<Spanned<ProbeKind>>,
     /// `interval`: time between probes of one backend, e.g. "2s".
     pub interval: Option<Spanned<String>>,
     /// `timeout`: time one probe may take, e.g. "1s".
@@ -375,9 +374,8 @@ pub struct BackendSection {
     pub role: Role,
     /// `priority`: explicit tier (0 = first); defaults from `role`.
     pub priority: Option<u32>,
-    /// `proxy_protocol`: "none" (default), "v1" or "v2".
-    #[serde(default)]
-    pub proxy_protocol: ProxyProtocol,
+    /// `proxy_protocol` (SMTP): "none" (default), "v1" or "v2".
+    pub proxy_protocol: Option<Spanned<ProxyProtocol>>,
     /// `max_sessions`: sessions this backend takes at once (maxconn).
     pub max_sessions: Option<u32>,
     /// `agent_port`: a load agent on the backend's address answers here

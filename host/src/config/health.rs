@@ -127,6 +127,8 @@ pub(super) fn probe_config(
     p: &ProbeSection,
     key: &str,
 ) -> Result<ProbeConfig, ConfigError> {
+    let kind = p.kind.as_ref().map(|k| *k.get_ref()).unwrap_or_default();
+    refuse_other_kind_keys(errors, p, kind, key)?;
     let expect_status = match &p.expect_status {
         None => DEFAULT_EXPECT_STATUS,
         Some(s) => {
@@ -142,7 +144,7 @@ pub(super) fn probe_config(
         }
     };
     Ok(ProbeConfig {
-        kind: p.kind,
+        kind,
         interval: parse_duration(
             errors,
             p.interval.as_ref(),
@@ -194,6 +196,65 @@ pub(super) fn probe_config(
         },
         expect_status,
     })
+}
+
+/// A key of another kind of probe would be ignored without a word (an
+/// `ehlo` on a "tcp" probe sends nothing), so it is an error.
+fn refuse_other_kind_keys(
+    errors: &Errors<'_>,
+    p: &ProbeSection,
+    kind: ProbeKind,
+    key: &str,
+) -> Result<(), ConfigError> {
+    let keys = [
+        ("ehlo", p.ehlo.as_ref().map(Spanned::span), ProbeKind::Smtp),
+        (
+            "mail_from",
+            p.mail_from.as_ref().map(Spanned::span),
+            ProbeKind::Smtp,
+        ),
+        (
+            "rcpt_to",
+            p.rcpt_to.as_ref().map(Spanned::span),
+            ProbeKind::Smtp,
+        ),
+        (
+            "method",
+            p.method.as_ref().map(Spanned::span),
+            ProbeKind::Http,
+        ),
+        ("path", p.path.as_ref().map(Spanned::span), ProbeKind::Http),
+        (
+            "expect_status",
+            p.expect_status.as_ref().map(Spanned::span),
+            ProbeKind::Http,
+        ),
+    ];
+    for (name, span, applies_to) in keys {
+        if let Some(span) = span
+            && kind != applies_to
+        {
+            return Err(errors.at(
+                span,
+                &format!("{key}.{name}"),
+                format!(
+                    "only kind = {:?} probes use it (this probe's kind is {:?})",
+                    kind_name(applies_to),
+                    kind_name(kind)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `kind` as written in the file.
+fn kind_name(kind: ProbeKind) -> &'static str {
+    match kind {
+        ProbeKind::Tcp => "tcp",
+        ProbeKind::Smtp => "smtp",
+        ProbeKind::Http => "http",
+    }
 }
 
 /// A value sent inside a probe's command line: printable ASCII without

@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::file::{BackendSection, PluginSection, PoolSection, ProxyProtocol, Role};
+use super::file::{
+    BackendSection, ListenerSection, PluginSection, PoolSection, ProbeKind, Protocol,
+    ProxyProtocol, Role,
+};
 use super::health::{EjectionConfig, ProbeConfig, RetryOn, ejection, probe_config, retry_on};
 use super::plugins::{CandidateSpec, PluginDefaults, PluginSpec, candidate_mode, plugin_spec};
 use super::{ConfigError, Errors, parse_addr, parse_duration};
@@ -67,16 +70,24 @@ pub struct BackendConfig {
 }
 
 /// Every `[pools.NAME]`, in name order; their `listeners` are filled in
-/// by [`super::listeners::validate`].
+/// by [`super::listeners::validate`], but are read here from the file to
+/// tell which protocol a pool serves.
 pub(super) fn validate(
     errors: &Errors<'_>,
     base: &Path,
     defaults: &PluginDefaults,
     sections: &BTreeMap<String, PoolSection>,
+    listeners: &BTreeMap<String, ListenerSection>,
 ) -> Result<Vec<PoolConfig>, ConfigError> {
     sections
         .iter()
-        .map(|(name, pool)| validate_pool(errors, base, defaults, name, pool))
+        .map(|(name, pool)| {
+            let key = format!("pools.{name}");
+            if let Some(served) = Served::by(listeners, name) {
+                served.refuse_other_protocol_keys(errors, pool, &key)?;
+            }
+            validate_pool(errors, base, defaults, name, pool, &key)
+        })
         .collect()
 }
 
@@ -86,8 +97,8 @@ fn validate_pool(
     defaults: &PluginDefaults,
     name: &str,
     pool: &PoolSection,
+    key: &str,
 ) -> Result<PoolConfig, ConfigError> {
-    let key = format!("pools.{name}");
     let plugin = |section: Option<&Spanned<PluginSection>>, hook: &str, builtin: &str| {
         plugin_spec(
             errors,
@@ -137,7 +148,7 @@ fn validate_pool(
             &format!("{key}.keepalive_timeout"),
             DEFAULT_KEEPALIVE_TIMEOUT,
         )?,
-        ejection: ejection(errors, pool, &key)?,
+        ejection: ejection(errors, pool, key)?,
         retry_on: retry_on(errors, pool.retry_on.as_ref(), &format!("{key}.retry_on"))?,
         probe,
         backends,
@@ -171,7 +182,11 @@ fn validate_backend(
             Role::Primary => PRIMARY_PRIORITY,
             Role::Standby => STANDBY_PRIORITY,
         }),
-        proxy_protocol: b.proxy_protocol,
+        proxy_protocol: b
+            .proxy_protocol
+            .as_ref()
+            .map(|p| *p.get_ref())
+            .unwrap_or_default(),
         max_sessions: b.max_sessions.unwrap_or(DEFAULT_BACKEND_MAX_SESSIONS),
         agent_port: match &b.agent_port {
             Some(port) if *port.get_ref() == 0 => {
@@ -184,4 +199,107 @@ fn validate_backend(
             port => port.as_ref().map(|p| *p.get_ref()),
         },
     })
+}
+
+/// The one protocol a pool serves: every listener naming it speaks it.
+/// A pool with no listener (published by `[dns]` only) or with listeners
+/// of both protocols has none, and keeps every key.
+struct Served<'f> {
+    protocol: Protocol,
+    listeners: Vec<&'f str>,
+}
+
+impl<'f> Served<'f> {
+    fn by(listeners: &'f BTreeMap<String, ListenerSection>, pool: &str) -> Option<Served<'f>> {
+        let of_pool: Vec<(&str, Protocol)> = listeners
+            .iter()
+            .filter(|(_, l)| l.pool.get_ref() == pool)
+            .map(|(name, l)| (name.as_str(), l.protocol))
+            .collect();
+        let protocol = of_pool.first()?.1;
+        of_pool.iter().all(|(_, p)| *p == protocol).then(|| Served {
+            protocol,
+            listeners: of_pool.into_iter().map(|(name, _)| name).collect(),
+        })
+    }
+
+    /// A key for the other protocol's backends would be ignored, or worse
+    /// (a probe of the wrong kind fails every backend), so it is an error.
+    fn refuse_other_protocol_keys(
+        &self,
+        errors: &Errors<'_>,
+        pool: &PoolSection,
+        key: &str,
+    ) -> Result<(), ConfigError> {
+        let served = self.describe();
+        let refuse = |span, name: &str, why: &str| {
+            Err(errors.at(
+                span,
+                &format!("{key}.{name}"),
+                format!("{served}, and {why}"),
+            ))
+        };
+        match self.protocol {
+            Protocol::Smtp => {
+                if let Some(k) = &pool.keepalive_timeout {
+                    return refuse(
+                        k.span(),
+                        "keepalive_timeout",
+                        "only HTTP reuses idle backend connections",
+                    );
+                }
+                if let Some(r) = &pool.retry_on {
+                    return refuse(
+                        r.span(),
+                        "retry_on",
+                        "only HTTP requests follow retry_on (an SMTP session tries up to max_attempts backends)",
+                    );
+                }
+                if let Some(kind) = &pool.probe.kind
+                    && *kind.get_ref() == ProbeKind::Http
+                {
+                    return refuse(
+                        kind.span(),
+                        "probe.kind",
+                        "an HTTP probe of an MTA always fails (use \"smtp\" or \"tcp\")",
+                    );
+                }
+            }
+            Protocol::Http => {
+                if let Some(kind) = &pool.probe.kind
+                    && *kind.get_ref() == ProbeKind::Smtp
+                {
+                    return refuse(
+                        kind.span(),
+                        "probe.kind",
+                        "an SMTP probe of a web server always fails (use \"http\" or \"tcp\")",
+                    );
+                }
+                for (i, b) in pool.backends.iter().enumerate() {
+                    if let Some(p) = &b.proxy_protocol {
+                        return refuse(
+                            p.span(),
+                            &format!("backends[{i}].proxy_protocol"),
+                            "only SMTP sessions start with a PROXY header (HTTP requests carry the client in X-Forwarded-For)",
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// "this pool serves SMTP listener \"in\" only", for messages.
+    fn describe(&self) -> String {
+        let protocol = match self.protocol {
+            Protocol::Smtp => "SMTP",
+            Protocol::Http => "HTTP",
+        };
+        let names: Vec<String> = self.listeners.iter().map(|n| format!("{n:?}")).collect();
+        let plural = if names.len() == 1 { "" } else { "s" };
+        format!(
+            "this pool serves {protocol} listener{plural} {} only",
+            names.join(", ")
+        )
+    }
 }
