@@ -14,7 +14,7 @@ use super::pools::{
     BackendConfig, DEFAULT_BACKEND_MAX_SESSIONS, DEFAULT_BALANCER, DEFAULT_HEALTH,
     DEFAULT_KEEPALIVE_TIMEOUT, PRIMARY_PRIORITY, PoolConfig,
 };
-use super::{ConfigError, Errors, parse_addr, parse_duration};
+use super::{ConfigError, Errors, parse_addr, parse_count, parse_duration};
 use toml::Spanned;
 
 /// Where the embedded server answers when `[dns.embedded]` does not say
@@ -203,7 +203,13 @@ pub(super) fn validate(
             "dns.debounce",
             DEFAULT_DEBOUNCE,
         )?,
-        max_changes: section.max_changes.unwrap_or(DEFAULT_MAX_CHANGES).max(1),
+        max_changes: parse_count(
+            errors,
+            section.max_changes.as_ref(),
+            "dns.max_changes",
+            DEFAULT_MAX_CHANGES,
+            "records added or removed a minute; 0 would never change them",
+        )?,
         plugin: plugin_spec(
             errors,
             base,

@@ -11,7 +11,7 @@ use toml::Spanned;
 use super::file::{ListenerSection, Pregreet, Protocol};
 use super::pools::PoolConfig;
 use super::tls::{self, TlsConfig};
-use super::{ConfigError, Errors, parse_addr, parse_duration};
+use super::{ConfigError, Errors, parse_addr, parse_count, parse_duration};
 
 /// `hostname` unless set.
 pub const DEFAULT_HOSTNAME: &str = "gale";
@@ -133,11 +133,20 @@ fn validate_listener(
             .as_ref()
             .map_or(DEFAULT_HOSTNAME, |h| h.get_ref())
             .to_string(),
-        max_sessions: l.max_sessions.unwrap_or(DEFAULT_MAX_SESSIONS).max(1),
-        max_sessions_per_client: l
-            .max_sessions_per_client
-            .unwrap_or(DEFAULT_MAX_SESSIONS_PER_CLIENT)
-            .max(1),
+        max_sessions: parse_count(
+            errors,
+            l.max_sessions.as_ref(),
+            &format!("{key}.max_sessions"),
+            DEFAULT_MAX_SESSIONS,
+            "to stop a listener, remove it",
+        )?,
+        max_sessions_per_client: parse_count(
+            errors,
+            l.max_sessions_per_client.as_ref(),
+            &format!("{key}.max_sessions_per_client"),
+            DEFAULT_MAX_SESSIONS_PER_CLIENT,
+            "leave it unset for no limit",
+        )?,
         max_buffer: match &l.max_buffer_mb {
             Some(mb) if *mb.get_ref() == 0 => {
                 return Err(errors.spanned(
@@ -149,7 +158,13 @@ fn validate_listener(
             Some(mb) => Some(mb.get_ref().saturating_mul(1 << 20)),
             None => None,
         },
-        max_attempts: l.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS).max(1),
+        max_attempts: parse_count(
+            errors,
+            l.max_attempts.as_ref(),
+            &format!("{key}.max_attempts"),
+            DEFAULT_MAX_ATTEMPTS,
+            "the first backend tried is an attempt",
+        )?,
         connect_timeout: parse_duration(
             errors,
             l.connect_timeout.as_ref(),

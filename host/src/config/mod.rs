@@ -180,6 +180,25 @@ fn parse_duration(
     Ok(d)
 }
 
+/// A count for which 0 would stop everything (no session, no attempt, no
+/// memory) or was once quietly read as 1: unset is `default`, and 0 an
+/// error whose message ends with `instead`, what to write to mean it.
+fn parse_count(
+    errors: &Errors<'_>,
+    value: Option<&Spanned<u32>>,
+    key: &str,
+    default: u32,
+    instead: &str,
+) -> Result<u32, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) if *v.get_ref() == 0 => {
+            Err(errors.spanned(v, key, format!("must be at least 1 ({instead})")))
+        }
+        Some(v) => Ok(*v.get_ref()),
+    }
+}
+
 fn parse_addr(
     errors: &Errors<'_>,
     value: &Spanned<String>,

@@ -9,12 +9,14 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::file::{PluginSection, PluginsSection};
-use super::{ConfigError, Errors, parse_duration};
+use super::{ConfigError, Errors, parse_count, parse_duration};
 
 /// Default CPU deadline of one plugin call.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(1);
 /// Default memory cap of one plugin instance.
 pub const DEFAULT_MEMORY_MB: u32 = 64;
+/// A plugin cannot even instantiate in 0 MiB: every call would fail.
+const MEMORY_MB_INSTEAD: &str = "MiB; no plugin runs in 0";
 /// Default share of failing decisions that rolls a reload back.
 pub const DEFAULT_ROLLBACK_SHARE: f64 = 0.5;
 /// Default time a new generation is watched for failing decisions.
@@ -95,7 +97,13 @@ pub(super) fn validate(
             "plugins.deadline",
             DEFAULT_DEADLINE,
         )?,
-        memory_mb: section.memory_mb.unwrap_or(DEFAULT_MEMORY_MB),
+        memory_mb: parse_count(
+            errors,
+            section.memory_mb.as_ref(),
+            "plugins.memory_mb",
+            DEFAULT_MEMORY_MB,
+            MEMORY_MB_INSTEAD,
+        )?,
         rollback_share: match &section.rollback_share {
             None => DEFAULT_ROLLBACK_SHARE,
             Some(v) if *v.get_ref() > 0.0 && *v.get_ref() <= 1.0 => *v.get_ref(),
@@ -184,7 +192,13 @@ pub(super) fn plugin_spec(
             &format!("{key}.deadline"),
             defaults.deadline,
         )?,
-        memory_mb: s.memory_mb.unwrap_or(defaults.memory_mb),
+        memory_mb: parse_count(
+            errors,
+            s.memory_mb.as_ref(),
+            &format!("{key}.memory_mb"),
+            defaults.memory_mb,
+            MEMORY_MB_INSTEAD,
+        )?,
     })
 }
 

@@ -15,7 +15,7 @@ use super::file::{
 };
 use super::health::{EjectionConfig, ProbeConfig, RetryOn, ejection, probe_config, retry_on};
 use super::plugins::{CandidateSpec, PluginDefaults, PluginSpec, candidate_mode, plugin_spec};
-use super::{ConfigError, Errors, parse_addr, parse_duration};
+use super::{ConfigError, Errors, parse_addr, parse_count, parse_duration};
 
 /// The balancer of a pool that names none.
 pub const DEFAULT_BALANCER: &str = "weighted-round-robin";
@@ -187,7 +187,13 @@ fn validate_backend(
             .as_ref()
             .map(|p| *p.get_ref())
             .unwrap_or_default(),
-        max_sessions: b.max_sessions.unwrap_or(DEFAULT_BACKEND_MAX_SESSIONS),
+        max_sessions: parse_count(
+            errors,
+            b.max_sessions.as_ref(),
+            &format!("{key}.max_sessions"),
+            DEFAULT_BACKEND_MAX_SESSIONS,
+            "leave it unset for no limit; weight = 0 takes a backend out of rotation",
+        )?,
         agent_port: match &b.agent_port {
             Some(port) if *port.get_ref() == 0 => {
                 return Err(errors.spanned(
