@@ -100,12 +100,15 @@ impl Config {
         let errors = Errors { file: path, text };
         let de = toml::Deserializer::parse(text).map_err(|e| errors.toml("syntax", e))?;
         let file: FileConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            // A `Spanned` value that is not a string (an enum, a number)
-            // is deserialized as a map, whose private field name would
-            // otherwise end the key.
-            let key = e.path().to_string();
-            let key = key.trim_end_matches(".$__serde_spanned_private_value");
-            errors.toml(key, e.into_inner())
+            // A `Spanned` value that is not a string (an enum, a number, a
+            // table) is deserialized as a map, whose private field name
+            // would otherwise sit in the key: at its end, or in the middle
+            // for a key inside a spanned table (`balancer = { ... }`).
+            let key = e
+                .path()
+                .to_string()
+                .replace(".$__serde_spanned_private_value", "");
+            errors.toml(&key, e.into_inner())
         })?;
         validate(file, path, &errors)
     }
