@@ -113,12 +113,12 @@ impl Config {
         validate(file, path, &errors)
     }
 
-    /// The pool serving `listener`.
     /// The listener named `name`.
     pub fn listener(&self, name: &str) -> Option<&ListenerConfig> {
         self.listeners.iter().find(|l| l.name == name)
     }
 
+    /// The pool serving `listener`.
     pub fn pool_of(&self, listener: &ListenerConfig) -> &PoolConfig {
         &self.pools[listener.pool]
     }
@@ -184,8 +184,8 @@ fn parse_duration(
 }
 
 /// A count for which 0 would stop everything (no session, no attempt, no
-/// memory) or was once quietly read as 1: unset is `default`, and 0 an
-/// error whose message ends with `instead`, what to write to mean it.
+/// memory) or was once quietly read as 1: unset is `default`; 0 is an
+/// error, and `instead` tells the operator what to write.
 fn parse_count(
     errors: &Errors<'_>,
     value: Option<&Spanned<u32>>,
