@@ -5,15 +5,37 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use super::file::{DnsProvider, DnsSection, PeersSection, Rfc2136Section};
-use super::{
-    ConfigError, Errors, PluginDefaults, PluginSpec, parse_addr, parse_duration, plugin_spec,
+use super::file::{DnsProvider, DnsSection, PeersSection, ProxyProtocol, Rfc2136Section};
+use super::health::{
+    DEFAULT_BASE_EJECTION_TIME, DEFAULT_MAX_EJECTION_TIME, EjectionConfig, RetryOn, probe_config,
 };
+use super::plugins::{PluginDefaults, PluginSource, PluginSpec, plugin_spec};
+use super::pools::{
+    BackendConfig, DEFAULT_BACKEND_MAX_SESSIONS, DEFAULT_BALANCER, DEFAULT_HEALTH,
+    DEFAULT_KEEPALIVE_TIMEOUT, PRIMARY_PRIORITY, PoolConfig,
+};
+use super::{ConfigError, Errors, parse_addr, parse_count, parse_duration};
 use toml::Spanned;
 
 /// Where the embedded server answers when `[dns.embedded]` does not say
 /// (loopback: a resolver or a test on the same host asks it).
 const DEFAULT_EMBEDDED_PORT: u16 = 5353;
+/// `ttl` unless set.
+pub const DEFAULT_TTL: u32 = 30;
+/// `debounce` unless set.
+pub const DEFAULT_DEBOUNCE: Duration = Duration::from_secs(1);
+/// `max_changes` unless set.
+pub const DEFAULT_MAX_CHANGES: u32 = 60;
+/// The DNS plugin when `plugin` is not set.
+pub const DEFAULT_DNS_PLUGIN: &str = "weighted-dns";
+/// `[dns.rfc2136] timeout` unless set.
+pub const DEFAULT_RFC2136_TIMEOUT: Duration = Duration::from_secs(2);
+/// `[dns.rfc2136] reconcile` unless set.
+pub const DEFAULT_RECONCILE: Duration = Duration::from_secs(30);
+/// `[peers] name` unless set.
+pub const DEFAULT_PEER_NAME: &str = "self";
+/// `[peers] weight` unless set (the members' `weight` too).
+pub const DEFAULT_PEER_WEIGHT: u32 = 1;
 
 #[derive(Debug, Clone)]
 pub struct DnsConfig {
@@ -61,14 +83,18 @@ pub struct RateLimit {
     pub burst: u32,
 }
 
+/// `rate_limit` unless set: far above what a resolver asks one zone for
+/// (it caches for the TTL).
+pub const DEFAULT_RATE_LIMIT: u32 = 20;
+/// `rate_limit_burst` unless set (and `rate_limit` is not lower): lets a
+/// resolver farm behind one /24 start cold.
+pub const DEFAULT_RATE_LIMIT_BURST: u32 = 40;
+
 impl Default for RateLimit {
-    /// 20 a second is far above what a resolver asks one zone for (it
-    /// caches for the TTL); the burst lets a resolver farm behind one /24
-    /// start cold.
     fn default() -> Self {
         RateLimit {
-            per_second: 20,
-            burst: 40,
+            per_second: DEFAULT_RATE_LIMIT,
+            burst: DEFAULT_RATE_LIMIT_BURST,
         }
     }
 }
@@ -109,7 +135,7 @@ pub(super) fn validate(
     base: &Path,
     defaults: &PluginDefaults,
     section: &DnsSection,
-    pool_names: &[&String],
+    pools: &[PoolConfig],
 ) -> Result<DnsConfig, ConfigError> {
     let zone = dns_name(errors, &section.zone, "dns.zone")?;
     let name = dns_name(errors, &section.name, "dns.name")?;
@@ -120,9 +146,9 @@ pub(super) fn validate(
             format!("{name} is not in zone {zone}"),
         ));
     }
-    let pool = pool_names
+    let pool = pools
         .iter()
-        .position(|p| *p == section.pool.get_ref())
+        .position(|p| &p.name == section.pool.get_ref())
         .ok_or_else(|| {
             errors.spanned(
                 &section.pool,
@@ -130,9 +156,9 @@ pub(super) fn validate(
                 format!(
                     "no pool named {:?} (defined pools: {})",
                     section.pool.get_ref(),
-                    pool_names
+                    pools
                         .iter()
-                        .map(|p| p.as_str())
+                        .map(|p| p.name.as_str())
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
@@ -169,22 +195,28 @@ pub(super) fn validate(
     Ok(DnsConfig {
         zone,
         name,
-        ttl: section.ttl.unwrap_or(30),
+        ttl: section.ttl.unwrap_or(DEFAULT_TTL),
         pool,
         debounce: parse_duration(
             errors,
             section.debounce.as_ref(),
             "dns.debounce",
-            Duration::from_secs(1),
+            DEFAULT_DEBOUNCE,
         )?,
-        max_changes: section.max_changes.unwrap_or(60).max(1),
+        max_changes: parse_count(
+            errors,
+            section.max_changes.as_ref(),
+            "dns.max_changes",
+            DEFAULT_MAX_CHANGES,
+            "records added or removed a minute; 0 would never change them",
+        )?,
         plugin: plugin_spec(
             errors,
             base,
             defaults,
             section.plugin.as_ref(),
             "dns.plugin",
-            "weighted-dns",
+            DEFAULT_DNS_PLUGIN,
         )?,
         provider,
     })
@@ -322,13 +354,13 @@ fn rfc2136(
             errors,
             r.timeout.as_ref(),
             "dns.rfc2136.timeout",
-            Duration::from_secs(2),
+            DEFAULT_RFC2136_TIMEOUT,
         )?,
         reconcile: parse_duration(
             errors,
             r.reconcile.as_ref(),
             "dns.rfc2136.reconcile",
-            Duration::from_secs(30),
+            DEFAULT_RECONCILE,
         )?,
     })
 }
@@ -344,14 +376,39 @@ pub struct PeersConfig {
     pub pool: usize,
 }
 
-/// `[peers]` becomes a pool named `peers` (probed and judged like any
-/// other, shown in `/status`), plus this instance's own record.
-pub(super) fn peers(
+/// The name of the pool `[peers]` becomes.
+pub const PEERS_POOL: &str = "peers";
+
+/// `[peers]`, if present: the pool `peers` (probed and judged like any
+/// other, shown in `/status`) is added after the configured ones, and this
+/// instance's own record returned.
+pub(super) fn add_peers(
+    errors: &Errors<'_>,
+    defaults: &PluginDefaults,
+    section: Option<&PeersSection>,
+    pools: &mut Vec<PoolConfig>,
+) -> Result<Option<PeersConfig>, ConfigError> {
+    let Some(section) = section else {
+        return Ok(None);
+    };
+    if pools.iter().any(|p| p.name == PEERS_POOL) {
+        return Err(errors.spanned(
+            &section.address,
+            "peers",
+            "[peers] makes a pool named \"peers\" and [pools.peers] exists: rename that pool",
+        ));
+    }
+    let (me, pool) = peers(errors, defaults, section, pools.len())?;
+    pools.push(pool);
+    Ok(Some(me))
+}
+
+fn peers(
     errors: &Errors<'_>,
     defaults: &PluginDefaults,
     section: &PeersSection,
     pool: usize,
-) -> Result<(PeersConfig, super::PoolConfig), ConfigError> {
+) -> Result<(PeersConfig, PoolConfig), ConfigError> {
     let address = section.address.get_ref().parse().map_err(|_| {
         errors.spanned(
             &section.address,
@@ -359,50 +416,53 @@ pub(super) fn peers(
             "expected this instance's IP address, e.g. \"192.0.2.10\"",
         )
     })?;
-    let mut backends: Vec<super::BackendConfig> = Vec::new();
+    let mut backends: Vec<BackendConfig> = Vec::new();
     for (i, m) in section.members.iter().enumerate() {
         let key = format!("peers.members[{i}]");
         if backends.iter().any(|b| &b.name == m.name.get_ref()) {
             return Err(errors.spanned(&m.name, &format!("{key}.name"), "duplicate peer name"));
         }
-        backends.push(super::BackendConfig {
+        backends.push(BackendConfig {
             name: m.name.get_ref().clone(),
             address: parse_addr(errors, &m.address, &format!("{key}.address"))?,
             weight: m.weight,
-            priority: 0,
-            proxy_protocol: super::ProxyProtocol::None,
-            max_sessions: u32::MAX,
+            priority: PRIMARY_PRIORITY,
+            proxy_protocol: ProxyProtocol::None,
+            max_sessions: DEFAULT_BACKEND_MAX_SESSIONS,
             agent_port: None,
         });
     }
     let builtin = |name: &str| PluginSpec {
-        source: super::PluginSource::Builtin(name.to_string()),
+        source: PluginSource::Builtin(name.to_string()),
         settings: Vec::new(),
         deadline: defaults.deadline,
         memory_mb: defaults.memory_mb,
     };
-    let pool_config = super::PoolConfig {
-        name: "peers".to_string(),
+    let pool_config = PoolConfig {
+        name: PEERS_POOL.to_string(),
         listeners: Vec::new(),
-        balancer: builtin("weighted-round-robin"),
-        health: builtin("threshold-health"),
+        balancer: builtin(DEFAULT_BALANCER),
+        health: builtin(DEFAULT_HEALTH),
         candidate: None,
-        keepalive_timeout: Duration::from_secs(60),
+        keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
         slow_start: None,
         // Peers carry no traffic through gale: only probes judge them.
-        ejection: super::EjectionConfig {
+        ejection: EjectionConfig {
             max_percent: 0,
-            base_time: super::DEFAULT_BASE_EJECTION_TIME,
-            max_time: super::DEFAULT_MAX_EJECTION_TIME,
+            base_time: DEFAULT_BASE_EJECTION_TIME,
+            max_time: DEFAULT_MAX_EJECTION_TIME,
         },
-        retry_on: super::RetryOn::default(),
-        probe: super::probe_config(errors, &section.probe, "peers.probe")?,
+        retry_on: RetryOn::default(),
+        probe: probe_config(errors, &section.probe, "peers.probe")?,
         backends,
     };
     let me = PeersConfig {
-        name: section.name.clone().unwrap_or_else(|| "self".to_string()),
+        name: section
+            .name
+            .clone()
+            .unwrap_or_else(|| DEFAULT_PEER_NAME.to_string()),
         address,
-        weight: section.weight.unwrap_or(1),
+        weight: section.weight.unwrap_or(DEFAULT_PEER_WEIGHT),
         pool,
     };
     Ok((me, pool_config))

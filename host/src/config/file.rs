@@ -1,7 +1,7 @@
 //! The TOML file as written: serde structs with `deny_unknown_fields`, so a
 //! typo is rejected at load, not discovered under traffic. Values that need
 //! checking beyond their type carry their position (`Spanned`) so that
-//! [`super::validate`] can name the line.
+//! the section modules can name the line.
 
 use std::collections::BTreeMap;
 
@@ -56,12 +56,12 @@ pub struct PeerSection {
     /// `address`: the peer's SMTP listener, ip:port; its record carries
     /// the IP.
     pub address: Spanned<String>,
-    #[serde(default = "one")]
+    #[serde(default = "default_peer_weight")]
     pub weight: u32,
 }
 
-fn one() -> u32 {
-    1
+fn default_peer_weight() -> u32 {
+    super::dns::DEFAULT_PEER_WEIGHT
 }
 
 #[derive(Debug, Deserialize)]
@@ -77,8 +77,8 @@ pub struct DnsSection {
     pub pool: Spanned<String>,
     /// `debounce`: how long health must hold still before records change.
     pub debounce: Option<Spanned<String>>,
-    /// `max_changes`: records added or removed per minute, at most.
-    pub max_changes: Option<u32>,
+    /// `max_changes`: records added or removed per minute, at most (>= 1).
+    pub max_changes: Option<Spanned<u32>>,
     /// `plugin`: the DNS plugin that plans the records.
     pub plugin: Option<Spanned<PluginSection>>,
     /// `provider`: where records go ("embedded", the default, or
@@ -153,8 +153,8 @@ pub struct PluginsSection {
     pub cache_dir: Option<String>,
     /// `deadline`: default CPU deadline per plugin call, e.g. "1ms".
     pub deadline: Option<Spanned<String>>,
-    /// `memory_mb`: default memory cap per plugin instance.
-    pub memory_mb: Option<u32>,
+    /// `memory_mb`: default memory cap per plugin instance (>= 1).
+    pub memory_mb: Option<Spanned<u32>>,
     /// `rollback_share`: share of a new generation's decisions that may
     /// trap or hit their deadline before it is rolled back, e.g. 0.5.
     pub rollback_share: Option<Spanned<f64>>,
@@ -200,20 +200,23 @@ pub struct ListenerSection {
     pub address: Spanned<String>,
     /// `pool`: name of the pool that serves this listener.
     pub pool: Spanned<String>,
-    /// `hostname`: name used in replies gale writes itself (the SMTP 421).
-    pub hostname: Option<String>,
-    /// `max_sessions`: sessions open at once; more wait in the accept queue.
-    pub max_sessions: Option<u32>,
-    /// `max_sessions_per_client`: sessions open at once from one client IP.
-    pub max_sessions_per_client: Option<u32>,
+    /// `hostname` (SMTP): name used in replies gale writes itself (421,
+    /// 554).
+    pub hostname: Option<Spanned<String>>,
+    /// `max_sessions`: sessions open at once (>= 1); more wait in the
+    /// accept queue.
+    pub max_sessions: Option<Spanned<u32>>,
+    /// `max_sessions_per_client`: sessions open at once from one client IP
+    /// (>= 1; unset: no limit).
+    pub max_sessions_per_client: Option<Spanned<u32>>,
     /// `max_buffer_mb`: what the listener's connections may hold in
     /// buffers, in MiB (unlimited when unset).
     pub max_buffer_mb: Option<Spanned<u64>>,
-    /// `max_attempts`: backends tried for one session before 421.
-    pub max_attempts: Option<u32>,
+    /// `max_attempts`: backends tried for one session before 421 (>= 1).
+    pub max_attempts: Option<Spanned<u32>>,
     /// `connect_timeout`: per backend connection attempt.
     pub connect_timeout: Option<Spanned<String>>,
-    /// `banner_timeout`: wait for the backend's greeting.
+    /// `banner_timeout` (SMTP): wait for the backend's greeting.
     pub banner_timeout: Option<Spanned<String>>,
     /// `idle_timeout`: a session with no bytes either way this long ends.
     pub idle_timeout: Option<Spanned<String>>,
@@ -288,8 +291,8 @@ pub struct PluginSection {
     pub settings: BTreeMap<String, SettingValue>,
     /// `deadline`: CPU deadline per call, overriding `[plugins] deadline`.
     pub deadline: Option<Spanned<String>>,
-    /// `memory_mb`: memory cap, overriding `[plugins] memory_mb`.
-    pub memory_mb: Option<u32>,
+    /// `memory_mb`: memory cap, overriding `[plugins] memory_mb` (>= 1).
+    pub memory_mb: Option<Spanned<u32>>,
     /// `mode`: how a pool's `candidate` runs ("shadow"); only there.
     pub mode: Option<Spanned<String>>,
 }
@@ -328,9 +331,8 @@ pub enum ProbeKind {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProbeSection {
-    /// `kind`: "tcp", "smtp" or "http".
-    #[serde(default)]
-    pub kind: ProbeKind,
+    /// `kind`: "tcp" (default), "smtp" or "http".
+    pub kind: Option<Spanned<ProbeKind>>,
     /// `interval`: time between probes of one backend, e.g. "2s".
     pub interval: Option<Spanned<String>>,
     /// `timeout`: time one probe may take, e.g. "1s".
@@ -374,11 +376,11 @@ pub struct BackendSection {
     pub role: Role,
     /// `priority`: explicit tier (0 = first); defaults from `role`.
     pub priority: Option<u32>,
-    /// `proxy_protocol`: "none" (default), "v1" or "v2".
-    #[serde(default)]
-    pub proxy_protocol: ProxyProtocol,
-    /// `max_sessions`: sessions this backend takes at once (maxconn).
-    pub max_sessions: Option<u32>,
+    /// `proxy_protocol` (SMTP): "none" (default), "v1" or "v2".
+    pub proxy_protocol: Option<Spanned<ProxyProtocol>>,
+    /// `max_sessions`: sessions this backend takes at once (HAProxy's
+    /// maxconn, but >= 1: unset is no limit, where maxconn says 0).
+    pub max_sessions: Option<Spanned<u32>>,
     /// `agent_port`: a load agent on the backend's address answers here
     /// (HAProxy's agent-check: "up", "down", "drain", "75%").
     pub agent_port: Option<Spanned<u16>>,
@@ -394,5 +396,5 @@ pub enum ProxyProtocol {
 }
 
 fn default_weight() -> u32 {
-    1
+    super::pools::DEFAULT_WEIGHT
 }

@@ -26,6 +26,20 @@ pub struct ProbeConfig {
     pub expect_status: (u16, u16),
 }
 
+/// A probe's `interval` unless set.
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// A probe's `timeout` unless set.
+pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The SMTP probe's `ehlo` unless set: `.invalid` is reserved (RFC 2606),
+/// so the name claims no real host.
+pub const DEFAULT_EHLO: &str = "gale.invalid";
+/// The HTTP probe's `method` unless set.
+pub const DEFAULT_PROBE_METHOD: &str = "GET";
+/// The HTTP probe's `path` unless set.
+pub const DEFAULT_PROBE_PATH: &str = "/";
+/// The HTTP probe's `expect_status` unless set: success and redirects.
+pub const DEFAULT_EXPECT_STATUS: (u16, u16) = (200, 399);
+
 /// Limits on taking backends out on live-traffic evidence (Envoy's
 /// outlier detection): the health plugin says when, these say whether and
 /// for how long.
@@ -113,8 +127,10 @@ pub(super) fn probe_config(
     p: &ProbeSection,
     key: &str,
 ) -> Result<ProbeConfig, ConfigError> {
+    let kind = p.kind.as_ref().map(|k| *k.get_ref()).unwrap_or_default();
+    refuse_other_kind_keys(errors, p, kind, key)?;
     let expect_status = match &p.expect_status {
-        None => (200, 399),
+        None => DEFAULT_EXPECT_STATUS,
         Some(s) => {
             let [lo, hi] = *s.get_ref();
             if !(100..=599).contains(&lo) || !(lo..=599).contains(&hi) {
@@ -128,24 +144,24 @@ pub(super) fn probe_config(
         }
     };
     Ok(ProbeConfig {
-        kind: p.kind,
+        kind,
         interval: parse_duration(
             errors,
             p.interval.as_ref(),
             &format!("{key}.interval"),
-            Duration::from_secs(2),
+            DEFAULT_PROBE_INTERVAL,
         )?,
         timeout: parse_duration(
             errors,
             p.timeout.as_ref(),
             &format!("{key}.timeout"),
-            Duration::from_secs(1),
+            DEFAULT_PROBE_TIMEOUT,
         )?,
         ehlo: word(
             errors,
             p.ehlo.as_ref(),
             &format!("{key}.ehlo"),
-            "gale.invalid",
+            DEFAULT_EHLO,
             "a host name",
         )?,
         mail_from: address(errors, p.mail_from.as_ref(), &format!("{key}.mail_from"))?,
@@ -163,17 +179,82 @@ pub(super) fn probe_config(
             errors,
             p.method.as_ref(),
             &format!("{key}.method"),
-            "GET",
+            DEFAULT_PROBE_METHOD,
             "an HTTP method",
         )?,
         path: match &p.path {
             Some(path) if !path.get_ref().starts_with('/') => {
                 return Err(errors.spanned(path, &format!("{key}.path"), "must start with /"));
             }
-            path => word(errors, path.as_ref(), &format!("{key}.path"), "/", "a path")?,
+            path => word(
+                errors,
+                path.as_ref(),
+                &format!("{key}.path"),
+                DEFAULT_PROBE_PATH,
+                "a path",
+            )?,
         },
         expect_status,
     })
+}
+
+/// A key of another kind of probe would be ignored without a word (an
+/// `ehlo` on a "tcp" probe sends nothing), so it is an error.
+fn refuse_other_kind_keys(
+    errors: &Errors<'_>,
+    p: &ProbeSection,
+    kind: ProbeKind,
+    key: &str,
+) -> Result<(), ConfigError> {
+    let keys = [
+        ("ehlo", p.ehlo.as_ref().map(Spanned::span), ProbeKind::Smtp),
+        (
+            "mail_from",
+            p.mail_from.as_ref().map(Spanned::span),
+            ProbeKind::Smtp,
+        ),
+        (
+            "rcpt_to",
+            p.rcpt_to.as_ref().map(Spanned::span),
+            ProbeKind::Smtp,
+        ),
+        (
+            "method",
+            p.method.as_ref().map(Spanned::span),
+            ProbeKind::Http,
+        ),
+        ("path", p.path.as_ref().map(Spanned::span), ProbeKind::Http),
+        (
+            "expect_status",
+            p.expect_status.as_ref().map(Spanned::span),
+            ProbeKind::Http,
+        ),
+    ];
+    for (name, span, applies_to) in keys {
+        if let Some(span) = span
+            && kind != applies_to
+        {
+            return Err(errors.at(
+                span,
+                &format!("{key}.{name}"),
+                format!(
+                    "only kind = {:?} probes use it (this probe's kind is {:?})",
+                    kind_name(applies_to),
+                    kind_name(kind)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `kind` as written in the file.
+fn kind_name(kind: ProbeKind) -> &'static str {
+    match kind {
+        ProbeKind::Tcp => "tcp",
+        ProbeKind::Smtp => "smtp",
+        ProbeKind::Http => "http",
+    }
 }
 
 /// A value sent inside a probe's command line: printable ASCII without

@@ -2,14 +2,22 @@
 //! config, so a missing file or a key that does not fit the certificate is
 //! a config error with its line, not a failed handshake later.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::file::TlsSection;
-use super::{ConfigError, Errors, TlsConfig};
+use super::{ConfigError, Errors};
+
+/// A listener's certificate, loaded and checked when the config is.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub server: Arc<rustls::ServerConfig>,
+}
 
 /// Load a listener's certificate chain and key into a rustls server
 /// config offering HTTP/2 and HTTP/1.1 by ALPN.

@@ -1,0 +1,269 @@
+//! `[listeners.NAME]`: where clients connect, which pool serves them, and
+//! the limits and timeouts of their sessions.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::file::{ListenerSection, Pregreet, Protocol};
+use super::pools::PoolConfig;
+use super::tls::{self, TlsConfig};
+use super::{ConfigError, Errors, parse_addr, parse_count, parse_duration};
+
+/// `hostname` unless set.
+pub const DEFAULT_HOSTNAME: &str = "gale";
+/// `max_sessions` unless set.
+pub const DEFAULT_MAX_SESSIONS: u32 = 10_000;
+/// `max_sessions_per_client` unless set: no cap.
+pub const DEFAULT_MAX_SESSIONS_PER_CLIENT: u32 = u32::MAX;
+/// `max_attempts` unless set.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// `connect_timeout` unless set.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// `banner_timeout` unless set.
+pub const DEFAULT_BANNER_TIMEOUT: Duration = Duration::from_secs(10);
+/// `idle_timeout` unless set.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// `header_timeout` unless set.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// `response_timeout` unless set.
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub protocol: Protocol,
+    pub address: SocketAddr,
+    /// Index into [`super::Config::pools`].
+    pub pool: usize,
+    /// Index into that pool's [`PoolConfig::listeners`], as balancer
+    /// plugins see it in `request-context.listener`.
+    pub index_in_pool: u32,
+    pub hostname: String,
+    pub max_sessions: u32,
+    /// Sessions at once from one client IP (`u32::MAX`: no cap); past it
+    /// an SMTP client gets 421 4.7.0, an HTTP connection is closed.
+    pub max_sessions_per_client: u32,
+    /// Bytes the listener's connections may hold in buffers (`None`: no
+    /// limit); see [`crate::buffers`].
+    pub max_buffer: Option<u64>,
+    pub max_attempts: u32,
+    pub connect_timeout: Duration,
+    pub banner_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// SMTP: what to do with a client that sends before the greeting.
+    pub pregreet: Pregreet,
+    /// HTTP: time allowed for a client's request headers.
+    pub header_timeout: Duration,
+    /// HTTP: time allowed for a backend's response headers.
+    pub response_timeout: Duration,
+    /// HTTP: serve HTTPS (ALPN h2 and http/1.1).
+    pub tls: Option<TlsConfig>,
+}
+
+/// Every `[listeners.NAME]`, in name order, each added to the
+/// [`PoolConfig::listeners`] of its pool.
+pub(super) fn validate(
+    errors: &Errors<'_>,
+    base: &Path,
+    sections: &BTreeMap<String, ListenerSection>,
+    pools: &mut [PoolConfig],
+) -> Result<Vec<ListenerConfig>, ConfigError> {
+    let mut listeners: Vec<ListenerConfig> = Vec::with_capacity(sections.len());
+    for (name, l) in sections {
+        let listener = validate_listener(errors, base, name, l, &listeners, pools)?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+/// Listener `name`, after the listeners `before` it.
+fn validate_listener(
+    errors: &Errors<'_>,
+    base: &Path,
+    name: &str,
+    l: &ListenerSection,
+    before: &[ListenerConfig],
+    pools: &mut [PoolConfig],
+) -> Result<ListenerConfig, ConfigError> {
+    let key = format!("listeners.{name}");
+    refuse_other_protocol_keys(errors, l, &key)?;
+    let address = parse_addr(errors, &l.address, &format!("{key}.address"))?;
+    if let Some(other) = before
+        .iter()
+        // Port 0 asks the kernel for a free port each time: no clash.
+        .find(|o| o.address == address && address.port() != 0)
+    {
+        return Err(errors.spanned(
+            &l.address,
+            &format!("{key}.address"),
+            format!("{address} is already used by listener {:?}", other.name),
+        ));
+    }
+    let pool = pools
+        .iter()
+        .position(|p| &p.name == l.pool.get_ref())
+        .ok_or_else(|| {
+            let known = if pools.is_empty() {
+                "no pools are defined".to_string()
+            } else {
+                let names: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
+                format!("defined pools: {}", names.join(", "))
+            };
+            errors.spanned(
+                &l.pool,
+                &format!("{key}.pool"),
+                format!("no pool named {:?} ({known})", l.pool.get_ref()),
+            )
+        })?;
+    let served = &mut pools[pool].listeners;
+    served.push(name.to_string());
+    let index_in_pool = (served.len() - 1) as u32;
+    Ok(ListenerConfig {
+        name: name.to_string(),
+        protocol: l.protocol,
+        address,
+        pool,
+        index_in_pool,
+        hostname: l
+            .hostname
+            .as_ref()
+            .map_or(DEFAULT_HOSTNAME, |h| h.get_ref())
+            .to_string(),
+        max_sessions: parse_count(
+            errors,
+            l.max_sessions.as_ref(),
+            &format!("{key}.max_sessions"),
+            DEFAULT_MAX_SESSIONS,
+            "to stop a listener, remove it",
+        )?,
+        max_sessions_per_client: parse_count(
+            errors,
+            l.max_sessions_per_client.as_ref(),
+            &format!("{key}.max_sessions_per_client"),
+            DEFAULT_MAX_SESSIONS_PER_CLIENT,
+            "leave it unset for no limit",
+        )?,
+        max_buffer: match &l.max_buffer_mb {
+            Some(mb) if *mb.get_ref() == 0 => {
+                return Err(errors.spanned(
+                    mb,
+                    &format!("{key}.max_buffer_mb"),
+                    "must be at least 1 (leave it unset for no limit)",
+                ));
+            }
+            Some(mb) => Some(mb.get_ref().saturating_mul(1 << 20)),
+            None => None,
+        },
+        max_attempts: parse_count(
+            errors,
+            l.max_attempts.as_ref(),
+            &format!("{key}.max_attempts"),
+            DEFAULT_MAX_ATTEMPTS,
+            "the first backend tried is an attempt",
+        )?,
+        connect_timeout: parse_duration(
+            errors,
+            l.connect_timeout.as_ref(),
+            &format!("{key}.connect_timeout"),
+            DEFAULT_CONNECT_TIMEOUT,
+        )?,
+        banner_timeout: parse_duration(
+            errors,
+            l.banner_timeout.as_ref(),
+            &format!("{key}.banner_timeout"),
+            DEFAULT_BANNER_TIMEOUT,
+        )?,
+        idle_timeout: parse_duration(
+            errors,
+            l.idle_timeout.as_ref(),
+            &format!("{key}.idle_timeout"),
+            DEFAULT_IDLE_TIMEOUT,
+        )?,
+        pregreet: l
+            .pregreet
+            .as_ref()
+            .map_or_else(Pregreet::default, |p| *p.get_ref()),
+        header_timeout: parse_duration(
+            errors,
+            l.header_timeout.as_ref(),
+            &format!("{key}.header_timeout"),
+            DEFAULT_HEADER_TIMEOUT,
+        )?,
+        response_timeout: parse_duration(
+            errors,
+            l.response_timeout.as_ref(),
+            &format!("{key}.response_timeout"),
+            DEFAULT_RESPONSE_TIMEOUT,
+        )?,
+        tls: match &l.tls {
+            None => None,
+            Some(tls) => Some(tls::load(
+                errors,
+                base,
+                tls.get_ref(),
+                &format!("{key}.tls"),
+            )?),
+        },
+    })
+}
+
+/// A key of the other protocol would be ignored without a word (a
+/// `response_timeout` on an SMTP listener bounds nothing), so it is an
+/// error. Keys of both: `max_*`, `connect_timeout`, `idle_timeout` (an
+/// SMTP session, an HTTP body or upgraded connection that stalls).
+fn refuse_other_protocol_keys(
+    errors: &Errors<'_>,
+    l: &ListenerSection,
+    key: &str,
+) -> Result<(), ConfigError> {
+    let keys = [
+        (
+            "hostname",
+            l.hostname.as_ref().map(Spanned::span),
+            Protocol::Smtp,
+            "only SMTP listeners write replies that name them (421, 554)",
+        ),
+        (
+            "pregreet",
+            l.pregreet.as_ref().map(Spanned::span),
+            Protocol::Smtp,
+            "only SMTP listeners greet their clients",
+        ),
+        (
+            "banner_timeout",
+            l.banner_timeout.as_ref().map(Spanned::span),
+            Protocol::Smtp,
+            "only SMTP listeners wait for a backend's greeting (HTTP: response_timeout)",
+        ),
+        (
+            "header_timeout",
+            l.header_timeout.as_ref().map(Spanned::span),
+            Protocol::Http,
+            "only HTTP listeners read request headers (SMTP: idle_timeout)",
+        ),
+        (
+            "response_timeout",
+            l.response_timeout.as_ref().map(Spanned::span),
+            Protocol::Http,
+            "only HTTP listeners wait for response headers (SMTP: banner_timeout)",
+        ),
+        (
+            "tls",
+            l.tls.as_ref().map(Spanned::span),
+            Protocol::Http,
+            "only HTTP listeners terminate TLS (SMTP's STARTTLS passes through to the MTA)",
+        ),
+    ];
+    for (name, span, applies_to, message) in keys {
+        if let Some(span) = span
+            && l.protocol != applies_to
+        {
+            return Err(errors.at(span, &format!("{key}.{name}"), message));
+        }
+    }
+    Ok(())
+}
