@@ -16,43 +16,36 @@ use gale::metrics::Metrics;
 use gale::plugin::PluginRuntime;
 use gale::pool::Pool;
 use sha2::{Digest, Sha256};
-use support::{config, first_choices};
+use support::conf::Conf;
+use support::{first_choices, parse};
 
 /// Two pools over the same two backends: `wrr`'s weighted round-robin
 /// sends half the sessions to each, `first`'s test balancer every one to
 /// the first while it is up.
-fn two_pools() -> String {
+fn two_pools() -> Conf {
     let first_listed = support::plugin("first-listed");
-    format!(
-        "\
-[pools.wrr]
-balancer = {{ builtin = \"weighted-round-robin\" }}
-[[pools.wrr.backends]]
-name = \"a\"
-address = \"127.0.0.1:30000\"
-[[pools.wrr.backends]]
-name = \"b\"
-address = \"127.0.0.1:30001\"
-[pools.first]
-balancer = {{ path = {first_listed:?} }}
-[[pools.first.backends]]
-name = \"a\"
-address = \"127.0.0.1:30000\"
-[[pools.first.backends]]
-name = \"b\"
-address = \"127.0.0.1:30001\"
-"
-    )
+    let mut conf = Conf::new()
+        .set("pools.wrr.balancer.builtin", "weighted-round-robin")
+        .set(
+            "pools.first.balancer.path",
+            first_listed.display().to_string(),
+        );
+    for pool in ["wrr", "first"] {
+        conf = conf
+            .backend(pool, "a", "127.0.0.1:30000".parse().unwrap())
+            .backend(pool, "b", "127.0.0.1:30001".parse().unwrap());
+    }
+    conf
 }
 
-/// The pools of `toml` by name, built on a runtime caching into `cache`;
+/// The pools of `conf` by name, built on a runtime caching into `cache`;
 /// with the runtime's (compiled, cache hits) and what it logged at warn
 /// level.
-fn start(cache: &Path, toml: &str) -> (BTreeMap<String, Pool>, (u64, u64), String) {
+fn start(cache: &Path, conf: &Conf) -> (BTreeMap<String, Pool>, (u64, u64), String) {
     let ((pools, stats), log) = logged(|| {
         let runtime = PluginRuntime::new(Some(cache.to_path_buf())).unwrap();
         let metrics = Arc::new(Metrics::new());
-        let pools = config(toml)
+        let pools = parse(conf)
             .pools
             .iter()
             .map(|p| (p.name.clone(), Pool::build(&runtime, p, &metrics).unwrap()))

@@ -1,7 +1,11 @@
 //! The `gale` binary as an operator runs it.
 
+mod support;
+
 use std::path::Path;
 use std::process::Command;
+
+use support::conf::Conf;
 
 fn gale() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gale"));
@@ -73,11 +77,10 @@ fn check_rejects_a_plugin_of_the_wrong_world() {
     let config = dir.path().join("gale.toml");
     // A valid component, but a health plugin named as a balancer.
     let wasm = root().join("target/wasm/wasm32-wasip2/release/threshold_health.wasm");
-    std::fs::write(
-        &config,
-        format!("[pools.p]\nbalancer = {{ path = {:?} }}\n", wasm.display()),
-    )
-    .unwrap();
+    let conf = Conf::new()
+        .pool("p")
+        .set("pools.p.balancer.path", wasm.display().to_string());
+    std::fs::write(&config, conf.to_string()).unwrap();
     let out = gale()
         .args(["check", "--config"])
         .arg(&config)

@@ -9,17 +9,22 @@ use gale::generation::sample_context;
 use gale::plugin::PluginError;
 use gale::plugin::contract::host_version;
 use gale::pool::Decider;
+use support::conf::Conf;
 use support::{plugin, runtime};
 
-fn pool_toml(balancer: &str) -> String {
-    let mut toml = format!("[pools.p]\nbalancer = {{ path = {balancer:?} }}\n");
+/// Pool `p` of three backends, `b0` to `b2` on 127.0.0.1:31000 to 31002;
+/// its plugins with [`Conf::set`].
+fn pool_conf() -> Conf {
+    let mut conf = Conf::new();
     for i in 0..3 {
-        toml.push_str(&format!(
-            "[[pools.p.backends]]\nname = \"b{i}\"\naddress = \"127.0.0.1:{}\"\n",
-            31000 + i
-        ));
+        conf = conf.backend("p", &format!("b{i}"), ([127, 0, 0, 1], 31000 + i).into());
     }
-    toml
+    conf
+}
+
+/// [`pool_conf`] with the plugin at `path` as its balancer.
+fn with_balancer(path: &std::path::Path) -> Conf {
+    pool_conf().set("pools.p.balancer.path", path.display().to_string())
 }
 
 #[test]
@@ -35,7 +40,7 @@ fn a_plugin_built_against_the_previous_contract_still_loads_and_decides() {
 
     let (rt, _cache) = runtime();
     let path = plugin("contract-0-1-0");
-    let config = support::config(&pool_toml(&path.display().to_string()));
+    let config = support::parse(&with_balancer(&path));
     let pool = gale::pool::Pool::build(&rt, &config.pools[0], &Default::default())
         .unwrap_or_else(|e| panic!("the 0.1.0 plugin was refused: {e}"));
     let plugins = pool.plugins();
@@ -63,11 +68,8 @@ fn a_health_plugin_of_the_previous_world_loads_and_its_verdict_weight_applies() 
 
     let (rt, _cache) = runtime();
     let path = plugin("contract-0-1-1");
-    let toml = pool_toml("weighted-round-robin.wasm").replace(
-        "balancer = { path = \"weighted-round-robin.wasm\" }",
-        &format!("health = {{ path = {:?} }}", path.display().to_string()),
-    );
-    let config = support::config(&toml);
+    let conf = pool_conf().set("pools.p.health.path", path.display().to_string());
+    let config = support::parse(&conf);
     let pool = gale::pool::Pool::build(&rt, &config.pools[0], &Default::default())
         .unwrap_or_else(|e| panic!("the 0.1.1 health plugin was refused: {e}"));
     assert_eq!(pool.plugins()[1].1.contract, "gale:plugin/evaluator@0.1.1");
@@ -91,7 +93,7 @@ fn a_health_plugin_of_the_previous_world_loads_and_its_verdict_weight_applies() 
 fn a_plugin_of_an_incompatible_contract_is_refused_naming_both_versions() {
     let (rt, _cache) = runtime();
     let path = plugin("contract-0-2-0");
-    let config = support::config(&pool_toml(&path.display().to_string()));
+    let config = support::parse(&with_balancer(&path));
     let err = gale::pool::Pool::build(&rt, &config.pools[0], &Default::default())
         .err()
         .expect("a 0.2.0 plugin must not load");

@@ -15,6 +15,7 @@ use gale::generation::Generation;
 use gale::server::Server;
 use hickory_proto::op::{Edns, Message, MessageType, Query};
 use hickory_proto::rr::{Name, RecordType};
+use support::conf::Conf;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, UdpSocket};
 
@@ -38,22 +39,26 @@ async fn backends(n: u8) -> (Vec<SocketAddr>, Vec<tokio::task::JoinHandle<()>>) 
 }
 
 /// gale publishing `backends` as mx.example.test with the embedded server
-/// (`embedded`: more `[dns.embedded]` keys); returned once every backend
-/// is published.
-async fn start(backends: &[SocketAddr], embedded: &str) -> Server {
-    let mut toml = format!(
-        "[listeners.smtp]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\npool = \"mta\"\n\
-         [pools.mta]\n[pools.mta.probe]\nkind = \"tcp\"\ninterval = \"1s\"\ntimeout = \"500ms\"\n\
-         [dns]\nzone = \"example.test.\"\nname = \"mx.example.test.\"\nttl = 60\npool = \"mta\"\n\
-         debounce = \"100ms\"\nmax_changes = 1000\n\
-         [dns.embedded]\naddress = \"127.0.0.1:0\"\n{embedded}\n"
-    );
-    for (i, b) in backends.iter().enumerate() {
-        toml.push_str(&format!(
-            "[[pools.mta.backends]]\nname = \"b{i}\"\naddress = \"{b}\"\n"
-        ));
+/// (`embedded`: more `dns.embedded` keys and their values); returned once
+/// every backend is published.
+async fn start(backends: &[SocketAddr], embedded: &[(&str, i64)]) -> Server {
+    let mut conf = Conf::new()
+        .smtp("smtp", "mta")
+        .probe("mta", "tcp", "1s", "500ms")
+        .set("dns.zone", "example.test.")
+        .set("dns.name", "mx.example.test.")
+        .set("dns.ttl", 60)
+        .set("dns.pool", "mta")
+        .set("dns.debounce", "100ms")
+        .set("dns.max_changes", 1000)
+        .set("dns.embedded.address", "127.0.0.1:0");
+    for &(key, value) in embedded {
+        conf = conf.set(&format!("dns.embedded.{key}"), value);
     }
-    let config = support::config(&toml);
+    for (i, &b) in backends.iter().enumerate() {
+        conf = conf.backend("mta", &format!("b{i}"), b);
+    }
+    let config = support::parse(&conf);
     let (runtime, _cache) = support::runtime();
     let generation = Generation::build(1, &runtime, config, &Default::default()).unwrap();
     let server = Server::start(generation).await.unwrap();
@@ -107,7 +112,7 @@ fn dns_address(server: &Server) -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_with_qr_set_is_never_answered() {
     let (addresses, _tasks) = backends(1).await;
-    let server = start(&addresses, "").await;
+    let server = start(&addresses, &[]).await;
     let socket = client([127, 0, 0, 1], dns_address(&server)).await;
 
     // A well-formed response, and a malformed one (it claims five
@@ -161,7 +166,7 @@ fn drain(socket: &UdpSocket, tally: &mut Tally, query_len: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_from_one_prefix_is_limited_and_slipped_while_others_are_answered() {
     let (addresses, _tasks) = backends(1).await;
-    let server = start(&addresses, "rate_limit = 5\nrate_limit_burst = 5\n").await;
+    let server = start(&addresses, &[("rate_limit", 5), ("rate_limit_burst", 5)]).await;
     let address = dns_address(&server);
     let flood = client([127, 0, 0, 2], address).await;
     // Another /24: its own bucket.
@@ -271,10 +276,10 @@ async fn the_amplification_over_udp_is_bounded_by_the_rate_limit() {
     // fill 512 bytes (no EDNS), 74 fill 1232 (one more and the answer is
     // truncated to the question).
     let (addresses, _tasks) = backends(74).await;
-    let plain = start(&addresses[..29], "").await;
+    let plain = start(&addresses[..29], &[]).await;
     let without_edns = one_query(dns_address(&plain), None).await;
     plain.shutdown().await;
-    let limited = start(&addresses, "").await;
+    let limited = start(&addresses, &[]).await;
     let address = dns_address(&limited);
     let with_edns = one_query(address, Some(1232)).await;
     assert!(without_edns < 16.0 && with_edns < 29.0);
@@ -289,7 +294,7 @@ async fn the_amplification_over_udp_is_bounded_by_the_rate_limit() {
     );
     limited.shutdown().await;
 
-    let open = start(&addresses, "rate_limit = 0\n").await;
+    let open = start(&addresses, &[("rate_limit", 0)]).await;
     let (sent, tally) = flood(dns_address(&open), 1000, &q).await;
     let without = tally.bytes as f64 / sent as f64;
     eprintln!(

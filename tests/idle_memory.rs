@@ -15,6 +15,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use support::conf::Conf;
 use support::http::{Behaviour, HttpBackend, web};
 use support::process::{Gale, scrape, value};
 
@@ -184,13 +185,16 @@ fn idle_connections_cost_at_most_4_kib_each() {
     let mta = runtime.block_on(support::smtp::Backend::start(
         support::smtp::Behaviour::Sink,
     ));
-    let gale = Gale::start_warm(&format!(
-        "[listeners.mail]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\npool = \"mta\"\n\
-         idle_timeout = \"5m\"\nmax_sessions = 20000\n\
-         [pools.mta]\n[pools.mta.probe]\nkind = \"tcp\"\ninterval = \"1h\"\n\
-         [[pools.mta.backends]]\nname = \"mta\"\naddress = \"{}\"\n",
-        mta.address
-    ));
+    let gale = Gale::start_warm(
+        &Conf::new()
+            .smtp("mail", "mta")
+            .set("listeners.mail.idle_timeout", "5m")
+            .set("listeners.mail.max_sessions", 20000)
+            .set("pools.mta.probe.kind", "tcp")
+            .set("pools.mta.probe.interval", "1h")
+            .backend("mta", "mta", mta.address)
+            .to_string(),
+    );
     let address = gale.address("mail");
     let greeted = || {
         let mut s = TcpStream::connect(address).unwrap();
@@ -226,7 +230,7 @@ fn a_listener_holds_its_buffers_near_max_buffer_mb() {
     let toml = web(&[("capped", backend.address, 1)])
         .set("listeners.web.header_timeout", "1m")
         .set("listeners.web.max_buffer_mb", 1)
-        .set("admin.address", "127.0.0.1:0")
+        .admin()
         .to_string();
     let gale = Gale::start_warm(&toml);
     let address = gale.address("web");

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::conf::Conf;
 use support::process::{Gale, curl};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -99,24 +100,19 @@ async fn open(gale: SocketAddr, source: IpAddr) -> Held {
 }
 
 /// One SMTP listener `in` on pool `p` with `backends`, an admin listener,
-/// fast probes, `pool` extra keys (the plugins), and a compile cache
-/// shared by the tests so each component is compiled once per run.
-fn config(backends: &[(&str, SocketAddr)], pool: &str) -> String {
+/// fast probes, and a compile cache shared by the tests so each component
+/// is compiled once per run; the plugins with [`Conf::set`].
+fn config(backends: &[(&str, SocketAddr)]) -> Conf {
     let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("languages-cache");
-    let mut toml = format!(
-        "[plugins]\ncache_dir = {:?}\n\
-         [admin]\naddress = \"127.0.0.1:0\"\n\
-         [listeners.in]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\npool = \"p\"\n\
-         [pools.p]\n{pool}\n\
-         [pools.p.probe]\nkind = \"smtp\"\ninterval = \"150ms\"\ntimeout = \"1s\"\n",
-        cache.display().to_string()
-    );
-    for (name, address) in backends {
-        toml.push_str(&format!(
-            "[[pools.p.backends]]\nname = \"{name}\"\naddress = \"{address}\"\n"
-        ));
+    let mut conf = Conf::new()
+        .set("plugins.cache_dir", cache.display().to_string())
+        .admin()
+        .smtp("in", "p")
+        .probe("p", "smtp", "150ms", "1s");
+    for &(name, address) in backends {
+        conf = conf.backend("p", name, address);
     }
-    toml
+    conf
 }
 
 fn status(gale: &Gale) -> Value {
@@ -161,13 +157,12 @@ fn assert_no_fallback(gale: &Gale) {
 async fn python_least_active_sessions_sends_new_sessions_to_the_idle_backend() {
     let plugin = support::foreign_plugin("least-active-python");
     let (a, b) = (Named::start("a").await, Named::start("b").await);
-    let gale = Gale::start(&config(
-        &[("a", a.address), ("b", b.address)],
-        &format!(
-            "balancer = {{ path = {:?}, memory_mb = 32 }}",
-            plugin.display().to_string()
-        ),
-    ));
+    let gale = Gale::start(
+        &config(&[("a", a.address), ("b", b.address)])
+            .set("pools.p.balancer.path", plugin.display().to_string())
+            .set("pools.p.balancer.memory_mb", 32)
+            .to_string(),
+    );
     let (addr, here) = (gale.address("in"), "127.0.0.1".parse().unwrap());
     let drain = format!("http://{}/pools/p/backends/b/drain", gale.admin_address());
     let enable = drain.replace("/drain", "/enable");
@@ -214,13 +209,13 @@ async fn javascript_ip_hash_keeps_each_client_on_one_backend_and_moves_only_the_
         .zip(&backends)
         .map(|(n, b)| (*n, b.address))
         .collect();
-    let gale = Gale::start(&config(
-        &listed,
-        &format!(
-            "balancer = {{ path = {:?}, memory_mb = 96, deadline = \"5ms\" }}",
-            plugin.display().to_string()
-        ),
-    ));
+    let gale = Gale::start(
+        &config(&listed)
+            .set("pools.p.balancer.path", plugin.display().to_string())
+            .set("pools.p.balancer.memory_mb", 96)
+            .set("pools.p.balancer.deadline", "5ms")
+            .to_string(),
+    );
     let addr = gale.address("in");
     let clients: Vec<IpAddr> = (2..22)
         .map(|i| format!("127.0.0.{i}").parse().unwrap())
@@ -261,13 +256,13 @@ async fn javascript_ip_hash_keeps_each_client_on_one_backend_and_moves_only_the_
 async fn c_strict_greeting_takes_a_backend_down_on_its_first_421() {
     let plugin = support::foreign_plugin("strict-greeting-c");
     let (a, b) = (Named::start("a").await, Named::start("b").await);
-    let gale = Gale::start(&config(
-        &[("a", a.address), ("b", b.address)],
-        &format!(
-            "health = {{ path = {:?}, settings = {{ rise = 2, fall = 3 }} }}",
-            plugin.display().to_string()
-        ),
-    ));
+    let gale = Gale::start(
+        &config(&[("a", a.address), ("b", b.address)])
+            .set("pools.p.health.path", plugin.display().to_string())
+            .set("pools.p.health.settings.rise", 2)
+            .set("pools.p.health.settings.fall", 3)
+            .to_string(),
+    );
     wait_state(&gale, "b", true, Duration::from_secs(5)).await;
     // A 421 greeting: down on that probe, not after fall = 3 of them.
     b.busy.store(true, Ordering::SeqCst);
@@ -309,18 +304,19 @@ fn the_big_components_are_compiled_once_and_then_start_from_the_cache() {
     let python = support::foreign_plugin("least-active-python");
     let js = support::foreign_plugin("ip-hash-js");
     let cache = tempfile::tempdir().unwrap();
-    let toml = format!(
-        "[plugins]\ncache_dir = {:?}\n\
-         [listeners.in]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\npool = \"p\"\n\
-         [listeners.in2]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\npool = \"q\"\n\
-         [pools.p]\nbalancer = {{ path = {:?}, memory_mb = 32 }}\n\
-         [[pools.p.backends]]\nname = \"a\"\naddress = \"127.0.0.1:9\"\n\
-         [pools.q]\nbalancer = {{ path = {:?}, memory_mb = 96, deadline = \"5ms\" }}\n\
-         [[pools.q.backends]]\nname = \"a\"\naddress = \"127.0.0.1:9\"\n",
-        cache.path().display().to_string(),
-        python.display().to_string(),
-        js.display().to_string()
-    );
+    let discard: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let toml = Conf::new()
+        .set("plugins.cache_dir", cache.path().display().to_string())
+        .smtp("in", "p")
+        .smtp("in2", "q")
+        .set("pools.p.balancer.path", python.display().to_string())
+        .set("pools.p.balancer.memory_mb", 32)
+        .backend("p", "a", discard)
+        .set("pools.q.balancer.path", js.display().to_string())
+        .set("pools.q.balancer.memory_mb", 96)
+        .set("pools.q.balancer.deadline", "5ms")
+        .backend("q", "a", discard)
+        .to_string();
     let compiled = |gale: &Gale| {
         gale.log
             .lock()

@@ -9,19 +9,25 @@ use gale::generation::sample_context;
 use gale::plugin::types::{ProbeResult, ProbeSource};
 use gale::plugin::{CallFailure, PluginError};
 use gale::pool::Decider;
+use support::conf::Conf;
 use support::{counter, first_choices, plugin, pool, runtime};
 
-fn backends(weights: &[(u32, &str)]) -> String {
-    weights
-        .iter()
-        .enumerate()
-        .map(|(i, (w, role))| {
-            format!(
-                "[[pools.p.backends]]\nname = \"b{i}\"\naddress = \"127.0.0.1:{}\"\nweight = {w}\nrole = \"{role}\"\n",
-                30000 + i
+/// Pool `p` of backends `b0`, `b1`, ... on 127.0.0.1:30000, 30001, ...
+/// with these (weight, role); its plugins with [`Conf::set`].
+fn backends(weights: &[(u32, &str)]) -> Conf {
+    let mut conf = Conf::new();
+    for (i, &(weight, role)) in weights.iter().enumerate() {
+        let name = format!("b{i}");
+        let address = ([127, 0, 0, 1], 30000 + i as u16).into();
+        conf = conf
+            .backend("p", &name, address)
+            .set(
+                &format!("pools.p.backends.{name}.weight"),
+                i64::from(weight),
             )
-        })
-        .collect()
+            .set(&format!("pools.p.backends.{name}.role"), role);
+    }
+    conf
 }
 
 fn result(ok: bool) -> ProbeResult {
@@ -37,16 +43,14 @@ fn result(ok: bool) -> ProbeResult {
 #[test]
 fn weighted_round_robin_splits_by_weight() {
     let (rt, _cache) = runtime();
-    let toml = format!(
-        "[pools.p]\nbalancer = {{ builtin = \"weighted-round-robin\" }}\n{}",
-        backends(&[
-            (5, "primary"),
-            (3, "primary"),
-            (1, "primary"),
-            (1, "primary")
-        ])
-    );
-    let (pool, _) = pool(&rt, &toml);
+    let conf = backends(&[
+        (5, "primary"),
+        (3, "primary"),
+        (1, "primary"),
+        (1, "primary"),
+    ])
+    .set("pools.p.balancer.builtin", "weighted-round-robin");
+    let (pool, _) = pool(&rt, &conf);
     let counts = first_choices(&pool, 10_000);
     for (i, want) in [5000.0, 3000.0, 1000.0, 1000.0].iter().enumerate() {
         let got = counts[i] as f64;
@@ -65,11 +69,8 @@ fn weighted_round_robin_splits_by_weight() {
 #[test]
 fn unhealthy_backends_are_never_chosen_first() {
     let (rt, _cache) = runtime();
-    let toml = format!(
-        "[pools.p]\n{}",
-        backends(&[(5, "primary"), (3, "primary"), (1, "primary")])
-    );
-    let (pool, _) = pool(&rt, &toml);
+    let conf = backends(&[(5, "primary"), (3, "primary"), (1, "primary")]);
+    let (pool, _) = pool(&rt, &conf);
     // threshold-health defaults: fall 3.
     assert_eq!(pool.record(0, result(false)), None);
     assert_eq!(pool.record(0, result(false)), None);
@@ -98,11 +99,10 @@ fn failover_goes_primary_standby_primary() {
 #[test]
 fn without_standby_retry_standbys_stay_out_of_retries() {
     let (rt, _cache) = runtime();
-    let toml = format!(
-        "[pools.p]\nbalancer = {{ builtin = \"weighted-round-robin\", settings = {{ standby_retry = false }} }}\n{}",
-        backends(&[(1, "primary"), (1, "primary"), (1, "standby")])
-    );
-    let (pool, _) = pool(&rt, &toml);
+    let conf = backends(&[(1, "primary"), (1, "primary"), (1, "standby")])
+        .set("pools.p.balancer.builtin", "weighted-round-robin")
+        .set("pools.p.balancer.settings.standby_retry", false);
+    let (pool, _) = pool(&rt, &conf);
     let order = pool.select(&sample_context()).order;
     assert_eq!(order.len(), 2, "primaries only: {order:?}");
     assert!(!order.contains(&2));
@@ -111,11 +111,12 @@ fn without_standby_retry_standbys_stay_out_of_retries() {
 /// Two primaries and a standby under the built-in balancer `balancer`.
 fn primary_standby_primary(balancer: &str) {
     let (rt, _cache) = runtime();
-    let toml = format!(
-        "[pools.p]\nbalancer = {{ builtin = \"{balancer}\" }}\nhealth = {{ builtin = \"threshold-health\", settings = {{ rise = 2, fall = 1 }} }}\n{}",
-        backends(&[(1, "primary"), (1, "primary"), (1, "standby")])
-    );
-    let (pool, _) = pool(&rt, &toml);
+    let conf = backends(&[(1, "primary"), (1, "primary"), (1, "standby")])
+        .set("pools.p.balancer.builtin", balancer)
+        .set("pools.p.health.builtin", "threshold-health")
+        .set("pools.p.health.settings.rise", 2)
+        .set("pools.p.health.settings.fall", 1);
+    let (pool, _) = pool(&rt, &conf);
     let counts = first_choices(&pool, 100);
     assert_eq!(
         counts,
@@ -155,11 +156,11 @@ fn primary_standby_primary(balancer: &str) {
 #[test]
 fn thresholds_flip_exactly_after_rise_and_fall() {
     let (rt, _cache) = runtime();
-    let toml = format!(
-        "[pools.p]\nhealth = {{ builtin = \"threshold-health\", settings = {{ rise = 3, fall = 2 }} }}\n{}",
-        backends(&[(1, "primary")])
-    );
-    let (pool, _) = pool(&rt, &toml);
+    let conf = backends(&[(1, "primary")])
+        .set("pools.p.health.builtin", "threshold-health")
+        .set("pools.p.health.settings.rise", 3)
+        .set("pools.p.health.settings.fall", 2);
+    let (pool, _) = pool(&rt, &conf);
     assert_eq!(pool.record(0, result(false)), None);
     assert_eq!(
         pool.record(0, result(true)),
@@ -185,11 +186,10 @@ fn thresholds_flip_exactly_after_rise_and_fall() {
 #[test]
 fn threshold_health_rejects_bad_settings() {
     let (rt, _cache) = runtime();
-    let toml = format!(
-        "[pools.p]\nhealth = {{ builtin = \"threshold-health\", settings = {{ rise = \"often\" }} }}\n{}",
-        backends(&[(1, "primary")])
-    );
-    let config = support::config(&toml);
+    let conf = backends(&[(1, "primary")])
+        .set("pools.p.health.builtin", "threshold-health")
+        .set("pools.p.health.settings.rise", "often");
+    let config = support::parse(&conf);
     let err = gale::pool::Pool::build(&rt, &config.pools[0], &Default::default())
         .err()
         .expect("bad settings must be refused");
@@ -221,19 +221,23 @@ fn contained_within(
     max: Duration,
 ) {
     let (rt, _cache) = runtime();
-    let toml = format!(
-        "[pools.p]\nbalancer = {{ path = {:?}, deadline = \"{}ms\", memory_mb = 16 }}\n{}",
-        plugin(crate_name).display(),
-        deadline.as_millis(),
-        backends(&[(2, "primary"), (1, "primary")])
-    );
+    let conf = backends(&[(2, "primary"), (1, "primary")])
+        .set(
+            "pools.p.balancer.path",
+            plugin(crate_name).display().to_string(),
+        )
+        .set(
+            "pools.p.balancer.deadline",
+            format!("{}ms", deadline.as_millis()),
+        )
+        .set("pools.p.balancer.memory_mb", 16);
     // Each pool's first call meets the hostile code; the calls after it
     // find the instance gone (a fresh one is set up off the request path)
     // and fall back at once, or meet the fresh instance and fail again.
     let rounds = 5;
     let per_round = 4;
     for round in 0..rounds {
-        let (pool, metrics) = pool(&rt, &toml);
+        let (pool, metrics) = pool(&rt, &conf);
         let ctx = sample_context();
         for i in 0..per_round {
             let started = Instant::now();
@@ -321,13 +325,20 @@ fn plugin_looping_over_host_calls_is_stopped_by_the_backstop() {
 /// `bytes`: its failure reason and how long it took.
 fn random_decision(bytes: u64, deadline: Duration) -> (String, Duration) {
     let (rt, _cache) = runtime();
-    let toml = format!(
-        "[pools.p]\nbalancer = {{ path = {:?}, deadline = \"{}ms\", settings = {{ bytes = {bytes} }} }}\n{}",
-        plugin("hostile-random").display(),
-        deadline.as_millis(),
-        backends(&[(2, "primary"), (1, "primary")])
-    );
-    let (pool, _) = pool(&rt, &toml);
+    let conf = backends(&[(2, "primary"), (1, "primary")])
+        .set(
+            "pools.p.balancer.path",
+            plugin("hostile-random").display().to_string(),
+        )
+        .set(
+            "pools.p.balancer.deadline",
+            format!("{}ms", deadline.as_millis()),
+        )
+        .set(
+            "pools.p.balancer.settings.bytes",
+            i64::try_from(bytes).unwrap(),
+        );
+    let (pool, _) = pool(&rt, &conf);
     // A real client: the sample one is answered honestly.
     let mut ctx = sample_context();
     ctx.client_ip = gale::plugin::types::IpAddress::V4(0x7f00_0001);
@@ -382,12 +393,11 @@ fn garbage_answers_are_refused() {
 #[test]
 fn wrong_world_is_refused_at_load_naming_the_expected_world() {
     let (rt, _cache) = runtime();
-    let toml = format!(
-        "[pools.p]\nbalancer = {{ path = {:?} }}\n{}",
-        plugin("hostile-wrong-world").display(),
-        backends(&[(1, "primary")])
+    let conf = backends(&[(1, "primary")]).set(
+        "pools.p.balancer.path",
+        plugin("hostile-wrong-world").display().to_string(),
     );
-    let config = support::config(&toml);
+    let config = support::parse(&conf);
     let err = gale::pool::Pool::build(&rt, &config.pools[0], &Default::default())
         .err()
         .expect("a health plugin must not load as a balancer");
@@ -406,12 +416,11 @@ fn wrong_world_is_refused_at_load_naming_the_expected_world() {
 #[test]
 fn a_plugin_that_fails_self_check_is_refused() {
     let (rt, _cache) = runtime();
-    let toml = format!(
-        "[pools.p]\nbalancer = {{ path = {:?} }}\n{}",
-        plugin("hostile-trap").display(),
-        backends(&[(1, "primary")])
+    let conf = backends(&[(1, "primary")]).set(
+        "pools.p.balancer.path",
+        plugin("hostile-trap").display().to_string(),
     );
-    let config = support::config(&toml);
+    let config = support::parse(&conf);
     let err = gale::generation::Generation::build(1, &rt, config, &Default::default())
         .err()
         .expect("a plugin that traps on its sample call must be refused");
@@ -430,16 +439,16 @@ fn a_plugin_that_fails_self_check_is_refused() {
 #[test]
 fn compiled_plugins_are_cached_across_runtimes() {
     let cache = tempfile::tempdir().unwrap();
-    let toml = format!("[pools.p]\n{}", backends(&[(1, "primary")]));
+    let conf = backends(&[(1, "primary")]);
     let first = gale::plugin::PluginRuntime::new(Some(cache.path().to_path_buf())).unwrap();
-    let _ = pool(&first, &toml);
+    let _ = pool(&first, &conf);
     assert_eq!(
         first.stats(),
         (2, 0),
         "(compiled, cache hits) on a cold cache"
     );
     let second = gale::plugin::PluginRuntime::new(Some(cache.path().to_path_buf())).unwrap();
-    let _ = pool(&second, &toml);
+    let _ = pool(&second, &conf);
     assert_eq!(second.stats(), (0, 2), "a restart must not recompile");
 }
 
@@ -492,12 +501,14 @@ fn weighted_dns_publishes_healthy_members_and_keeps_the_last() {
 #[test]
 fn host_imports_reach_the_plugin() {
     let (rt, _cache) = runtime();
-    let toml = format!(
-        "[listeners.in]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:2525\"\npool = \"p\"\n[pools.p]\nbalancer = {{ path = {:?} }}\n{}",
-        plugin("imports-probe").display(),
-        backends(&[(1, "primary"), (1, "primary"), (1, "primary")])
-    );
-    let (pool, _) = pool(&rt, &toml);
+    let conf = backends(&[(1, "primary"), (1, "primary"), (1, "primary")])
+        .smtp("in", "p")
+        .set("listeners.in.address", "127.0.0.1:2525")
+        .set(
+            "pools.p.balancer.path",
+            plugin("imports-probe").display().to_string(),
+        );
+    let (pool, _) = pool(&rt, &conf);
     for _ in 0..3 {
         pool.live().enter(0);
     }
@@ -517,12 +528,11 @@ fn host_imports_reach_the_plugin() {
 #[test]
 fn a_plugin_importing_what_gale_does_not_grant_loads_and_traps_only_when_it_calls_it() {
     let (rt, _cache) = runtime();
-    let toml = format!(
-        "[pools.p]\nbalancer = {{ path = {:?} }}\n{}",
-        plugin("fs-importer").display(),
-        backends(&[(1, "primary"), (1, "primary")])
+    let conf = backends(&[(1, "primary"), (1, "primary")]).set(
+        "pools.p.balancer.path",
+        plugin("fs-importer").display().to_string(),
     );
-    let (pool, _) = pool(&rt, &toml);
+    let (pool, _) = pool(&rt, &conf);
     let d = pool.select(&sample_context());
     assert_eq!(d.decider, Decider::Plugin, "{d:?}");
     let mut ctx = sample_context();

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use gale::generation::Generation;
 use gale::server::Server;
+use support::conf::Conf;
 use support::smtp::{Backend, Behaviour, Client};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -22,25 +23,30 @@ use tokio::time::timeout;
 
 const LIMIT: Duration = Duration::from_secs(5);
 
-/// gale with one SMTP listener `in` on `address` over `backends` (tcp
-/// probes once an hour: one at start), with more listener keys.
-async fn start(address: &str, listener: &str, backends: &[(SocketAddr, &str)]) -> Server {
-    let mut toml = format!(
-        "[server]\ndrain_timeout = \"10s\"\n\
-         [listeners.in]\nprotocol = \"smtp\"\naddress = \"{address}\"\npool = \"mta\"\n\
-         hostname = \"gale.test\"\nmax_attempts = 1\n{listener}\n\
-         [pools.mta]\n[pools.mta.probe]\nkind = \"tcp\"\ninterval = \"1h\"\n"
-    );
-    for (i, (backend, proxy)) in backends.iter().enumerate() {
-        toml.push_str(&format!(
-            "[[pools.mta.backends]]\nname = \"b{i}\"\naddress = \"{backend}\"\nproxy_protocol = \"{proxy}\"\n"
-        ));
+/// One SMTP listener `in` on `address` over `backends` (address, PROXY
+/// protocol) as `b0`, `b1`, ... (tcp probes once an hour: one at start);
+/// more keys with [`Conf::set`].
+fn config(address: &str, backends: &[(SocketAddr, &str)]) -> Conf {
+    let mut conf = Conf::new()
+        .set("server.drain_timeout", "10s")
+        .smtp("in", "mta")
+        .set("listeners.in.address", address)
+        .set("listeners.in.hostname", "gale.test")
+        .set("listeners.in.max_attempts", 1)
+        .set("pools.mta.probe.kind", "tcp")
+        .set("pools.mta.probe.interval", "1h");
+    for (i, &(backend, proxy)) in backends.iter().enumerate() {
+        let name = format!("b{i}");
+        conf = conf
+            .backend("mta", &name, backend)
+            .set(&format!("pools.mta.backends.{name}.proxy_protocol"), proxy);
     }
-    start_toml(&toml).await
+    conf
 }
 
-async fn start_toml(toml: &str) -> Server {
-    let config = support::config(toml);
+/// gale of `conf`, in-process.
+async fn start(conf: Conf) -> Server {
+    let config = support::parse(&conf);
     let (runtime, _cache) = support::runtime();
     let generation = Generation::build(1, &runtime, config, &Default::default()).unwrap();
     Server::start(generation).await.unwrap()
@@ -105,7 +111,7 @@ fn counter(server: &Server, name: &str, labels: &[(&str, &str)]) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_speaks_before_the_greeting_gets_554_and_the_backend_hears_nothing() {
     let mut held = Held::start().await;
-    let server = start("127.0.0.1:0", "", &[(held.address, "none")]).await;
+    let server = start(config("127.0.0.1:0", &[(held.address, "none")])).await;
     drop(held.next().await); // the start-up probe
     let addr = server.address("in").unwrap();
 
@@ -160,9 +166,7 @@ async fn a_client_that_speaks_before_the_greeting_gets_554_and_the_backend_hears
 async fn with_pregreet_pass_early_bytes_reach_the_backend_after_the_greeting() {
     let mut held = Held::start().await;
     let server = start(
-        "127.0.0.1:0",
-        "pregreet = \"pass\"",
-        &[(held.address, "none")],
+        config("127.0.0.1:0", &[(held.address, "none")]).set("listeners.in.pregreet", "pass"),
     )
     .await;
     drop(held.next().await);
@@ -196,7 +200,7 @@ async fn with_pregreet_pass_early_bytes_reach_the_backend_after_the_greeting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_sends_quit_and_hangs_up_before_the_greeting_frees_its_backend_at_once() {
     let mut held = Held::start().await;
-    let server = start("127.0.0.1:0", "", &[(held.address, "none")]).await;
+    let server = start(config("127.0.0.1:0", &[(held.address, "none")])).await;
     drop(held.next().await);
     let mut client = TcpStream::connect(server.address("in").unwrap())
         .await
@@ -252,9 +256,7 @@ async fn assert_reply_then_clean_close(client: &mut TcpStream, server: Server, e
 async fn a_421_reaches_a_client_that_spoke_first_without_a_reset() {
     let mut held = Held::start().await;
     let server = start(
-        "127.0.0.1:0",
-        "pregreet = \"pass\"",
-        &[(held.address, "none")],
+        config("127.0.0.1:0", &[(held.address, "none")]).set("listeners.in.pregreet", "pass"),
     )
     .await;
     drop(held.next().await);
@@ -277,9 +279,8 @@ async fn a_421_reaches_a_client_that_spoke_first_without_a_reset() {
 async fn a_421_for_too_many_connections_reaches_a_client_that_spoke_first_without_a_reset() {
     let sink = Backend::start(Behaviour::Sink).await;
     let server = start(
-        "127.0.0.1:0",
-        "max_sessions_per_client = 1",
-        &[(sink.address, "none")],
+        config("127.0.0.1:0", &[(sink.address, "none")])
+            .set("listeners.in.max_sessions_per_client", 1),
     )
     .await;
     let addr = server.address("in").unwrap();
@@ -310,7 +311,7 @@ async fn a_421_for_too_many_connections_reaches_a_client_that_spoke_first_withou
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipv4_clients_of_a_dual_stack_listener_reach_backends_as_ipv4() {
     let v1 = Backend::start_on("127.0.0.1:0".parse().unwrap(), Behaviour::Sink, Some(1)).await;
-    let server = start("[::]:0", "", &[(v1.address, "v1")]).await;
+    let server = start(config("[::]:0", &[(v1.address, "v1")])).await;
     let port = server.address("in").unwrap().port();
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let mut c = Client::connect(addr).await;
@@ -339,10 +340,8 @@ async fn ipv4_clients_of_a_dual_stack_listener_reach_backends_as_ipv4() {
 async fn ipv4_clients_of_a_dual_stack_http_listener_are_forwarded_as_ipv4() {
     use support::http::{Behaviour, HttpBackend, web};
     let backend = HttpBackend::start("echo", Behaviour::Echo);
-    let toml = web(&[("echo", backend.address, 1)])
-        .set("listeners.web.address", "[::]:0")
-        .to_string();
-    let server = start_toml(&toml).await;
+    let server =
+        start(web(&[("echo", backend.address, 1)]).set("listeners.web.address", "[::]:0")).await;
     let port = server.address("web").unwrap().port();
     let mut c = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     c.write_all(b"GET /who HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
@@ -422,9 +421,8 @@ fn ipv6_clients_in_one_64_share_the_per_client_limit() {
             .block_on(async {
                 let sink = Backend::start(Behaviour::Sink).await;
                 let server = start(
-                    "[::]:0",
-                    "max_sessions_per_client = 1",
-                    &[(sink.address, "none")],
+                    config("[::]:0", &[(sink.address, "none")])
+                        .set("listeners.in.max_sessions_per_client", 1),
                 )
                 .await;
                 let port = server.address("in").unwrap().port();

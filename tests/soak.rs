@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::client::{HttpConnection, Session};
+use support::conf::Conf;
 use support::named::{KEY_NAME, KEY_SECRET, Named, addresses};
 use support::process::{Gale, Nginx, SmtpSink, free_port, signal};
 use support::smtp::{Backend, Behaviour};
@@ -246,37 +247,45 @@ fn config(
     web: &[(&str, SocketAddr)],
     named: SocketAddr,
 ) -> String {
-    let balancer = match balancer % 3 {
-        0 => "{ builtin = \"weighted-round-robin\" }".to_string(),
-        1 => format!("{{ path = {:?} }}", support::plugin("weighted-round-robin")),
-        _ => format!("{{ path = {:?} }}", support::plugin("first-listed")),
+    let path = |name| support::plugin(name).display().to_string();
+    let conf = Conf::new().admin();
+    let conf = match balancer % 3 {
+        0 => conf.set("pools.mta.balancer.builtin", "weighted-round-robin"),
+        1 => conf.set("pools.mta.balancer.path", path("weighted-round-robin")),
+        _ => conf.set("pools.mta.balancer.path", path("first-listed")),
     };
-    let mut toml = format!(
-        "[admin]\naddress = \"127.0.0.1:0\"\n\
-         [listeners.smtp]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\npool = \"mta\"\n\
-         max_attempts = 3\nconnect_timeout = \"1s\"\nbanner_timeout = \"1s\"\nidle_timeout = \"30s\"\n\
-         [listeners.web]\nprotocol = \"http\"\naddress = \"127.0.0.1:0\"\npool = \"web\"\n\
-         response_timeout = \"10s\"\n\
-         [pools.mta]\nbalancer = {balancer}\n\
-         [pools.mta.probe]\nkind = \"smtp\"\ninterval = \"300ms\"\ntimeout = \"300ms\"\n\
-         [pools.web.probe]\nkind = \"http\"\ninterval = \"300ms\"\ntimeout = \"300ms\"\n\
-         [dns]\nzone = \"example.test.\"\nname = \"mx.example.test.\"\nttl = 5\npool = \"mta\"\n\
-         debounce = \"300ms\"\nprovider = \"rfc2136\"\n\
-         [dns.rfc2136]\nserver = \"{named}\"\nkey_name = \"{KEY_NAME}\"\nkey_secret = \"{KEY_SECRET}\"\n\
-         timeout = \"500ms\"\nreconcile = \"1s\"\n"
-    );
-    for (i, (name, address)) in mta.iter().enumerate() {
+    let mut conf = conf
+        .smtp("smtp", "mta")
+        .set("listeners.smtp.max_attempts", 3)
+        .set("listeners.smtp.connect_timeout", "1s")
+        .set("listeners.smtp.banner_timeout", "1s")
+        .set("listeners.smtp.idle_timeout", "30s")
+        .http("web", "web")
+        .set("listeners.web.response_timeout", "10s")
+        .probe("mta", "smtp", "300ms", "300ms")
+        .probe("web", "http", "300ms", "300ms")
+        .set("dns.zone", "example.test.")
+        .set("dns.name", "mx.example.test.")
+        .set("dns.ttl", 5)
+        .set("dns.pool", "mta")
+        .set("dns.debounce", "300ms")
+        .set("dns.provider", "rfc2136")
+        .set("dns.rfc2136.server", named.to_string())
+        .set("dns.rfc2136.key_name", KEY_NAME)
+        .set("dns.rfc2136.key_secret", KEY_SECRET)
+        .set("dns.rfc2136.timeout", "500ms")
+        .set("dns.rfc2136.reconcile", "1s");
+    for (i, &(name, address)) in mta.iter().enumerate() {
         let weight = 1 + (i + weights) % 3;
-        toml.push_str(&format!(
-            "[[pools.mta.backends]]\nname = \"{name}\"\naddress = \"{address}\"\nweight = {weight}\n"
-        ));
+        conf = conf.backend("mta", name, address).set(
+            &format!("pools.mta.backends.{name}.weight"),
+            i64::try_from(weight).unwrap(),
+        );
     }
-    for (name, address) in web {
-        toml.push_str(&format!(
-            "[[pools.web.backends]]\nname = \"{name}\"\naddress = \"{address}\"\n"
-        ));
+    for &(name, address) in web {
+        conf = conf.backend("web", name, address);
     }
-    toml
+    conf.to_string()
 }
 
 fn env_or(name: &str, default: u64) -> u64 {

@@ -1,6 +1,6 @@
 //! Shared test harness: builds the guest components from source (default
 //! plugins in `plugins/`, hostile ones in `tests/plugins/`) and builds
-//! pools from TOML the way gale does.
+//! pools from configs (built with [`conf::Conf`]) the way gale does.
 #![allow(dead_code)]
 
 pub mod browser;
@@ -22,6 +22,8 @@ use gale::generation::sample_context;
 use gale::metrics::Metrics;
 use gale::plugin::PluginRuntime;
 use gale::pool::Pool;
+
+use conf::Conf;
 
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -97,7 +99,7 @@ pub fn runtime() -> (PluginRuntime, tempfile::TempDir) {
 }
 
 /// Parse a config from TOML text; relative paths resolve against the
-/// workspace root.
+/// workspace root. A config built with [`Conf`] is parsed by [`parse`].
 ///
 /// Plugin deadlines count the guest's own instructions (fuel), so a test
 /// machine busy with parallel tests cannot push an honest call over its
@@ -107,9 +109,14 @@ pub fn config(toml: &str) -> Config {
         .unwrap_or_else(|e| panic!("test config is invalid: {e}"))
 }
 
-/// Build the first pool of `toml`.
-pub fn pool(runtime: &PluginRuntime, toml: &str) -> (Pool, Arc<Metrics>) {
-    let config = config(toml);
+/// Parse a config built with [`Conf`] (see [`config`]).
+pub fn parse(conf: &Conf) -> Config {
+    config(&conf.to_string())
+}
+
+/// Build the first pool of `conf`.
+pub fn pool(runtime: &PluginRuntime, conf: &Conf) -> (Pool, Arc<Metrics>) {
+    let config = parse(conf);
     let metrics = Arc::new(Metrics::new());
     let pool = Pool::build(runtime, &config.pools[0], &metrics)
         .unwrap_or_else(|e| panic!("pool did not build: {e}"));
