@@ -68,13 +68,10 @@ fn main() {
     }
 
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
-    let mut code = String::from("/// (name, component bytes) of every built-in plugin.\n");
-    writeln!(
-        code,
-        "pub static BUILTIN: [(&str, &[u8]); {}] = [",
-        PLUGINS.len() + ALIASES.len()
-    )
-    .unwrap();
+    // One static per component (an alias names the same bytes), then
+    // the (name, bytes) table and the names a config may use.
+    let mut code = String::new();
+    let mut table = Vec::new();
     for (package, file) in PLUGINS {
         let built = target_dir
             .join("wasm32-wasip2")
@@ -82,15 +79,36 @@ fn main() {
             .join(format!("{file}.wasm"));
         let copy = out.join(format!("{file}.wasm"));
         std::fs::copy(&built, &copy).unwrap_or_else(|e| panic!("{}: {e}", built.display()));
+        let constant = file.to_uppercase();
+        writeln!(
+            code,
+            "static {constant}: &[u8] = include_bytes!({:?});",
+            copy.display()
+        )
+        .unwrap();
         let aliases = ALIASES.iter().filter(|(_, of)| *of == package);
         for name in std::iter::once(package).chain(aliases.map(|(name, _)| *name)) {
-            writeln!(
-                code,
-                "    ({name:?}, include_bytes!({:?})),",
-                copy.display()
-            )
-            .unwrap();
+            table.push((name, constant.clone()));
         }
+    }
+    writeln!(
+        code,
+        "/// (name, component bytes) of every built-in plugin.\npub static BUILTIN: [(&str, &[u8]); {}] = [",
+        table.len()
+    )
+    .unwrap();
+    for (name, constant) in &table {
+        writeln!(code, "    ({name:?}, {constant}),").unwrap();
+    }
+    code.push_str("];\n");
+    writeln!(
+        code,
+        "/// Names a config may use in `builtin = \"...\"`.\npub const NAMES: [&str; {}] = [",
+        table.len()
+    )
+    .unwrap();
+    for (name, _) in &table {
+        writeln!(code, "    {name:?},").unwrap();
     }
     code.push_str("];\n");
     std::fs::write(out.join("builtin_plugins.rs"), code).unwrap();

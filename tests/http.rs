@@ -537,3 +537,39 @@ fn http1_and_http2_count_retries_and_label_failures_alike() {
         "HTTP/2 counted otherwise than HTTP/1: {seen:?}"
     );
 }
+
+/// An address whose connects hang: a listener with a backlog of 0 whose
+/// queue one connection already fills, so Linux drops further SYNs. Kept
+/// alive by what it returns.
+fn blackhole() -> ((socket2::Socket, TcpStream), SocketAddr) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    socket.listen(0).unwrap();
+    let address = socket.local_addr().unwrap().as_socket().unwrap();
+    let filler = TcpStream::connect(address).unwrap();
+    ((socket, filler), address)
+}
+
+#[test]
+fn a_connect_that_times_out_moves_on_even_for_a_post() {
+    let (_hole, hole) = blackhole();
+    let good = HttpBackend::start("good", Behaviour::Respond);
+    for flag in ["--http1.1", "--http2-prior-knowledge"] {
+        let gale = InProcess::start(
+            &web(&[("hole", hole, 100), ("good", good.address, 1)])
+                .set("listeners.web.connect_timeout", "200ms")
+                .to_string(),
+        );
+        let url = format!("http://{}/", gale.address("web"));
+        let (code, body) = curl(&[flag, "-X", "POST", "--data", "x=1", &url]);
+        assert_eq!(code, 200, "{flag}: {body}");
+        let failures = samples(&gale, "gale_backend_failures_total", &["backend=\"hole\""]);
+        assert_eq!(failures.len(), 1, "{flag}: {failures:?}");
+        assert!(
+            failures[0].0.contains("reason=\"connect\""),
+            "{flag}: {failures:?}"
+        );
+    }
+}

@@ -192,6 +192,74 @@ fn an_upgrade_request_reaches_the_backend_with_its_upgrade_fields() {
 }
 
 #[test]
+fn only_a_websocket_handshake_asks_a_backend_to_switch() {
+    let (_backend, gale) = echo();
+    let mut conn = HttpConnection::open(gale.address("web")).unwrap();
+    // h2c: a backend that switched would give the client a tunnel past
+    // the balancer and the proxy header rules.
+    let h2c = b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+        Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n";
+    // HEAD: RFC 6455 handshakes are GETs.
+    let head =
+        b"HEAD / HTTP/1.1\r\nHost: a.test\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
+    for (request, head_request) in [(&h2c[..], false), (&head[..], true)] {
+        conn.send(request).unwrap();
+        let r = conn.response(head_request).unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+        if !head_request {
+            let (seen, _) = seen(&r.body);
+            for gone in ["upgrade:", "http2-settings:", "connection:"] {
+                assert!(
+                    !seen.lines().any(|l| l.starts_with(gone)),
+                    "{gone} in {seen}"
+                );
+            }
+        }
+    }
+    assert!(conn.get("/next").is_ok());
+}
+
+/// A backend that answers every request on `connections` connections
+/// with `101 Switching Protocols` to `protocol`, then closes.
+fn switcher(protocol: &'static str, connections: usize) -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(connections) {
+            let Ok(mut stream) = stream else { continue };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n")
+                && std::io::Read::read(&mut stream, &mut byte).unwrap_or(0) == 1
+            {
+                head.push(byte[0]);
+            }
+            let _ = write!(
+                stream,
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: {protocol}\r\nConnection: Upgrade\r\n\r\n"
+            );
+        }
+    });
+    address
+}
+
+#[test]
+fn a_101_the_client_did_not_ask_for_is_a_failed_exchange() {
+    let ws = b"GET /ws HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    let plain = b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n";
+    // A 101 to a plain request, and a 101 to h2c when a WebSocket was
+    // asked for: neither is passed on nor joined.
+    for (protocol, request) in [("websocket", &plain[..]), ("h2c", &ws[..])] {
+        let gale = Gale::start(&web(&[("switcher", switcher(protocol, 4), 1)]).to_string());
+        let mut conn = HttpConnection::open(gale.address("web")).unwrap();
+        conn.send(request).unwrap();
+        let r = conn.response(false).unwrap();
+        assert_eq!(r.status, 502, "{protocol}: {r:?}");
+    }
+}
+
+#[test]
 fn an_answer_before_the_upload_ends_reaches_the_client() {
     let backend = HttpBackend::start("picky", Behaviour::RejectEarly);
     let gale = Gale::start(&web(&[("picky", backend.address, 1)]).to_string());

@@ -95,7 +95,7 @@ impl SmoothWrr {
 }
 
 /// Weighted round-robin in tiers, as HAProxy's `backup` servers: the best
-/// tier (lowest priority; primaries are 0, standbys 1) that has an
+/// tier (lowest `priority` number; primaries are 0, standbys 1) that has an
 /// eligible backend takes every session, and a later tier takes sessions
 /// only while every backend of the tiers before it is out. Later tiers
 /// follow in the try order, so a retry can still reach a standby when the

@@ -98,14 +98,12 @@ impl Failure {
         })
     }
 
-    /// No connection was made: a `timeout` when it took too long, else
-    /// `connect`, whichever protocol asked.
+    /// No connection was made, refused or timed out: `connect` whichever
+    /// protocol asked. Not `timeout`, which is a backend that took too
+    /// long after it was connected: a connect that timed out reached
+    /// nothing, so even a POST goes on to the next backend.
     pub fn of_connect(error: &crate::connect::ConnectError) -> Failure {
-        let reason = match error {
-            crate::connect::ConnectError::TimedOut(_) => FailureReason::Timeout,
-            crate::connect::ConnectError::Failed(_) => FailureReason::Connect,
-        };
-        Failure::new(reason, format!("connect: {error}"))
+        Failure::new(FailureReason::Connect, format!("connect: {error}"))
     }
 
     pub fn new(reason: FailureReason, detail: impl Into<String>) -> Self {

@@ -49,7 +49,9 @@ pub async fn connect(address: SocketAddr, limit: Duration) -> Result<TcpStream, 
         Err(e) => return Err(failed(e)),
     }
     let stream = TcpStream::from_std(std::net::TcpStream::from(socket)).map_err(failed)?;
-    match tokio::time::timeout(limit, stream.ready(Interest::WRITABLE)).await {
+    // ERROR too: without it the readiness tokio reports masks out a
+    // failed connect's error bit, leaving only the hang-up to tell.
+    match tokio::time::timeout(limit, stream.ready(Interest::WRITABLE | Interest::ERROR)).await {
         Err(_) => Err(ConnectError::TimedOut(limit)),
         Ok(Err(e)) => Err(failed(e)),
         Ok(Ok(ready)) if ready.is_error() || ready.is_write_closed() => {

@@ -37,6 +37,9 @@ pub struct Control {
     admin_listener: Option<admin::Handle>,
     reload_requests: mpsc::Receiver<ReloadRequest>,
     watcher: Option<FileWatcher>,
+    /// Installed before "gale is ready": a SIGHUP sent once that line is
+    /// out must reload, not kill (SIGHUP's default action).
+    hangup: tokio::signal::unix::Signal,
     /// Stops the demo backends (`gale demo`) after the drain.
     demo_stop: CancellationToken,
 }
@@ -101,6 +104,7 @@ impl Control {
             crate::privileges::drop_to(run_as).map_err(anyhow::Error::msg)?;
             tracing::info!(user = %crate::privileges::current_user(), uid = run_as.uid, gid = run_as.gid, "running without root");
         }
+        let hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
         let watcher = FileWatcher::new(&files)
             .inspect_err(|e| tracing::warn!("config and plugin files are not watched: {e}"))
             .ok();
@@ -119,6 +123,7 @@ impl Control {
             admin_listener,
             reload_requests,
             watcher,
+            hangup,
             demo_stop,
         })
     }
@@ -132,13 +137,12 @@ impl Control {
     /// accepting and drain. Returns how many sessions the drain deadline
     /// cut.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<usize> {
-        let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
         tokio::pin!(shutdown);
         let mut probation = tokio::time::interval(PROBATION_TICK);
         loop {
             let (trigger, reply) = tokio::select! {
                 _ = &mut shutdown => break,
-                _ = hangup.recv() => ("SIGHUP", None),
+                _ = self.hangup.recv() => ("SIGHUP", None),
                 _ = changed(self.watcher.as_mut()) => ("file change", None),
                 Some(reply) = self.reload_requests.recv() => ("admin", Some(reply)),
                 _ = probation.tick() => {

@@ -7,6 +7,8 @@
 //!   deadline and a memory cap.
 //! - [`pool`]: backends, their health, and the decisions over them.
 //! - [`connect`]: the one way gale connects to a backend.
+//! - [`relay`]: joining a client and a backend both ways (SMTP sessions,
+//!   WebSockets).
 //! - [`attempts`]: trying backends in the balancer's order, the request
 //!   policy SMTP and both HTTP engines share.
 //! - [`generation`]: one consistent set of config, pools and plugins.

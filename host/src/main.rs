@@ -184,18 +184,19 @@ fn run(path: &Path, demo: bool) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async {
+        // Before "gale is ready" (logged by start): a SIGTERM sent once
+        // that line is out must drain, not kill.
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let control = gale::control::Control::start(path, demo).await?;
-        control.run(shutdown_signal()).await?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        control.run(shutdown).await?;
         Ok(())
     })
-}
-
-async fn shutdown_signal() {
-    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }
 
 fn plugin_check(file: &Path, options: gale::plugin::check::Options) -> anyhow::Result<()> {

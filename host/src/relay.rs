@@ -41,7 +41,7 @@ impl Observer for Blind {
 }
 
 /// How a relay ended, with the bytes moved each way.
-pub struct Outcome {
+pub struct Relayed {
     /// Client to backend.
     pub up: u64,
     /// Backend to client.
@@ -64,7 +64,7 @@ pub async fn relay<C, U, O>(
     idle: Duration,
     charge: &mut Charge,
     observer: &mut O,
-) -> Outcome
+) -> Relayed
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -124,7 +124,7 @@ where
         Poll::Pending
     })
     .await;
-    Outcome {
+    Relayed {
         up: up.bytes,
         down: down.bytes,
         error,

@@ -123,7 +123,12 @@ async fn run_probe(probe: &ProbeConfig, address: SocketAddr, proxy: ProxyProtoco
             .map_err(|e| (None, e.to_string()))?;
     }
     match probe.kind {
-        ProbeKind::Tcp => Ok(None),
+        // Nothing is read or written: the connect's own result decides
+        // (`connect` leaves SO_ERROR for the first I/O to report).
+        ProbeKind::Tcp => match stream.take_error() {
+            Ok(None) => Ok(None),
+            Ok(Some(e)) | Err(e) => Err((None, format!("connect: {}", e.kind()))),
+        },
         ProbeKind::Smtp => smtp_probe(&mut stream, probe).await,
         ProbeKind::Http => http_probe(&mut stream, probe, address).await,
     }

@@ -13,7 +13,7 @@ use hyper::header::{
 };
 
 /// Headers that describe one connection, never forwarded.
-static HOP_BY_HOP: [HeaderName; 8] = [
+static HOP_BY_HOP: [HeaderName; 9] = [
     CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -22,6 +22,8 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     TE,
     TRAILER,
     UPGRADE,
+    // The settings of an h2c upgrade, which gale never passes on.
+    HeaderName::from_static("http2-settings"),
 ];
 
 /// Whether `name` is a hop-by-hop field (any case): the one table both

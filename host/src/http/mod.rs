@@ -6,7 +6,8 @@
 //! keep-alive connections.
 //!
 //! Owns: client connections, request and response streaming, proxy
-//! headers, retries ([`proxy`] has the rules). Does not touch: health
+//! headers, retries (the rules are [`crate::attempts::HttpTries`]'s).
+//! Does not touch: health
 //! verdicts (failures are reported to the pool) or the choice of backend.
 
 mod body;

@@ -1,13 +1,15 @@
-//! One proxied request: the pool's balancer orders the backends, gale
-//! tries them in that order, and never sends a request twice when the
-//! first backend may have acted on it.
+//! One proxied HTTP/2 request (through hyper): the pool's balancer orders
+//! the backends, gale tries them in that order, and never sends a request
+//! twice when the first backend may have acted on it. Also what both
+//! engines share of a listener: [`Proxy`], the failure log.
 //!
-//! Retry rules: a connection that could not be made always moves on (the
-//! backend saw nothing). Any other failure before the response headers
-//! moves on only for an idempotent method whose body has not been read
-//! (a GET, say): a POST that reached a backend is answered `502`, never
-//! replayed. Once response headers arrive they go to the client and no
-//! retry is possible.
+//! The retry rules are [`crate::attempts::HttpTries`]'s, the same for
+//! gale's HTTP/1 engine: a connection that could not be made moves on by
+//! the pool's `retry_on` (the backend saw nothing); any other failure
+//! before the response headers moves on only for an idempotent method
+//! whose body has not been read (a GET, say): a POST that reached a
+//! backend is answered `502`, never replayed. Once response headers
+//! arrive they go to the client and no retry is possible.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,10 +35,10 @@ pub struct Proxy {
     pub(super) name: String,
     pub(super) current: Arc<ArcSwap<Generation>>,
     /// Backend connections for HTTP/2 clients (hyper's client).
-    upstreams: Arc<Upstreams>,
-    /// Backend connections for HTTP/1 clients (gale's own).
-    /// Idle raw connections for gale's own HTTP/1 writer.
-    pub(super) backends: super::idle::IdlePool<tokio::net::TcpStream>,
+    h2_upstreams: Arc<Upstreams>,
+    /// Idle backend connections for HTTP/1 clients (gale's own writer):
+    /// the pool type `h2_upstreams` keeps its own in.
+    pub(super) h1_idle: super::idle::IdlePool<tokio::net::TcpStream>,
 }
 
 impl Proxy {
@@ -44,12 +46,12 @@ impl Proxy {
         Proxy {
             name,
             current,
-            upstreams: Arc::default(),
-            backends: Default::default(),
+            h2_upstreams: Arc::default(),
+            h1_idle: Default::default(),
         }
     }
 
-    /// Serve one request from `peer` (HTTP/2).
+    /// Serve one request from `client` (HTTP/2).
     pub async fn handle(
         &self,
         client: &ClientOrigin,
@@ -144,7 +146,7 @@ impl Proxy {
                 *forwarded.version_mut() = Version::HTTP_11;
                 *forwarded.headers_mut() = head.headers.clone();
 
-                let exchange = self.upstreams.request(
+                let exchange = self.h2_upstreams.request(
                     backend.address,
                     l.connect_timeout,
                     keepalive,

@@ -1,6 +1,6 @@
 //! The HTTP/2 path's backend side: HTTP/1.1 to backends through hyper's
-//! client, on connections kept in the same [`IdlePool`] as the HTTP/1
-//! engine's.
+//! client, its idle connections kept in an [`IdlePool`], the pool type
+//! (and eviction rule) of the HTTP/1 engine's own.
 //!
 //! Why not gale's own HTTP/1.1 writer here too (one client for both
 //! engines)? Measured under h2load (32 connections x 10 streams, gale on

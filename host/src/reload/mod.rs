@@ -181,13 +181,13 @@ impl Reloader {
     /// probation. Returns the restored generation if it rolled back.
     pub async fn check_rollback(&self, server: &Server) -> Option<Arc<Generation>> {
         let (generation, previous) = {
-            let mut watch = self.probation.lock().unwrap_or_else(|p| p.into_inner());
-            let w = watch.as_ref()?;
-            if server.current.load().id != w.generation.id || Instant::now() > w.until {
-                *watch = None;
+            let mut probation = self.probation.lock().unwrap_or_else(|p| p.into_inner());
+            let on = probation.as_ref()?;
+            if server.current.load().id != on.generation.id || Instant::now() > on.until {
+                *probation = None;
                 return None;
             }
-            (w.generation.clone(), w.previous.clone())
+            (on.generation.clone(), on.previous.clone())
         };
         let Failing {
             what,

@@ -25,6 +25,8 @@ use crate::relay;
 #[derive(Debug)]
 enum SetupFailure {
     Connect(crate::connect::ConnectError),
+    /// Connected, but the PROXY header could not be written.
+    ProxyHeader(std::io::Error),
     BannerTimeout,
     Greeting(ReplyError),
     /// Greeted with something other than 220.
@@ -37,6 +39,8 @@ impl SetupFailure {
     fn failure(&self, knows_client: Option<IpAddr>) -> Failure {
         let (reason, detail) = match self {
             SetupFailure::Connect(e) => return Failure::of_connect(e),
+            // The backend closed or reset at once: nothing reached it.
+            SetupFailure::ProxyHeader(e) => (FailureReason::Connect, format!("PROXY header: {e}")),
             SetupFailure::BannerTimeout => (FailureReason::Timeout, "no greeting (timeout)".into()),
             SetupFailure::Greeting(e) => (FailureReason::Greeting, format!("greeting: {e}")),
             SetupFailure::Refused(reply) => (
@@ -273,7 +277,7 @@ async fn connect_and_greet(
         upstream
             .write_all(&header)
             .await
-            .map_err(|e| SetupFailure::Connect(crate::connect::ConnectError::Failed(e.kind())))?;
+            .map_err(SetupFailure::ProxyHeader)?;
     }
     let greeting = match timeout(l.banner_timeout, read_reply(&mut upstream)).await {
         Err(_) => return Err(SetupFailure::BannerTimeout),
@@ -294,13 +298,13 @@ async fn join(
     idle: Duration,
     charge: &mut Charge,
     report: &mut (dyn FnMut(Event) + Send),
-) -> relay::Outcome {
+) -> relay::Relayed {
     let greeted = async {
         send(client, &greeting.raw, idle, "client").await?;
         send(client, &greeting.rest, idle, "client").await
     };
     if let Err(e) = greeted.await {
-        return relay::Outcome {
+        return relay::Relayed {
             up: 0,
             down: 0,
             error: Some(e),

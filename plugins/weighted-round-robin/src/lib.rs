@@ -5,7 +5,7 @@
 //! The pick comes first; the other healthy backends of its tier follow,
 //! heaviest first, then the later tiers the same way, so a retry needs no
 //! second call and a session is deferred only when no backend at all can
-//! take it. Setting `standby_retry = "false"` keeps standbys out of the
+//! take it. Setting `standby_retry = false` keeps standbys out of the
 //! retries of sessions the primaries could take.
 
 use gale_sdk::wrr::TieredWrr;

@@ -100,9 +100,9 @@ pub struct Request {
     /// Whether the client wants the connection kept after this exchange.
     pub keep_alive: bool,
     pub expect_continue: bool,
-    /// The `Upgrade` field's value when the client asks to switch
-    /// protocols (RFC 9110 §7.8: HTTP/1.1, `Connection: upgrade`, no
-    /// body), e.g. `websocket`.
+    /// The `Upgrade` field's value when the client opens a WebSocket
+    /// (RFC 6455 §4.1: GET over HTTP/1.1, `Connection: upgrade`,
+    /// `Upgrade: websocket`, no body).
     pub upgrade: Option<Range<usize>>,
     connection: bool,
 }
@@ -258,6 +258,11 @@ pub fn parse_request(buf: &[u8], req: &mut Request) -> Result<bool, Refusal> {
     if hosts.next().is_some() {
         return Err(Refusal::Malformed("more than one Host\n"));
     }
+    // Without a Host field gale writes one (from an absolute target, or
+    // the backend's address): one field more than the client sent.
+    if req.host.is_none() && req.fields.len() > MAX_HEADERS - PROXY_FIELDS - 1 {
+        return Err(Refusal::TooLarge);
+    }
     // Absolute form (`GET http://host/path`): the authority is the host,
     // the backend gets the origin form.
     let t = target.as_bytes();
@@ -280,17 +285,19 @@ pub fn parse_request(buf: &[u8], req: &mut Request) -> Result<bool, Refusal> {
     if req.host.is_none() && !req.http10 {
         return Err(Refusal::Malformed("HTTP/1.1 request without Host\n"));
     }
-    // An upgrade with a body is served as a plain request: the backend
-    // would read the body, then switch, and gale could not tell where the
-    // new protocol starts.
+    // Only a WebSocket handshake switches: any other upgrade (h2c above
+    // all, whose requests would then bypass the balancer and the proxy
+    // header rules) is served as a plain request, its `Upgrade` dropped.
+    // So is one with a body: the backend would read the body, then
+    // switch, and gale could not tell where the new protocol starts.
     req.upgrade = None;
-    if s.upgrade && !req.http10 && req.body == Framing::Empty {
+    if s.upgrade && !req.http10 && req.body == Framing::Empty && method == "GET" {
         let mut upgrades = req
             .fields
             .iter()
             .filter(|f| buf[f.name.clone()].eq_ignore_ascii_case(b"upgrade"));
         if let (Some(f), None) = (upgrades.next(), upgrades.next()) {
-            req.upgrade = Some(f.value.clone()).filter(|v| !v.is_empty());
+            req.upgrade = Some(f.value.clone()).filter(|v| is_websocket(&buf[v.clone()]));
         }
     }
     req.expect_continue = !req.http10
@@ -300,6 +307,24 @@ pub fn parse_request(buf: &[u8], req: &mut Request) -> Result<bool, Refusal> {
                 && buf[f.value.clone()].eq_ignore_ascii_case(b"100-continue")
         });
     Ok(true)
+}
+
+/// Whether an `Upgrade` value names the WebSocket protocol, alone.
+fn is_websocket(value: &[u8]) -> bool {
+    value.trim_ascii().eq_ignore_ascii_case(b"websocket")
+}
+
+/// Whether a `101` switches to what a WebSocket handshake asked for: one
+/// `Upgrade: websocket` field.
+pub fn switches_to_websocket(buf: &[u8], resp: &Response) -> bool {
+    let mut upgrades = resp
+        .fields
+        .iter()
+        .filter(|f| buf[f.name.clone()].eq_ignore_ascii_case(b"upgrade"));
+    matches!(
+        (upgrades.next(), upgrades.next()),
+        (Some(f), None) if is_websocket(&buf[f.value.clone()])
+    )
 }
 
 /// Parse a response head at the start of `buf` to a request made with
@@ -368,7 +393,7 @@ pub fn write_request(
     out: &mut Vec<u8>,
     buf: &[u8],
     req: &Request,
-    peer: &ClientOrigin,
+    origin: &ClientOrigin,
     backend: std::net::SocketAddr,
 ) {
     out.clear();
@@ -424,15 +449,15 @@ pub fn write_request(
         out.extend_from_slice(earlier);
         out.extend_from_slice(b", ");
     }
-    peer.write_ip(out);
+    origin.write_ip(out);
     out.extend_from_slice(b"\r\nx-forwarded-proto: ");
-    out.extend_from_slice(peer.proto().as_bytes());
+    out.extend_from_slice(origin.proto().as_bytes());
     out.extend_from_slice(b"\r\nforwarded: ");
     for earlier in forwarded.iter().flatten() {
         out.extend_from_slice(earlier);
         out.extend_from_slice(b", ");
     }
-    peer.write_forwarded(out);
+    origin.write_forwarded(out);
     if !host.is_empty() && host.iter().all(|&b| b.is_ascii_graphic() && b != b'"') {
         out.extend_from_slice(b";host=\"");
         out.extend_from_slice(host);

@@ -6,11 +6,16 @@
 //! 1.5x HAProxy's CPU per request; bench/http.sh measures both.)
 //! HTTP/2 clients still go through hyper (see `super::Connection`).
 //!
-//! Retry rules are those of [`super::proxy`]: a connection that could not
-//! be made, or a request head that could not be written, moves on; other
-//! failures before the response head move on only for an idempotent
-//! method whose body was not sent; nothing is retried once the client has
-//! seen a byte of the response.
+//! Retry rules are [`crate::attempts::HttpTries`]'s, as for HTTP/2: a
+//! connection that could not be made, or a request head that could not
+//! be written, moves on; other failures before the response head move on
+//! only for an idempotent method whose body was not sent; nothing is
+//! retried once the client has seen a byte of the response.
+//!
+//! A WebSocket handshake (GET, `Upgrade: websocket`) is tried like any
+//! request; when a backend answers `101` the attempt ends as
+//! `Outcome::Switched` and `serve` joins the two connections both ways
+//! (`Client::join`, the relay SMTP uses) once the exchange is over.
 
 pub mod chunked;
 pub mod head;
@@ -89,7 +94,7 @@ impl Readable for tokio_rustls::server::TlsStream<Metered<TcpStream>> {
 /// One client connection speaking HTTP/1.x.
 pub struct Client<IO> {
     io: IO,
-    peer: ClientOrigin,
+    origin: ClientOrigin,
     proxy: Arc<Proxy>,
     header_timeout: Duration,
     shutdown: CancellationToken,
@@ -112,6 +117,20 @@ pub struct Client<IO> {
     linger: bool,
     /// The buffers above, counted against the listener's `max_buffer_mb`.
     charge: Charge,
+    /// Set by an exchange whose backend switched protocols.
+    switched: Option<Box<Switch>>,
+}
+
+/// A connection a backend switched to another protocol, waiting to be
+/// joined (see `Client::join`).
+struct Switch {
+    backend: TcpStream,
+    _in_flight: crate::attempts::InFlight,
+    _open: crate::generation::UpgradedGuard,
+    listener: String,
+    name: String,
+    idle: Duration,
+    started: std::time::Instant,
 }
 
 /// How one attempt at a backend ended.
@@ -133,7 +152,7 @@ enum Outcome {
 impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
     pub fn new(
         io: IO,
-        peer: ClientOrigin,
+        origin: ClientOrigin,
         proxy: Arc<Proxy>,
         header_timeout: Duration,
         shutdown: CancellationToken,
@@ -142,7 +161,7 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
     ) -> Self {
         Client {
             io,
-            peer,
+            origin,
             proxy,
             header_timeout,
             shutdown,
@@ -157,6 +176,7 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
             unread_body: false,
             linger: false,
             charge,
+            switched: None,
         }
     }
 
@@ -190,6 +210,10 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
             // is large, and would otherwise sit in every idle
             // connection's task while it waits for its next request.
             let keep = Box::pin(self.exchange()).await;
+            if let Some(switch) = self.switched.take() {
+                Box::pin(self.join(*switch)).await;
+                break;
+            }
             if self.head_in_buf {
                 self.buf.advance(self.req.len);
                 self.head_in_buf = false;
@@ -331,8 +355,8 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
         let ctx = RequestContext {
             protocol: Protocol::Http,
             listener: l.index_in_pool,
-            client_ip: ip_address(self.peer.addr.ip()),
-            client_port: self.peer.addr.port(),
+            client_ip: ip_address(self.origin.addr.ip()),
+            client_port: self.origin.addr.port(),
             http: Some(HttpRequest {
                 method: text(&self.req.method),
                 host: self.req.host.as_ref().map(text).unwrap_or_default(),
@@ -365,24 +389,34 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
                         }
                         counters.status(status);
                         tracing::debug!(
-                            listener = %l.name, client = %self.peer.addr, backend = %backend.name,
+                            listener = %l.name, client = %self.origin.addr, backend = %backend.name,
                             method, path = loggable(&path), status,
                             ms = started.elapsed().as_millis() as u64, "http request"
                         );
                         return keep;
                     }
-                    Outcome::Switched(backend_stream) => {
+                    Outcome::Switched(stream) => {
                         attempts.succeeded(&turn);
                         counters.status(101);
-                        // `turn` lives on: the connection counts against the
-                        // backend's `max_sessions` while it is open.
-                        let _open = counters.upgraded();
-                        self.join(backend_stream, l, &backend.name, started).await;
+                        // Joined by `serve` once this exchange's state (the
+                        // generation, the head's strings) is gone: an
+                        // upgraded connection may stay open for hours.
+                        self.switched = Some(Box::new(Switch {
+                            backend: stream,
+                            // Counts against the backend's `max_sessions`
+                            // while the connection is open.
+                            _in_flight: turn.in_flight,
+                            _open: counters.upgraded(),
+                            listener: l.name.clone(),
+                            name: backend.name.clone(),
+                            idle: l.idle_timeout,
+                            started,
+                        }));
                         return false;
                     }
                     Outcome::ClientFailed(refusal, why) => {
                         tracing::warn!(
-                            listener = %l.name, client = %self.peer.addr, backend = %backend.name,
+                            listener = %l.name, client = %self.origin.addr, backend = %backend.name,
                             method, path = loggable(&path), "http request failed: client {why}"
                         );
                         if let Some(refusal) = refusal {
@@ -411,7 +445,7 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
         };
         log_failure(
             l,
-            self.peer.addr,
+            self.origin.addr,
             &method,
             &path,
             reply.status,
@@ -429,14 +463,14 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
         keepalive: Duration,
         drops: impl Fn(u16) -> bool,
     ) -> Outcome {
-        let mut backend = match self.proxy.backends.checkout(addr, keepalive) {
+        let mut backend = match self.proxy.h1_idle.checkout(addr, keepalive) {
             Some(stream) => stream,
             None => match crate::connect::connect(addr, l.connect_timeout).await {
                 Ok(stream) => stream,
                 Err(e) => return Outcome::Failed(Failure::of_connect(&e)),
             },
         };
-        head::write_request(&mut self.out, &self.buf, &self.req, &self.peer, addr);
+        head::write_request(&mut self.out, &self.buf, &self.req, &self.origin, addr);
         let head_request = &self.buf[self.req.method.clone()] == b"HEAD";
         let asked = (head_request, self.req.upgrade.is_some());
         let idle = l.idle_timeout;
@@ -535,43 +569,49 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
         match relayed {
             Ok(clean) => {
                 if clean && !self.unread_body && self.resp.reusable {
-                    self.proxy.backends.release(addr, backend, keepalive);
+                    self.proxy.h1_idle.release(addr, backend, keepalive);
                 }
                 Outcome::Answered(!close)
             }
             Err(why) => {
-                tracing::debug!(client = %self.peer.addr, backend = %addr, "response cut short: {why}");
+                tracing::debug!(client = %self.origin.addr, backend = %addr, "response cut short: {why}");
                 Outcome::Answered(false)
             }
         }
     }
 
-    /// The backend at `backend` switched protocols (a WebSocket, say):
-    /// pass its `101` on, then join the two connections both ways, as an
-    /// SMTP session is joined, until both close or nothing moves for the
-    /// listener's idle timeout. A reload or shutdown lets it run (up to
-    /// the drain deadline).
-    async fn join(
-        &mut self,
-        mut backend: TcpStream,
-        l: &ListenerConfig,
-        name: &str,
-        started: std::time::Instant,
-    ) {
-        let idle = l.idle_timeout;
+    /// The backend switched protocols (a WebSocket): pass its `101` on,
+    /// then join the two connections both ways, as an SMTP session is
+    /// joined, until both close or nothing moves for the listener's idle
+    /// timeout. It stays on the generation it started on through reloads;
+    /// a shutdown lets it run up to the drain deadline.
+    async fn join(&mut self, switch: Switch) {
+        let Switch {
+            mut backend,
+            listener,
+            name,
+            idle,
+            started,
+            ..
+        } = switch;
         head::write_response(&mut self.out, &self.rbuf, &self.resp, false, false, false);
         // What either side sent after its head is the new protocol's.
         self.out.extend_from_slice(&self.rbuf[self.resp.len..]);
-        let early = self.buf.split_off(self.req.len);
-        self.head_in_buf = false;
+        let request = std::mem::take(&mut self.buf);
+        let early = &request[self.req.len..];
+        let early_len = early.len() as u64;
         let greeted = tokio::time::timeout(idle, async {
             self.io.write_all(&self.out).await?;
             self.io.flush().await?;
-            backend.write_all(&early).await
+            backend.write_all(early).await
         })
         .await;
-        // The relay holds buffers only while a side lags.
-        (self.buf, self.rbuf, self.out) = (BytesMut::new(), BytesMut::new(), Vec::new());
+        // Nothing of the request is kept for a connection that may stay
+        // open for hours; the relay holds buffers only while a side lags.
+        drop(request);
+        self.head_in_buf = false;
+        (self.rbuf, self.out) = (BytesMut::new(), Vec::new());
+        (self.req, self.resp) = Default::default();
         self.charge.set(0);
         if !matches!(greeted, Ok(Ok(()))) {
             return;
@@ -584,8 +624,8 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
         )
         .await;
         tracing::info!(
-            listener = %l.name, client = %self.peer.addr, backend = name,
-            up = outcome.up + early.len() as u64, down = outcome.down,
+            listener, client = %self.origin.addr, backend = name,
+            up = outcome.up + early_len, down = outcome.down,
             ms = started.elapsed().as_millis() as u64,
             end = outcome.error.as_deref().unwrap_or("closed"),
             "http upgraded connection"
@@ -615,7 +655,7 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
     /// Answer a request gale cannot take, then close.
     async fn refuse(&mut self, refusal: Refusal, why: &str) {
         if why.is_empty() {
-            tracing::debug!(client = %self.peer.addr, "refused: {}", refusal.text().trim_end());
+            tracing::debug!(client = %self.origin.addr, "refused: {}", refusal.text().trim_end());
         }
         self.linger = true;
         self.count_status(refusal.status().0);

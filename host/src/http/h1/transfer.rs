@@ -112,7 +112,10 @@ pub(super) async fn read_response_head(
     loop {
         if rbuf[scanned..].contains(&b'\n') && head::parse_response(rbuf, head_request, resp)? {
             match resp.code {
-                101 if upgrading => return Ok(()),
+                101 if upgrading && head::switches_to_websocket(rbuf, resp) => return Ok(()),
+                101 if upgrading => {
+                    return Err("101 to another protocol than the WebSocket asked for".into());
+                }
                 101 => return Err("101 Switching Protocols, no upgrade was asked for".into()),
                 100..=199 => {
                     rbuf.advance(resp.len);
