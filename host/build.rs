@@ -69,7 +69,7 @@ fn main() {
 
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
     // One static per component (an alias names the same bytes), then
-    // the (name, bytes) table and the names a config may use.
+    // the (name, bytes) table.
     let mut code = String::new();
     let mut table = Vec::new();
     for (package, file) in PLUGINS {
@@ -99,16 +99,6 @@ fn main() {
     .unwrap();
     for (name, constant) in &table {
         writeln!(code, "    ({name:?}, {constant}),").unwrap();
-    }
-    code.push_str("];\n");
-    writeln!(
-        code,
-        "/// Names a config may use in `builtin = \"...\"`.\npub const NAMES: [&str; {}] = [",
-        table.len()
-    )
-    .unwrap();
-    for (name, _) in &table {
-        writeln!(code, "    {name:?},").unwrap();
     }
     code.push_str("];\n");
     std::fs::write(out.join("builtin_plugins.rs"), code).unwrap();

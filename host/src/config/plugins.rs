@@ -154,14 +154,14 @@ pub(super) fn plugin_spec(
     }
     let source = match (&s.builtin, &s.path) {
         (Some(name), None) => {
-            if !crate::plugin::builtin::NAMES.contains(&name.get_ref().as_str()) {
+            if crate::plugin::builtin::bytes(name.get_ref()).is_none() {
                 return Err(errors.spanned(
                     name,
                     &format!("{key}.builtin"),
                     format!(
                         "no built-in plugin {:?} (built-in: {})",
                         name.get_ref(),
-                        crate::plugin::builtin::NAMES.join(", ")
+                        crate::plugin::builtin::names()
                     ),
                 ));
             }

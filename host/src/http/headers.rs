@@ -7,31 +7,28 @@
 use std::net::{IpAddr, SocketAddr};
 
 use hyper::HeaderMap;
-use hyper::header::{
-    CONNECTION, HOST, HeaderName, HeaderValue, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
-    TRAILER, UPGRADE,
-};
+use hyper::header::{CONNECTION, HOST, HeaderName, HeaderValue};
 
-/// Headers that describe one connection, never forwarded.
-static HOP_BY_HOP: [HeaderName; 9] = [
-    CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    PROXY_AUTHENTICATE,
-    PROXY_AUTHORIZATION,
-    TE,
-    TRAILER,
-    UPGRADE,
+/// Fields that describe one connection (RFC 9110 §7.6.1), never
+/// forwarded: the one table both engines drop by.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
     // The settings of an h2c upgrade, which gale never passes on.
-    HeaderName::from_static("http2-settings"),
+    "http2-settings",
 ];
 
-/// Whether `name` is a hop-by-hop field (any case): the one table both
-/// engines drop by.
+/// Whether `name` is a hop-by-hop field (any case).
 pub fn hop_by_hop(name: &[u8]) -> bool {
     HOP_BY_HOP
         .iter()
-        .any(|h| h.as_str().as_bytes().eq_ignore_ascii_case(name))
+        .any(|h| h.as_bytes().eq_ignore_ascii_case(name))
 }
 
 /// Whether a `Connection` field may make `name` hop-by-hop too. Framing
@@ -99,7 +96,7 @@ pub const LOOKALIKE_REFUSED: &str = "Content_Length or Transfer_Encoding (with a
 /// rather than a hashed lookup per hop-by-hop name: most requests have
 /// none.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    if !headers.keys().any(|k| hop_by_hop(k.as_str().as_bytes())) {
         return;
     }
     let named: Vec<HeaderName> = headers
@@ -111,7 +108,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter(|name| connection_may_name(name.as_bytes()))
         .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
-    for name in named.iter().chain(&HOP_BY_HOP) {
+    for name in &named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
         headers.remove(name);
     }
 }
@@ -157,7 +157,7 @@ fn proto(https: bool) -> &'static str {
 }
 
 /// Prepare a client's request headers for a backend.
-pub fn forward_request(headers: &mut HeaderMap, peer: &ClientOrigin, host: &str) {
+pub fn forward_request(headers: &mut HeaderMap, origin: &ClientOrigin, host: &str) {
     strip_hop_by_hop(headers);
     // Any spelling of a claim (`X_Real_IP` too): one pass over the names,
     // allocating only when a client sent one.
@@ -178,16 +178,16 @@ pub fn forward_request(headers: &mut HeaderMap, peer: &ClientOrigin, host: &str)
     }
     match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(earlier) => {
-            let xff = format!("{earlier}, {}", peer.addr.ip());
+            let xff = format!("{earlier}, {}", origin.addr.ip());
             insert(headers, "x-forwarded-for", &xff);
         }
         None => {
-            insert(headers, "x-forwarded-for", &peer.addr.ip().to_string());
+            insert(headers, "x-forwarded-for", &origin.addr.ip().to_string());
         }
     }
     headers.insert(
         "x-forwarded-proto",
-        HeaderValue::from_static(proto(peer.https)),
+        HeaderValue::from_static(proto(origin.https)),
     );
     let earlier = headers.get("forwarded").and_then(|v| v.to_str().ok());
     let mut forwarded = Vec::with_capacity(64 + host.len() + earlier.map_or(0, str::len));
@@ -195,7 +195,7 @@ pub fn forward_request(headers: &mut HeaderMap, peer: &ClientOrigin, host: &str)
         forwarded.extend_from_slice(earlier.as_bytes());
         forwarded.extend_from_slice(b", ");
     }
-    peer.write_forwarded(&mut forwarded);
+    origin.write_forwarded(&mut forwarded);
     if !host.is_empty() && host.bytes().all(|b| b.is_ascii_graphic() && b != b'"') {
         forwarded.extend_from_slice(b";host=\"");
         forwarded.extend_from_slice(host.as_bytes());

@@ -86,7 +86,7 @@ pub struct PluginInfo {
 pub enum PluginError {
     #[error("plugin runtime: {0}")]
     Engine(String),
-    #[error("{plugin}: no such built-in plugin (built-in: {})", builtin::NAMES.join(", "))]
+    #[error("{plugin}: no such built-in plugin (built-in: {})", builtin::names())]
     NotFound { plugin: String },
     #[error("{plugin}: cannot read: {reason}")]
     Read { plugin: String, reason: String },

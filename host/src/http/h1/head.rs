@@ -290,16 +290,10 @@ pub fn parse_request(buf: &[u8], req: &mut Request) -> Result<bool, Refusal> {
     // header rules) is served as a plain request, its `Upgrade` dropped.
     // So is one with a body: the backend would read the body, then
     // switch, and gale could not tell where the new protocol starts.
-    req.upgrade = None;
-    if s.upgrade && !req.http10 && req.body == Framing::Empty && method == "GET" {
-        let mut upgrades = req
-            .fields
-            .iter()
-            .filter(|f| buf[f.name.clone()].eq_ignore_ascii_case(b"upgrade"));
-        if let (Some(f), None) = (upgrades.next(), upgrades.next()) {
-            req.upgrade = Some(f.value.clone()).filter(|v| is_websocket(&buf[v.clone()]));
-        }
-    }
+    let handshake = s.upgrade && !req.http10 && req.body == Framing::Empty && method == "GET";
+    req.upgrade = handshake
+        .then(|| websocket_upgrade(buf, &req.fields))
+        .flatten();
     req.expect_continue = !req.http10
         && req.body != Framing::Empty
         && req.fields.iter().any(|f| {
@@ -309,22 +303,29 @@ pub fn parse_request(buf: &[u8], req: &mut Request) -> Result<bool, Refusal> {
     Ok(true)
 }
 
-/// Whether an `Upgrade` value names the WebSocket protocol, alone.
-fn is_websocket(value: &[u8]) -> bool {
-    value.trim_ascii().eq_ignore_ascii_case(b"websocket")
+/// The value of the one `Upgrade` field among `fields` when it names the
+/// WebSocket protocol alone; `None` for no such field, another protocol,
+/// or two `Upgrade` fields.
+fn websocket_upgrade(buf: &[u8], fields: &[Field]) -> Option<Range<usize>> {
+    let mut upgrades = fields
+        .iter()
+        .filter(|f| buf[f.name.clone()].eq_ignore_ascii_case(b"upgrade"));
+    match (upgrades.next(), upgrades.next()) {
+        (Some(f), None)
+            if buf[f.value.clone()]
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"websocket") =>
+        {
+            Some(f.value.clone())
+        }
+        _ => None,
+    }
 }
 
 /// Whether a `101` switches to what a WebSocket handshake asked for: one
 /// `Upgrade: websocket` field.
 pub fn switches_to_websocket(buf: &[u8], resp: &Response) -> bool {
-    let mut upgrades = resp
-        .fields
-        .iter()
-        .filter(|f| buf[f.name.clone()].eq_ignore_ascii_case(b"upgrade"));
-    matches!(
-        (upgrades.next(), upgrades.next()),
-        (Some(f), None) if is_websocket(&buf[f.value.clone()])
-    )
+    websocket_upgrade(buf, &resp.fields).is_some()
 }
 
 /// Parse a response head at the start of `buf` to a request made with
