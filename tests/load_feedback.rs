@@ -38,7 +38,7 @@ async fn an_agent_halves_the_weight_drains_and_takes_the_backend_out() {
     let b = Backend::start(Behaviour::Sink).await;
     let say = Arc::new(Mutex::new("up 50%\n"));
     let (agent_port, agent_task) = agent(say.clone()).await;
-    let toml = Conf::new()
+    let conf = Conf::new()
         .smtp("in", "mta")
         .set("pools.mta.probe.kind", "tcp")
         .set("pools.mta.probe.interval", "100ms")
@@ -46,11 +46,10 @@ async fn an_agent_halves_the_weight_drains_and_takes_the_backend_out() {
         .set("pools.mta.backends.a.weight", 4)
         .set("pools.mta.backends.a.agent_port", i64::from(agent_port))
         .backend("mta", "b", b.address)
-        .set("pools.mta.backends.b.weight", 4)
-        .to_string();
+        .set("pools.mta.backends.b.weight", 4);
     let (runtime, _cache) = support::runtime();
     let generation =
-        Generation::build(1, &runtime, support::config(&toml), &Default::default()).unwrap();
+        Generation::build(1, &runtime, support::parse(&conf), &Default::default()).unwrap();
     let server = Server::start(generation).await.unwrap();
     let addr = server.address("in").unwrap();
     let pool = server.current.load_full().pools[0].clone();

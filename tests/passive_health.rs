@@ -39,7 +39,7 @@ fn conf(backends: &[&Backend], proxy: bool) -> Conf {
 }
 
 async fn start(conf: Conf) -> Server {
-    let config = support::config(&conf.to_string());
+    let config = support::parse(&conf);
     let (runtime, _cache) = support::runtime();
     let generation = Generation::build(1, &runtime, config, &Default::default()).unwrap();
     Server::start(generation).await.unwrap()

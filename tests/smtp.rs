@@ -50,7 +50,7 @@ fn conf(backends: &[BackendSpec]) -> Conf {
 }
 
 async fn start(conf: Conf) -> Server {
-    let config = support::config(&conf.to_string());
+    let config = support::parse(&conf);
     let (runtime, _cache) = support::runtime();
     let generation = Generation::build(1, &runtime, config, &Default::default()).unwrap();
     Server::start(generation).await.unwrap()

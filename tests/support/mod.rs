@@ -98,20 +98,15 @@ pub fn runtime() -> (PluginRuntime, tempfile::TempDir) {
     (runtime, cache)
 }
 
-/// Parse a config from TOML text; relative paths resolve against the
-/// workspace root. A config built with [`Conf`] is parsed by [`parse`].
+/// Parse a config built with [`Conf`]; relative paths resolve against
+/// the workspace root.
 ///
 /// Plugin deadlines count the guest's own instructions (fuel), so a test
 /// machine busy with parallel tests cannot push an honest call over its
 /// deadline: tests run with the default.
-pub fn config(toml: &str) -> Config {
-    Config::parse(&workspace().join("test.toml"), toml)
-        .unwrap_or_else(|e| panic!("test config is invalid: {e}"))
-}
-
-/// Parse a config built with [`Conf`] (see [`config`]).
 pub fn parse(conf: &Conf) -> Config {
-    config(&conf.to_string())
+    Config::parse(&workspace().join("test.toml"), &conf.to_string())
+        .unwrap_or_else(|e| panic!("test config is invalid: {e}"))
 }
 
 /// Build the first pool of `conf`.
