@@ -631,7 +631,8 @@ fn metrics_parse_and_count_what_was_sent() {
         "gale_plugin_call_seconds_count",
         &[("pool", "mta"), ("hook", "balancer")],
     );
-    assert!(calls >= 30.0, "{calls} balancer calls timed");
+    // One decision in 8 is timed, the first among them.
+    assert!(calls >= 30.0 / 8.0, "{calls} balancer calls timed");
     // /status has the same failures per backend.
     let s = status(&gale);
     let mta = s["pools"]
