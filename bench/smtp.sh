@@ -8,20 +8,44 @@
 #
 # Reports messages/s with one connection per message and with reused
 # connections, and session setup latency (connect until the 220 greeting),
-# each as ratios gale/HAProxy and gale/direct. Everything is on loopback
-# and every run is bounded by its message count.
+# each as ratios gale/HAProxy and gale/direct; and the memory each proxy
+# holds per idle session (bench/idle.py: IDLE sessions at once, each
+# greeted with 220 through the proxy, then silent). Everything is on
+# loopback and every run is bounded by its message or session count.
 #
-# Usage: [ROUNDS=9] [GALE=path] bench/smtp.sh [messages]   (needs postfix, haproxy; builds gale)
+# THREADS=2: nothing pinned, gale with two worker threads, haproxy with
+# nbthread 2.
+#
+# Usage: [ROUNDS=9] [IDLE=5000] [THREADS=1|2] [GALE=path] bench/smtp.sh [messages]
+#        (needs postfix, haproxy; builds gale)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MESSAGES=${1:-10000}
 SESSIONS=${SESSIONS:-20}
 ROUNDS=${ROUNDS:-9}
 LATENCY_SESSIONS=1000
+IDLE=${IDLE:-5000}
+THREADS=${THREADS:-1}
 
 for tool in smtp-source smtp-sink haproxy taskset python3; do
     command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install postfix haproxy util-linux)"; exit 1; }
 done
+case $THREADS in
+    # Prefixes for what runs on the proxies' core and on the client's:
+    # env runs the command in place, so $! stays the command's pid.
+    1) pin0=(taskset -c 0) pin1=(taskset -c 1)
+       MODE="pinned: proxies on core 0 with one thread each, client and sinks on core 1" ;;
+    2) pin0=(env) pin1=(env)
+       MODE="THREADS=2: nothing pinned, gale TOKIO_WORKER_THREADS=2, haproxy nbthread 2" ;;
+    *) echo "THREADS is 1 or 2"; exit 1 ;;
+esac
+# A proxy holds two descriptors per idle session (client and backend),
+# and haproxy wants two per maxconn: under the hard limit (this machine's
+# is 20000, which a non-root process cannot raise).
+ulimit -n "$(ulimit -Hn)"
+NOFILE=$(ulimit -n)
+CONNS=$(( IDLE + 1000 > 4000 ? IDLE + 1000 : 4000 ))
+if (( 2 * CONNS + 100 > NOFILE )); then echo "IDLE=$IDLE needs more descriptors than the limit ($NOFILE)"; exit 1; fi
 # GALE=path: a gale built elsewhere (an earlier commit, to compare).
 if [ -z "${GALE:-}" ]; then cargo build --release -q; GALE=target/release/gale; fi
 
@@ -32,38 +56,69 @@ trap cleanup EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened"; tail -5 "$work"/*.log; exit 1; }
+# Until ten sessions in a row through port $1 are greeted with 220 (both
+# sinks in rotation, not a proxy's own 421), at most 10 s.
+wait_greeted() {
+    python3 - "$1" <<'PY' || { echo "port $1 never greeted with 220"; tail -5 "$work"/*.log; exit 1; }
+import socket, sys, time
+port, ok, end = int(sys.argv[1]), 0, time.monotonic() + 10
+while ok < 10:
+    if time.monotonic() > end: sys.exit(1)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            buf = b""
+            while b"\r\n" not in buf:
+                chunk = s.recv(4096)
+                if not chunk: break
+                buf += chunk
+            ok = ok + 1 if buf.startswith(b"220") else 0
+            s.sendall(b"QUIT\r\n")
+    except OSError:
+        ok = 0
+    if ok < 10: time.sleep(0.05)
+PY
+}
+# Ends a proxy started by this script.
+stop() { kill "$1"; wait "$1" 2>/dev/null || true; local p keep=(); for p in "${pids[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done; pids=("${keep[@]}"); }
 
 S1=$(port); S2=$(port); HP=$(port); GP=$(port)
-taskset -c 1 smtp-sink -u nobody 127.0.0.1:"$S1" 1024 & pids+=($!)
-taskset -c 1 smtp-sink -u nobody 127.0.0.1:"$S2" 1024 & pids+=($!)
+# -m: sessions a sink serves at once (default 256; the rest would wait
+# unanswered in its backlog): every idle session could land on one sink.
+"${pin1[@]}" smtp-sink -u nobody -m "$CONNS" 127.0.0.1:"$S1" 1024 & pids+=($!)
+"${pin1[@]}" smtp-sink -u nobody -m "$CONNS" 127.0.0.1:"$S2" 1024 & pids+=($!)
 wait_port "$S1"; wait_port "$S2"
 
-cat > "$work/haproxy.cfg" <<CFG
+start_haproxy() {   # name port; sets HAPROXY_PID
+    cat > "$work/$1.cfg" <<CFG
 global
-    maxconn 4000
-    nbthread 1
+    maxconn $CONNS
+    nbthread $THREADS
 defaults
     mode tcp
     timeout connect 3s
     timeout client 300s
     timeout server 300s
 listen smtp
-    bind 127.0.0.1:$HP
+    bind 127.0.0.1:$2
     balance roundrobin
     option smtpchk EHLO bench.test
     server s1 127.0.0.1:$S1 check inter 2s
     server s2 127.0.0.1:$S2 check inter 2s
 CFG
-taskset -c 0 haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & pids+=($!)
-HAPROXY_PID=$!
+    "${pin0[@]}" haproxy -f "$work/$1.cfg" -db >"$work/$1.log" 2>&1 & pids+=($!)
+    HAPROXY_PID=$!
+}
+start_haproxy haproxy "$HP"
 
-cat > "$work/gale.toml" <<CFG
+start_gale() {   # name port; sets GALE_PID
+    cat > "$work/$1.toml" <<CFG
 [plugins]
 cache_dir = "$work/cache"
 [listeners.smtp]
 protocol = "smtp"
-address = "127.0.0.1:$GP"
+address = "127.0.0.1:$2"
 pool = "sinks"
+max_sessions = $CONNS
 [pools.sinks]
 [pools.sinks.probe]
 kind = "smtp"
@@ -75,10 +130,12 @@ address = "127.0.0.1:$S1"
 name = "s2"
 address = "127.0.0.1:$S2"
 CFG
-# One worker thread, like haproxy's nbthread 1; session logs off (HAProxy
-# logs nothing here either).
-TOKIO_WORKER_THREADS=1 RUST_LOG=warn taskset -c 0 "$GALE" run --config "$work/gale.toml" >"$work/gale.log" 2>&1 & pids+=($!)
-GALE_PID=$!
+    # One worker thread, like haproxy's nbthread 1 (THREADS of each
+    # otherwise); session logs off (HAProxy logs nothing here either).
+    TOKIO_WORKER_THREADS=$THREADS RUST_LOG=warn "${pin0[@]}" "$GALE" run --config "$work/$1.toml" >"$work/$1.log" 2>&1 & pids+=($!)
+    GALE_PID=$!
+}
+start_gale gale "$GP"
 wait_port "$HP"; wait_port "$GP"
 sleep 1
 
@@ -93,7 +150,7 @@ run() {
     local round=$1 who=$2 mode=$3 target=$4 pid=$5; shift 5
     local start end c0 c1
     c0=$(cpu_ticks "$pid"); start=$(date +%s.%N)
-    taskset -c 1 smtp-source "$@" -s $SESSIONS -m "$MESSAGES" -l 512 -f a@bench.test -t b@bench.test 127.0.0.1:"$target" 2>"$work/err"
+    "${pin1[@]}" smtp-source "$@" -s $SESSIONS -m "$MESSAGES" -l 512 -f a@bench.test -t b@bench.test 127.0.0.1:"$target" 2>"$work/err"
     end=$(date +%s.%N); c1=$(cpu_ticks "$pid")
     if [ -s "$work/err" ]; then echo "smtp-source errors against $who:" >&2; cat "$work/err" >&2; exit 1; fi
     python3 -c "print($round, '$who', '$mode', $MESSAGES/($end-$start), ($c1-$c0)*$TICK_US/$MESSAGES)" >>"$work/runs"
@@ -102,7 +159,7 @@ run() {
 # connect-to-220 latency of $LATENCY_SESSIONS sessions against port $3;
 # appends "round target latency-us..." to $work/latency.
 latency() {
-    taskset -c 1 python3 - "$1" "$2" "$3" "$LATENCY_SESSIONS" >>"$work/latency" <<'PY'
+    "${pin1[@]}" python3 - "$1" "$2" "$3" "$LATENCY_SESSIONS" >>"$work/latency" <<'PY'
 import socket, sys, time
 rnd, who, port, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 samples = []
@@ -121,6 +178,7 @@ PY
 }
 
 echo "$MESSAGES messages per run, $SESSIONS parallel sessions, 512-byte messages, $ROUNDS rounds"
+echo "mode: $MODE"
 declare -A PORT=([direct]=$S1 [haproxy]=$HP [gale]=$GP) PID=([direct]= [haproxy]=$HAPROXY_PID [gale]=$GALE_PID)
 for round in $(seq "$ROUNDS"); do
     # Interleaved, and the proxies' order alternates, so drift in the
@@ -134,7 +192,28 @@ for round in $(seq "$ROUNDS"); do
     echo "round $round of $ROUNDS done" >&2
 done
 
-python3 - "$work/runs" "$work/latency" <<'PY'
+# Idle sessions: IDLE sessions through a fresh proxy of each, all
+# greeted (220), RSS before and after; appends "who rss-before-KiB
+# rss-after-KiB n closed fds-before fds-after rss-half-KiB" to $work/idle.
+# Fresh, because the proxies above still hold memory they freed (gale's
+# first start compiles the plugins and gives that memory back at some
+# later point, which showed as a negative growth).
+touch "$work/idle"
+if (( IDLE > 0 )); then
+    for who in haproxy gale; do
+        p=$(port)
+        case $who in
+            haproxy) start_haproxy haproxy-idle "$p"; pid=$HAPROXY_PID ;;
+            gale) start_gale gale-idle "$p"; pid=$GALE_PID ;;
+        esac
+        wait_port "$p"; wait_greeted "$p"
+        got=$("${pin1[@]}" python3 bench/idle.py smtp "$p" "$IDLE" "$pid")
+        echo "$who $got" >>"$work/idle"
+        stop "$pid"
+    done
+fi
+
+python3 - "$work/runs" "$work/latency" "$work/idle" "$IDLE" <<'PY'
 import statistics as st, sys
 from collections import defaultdict
 runs = defaultdict(dict)     # (mode) -> {(round, who): (rate, cpu)}
@@ -169,4 +248,25 @@ row("session setup p99, µs", lambda r, w: pct(lat[(r, w)], 0.99), False)
 print()
 print("Ratios are medians of per-round ratios, with their range; for CPU and")
 print("latency the ratio is other/gale, so above 1 means gale is better.")
+
+idle = {}                    # who -> (before, after, n, closed, fds before, fds after)
+for line in open(sys.argv[3]):
+    who, *xs = line.split()
+    idle[who] = tuple(map(int, xs))
+if len(idle) == 2:
+    per = {w: (a - b) / n for w, (b, a, n, *_) in idle.items()}
+    ratio = f"{per['haproxy'] / per['gale']:.2f}" if per["gale"] > 0 else "n/a"
+    print()
+    print(f"| KiB of RSS per idle session ({sys.argv[4]} at once, greeted, then silent) | HAProxy | gale | HAProxy/gale |")
+    print("|---|---:|---:|---:|")
+    print(f"| idle SMTP session (client and backend connection) | {per['haproxy']:.2f} | {per['gale']:.2f} | {ratio} |")
+    print()
+    print("A fresh proxy of each; RSS before and after the sessions were all")
+    print("greeted; above 1, gale holds less. Kernel socket buffers are not in RSS.")
+    for w, (before, after, n, closed, fd0, fd1, half) in sorted(idle.items()):
+        whole, second = (after - before) / n, (after - half) / (n - n // 2)
+        print(f"- {w}: RSS {before / 1024:.1f} -> {half / 1024:.1f} (half-way) -> {after / 1024:.1f} MiB "
+              f"for {n} sessions ({whole:.2f} KiB each; second half {second:.2f}); descriptors {fd0} -> {fd1}"
+              + (f"; {closed} CLOSED by the proxy before RSS was read" if closed else "")
+              + ("; UNEVEN: the halves disagree" if abs(second - whole) > max(0.25, 0.25 * abs(whole)) else ""))
 PY
