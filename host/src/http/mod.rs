@@ -56,16 +56,15 @@ pub async fn serve(listener: TcpListener, accept: Accept) {
     );
     let proxy = Arc::new(Proxy::new(name.clone(), current.clone()));
     let buffers = accept.buffers.clone();
+    // A client that vanishes (no FIN, no RST) with a response in flight
+    // is given up after DEAD_PEER_TIMEOUT without an ACK, rather than
+    // after TCP's ~15 minutes of retransmissions. HTTP/2 relies on it:
+    // gale sends no keep-alive PINGs (hyper's cost ~420 B per idle
+    // connection; a connection without requests is closed after
+    // `header_timeout` anyway).
+    crate::listener::inherited_options(&listener, Some(DEAD_PEER_TIMEOUT));
     accept
         .run(listener, move |client, peer| {
-            let _ = client.set_nodelay(true);
-            // A client that vanishes (no FIN, no RST) with a response in
-            // flight is given up after this long without an ACK, rather
-            // than after TCP's ~15 minutes of retransmissions. HTTP/2
-            // relies on it: gale sends no keep-alive PINGs (hyper's cost
-            // ~420 B per idle connection; a connection without requests
-            // is closed after `header_timeout` anyway).
-            let _ = socket2::SockRef::from(&client).set_tcp_user_timeout(Some(DEAD_PEER_TIMEOUT));
             let generation = current.load();
             let (header_timeout, tls) = generation
                 .config
