@@ -87,17 +87,28 @@ where
         backend_first = !backend_first;
         // The two directions have their reader and writer types swapped,
         // so one closure cannot step both.
+        // A side that has closed its sending half needs no shutdown from
+        // gale once the other has too: the relay then ends, and closing
+        // its socket sends the FIN (one syscall less per SMTP session).
+        let (client_closed, backend_closed) = (up.read_done, down.read_done);
         macro_rules! step {
-            ($direction:ident, $from:expr, $to:expr) => {
-                $direction.step(cx, ($from, $to), &mut moved, observer, &mut first_error)
+            ($direction:ident, $from:expr, $to:expr, $to_closed:expr) => {
+                $direction.step(
+                    cx,
+                    ($from, $to),
+                    $to_closed,
+                    &mut moved,
+                    observer,
+                    &mut first_error,
+                )
             };
         }
         let (up_done, down_done) = if backend_first {
-            let down_done = step!(down, upstream, client);
-            (step!(up, client, upstream), down_done)
+            let down_done = step!(down, upstream, client, client_closed);
+            (step!(up, client, upstream, backend_closed), down_done)
         } else {
-            let up_done = step!(up, client, upstream);
-            (up_done, step!(down, upstream, client))
+            let up_done = step!(up, client, upstream, backend_closed);
+            (up_done, step!(down, upstream, client, client_closed))
         };
         charge.set(up.pending.capacity() + down.pending.capacity());
         if up_done && down_done {
@@ -208,6 +219,7 @@ impl Direction {
         &mut self,
         cx: &mut Context<'_>,
         (from, to): (&mut R, &mut W),
+        to_closed: bool,
         moved: &mut bool,
         observer: &mut O,
         first_error: &mut Option<String>,
@@ -217,7 +229,7 @@ impl Direction {
         W: AsyncWrite + Unpin,
         O: Observer,
     {
-        match self.poll(cx, (from, to), moved, observer) {
+        match self.poll(cx, (from, to), to_closed, moved, observer) {
             Poll::Ready(Err(e)) => {
                 first_error.get_or_insert(e);
                 self.finished = true;
@@ -229,11 +241,13 @@ impl Direction {
 
     /// Move everything `from` has to offer into `to`. Ready(Ok) once `from`
     /// has closed (or failed: a reset reads as a close) and the close has
-    /// been passed on; Ready(Err) when writing to `to` fails.
+    /// been passed on (unless `to_closed`: `to` has closed its side too);
+    /// Ready(Err) when writing to `to` fails.
     fn poll<R, W, O>(
         &mut self,
         cx: &mut Context<'_>,
         (from, to): (&mut R, &mut W),
+        to_closed: bool,
         moved: &mut bool,
         observer: &mut O,
     ) -> Poll<Result<(), String>>
@@ -261,7 +275,9 @@ impl Direction {
             if self.read_done {
                 // The other side reads nothing more once this one closed;
                 // if it has gone already, there is nothing to tell it.
-                let _ = ready!(Pin::new(&mut *to).poll_shutdown(cx));
+                if !to_closed {
+                    let _ = ready!(Pin::new(&mut *to).poll_shutdown(cx));
+                }
                 self.finished = true;
                 return Poll::Ready(Ok(()));
             }
