@@ -542,7 +542,7 @@ impl Pool {
         let pool = self.pushed.load();
         self.balancer_stats.calls.inc();
         let n = self.decisions.fetch_add(1, Ordering::Relaxed);
-        let mut decision = if n % TIMED_DECISIONS == 0 {
+        let mut decision = if n.is_multiple_of(TIMED_DECISIONS) {
             let called = std::time::Instant::now();
             let decision = self.decide(&pool, ctx);
             self.balancer_stats
