@@ -22,6 +22,8 @@ const WEIGHTS: [u32; 8] = [5, 3, 2, 2, 1, 1, 1, 1];
 const BATCH: usize = 1_000;
 const BATCHES: usize = 300;
 const SINGLE_CALLS: usize = 200_000;
+/// What one Wasm decision may cost at p50 (issue 19; 500 ns before).
+const TARGET_NS: f64 = 300.0;
 
 struct Stats {
     p50: f64,
@@ -108,9 +110,9 @@ fn main() {
     row("wasm WRR via pool (per call)", &ws);
     row("native WRR (per call)", &ns);
     println!(
-        "ratio wasm/native p50: {:.1}x batched, {:.1}x per call; wasm p50 {} the 500 ns target",
+        "ratio wasm/native p50: {:.1}x batched, {:.1}x per call; wasm p50 {} the {TARGET_NS} ns target",
         w.p50 / n.p50,
         ws.p50 / ns.p50,
-        if w.p50 <= 500.0 { "meets" } else { "MISSES" }
+        if w.p50.max(ws.p50) <= TARGET_NS { "meets" } else { "MISSES" }
     );
 }
