@@ -317,7 +317,14 @@ async fn join(
         watch: Watch::default(),
         report,
     };
-    let mut outcome = relay::relay((client, upstream), idle, charge, &mut watching).await;
+    let mut outcome = relay::relay(
+        (client, upstream),
+        relay::Ending::BackendClosed,
+        idle,
+        charge,
+        &mut watching,
+    )
+    .await;
     outcome.down += sent;
     outcome
 }

@@ -618,6 +618,7 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
         }
         let outcome = crate::relay::relay(
             (&mut self.io, &mut backend),
+            crate::relay::Ending::BothClosed,
             idle,
             &mut self.charge,
             &mut crate::relay::Blind,
