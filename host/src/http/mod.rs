@@ -164,7 +164,12 @@ impl Connection {
         h2c: bool,
     ) -> impl Future<Output = Option<impl Future<Output = ()> + Send + 'static>> + Send
     where
-        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + h1::Readable + Unpin + Send + 'static,
+        IO: tokio::io::AsyncRead
+            + tokio::io::AsyncWrite
+            + h1::ClientStream
+            + Unpin
+            + Send
+            + 'static,
     {
         let mut client = h1::Client::new(
             io,

@@ -67,21 +67,30 @@ pub enum Served {
     Http2,
 }
 
-/// A client stream that can wait until bytes arrive without a buffer to
-/// read them into, so that a connection waiting for its next request
-/// holds no read buffer at all.
-pub trait Readable {
-    /// Ready when a read may find bytes (or an error, or the end).
+/// What the engine needs of a client stream besides reading and writing.
+pub trait ClientStream {
+    /// Whether the stream's protocol says goodbye in a message of its own
+    /// (TLS's close_notify) that a close must send. Plain TCP's goodbye is
+    /// the FIN that closing the socket sends: no `shutdown` call needed.
+    const CLOSE_MESSAGE: bool;
+
+    /// Ready when a read may find bytes (or an error, or the end), without
+    /// a buffer to read them into, so that a connection waiting for its
+    /// next request holds no read buffer at all.
     fn readable(&mut self) -> impl Future<Output = ()> + Send;
 }
 
-impl Readable for Metered<TcpStream> {
+impl ClientStream for Metered<TcpStream> {
+    const CLOSE_MESSAGE: bool = false;
+
     async fn readable(&mut self) {
         let _ = self.get_ref().readable().await;
     }
 }
 
-impl Readable for tokio_rustls::server::TlsStream<Metered<TcpStream>> {
+impl ClientStream for tokio_rustls::server::TlsStream<Metered<TcpStream>> {
+    const CLOSE_MESSAGE: bool = true;
+
     async fn readable(&mut self) {
         let (tcp, tls) = self.get_ref();
         // Plaintext rustls holds already is waiting to be read.
@@ -149,7 +158,7 @@ enum Outcome {
     ClientFailed(Option<Refusal>, String),
 }
 
-impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
+impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
     pub fn new(
         io: IO,
         origin: ClientOrigin,
@@ -694,8 +703,14 @@ impl<IO: AsyncRead + AsyncWrite + Readable + Unpin> Client<IO> {
     /// and drop what comes for a moment first, so that the close does not
     /// reset the connection before the client has read the answer.
     async fn close(&mut self) {
-        let _ = tokio::time::timeout(LINGER, self.io.shutdown()).await;
-        if self.linger || self.unread_body {
+        let linger = self.linger || self.unread_body;
+        // Lingering, the FIN goes first so the client stops sending while
+        // its last bytes are drained; otherwise dropping the socket sends
+        // it (one syscall less per `Connection: close` request).
+        if IO::CLOSE_MESSAGE || linger {
+            let _ = tokio::time::timeout(LINGER, self.io.shutdown()).await;
+        }
+        if linger {
             let drain = async {
                 loop {
                     self.buf.clear();
