@@ -113,6 +113,10 @@ fn main() {
         "ratio wasm/native p50: {:.1}x batched, {:.1}x per call; wasm p50 {} the {TARGET_NS} ns target",
         w.p50 / n.p50,
         ws.p50 / ns.p50,
-        if w.p50.max(ws.p50) <= TARGET_NS { "meets" } else { "MISSES" }
+        if w.p50.max(ws.p50) <= TARGET_NS {
+            "meets"
+        } else {
+            "MISSES"
+        }
     );
 }
