@@ -46,9 +46,9 @@ use crate::plugin::types::{HttpRequest, Protocol, RequestContext};
 
 /// Read size for client heads and bodies.
 const READ_SIZE: usize = 16 * 1024;
-/// Read size for the first bytes of a request (allocated once they have
-/// come): enough for a typical head in one read.
-const IDLE_READ_SIZE: usize = 1024;
+/// Read size for the first bytes of a request, read into the stack (see
+/// `Client::read_first`): a typical head, cookies and all, in one read.
+const FIRST_READ_SIZE: usize = 4096;
 /// Read size for backend responses: a head and a 16 KiB body arrive in
 /// one read.
 const BACKEND_READ_SIZE: usize = 32 * 1024;
@@ -67,37 +67,21 @@ pub enum Served {
     Http2,
 }
 
-/// What the engine needs of a client stream besides reading and writing.
+/// What the engine needs to know of a client stream besides reading and
+/// writing it.
 pub trait ClientStream {
     /// Whether the stream's protocol says goodbye in a message of its own
     /// (TLS's close_notify) that a close must send. Plain TCP's goodbye is
     /// the FIN that closing the socket sends: no `shutdown` call needed.
     const CLOSE_MESSAGE: bool;
-
-    /// Ready when a read may find bytes (or an error, or the end), without
-    /// a buffer to read them into, so that a connection waiting for its
-    /// next request holds no read buffer at all.
-    fn readable(&mut self) -> impl Future<Output = ()> + Send;
 }
 
 impl ClientStream for Metered<TcpStream> {
     const CLOSE_MESSAGE: bool = false;
-
-    async fn readable(&mut self) {
-        let _ = self.get_ref().readable().await;
-    }
 }
 
 impl ClientStream for tokio_rustls::server::TlsStream<Metered<TcpStream>> {
     const CLOSE_MESSAGE: bool = true;
-
-    async fn readable(&mut self) {
-        let (tcp, tls) = self.get_ref();
-        // Plaintext rustls holds already is waiting to be read.
-        if tls.wants_read() {
-            let _ = tcp.get_ref().readable().await;
-        }
-    }
 }
 
 /// One client connection speaking HTTP/1.x.
@@ -304,41 +288,58 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
             scanned = self.buf.len();
             if self.buf.is_empty() {
                 // Waiting for a request: no buffer until bytes come.
-                let ready = tokio::select! {
+                let first = tokio::select! {
                     biased;
-                    r = tokio::time::timeout_at(deadline, self.io.readable()) => r,
+                    r = tokio::time::timeout_at(deadline, self.read_first()) => r,
                     _ = cancelled.as_mut() => return Ok(Next::Closed),
                 };
-                if ready.is_err() {
-                    // An idle kept-alive connection just closes.
-                    return Ok(Next::Closed);
+                match first {
+                    Ok(Ok(true)) => continue,
+                    Ok(Ok(false)) => return Err(Refusal::Overloaded),
+                    // The end, an error, or an idle kept-alive connection
+                    // past its time: it just closes.
+                    Ok(Err(_)) | Err(_) => return Ok(Next::Closed),
                 }
             }
-            let want = if self.buf.is_empty() {
-                IDLE_READ_SIZE
-            } else {
-                READ_SIZE
-            };
-            if self.buf.capacity() - self.buf.len() < want {
-                if !self.charge.buffers().has_room(want) {
+            if self.buf.capacity() - self.buf.len() < READ_SIZE {
+                if !self.charge.buffers().has_room(READ_SIZE) {
                     return Err(Refusal::Overloaded);
                 }
-                self.buf.reserve(want);
+                self.buf.reserve(READ_SIZE);
                 self.charge.set(self.held());
             }
-            let read = tokio::select! {
-                biased;
-                r = tokio::time::timeout_at(deadline, self.io.read_buf(&mut self.buf)) => r,
-                _ = cancelled.as_mut(), if self.buf.is_empty() => return Ok(Next::Closed),
-            };
-            match read {
+            match tokio::time::timeout_at(deadline, self.io.read_buf(&mut self.buf)).await {
                 Ok(Ok(0)) | Ok(Err(_)) => return Ok(Next::Closed),
                 Ok(Ok(_)) => {}
-                // An idle kept-alive connection just closes.
-                Err(_) if self.buf.is_empty() => return Ok(Next::Closed),
                 Err(_) => return Err(Refusal::TimedOut),
             }
         }
+    }
+
+    /// Wait for the first bytes of a request and put them in the (empty)
+    /// buffer: `Ok(true)`, or `Ok(false)` when the listener has no room
+    /// for them (`max_buffer_mb`); an error at the end of the connection.
+    /// They are read into the stack and copied: no buffer is held while
+    /// the connection waits, and tokio reports a socket it has just
+    /// registered as readable before anything has arrived, so a buffer
+    /// reserved on that word sat in every connection that sends nothing.
+    async fn read_first(&mut self) -> std::io::Result<bool> {
+        std::future::poll_fn(|cx| {
+            let mut stack = [0u8; FIRST_READ_SIZE];
+            let mut read = tokio::io::ReadBuf::new(&mut stack);
+            std::task::ready!(std::pin::Pin::new(&mut self.io).poll_read(cx, &mut read))?;
+            let first = read.filled();
+            if first.is_empty() {
+                return std::task::Poll::Ready(Err(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            if !self.charge.buffers().has_room(first.len()) {
+                return std::task::Poll::Ready(Ok(false));
+            }
+            self.buf.extend_from_slice(first);
+            self.charge.set(self.held());
+            std::task::Poll::Ready(Ok(true))
+        })
+        .await
     }
 
     /// Proxy the request whose head was just read; whether the client
