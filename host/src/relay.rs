@@ -1,6 +1,7 @@
 //! Joining a client and a backend: copy both ways until both sides have
-//! closed, pass each half-close on, and end a session that moves nothing
-//! for the idle timeout. SMTP sessions after the greeting and HTTP/1.1
+//! closed, pass each half-close on (an SMTP session also ends when the MTA
+//! hangs up after the client's QUIT: [`Ending`]), and end a session that
+//! moves nothing for the idle timeout. SMTP sessions after the greeting and HTTP/1.1
 //! connections after a `101 Switching Protocols` (WebSocket) both end
 //! here.
 //!
@@ -27,6 +28,11 @@ pub trait Observer {
     fn client(&mut self, data: &[u8]);
     /// Bytes the backend sent on to the client.
     fn backend(&mut self, data: &[u8]);
+    /// Whether the protocol has ended the conversation, so that neither
+    /// side will send more (SMTP: the client's QUIT answered `221`).
+    fn said_goodbye(&self) -> bool {
+        false
+    }
 }
 
 /// Looks at nothing: a relay of opaque bytes.
@@ -46,8 +52,8 @@ pub struct Relayed {
     pub up: u64,
     /// Backend to client.
     pub down: u64,
-    /// `None` when both sides closed; otherwise why the relay gave up (the
-    /// first write that failed, or the idle timeout).
+    /// `None` when the relay ended as its [`Ending`] says; otherwise why it
+    /// gave up (the first write that failed, or the idle timeout).
     pub error: Option<String>,
 }
 
@@ -57,15 +63,15 @@ pub enum Ending {
     /// Each side's close is passed on to the other (a half-close stays a
     /// half-close), and the relay ends once both sides have closed.
     BothClosed,
-    /// Once the backend has closed and all it sent has reached the client,
-    /// the relay ends and the client's connection is closed with it (an
-    /// SMTP session: nothing the client sends after the MTA hung up can be
-    /// delivered). That spares the shutdown, the wait for the client's own
-    /// close and its read: a wake-up and three syscalls per session. Not
-    /// while client bytes wait to be written to the backend, and only when
-    /// the client had nothing more to read at that moment, so its
-    /// connection closes with a FIN, not a reset that could discard the
-    /// MTA's last reply.
+    /// When the backend hangs up after the observer saw the conversation
+    /// end ([`Observer::said_goodbye`]: an SMTP client's QUIT answered),
+    /// and all it sent has reached the client, the relay ends and the
+    /// client's connection is closed with it: the client sends nothing
+    /// after its goodbye, so its own close finds the FIN gale's close sent,
+    /// and no reset. That spares the shutdown, the wait for the client's
+    /// close and its read: a wake-up and three syscalls per session. Any
+    /// other hang-up (a 421, after STARTTLS, while client bytes wait to be
+    /// written) is passed on and waited out as with [`Ending::BothClosed`].
     BackendClosed,
 }
 
@@ -110,38 +116,43 @@ where
         // A side that has closed its sending half needs no shutdown from
         // gale once the other has too: the relay then ends, and closing
         // its socket sends the FIN (one syscall less per SMTP session).
-        // Ending with the backend: the client is not shut down, its socket
-        // is closed when the relay ends (below).
-        let (client_closed, backend_closed) = (
-            up.read_done || (ending == Ending::BackendClosed && !up.has_pending()),
-            down.read_done,
-        );
+        // A side's close is passed on as a shutdown, unless that side has
+        // closed already, or (ending with the backend) the client's socket
+        // is about to be closed after its goodbye; the flags are read just
+        // before each direction is stepped.
         macro_rules! step {
-            ($direction:ident, $from:expr, $to:expr, $to_closed:expr) => {
+            ($direction:ident, $from:expr, $to:expr, $to_closed:expr, $may_close:expr) => {
                 $direction.step(
                     cx,
                     ($from, $to),
-                    $to_closed,
+                    ($to_closed, $may_close),
                     &mut moved,
                     observer,
                     &mut first_error,
                 )
             };
         }
+        let may_close = |up: &Direction| ending == Ending::BackendClosed && !up.has_pending();
         let (up_done, down_done) = if backend_first {
-            let down_done = step!(down, upstream, client, client_closed);
-            (step!(up, client, upstream, backend_closed), down_done)
+            let down_done = step!(down, upstream, client, up.read_done, may_close(&up));
+            (
+                step!(up, client, upstream, down.read_done, false),
+                down_done,
+            )
         } else {
-            let up_done = step!(up, client, upstream, backend_closed);
-            (up_done, step!(down, upstream, client, client_closed))
+            let up_done = step!(up, client, upstream, down.read_done, false);
+            let down_done = step!(down, upstream, client, up.read_done, may_close(&up));
+            (up_done, down_done)
         };
         charge.set(up.pending.capacity() + down.pending.capacity());
         if up_done && down_done {
             return Poll::Ready(first_error.take());
         }
-        // `up` was polled in this turn: a client with bytes to read would
-        // have left it pending with them, or ready.
-        if ending == Ending::BackendClosed && down_done && !up.has_pending() && !up_done {
+        if ending == Ending::BackendClosed
+            && down_done
+            && !up.has_pending()
+            && observer.said_goodbye()
+        {
             return Poll::Ready(first_error.take());
         }
         if moved {
@@ -249,7 +260,7 @@ impl Direction {
         &mut self,
         cx: &mut Context<'_>,
         (from, to): (&mut R, &mut W),
-        to_closed: bool,
+        closing: (bool, bool),
         moved: &mut bool,
         observer: &mut O,
         first_error: &mut Option<String>,
@@ -259,7 +270,7 @@ impl Direction {
         W: AsyncWrite + Unpin,
         O: Observer,
     {
-        match self.poll(cx, (from, to), to_closed, moved, observer) {
+        match self.poll(cx, (from, to), closing, moved, observer) {
             Poll::Ready(Err(e)) => {
                 first_error.get_or_insert(e);
                 self.finished = true;
@@ -271,13 +282,15 @@ impl Direction {
 
     /// Move everything `from` has to offer into `to`. Ready(Ok) once `from`
     /// has closed (or failed: a reset reads as a close) and the close has
-    /// been passed on (unless `to_closed`: `to` has closed its side too);
-    /// Ready(Err) when writing to `to` fails.
+    /// been passed on: not when `to_closed` (`to` has closed its side
+    /// too), nor when `may_close` and the observer saw the goodbye (the
+    /// relay ends and `to` is closed); Ready(Err) when writing to `to`
+    /// fails.
     fn poll<R, W, O>(
         &mut self,
         cx: &mut Context<'_>,
         (from, to): (&mut R, &mut W),
-        to_closed: bool,
+        (to_closed, may_close): (bool, bool),
         moved: &mut bool,
         observer: &mut O,
     ) -> Poll<Result<(), String>>
@@ -305,7 +318,8 @@ impl Direction {
             if self.read_done {
                 // The other side reads nothing more once this one closed;
                 // if it has gone already, there is nothing to tell it.
-                if !to_closed {
+                let left_to_close = to_closed || (may_close && observer.said_goodbye());
+                if !left_to_close {
                     let _ = ready!(Pin::new(&mut *to).poll_shutdown(cx));
                 }
                 self.finished = true;
@@ -357,10 +371,24 @@ mod tests {
         (accepted.unwrap().0, peer.unwrap())
     }
 
-    /// A backend that says goodbye and hangs up, and a client that has
-    /// not closed: how the relay ends, what the client reads, and whether
-    /// the relay was over before the client closed.
-    async fn backend_hangs_up(ending: Ending) -> (Relayed, Vec<u8>, bool) {
+    /// An observer that has (or has not) seen the conversation end.
+    struct Goodbye(bool);
+
+    impl Observer for Goodbye {
+        fn is_on(&self) -> bool {
+            false
+        }
+        fn client(&mut self, _: &[u8]) {}
+        fn backend(&mut self, _: &[u8]) {}
+        fn said_goodbye(&self) -> bool {
+            self.0
+        }
+    }
+
+    /// A backend that says its last words and hangs up, and a client that
+    /// has not closed: how the relay ends, what the client reads, and
+    /// whether the relay was over before the client closed.
+    async fn backend_hangs_up(ending: Ending, goodbye: bool) -> (Relayed, Vec<u8>, bool) {
         let over = std::sync::atomic::AtomicBool::new(false);
         let ((mut client, mut client_peer), (mut upstream, mut backend)) =
             (pair().await, pair().await);
@@ -368,14 +396,14 @@ mod tests {
         drop(backend);
         let metrics = prometheus_client::metrics::gauge::Gauge::default();
         let mut charge = crate::buffers::Buffers::new(metrics).charge();
-        let mut blind = Blind;
+        let mut observer = Goodbye(goodbye);
         let relaying = async {
             let relayed = relay(
                 (&mut client, &mut upstream),
                 ending,
                 Duration::from_secs(5),
                 &mut charge,
-                &mut blind,
+                &mut observer,
             )
             .await;
             over.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -396,10 +424,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_smtp_relay_ends_when_the_backend_hangs_up() {
+    async fn an_smtp_relay_ends_when_the_mta_hangs_up_after_the_goodbye() {
         // The client gets the last reply and a clean close (a reset would
         // fail `read_to_end`), without having to close first.
-        let (relayed, got, over_first) = backend_hangs_up(Ending::BackendClosed).await;
+        let (relayed, got, over_first) = backend_hangs_up(Ending::BackendClosed, true).await;
         assert!(over_first);
         assert_eq!(got, b"221 bye\r\n");
         assert_eq!(relayed.error, None);
@@ -407,12 +435,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_relay_of_both_closes_passes_the_half_close_on() {
-        // The client reads the FIN gale passed on, and the relay waits for
-        // the client's own close.
-        let (relayed, got, over_first) = backend_hangs_up(Ending::BothClosed).await;
-        assert!(!over_first);
-        assert_eq!(got, b"221 bye\r\n");
-        assert_eq!(relayed.error, None);
+    async fn any_other_hang_up_is_passed_on_and_the_client_waited_for() {
+        // An MTA that hangs up without the goodbye (a 421, or after
+        // STARTTLS): the client may still be sending, so it gets the FIN
+        // and the relay waits for its own close, as with both-closed.
+        for (ending, goodbye) in [
+            (Ending::BackendClosed, false),
+            (Ending::BothClosed, false),
+            (Ending::BothClosed, true),
+        ] {
+            let (relayed, got, over_first) = backend_hangs_up(ending, goodbye).await;
+            assert!(!over_first, "{ending:?}, goodbye {goodbye}");
+            assert_eq!(got, b"221 bye\r\n");
+            assert_eq!(relayed.error, None);
+        }
     }
 }

@@ -160,8 +160,11 @@ impl Server {
             if kept {
                 continue;
             }
-            let socket = TcpListener::bind(l.address)
-                .await
+            let user_timeout = match l.protocol {
+                Protocol::Http => Some(crate::http::DEAD_PEER_TIMEOUT),
+                Protocol::Smtp => None,
+            };
+            let socket = crate::listener::bind(l.address, user_timeout)
                 .with_context(|| format!("listener {}: cannot bind {}", l.name, l.address))?;
             let address = socket.local_addr()?;
             let stop = self.stop_accepting.child_token();

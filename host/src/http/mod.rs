@@ -39,8 +39,13 @@ const MAX_HEADERS: usize = 100;
 /// headers (`431` beyond it).
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// How long data sent to a client may go unacknowledged before its
-/// connection is dropped (`TCP_USER_TIMEOUT`).
-const DEAD_PEER_TIMEOUT: Duration = Duration::from_secs(30);
+/// connection is dropped (`TCP_USER_TIMEOUT`, set on the listening socket:
+/// see `listener::bind`): a client that vanishes (no FIN, no RST) with a
+/// response in flight is given up then, rather than after TCP's ~15
+/// minutes of retransmissions. HTTP/2 relies on it: gale sends no
+/// keep-alive PINGs (hyper's cost ~420 B per idle connection; a connection
+/// without requests is closed after `header_timeout` anyway).
+pub const DEAD_PEER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Requests in flight on one HTTP/2 connection.
 const MAX_H2_STREAMS: u32 = 100;
 /// Response bytes queued per HTTP/2 stream for a client that reads slowly.
@@ -56,13 +61,6 @@ pub async fn serve(listener: TcpListener, accept: Accept) {
     );
     let proxy = Arc::new(Proxy::new(name.clone(), current.clone()));
     let buffers = accept.buffers.clone();
-    // A client that vanishes (no FIN, no RST) with a response in flight
-    // is given up after DEAD_PEER_TIMEOUT without an ACK, rather than
-    // after TCP's ~15 minutes of retransmissions. HTTP/2 relies on it:
-    // gale sends no keep-alive PINGs (hyper's cost ~420 B per idle
-    // connection; a connection without requests is closed after
-    // `header_timeout` anyway).
-    crate::listener::inherited_options(&listener, Some(DEAD_PEER_TIMEOUT));
     accept
         .run(listener, move |client, peer| {
             let generation = current.load();

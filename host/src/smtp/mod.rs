@@ -28,7 +28,6 @@ use crate::listener::Accept;
 pub async fn serve(listener: TcpListener, accept: Accept) {
     let (name, current) = (accept.name.clone(), accept.current.clone());
     let buffers = accept.buffers.clone();
-    crate::listener::inherited_options(&listener, None);
     accept
         .run(listener, move |client, peer| {
             let generation = current.load_full();

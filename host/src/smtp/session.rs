@@ -290,8 +290,9 @@ async fn connect_and_greet(
     Ok((upstream, greeting))
 }
 
-/// Forward the greeting, then relay both ways until both sides close or
-/// nothing moves for `idle`.
+/// Forward the greeting, then relay both ways until both sides close (or
+/// the MTA hangs up after answering the client's QUIT: see
+/// `relay::Ending::BackendClosed`) or nothing moves for `idle`.
 async fn join(
     (client, upstream): (&mut TcpStream, &mut TcpStream),
     greeting: Reply,
@@ -346,6 +347,10 @@ impl relay::Observer for Watching<'_> {
 
     fn backend(&mut self, data: &[u8]) {
         self.watch.backend(data, &mut *self.report);
+    }
+
+    fn said_goodbye(&self) -> bool {
+        self.watch.said_goodbye()
     }
 }
 

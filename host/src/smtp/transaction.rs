@@ -63,6 +63,7 @@ enum Asked {
         last: bool,
     },
     StartTls,
+    Quit,
     Other,
 }
 
@@ -75,6 +76,7 @@ impl Asked {
             Asked::EndOfData => "end of data",
             Asked::Bdat { .. } => "BDAT",
             Asked::StartTls => "STARTTLS",
+            Asked::Quit => "QUIT",
             Asked::Other => "a command",
         }
     }
@@ -159,6 +161,9 @@ pub struct Watch {
     /// The first line of the reply being read, for the log.
     first: Line,
     asked: VecDeque<Asked>,
+    /// The MTA answered the client's QUIT with `221`: in cleartext, the
+    /// session is over and neither side will send more.
+    said_goodbye: bool,
 }
 
 impl Default for Watch {
@@ -170,6 +175,7 @@ impl Default for Watch {
             backend_line: Line::default(),
             first: Line::default(),
             asked: VecDeque::new(),
+            said_goodbye: false,
         }
     }
 }
@@ -177,6 +183,12 @@ impl Default for Watch {
 impl Watch {
     pub fn is_on(&self) -> bool {
         self.on
+    }
+
+    /// Whether the MTA has answered the client's QUIT with `221`, both
+    /// seen in the clear (never after STARTTLS: the watch is off then).
+    pub fn said_goodbye(&self) -> bool {
+        self.said_goodbye
     }
 
     /// Bytes the client sent on to the backend.
@@ -325,6 +337,10 @@ impl Watch {
                 self.on = false;
                 None
             }
+            Asked::Quit if code == 221 => {
+                self.said_goodbye = true;
+                None
+            }
             _ if code == 421 => {
                 self.on = false;
                 match enhanced_class(text) {
@@ -387,6 +403,8 @@ fn command(line: &[u8], cut: bool) -> (Asked, Option<(u64, bool)>) {
         (Asked::Data, None)
     } else if is(b"STARTTLS") {
         (Asked::StartTls, None)
+    } else if is(b"QUIT") && words.next().is_none() {
+        (Asked::Quit, None)
     } else if is(b"BDAT") {
         let size = words
             .next()
@@ -439,6 +457,27 @@ mod tests {
         ]);
         assert_eq!(events, vec![Event::Accepted]);
         assert!(on);
+    }
+
+    #[test]
+    fn a_quit_answered_221_is_a_goodbye_and_nothing_else_is() {
+        let mut watch = Watch::default();
+        watch.client(b"EHLO c\r\nQUIT\r\n");
+        watch.backend(b"250 mx\r\n", |_| {});
+        assert!(!watch.said_goodbye());
+        watch.backend(b"221 2.0.0 Bye\r\n", |_| {});
+        assert!(watch.said_goodbye());
+        // A 421 is not one, and after STARTTLS the watch sees nothing.
+        let mut closing = Watch::default();
+        closing.client(b"MAIL FROM:<a@b>\r\n");
+        closing.backend(b"421 4.4.2 timeout\r\n", |_| {});
+        assert!(!closing.said_goodbye());
+        let mut tls = Watch::default();
+        tls.client(b"STARTTLS\r\n");
+        tls.backend(b"220 go ahead\r\n", |_| {});
+        tls.client(b"QUIT\r\n");
+        tls.backend(b"221 bye\r\n", |_| {});
+        assert!(!tls.said_goodbye());
     }
 
     #[test]

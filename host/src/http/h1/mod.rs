@@ -73,15 +73,15 @@ pub trait ClientStream {
     /// Whether the stream's protocol says goodbye in a message of its own
     /// (TLS's close_notify) that a close must send. Plain TCP's goodbye is
     /// the FIN that closing the socket sends: no `shutdown` call needed.
-    const CLOSE_MESSAGE: bool;
+    const SENDS_CLOSE_NOTIFY: bool;
 }
 
 impl ClientStream for Metered<TcpStream> {
-    const CLOSE_MESSAGE: bool = false;
+    const SENDS_CLOSE_NOTIFY: bool = false;
 }
 
 impl ClientStream for tokio_rustls::server::TlsStream<Metered<TcpStream>> {
-    const CLOSE_MESSAGE: bool = true;
+    const SENDS_CLOSE_NOTIFY: bool = true;
 }
 
 /// One client connection speaking HTTP/1.x.
@@ -245,8 +245,8 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
     }
 
     /// Between requests: give back the buffers of the last exchange, so a
-    /// connection kept alive by a browser holds ~1 KiB while it waits, not
-    /// the ~50 KiB its exchanges used. The next request allocates them
+    /// connection kept alive by a browser holds no buffer while it waits,
+    /// not the ~50 KiB its exchanges used. The next request allocates them
     /// again (a few allocator calls per request).
     fn go_idle(&mut self) {
         if self.buf.is_empty() {
@@ -591,9 +591,9 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
     }
 
     /// The backend switched protocols (a WebSocket): pass its `101` on,
-    /// then join the two connections both ways, as an SMTP session is
-    /// joined, until both close or nothing moves for the listener's idle
-    /// timeout. It stays on the generation it started on through reloads;
+    /// then join the two connections both ways (the relay SMTP sessions
+    /// use, half-closes passed on) until both close or nothing moves for
+    /// the listener's idle timeout. It stays on the generation it started on through reloads;
     /// a shutdown lets it run up to the drain deadline.
     async fn join(&mut self, switch: Switch) {
         let Switch {
@@ -708,7 +708,7 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
         // Lingering, the FIN goes first so the client stops sending while
         // its last bytes are drained; otherwise dropping the socket sends
         // it (one syscall less per `Connection: close` request).
-        if IO::CLOSE_MESSAGE || linger {
+        if IO::SENDS_CLOSE_NOTIFY || linger {
             let _ = tokio::time::timeout(LINGER, self.io.shutdown()).await;
         }
         if linger {
