@@ -1,9 +1,9 @@
 //! Joining a client and a backend: copy both ways until both sides have
 //! closed, pass each half-close on (an SMTP session also ends when the MTA
 //! hangs up after the client's QUIT: [`Ending`]), and end a session that
-//! moves nothing for the idle timeout. SMTP sessions after the greeting and HTTP/1.1
-//! connections after a `101 Switching Protocols` (WebSocket) both end
-//! here.
+//! moves nothing for the idle timeout. SMTP sessions after the greeting
+//! and HTTP/1.1 connections after a `101 Switching Protocols` (WebSocket)
+//! both end here.
 //!
 //! One hand-written poll loop instead of `select!` over per-direction
 //! futures: no future, timer or clock read per forwarded command. An SMTP
@@ -113,13 +113,13 @@ where
         backend_first = !backend_first;
         // The two directions have their reader and writer types swapped,
         // so one closure cannot step both.
-        // A side that has closed its sending half needs no shutdown from
-        // gale once the other has too: the relay then ends, and closing
-        // its socket sends the FIN (one syscall less per SMTP session).
-        // A side's close is passed on as a shutdown, unless that side has
-        // closed already, or (ending with the backend) the client's socket
-        // is about to be closed after its goodbye; the flags are read just
-        // before each direction is stepped.
+        //
+        // A side's close is passed on as a shutdown, unless the side it
+        // would go to has closed its own half already (the relay ends once
+        // both have, and closing the socket sends the FIN), or, ending with
+        // the backend, the client's socket is about to be closed after its
+        // goodbye. The flags are read just before each direction is
+        // stepped.
         macro_rules! step {
             ($direction:ident, $from:expr, $to:expr, $to_closed:expr, $may_close:expr) => {
                 $direction.step(

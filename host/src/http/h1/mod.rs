@@ -593,8 +593,8 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
     /// The backend switched protocols (a WebSocket): pass its `101` on,
     /// then join the two connections both ways (the relay SMTP sessions
     /// use, half-closes passed on) until both close or nothing moves for
-    /// the listener's idle timeout. It stays on the generation it started on through reloads;
-    /// a shutdown lets it run up to the drain deadline.
+    /// the listener's idle timeout. It stays on the generation it started
+    /// on through reloads; a shutdown lets it run up to the drain deadline.
     async fn join(&mut self, switch: Switch) {
         let Switch {
             mut backend,
