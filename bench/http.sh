@@ -37,13 +37,8 @@ for tool in nginx haproxy wrk h2load curl taskset python3; do
     command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install -y nginx haproxy wrk nghttp2-client curl util-linux python3)"; exit 1; }
 done
 case $THREADS in
-    # Prefixes for what runs on the proxies' core and on the client's:
-    # env runs the command in place, so $! stays the command's pid.
-    1) pin0=(taskset -c 0) pin1=(taskset -c 1)
-       MODE="pinned: proxies on core 0 with one thread/worker each, clients and backends on core 1" ;;
-    2) pin0=(env) pin1=(env)
-       MODE="THREADS=2: nothing pinned, gale TOKIO_WORKER_THREADS=2, haproxy nbthread 2, nginx worker_processes 2" ;;
-    *) echo "THREADS is 1 or 2"; exit 1 ;;
+    1) MODE="pinned: proxies on core 0 with one thread/worker each, clients and backends on core 1" ;;
+    *) MODE="THREADS=2: nothing pinned, gale TOKIO_WORKER_THREADS=2, haproxy nbthread 2, nginx worker_processes 2" ;;
 esac
 # Every proxy holds IDLE client connections at once, plus pooled backend
 # connections and the idle helper's own sockets: all under the hard limit
@@ -52,18 +47,11 @@ ulimit -n "$(ulimit -Hn)"
 NOFILE=$(ulimit -n)
 if (( IDLE + 1000 > NOFILE )); then echo "IDLE=$IDLE needs more descriptors than the limit ($NOFILE)"; exit 1; fi
 CONNS=$(( IDLE + 1000 > 4096 ? IDLE + 1000 : 4096 ))
-# GALE=path: a gale built elsewhere (an earlier commit, to compare).
-if [ -z "${GALE:-}" ]; then cargo build --release -q; GALE=$PWD/target/release/gale; fi
-
-work=$(mktemp -d)
+source bench/lib.sh
+placement
 # nginx workers started as root run as nobody: they must reach the files.
 chmod 755 "$work"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened"; tail -5 "$work"/*.log; exit 1; }
 # Until GET /small on port $1 answers 200 ten times in a row (so every
 # backend behind a proxy is in rotation), at most 10 s.
 wait_ok() {
@@ -269,9 +257,6 @@ for p in "$H2P" "$N2P" "$GP"; do wait_h2 "$p"; done
 family() { echo "$1 $(pgrep -P "$1" | tr '\n' ' ')"; }
 NGINX_PIDS=$(family "$NGINX_PID")
 
-# CPU time (user + system, in clock ticks) the processes in $1 have used.
-cpu_ticks() { local t=0 p; for p in $1; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo $t; }
-TICK_US=$((1000000 / $(getconf CLK_TCK)))
 
 # One wrk run against port $4 with the proxy's pids in $5 (empty for
 # direct), path $6, extra wrk arguments after; appends "round target mode

@@ -31,13 +31,8 @@ for tool in smtp-source smtp-sink haproxy taskset python3; do
     command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install postfix haproxy util-linux)"; exit 1; }
 done
 case $THREADS in
-    # Prefixes for what runs on the proxies' core and on the client's:
-    # env runs the command in place, so $! stays the command's pid.
-    1) pin0=(taskset -c 0) pin1=(taskset -c 1)
-       MODE="pinned: proxies on core 0 with one thread each, client and sinks on core 1" ;;
-    2) pin0=(env) pin1=(env)
-       MODE="THREADS=2: nothing pinned, gale TOKIO_WORKER_THREADS=2, haproxy nbthread 2" ;;
-    *) echo "THREADS is 1 or 2"; exit 1 ;;
+    1) MODE="pinned: proxies on core 0 with one thread each, client and sinks on core 1" ;;
+    *) MODE="THREADS=2: nothing pinned, gale TOKIO_WORKER_THREADS=2, haproxy nbthread 2" ;;
 esac
 # A proxy holds two descriptors per idle session (client and backend),
 # and haproxy wants two per maxconn: under the hard limit (this machine's
@@ -46,16 +41,8 @@ ulimit -n "$(ulimit -Hn)"
 NOFILE=$(ulimit -n)
 CONNS=$(( IDLE + 1000 > 4000 ? IDLE + 1000 : 4000 ))
 if (( 2 * CONNS + 100 > NOFILE )); then echo "IDLE=$IDLE needs more descriptors than the limit ($NOFILE)"; exit 1; fi
-# GALE=path: a gale built elsewhere (an earlier commit, to compare).
-if [ -z "${GALE:-}" ]; then cargo build --release -q; GALE=target/release/gale; fi
-
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened"; tail -5 "$work"/*.log; exit 1; }
+source bench/lib.sh
+placement
 # Until ten sessions in a row through port $1 are greeted with 220 (both
 # sinks in rotation, not a proxy's own 421), at most 10 s.
 wait_greeted() {
@@ -138,10 +125,6 @@ CFG
 start_gale gale "$GP"
 wait_port "$HP"; wait_port "$GP"
 sleep 1
-
-# CPU time (user + system, in clock ticks) a process has used so far.
-cpu_ticks() { [ -n "$1" ] && awk '{print $14+$15}' "/proc/$1/stat" || echo 0; }
-TICK_US=$((1000000 / $(getconf CLK_TCK)))
 
 # One smtp-source run against port $2 with the proxy's pid in $3 (empty for
 # direct); appends "round target mode msgs/s proxy-CPU-us-per-msg" to
