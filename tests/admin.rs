@@ -626,13 +626,22 @@ fn metrics_parse_and_count_what_was_sent() {
         &[("listener", "in"), ("direction", "up")],
     );
     assert!(up > 30.0 * 50.0, "{up} bytes up for 30 messages");
+    // Every decision is counted; one in 8 is timed, the first among them.
     let calls = value(
+        &samples,
+        "gale_plugin_calls_total",
+        &[("pool", "mta"), ("hook", "balancer")],
+    );
+    assert!(calls >= 30.0, "{calls} balancer calls counted");
+    let timed = value(
         &samples,
         "gale_plugin_call_seconds_count",
         &[("pool", "mta"), ("hook", "balancer")],
     );
-    // One decision in 8 is timed, the first among them.
-    assert!(calls >= 30.0 / 8.0, "{calls} balancer calls timed");
+    assert!(
+        timed >= (calls / 8.0).floor(),
+        "{timed} of {calls} balancer calls timed"
+    );
     // /status has the same failures per backend.
     let s = status(&gale);
     let mta = s["pools"]
