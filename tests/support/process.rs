@@ -502,6 +502,19 @@ impl Postfix {
         std::fs::read_to_string(self.dir.path().join("maillog")).unwrap_or_default()
     }
 
+    /// Wait until `n` maillog lines contain `needle`.
+    pub fn wait_count(&self, needle: &str, n: usize, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.maillog().matches(needle).count() < n {
+            assert!(
+                Instant::now() < deadline,
+                "fewer than {n} maillog lines with {needle:?}:\n{}",
+                self.maillog()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Wait for a maillog line containing every one of `needles`.
     pub fn wait_log(&self, needles: &[&str], limit: Duration) -> String {
         let deadline = Instant::now() + limit;
