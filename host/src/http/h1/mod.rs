@@ -20,6 +20,7 @@
 pub mod chunked;
 pub mod head;
 mod transfer;
+mod wait;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,13 +29,12 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use head::{Framing, Refusal};
 use transfer::{BodyError, read_response_head, relay_body, send_body};
+use wait::Next;
 
-use super::MAX_HEADER_BYTES;
 use super::headers::ClientOrigin;
 use super::metered::Metered;
 use super::proxy::{Proxy, RETRY_AFTER_SECS, is_idempotent, log_failure, loggable};
@@ -46,14 +46,9 @@ use crate::plugin::types::{HttpRequest, Protocol, RequestContext};
 
 /// Read size for client heads and bodies.
 const READ_SIZE: usize = 16 * 1024;
-/// Read size for the first bytes of a request, read into the stack (see
-/// `Client::read_first`): a typical head, cookies and all, in one read.
-const FIRST_READ_SIZE: usize = 4096;
 /// Read size for backend responses: a head and a 16 KiB body arrive in
 /// one read.
 const BACKEND_READ_SIZE: usize = 32 * 1024;
-/// The first bytes of every HTTP/2 connection (RFC 9113 §3.4).
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// After a reply that leaves request bytes unread, gale keeps reading
 /// (and discarding) this long before it closes, so the close does not
 /// reset the connection under the reply.
@@ -65,6 +60,19 @@ pub enum Served {
     /// The client opened with the HTTP/2 preface: [`Client::into_http2`]
     /// gives back the connection and the bytes read.
     Http2,
+}
+
+/// A connection that opened with the HTTP/2 preface, handed over whole:
+/// the task does not keep a second copy of what serving it needs.
+pub struct Handover<IO> {
+    pub io: IO,
+    /// Bytes read so far, the preface among them.
+    pub read: BytesMut,
+    pub origin: ClientOrigin,
+    pub proxy: Arc<Proxy>,
+    pub header_timeout: Duration,
+    pub shutdown: CancellationToken,
+    pub buffers: crate::buffers::Buffers,
 }
 
 /// What the engine needs to know of a client stream besides reading and
@@ -96,12 +104,8 @@ pub struct Client<IO> {
     /// Bytes from the client not used yet: a request head, its body, or
     /// the next (pipelined) request.
     buf: BytesMut,
-    /// Bytes from the backend.
-    rbuf: BytesMut,
-    /// The head being written.
-    out: Vec<u8>,
-    req: head::Request,
-    resp: head::Response,
+    /// The exchange's heads and buffers, while there is one.
+    work: OnDemand,
     /// Whether the current request's head is still at the start of `buf`.
     head_in_buf: bool,
     /// Whether the current request has body bytes gale has not read.
@@ -112,6 +116,41 @@ pub struct Client<IO> {
     charge: Charge,
     /// Set by an exchange whose backend switched protocols.
     switched: Option<Box<Switch>>,
+}
+
+/// What one exchange works with: the request and response heads, the
+/// backend's bytes and the head being written.
+#[derive(Default)]
+struct Work {
+    req: head::Request,
+    resp: head::Response,
+    /// Bytes from the backend.
+    rbuf: BytesMut,
+    /// The head being written.
+    out: Vec<u8>,
+}
+
+/// A [`Work`] made when an exchange first writes to it (as a request's
+/// first bytes are parsed) and dropped between requests: an idle
+/// connection's task holds a pointer, not the 264 bytes of a `Work`
+/// (see `an_idle_http1_connection_keeps_a_small_future`). Read while
+/// absent, it is an empty `Work`.
+#[derive(Default)]
+struct OnDemand(Option<Box<Work>>);
+
+static NO_WORK: std::sync::LazyLock<Work> = std::sync::LazyLock::new(Work::default);
+
+impl std::ops::Deref for OnDemand {
+    type Target = Work;
+    fn deref(&self) -> &Work {
+        self.0.as_deref().unwrap_or(&NO_WORK)
+    }
+}
+
+impl std::ops::DerefMut for OnDemand {
+    fn deref_mut(&mut self) -> &mut Work {
+        self.0.get_or_insert_default()
+    }
 }
 
 /// A connection a backend switched to another protocol, waiting to be
@@ -161,10 +200,7 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
             h2c,
             // Allocated as bytes come (see `go_idle`).
             buf: BytesMut::new(),
-            rbuf: BytesMut::new(),
-            out: Vec::new(),
-            req: head::Request::default(),
-            resp: head::Response::default(),
+            work: OnDemand::default(),
             head_in_buf: false,
             unread_body: false,
             linger: false,
@@ -186,16 +222,16 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
                 Ok(Next::Closed) => break,
                 Ok(Next::Http2) => return Served::Http2,
                 Err(refusal) => {
-                    self.refuse(refusal, "").await;
+                    Box::pin(self.refuse(refusal, "")).await;
                     break;
                 }
             }
             self.head_in_buf = true;
-            self.unread_body = self.req.body != Framing::Empty;
+            self.unread_body = self.work.req.body != Framing::Empty;
             // The response head and body will need a buffer: counted now,
             // the exact figure once the exchange is over.
             if !self.charge.buffers().has_room(BACKEND_READ_SIZE) {
-                self.refuse(Refusal::Overloaded, "").await;
+                Box::pin(self.refuse(Refusal::Overloaded, "")).await;
                 break;
             }
             self.charge.set(self.held() + BACKEND_READ_SIZE);
@@ -208,7 +244,7 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
                 break;
             }
             if self.head_in_buf {
-                self.buf.advance(self.req.len);
+                self.buf.advance(self.work.req.len);
                 self.head_in_buf = false;
             }
             // `keep` is false when the listener was over `max_buffer_mb`
@@ -219,7 +255,11 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
             self.go_idle();
             self.charge.set(self.held());
         }
-        self.close().await;
+        // Boxed, as the answers above: what they keep while they wait
+        // would otherwise be reserved in every idle connection's task.
+        if IO::SENDS_CLOSE_NOTIFY || self.linger || self.unread_body {
+            Box::pin(self.close()).await;
+        }
         Served::Closed
     }
 
@@ -228,7 +268,7 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
     /// request, gale is shutting down, or the listener is over
     /// `max_buffer_mb`.
     fn must_close(&self) -> bool {
-        !self.req.keep_alive
+        !self.work.req.keep_alive
             || self.unread_body
             || self.shutdown.is_cancelled()
             || self.charge.buffers().over()
@@ -236,12 +276,21 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
 
     /// Bytes in this connection's buffers.
     fn held(&self) -> usize {
-        self.buf.capacity() + self.rbuf.capacity() + self.out.capacity()
+        self.buf.capacity() + self.work.rbuf.capacity() + self.work.out.capacity()
     }
 
-    /// After [`Served::Http2`]: the connection and the bytes read from it.
-    pub fn into_http2(self) -> (IO, BytesMut) {
-        (self.io, self.buf)
+    /// After [`Served::Http2`]: the connection, the bytes read from it,
+    /// and what serving it needs.
+    pub fn into_http2(self) -> Handover<IO> {
+        Handover {
+            io: self.io,
+            read: self.buf,
+            origin: self.origin,
+            proxy: self.proxy,
+            header_timeout: self.header_timeout,
+            shutdown: self.shutdown,
+            buffers: self.charge.buffers().clone(),
+        }
     }
 
     /// Between requests: give back the buffers of the last exchange, so a
@@ -252,94 +301,7 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
         if self.buf.is_empty() {
             self.buf = BytesMut::new();
         }
-        self.rbuf = BytesMut::new();
-        self.out = Vec::new();
-        self.req = head::Request::default();
-        self.resp = head::Response::default();
-    }
-
-    async fn read_head(
-        &mut self,
-        mut cancelled: std::pin::Pin<&mut tokio_util::sync::WaitForCancellationFutureOwned>,
-    ) -> Result<Next, Refusal> {
-        let deadline = Instant::now() + self.header_timeout;
-        let mut scanned = 0;
-        loop {
-            if self.h2c {
-                let n = self.buf.len().min(H2_PREFACE.len());
-                if self.buf[..n] != H2_PREFACE[..n] {
-                    self.h2c = false;
-                } else if n == H2_PREFACE.len() {
-                    return Ok(Next::Http2);
-                }
-            }
-            // Parse again only when a line ended since the last try: a
-            // head trickled in byte by byte costs one parse per line, not
-            // one per byte.
-            if !self.h2c
-                && self.buf[scanned..].contains(&b'\n')
-                && head::parse_request(&self.buf, &mut self.req)?
-            {
-                return Ok(Next::Request);
-            }
-            if self.buf.len() >= MAX_HEADER_BYTES {
-                return Err(Refusal::TooLarge);
-            }
-            scanned = self.buf.len();
-            if self.buf.is_empty() {
-                // Waiting for a request: no buffer until bytes come.
-                let first = tokio::select! {
-                    biased;
-                    r = tokio::time::timeout_at(deadline, self.read_first()) => r,
-                    _ = cancelled.as_mut() => return Ok(Next::Closed),
-                };
-                match first {
-                    Ok(Ok(true)) => continue,
-                    Ok(Ok(false)) => return Err(Refusal::Overloaded),
-                    // The end, an error, or an idle kept-alive connection
-                    // past its time: it just closes.
-                    Ok(Err(_)) | Err(_) => return Ok(Next::Closed),
-                }
-            }
-            if self.buf.capacity() - self.buf.len() < READ_SIZE {
-                if !self.charge.buffers().has_room(READ_SIZE) {
-                    return Err(Refusal::Overloaded);
-                }
-                self.buf.reserve(READ_SIZE);
-                self.charge.set(self.held());
-            }
-            match tokio::time::timeout_at(deadline, self.io.read_buf(&mut self.buf)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => return Ok(Next::Closed),
-                Ok(Ok(_)) => {}
-                Err(_) => return Err(Refusal::TimedOut),
-            }
-        }
-    }
-
-    /// Wait for the first bytes of a request and put them in the (empty)
-    /// buffer: `Ok(true)`, or `Ok(false)` when the listener has no room
-    /// for them (`max_buffer_mb`); an error at the end of the connection.
-    /// They are read into the stack and copied: no buffer is held while
-    /// the connection waits, and tokio reports a socket it has just
-    /// registered as readable before anything has arrived, so a buffer
-    /// reserved on that word sat in every connection that sends nothing.
-    async fn read_first(&mut self) -> std::io::Result<bool> {
-        std::future::poll_fn(|cx| {
-            let mut stack = [0u8; FIRST_READ_SIZE];
-            let mut read = tokio::io::ReadBuf::new(&mut stack);
-            std::task::ready!(std::pin::Pin::new(&mut self.io).poll_read(cx, &mut read))?;
-            let first = read.filled();
-            if first.is_empty() {
-                return std::task::Poll::Ready(Err(std::io::ErrorKind::UnexpectedEof.into()));
-            }
-            if !self.charge.buffers().has_room(first.len()) {
-                return std::task::Poll::Ready(Ok(false));
-            }
-            self.buf.extend_from_slice(first);
-            self.charge.set(self.held());
-            std::task::Poll::Ready(Ok(true))
-        })
-        .await
+        self.work = OnDemand::default();
     }
 
     /// Proxy the request whose head was just read; whether the client
@@ -368,9 +330,9 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
             client_ip: ip_address(self.origin.addr.ip()),
             client_port: self.origin.addr.port(),
             http: Some(HttpRequest {
-                method: text(&self.req.method),
-                host: self.req.host.as_ref().map(text).unwrap_or_default(),
-                path: match text(&self.req.target) {
+                method: text(&self.work.req.method),
+                host: self.work.req.host.as_ref().map(text).unwrap_or_default(),
+                path: match text(&self.work.req.target) {
                     t if t.is_empty() => "/".to_string(),
                     t => t,
                 },
@@ -392,7 +354,7 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
                 let drops = |status| HttpTries::drops(&retry_on, status, replayable, more);
                 let failure = match self.attempt(backend.address, l, keepalive, drops).await {
                     Outcome::Answered(keep) => {
-                        let status = self.resp.code;
+                        let status = self.work.resp.code;
                         match Failure::of_status(status) {
                             None => attempts.succeeded(&turn),
                             Some(failure) => attempts.answered_but_failed(&turn, failure),
@@ -480,34 +442,37 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
                 Err(e) => return Outcome::Failed(Failure::of_connect(&e)),
             },
         };
-        head::write_request(&mut self.out, &self.buf, &self.req, &self.origin, addr);
-        let head_request = &self.buf[self.req.method.clone()] == b"HEAD";
-        let asked = (head_request, self.req.upgrade.is_some());
+        let w = &mut *self.work;
+        head::write_request(&mut w.out, &self.buf, &w.req, &self.origin, addr);
+        let head_request = &self.buf[self.work.req.method.clone()] == b"HEAD";
+        let asked = (head_request, self.work.req.upgrade.is_some());
         let idle = l.idle_timeout;
         let (mut from_backend, mut to_backend) = backend.split();
         // A head cut short cannot be acted on: the next backend may have it.
-        match tokio::time::timeout(idle, to_backend.write_all(&self.out)).await {
+        match tokio::time::timeout(idle, to_backend.write_all(&self.work.out)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return failed(format!("sending the request: {e}"), false),
             Err(_) => return failed(format!("sending the request: stuck for {idle:?}"), false),
         }
 
-        let response = if self.req.body == Framing::Empty {
-            let recv = read_response_head(&mut from_backend, &mut self.rbuf, &mut self.resp, asked);
+        let response = if self.work.req.body == Framing::Empty {
+            let w = &mut *self.work;
+            let recv = read_response_head(&mut from_backend, &mut w.rbuf, &mut w.resp, asked);
             tokio::time::timeout(l.response_timeout, recv).await
         } else {
             // From here on the request cannot go to another backend.
-            self.buf.advance(self.req.len);
+            self.buf.advance(self.work.req.len);
             self.head_in_buf = false;
             let send = send_body(
                 &mut self.io,
                 &mut self.buf,
                 &mut to_backend,
-                self.req.body,
-                self.req.expect_continue,
+                self.work.req.body,
+                self.work.req.expect_continue,
                 idle,
             );
-            let recv = read_response_head(&mut from_backend, &mut self.rbuf, &mut self.resp, asked);
+            let w = &mut *self.work;
+            let recv = read_response_head(&mut from_backend, &mut w.rbuf, &mut w.resp, asked);
             tokio::pin!(send, recv);
             // The backend may answer before it has the whole body (a 413,
             // say): that answer goes to the client, which is then closed.
@@ -544,41 +509,35 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
                 ));
             }
         }
-        if self.resp.code == 101 {
+        if self.work.resp.code == 101 {
             return Outcome::Switched(backend);
         }
-        if self.head_in_buf && drops(self.resp.code) {
+        if self.head_in_buf && drops(self.work.resp.code) {
             // Nothing of it reached the client; its connection, holding
             // the unread body, closes.
-            return Outcome::Dropped(self.resp.code);
+            return Outcome::Dropped(self.work.resp.code);
         }
 
         // An HTTP/1.0 client cannot read chunks: it gets the data, and the
         // end of the connection marks the end of the body.
-        let dechunk = self.req.http10 && self.resp.body == Framing::Chunked;
-        let close = self.must_close() || dechunk || self.resp.body == Framing::Close;
-        head::write_response(
-            &mut self.out,
-            &self.rbuf,
-            &self.resp,
-            close,
-            self.req.http10,
-            dechunk,
-        );
-        self.rbuf.advance(self.resp.len);
+        let dechunk = self.work.req.http10 && self.work.resp.body == Framing::Chunked;
+        let close = self.must_close() || dechunk || self.work.resp.body == Framing::Close;
+        let w = &mut *self.work;
+        head::write_response(&mut w.out, &w.rbuf, &w.resp, close, w.req.http10, dechunk);
+        w.rbuf.advance(w.resp.len);
         let relayed = relay_body(
             &mut self.io,
             &mut from_backend,
-            &mut self.rbuf,
-            &self.out,
-            self.resp.body,
+            &mut w.rbuf,
+            &w.out,
+            w.resp.body,
             dechunk,
             idle,
         )
         .await;
         match relayed {
             Ok(clean) => {
-                if clean && !self.unread_body && self.resp.reusable {
+                if clean && !self.unread_body && self.work.resp.reusable {
                     self.proxy.h1_idle.release(addr, backend, keepalive);
                 }
                 Outcome::Answered(!close)
@@ -604,14 +563,15 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
             started,
             ..
         } = switch;
-        head::write_response(&mut self.out, &self.rbuf, &self.resp, false, false, false);
+        let w = &mut *self.work;
+        head::write_response(&mut w.out, &w.rbuf, &w.resp, false, false, false);
         // What either side sent after its head is the new protocol's.
-        self.out.extend_from_slice(&self.rbuf[self.resp.len..]);
+        w.out.extend_from_slice(&w.rbuf[w.resp.len..]);
         let request = std::mem::take(&mut self.buf);
-        let early = &request[self.req.len..];
+        let early = &request[self.work.req.len..];
         let early_len = early.len() as u64;
         let greeted = tokio::time::timeout(idle, async {
-            self.io.write_all(&self.out).await?;
+            self.io.write_all(&self.work.out).await?;
             self.io.flush().await?;
             backend.write_all(early).await
         })
@@ -620,8 +580,7 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
         // open for hours; the relay holds buffers only while a side lags.
         drop(request);
         self.head_in_buf = false;
-        (self.rbuf, self.out) = (BytesMut::new(), Vec::new());
-        (self.req, self.resp) = Default::default();
+        self.work = OnDemand::default();
         self.charge.set(0);
         if !matches!(greeted, Ok(Ok(()))) {
             return;
@@ -652,11 +611,12 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
             .ok()
             .and_then(|s| s.canonical_reason())
             .unwrap_or("Error");
+        let http10 = self.work.req.http10;
         head::write_local(
-            &mut self.out,
+            &mut self.work.out,
             (reply.status, phrase),
             reply.text,
-            (close, self.req.http10),
+            (close, http10),
             reply.retry_after.then_some(RETRY_AFTER_SECS),
         );
         let written = self.write_out().await;
@@ -671,7 +631,7 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
         self.linger = true;
         self.count_status(refusal.status().0);
         head::write_local(
-            &mut self.out,
+            &mut self.work.out,
             refusal.status(),
             refusal.text(),
             (true, false),
@@ -691,7 +651,7 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
 
     async fn write_out(&mut self) -> bool {
         let write = async {
-            self.io.write_all(&self.out).await?;
+            self.io.write_all(&self.work.out).await?;
             self.io.flush().await
         };
         matches!(
@@ -724,12 +684,6 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
             let _ = tokio::time::timeout(LINGER, drain).await;
         }
     }
-}
-
-enum Next {
-    Request,
-    Closed,
-    Http2,
 }
 
 /// `reached`: the backend may have acted on the request.
