@@ -160,11 +160,18 @@ impl Server {
             if kept {
                 continue;
             }
-            let user_timeout = match l.protocol {
-                Protocol::Http => Some(crate::http::DEAD_PEER_TIMEOUT),
-                Protocol::Smtp => None,
+            let sockets = match l.protocol {
+                Protocol::Http => crate::listener::ClientSockets {
+                    user_timeout: Some(crate::http::DEAD_PEER_TIMEOUT),
+                    client_speaks_first: true,
+                },
+                // gale greets first.
+                Protocol::Smtp => crate::listener::ClientSockets {
+                    user_timeout: None,
+                    client_speaks_first: false,
+                },
             };
-            let socket = crate::listener::bind(l.address, user_timeout)
+            let socket = crate::listener::bind(l.address, sockets)
                 .with_context(|| format!("listener {}: cannot bind {}", l.name, l.address))?;
             let address = socket.local_addr()?;
             let stop = self.stop_accepting.child_token();
