@@ -73,6 +73,29 @@ fn pipelined_requests_are_answered_in_order_on_one_connection() {
     assert_eq!(connections(), opened);
 }
 
+/// Empty lines before a request line are ignored (RFC 9112 §2.2), sent
+/// one at a time before the first request and between two kept-alive
+/// ones; gale drops them as they come, not parsing the pile again on
+/// each (which made 64 KiB of them, one per read, cost seconds of CPU).
+#[test]
+fn empty_lines_before_a_request_are_skipped_as_they_come() {
+    let (backend, gale) = echo();
+    let mut conn = HttpConnection::open(gale.address("web")).unwrap();
+    for path in ["/first", "/second"] {
+        for blank in 0..500 {
+            conn.send(if blank % 2 == 0 { b"\r\n" } else { b"\n" })
+                .unwrap();
+        }
+        let answer = conn.get(path).unwrap();
+        assert!(
+            seen(answer.as_bytes())
+                .0
+                .starts_with(&format!("GET {path}\n"))
+        );
+    }
+    assert_eq!(backend.requests(), 2);
+}
+
 #[test]
 fn chunked_bodies_pass_both_ways_and_http10_clients_get_plain_bytes() {
     let (_backend, gale) = echo();

@@ -300,8 +300,11 @@ pub fn bind(address: SocketAddr, sockets: ClientSockets) -> std::io::Result<TcpL
     if let Some(timeout) = sockets.user_timeout {
         socket.set_tcp_user_timeout(Some(timeout))?;
     }
-    if sockets.client_speaks_first {
-        set_defer_accept(&socket, DEFER_ACCEPT_SECS)?;
+    // Only a speed-up: a kernel without it still serves.
+    if sockets.client_speaks_first
+        && let Err(e) = set_defer_accept(&socket, DEFER_ACCEPT_SECS)
+    {
+        tracing::warn!(%address, "cannot defer accepting (TCP_DEFER_ACCEPT): {e}");
     }
     socket.bind(&address.into())?;
     socket.listen(1024)?;

@@ -224,7 +224,9 @@ pub struct ListenerSection {
     /// sends before the greeting.
     pub pregreet: Option<Spanned<Pregreet>>,
     /// `header_timeout` (HTTP): a client has this long to send a request's
-    /// headers, the first one or the next on a kept-alive connection.
+    /// headers, the first one or the next on a kept-alive connection. (A
+    /// new connection is accepted once its first bytes arrive, or after
+    /// ~1 s of silence: the timeout runs from then.)
     pub header_timeout: Option<Spanned<String>>,
     /// `response_timeout` (HTTP): wait for a backend's response headers.
     pub response_timeout: Option<Spanned<String>>,

@@ -58,7 +58,7 @@ const LINGER: Duration = Duration::from_secs(1);
 pub enum Served {
     Closed,
     /// The client opened with the HTTP/2 preface: [`Client::into_http2`]
-    /// gives back the connection and the bytes read.
+    /// hands the connection over.
     Http2,
 }
 
@@ -130,11 +130,12 @@ struct Work {
     out: Vec<u8>,
 }
 
-/// A [`Work`] made when an exchange first writes to it (as a request's
-/// first bytes are parsed) and dropped between requests: an idle
-/// connection's task holds a pointer, not the 264 bytes of a `Work`
-/// (see `an_idle_http1_connection_keeps_a_small_future`). Read while
-/// absent, it is an empty `Work`.
+/// A [`Work`] made at its first mutable use (the first parse of a
+/// request head, or an answer gale writes) and dropped between requests:
+/// an idle connection's task holds a pointer, not the 264 bytes of a
+/// `Work` (see `an_idle_http1_connection_keeps_a_small_future`). Read
+/// while absent (only `held` does: it counts no buffers), it is an empty
+/// `Work`.
 #[derive(Default)]
 struct OnDemand(Option<Box<Work>>);
 
@@ -143,7 +144,7 @@ static NO_WORK: std::sync::LazyLock<Work> = std::sync::LazyLock::new(Work::defau
 impl std::ops::Deref for OnDemand {
     type Target = Work;
     fn deref(&self) -> &Work {
-        self.0.as_deref().unwrap_or(&NO_WORK)
+        self.0.as_deref().unwrap_or_else(|| &NO_WORK)
     }
 }
 
@@ -257,7 +258,7 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
         }
         // Boxed, as the answers above: what they keep while they wait
         // would otherwise be reserved in every idle connection's task.
-        if IO::SENDS_CLOSE_NOTIFY || self.linger || self.unread_body {
+        if self.close_takes_more_than_a_drop() {
             Box::pin(self.close()).await;
         }
         Served::Closed
@@ -660,18 +661,28 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
         )
     }
 
+    /// Whether the client may still be sending when the connection closes.
+    fn lingers(&self) -> bool {
+        self.linger || self.unread_body
+    }
+
+    /// Whether closing needs more than dropping the socket (whose FIN is
+    /// the goodbye of plain TCP): a TLS close_notify, or lingering.
+    fn close_takes_more_than_a_drop(&self) -> bool {
+        IO::SENDS_CLOSE_NOTIFY || self.lingers()
+    }
+
     /// Close the connection; if the client may still be sending, read
     /// and drop what comes for a moment first, so that the close does not
     /// reset the connection before the client has read the answer.
     async fn close(&mut self) {
-        let linger = self.linger || self.unread_body;
         // Lingering, the FIN goes first so the client stops sending while
         // its last bytes are drained; otherwise dropping the socket sends
         // it (one syscall less per `Connection: close` request).
-        if IO::SENDS_CLOSE_NOTIFY || linger {
+        if self.close_takes_more_than_a_drop() {
             let _ = tokio::time::timeout(LINGER, self.io.shutdown()).await;
         }
-        if linger {
+        if self.lingers() {
             let drain = async {
                 loop {
                     self.buf.clear();

@@ -8,6 +8,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::Poll;
 
+use bytes::Buf;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::head::{self, Refusal};
@@ -57,6 +58,18 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
                     *scanned = 0;
                 } else if n == H2_PREFACE.len() {
                     return Poll::Ready(Ok(Next::Http2));
+                }
+            }
+            // Empty lines before a request line are ignored (RFC 9112
+            // §2.2); dropped here, so that a client sending nothing but
+            // line ends does not make each parse go over all of them
+            // again (64 KiB of them, one per read, was ~2·10⁹ steps).
+            if !self.h2c {
+                let blank = self.buf.iter().take_while(|&&b| b == b'\r' || b == b'\n');
+                let blank = blank.count();
+                if blank > 0 {
+                    self.buf.advance(blank);
+                    *scanned = scanned.saturating_sub(blank);
                 }
             }
             // Parse again only when a line ended since the last try: a
