@@ -435,7 +435,7 @@ print("latency the ratio is other/gale, so above 1 means gale is better.")
 print("HTTP/2 rows: h2load -t1 with prior knowledge; the backends speak")
 print("HTTP/1 only, so there is no direct figure.")
 
-idle = {}                    # (kind, who) -> (before, after, n, closed, fds before, fds after)
+idle = {}                    # (kind, who) -> bench/idle.py's fields
 for line in open(sys.argv[2]):
     kind, who, *xs = line.split()
     idle[(kind, who)] = tuple(map(int, xs))
@@ -443,7 +443,7 @@ if idle:
     KINDS = (("h1", "HTTP/1.1 keep-alive, after one request"),
              ("h2", "HTTP/2, after the SETTINGS exchange"),
              ("silent", "connected, nothing sent"))
-    per = lambda k, w: (idle[(k, w)][1] - idle[(k, w)][0]) / idle[(k, w)][2]
+    per = lambda k, w: idle[(k, w)][7] / 1024   # the slope
     print()
     print(f"| KiB of RSS per idle connection ({sys.argv[3]} at once) | HAProxy | nginx | gale | HAProxy/gale | nginx/gale |")
     print("|---|---:|---:|---:|---:|---:|")
@@ -455,11 +455,13 @@ if idle:
         print(f"| {name} | {v['haproxy']:.2f} | {v['nginx']:.2f} | {v['gale']:.2f} | {r('haproxy')} | {r('nginx')} |")
     print()
     print("One fresh proxy per kind; RSS summed over its processes (nginx: master")
-    print("and workers) before and after the connections were all set up;")
-    print("above 1, gale holds less. Kernel socket buffers are not in RSS.")
+    print("and workers), read after each tenth of the connections was set up;")
+    print("the figure is the least-squares slope of RSS over the connection count")
+    print("(gale's RSS grows in 2 MiB steps: huge pages). Above 1, gale holds")
+    print("less. Kernel socket buffers are not in RSS.")
     print("nginx allocates its connection table (worker_connections of ~0.4 KiB")
     print("each) at start, so part of its cost per connection is in its baseline.")
-    for (k, w), (before, after, n, closed, fd0, fd1, half) in sorted(idle.items()):
+    for (k, w), (before, after, n, closed, fd0, fd1, half, _) in sorted(idle.items()):
         whole, second = (after - before) / n, (after - half) / (n - n // 2)
         print(f"- {k}, {w}: RSS {before / 1024:.1f} -> {half / 1024:.1f} (half-way) -> {after / 1024:.1f} MiB "
               f"for {n} connections ({whole:.2f} KiB each; second half {second:.2f}); descriptors {fd0} -> {fd1}"

@@ -17,12 +17,17 @@ PIDS is a comma-separated list of the proxy's processes (nginx: master and
 workers): their VmRSS is summed.
 
 Prints one line: "rss_before_kib rss_after_kib n closed fds_before
-fds_after rss_half_kib" where closed counts connections the proxy had
-closed by the time the memory was read (they would make the figure too
-low), and rss_half_kib is the RSS once the first half of the connections
-was set up: the growth over the second half should match the whole (a
-proxy giving memory back to the system while it is measured would make
-them differ). Readiness is read from the connections (responses,
+fds_after rss_half_kib slope_bytes" where closed counts connections the
+proxy had closed by the time the memory was read (they would make the
+figure too low), rss_half_kib is the RSS once the first half of the
+connections was set up (the growth over the second half should match the
+whole: a proxy giving memory back to the system while it is measured
+would make them differ), and slope_bytes is the least-squares slope of
+RSS over the connection count, read after each tenth of them: the cost
+of one more connection. RSS can grow in steps (mimalloc's heap is
+backed by 2 MiB transparent huge pages, so gale's grows 2 MiB at a
+time: 0.2 KiB per connection over 10,000), which the slope averages
+out where (after - before) / n is off by up to one step. Readiness is read from the connections (responses,
 SETTINGS, PING ACK, 220), never waited for with sleeps; for `silent`,
 where nothing comes back, from the proxy's own descriptor count (each
 accepted connection is one descriptor).
@@ -45,6 +50,8 @@ import time
 
 CONCURRENT = 64
 TIMEOUT = 120.0
+# RSS is read after each of this many equal parts of the connections.
+STEPS = 10
 # Connections opened and closed before the baseline is read, so that
 # what a proxy sets up once, on its first connections of a kind (pools,
 # tables), is not counted per connection.
@@ -197,13 +204,20 @@ async def main():
                 await asyncio.sleep(0.01)
 
     socks = []
-    await held(n // 2, socks)
-    half = rss_kib(pids)
-    await held(n - n // 2, socks)
-    after = rss_kib(pids)
+    points = [(0, before)]   # (connections, RSS KiB)
+    half = before
+    for step in range(1, STEPS + 1):
+        await held(n * step // STEPS - len(socks), socks)
+        points.append((len(socks), rss_kib(pids)))
+        if step == STEPS // 2:
+            half = points[-1][1]
+    after = points[-1][1]
     after_fds = fds(pids)
     closed = sum(not still_open(s) for s in socks)
-    print(before, after, n, closed, base_fds, after_fds, half)
+    mx = sum(x for x, _ in points) / len(points)
+    my = sum(y for _, y in points) / len(points)
+    slope = sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x, _ in points)
+    print(before, after, n, closed, base_fds, after_fds, half, round(slope * 1024))
     for s in socks:
         s.close()
 

@@ -232,21 +232,23 @@ print()
 print("Ratios are medians of per-round ratios, with their range; for CPU and")
 print("latency the ratio is other/gale, so above 1 means gale is better.")
 
-idle = {}                    # who -> (before, after, n, closed, fds before, fds after)
+idle = {}                    # who -> bench/idle.py's fields
 for line in open(sys.argv[3]):
     who, *xs = line.split()
     idle[who] = tuple(map(int, xs))
 if len(idle) == 2:
-    per = {w: (a - b) / n for w, (b, a, n, *_) in idle.items()}
+    per = {w: fields[7] / 1024 for w, fields in idle.items()}   # the slope
     ratio = f"{per['haproxy'] / per['gale']:.2f}" if per["gale"] > 0 else "n/a"
     print()
     print(f"| KiB of RSS per idle session ({sys.argv[4]} at once, greeted, then silent) | HAProxy | gale | HAProxy/gale |")
     print("|---|---:|---:|---:|")
     print(f"| idle SMTP session (client and backend connection) | {per['haproxy']:.2f} | {per['gale']:.2f} | {ratio} |")
     print()
-    print("A fresh proxy of each; RSS before and after the sessions were all")
-    print("greeted; above 1, gale holds less. Kernel socket buffers are not in RSS.")
-    for w, (before, after, n, closed, fd0, fd1, half) in sorted(idle.items()):
+    print("A fresh proxy of each; RSS read after each tenth of the sessions was")
+    print("greeted, the figure the least-squares slope of RSS over sessions")
+    print("(gale's RSS grows in 2 MiB steps: huge pages); above 1, gale holds")
+    print("less. Kernel socket buffers are not in RSS.")
+    for w, (before, after, n, closed, fd0, fd1, half, _) in sorted(idle.items()):
         whole, second = (after - before) / n, (after - half) / (n - n // 2)
         print(f"- {w}: RSS {before / 1024:.1f} -> {half / 1024:.1f} (half-way) -> {after / 1024:.1f} MiB "
               f"for {n} sessions ({whole:.2f} KiB each; second half {second:.2f}); descriptors {fd0} -> {fd1}"
