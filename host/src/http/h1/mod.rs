@@ -32,7 +32,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use head::{Framing, Refusal};
-use transfer::{BodyError, read_response_head, relay_body, send_body};
+use transfer::{BodyError, read_response_head, relay_body, send_body, timeout_unless_ready};
 use wait::Next;
 
 use super::headers::ClientOrigin;
@@ -450,7 +450,7 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
         let idle = l.idle_timeout;
         let (mut from_backend, mut to_backend) = backend.split();
         // A head cut short cannot be acted on: the next backend may have it.
-        match tokio::time::timeout(idle, to_backend.write_all(&self.work.out)).await {
+        match timeout_unless_ready(idle, to_backend.write_all(&self.work.out)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return failed(format!("sending the request: {e}"), false),
             Err(_) => return failed(format!("sending the request: stuck for {idle:?}"), false),
