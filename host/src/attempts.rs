@@ -106,6 +106,18 @@ impl Failure {
         Failure::new(FailureReason::Connect, format!("connect: {error}"))
     }
 
+    /// An HTTP exchange that failed before a response: `reached`, the
+    /// backend may have acted on the request (`exchange`); otherwise it
+    /// cannot have (`connect`: the head did not go out whole).
+    pub fn before_response(detail: String, reached: bool) -> Failure {
+        let reason = if reached {
+            FailureReason::Exchange
+        } else {
+            FailureReason::Connect
+        };
+        Failure::new(reason, detail)
+    }
+
     pub fn new(reason: FailureReason, detail: impl Into<String>) -> Self {
         Failure {
             reason,

@@ -1,13 +1,11 @@
 //! Proxy header rules (RFC 9110 §7.6): hop-by-hop headers stay on their
 //! hop, the client's address and scheme are passed on in
 //! `X-Forwarded-For`, `X-Forwarded-Proto` and `Forwarded`, `Host` is kept.
-//! Both engines (gale's HTTP/1 in `h1/head.rs`, hyper's HTTP/2 here) take
-//! the tables below, so a rule holds for a client whatever it speaks.
+//! Both engines (gale's HTTP/1 in `h1/head.rs`, HTTP/2 in
+//! `http2/message.rs`) take the tables below, so a rule holds for a
+//! client whatever it speaks.
 
 use std::net::{IpAddr, SocketAddr};
-
-use hyper::HeaderMap;
-use hyper::header::{CONNECTION, HOST, HeaderName, HeaderValue};
 
 /// Fields that describe one connection (RFC 9110 §7.6.1), never
 /// forwarded: the one table both engines drop by.
@@ -90,32 +88,6 @@ pub fn framing_lookalike(name: &[u8]) -> bool {
 /// The answer's text when [`framing_lookalike`] refuses a request.
 pub const LOOKALIKE_REFUSED: &str = "Content_Length or Transfer_Encoding (with an underscore)\n";
 
-/// Remove hop-by-hop headers, including those the `Connection` header
-/// names. `Transfer-Encoding` is left to hyper, which re-frames the body
-/// for the next hop itself. One pass over the (few) headers present
-/// rather than a hashed lookup per hop-by-hop name: most requests have
-/// none.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if !headers.keys().any(|k| hop_by_hop(k.as_str().as_bytes())) {
-        return;
-    }
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|name| connection_may_name(name.as_bytes()))
-        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
-        .collect();
-    for name in &named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-}
-
 /// The client of one connection as proxy headers name it. Formatted per
 /// request (tens of nanoseconds) rather than kept formatted: three
 /// strings per connection were a tenth of what an idle connection cost.
@@ -156,118 +128,9 @@ fn proto(https: bool) -> &'static str {
     if https { "https" } else { "http" }
 }
 
-/// Prepare a client's request headers for a backend.
-pub fn forward_request(headers: &mut HeaderMap, origin: &ClientOrigin, host: &str) {
-    strip_hop_by_hop(headers);
-    // Any spelling of a claim (`X_Real_IP` too): one pass over the names,
-    // allocating only when a client sent one.
-    let claims: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| client_claim(k.as_str().as_bytes()))
-        .cloned()
-        .collect();
-    for claim in claims {
-        headers.remove(claim);
-    }
-    // HTTP/2 clients send :authority instead of Host; HTTP/1.1 backends
-    // need Host.
-    if !headers.contains_key(HOST)
-        && let Ok(v) = HeaderValue::from_str(host)
-    {
-        headers.insert(HOST, v);
-    }
-    match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(earlier) => {
-            let xff = format!("{earlier}, {}", origin.addr.ip());
-            insert(headers, "x-forwarded-for", &xff);
-        }
-        None => {
-            insert(headers, "x-forwarded-for", &origin.addr.ip().to_string());
-        }
-    }
-    headers.insert(
-        "x-forwarded-proto",
-        HeaderValue::from_static(proto(origin.https)),
-    );
-    let earlier = headers.get("forwarded").and_then(|v| v.to_str().ok());
-    let mut forwarded = Vec::with_capacity(64 + host.len() + earlier.map_or(0, str::len));
-    if let Some(earlier) = earlier {
-        forwarded.extend_from_slice(earlier.as_bytes());
-        forwarded.extend_from_slice(b", ");
-    }
-    origin.write_forwarded(&mut forwarded);
-    if !host.is_empty() && host.bytes().all(|b| b.is_ascii_graphic() && b != b'"') {
-        forwarded.extend_from_slice(b";host=\"");
-        forwarded.extend_from_slice(host.as_bytes());
-        forwarded.push(b'"');
-    }
-    if let Ok(v) = HeaderValue::from_bytes(&forwarded) {
-        headers.insert("forwarded", v);
-    }
-}
-
-fn insert(headers: &mut HeaderMap, name: &'static str, value: &str) {
-    if let Ok(v) = HeaderValue::from_str(value) {
-        headers.insert(name, v);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            "connection",
-            HeaderValue::from_static("keep-alive, x-secret"),
-        );
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert("upgrade", HeaderValue::from_static("websocket"));
-        h.insert("content-type", HeaderValue::from_static("text/plain"));
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1, "{h:?}");
-        assert!(h.contains_key("content-type"));
-    }
-
-    #[test]
-    fn forwarded_headers_append_to_what_earlier_proxies_wrote() {
-        let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("192.0.2.7"));
-        h.insert("forwarded", HeaderValue::from_static("for=192.0.2.7"));
-        let peer = ClientOrigin::new("[2001:db8::1]:5000".parse().unwrap(), false);
-        forward_request(&mut h, &peer, "api.test");
-        assert_eq!(h["x-forwarded-for"], "192.0.2.7, 2001:db8::1");
-        assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(
-            h["forwarded"],
-            "for=192.0.2.7, for=\"[2001:db8::1]\";proto=http;host=\"api.test\""
-        );
-        assert_eq!(h["host"], "api.test");
-    }
-
-    #[test]
-    fn fields_that_speak_for_the_proxy_are_dropped() {
-        let mut h = HeaderMap::new();
-        for (name, value) in [
-            ("x-real-ip", "10.9.9.9"),
-            ("x-forwarded-host", "admin.internal"),
-            ("true-client-ip", "10.9.9.9"),
-            ("x-forwarded-proto", "https"),
-            ("x-kept", "yes"),
-        ] {
-            h.insert(name, HeaderValue::from_static(value));
-        }
-        let peer = ClientOrigin::new("192.0.2.7:5000".parse().unwrap(), false);
-        forward_request(&mut h, &peer, "api.test");
-        for gone in ["x-real-ip", "x-forwarded-host", "true-client-ip"] {
-            assert!(!h.contains_key(gone), "{gone} in {h:?}");
-        }
-        assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["x-kept"], "yes");
-    }
 
     #[test]
     fn claims_are_dropped_however_their_dashes_are_spelled() {

@@ -1,8 +1,8 @@
 //! Kept-alive connections to backends, pooled per address, for both
-//! engines' backend sides (gale's own HTTP/1 writer keeps raw streams,
-//! the HTTP/2 path hyper's senders): a connection whose response ended
-//! cleanly waits here for the next request to the same backend, for at
-//! most the pool's `keepalive_timeout`.
+//! engines (HTTP/2 streams go through the HTTP/1 engine's backend side):
+//! a connection whose response ended cleanly waits here for the next
+//! request to the same backend, for at most the pool's
+//! `keepalive_timeout`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,12 +27,6 @@ impl Reusable for TcpStream {
     fn reusable(&self) -> bool {
         let mut byte = [0u8; 1];
         matches!(self.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-    }
-}
-
-impl<B> Reusable for hyper::client::conn::http1::SendRequest<B> {
-    fn reusable(&self) -> bool {
-        self.is_ready()
     }
 }
 

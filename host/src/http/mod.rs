@@ -2,28 +2,27 @@
 //! tracking web apps, over the same pools, plugins and health as SMTP.
 //! HTTP/1.x from clients is proxied by gale's own engine ([`h1`]);
 //! HTTP/2 (h2c by prior knowledge, or HTTPS with ALPN when the listener
-//! has a certificate) by hyper. Backends get HTTP/1.1 on pooled
-//! keep-alive connections.
+//! has a certificate) is framed by h2 and each stream proxied through
+//! the same engine's backend side ([`http2`]). Backends get HTTP/1.1 on
+//! pooled keep-alive connections.
 //!
 //! Owns: client connections, request and response streaming, proxy
 //! headers, retries (the rules are [`crate::attempts::HttpTries`]'s).
 //! Does not touch: health
 //! verdicts (failures are reported to the pool) or the choice of backend.
 
-mod body;
 pub mod h1;
 pub mod headers;
+mod http2;
 mod idle;
 mod metered;
 mod proxy;
 mod rewind;
-mod upstream;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpListener;
 use tokio_util::either::Either;
@@ -43,13 +42,9 @@ const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// see `listener::bind`): a client that vanishes (no FIN, no RST) with a
 /// response in flight is given up then, rather than after TCP's ~15
 /// minutes of retransmissions. HTTP/2 relies on it: gale sends no
-/// keep-alive PINGs (hyper's cost ~420 B per idle connection; a connection
-/// without requests is closed after `header_timeout` anyway).
+/// keep-alive PINGs (a connection without requests is closed after
+/// `header_timeout` anyway).
 pub const DEAD_PEER_TIMEOUT: Duration = Duration::from_secs(30);
-/// Requests in flight on one HTTP/2 connection.
-const MAX_H2_STREAMS: u32 = 100;
-/// Response bytes queued per HTTP/2 stream for a client that reads slowly.
-const H2_SEND_BUFFER: usize = 64 * 1024;
 
 /// Accept connections on `listener` until `accept.shutdown` is cancelled;
 /// then connections finish the request in flight and close.
@@ -110,18 +105,6 @@ struct Connection {
     shutdown: CancellationToken,
     buffers: Buffers,
 }
-
-/// What an HTTP/2 connection is counted for in `max_buffer_mb`, for its
-/// whole life: the frame write (16 KiB) and read (8 KiB) buffers and the
-/// HPACK scratch (4 KiB) it takes while it works (the vendored `h2` frees
-/// them when it waits), and 4 KiB for its streams' state.
-const H2_CONNECTION_BUFFERS: usize = 32 * 1024;
-/// Request body bytes a client may send on one HTTP/2 stream, and on the
-/// whole connection, before gale has passed them on (HAProxy's default
-/// stream window; hyper's is 1 MiB for each, which let one connection
-/// queue megabytes that nothing counted).
-const H2_STREAM_WINDOW: u32 = 64 * 1024;
-const H2_CONNECTION_WINDOW: u32 = 256 * 1024;
 
 impl Connection {
     /// A TLS connection: the handshake, then HTTP/2 if ALPN chose it,
@@ -198,113 +181,19 @@ impl Connection {
         }
     }
 
-    /// HTTP/2, by hyper. Not an `async fn`, for the reason
-    /// [`Self::serve_http1`] gives; and hyper's connection (~1.5 KB, it is
-    /// `Unpin`) is polled where the future holds it: moved into a pinned
-    /// local it was kept twice. Measured: an HTTP/2 connection's future
-    /// went from 3,640 to 1,912 bytes.
+    /// HTTP/2: see [`http2`].
     fn serve_http2<IO>(self, io: IO) -> impl Future<Output = ()> + Send
     where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let Connection {
-            proxy,
-            peer,
-            https,
-            header_timeout,
-            shutdown,
-            buffers,
-        } = self;
-        let mut charge = buffers.charge();
-        charge.set(H2_CONNECTION_BUFFERS);
-        let client = headers::ClientOrigin::new(peer, https);
-        let activity = Arc::new(Activity::default());
-        let seen = activity.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let (proxy, seen) = (proxy.clone(), seen.clone());
-            async move {
-                let _busy = seen.start();
-                Ok::<_, std::convert::Infallible>(proxy.handle(&client, req).await)
-            }
-        });
-        let mut conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .max_header_list_size(MAX_HEADER_BYTES as u32)
-            // hyper's defaults are 200 streams with up to 400 KB queued
-            // for each: a slow reader could make gale hold 80 MB.
-            .max_concurrent_streams(MAX_H2_STREAMS)
-            .max_send_buf_size(H2_SEND_BUFFER)
-            .initial_stream_window_size(H2_STREAM_WINDOW)
-            .initial_connection_window_size(H2_CONNECTION_WINDOW)
-            .serve_connection(TokioIo::new(io), service);
-        async move {
-            // Counted until the connection ends.
-            let _charge = charge;
-            let idle = tokio::select! {
-                r = &mut conn => {
-                    if let Err(e) = r {
-                        tracing::debug!(client = %peer, "http/2 connection: {e}");
-                    }
-                    return;
-                }
-                _ = shutdown.cancelled() => false,
-                _ = activity.idle_for(header_timeout) => {
-                    tracing::debug!(client = %peer, "closing an idle http/2 connection");
-                    true
-                }
-            };
-            // Draining or idle: finish the streams in flight, then close.
-            // Idle, nothing is in flight: a client that does not take the
-            // GOAWAY within the header timeout is not waited for longer.
-            // (Draining is bounded by the server's drain_timeout.)
-            std::pin::Pin::new(&mut conn).graceful_shutdown();
-            if idle {
-                let _ = tokio::time::timeout(header_timeout, &mut conn).await;
-            } else {
-                let _ = (&mut conn).await;
-            }
-        }
-    }
-}
-
-/// Requests on one HTTP/2 connection, so that a connection without any
-/// can be closed: a client that answers keep-alive pings would otherwise
-/// hold it, and its slot of `max_sessions`, for ever.
-#[derive(Default)]
-struct Activity {
-    in_flight: std::sync::atomic::AtomicUsize,
-    /// A request started since the last look.
-    started: std::sync::atomic::AtomicBool,
-}
-
-struct Busy(Arc<Activity>);
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        self.0
-            .in_flight
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-impl Activity {
-    fn start(self: &Arc<Self>) -> Busy {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.in_flight.fetch_add(1, Relaxed);
-        self.started.store(true, Relaxed);
-        Busy(self.clone())
-    }
-
-    /// Returns once a whole `period` has passed with no request in flight
-    /// and none started.
-    async fn idle_for(&self, period: Duration) {
-        use std::sync::atomic::Ordering::Relaxed;
-        loop {
-            tokio::time::sleep(period).await;
-            if !self.started.swap(false, Relaxed) && self.in_flight.load(Relaxed) == 0 {
-                return;
-            }
-        }
+        let setup = http2::Setup {
+            proxy: self.proxy,
+            origin: headers::ClientOrigin::new(self.peer, self.https),
+            header_timeout: self.header_timeout,
+            shutdown: self.shutdown,
+            buffers: self.buffers,
+        };
+        http2::serve(io, setup)
     }
 }
 

@@ -1,6 +1,6 @@
 //! A connection with bytes already read from it put back in front, so
-//! that hyper's HTTP/2 server sees the preface gale read while looking
-//! for an HTTP/1 request.
+//! that the HTTP/2 server sees the preface gale read while looking for
+//! an HTTP/1 request.
 
 use std::io;
 use std::pin::Pin;

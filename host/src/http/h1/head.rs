@@ -120,6 +120,14 @@ pub struct Response {
     connection: bool,
 }
 
+impl Response {
+    /// Whether the field `name` of this head (parsed from `buf`) stays on
+    /// its hop: hop-by-hop, or named by a `Connection` field.
+    pub fn hop_by_hop(&self, buf: &[u8], name: &[u8]) -> bool {
+        dropped(buf, &self.fields, self.connection, name)
+    }
+}
+
 /// Where `part` lies in `buf`. httparse hands back slices of the buffer,
 /// except for some empty ones (a status line without a reason phrase is a
 /// static ""): those are the empty range.
@@ -445,8 +453,27 @@ pub fn write_request(
         field(out, b"upgrade", &buf[upgrade.clone()]);
         field(out, b"connection", b"upgrade");
     }
+    write_proxy_fields(
+        out,
+        xff.iter().flatten().copied(),
+        forwarded.iter().flatten().copied(),
+        origin,
+        host,
+    );
+}
+
+/// End a request head for a backend: the proxy fields naming the client
+/// after the values earlier proxies gave (`xff`, `forwarded`), then the
+/// blank line. Both engines' request heads end here.
+pub fn write_proxy_fields<'a>(
+    out: &mut Vec<u8>,
+    xff: impl Iterator<Item = &'a [u8]>,
+    forwarded: impl Iterator<Item = &'a [u8]>,
+    origin: &ClientOrigin,
+    host: &[u8],
+) {
     out.extend_from_slice(b"x-forwarded-for: ");
-    for earlier in xff.iter().flatten() {
+    for earlier in xff {
         out.extend_from_slice(earlier);
         out.extend_from_slice(b", ");
     }
@@ -454,7 +481,7 @@ pub fn write_request(
     out.extend_from_slice(b"\r\nx-forwarded-proto: ");
     out.extend_from_slice(origin.proto().as_bytes());
     out.extend_from_slice(b"\r\nforwarded: ");
-    for earlier in forwarded.iter().flatten() {
+    for earlier in forwarded {
         out.extend_from_slice(earlier);
         out.extend_from_slice(b", ");
     }
@@ -539,7 +566,7 @@ pub fn write_local(
     out.extend_from_slice(text.as_bytes());
 }
 
-fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+pub fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);

@@ -4,7 +4,8 @@
 //! the response, bytes in and bytes out, with no task, channel or header
 //! map per request. (Going through hyper's server and client cost about
 //! 1.5x HAProxy's CPU per request; bench/http.sh measures both.)
-//! HTTP/2 clients still go through hyper (see `super::Connection`).
+//! HTTP/2 streams are proxied through this engine's backend side too
+//! (`super::http2`).
 //!
 //! Retry rules are [`crate::attempts::HttpTries`]'s, as for HTTP/2: a
 //! connection that could not be made, or a request head that could not
@@ -32,7 +33,8 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use head::{Framing, Refusal};
-use transfer::{BodyError, read_response_head, relay_body, send_body, timeout_unless_ready};
+use transfer::{BodyError, relay_body, send_body};
+pub(in crate::http) use transfer::{read_response_head, timeout_unless_ready};
 use wait::Next;
 
 use super::headers::ClientOrigin;
@@ -48,7 +50,7 @@ use crate::plugin::types::{HttpRequest, Protocol, RequestContext};
 const READ_SIZE: usize = 16 * 1024;
 /// Read size for backend responses: a head and a 16 KiB body arrive in
 /// one read.
-const BACKEND_READ_SIZE: usize = 32 * 1024;
+pub(crate) const BACKEND_READ_SIZE: usize = 32 * 1024;
 /// After a reply that leaves request bytes unread, gale keeps reading
 /// (and discarding) this long before it closes, so the close does not
 /// reset the connection under the reply.
@@ -436,7 +438,7 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
         keepalive: Duration,
         drops: impl Fn(u16) -> bool,
     ) -> Outcome {
-        let mut backend = match self.proxy.h1_idle.checkout(addr, keepalive) {
+        let mut backend = match self.proxy.idle.checkout(addr, keepalive) {
             Some(stream) => stream,
             None => match crate::connect::connect(addr, l.connect_timeout).await {
                 Ok(stream) => stream,
@@ -539,7 +541,7 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
         match relayed {
             Ok(clean) => {
                 if clean && !self.unread_body && self.work.resp.reusable {
-                    self.proxy.h1_idle.release(addr, backend, keepalive);
+                    self.proxy.idle.release(addr, backend, keepalive);
                 }
                 Outcome::Answered(!close)
             }
@@ -699,10 +701,5 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
 
 /// `reached`: the backend may have acted on the request.
 fn failed(why: String, reached: bool) -> Outcome {
-    let reason = if reached {
-        FailureReason::Exchange
-    } else {
-        FailureReason::Connect
-    };
-    Outcome::Failed(Failure::new(reason, why))
+    Outcome::Failed(Failure::before_response(why, reached))
 }

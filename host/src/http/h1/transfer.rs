@@ -18,7 +18,7 @@ use crate::http::MAX_HEADER_BYTES;
 /// with room, the usual case, costs neither (two clock reads and two
 /// timer entries per kept-alive request were ~2 % of its CPU). The time
 /// allowed runs from that first poll, microseconds after the call.
-pub(super) async fn timeout_unless_ready<F: std::future::Future>(
+pub(in crate::http) async fn timeout_unless_ready<F: std::future::Future>(
     limit: Duration,
     fut: F,
 ) -> Result<F::Output, tokio::time::error::Elapsed> {
@@ -118,7 +118,7 @@ pub(super) async fn send_body<C: AsyncRead + AsyncWrite + Unpin>(
 /// Read the backend's response head into `rbuf`, passing over interim
 /// (1xx) responses.
 #[inline]
-pub(super) async fn read_response_head(
+pub(in crate::http) async fn read_response_head(
     backend: &mut ReadHalf<'_>,
     rbuf: &mut BytesMut,
     resp: &mut head::Response,
