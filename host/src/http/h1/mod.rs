@@ -33,8 +33,10 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use head::{Framing, Refusal};
-use transfer::{BodyError, relay_body, send_body};
-pub(in crate::http) use transfer::{read_response_head, timeout_unless_ready};
+pub(in crate::http) use transfer::{
+    BodyAndHead, BodyError, body_and_head, read_response_head, timeout_unless_ready,
+};
+use transfer::{relay_body, send_body};
 use wait::Next;
 
 use super::headers::ClientOrigin;
@@ -476,30 +478,16 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
             );
             let w = &mut *self.work;
             let recv = read_response_head(&mut from_backend, &mut w.rbuf, &mut w.resp, asked);
-            tokio::pin!(send, recv);
-            // The backend may answer before it has the whole body (a 413,
-            // say): that answer goes to the client, which is then closed.
-            let early = tokio::select! {
-                sent = &mut send => match sent {
-                    Ok(()) => {
-                        self.unread_body = false;
-                        None
-                    }
-                    Err(BodyError::Client(refusal, why)) => {
-                        return Outcome::ClientFailed(refusal, why);
-                    }
-                    Err(BodyError::Backend(why)) => {
-                        match tokio::time::timeout(l.response_timeout, &mut recv).await {
-                            answered @ Ok(Ok(())) => Some(answered),
-                            _ => return failed(format!("sending the body: {why}"), true),
-                        }
-                    }
-                },
-                head = &mut recv => Some(Ok(head)),
-            };
-            match early {
-                Some(response) => response,
-                None => tokio::time::timeout(l.response_timeout, &mut recv).await,
+            // An early answer goes to the client, which is then closed.
+            match body_and_head(send, recv, l.response_timeout).await {
+                BodyAndHead::Head(head, whole) => {
+                    self.unread_body = !whole;
+                    head
+                }
+                BodyAndHead::Client((refusal, why)) => return Outcome::ClientFailed(refusal, why),
+                BodyAndHead::Backend(why) => {
+                    return failed(format!("sending the body: {why}"), true);
+                }
             }
         };
         match response {

@@ -30,10 +30,54 @@ pub(in crate::http) async fn timeout_unless_ready<F: std::future::Future>(
     }
 }
 
-/// Why a body could not be moved.
-pub(super) enum BodyError {
-    Client(Option<Refusal>, String),
+/// Why a request body could not be sent on: the client's side (what
+/// each engine tells it, `C`), or the backend's.
+pub(in crate::http) enum BodyError<C> {
+    Client(C),
     Backend(String),
+}
+
+/// The HTTP/1 engine's client failures: the answer, if any, and why.
+pub(super) type ClientBroke = (Option<Refusal>, String);
+
+/// How sending a request body beside waiting for the response head ended.
+pub(in crate::http) enum BodyAndHead<C> {
+    /// The response head came, failed or timed out; `whole`: the body
+    /// had gone whole before.
+    Head(
+        Result<Result<(), String>, tokio::time::error::Elapsed>,
+        bool,
+    ),
+    /// The client's side of the body failed.
+    Client(C),
+    /// The body could not be written and no response head followed: the
+    /// backend may have acted on part of it.
+    Backend(String),
+}
+
+/// Send a request body (`send`) while reading the response head (`recv`,
+/// within `response_timeout` once the body is sent): the backend may
+/// answer before it has the whole body (a 413, say), and that answer goes
+/// to the client. Both engines' exchanges with a body go through here.
+pub(in crate::http) async fn body_and_head<C>(
+    send: impl std::future::Future<Output = Result<(), BodyError<C>>>,
+    recv: impl std::future::Future<Output = Result<(), String>>,
+    response_timeout: Duration,
+) -> BodyAndHead<C> {
+    tokio::pin!(send, recv);
+    tokio::select! {
+        sent = &mut send => match sent {
+            Ok(()) => BodyAndHead::Head(tokio::time::timeout(response_timeout, &mut recv).await, true),
+            Err(BodyError::Client(c)) => BodyAndHead::Client(c),
+            Err(BodyError::Backend(why)) => {
+                match tokio::time::timeout(response_timeout, &mut recv).await {
+                    answered @ Ok(Ok(())) => BodyAndHead::Head(answered, false),
+                    _ => BodyAndHead::Backend(why),
+                }
+            }
+        },
+        head = &mut recv => BodyAndHead::Head(Ok(head), false),
+    }
 }
 
 /// Stream the request body from the client (what is already in `buf`
@@ -46,7 +90,7 @@ pub(super) async fn send_body<C: AsyncRead + AsyncWrite + Unpin>(
     framing: Framing,
     expect_continue: bool,
     idle: Duration,
-) -> Result<(), BodyError> {
+) -> Result<(), BodyError<ClientBroke>> {
     // The client waits for this before it sends the body; gale answers it
     // itself and does not pass `Expect` on.
     if expect_continue && buf.is_empty() {
@@ -55,7 +99,10 @@ pub(super) async fn send_body<C: AsyncRead + AsyncWrite + Unpin>(
             client.flush().await
         };
         if !matches!(tokio::time::timeout(idle, write).await, Ok(Ok(()))) {
-            return Err(BodyError::Client(None, "went away before its body".into()));
+            return Err(BodyError::Client((
+                None,
+                "went away before its body".into(),
+            )));
         }
     }
     let mut left = match framing {
@@ -72,10 +119,10 @@ pub(super) async fn send_body<C: AsyncRead + AsyncWrite + Unpin>(
             }
             Framing::Chunked => {
                 let n = chunks.scan(buf, |_| {}).map_err(|e| {
-                    BodyError::Client(
+                    BodyError::Client((
                         Some(Refusal::Malformed("malformed chunked body\n")),
                         e.to_string(),
-                    )
+                    ))
                 })?;
                 (n, chunks.done())
             }
@@ -99,17 +146,17 @@ pub(super) async fn send_body<C: AsyncRead + AsyncWrite + Unpin>(
         buf.reserve(READ_SIZE);
         match tokio::time::timeout(idle, client.read_buf(buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) => {
-                return Err(BodyError::Client(
+                return Err(BodyError::Client((
                     None,
                     "closed the connection inside its body".into(),
-                ));
+                )));
             }
             Ok(Ok(_)) => {}
             Err(_) => {
-                return Err(BodyError::Client(
+                return Err(BodyError::Client((
                     Some(Refusal::BodyTimedOut),
                     format!("sent no body bytes for {idle:?} (idle_timeout)"),
-                ));
+                )));
             }
         }
     }

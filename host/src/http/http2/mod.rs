@@ -155,29 +155,3 @@ where
         .await;
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The size of what `f` returns, without calling it.
-    fn size_of_return<A, R>(_: impl FnOnce(A) -> R) -> usize {
-        std::mem::size_of::<R>()
-    }
-
-    /// An idle HTTP/2 connection's future is most of what it costs beside
-    /// h2's own state (bench/idle.py): h2's connection is 1,312 bytes of
-    /// its 1,776 (release build, as the tests run). Its task (tokio's
-    /// header and trailer, ~120 bytes more) fits the allocator's 2,048
-    /// class up to ~1,900; kept the handshake beside the connection (not
-    /// boxed) it was 2,984.
-    #[test]
-    fn an_idle_http2_connection_keeps_a_small_future() {
-        type Io = crate::http::metered::Metered<tokio::net::TcpStream>;
-        let size = size_of_return(|(io, setup): (Io, Setup)| serve(io, setup));
-        assert!(
-            size <= 1_800,
-            "an HTTP/2 connection's future is {size} bytes"
-        );
-    }
-}

@@ -31,7 +31,10 @@ use crate::config::{BackendConfig, ListenerConfig};
 use crate::generation::ip_address;
 use crate::http::h1::chunked::Chunked;
 use crate::http::h1::head::{self, Framing};
-use crate::http::h1::{BACKEND_READ_SIZE, read_response_head, timeout_unless_ready};
+use crate::http::h1::{
+    BACKEND_READ_SIZE, BodyAndHead, BodyError, body_and_head, read_response_head,
+    timeout_unless_ready,
+};
 use crate::http::headers::{self, ClientOrigin};
 use crate::http::proxy::{Proxy, RETRY_AFTER_SECS, is_idempotent, log_failure, loggable};
 use crate::plugin::types::{HttpRequest, Protocol, RequestContext};
@@ -426,28 +429,15 @@ impl<'a> Exchange<'a> {
             self.touched = true;
             let send = send_body(&mut self.recv, &mut to_backend, self.body, idle);
             let recv = read_response_head(&mut from_backend, &mut rbuf, &mut resp, asked);
-            tokio::pin!(send, recv);
-            // The backend may answer before it has the whole body (a 413,
-            // say): that answer goes to the client.
-            let early = tokio::select! {
-                sent = &mut send => match sent {
-                    Ok(()) => {
-                        self.sent_whole = true;
-                        None
-                    }
-                    Err(BodyError::Client(reply)) => return Attempt::ClientFailed(reply),
-                    Err(BodyError::Backend(why)) => {
-                        match tokio::time::timeout(l.response_timeout, &mut recv).await {
-                            answered @ Ok(Ok(())) => Some(answered),
-                            _ => return failed(format!("sending the body: {why}"), true),
-                        }
-                    }
-                },
-                head = &mut recv => Some(Ok(head)),
-            };
-            match early {
-                Some(response) => response,
-                None => tokio::time::timeout(l.response_timeout, &mut recv).await,
+            match body_and_head(send, recv, l.response_timeout).await {
+                BodyAndHead::Head(head, whole) => {
+                    self.sent_whole = whole;
+                    head
+                }
+                BodyAndHead::Client(reply) => return Attempt::ClientFailed(reply),
+                BodyAndHead::Backend(why) => {
+                    return failed(format!("sending the body: {why}"), true);
+                }
             }
         };
         match response {
@@ -466,13 +456,6 @@ fn failed(why: String, reached: bool) -> Attempt {
     Attempt::Failed(Failure::before_response(why, reached))
 }
 
-/// Why a request body could not be sent on.
-enum BodyError {
-    /// The client's side: the reply it gets (none for a reset stream).
-    Client(Option<HttpReply>),
-    Backend(String),
-}
-
 /// Stream the client's request body to the backend, framed as `body`
 /// says, handing h2 its flow-control window back as the bytes leave.
 async fn send_body(
@@ -480,7 +463,7 @@ async fn send_body(
     to_backend: &mut WriteHalf<'_>,
     body: RequestBody,
     idle: Duration,
-) -> Result<(), BodyError> {
+) -> Result<(), BodyError<Option<HttpReply>>> {
     let chunked = body == RequestBody::Chunked;
     loop {
         let data = match tokio::time::timeout(idle, recv.data()).await {
