@@ -14,38 +14,23 @@ use tokio::net::TcpStream;
 /// Idle connections kept per backend address.
 const MAX_IDLE: usize = 256;
 
-/// A backend connection that can say whether it may take a request now.
-pub trait Reusable {
-    /// Still open, with nothing unasked waiting on it.
-    fn reusable(&self) -> bool;
+/// Whether a backend connection may take a request now: the backend has
+/// not closed it (nor sent anything unasked). Costs no system call unless
+/// the socket was seen readable since its last read.
+fn reusable(conn: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(conn.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
-/// A raw stream: the backend has not closed it (nor sent anything
-/// unasked). Costs no system call unless the socket was seen readable
-/// since its last read.
-impl Reusable for TcpStream {
-    fn reusable(&self) -> bool {
-        let mut byte = [0u8; 1];
-        matches!(self.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-    }
+#[derive(Default)]
+pub struct IdlePool {
+    idle: Mutex<HashMap<SocketAddr, Vec<(TcpStream, Instant)>>>,
 }
 
-pub struct IdlePool<C> {
-    idle: Mutex<HashMap<SocketAddr, Vec<(C, Instant)>>>,
-}
-
-impl<C> Default for IdlePool<C> {
-    fn default() -> Self {
-        IdlePool {
-            idle: Mutex::default(),
-        }
-    }
-}
-
-impl<C: Reusable> IdlePool<C> {
+impl IdlePool {
     /// The newest idle connection to `addr` that is still reusable and
     /// was idle for less than `keepalive`.
-    pub fn checkout(&self, addr: SocketAddr, keepalive: Duration) -> Option<C> {
+    pub fn checkout(&self, addr: SocketAddr, keepalive: Duration) -> Option<TcpStream> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let conns = idle.get_mut(&addr)?;
         while let Some((conn, since)) = conns.pop() {
@@ -54,7 +39,7 @@ impl<C: Reusable> IdlePool<C> {
                 conns.clear();
                 return None;
             }
-            if conn.reusable() {
+            if reusable(&conn) {
                 return Some(conn);
             }
         }
@@ -63,7 +48,7 @@ impl<C: Reusable> IdlePool<C> {
 
     /// Keep `conn`, whose last response ended cleanly, for reuse within
     /// `keepalive`.
-    pub fn release(&self, addr: SocketAddr, conn: C, keepalive: Duration) {
+    pub fn release(&self, addr: SocketAddr, conn: TcpStream, keepalive: Duration) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let conns = idle.entry(addr).or_default();
         // The oldest first: after a burst, the connections no request took

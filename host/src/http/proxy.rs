@@ -18,7 +18,7 @@ pub struct Proxy {
     pub(super) name: String,
     pub(super) current: Arc<ArcSwap<Generation>>,
     /// Idle backend connections, for both engines' requests.
-    pub(super) idle: super::idle::IdlePool<tokio::net::TcpStream>,
+    pub(super) idle: super::idle::IdlePool,
 }
 
 impl Proxy {

@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use head::{Framing, Refusal};
 pub(in crate::http) use transfer::{
-    BodyAndHead, BodyError, body_and_head, read_response_head, timeout_unless_ready,
+    BodyAndHead, BodyError, body_and_head, read_body, read_response_head, timeout_unless_ready,
 };
 use transfer::{relay_body, send_body};
 use wait::Next;

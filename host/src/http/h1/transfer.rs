@@ -256,23 +256,33 @@ pub(super) async fn relay_body<C: AsyncWrite + Unpin>(
             // of step.
             return Ok(rbuf.is_empty());
         }
-        rbuf.reserve(BACKEND_READ_SIZE);
-        match tokio::time::timeout(idle, backend.read_buf(rbuf)).await {
-            Ok(Ok(0)) if framing == Framing::Close => {
-                write_two(client, &[], &[], true, idle)
-                    .await
-                    .map_err(|e| format!("writing to the client: {e}"))?;
-                return Ok(false);
-            }
-            Ok(Ok(0)) => return Err("the backend closed the connection inside the body".into()),
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(format!("reading the body from the backend: {e}")),
-            Err(_) => {
-                return Err(format!(
-                    "no body bytes from the backend for {idle:?} (idle_timeout)"
-                ));
-            }
+        if !read_body(backend, rbuf, framing, idle).await? {
+            write_two(client, &[], &[], true, idle)
+                .await
+                .map_err(|e| format!("writing to the client: {e}"))?;
+            return Ok(false);
         }
+    }
+}
+
+/// Read more of a response body into `rbuf`, for either engine's relay.
+/// `Ok(false)`: the backend closed the connection, which ends a body
+/// framed by the close (any other body it cuts short: an error).
+pub(in crate::http) async fn read_body<R: AsyncRead + Unpin>(
+    backend: &mut R,
+    rbuf: &mut BytesMut,
+    framing: Framing,
+    idle: Duration,
+) -> Result<bool, String> {
+    rbuf.reserve(BACKEND_READ_SIZE);
+    match tokio::time::timeout(idle, backend.read_buf(rbuf)).await {
+        Ok(Ok(0)) if framing == Framing::Close => Ok(false),
+        Ok(Ok(0)) => Err("the backend closed the connection inside the body".into()),
+        Ok(Ok(_)) => Ok(true),
+        Ok(Err(e)) => Err(format!("reading the body from the backend: {e}")),
+        Err(_) => Err(format!(
+            "no body bytes from the backend for {idle:?} (idle_timeout)"
+        )),
     }
 }
 

@@ -21,7 +21,7 @@ use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, DATE, EXPECT, RETRY_AFTER};
 use http::{HeaderValue, Method, StatusCode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::WriteHalf;
 
@@ -32,8 +32,7 @@ use crate::generation::ip_address;
 use crate::http::h1::chunked::Chunked;
 use crate::http::h1::head::{self, Framing};
 use crate::http::h1::{
-    BACKEND_READ_SIZE, BodyAndHead, BodyError, body_and_head, read_response_head,
-    timeout_unless_ready,
+    BodyAndHead, BodyError, body_and_head, read_body, read_response_head, timeout_unless_ready,
 };
 use crate::http::headers::{self, ClientOrigin};
 use crate::http::proxy::{Proxy, RETRY_AFTER_SECS, is_idempotent, log_failure, loggable};
@@ -599,25 +598,14 @@ async fn relay_body(
             // of step.
             return Ok(rbuf.is_empty());
         }
-        rbuf.reserve(BACKEND_READ_SIZE);
-        let read = tokio::select! {
+        let more = tokio::select! {
             biased;
-            read = tokio::time::timeout(idle, backend.read_buf(rbuf)) => read,
+            more = read_body(backend, rbuf, framing, idle) => more?,
             _ = poll_fn(|cx| send.poll_reset(cx)) => return Err("the client reset the stream".into()),
         };
-        match read {
-            Ok(Ok(0)) if framing == Framing::Close => {
-                send_data(send, Bytes::new(), true, idle).await?;
-                return Ok(false);
-            }
-            Ok(Ok(0)) => return Err("the backend closed the connection inside the body".into()),
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(format!("reading the body from the backend: {e}")),
-            Err(_) => {
-                return Err(format!(
-                    "no body bytes from the backend for {idle:?} (idle_timeout)"
-                ));
-            }
+        if !more {
+            send_data(send, Bytes::new(), true, idle).await?;
+            return Ok(false);
         }
     }
 }
