@@ -220,29 +220,7 @@ fn real_nginx_backends_share_requests_and_a_killed_one_is_skipped() {
 fn https_offers_http2_and_http1_by_alpn() {
     let a = HttpBackend::start("a", Behaviour::Respond);
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let made = std::process::Command::new(support::process::require("openssl"))
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    let (cert, key) = support::process::self_signed(dir.path());
     let gale = Gale::start(
         &web(&[("a", a.address, 1)])
             .set("listeners.web.tls.cert", cert.to_str().unwrap())

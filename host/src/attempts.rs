@@ -21,11 +21,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use prometheus_client::metrics::counter::Counter;
-
 use crate::config::{BackendConfig, RetryOn};
+use crate::generation::ListenerCounters;
 use crate::plugin::LiveCounters;
 use crate::pool::{Depth, Pool};
+use crate::queue::Waited;
 
 /// Why an attempt at a backend failed: the `reason` label of
 /// `gale_backend_failures_total`.
@@ -285,22 +285,73 @@ pub struct Attempts<'p> {
     pool: &'p Pool,
     order: &'p [u32],
     next: usize,
-    retries: &'p Counter,
+    counters: &'p ListenerCounters,
     tried: String,
+    /// Some backend was tried (not only skipped as full).
+    tried_one: bool,
+    /// When every backend was first found full, if it was.
+    queued_at: Option<Instant>,
 }
 
 impl<'p> Attempts<'p> {
-    /// At most `max_attempts` of `order`; attempts after the first count
-    /// on `retries`.
-    pub fn new(pool: &'p Pool, order: &'p [u32], max_attempts: u32, retries: &'p Counter) -> Self {
+    /// At most `max_attempts` of `order`, for a session or request of the
+    /// listener with `counters` (attempts after the first count on its
+    /// `retries`; its queue holds the session when every backend is full).
+    pub fn new(
+        pool: &'p Pool,
+        order: &'p [u32],
+        max_attempts: u32,
+        counters: &'p ListenerCounters,
+    ) -> Self {
         let order = &order[..order.len().min(max_attempts as usize)];
         Attempts {
             pool,
             order,
             next: 0,
-            retries,
+            counters,
             tried: String::new(),
+            tried_one: false,
+            queued_at: None,
         }
+    }
+
+    /// Every backend of the order was at its `max_sessions`, none tried:
+    /// wait in the listener's queue for a slot (see [`crate::queue`]),
+    /// then go over the order again. False (refuse the client): some
+    /// backend was tried and failed, no backend is in the order (an
+    /// outage, not a full pool), the queue is full or `queue_timeout`
+    /// passed since the first wait.
+    pub async fn wait_for_slot(&mut self) -> bool {
+        if self.tried_one || self.order.is_empty() {
+            return false;
+        }
+        let queue = &self.counters.queue;
+        let since = *self.queued_at.get_or_insert_with(Instant::now);
+        let (pool, order) = (self.pool, self.order);
+        let has_room = || {
+            order.iter().any(|&id| {
+                let id = id as usize;
+                pool.live().has_room(id, pool.backend(id).max_sessions)
+            })
+        };
+        let waited = queue
+            .wait(pool.live().slots(), since + queue.timeout, has_room)
+            .await;
+        let _ = write!(
+            self.tried,
+            "queued {}ms: {}; ",
+            since.elapsed().as_millis(),
+            match waited {
+                Waited::Freed => "a slot freed",
+                Waited::TimedOut => "queue_timeout",
+                Waited::Full => "queue full",
+            }
+        );
+        if waited == Waited::Freed {
+            self.next = 0;
+            return true;
+        }
+        false
     }
 
     /// `turn`'s backend failed: count it, report it to the pool's health
@@ -350,6 +401,9 @@ impl<'p> Attempts<'p> {
     /// (an HTTP request logs only its failures: formatting on every
     /// request cost 5 % of its CPU); see [`Attempts::succeeded_noted`].
     pub fn succeeded(&mut self, turn: &Turn<'p>) {
+        if self.queued_at.is_some() {
+            self.counters.queue.served.inc();
+        }
         self.pool.count_session(turn.id);
         self.pool
             .record_traffic_success(turn.id, turn.started, Depth::Session);
@@ -381,12 +435,13 @@ impl<'p> Iterator for Attempts<'p> {
         while let Some(&id) = self.order.get(self.next) {
             let id = id as usize;
             if self.next > 0 {
-                self.retries.inc();
+                self.counters.retries.inc();
             }
             self.next += 1;
             let backend = self.pool.backend(id);
             match InFlight::enter(self.pool.live(), id, backend.max_sessions) {
                 Some(in_flight) => {
+                    self.tried_one = true;
                     return Some(Turn {
                         id,
                         backend,

@@ -8,12 +8,13 @@ use std::sync::Arc;
 use crate::config::Protocol as ListenerProtocol;
 use crate::config::{Config, ListenerConfig};
 use crate::metrics::{
-    BytesLabels, ErrorReplyLabels, ListenerLabels, Metrics, PregreetLabels, RequestLabels,
-    SessionLabels,
+    BytesLabels, ErrorReplyLabels, ListenerLabels, Metrics, PregreetLabels, QueueLabels,
+    RequestLabels, SessionLabels,
 };
 use crate::plugin::types::{IpAddress, ProbeResult, ProbeSource, Protocol, RequestContext};
 use crate::plugin::{DnsPlugin, PluginError, PluginRuntime};
 use crate::pool::Pool;
+use crate::queue::Queue;
 use prometheus_client::metrics::counter::Counter;
 
 pub struct Generation {
@@ -41,6 +42,8 @@ pub struct ListenerCounters {
     pub statuses: [Counter; 5],
     /// 421 replies (SMTP listeners only).
     pub replied_421: Counter,
+    /// Where sessions wait while every backend is at `max_sessions`.
+    pub queue: Queue,
     metrics: Arc<Metrics>,
     listener: String,
 }
@@ -48,8 +51,11 @@ pub struct ListenerCounters {
 impl ListenerCounters {
     /// The series of a listener's protocol; the others are counters
     /// nobody exports (an SMTP listener has no HTTP statuses).
-    fn new(metrics: &Arc<Metrics>, listener: &str, protocol: ListenerProtocol) -> Self {
-        let smtp = protocol == ListenerProtocol::Smtp;
+    fn new(metrics: &Arc<Metrics>, l: &ListenerConfig) -> Self {
+        let listener = l.name.as_str();
+        // Session counters and relayed bytes: SMTP and tcp listeners.
+        let smtp = l.protocol != ListenerProtocol::Http;
+        let replies_421 = l.protocol == ListenerProtocol::Smtp;
         let session = |outcome: &str| {
             if !smtp {
                 return Counter::default();
@@ -88,6 +94,15 @@ impl ListenerCounters {
                 })
                 .clone()
         };
+        let queue_outcome = |outcome: &str| {
+            metrics
+                .queue_outcomes
+                .get_or_create(&QueueLabels {
+                    listener: listener.to_string(),
+                    outcome: outcome.to_string(),
+                })
+                .clone()
+        };
         ListenerCounters {
             relayed: session("relayed"),
             deferred: session("deferred"),
@@ -101,7 +116,7 @@ impl ListenerCounters {
             bytes_up: bytes("up"),
             bytes_down: bytes("down"),
             statuses: [status(1), status(2), status(3), status(4), status(5)],
-            replied_421: if smtp {
+            replied_421: if replies_421 {
                 metrics
                     .error_replies
                     .get_or_create(&ErrorReplyLabels {
@@ -111,6 +126,20 @@ impl ListenerCounters {
                     .clone()
             } else {
                 Counter::default()
+            },
+            queue: Queue {
+                size: l.queue_size,
+                timeout: l.queue_timeout,
+                waiting: metrics
+                    .queued
+                    .get_or_create(&ListenerLabels {
+                        listener: listener.to_string(),
+                    })
+                    .clone(),
+                served: queue_outcome("served"),
+                timed_out: queue_outcome("timeout"),
+                full: queue_outcome("full"),
+                gone: queue_outcome("gone"),
             },
             metrics: metrics.clone(),
             listener: listener.to_string(),
@@ -215,7 +244,7 @@ impl Generation {
         let listener_counters = config
             .listeners
             .iter()
-            .map(|l| ListenerCounters::new(metrics, &l.name, l.protocol))
+            .map(|l| ListenerCounters::new(metrics, l))
             .collect();
         Ok(Generation {
             id,

@@ -11,10 +11,14 @@
 //!   WebSockets).
 //! - [`attempts`]: trying backends in the balancer's order, the request
 //!   policy SMTP and both HTTP engines share.
+//! - [`queue`]: the short wait for a backend slot when every backend is at
+//!   `max_sessions`.
 //! - [`generation`]: one consistent set of config, pools and plugins.
 //! - [`smtp`]: SMTP listeners (retry while holding the client, 421).
 //! - [`health`]: active health probes.
 //! - [`http`]: HTTP listeners (reverse proxy).
+//! - [`tcp`]: tcp listeners (bytes as they are: implicit TLS passed
+//!   through, LMTP).
 //! - [`dns`]: DNS publishing of healthy members (embedded server).
 //! - [`listener`]: the accept loop both protocols share.
 //! - [`metrics`]: Prometheus metrics.
@@ -41,8 +45,10 @@ pub mod metrics;
 pub mod plugin;
 pub mod pool;
 pub mod privileges;
+pub mod queue;
 pub mod relay;
 pub mod reload;
 pub mod scaffold;
 pub mod server;
 pub mod smtp;
+pub mod tcp;

@@ -1,4 +1,4 @@
-//! The accept loop shared by SMTP and HTTP listeners: at most
+//! The accept loop shared by SMTP, HTTP and tcp listeners: at most
 //! `max_sessions` connections at once and `max_sessions_per_client` from
 //! one client IP (read from the current generation, so a reload changes
 //! them on a kept socket), back-off on accept errors, and every
@@ -381,6 +381,18 @@ impl Drop for FromClient {
                 open.remove(&self.1);
             }
         }
+    }
+}
+
+/// Until a client that has been sent nothing yet (a queued SMTP or tcp
+/// session) closes its side: a close is all it can say. Bytes it sends
+/// first stay unread (an SMTP pregreet check reads them later); after
+/// them only the caller's own deadline ends the wait.
+pub async fn hung_up(client: &TcpStream) {
+    let mut byte = [0u8; 1];
+    match client.peek(&mut byte).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
     }
 }
 

@@ -69,6 +69,13 @@ pub struct PregreetLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    pub listener: String,
+    /// `served`, `timeout`, `full` or `gone`.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BytesLabels {
     pub listener: String,
     /// `up` (client to backend) or `down`.
@@ -149,6 +156,10 @@ pub struct Metrics {
     pub retries: Family<ListenerLabels, Counter>,
     /// Bytes a listener's connections hold in buffers (see `buffers`).
     pub listener_buffers: Family<ListenerLabels, Gauge>,
+    /// Sessions or requests waiting for a backend slot now (`queue.rs`).
+    pub queued: Family<ListenerLabels, Gauge>,
+    /// How waits in the queue ended.
+    pub queue_outcomes: Family<QueueLabels, Counter>,
     /// HTTP/1.1 connections switched to another protocol (WebSocket).
     pub upgrades: Family<ListenerLabels, Counter>,
     /// Of those, the ones open now.
@@ -278,6 +289,18 @@ impl Metrics {
             "Bytes a listener's connections hold in buffers, counted against its max_buffer_mb",
             listener_buffers.clone(),
         );
+        let queued = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "queued_sessions",
+            "Sessions or requests waiting for a backend slot (every backend at max_sessions)",
+            queued.clone(),
+        );
+        let queue_outcomes = Family::<QueueLabels, Counter>::default();
+        registry.register(
+            "queue_outcomes",
+            "How waits for a backend slot ended: served, timeout (queue_timeout), full (queue_size), gone (the client left)",
+            queue_outcomes.clone(),
+        );
         let upgrades = Family::<ListenerLabels, Counter>::default();
         registry.register(
             "http_upgrades",
@@ -327,6 +350,8 @@ impl Metrics {
             ejections_capped,
             retries,
             listener_buffers,
+            queued,
+            queue_outcomes,
             upgrades,
             upgraded_open,
             probes,

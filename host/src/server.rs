@@ -165,8 +165,9 @@ impl Server {
                     user_timeout: Some(crate::http::DEAD_PEER_TIMEOUT),
                     client_speaks_first: true,
                 },
-                // gale greets first.
-                Protocol::Smtp => crate::listener::ClientSockets {
+                // gale greets first; behind a tcp listener the backend may
+                // (LMTP), and a deferred accept would stall its greeting.
+                Protocol::Smtp | Protocol::Tcp => crate::listener::ClientSockets {
                     user_timeout: None,
                     client_speaks_first: false,
                 },
@@ -213,6 +214,7 @@ impl Server {
             match b.protocol {
                 Protocol::Smtp => self.background.spawn(crate::smtp::serve(socket, accept)),
                 Protocol::Http => self.background.spawn(crate::http::serve(socket, accept)),
+                Protocol::Tcp => self.background.spawn(crate::tcp::serve(socket, accept)),
             };
             // A listener that moved: the old socket stops in retire_listeners.
             listeners.push(b);

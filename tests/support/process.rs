@@ -380,6 +380,29 @@ impl Drop for Nginx {
     }
 }
 
+/// A self-signed certificate for `localhost` and 127.0.0.1 (P-256, one
+/// day) written into `dir` by openssl: (cert.pem, key.pem).
+pub fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = Command::new(require("openssl"))
+        .args(["req", "-x509", "-newkey", "ec"])
+        .args(["-pkeyopt", "ec_paramgen_curve:prime256v1"])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "openssl req: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    (cert, key)
+}
+
 /// A Postfix instance of its own (config, queue, log) in a temp dir,
 /// listening on 127.0.0.1 with `smtpd_upstream_proxy_protocol = haproxy`,
 /// discarding what it accepts.
@@ -390,6 +413,17 @@ pub struct Postfix {
 
 impl Postfix {
     pub fn start() -> Postfix {
+        Postfix::start_with(false)
+    }
+
+    /// Like [`Postfix::start`], speaking SMTPS (implicit TLS, as on port
+    /// 465: `smtpd_tls_wrappermode`) after the PROXY header, with a
+    /// certificate of its own.
+    pub fn start_smtps() -> Postfix {
+        Postfix::start_with(true)
+    }
+
+    fn start_with(smtps: bool) -> Postfix {
         let postfix = require("postfix");
         let dir = tempfile::Builder::new()
             .prefix("gale-postfix")
@@ -420,10 +454,24 @@ impl Postfix {
             ),
         )
         .unwrap();
+        let mut smtpd = String::from("smtpd");
+        if smtps {
+            let (cert, key) = self_signed(&d.join("conf"));
+            Postfix::write_settings(
+                d,
+                &[
+                    &format!("smtpd_tls_cert_file = {}", cert.display()),
+                    &format!("smtpd_tls_key_file = {}", key.display()),
+                ],
+            );
+            smtpd.push_str(" -o smtpd_tls_wrappermode=yes -o smtpd_tls_security_level=encrypt");
+            // smtpd's TLS session cache and entropy.
+            smtpd.push_str("\ntlsmgr unix - - n 1000? 1 tlsmgr");
+        }
         std::fs::write(
             d.join("conf/master.cf"),
             format!(
-                "127.0.0.1:{port} inet n - n - - smtpd\n\
+                "127.0.0.1:{port} inet n - n - - {smtpd}\n\
                  pickup unix n - n 60 1 pickup\ncleanup unix n - n - 0 cleanup\n\
                  qmgr unix n - n 300 1 qmgr\nrewrite unix - - n - - trivial-rewrite\n\
                  bounce unix - - n - 0 bounce\ndefer unix - - n - 0 bounce\n\
@@ -461,13 +509,18 @@ impl Postfix {
     /// Change one main.cf setting (`postconf -e`), e.g.
     /// `"queue_minfree = 0"`; [`Postfix::reload`] applies it.
     pub fn set(&self, setting: &str) {
+        Postfix::write_settings(self.dir.path(), &[setting]);
+    }
+
+    fn write_settings(dir: &Path, settings: &[&str]) {
         let status = Command::new(require("postconf"))
             .arg("-c")
-            .arg(self.dir.path().join("conf"))
-            .args(["-e", setting])
+            .arg(dir.join("conf"))
+            .arg("-e")
+            .args(settings)
             .status()
             .unwrap();
-        assert!(status.success(), "postconf -e {setting}");
+        assert!(status.success(), "postconf -e {settings:?}");
     }
 
     /// Stop and start again with the settings as they are now.

@@ -56,6 +56,11 @@ pub struct ListenerStatus {
     pub address: Option<String>,
     pub pool: String,
     pub max_sessions: u32,
+    /// Sessions or requests waiting now for a backend slot, and how many
+    /// may (`queue_size`) for how long (`queue_timeout`).
+    pub queued: i64,
+    pub queue_size: u32,
+    pub queue_timeout_ms: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -82,18 +87,19 @@ impl Status {
         let listeners = config
             .listeners
             .iter()
-            .map(|l| ListenerStatus {
+            .zip(&generation.listener_counters)
+            .map(|(l, counters)| ListenerStatus {
                 name: l.name.clone(),
-                protocol: match l.protocol {
-                    crate::config::Protocol::Smtp => "smtp",
-                    crate::config::Protocol::Http => "http",
-                },
+                protocol: l.protocol.name(),
                 address: bound
                     .iter()
                     .find(|(name, _)| name == &l.name)
                     .map(|(_, a)| a.to_string()),
                 pool: config.pool_of(l).name.clone(),
                 max_sessions: l.max_sessions,
+                queued: counters.queue.waiting.get(),
+                queue_size: l.queue_size,
+                queue_timeout_ms: l.queue_timeout.as_millis() as u64,
             })
             .collect();
         let pools = generation

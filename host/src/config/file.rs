@@ -176,6 +176,20 @@ pub struct AdminSection {
 pub enum Protocol {
     Smtp,
     Http,
+    /// Bytes as they are: implicit TLS passed through, LMTP, anything
+    /// else (see `crate::tcp`).
+    Tcp,
+}
+
+impl Protocol {
+    /// As the status API and error messages name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Smtp => "smtp",
+            Protocol::Http => "http",
+            Protocol::Tcp => "tcp",
+        }
+    }
 }
 
 /// What an SMTP listener does with a client that talks before it has
@@ -194,7 +208,7 @@ pub enum Pregreet {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerSection {
-    /// `protocol`: "smtp" or "http".
+    /// `protocol`: "smtp", "http" or "tcp".
     pub protocol: Protocol,
     /// `address`: ip:port to listen on.
     pub address: Spanned<String>,
@@ -214,6 +228,12 @@ pub struct ListenerSection {
     pub max_buffer_mb: Option<Spanned<u64>>,
     /// `max_attempts`: backends tried for one session before 421 (>= 1).
     pub max_attempts: Option<Spanned<u32>>,
+    /// `queue_size`: sessions or requests that may wait at once for a
+    /// backend slot when every backend is at its `max_sessions` (0: none
+    /// wait, they are refused at once).
+    pub queue_size: Option<Spanned<u32>>,
+    /// `queue_timeout`: how long one waits for a slot before 421 / 503.
+    pub queue_timeout: Option<Spanned<String>>,
     /// `connect_timeout`: per backend connection attempt.
     pub connect_timeout: Option<Spanned<String>>,
     /// `banner_timeout` (SMTP): wait for the backend's greeting.

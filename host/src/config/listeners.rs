@@ -27,6 +27,12 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub const DEFAULT_BANNER_TIMEOUT: Duration = Duration::from_secs(10);
 /// `idle_timeout` unless set.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// `queue_size` unless set: sessions that may wait for a backend slot.
+pub const DEFAULT_QUEUE_SIZE: u32 = 1_000;
+/// `queue_timeout` unless set: long enough for a burst to find the slots
+/// that free within it, short against an SMTP client's 5-minute wait for
+/// a greeting (RFC 5321 4.5.3.2).
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 /// `header_timeout` unless set.
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// `response_timeout` unless set.
@@ -51,6 +57,10 @@ pub struct ListenerConfig {
     /// limit); see [`crate::buffers`].
     pub max_buffer: Option<u64>,
     pub max_attempts: u32,
+    /// Sessions or requests that may wait for a backend slot (0: none);
+    /// see [`crate::queue`].
+    pub queue_size: u32,
+    pub queue_timeout: Duration,
     pub connect_timeout: Duration,
     pub banner_timeout: Duration,
     pub idle_timeout: Duration,
@@ -164,6 +174,16 @@ fn validate_listener(
             &format!("{key}.max_attempts"),
             DEFAULT_MAX_ATTEMPTS,
             "the first backend tried is an attempt",
+        )?,
+        queue_size: l
+            .queue_size
+            .as_ref()
+            .map_or(DEFAULT_QUEUE_SIZE, |n| *n.get_ref()),
+        queue_timeout: parse_duration(
+            errors,
+            l.queue_timeout.as_ref(),
+            &format!("{key}.queue_timeout"),
+            DEFAULT_QUEUE_TIMEOUT,
         )?,
         connect_timeout: parse_duration(
             errors,

@@ -246,7 +246,7 @@ impl<'f> Served<'f> {
             ))
         };
         match self.protocol {
-            Protocol::Smtp => {
+            Protocol::Smtp | Protocol::Tcp => {
                 if let Some(k) = &pool.keepalive_timeout {
                     return refuse(
                         k.span(),
@@ -258,11 +258,13 @@ impl<'f> Served<'f> {
                     return refuse(
                         r.span(),
                         "retry_on",
-                        "only HTTP requests follow retry_on (an SMTP session tries up to max_attempts backends)",
+                        "only HTTP requests follow retry_on (a session tries up to max_attempts backends)",
                     );
                 }
+                // A tcp listener may front anything, HTTP included.
                 if let Some(kind) = &pool.probe.kind
                     && *kind.get_ref() == ProbeKind::Http
+                    && self.protocol == Protocol::Smtp
                 {
                     return refuse(
                         kind.span(),
@@ -286,7 +288,7 @@ impl<'f> Served<'f> {
                         return refuse(
                             p.span(),
                             &format!("backends[{i}].proxy_protocol"),
-                            "only SMTP sessions start with a PROXY header (HTTP requests carry the client in X-Forwarded-For)",
+                            "only SMTP and tcp sessions start with a PROXY header (HTTP requests carry the client in X-Forwarded-For)",
                         );
                     }
                 }
@@ -297,10 +299,7 @@ impl<'f> Served<'f> {
 
     /// "this pool serves SMTP listener \"in\" only", for messages.
     fn describe(&self) -> String {
-        let protocol = match self.protocol {
-            Protocol::Smtp => "SMTP",
-            Protocol::Http => "HTTP",
-        };
+        let protocol = self.protocol.name().to_uppercase();
         let names: Vec<String> = self.listeners.iter().map(|n| format!("{n:?}")).collect();
         let plural = if names.len() == 1 { "" } else { "s" };
         format!(

@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use crate::queue::Slots;
+
 use wasmtime::component::ResourceTable;
 use wasmtime::{CallHook, ResourceLimiter, StoreContextMut};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -31,12 +33,19 @@ pub struct LiveCounters {
     /// backend is the same, so sessions still running there count against
     /// `max_sessions` here too, and their end is seen here.
     active: Vec<Arc<AtomicU32>>,
+    /// Told when a session leaves, for sessions queued on a full pool;
+    /// shared with the generation before like the counters.
+    slots: Arc<Slots>,
 }
 
 impl LiveCounters {
     /// Counters given one by one, some of them shared.
-    pub fn from_counters(active: Vec<Arc<AtomicU32>>) -> Self {
-        Self { active }
+    pub fn from_counters(active: Vec<Arc<AtomicU32>>, slots: Arc<Slots>) -> Self {
+        Self { active, slots }
+    }
+
+    pub fn slots(&self) -> &Arc<Slots> {
+        &self.slots
     }
 
     /// Backend `id`'s counter, to share with a later generation.
@@ -46,6 +55,14 @@ impl LiveCounters {
 
     pub fn active(&self, id: usize) -> u32 {
         self.active.get(id).map_or(0, |a| a.load(Ordering::Relaxed))
+    }
+
+    /// Whether `id` has fewer than `max` sessions (SeqCst: see
+    /// `Slots::freed`).
+    pub fn has_room(&self, id: usize, max: u32) -> bool {
+        self.active
+            .get(id)
+            .is_some_and(|a| a.load(Ordering::SeqCst) < max)
     }
 
     /// Count a session on `id` unless it already has `max`.
@@ -67,7 +84,10 @@ impl LiveCounters {
 
     pub fn leave(&self, id: usize) {
         if let Some(a) = self.active.get(id) {
-            a.fetch_sub(1, Ordering::Relaxed);
+            // SeqCst: ordered with a queued session's check for room (see
+            // `Slots::freed`).
+            a.fetch_sub(1, Ordering::SeqCst);
+            self.slots.freed();
         }
     }
 }

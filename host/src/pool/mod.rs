@@ -232,7 +232,8 @@ impl Pool {
             .iter()
             .map(|b| previous.and_then(|p| p.counter_of(b)).unwrap_or_default())
             .collect();
-        let live = Arc::new(LiveCounters::from_counters(counters));
+        let slots = previous.map(|p| p.live.slots().clone()).unwrap_or_default();
+        let live = Arc::new(LiveCounters::from_counters(counters, slots));
         let balancer = BalancerPlugin::load(
             runtime,
             &config.balancer,

@@ -119,115 +119,136 @@ pub async fn run(
     };
     let decision = pool.select(&ctx);
     let counters = &generation.listener_counters[listener];
-    let mut attempts = Attempts::new(pool, &decision.order, l.max_attempts, &counters.retries);
+    let mut attempts = Attempts::new(pool, &decision.order, l.max_attempts, counters);
     let mut verdict = Verdict::None;
-    while let Some(turn) = attempts.next() {
-        let backend = turn.backend;
-        // Where the client connected to: only PROXY headers need it, and it
-        // costs a syscall.
-        let local = match backend.proxy_protocol {
-            ProxyProtocol::None => peer,
-            _ => canonical(client.local_addr().unwrap_or(peer)),
-        };
-        match connect_and_greet(l, backend.address, backend.proxy_protocol, peer, local).await {
-            Ok((mut upstream, greeting)) => {
-                pool.welcomed(turn.id, started, peer.ip());
-                if let Some(early) = pregreet::spoke_early(&client).await {
-                    let log = |action: &str| {
-                        tracing::info!(
-                            listener = %l.name,
-                            client = %peer,
-                            bytes = early.bytes,
-                            sent = %early.preview,
-                            after_ms = started.elapsed().as_millis() as u64,
-                            action,
-                            "smtp client spoke before the greeting"
-                        );
-                    };
-                    counters.pregreet(match l.pregreet {
-                        Pregreet::Reject => "rejected",
-                        Pregreet::Pass => "passed",
-                    });
-                    if l.pregreet == Pregreet::Reject {
-                        log("rejected with 554");
-                        // The backend never hears of this client: it sees
-                        // a close after its greeting, as from a probe.
-                        drop(upstream);
-                        counters.error_reply(554);
-                        let reply = refusal::pregreet_reply(&l.hostname);
-                        refusal::refuse(client, reply.as_bytes()).await;
-                        return;
-                    }
-                    log("passed to the backend");
-                }
-                attempts.succeeded_noted(&turn, format_args!("220"));
-                counters.relayed.inc();
-                // What the backend answers to MAIL FROM and DATA is health
-                // evidence too (a full spool greets 220, then defers).
-                let (id, client_ip) = (turn.id, peer.ip());
-                let mut report = |event: Event| match event {
-                    // The session's start stands in for the message's: no
-                    // clock read per message.
-                    Event::Accepted => pool.record_traffic_success(id, started, Depth::Transaction),
-                    Event::Deferred {
-                        code,
-                        detail,
-                        per_client,
-                    } => {
-                        let failure = Failure {
-                            reason: FailureReason::Deferred,
-                            code: Some(code),
-                            detail,
-                            about_client: per_client.then_some(client_ip),
+    // Over the order again after a wait in the queue (every backend was
+    // at its max_sessions); the client, greeted by nobody yet, waits too.
+    loop {
+        while let Some(turn) = attempts.next() {
+            let backend = turn.backend;
+            // Where the client connected to: only PROXY headers need it, and it
+            // costs a syscall.
+            let local = match backend.proxy_protocol {
+                ProxyProtocol::None => peer,
+                _ => canonical(client.local_addr().unwrap_or(peer)),
+            };
+            match connect_and_greet(l, backend.address, backend.proxy_protocol, peer, local).await {
+                Ok((mut upstream, greeting)) => {
+                    pool.welcomed(turn.id, started, peer.ip());
+                    if let Some(early) = pregreet::spoke_early(&client).await {
+                        let log = |action: &str| {
+                            tracing::info!(
+                                listener = %l.name,
+                                client = %peer,
+                                bytes = early.bytes,
+                                sent = %early.preview,
+                                after_ms = started.elapsed().as_millis() as u64,
+                                action,
+                                "smtp client spoke before the greeting"
+                            );
                         };
-                        pool.traffic_failure(id, Duration::ZERO, &failure);
+                        counters.pregreet(match l.pregreet {
+                            Pregreet::Reject => "rejected",
+                            Pregreet::Pass => "passed",
+                        });
+                        if l.pregreet == Pregreet::Reject {
+                            log("rejected with 554");
+                            // The backend never hears of this client: it sees
+                            // a close after its greeting, as from a probe.
+                            drop(upstream);
+                            counters.error_reply(554);
+                            let reply = refusal::pregreet_reply(&l.hostname);
+                            refusal::refuse(client, reply.as_bytes()).await;
+                            return;
+                        }
+                        log("passed to the backend");
                     }
-                };
-                let outcome = join(
-                    (&mut client, &mut upstream),
-                    greeting,
-                    l.idle_timeout,
-                    &mut charge,
-                    &mut report,
-                )
-                .await;
-                counters.bytes_up.inc_by(outcome.up);
-                counters.bytes_down.inc_by(outcome.down);
-                let end = outcome.error.as_deref().unwrap_or("closed");
+                    attempts.succeeded_noted(&turn, format_args!("220"));
+                    counters.relayed.inc();
+                    // What the backend answers to MAIL FROM and DATA is health
+                    // evidence too (a full spool greets 220, then defers).
+                    let (id, client_ip) = (turn.id, peer.ip());
+                    let mut report = |event: Event| match event {
+                        // The session's start stands in for the message's: no
+                        // clock read per message.
+                        Event::Accepted => {
+                            pool.record_traffic_success(id, started, Depth::Transaction)
+                        }
+                        Event::Deferred {
+                            code,
+                            detail,
+                            per_client,
+                        } => {
+                            let failure = Failure {
+                                reason: FailureReason::Deferred,
+                                code: Some(code),
+                                detail,
+                                about_client: per_client.then_some(client_ip),
+                            };
+                            pool.traffic_failure(id, Duration::ZERO, &failure);
+                        }
+                    };
+                    let outcome = join(
+                        (&mut client, &mut upstream),
+                        greeting,
+                        l.idle_timeout,
+                        &mut charge,
+                        &mut report,
+                    )
+                    .await;
+                    counters.bytes_up.inc_by(outcome.up);
+                    counters.bytes_down.inc_by(outcome.down);
+                    let end = outcome.error.as_deref().unwrap_or("closed");
+                    tracing::info!(
+                        listener = %l.name,
+                        generation = generation.id,
+                        client = %peer,
+                        backend = %backend.name,
+                        tried = %attempts.tried(),
+                        bytes_up = outcome.up,
+                        bytes_down = outcome.down,
+                        duration_ms = started.elapsed().as_millis() as u64,
+                        end = %end,
+                        "smtp session"
+                    );
+                    return;
+                }
+                Err(attempt) => {
+                    let knows_client =
+                        (backend.proxy_protocol != ProxyProtocol::None).then(|| peer.ip());
+                    // Asked before the failure counts: it may take the
+                    // backend out.
+                    let vouched =
+                        knows_client.is_some_and(|ip| pool.vouches_for_refusal(turn.id, ip));
+                    let failure = attempt.failure(knows_client);
+                    // A 5xx about this client from a backend that greets others.
+                    let verdict_on_client = vouched
+                        && failure.about_client.is_some()
+                        && matches!(&attempt, SetupFailure::Refused(r) if r.code >= 500);
+                    if verdict_on_client {
+                        // It greets others: a refusal of this one is no
+                        // evidence against it (a spam wave of listed senders
+                        // must not eject a working MTA).
+                        attempts.refused_client(turn, failure);
+                    } else {
+                        attempts.failed(turn, failure);
+                    }
+                    verdict = verdict.and(attempt, verdict_on_client);
+                }
+            }
+        }
+        tokio::select! {
+            again = attempts.wait_for_slot() => if !again { break },
+            () = crate::listener::hung_up(&client) => {
+                counters.queue.gone.inc();
                 tracing::info!(
                     listener = %l.name,
-                    generation = generation.id,
                     client = %peer,
-                    backend = %backend.name,
-                    tried = %attempts.tried(),
-                    bytes_up = outcome.up,
-                    bytes_down = outcome.down,
                     duration_ms = started.elapsed().as_millis() as u64,
-                    end = %end,
+                    end = "the client left while queued",
                     "smtp session"
                 );
                 return;
-            }
-            Err(attempt) => {
-                let knows_client =
-                    (backend.proxy_protocol != ProxyProtocol::None).then(|| peer.ip());
-                // Asked before the failure counts: it may take the
-                // backend out.
-                let vouched = knows_client.is_some_and(|ip| pool.vouches_for_refusal(turn.id, ip));
-                let failure = attempt.failure(knows_client);
-                // A 5xx about this client from a backend that greets others.
-                let verdict_on_client = vouched
-                    && failure.about_client.is_some()
-                    && matches!(&attempt, SetupFailure::Refused(r) if r.code >= 500);
-                if verdict_on_client {
-                    // It greets others: a refusal of this one is no
-                    // evidence against it (a spam wave of listed senders
-                    // must not eject a working MTA).
-                    attempts.refused_client(turn, failure);
-                } else {
-                    attempts.failed(turn, failure);
-                }
-                verdict = verdict.and(attempt, verdict_on_client);
             }
         }
     }

@@ -348,74 +348,82 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
             unreachable!("set above")
         };
         let replayable = is_idempotent(&method);
-        let mut attempts = Attempts::new(pool, &decision.order, l.max_attempts, &counters.retries);
+        let mut attempts = Attempts::new(pool, &decision.order, l.max_attempts, counters);
         let mut tries = HttpTries::default();
         let reply = 'tried: {
-            while let Some(turn) = attempts.next() {
-                let backend = turn.backend;
-                // A gateway error that another backend may answer better is
-                // not passed on while one is left.
-                let more = attempts.remaining();
-                let drops = |status| HttpTries::drops(&retry_on, status, replayable, more);
-                let failure = match self.attempt(backend.address, l, keepalive, drops).await {
-                    Outcome::Answered(keep) => {
-                        let status = self.work.resp.code;
-                        match Failure::of_status(status) {
-                            None => attempts.succeeded(&turn),
-                            Some(failure) => attempts.answered_but_failed(&turn, failure),
+            // Over the order again after a wait in the queue (every
+            // backend was full).
+            loop {
+                while let Some(turn) = attempts.next() {
+                    let backend = turn.backend;
+                    // A gateway error that another backend may answer better is
+                    // not passed on while one is left.
+                    let more = attempts.remaining();
+                    let drops = |status| HttpTries::drops(&retry_on, status, replayable, more);
+                    let failure = match self.attempt(backend.address, l, keepalive, drops).await {
+                        Outcome::Answered(keep) => {
+                            let status = self.work.resp.code;
+                            match Failure::of_status(status) {
+                                None => attempts.succeeded(&turn),
+                                Some(failure) => attempts.answered_but_failed(&turn, failure),
+                            }
+                            counters.status(status);
+                            tracing::debug!(
+                                listener = %l.name, client = %self.origin.addr, backend = %backend.name,
+                                method, path = loggable(&path), status,
+                                ms = started.elapsed().as_millis() as u64, "http request"
+                            );
+                            return keep;
                         }
-                        counters.status(status);
-                        tracing::debug!(
-                            listener = %l.name, client = %self.origin.addr, backend = %backend.name,
-                            method, path = loggable(&path), status,
-                            ms = started.elapsed().as_millis() as u64, "http request"
-                        );
-                        return keep;
-                    }
-                    Outcome::Switched(stream) => {
-                        attempts.succeeded(&turn);
-                        counters.status(101);
-                        // Joined by `serve` once this exchange's state (the
-                        // generation, the head's strings) is gone: an
-                        // upgraded connection may stay open for hours.
-                        self.switched = Some(Box::new(Switch {
-                            backend: stream,
-                            // Counts against the backend's `max_sessions`
-                            // while the connection is open.
-                            _in_flight: turn.in_flight,
-                            _open: counters.upgraded(),
-                            listener: l.name.clone(),
-                            name: backend.name.clone(),
-                            idle: l.idle_timeout,
-                            started,
-                        }));
-                        return false;
-                    }
-                    Outcome::ClientFailed(refusal, why) => {
-                        tracing::warn!(
-                            listener = %l.name, client = %self.origin.addr, backend = %backend.name,
-                            method, path = loggable(&path), "http request failed: client {why}"
-                        );
-                        if let Some(refusal) = refusal {
-                            self.refuse(refusal, &why).await;
+                        Outcome::Switched(stream) => {
+                            attempts.succeeded(&turn);
+                            counters.status(101);
+                            // Joined by `serve` once this exchange's state (the
+                            // generation, the head's strings) is gone: an
+                            // upgraded connection may stay open for hours.
+                            self.switched = Some(Box::new(Switch {
+                                backend: stream,
+                                // Counts against the backend's `max_sessions`
+                                // while the connection is open.
+                                _in_flight: turn.in_flight,
+                                _open: counters.upgraded(),
+                                listener: l.name.clone(),
+                                name: backend.name.clone(),
+                                idle: l.idle_timeout,
+                                started,
+                            }));
+                            return false;
                         }
-                        return false;
+                        Outcome::ClientFailed(refusal, why) => {
+                            tracing::warn!(
+                                listener = %l.name, client = %self.origin.addr, backend = %backend.name,
+                                method, path = loggable(&path), "http request failed: client {why}"
+                            );
+                            if let Some(refusal) = refusal {
+                                self.refuse(refusal, &why).await;
+                            }
+                            return false;
+                        }
+                        Outcome::Dropped(status) => {
+                            let failure =
+                                Failure::of_status(status).expect("only gateway errors drop");
+                            attempts.answered_but_failed(&turn, failure);
+                            tries.dropped(status);
+                            continue;
+                        }
+                        Outcome::Failed(failure) => failure,
+                    };
+                    let step = tries.failed(&retry_on, &failure, replayable && self.head_in_buf);
+                    attempts.failed(turn, failure);
+                    match step {
+                        HttpStep::Next => continue,
+                        HttpStep::Stop => break,
+                        // The backend may have acted on it: never send it again.
+                        HttpStep::Reply(reply) => break 'tried reply,
                     }
-                    Outcome::Dropped(status) => {
-                        let failure = Failure::of_status(status).expect("only gateway errors drop");
-                        attempts.answered_but_failed(&turn, failure);
-                        tries.dropped(status);
-                        continue;
-                    }
-                    Outcome::Failed(failure) => failure,
-                };
-                let step = tries.failed(&retry_on, &failure, replayable && self.head_in_buf);
-                attempts.failed(turn, failure);
-                match step {
-                    HttpStep::Next => continue,
-                    HttpStep::Stop => break,
-                    // The backend may have acted on it: never send it again.
-                    HttpStep::Reply(reply) => break 'tried reply,
+                }
+                if !attempts.wait_for_slot().await {
+                    break;
                 }
             }
             tries.reply()

@@ -118,7 +118,7 @@ pub(super) async fn serve(
         sent_whole: ended,
         out: Vec::new(),
     };
-    let mut attempts = Attempts::new(pool, &decision.order, l.max_attempts, &counters.retries);
+    let mut attempts = Attempts::new(pool, &decision.order, l.max_attempts, counters);
     let tries = exchange.tries(
         &mut attempts,
         l,
@@ -328,54 +328,61 @@ impl<'a> Exchange<'a> {
     ) -> Decided<'p> {
         let replayable = is_idempotent(self.head.method.as_str());
         let mut tries = HttpTries::default();
-        while let Some(turn) = attempts.next() {
-            let more = attempts.remaining();
-            let addr = turn.backend.address;
-            let failure = match self.attempt(addr, l, keepalive).await {
-                Attempt::Answered(backend, rbuf, resp) => {
-                    let status = resp.code;
-                    match Failure::of_status(status) {
-                        None => attempts.succeeded(&turn),
-                        Some(failure) => {
-                            let unsent = replayable && !self.touched;
-                            attempts.answered_but_failed(&turn, failure);
-                            if HttpTries::drops(retry_on, status, unsent, more) {
-                                // Dropped unread: its connection closes.
-                                tries.dropped(status);
-                                continue;
+        // Over the order again after a wait in the queue (every backend
+        // was full).
+        loop {
+            while let Some(turn) = attempts.next() {
+                let more = attempts.remaining();
+                let addr = turn.backend.address;
+                let failure = match self.attempt(addr, l, keepalive).await {
+                    Attempt::Answered(backend, rbuf, resp) => {
+                        let status = resp.code;
+                        match Failure::of_status(status) {
+                            None => attempts.succeeded(&turn),
+                            Some(failure) => {
+                                let unsent = replayable && !self.touched;
+                                attempts.answered_but_failed(&turn, failure);
+                                if HttpTries::drops(retry_on, status, unsent, more) {
+                                    // Dropped unread: its connection closes.
+                                    tries.dropped(status);
+                                    continue;
+                                }
                             }
                         }
+                        return Decided::Answer(Answer {
+                            backend: turn.backend,
+                            connection: backend,
+                            keepalive,
+                            idle: l.idle_timeout,
+                            rbuf,
+                            resp,
+                            _in_flight: turn.in_flight,
+                        });
                     }
-                    return Decided::Answer(Answer {
-                        backend: turn.backend,
-                        connection: backend,
-                        keepalive,
-                        idle: l.idle_timeout,
-                        rbuf,
-                        resp,
-                        _in_flight: turn.in_flight,
-                    });
+                    // A reset is the client's word (debug, as resets are); a
+                    // stalled body is worth a warning.
+                    Attempt::ClientFailed(None) => return Decided::Gone,
+                    Attempt::ClientFailed(Some(reply)) => {
+                        tracing::warn!(
+                            listener = %l.name, client = %self.origin.addr, backend = %turn.backend.name,
+                            method = %self.head.method, path = loggable(&self.target),
+                            "http request failed: the client's body stalled"
+                        );
+                        return Decided::ClientFailed(reply);
+                    }
+                    Attempt::Failed(failure) => failure,
+                };
+                let step = tries.failed(retry_on, &failure, replayable && !self.touched);
+                attempts.failed(turn, failure);
+                match step {
+                    HttpStep::Next => continue,
+                    HttpStep::Stop => break,
+                    // The backend may have acted on it: never send it again.
+                    HttpStep::Reply(reply) => return Decided::Reply(reply),
                 }
-                // A reset is the client's word (debug, as resets are); a
-                // stalled body is worth a warning.
-                Attempt::ClientFailed(None) => return Decided::Gone,
-                Attempt::ClientFailed(Some(reply)) => {
-                    tracing::warn!(
-                        listener = %l.name, client = %self.origin.addr, backend = %turn.backend.name,
-                        method = %self.head.method, path = loggable(&self.target),
-                        "http request failed: the client's body stalled"
-                    );
-                    return Decided::ClientFailed(reply);
-                }
-                Attempt::Failed(failure) => failure,
-            };
-            let step = tries.failed(retry_on, &failure, replayable && !self.touched);
-            attempts.failed(turn, failure);
-            match step {
-                HttpStep::Next => continue,
-                HttpStep::Stop => break,
-                // The backend may have acted on it: never send it again.
-                HttpStep::Reply(reply) => return Decided::Reply(reply),
+            }
+            if !attempts.wait_for_slot().await {
+                break;
             }
         }
         Decided::Reply(tries.reply())

@@ -1,0 +1,166 @@
+//! `protocol = "tcp"` listeners, for whatever is not plaintext SMTP or
+//! HTTP: implicit TLS (SMTPS on 465, IMAPS) passed through to backends
+//! that terminate it themselves, LMTP, custom protocols.
+//!
+//! gale reads nothing of the conversation. Backends are tried in the
+//! balancer's order at connect level: a connection refused or timed out
+//! (or a PROXY header that could not be written) moves on to the next
+//! backend while the client waits, sent nothing yet; the first backend
+//! that takes the connection gets the client's bytes as they come, after
+//! a PROXY header when it wants one, and half-closes pass on both ways.
+//! When no backend can take it the client's connection is closed (there
+//! is no protocol to say why in). Everything else is shared with the
+//! other listeners: pools, plugins, probes, `max_sessions`, the queue,
+//! drain, metrics (`gale_sessions_total`, `gale_bytes_total`).
+//!
+//! Balancer plugins see a tcp session as `smtp`: one decision per
+//! connection, no HTTP fields. The contract's `protocol` enum cannot gain
+//! a case within its 0.1 track (rule 2 in `wit/types.wit`: a plugin built
+//! against two cases could not read a third), and `listener` tells tcp
+//! listeners apart.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::attempts::{Attempts, Failure, FailureReason};
+use crate::buffers::Charge;
+use crate::config::{ListenerConfig, ProxyProtocol};
+use crate::generation::{Generation, ip_address};
+use crate::listener::{Accept, canonical};
+use crate::plugin::types::{Protocol, RequestContext};
+use crate::relay;
+use crate::smtp::proxy_header;
+
+/// Accept connections on `listener` until `accept.shutdown` is cancelled.
+/// Each runs on the generation current when it was accepted.
+pub async fn serve(listener: TcpListener, accept: Accept) {
+    let (name, current) = (accept.name.clone(), accept.current.clone());
+    let buffers = accept.buffers.clone();
+    accept
+        .run(listener, move |client, peer| {
+            let generation = current.load_full();
+            let index = generation
+                .config
+                .listeners
+                .iter()
+                .position(|l| l.name == name);
+            run(client, peer, generation, index, buffers.charge())
+        })
+        .await;
+}
+
+/// Serve one client of the generation's listener number `listener`
+/// (`None`: a listener the generation no longer has).
+async fn run(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    generation: Arc<Generation>,
+    listener: Option<usize>,
+    mut charge: Charge,
+) {
+    let Some(listener) = listener else {
+        return;
+    };
+    let started = Instant::now();
+    let l: &ListenerConfig = &generation.config.listeners[listener];
+    let pool = &generation.pools[l.pool];
+    let ctx = RequestContext {
+        protocol: Protocol::Smtp,
+        listener: l.index_in_pool,
+        client_ip: ip_address(peer.ip()),
+        client_port: peer.port(),
+        http: None,
+    };
+    let decision = pool.select(&ctx);
+    let counters = &generation.listener_counters[listener];
+    let mut attempts = Attempts::new(pool, &decision.order, l.max_attempts, counters);
+    // Over the order again after a wait in the queue (every backend was
+    // at its max_sessions).
+    loop {
+        while let Some(turn) = attempts.next() {
+            let backend = turn.backend;
+            match connect(l, backend.address, backend.proxy_protocol, &client, peer).await {
+                Ok(mut upstream) => {
+                    attempts.succeeded_noted(&turn, format_args!("connected"));
+                    counters.relayed.inc();
+                    let outcome = relay::relay(
+                        (&mut client, &mut upstream),
+                        relay::Ending::BothClosed,
+                        l.idle_timeout,
+                        &mut charge,
+                        &mut relay::Blind,
+                    )
+                    .await;
+                    counters.bytes_up.inc_by(outcome.up);
+                    counters.bytes_down.inc_by(outcome.down);
+                    tracing::info!(
+                        listener = %l.name,
+                        generation = generation.id,
+                        client = %peer,
+                        backend = %backend.name,
+                        tried = %attempts.tried(),
+                        bytes_up = outcome.up,
+                        bytes_down = outcome.down,
+                        duration_ms = started.elapsed().as_millis() as u64,
+                        end = %outcome.error.as_deref().unwrap_or("closed"),
+                        "tcp session"
+                    );
+                    return;
+                }
+                Err(failure) => attempts.failed(turn, failure),
+            }
+        }
+        tokio::select! {
+            again = attempts.wait_for_slot() => if !again { break },
+            () = crate::listener::hung_up(&client) => {
+                counters.queue.gone.inc();
+                tracing::info!(
+                    listener = %l.name,
+                    client = %peer,
+                    duration_ms = started.elapsed().as_millis() as u64,
+                    end = "the client left while queued",
+                    "tcp session"
+                );
+                return;
+            }
+        }
+    }
+    counters.deferred.inc();
+    tracing::warn!(
+        listener = %l.name,
+        generation = generation.id,
+        client = %peer,
+        tried = %attempts.tried(),
+        duration_ms = started.elapsed().as_millis() as u64,
+        end = "closed",
+        "tcp session: no backend could take it"
+    );
+}
+
+/// A connection to the backend at `address`, with the PROXY header it
+/// wants already written.
+async fn connect(
+    l: &ListenerConfig,
+    address: SocketAddr,
+    proxy: ProxyProtocol,
+    client: &TcpStream,
+    peer: SocketAddr,
+) -> Result<TcpStream, Failure> {
+    let mut upstream = crate::connect::connect(address, l.connect_timeout)
+        .await
+        .map_err(|e| Failure::of_connect(&e))?;
+    if proxy != ProxyProtocol::None {
+        // Where the client connected to: a syscall only PROXY needs.
+        let local = canonical(client.local_addr().unwrap_or(peer));
+        let header = proxy_header::for_client(proxy, peer, local);
+        upstream.write_all(&header).await.map_err(|e| {
+            // The backend closed or reset at once: nothing reached it.
+            Failure::new(FailureReason::Connect, format!("PROXY header: {e}"))
+        })?;
+    }
+    Ok(upstream)
+}

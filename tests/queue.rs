@@ -1,0 +1,301 @@
+//! The short queue (`queue_size`, `queue_timeout`): a session that finds
+//! every backend at its `max_sessions` waits, silent, for a slot instead
+//! of getting `421` (or `503`) at once; smtp-source and smtp-sink as the
+//! SMTP peers, curl and an in-test backend for HTTP/1.1 and HTTP/2, the
+//! gale binary between them.
+
+mod support;
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use support::conf::Conf;
+use support::http::{Behaviour, HttpBackend, web};
+use support::process::{Gale, SmtpSink, curl, free_port, require, scrape, signal, value};
+
+/// Listener `in` before two smtp-sinks of two slots each (`max_sessions =
+/// 2`), with an admin listener. Probes every minute: the first one, at
+/// start, finds both sinks up, and none judges them during a test.
+fn config(sinks: &[&SmtpSink]) -> Conf {
+    let mut conf = Conf::new()
+        .admin()
+        .smtp("in", "mta")
+        .set("listeners.in.hostname", "gale.test")
+        .probe("mta", "smtp", "60s", "1s");
+    for (i, sink) in sinks.iter().enumerate() {
+        let name = format!("s{i}");
+        conf = conf
+            .backend("mta", &name, sink.address)
+            .set(&format!("pools.mta.backends.{name}.max_sessions"), 2);
+    }
+    conf
+}
+
+/// Until the first probe is done (its session would be counted at a sink
+/// too; the second sink's first probe comes half an interval later, 30 s,
+/// after the test).
+fn await_first_probes(gale: &Gale) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while value(&scrape(gale), "gale_probes_total", &[]) < 1.0 {
+        assert!(Instant::now() < deadline, "no probe results");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Connections established to any of `ports` now, counted at the
+/// server's end (`/proc/net/tcp`, state 01).
+fn established_to(ports: &HashSet<u16>) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields[1].rsplit(':').next().unwrap();
+            fields[3] == "01" && ports.contains(&u16::from_str_radix(local_port, 16).unwrap())
+        })
+        .count()
+}
+
+#[test]
+fn a_burst_waits_for_slots_instead_of_getting_421() {
+    // Each DATA is answered after a second: sessions hold their slot long
+    // enough for the burst to queue behind them.
+    let a = SmtpSink::start_with(
+        format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+        &["-w", "1"],
+    );
+    let b = SmtpSink::start_with(
+        format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+        &["-w", "1"],
+    );
+    let gale = Gale::start(
+        &config(&[&a, &b])
+            .set("listeners.in.queue_timeout", "20s")
+            .to_string(),
+    );
+    await_first_probes(&gale);
+    // Sessions at the sinks, sampled while smtp-source runs.
+    let ports: HashSet<u16> = [a.address.port(), b.address.port()].into();
+    let done = Arc::new(AtomicBool::new(false));
+    let most = Arc::new(AtomicUsize::new(0));
+    let sampler = {
+        let (done, most) = (done.clone(), most.clone());
+        std::thread::spawn(move || {
+            // A scan of /proc/net/tcp is no snapshot: one that reads a
+            // closing session early and its successor late counts both.
+            // Two scans back to back both see a fifth session that holds
+            // its slot for its whole second; a hand-off, one of them.
+            while !done.load(Ordering::SeqCst) {
+                let seen = established_to(&ports).min(established_to(&ports));
+                most.fetch_max(seen, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let messages = 12;
+    let started = Instant::now();
+    let out = Command::new(require("smtp-source"))
+        .args(["-s", "12", "-m", &messages.to_string()])
+        .args(["-f", "a@client.test", "-t", "b@example.test"])
+        .arg(gale.address("in").to_string())
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    done.store(true, Ordering::SeqCst);
+    sampler.join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.trim().is_empty(),
+        "smtp-source saw errors (a 421?):\n{stderr}"
+    );
+    // Four slots, twelve sessions of a second each: three waves.
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        4,
+        "sessions at the sinks at once"
+    );
+    assert!(
+        took >= Duration::from_secs(3),
+        "12 sessions through 4 slots in {took:?}"
+    );
+    let sessions = gale.wait_count(
+        "smtp session listener=in",
+        messages,
+        Duration::from_secs(10),
+    );
+    assert!(
+        sessions.iter().all(|s| s.contains("end=closed")),
+        "{sessions:#?}"
+    );
+    let queued: Vec<_> = sessions.iter().filter(|s| s.contains("queued ")).collect();
+    assert!(queued.len() >= 8, "sessions that waited: {queued:#?}");
+    let samples = scrape(&gale);
+    let outcome = |o: &str| value(&samples, "gale_queue_outcomes_total", &[("outcome", o)]);
+    assert_eq!(outcome("served"), queued.len() as f64);
+    assert_eq!(outcome("timeout") + outcome("full") + outcome("gone"), 0.0);
+    assert_eq!(
+        value(&samples, "gale_queued_sessions", &[("listener", "in")]),
+        0.0
+    );
+    assert_eq!(
+        value(&samples, "gale_error_replies_total", &[("code", "421")]),
+        0.0
+    );
+}
+
+/// A raw client: connects, then reads what gale sends first (the backend's
+/// greeting or gale's own 421) within `limit`.
+fn first_line(addr: SocketAddr, limit: Duration) -> (String, Duration) {
+    let started = Instant::now();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).unwrap_or(0);
+    (
+        String::from_utf8_lossy(&buf[..n]).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[test]
+fn frozen_backends_leave_queued_clients_a_421_after_queue_timeout() {
+    let a = SmtpSink::start(free_port());
+    let b = SmtpSink::start(free_port());
+    let gale = Gale::start(
+        &config(&[&a, &b])
+            .set("listeners.in.queue_timeout", "1s")
+            .set("listeners.in.queue_size", 3)
+            .set("listeners.in.banner_timeout", "4s")
+            .to_string(),
+    );
+    let addr = gale.address("in");
+    await_first_probes(&gale);
+    // Stopped, their kernels still complete the handshake: the first four
+    // sessions take the slots and wait for a greeting that never comes.
+    signal(a.child.id(), "STOP");
+    signal(b.child.id(), "STOP");
+    let holders: Vec<_> = (0..4)
+        .map(|_| std::thread::spawn(move || first_line(addr, Duration::from_secs(10))))
+        .collect();
+    // Until all four hold a slot (what the queue's first waiter needs).
+    let slots = HashSet::from([a.address.port(), b.address.port()]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while established_to(&slots) < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the four sessions never reached the sinks"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Three wait in the queue, the fourth finds it full: 421 at once.
+    let waiters: Vec<_> = (0..3)
+        .map(|_| std::thread::spawn(move || first_line(addr, Duration::from_secs(10))))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let samples = scrape(&gale);
+        if value(&samples, "gale_queued_sessions", &[("listener", "in")]) == 3.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "three sessions never queued");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (line, took) = first_line(addr, Duration::from_secs(10));
+    assert!(line.starts_with("421 4.3.2 gale.test"), "{line:?}");
+    assert!(
+        took < Duration::from_millis(900),
+        "a full queue refuses at once: {took:?}"
+    );
+    for w in waiters {
+        let (line, took) = w.join().unwrap();
+        assert!(line.starts_with("421 4.3.2 gale.test"), "{line:?}");
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+            "a queued client got its 421 after {took:?} (queue_timeout 1s)"
+        );
+    }
+    let samples = scrape(&gale);
+    let outcome = |o: &str| value(&samples, "gale_queue_outcomes_total", &[("outcome", o)]);
+    assert_eq!(
+        (outcome("timeout"), outcome("full"), outcome("served")),
+        (3.0, 1.0, 0.0)
+    );
+    // The slot holders end with the banner timeout, as before the queue.
+    for h in holders {
+        let (line, took) = h.join().unwrap();
+        assert!(line.starts_with("421 4.3.2"), "{line:?}");
+        assert!(took >= Duration::from_secs(3), "{took:?}");
+    }
+    signal(a.child.id(), "CONT");
+    signal(b.child.id(), "CONT");
+}
+
+#[test]
+fn http_requests_over_both_engines_wait_for_the_one_slot() {
+    // One slot, answers after 400 ms: three requests at once (two
+    // HTTP/1.1, one h2c) are served one after the other.
+    let slow = HttpBackend::start("slow", Behaviour::Slow(400));
+    let gale = Gale::start(
+        &web(&[("slow", slow.address, 1)])
+            .admin()
+            .set("pools.web.backends.slow.max_sessions", 1)
+            .to_string(),
+    );
+    let url = format!("http://{}/", gale.address("web"));
+    let started = Instant::now();
+    let requests: Vec<_> = [&[][..], &[][..], &["--http2-prior-knowledge"][..]]
+        .into_iter()
+        .map(|extra| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let mut args = extra.to_vec();
+                args.push(&url);
+                curl(&args)
+            })
+        })
+        .collect();
+    for r in requests {
+        assert_eq!(r.join().unwrap(), (200, "slow".to_string()));
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(1200),
+        "three 400 ms requests through one slot in {:?}",
+        started.elapsed()
+    );
+    let samples = scrape(&gale);
+    let outcome = |o: &str| value(&samples, "gale_queue_outcomes_total", &[("outcome", o)]);
+    assert_eq!(outcome("served"), 2.0);
+
+    // With no queue the request that finds the slot taken gets 503 at once.
+    let gale = Gale::start(
+        &web(&[("slow", slow.address, 1)])
+            .set("pools.web.backends.slow.max_sessions", 1)
+            .set("listeners.web.queue_size", 0)
+            .to_string(),
+    );
+    let url = format!("http://{}/", gale.address("web"));
+    let first = {
+        let url = url.clone();
+        std::thread::spawn(move || curl(&[&url]))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while slow.requests() < 4 {
+        assert!(Instant::now() < deadline, "the first request never arrived");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let started = Instant::now();
+    let (status, _) = curl(&[&url]);
+    assert_eq!(status, 503);
+    assert!(
+        started.elapsed() < Duration::from_millis(350),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(first.join().unwrap().0, 200);
+}
