@@ -11,6 +11,8 @@
 //!   WebSockets).
 //! - [`attempts`]: trying backends in the balancer's order, the request
 //!   policy SMTP and both HTTP engines share.
+//! - [`rate`]: token buckets per client in a bounded table (DNS response
+//!   rate limit, admission).
 //! - [`queue`]: the short wait for a backend slot when every backend is at
 //!   `max_sessions`.
 //! - [`generation`]: one consistent set of config, pools and plugins.
@@ -46,6 +48,7 @@ pub mod plugin;
 pub mod pool;
 pub mod privileges;
 pub mod queue;
+pub mod rate;
 pub mod relay;
 pub mod reload;
 pub mod scaffold;

@@ -75,13 +75,7 @@ impl Provider {
 
 /// `[dns.embedded] rate_limit` and `rate_limit_burst`: UDP responses per
 /// client /24 (IPv6 /56), see `dns::rrl`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateLimit {
-    /// Responses a second per prefix; 0: no limit.
-    pub per_second: u32,
-    /// Responses a prefix may save up.
-    pub burst: u32,
-}
+pub use crate::rate::RateLimit;
 
 /// `rate_limit` unless set: far above what a resolver asks one zone for
 /// (it caches for the TTL).
