@@ -8,8 +8,8 @@ use std::sync::Arc;
 use crate::config::Protocol as ListenerProtocol;
 use crate::config::{Config, ListenerConfig};
 use crate::metrics::{
-    BytesLabels, ErrorReplyLabels, ListenerLabels, Metrics, PregreetLabels, QueueLabels,
-    RequestLabels, SessionLabels,
+    AdmissionLabels, BytesLabels, ErrorReplyLabels, ListenerLabels, Metrics, PregreetLabels,
+    QueueLabels, RequestLabels, SessionLabels,
 };
 use crate::plugin::types::{IpAddress, ProbeResult, ProbeSource, Protocol, RequestContext};
 use crate::plugin::{DnsPlugin, PluginError, PluginRuntime};
@@ -180,6 +180,18 @@ impl ListenerCounters {
         let open = self.metrics.upgraded_open.get_or_create(&labels).clone();
         open.inc();
         UpgradedGuard(open)
+    }
+
+    /// Count a client refused on admission (rare, or a flood that costs
+    /// far more than the lookup: the series is looked up each time).
+    pub fn admission_refused(&self, refusal: crate::admission::Refusal) {
+        self.metrics
+            .admission_refusals
+            .get_or_create(&AdmissionLabels {
+                listener: self.listener.clone(),
+                reason: refusal.label().to_string(),
+            })
+            .inc();
     }
 
     /// Count a response with `status` sent to a client.

@@ -22,7 +22,8 @@
 //! - [`tcp`]: tcp listeners (bytes as they are: implicit TLS passed
 //!   through, LMTP).
 //! - [`dns`]: DNS publishing of healthy members (embedded server).
-//! - [`listener`]: the accept loop both protocols share.
+//! - [`listener`]: the accept loop every protocol shares.
+//! - [`admission`]: who may open sessions on a listener, and how often.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`demo`]: in-process demo backends for `gale demo`.
 //! - [`server`]: binds listeners, starts probes, swaps generations,
@@ -32,6 +33,7 @@
 //!   admin API, shutdown) that `gale run` runs and tests run in-process.
 
 pub mod admin;
+pub mod admission;
 pub mod attempts;
 pub mod buffers;
 pub mod config;

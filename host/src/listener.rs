@@ -15,7 +15,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
@@ -47,6 +47,9 @@ impl Accept {
     {
         let slots = Arc::new(Slots::default());
         let clients = Arc::new(Clients::default());
+        // New sessions per client, for `client_rate`: here, so that a
+        // reload keeps what each client has spent.
+        let mut rates = crate::rate::Buckets::default();
         // Accept errors come in bursts (out of descriptors, every 100 ms
         // until some are freed): one warning a second says so.
         let mut warned: Option<std::time::Instant> = None;
@@ -89,6 +92,10 @@ impl Accept {
                     continue;
                 }
             };
+            if let Err(refusal) = self.admit(&mut rates, peer.ip()) {
+                self.refuse_admission(client, peer, refusal);
+                continue;
+            }
             let Some(from_client) = clients.enter(peer.ip(), self.per_client_limit()) else {
                 self.refuse(client, peer);
                 continue;
@@ -128,6 +135,56 @@ impl Accept {
         counters.deferred.inc();
         counters.replied_421.inc();
         let reply = crate::smtp::refusal::too_many_reply(&l.hostname);
+        self.sessions.spawn(async move {
+            crate::smtp::refusal::refuse(client, reply.as_bytes()).await;
+        });
+    }
+
+    /// The listener's admission rules in the current generation, on a
+    /// client at `ip`.
+    fn admit(
+        &self,
+        rates: &mut crate::rate::Buckets<IpAddr>,
+        ip: IpAddr,
+    ) -> Result<(), crate::admission::Refusal> {
+        let generation = self.current.load();
+        let Some(l) = generation.config.listener(&self.name) else {
+            return Ok(());
+        };
+        crate::admission::check(&l.admission, rates, ip, client_key(ip), Instant::now())
+    }
+
+    /// A client the admission rules refused: its reply (if the protocol
+    /// has one) and a close that lets it arrive.
+    fn refuse_admission(
+        &self,
+        client: TcpStream,
+        peer: SocketAddr,
+        refusal: crate::admission::Refusal,
+    ) {
+        let generation = self.current.load();
+        let Some((l, counters)) = generation.listener(&self.name) else {
+            return;
+        };
+        counters.admission_refused(refusal);
+        tracing::debug!(listener = %self.name, client = %peer, reason = refusal.label(), "refused on admission");
+        let Some((code, reply)) = crate::admission::reply(l, refusal) else {
+            return;
+        };
+        match (l.protocol, code) {
+            (crate::config::Protocol::Http, _) => {
+                counters.status(code);
+                counters.error_reply(code);
+            }
+            (_, 421) => {
+                counters.deferred.inc();
+                counters.replied_421.inc();
+            }
+            _ => {
+                counters.refused.inc();
+                counters.error_reply(code);
+            }
+        }
         self.sessions.spawn(async move {
             crate::smtp::refusal::refuse(client, reply.as_bytes()).await;
         });

@@ -69,6 +69,13 @@ pub struct PregreetLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdmissionLabels {
+    pub listener: String,
+    /// `deny` (the allow/deny networks) or `rate` (client_rate).
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueueLabels {
     pub listener: String,
     /// `served`, `timeout`, `full` or `gone`.
@@ -156,6 +163,8 @@ pub struct Metrics {
     pub retries: Family<ListenerLabels, Counter>,
     /// Bytes a listener's connections hold in buffers (see `buffers`).
     pub listener_buffers: Family<ListenerLabels, Gauge>,
+    /// Clients refused on accept by a listener's admission rules.
+    pub admission_refusals: Family<AdmissionLabels, Counter>,
     /// Sessions or requests waiting for a backend slot now (`queue.rs`).
     pub queued: Family<ListenerLabels, Gauge>,
     /// How waits in the queue ended.
@@ -289,6 +298,12 @@ impl Metrics {
             "Bytes a listener's connections hold in buffers, counted against its max_buffer_mb",
             listener_buffers.clone(),
         );
+        let admission_refusals = Family::<AdmissionLabels, Counter>::default();
+        registry.register(
+            "admission_refusals",
+            "Clients refused on accept by a listener's allow/deny networks (deny) or client_rate (rate)",
+            admission_refusals.clone(),
+        );
         let queued = Family::<ListenerLabels, Gauge>::default();
         registry.register(
             "queued_sessions",
@@ -350,6 +365,7 @@ impl Metrics {
             ejections_capped,
             retries,
             listener_buffers,
+            admission_refusals,
             queued,
             queue_outcomes,
             upgrades,

@@ -234,6 +234,20 @@ pub struct ListenerSection {
     pub queue_size: Option<Spanned<u32>>,
     /// `queue_timeout`: how long one waits for a slot before 421 / 503.
     pub queue_timeout: Option<Spanned<String>>,
+    /// `allow`: client networks ("192.0.2.0/24", "2001:db8::/32", or one
+    /// address) that may connect; unset: every client.
+    pub allow: Option<Vec<Spanned<String>>>,
+    /// `deny`: client networks that may not (checked before `allow`).
+    pub deny: Option<Vec<Spanned<String>>>,
+    /// `deny_reply` (SMTP): 554 (default, `554 5.7.1`: do not come back)
+    /// or 421 (`421 4.7.0`: try later) for a client `allow`/`deny` refuse.
+    pub deny_reply: Option<Spanned<u16>>,
+    /// `client_rate`: new sessions a second from one client address (an
+    /// IPv6 client: its /64); unset: no limit.
+    pub client_rate: Option<Spanned<u32>>,
+    /// `client_burst`: new sessions a client may open at once before
+    /// `client_rate` applies (default: `client_rate`).
+    pub client_burst: Option<Spanned<u32>>,
     /// `connect_timeout`: per backend connection attempt.
     pub connect_timeout: Option<Spanned<String>>,
     /// `banner_timeout` (SMTP): wait for the backend's greeting.

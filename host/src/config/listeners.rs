@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use super::admission::{self, Admission};
 use super::file::{ListenerSection, Pregreet, Protocol};
 use super::pools::PoolConfig;
 use super::tls::{self, TlsConfig};
@@ -72,6 +73,8 @@ pub struct ListenerConfig {
     pub response_timeout: Duration,
     /// HTTP: serve HTTPS (ALPN h2 and http/1.1).
     pub tls: Option<TlsConfig>,
+    /// Who may open sessions, and how often (checked on accept).
+    pub admission: Admission,
 }
 
 /// Every `[listeners.NAME]`, in name order, each added to the
@@ -219,6 +222,7 @@ fn validate_listener(
             &format!("{key}.response_timeout"),
             DEFAULT_RESPONSE_TIMEOUT,
         )?,
+        admission: admission::validate(errors, l, &key)?,
         tls: match &l.tls {
             None => None,
             Some(tls) => Some(tls::load(

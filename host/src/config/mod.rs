@@ -16,6 +16,7 @@
 //! (`Errors`), durations and addresses.
 
 pub mod admin;
+pub mod admission;
 pub mod dns;
 mod file;
 pub mod health;
@@ -31,6 +32,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use admin::{AdminConfig, AdminToken};
+pub use admission::{Admission, DenyReply};
 pub use dns::{DnsConfig, PeersConfig, Provider as DnsProvider};
 use file::FileConfig;
 pub use file::{Pregreet, ProbeKind, Protocol, ProxyProtocol, Role};
