@@ -17,6 +17,7 @@
 //! when no backend answered.
 
 use std::fmt::Write as _;
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -25,7 +26,7 @@ use crate::config::{BackendConfig, RetryOn};
 use crate::generation::ListenerCounters;
 use crate::plugin::LiveCounters;
 use crate::pool::{Depth, Pool};
-use crate::queue::Waited;
+use crate::queue::Place;
 
 /// Why an attempt at a backend failed: the `reason` label of
 /// `gale_backend_failures_total`.
@@ -104,6 +105,17 @@ impl Failure {
     /// nothing, so even a POST goes on to the next backend.
     pub fn of_connect(error: &crate::connect::ConnectError) -> Failure {
         Failure::new(FailureReason::Connect, format!("connect: {error}"))
+    }
+
+    /// A session's connection that was not made: `connect` (a PROXY
+    /// header the backend would not take reached nothing either).
+    pub fn of_session_connect(error: &crate::connect::SessionConnectError) -> Failure {
+        match error {
+            crate::connect::SessionConnectError::Connect(e) => Failure::of_connect(e),
+            crate::connect::SessionConnectError::ProxyHeader(e) => {
+                Failure::new(FailureReason::Connect, format!("PROXY header: {e}"))
+            }
+        }
     }
 
     /// An HTTP exchange that failed before a response: `reached`, the
@@ -255,9 +267,10 @@ pub struct InFlight {
 }
 
 impl InFlight {
-    /// Count a session on backend `id`, unless it already has `max`.
-    pub fn enter(live: &Arc<LiveCounters>, id: usize, max: u32) -> Option<InFlight> {
-        live.try_enter(id, max).then(|| InFlight {
+    /// Count a session on backend `id`, unless it already has `max` or
+    /// (`queued` false) its freed slots are kept for queued sessions.
+    pub fn enter(live: &Arc<LiveCounters>, id: usize, max: u32, queued: bool) -> Option<InFlight> {
+        live.try_enter(id, max, queued).then(|| InFlight {
             live: live.clone(),
             id,
         })
@@ -291,7 +304,27 @@ pub struct Attempts<'p> {
     tried_one: bool,
     /// When every backend was first found full, if it was.
     queued_at: Option<Instant>,
+    /// The session's place in the queue, from its first wait until a
+    /// backend takes it or it gives up.
+    place: Option<Place>,
+    /// Walking the order again after a wait: skips are not counted again.
+    rewalk: bool,
 }
+
+/// What a session does after walking its order without a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueStep {
+    /// A slot freed: walk the order again.
+    Again,
+    /// Refuse the client (421, 503, a close).
+    Refuse,
+    /// The client left while queued: nothing to answer.
+    Gone,
+}
+
+/// The longest wait in a queue, whatever `queue_timeout` says (the config
+/// refuses more; a session must not wait past what `Instant` can hold).
+pub const MAX_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl<'p> Attempts<'p> {
     /// At most `max_attempts` of `order`, for a session or request of the
@@ -312,46 +345,96 @@ impl<'p> Attempts<'p> {
             tried: String::new(),
             tried_one: false,
             queued_at: None,
+            place: None,
+            rewalk: false,
         }
     }
 
-    /// Every backend of the order was at its `max_sessions`, none tried:
-    /// wait in the listener's queue for a slot (see [`crate::queue`]),
-    /// then go over the order again. False (refuse the client): some
-    /// backend was tried and failed, no backend is in the order (an
-    /// outage, not a full pool), the queue is full or `queue_timeout`
-    /// passed since the first wait.
-    pub async fn wait_for_slot(&mut self) -> bool {
+    /// The order was walked without a backend: when every backend of it
+    /// was at its `max_sessions` (none tried), wait in the listener's
+    /// queue for one of them to free a slot (see [`crate::queue`]), unless
+    /// `gone` (the client left) comes first. [`QueueStep::Refuse`]: a backend
+    /// was tried and failed, no backend is in the order (an outage, not a
+    /// full pool), the queue is full or `queue_timeout` passed since the
+    /// first wait.
+    pub async fn queue_unless(&mut self, gone: impl Future<Output = ()>) -> QueueStep {
         if self.tried_one || self.order.is_empty() {
-            return false;
+            self.place = None;
+            return QueueStep::Refuse;
         }
         let queue = &self.counters.queue;
         let since = *self.queued_at.get_or_insert_with(Instant::now);
-        let (pool, order) = (self.pool, self.order);
-        let has_room = || {
-            order.iter().any(|&id| {
-                let id = id as usize;
-                pool.live().has_room(id, pool.backend(id).max_sessions)
-            })
-        };
-        let waited = queue
-            .wait(pool.live().slots(), since + queue.timeout, has_room)
-            .await;
-        let _ = write!(
-            self.tried,
-            "queued {}ms: {}; ",
-            since.elapsed().as_millis(),
-            match waited {
-                Waited::Freed => "a slot freed",
-                Waited::TimedOut => "queue_timeout",
-                Waited::Full => "queue full",
+        if self.place.is_none() {
+            let live = self.pool.live();
+            let slots = self
+                .order
+                .iter()
+                .filter_map(|&id| {
+                    let id = id as usize;
+                    Some((live.slot(id)?.clone(), self.pool.backend(id).max_sessions))
+                })
+                .collect();
+            match queue.enter(slots) {
+                Some(place) => self.place = Some(place),
+                None => {
+                    queue.full.inc();
+                    self.tried.push_str("queue full; ");
+                    return QueueStep::Refuse;
+                }
             }
-        );
-        if waited == Waited::Freed {
-            self.next = 0;
-            return true;
         }
-        false
+        let place = self.place.as_ref().expect("entered above");
+        // A timeout past what Instant can hold waits as long as it can.
+        let deadline = since
+            .checked_add(queue.timeout)
+            .unwrap_or(since + MAX_QUEUE_WAIT);
+        // The client's departure first: a slot freed at the same moment
+        // goes to a session that still has a client.
+        let waited = tokio::select! {
+            biased;
+            () = gone => None,
+            room = place.wait(deadline) => Some(room),
+        };
+        match waited {
+            Some(true) => {
+                self.next = 0;
+                self.rewalk = true;
+                QueueStep::Again
+            }
+            Some(false) => {
+                queue.timed_out.inc();
+                let _ = write!(
+                    self.tried,
+                    "queued {}ms: queue_timeout; ",
+                    since.elapsed().as_millis()
+                );
+                self.place = None;
+                QueueStep::Refuse
+            }
+            None => {
+                self.client_left();
+                QueueStep::Gone
+            }
+        }
+    }
+
+    /// The client left (an HTTP/2 stream reset, a closed connection): if
+    /// it was queued, it leaves the queue, counted as `gone`.
+    pub fn client_left(&mut self) {
+        if self.place.take().is_some() {
+            self.counters.queue.gone.inc();
+        }
+    }
+
+    /// A backend took the session after it waited in the queue: it leaves
+    /// the queue, counted as `served`, and the wait is noted for the log.
+    fn leave_queue(&mut self) {
+        if self.place.take().is_some() {
+            self.counters.queue.served.inc();
+            if let Some(since) = self.queued_at {
+                let _ = write!(self.tried, "queued {}ms; ", since.elapsed().as_millis());
+            }
+        }
     }
 
     /// `turn`'s backend failed: count it, report it to the pool's health
@@ -386,6 +469,7 @@ impl<'p> Attempts<'p> {
     /// request, and the failure counts; the answer may still go to the
     /// client.
     pub fn answered_but_failed(&mut self, turn: &Turn<'p>, failure: Failure) {
+        self.leave_queue();
         let latency = self.note(turn, &failure);
         self.pool.count_session(turn.id);
         self.pool.traffic_failure(turn.id, latency, &failure);
@@ -401,9 +485,7 @@ impl<'p> Attempts<'p> {
     /// (an HTTP request logs only its failures: formatting on every
     /// request cost 5 % of its CPU); see [`Attempts::succeeded_noted`].
     pub fn succeeded(&mut self, turn: &Turn<'p>) {
-        if self.queued_at.is_some() {
-            self.counters.queue.served.inc();
-        }
+        self.leave_queue();
         self.pool.count_session(turn.id);
         self.pool
             .record_traffic_success(turn.id, turn.started, Depth::Session);
@@ -411,6 +493,7 @@ impl<'p> Attempts<'p> {
 
     /// [`Attempts::succeeded`], noted for the log (`what`: "220").
     pub fn succeeded_noted(&mut self, turn: &Turn<'p>, what: std::fmt::Arguments<'_>) {
+        self.leave_queue();
         let _ = write!(
             self.tried,
             "{}: {what} in {}ms",
@@ -429,17 +512,19 @@ impl<'p> Attempts<'p> {
 impl<'p> Iterator for Attempts<'p> {
     type Item = Turn<'p>;
 
-    /// The next backend to try, skipping (and counting) those at their
-    /// `max_sessions`; `None` once `max_attempts` were made.
+    /// The next backend to try, skipping (and counting, once) those at
+    /// their `max_sessions` or whose freed slots are kept for sessions
+    /// queued for them; `None` once `max_attempts` were made.
     fn next(&mut self) -> Option<Turn<'p>> {
         while let Some(&id) = self.order.get(self.next) {
             let id = id as usize;
-            if self.next > 0 {
+            if self.next > 0 && !self.rewalk {
                 self.counters.retries.inc();
             }
             self.next += 1;
             let backend = self.pool.backend(id);
-            match InFlight::enter(self.pool.live(), id, backend.max_sessions) {
+            let queued = self.place.is_some();
+            match InFlight::enter(self.pool.live(), id, backend.max_sessions, queued) {
                 Some(in_flight) => {
                     self.tried_one = true;
                     return Some(Turn {
@@ -449,6 +534,7 @@ impl<'p> Iterator for Attempts<'p> {
                         started: Instant::now(),
                     });
                 }
+                None if self.rewalk => {}
                 None => {
                     let _ = write!(self.tried, "{}: at max_sessions; ", backend.name);
                     self.pool.count_failure(id, FailureReason::Full);

@@ -1,12 +1,13 @@
-//! Connecting to a backend: one function for SMTP sessions, both HTTP
-//! engines, health probes and load agents, so every connection gale makes
-//! to a backend is made, timed and described the same way.
+//! Connecting to a backend: one function for SMTP and tcp sessions, both
+//! HTTP engines, health probes and load agents, so every connection gale
+//! makes to a backend is made, timed and described the same way; and one
+//! for sessions whose backend learns the client from a PROXY header.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use socket2::{Domain, Socket, Type};
-use tokio::io::Interest;
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 /// Why no connection was made.
@@ -62,4 +63,36 @@ pub async fn connect(address: SocketAddr, limit: Duration) -> Result<TcpStream, 
         }
         Ok(Ok(_)) => Ok(stream),
     }
+}
+
+/// Why a connection for a client's session was not made.
+#[derive(Debug)]
+pub enum SessionConnectError {
+    Connect(ConnectError),
+    /// Connected, but the PROXY header could not be written: the backend
+    /// closed or reset at once, nothing reached it.
+    ProxyHeader(std::io::Error),
+}
+
+/// A connection to `address` within `limit` for the session of client
+/// `peer` (which connected to `local`), starting with the PROXY header
+/// `proxy` asks for.
+pub async fn connect_for_session(
+    address: SocketAddr,
+    limit: Duration,
+    proxy: crate::config::ProxyProtocol,
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> Result<TcpStream, SessionConnectError> {
+    let mut upstream = connect(address, limit)
+        .await
+        .map_err(SessionConnectError::Connect)?;
+    let header = crate::smtp::proxy_header::for_client(proxy, peer, local);
+    if !header.is_empty() {
+        upstream
+            .write_all(&header)
+            .await
+            .map_err(SessionConnectError::ProxyHeader)?;
+    }
+    Ok(upstream)
 }

@@ -54,10 +54,10 @@ impl ListenerCounters {
     fn new(metrics: &Arc<Metrics>, l: &ListenerConfig) -> Self {
         let listener = l.name.as_str();
         // Session counters and relayed bytes: SMTP and tcp listeners.
-        let smtp = l.protocol != ListenerProtocol::Http;
+        let sessions = l.protocol != ListenerProtocol::Http;
         let replies_421 = l.protocol == ListenerProtocol::Smtp;
         let session = |outcome: &str| {
-            if !smtp {
+            if !sessions {
                 return Counter::default();
             }
             metrics
@@ -70,7 +70,7 @@ impl ListenerCounters {
         };
         // SMTP: bytes relayed; HTTP: bytes on the client connection.
         let bytes = |direction: &str| {
-            let family = if smtp {
+            let family = if sessions {
                 &metrics.bytes
             } else {
                 &metrics.http_bytes
@@ -83,7 +83,7 @@ impl ListenerCounters {
                 .clone()
         };
         let status = |class: u16| {
-            if smtp {
+            if sessions {
                 return Counter::default();
             }
             metrics

@@ -7,8 +7,8 @@
 //!   deadline and a memory cap.
 //! - [`pool`]: backends, their health, and the decisions over them.
 //! - [`connect`]: the one way gale connects to a backend.
-//! - [`relay`]: joining a client and a backend both ways (SMTP sessions,
-//!   WebSockets).
+//! - [`relay`]: joining a client and a backend both ways (SMTP and tcp
+//!   sessions, WebSockets).
 //! - [`attempts`]: trying backends in the balancer's order, the request
 //!   policy SMTP and both HTTP engines share.
 //! - [`rate`]: token buckets per client in a bounded table (DNS response

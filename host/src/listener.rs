@@ -441,15 +441,24 @@ impl Drop for FromClient {
     }
 }
 
-/// Until a client that has been sent nothing yet (a queued SMTP or tcp
-/// session) closes its side: a close is all it can say. Bytes it sends
-/// first stay unread (an SMTP pregreet check reads them later); after
-/// them only the caller's own deadline ends the wait.
+/// Until the client closes its side of `client` (a queued session's
+/// client gave up): the kernel's read-closed flag (EPOLLRDHUP), which
+/// bytes it sent first do not hide and which reading them is not needed
+/// for (they stay unread, for an SMTP pregreet check or an HTTP request
+/// body). A client that half-closes after its request counts as gone, as
+/// with HAProxy's `abortonclose`.
 pub async fn hung_up(client: &TcpStream) {
-    let mut byte = [0u8; 1];
-    match client.peek(&mut byte).await {
-        Ok(0) | Err(_) => {}
-        Ok(_) => std::future::pending().await,
+    loop {
+        match client.ready(tokio::io::Interest::READABLE).await {
+            Ok(ready) if !ready.is_read_closed() => {
+                // Bytes, not a close: forget this readiness (the bytes
+                // stay in the socket) and wait for the next event.
+                let _ = client.try_io(tokio::io::Interest::READABLE, || {
+                    Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+                });
+            }
+            _ => return,
+        }
     }
 }
 

@@ -1,17 +1,27 @@
 //! A short queue instead of an instant refusal: when every backend a
 //! session or request may use is at its `max_sessions`, it waits (the
-//! client has received nothing) until a slot frees or the listener's
-//! `queue_timeout` passes, as HAProxy's `timeout queue` holds a request.
-//! A burst that would have got `421` at once is served a few milliseconds
-//! later instead.
+//! client has received nothing) until one of those backends frees a slot
+//! or the listener's `queue_timeout` passes, as HAProxy's `timeout queue`
+//! holds a request. A burst that would have got `421` at once is served a
+//! few milliseconds later instead.
 //!
-//! Two halves: [`Slots`], one per pool and shared with the same pool of
-//! later generations (like the backends' session counters, so a session
-//! of an old generation that ends wakes a session queued on the new
-//! one), says when a slot frees; [`Queue`], one per listener, holds the
-//! listener's settings, its count of waiting sessions (`queue_size` caps
-//! it) and the metrics.
+//! Two halves:
+//! - [`Slot`], one per backend and shared with the generations that have
+//!   the same backend (a session of an old generation that ends wakes a
+//!   session queued on the new one): its sessions, the sessions queued
+//!   for it, and the wake-up. A freed slot wakes the longest-waiting
+//!   session queued for that backend, which may use it by construction
+//!   (it queued on the backends of its own order). While sessions are
+//!   queued for a backend, a newcomer does not take its freed slots: the
+//!   queue goes first.
+//! - [`Queue`], one per listener: `queue_size` places, `queue_timeout`,
+//!   and the metrics. A session keeps its [`Place`] from its first wait
+//!   until it has a backend or gives up, across wake-ups that found the
+//!   slot taken by another queued session.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -19,42 +29,58 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 
-/// Where sessions of one pool wait for a backend slot.
+/// One backend's sessions, and the sessions queued for it.
 #[derive(Debug, Default)]
-pub struct Slots {
-    /// Sessions waiting now: a slot that frees with none waiting costs
-    /// one atomic load, no wake-up.
+pub struct Slot {
+    active: AtomicU32,
+    /// Sessions queued with this backend in their order: a slot that
+    /// frees with none waiting costs one atomic load, no wake-up.
     waiting: AtomicU32,
     freed: Notify,
 }
 
-impl Slots {
-    /// A backend slot was given back: wake the longest waiting session.
-    /// (A woken session that finds the slot taken by a new arrival waits
-    /// again; one that gives up first passes the wake-up on: tokio's
+impl Slot {
+    pub fn active(&self) -> u32 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Count a session unless `max` are counted, or sessions are queued
+    /// for this backend and this one (`queued` false) is not among them.
+    pub fn try_enter(&self, max: u32, queued: bool) -> bool {
+        // SeqCst here and in `leave`, `has_room` and `Place::wait`: either
+        // a waiter sees the freed slot, or the leaver sees the waiter.
+        if !queued && self.waiting.load(Ordering::SeqCst) > 0 {
+            return false;
+        }
+        self.active
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// A session ended: wake the longest-waiting session queued for this
+    /// backend. (One woken while it gives up passes the wake-up on: tokio's
     /// `Notify` forwards a `notify_one` its dropped waiter did not use.)
-    pub fn freed(&self) {
-        // SeqCst with the waiter's increment and its check for room: either
-        // this sees the waiter, or the waiter sees the freed slot.
+    pub fn leave(&self) {
+        self.active.fetch_sub(1, Ordering::SeqCst);
         if self.waiting.load(Ordering::SeqCst) > 0 {
             self.freed.notify_one();
         }
     }
-}
 
-/// How a wait in the queue ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Waited {
-    /// A slot may be free: try the backends again.
-    Freed,
-    /// `queue_timeout` passed since the session was first queued.
-    TimedOut,
-    /// `queue_size` sessions were waiting already: not queued.
-    Full,
+    fn has_room(&self, max: u32) -> bool {
+        self.active.load(Ordering::SeqCst) < max
+    }
+
+    /// Every queued session looks again (a reload changed the limits).
+    pub fn wake_all(&self) {
+        self.freed.notify_waiters();
+    }
 }
 
 /// One listener's queue: its settings, how many wait now, and how waits
-/// ended (`gale_queued_total{outcome}`).
+/// ended.
 pub struct Queue {
     /// 0: no queue, a session that finds every backend full is refused.
     pub size: u32,
@@ -63,9 +89,9 @@ pub struct Queue {
     /// same series), so `queue_size` holds across a reload.
     pub waiting: Gauge,
     /// `gale_queue_outcomes_total`: sessions that waited and then went to
-    /// a backend (counted by [`crate::attempts::Attempts`]), that waited
-    /// `queue_timeout` in vain, that found `queue_size` waiting already,
-    /// and whose client left while waiting (counted by the protocol).
+    /// a backend, that waited `queue_timeout` in vain, that found
+    /// `queue_size` waiting already (or no queue), and whose client left
+    /// while waiting. Counted by [`crate::attempts::Attempts`].
     pub served: Counter,
     pub timed_out: Counter,
     pub full: Counter,
@@ -73,66 +99,91 @@ pub struct Queue {
 }
 
 impl Queue {
-    /// Wait for a slot of `slots` until `deadline` (the first time this
-    /// session was queued plus `queue_timeout`). `has_room`: whether a
-    /// backend the session may use has a free slot now, asked after
-    /// registering for the wake-up, so a slot freed in between is seen.
-    pub async fn wait(
-        &self,
-        slots: &Slots,
-        deadline: Instant,
-        has_room: impl Fn() -> bool,
-    ) -> Waited {
-        if self.size == 0 {
-            return Waited::Full;
-        }
+    /// A place in this queue and in the queues of `slots` (the backends
+    /// the session may use, with their `max_sessions`), or `None` when
+    /// `queue_size` sessions wait already.
+    pub fn enter(&self, slots: Vec<(Arc<Slot>, u32)>) -> Option<Place> {
         if self.waiting.inc() >= i64::from(self.size) {
             self.waiting.dec();
-            self.full.inc();
-            return Waited::Full;
+            return None;
         }
-        let _waiting = Leave(&self.waiting);
-        slots.waiting.fetch_add(1, Ordering::SeqCst);
-        let _slots = LeaveSlots(slots);
-        let notified = slots.freed.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        if has_room() {
-            return Waited::Freed;
+        for (slot, _) in &slots {
+            slot.waiting.fetch_add(1, Ordering::SeqCst);
         }
-        match tokio::time::timeout_at(deadline.into(), notified).await {
-            Ok(()) => Waited::Freed,
-            Err(_) => {
-                self.timed_out.inc();
-                Waited::TimedOut
+        Some(Place {
+            listener: self.waiting.clone(),
+            slots,
+        })
+    }
+}
+
+/// A session's place in the queue, held until it has a backend or gives
+/// up; dropping it leaves every queue it was in.
+pub struct Place {
+    listener: Gauge,
+    slots: Vec<(Arc<Slot>, u32)>,
+}
+
+impl Place {
+    /// Until one of the place's backends has room (true) or `deadline`
+    /// passes (false).
+    pub async fn wait(&self, deadline: Instant) -> bool {
+        loop {
+            // Registered before looking, so a slot freed in between wakes
+            // this session.
+            let mut wakeups: Vec<Pin<Box<tokio::sync::futures::Notified<'_>>>> = self
+                .slots
+                .iter()
+                .map(|(slot, _)| Box::pin(slot.freed.notified()))
+                .collect();
+            for w in &mut wakeups {
+                w.as_mut().enable();
             }
+            if self.has_room() {
+                return true;
+            }
+            let woken = tokio::time::timeout_at(deadline.into(), AnyOf(&mut wakeups)).await;
+            if woken.is_err() {
+                return false;
+            }
+            // Another queued session took it first: wait again.
         }
     }
-}
 
-/// Takes a session off the listener's count when its wait ends, however
-/// it ends (a client that leaves drops the wait).
-struct Leave<'a>(&'a Gauge);
-
-impl Drop for Leave<'_> {
-    fn drop(&mut self) {
-        self.0.dec();
+    fn has_room(&self) -> bool {
+        self.slots.iter().any(|(slot, max)| slot.has_room(*max))
     }
 }
 
-struct LeaveSlots<'a>(&'a Slots);
-
-impl Drop for LeaveSlots<'_> {
+impl Drop for Place {
     fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+        for (slot, _) in &self.slots {
+            slot.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+        self.listener.dec();
+    }
+}
+
+/// Ready when any of the futures is (they stay where they are: the ones
+/// not ready pass their wake-up on when dropped).
+struct AnyOf<'a, F>(&'a mut Vec<Pin<Box<F>>>);
+
+impl<F: Future> Future for AnyOf<'_, F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        let this = self.get_mut();
+        if this.0.iter_mut().any(|f| f.as_mut().poll(cx).is_ready()) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
-    use std::sync::atomic::AtomicBool;
 
     fn queue(size: u32) -> Queue {
         Queue {
@@ -146,56 +197,56 @@ mod tests {
         }
     }
 
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(30)
+    }
+
     #[tokio::test]
-    async fn a_freed_slot_wakes_the_waiting_session() {
-        let slots = Arc::new(Slots::default());
-        let room = Arc::new(AtomicBool::new(false));
-        let q = Arc::new(queue(10));
-        let waiter = {
-            let (slots, room, q) = (slots.clone(), room.clone(), q.clone());
-            tokio::spawn(async move {
-                let deadline = Instant::now() + Duration::from_secs(30);
-                q.wait(&slots, deadline, || room.load(Ordering::SeqCst))
-                    .await
-            })
-        };
-        // Until the waiter is registered: only then does a freed slot wake it.
-        while slots.waiting.load(Ordering::SeqCst) == 0 {
-            tokio::task::yield_now().await;
+    async fn a_freed_slot_wakes_a_session_queued_for_that_backend_only() {
+        let (x, y) = (Arc::new(Slot::default()), Arc::new(Slot::default()));
+        for s in [&x, &y] {
+            assert!(s.try_enter(1, false));
         }
-        assert_eq!(q.waiting.get(), 1);
-        room.store(true, Ordering::SeqCst);
-        slots.freed();
-        assert_eq!(waiter.await.unwrap(), Waited::Freed);
+        let q = Arc::new(queue(10));
+        // One session may use x only, the other y only (their orders).
+        let on_x = q.enter(vec![(x.clone(), 1)]).unwrap();
+        let on_y = q.enter(vec![(y.clone(), 1)]).unwrap();
+        assert_eq!(q.waiting.get(), 2);
+        let waiter_x = tokio::spawn(async move { on_x.wait(far()).await });
+        let waiter_y = tokio::spawn(async move { on_y.wait(far()).await });
+        tokio::task::yield_now().await;
+        // A newcomer does not take y's freed slot: the queue goes first.
+        y.leave();
+        assert!(!y.try_enter(1, false));
+        assert!(waiter_y.await.unwrap());
+        assert!(y.try_enter(1, true));
+        assert!(!waiter_x.is_finished());
+        x.leave();
+        assert!(waiter_x.await.unwrap());
         assert_eq!(q.waiting.get(), 0);
-        assert_eq!(slots.waiting.load(Ordering::SeqCst), 0);
+        assert_eq!(x.waiting.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test]
     async fn the_wait_ends_at_the_deadline_and_a_full_queue_refuses() {
-        let slots = Slots::default();
+        let x = Arc::new(Slot::default());
+        assert!(x.try_enter(1, false));
         let q = queue(1);
-        let deadline = Instant::now() + Duration::from_millis(50);
+        let place = q.enter(vec![(x.clone(), 1)]).unwrap();
         let started = Instant::now();
-        assert_eq!(q.wait(&slots, deadline, || false).await, Waited::TimedOut);
+        assert!(!place.wait(started + Duration::from_millis(50)).await);
         assert!(started.elapsed() >= Duration::from_millis(45));
-        // One waits; a second finds the queue full at once.
-        let far = Instant::now() + Duration::from_secs(30);
-        let first = q.wait(&slots, far, || false);
-        tokio::pin!(first);
-        assert!(futures_util::poll!(first.as_mut()).is_pending());
-        assert_eq!(q.wait(&slots, far, || false).await, Waited::Full);
-        assert_eq!(q.full.get(), 1);
-        // No queue at all.
-        assert_eq!(queue(0).wait(&slots, far, || true).await, Waited::Full);
+        assert!(q.enter(vec![(x.clone(), 1)]).is_none(), "queue_size 1");
+        drop(place);
+        assert!(queue(0).enter(vec![(x.clone(), 1)]).is_none(), "no queue");
+        assert_eq!(q.waiting.get(), 0);
     }
 
     #[tokio::test]
     async fn room_seen_on_registering_ends_the_wait_at_once() {
-        let slots = Slots::default();
+        let x = Arc::new(Slot::default());
         let q = queue(4);
-        let far = Instant::now() + Duration::from_secs(30);
-        assert_eq!(q.wait(&slots, far, || true).await, Waited::Freed);
-        assert_eq!(q.waiting.get(), 0);
+        let place = q.enter(vec![(x, 2)]).unwrap();
+        assert!(place.wait(far()).await);
     }
 }

@@ -23,17 +23,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::attempts::{Attempts, Failure, FailureReason};
+use crate::attempts::{Attempts, Failure, QueueStep};
 use crate::buffers::Charge;
 use crate::config::{ListenerConfig, ProxyProtocol};
 use crate::generation::{Generation, ip_address};
 use crate::listener::{Accept, canonical};
 use crate::plugin::types::{Protocol, RequestContext};
 use crate::relay;
-use crate::smtp::proxy_header;
 
 /// Accept connections on `listener` until `accept.shutdown` is cancelled.
 /// Each runs on the generation current when it was accepted.
@@ -83,7 +81,20 @@ async fn run(
     loop {
         while let Some(turn) = attempts.next() {
             let backend = turn.backend;
-            match connect(l, backend.address, backend.proxy_protocol, &client, peer).await {
+            // Where the client connected to: a syscall only PROXY needs.
+            let local = match backend.proxy_protocol {
+                ProxyProtocol::None => peer,
+                _ => canonical(client.local_addr().unwrap_or(peer)),
+            };
+            let connected = crate::connect::connect_for_session(
+                backend.address,
+                l.connect_timeout,
+                backend.proxy_protocol,
+                peer,
+                local,
+            )
+            .await;
+            match connected {
                 Ok(mut upstream) => {
                     attempts.succeeded_noted(&turn, format_args!("connected"));
                     counters.relayed.inc();
@@ -111,16 +122,20 @@ async fn run(
                     );
                     return;
                 }
-                Err(failure) => attempts.failed(turn, failure),
+                Err(e) => attempts.failed(turn, Failure::of_session_connect(&e)),
             }
         }
-        tokio::select! {
-            again = attempts.wait_for_slot() => if !again { break },
-            () = crate::listener::hung_up(&client) => {
-                counters.queue.gone.inc();
+        match attempts
+            .queue_unless(crate::listener::hung_up(&client))
+            .await
+        {
+            QueueStep::Again => continue,
+            QueueStep::Refuse => break,
+            QueueStep::Gone => {
                 tracing::info!(
                     listener = %l.name,
                     client = %peer,
+                    tried = %attempts.tried(),
                     duration_ms = started.elapsed().as_millis() as u64,
                     end = "the client left while queued",
                     "tcp session"
@@ -139,28 +154,4 @@ async fn run(
         end = "closed",
         "tcp session: no backend could take it"
     );
-}
-
-/// A connection to the backend at `address`, with the PROXY header it
-/// wants already written.
-async fn connect(
-    l: &ListenerConfig,
-    address: SocketAddr,
-    proxy: ProxyProtocol,
-    client: &TcpStream,
-    peer: SocketAddr,
-) -> Result<TcpStream, Failure> {
-    let mut upstream = crate::connect::connect(address, l.connect_timeout)
-        .await
-        .map_err(|e| Failure::of_connect(&e))?;
-    if proxy != ProxyProtocol::None {
-        // Where the client connected to: a syscall only PROXY needs.
-        let local = canonical(client.local_addr().unwrap_or(peer));
-        let header = proxy_header::for_client(proxy, peer, local);
-        upstream.write_all(&header).await.map_err(|e| {
-            // The backend closed or reset at once: nothing reached it.
-            Failure::new(FailureReason::Connect, format!("PROXY header: {e}"))
-        })?;
-    }
-    Ok(upstream)
 }

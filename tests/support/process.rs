@@ -413,17 +413,29 @@ pub struct Postfix {
 
 impl Postfix {
     pub fn start() -> Postfix {
-        Postfix::start_with(false)
+        Postfix::start_with(false, &[])
     }
 
     /// Like [`Postfix::start`], speaking SMTPS (implicit TLS, as on port
     /// 465: `smtpd_tls_wrappermode`) after the PROXY header, with a
     /// certificate of its own.
     pub fn start_smtps() -> Postfix {
-        Postfix::start_with(true)
+        Postfix::start_with(true, &[])
     }
 
-    fn start_with(smtps: bool) -> Postfix {
+    /// Like [`Postfix::start`], without PROXY: it takes the client's
+    /// address from XCLIENT, which 127.0.0.1 may send; with more main.cf
+    /// `settings`.
+    pub fn start_xclient(settings: &[&str]) -> Postfix {
+        let mut all = vec![
+            "smtpd_upstream_proxy_protocol =",
+            "smtpd_authorized_xclient_hosts = 127.0.0.1",
+        ];
+        all.extend_from_slice(settings);
+        Postfix::start_with(false, &all)
+    }
+
+    fn start_with(smtps: bool, settings: &[&str]) -> Postfix {
         let postfix = require("postfix");
         let dir = tempfile::Builder::new()
             .prefix("gale-postfix")
@@ -454,6 +466,9 @@ impl Postfix {
             ),
         )
         .unwrap();
+        if !settings.is_empty() {
+            Postfix::write_settings(d, settings);
+        }
         let mut smtpd = String::from("smtpd");
         if smtps {
             let (cert, key) = self_signed(&d.join("conf"));

@@ -422,6 +422,7 @@ fn peers(
             weight: m.weight,
             priority: PRIMARY_PRIORITY,
             proxy_protocol: ProxyProtocol::None,
+            xclient: false,
             max_sessions: DEFAULT_BACKEND_MAX_SESSIONS,
             agent_port: None,
         });

@@ -192,6 +192,16 @@ impl Protocol {
     }
 }
 
+/// How an SMTP backend learns the client's address besides PROXY.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAddress {
+    #[default]
+    None,
+    /// Postfix's XCLIENT, after the backend's greeting.
+    Xclient,
+}
+
 /// What an SMTP listener does with a client that talks before it has
 /// been greeted (`pregreet`).
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
@@ -412,8 +422,11 @@ pub struct BackendSection {
     pub role: Role,
     /// `priority`: explicit tier (0 = first); defaults from `role`.
     pub priority: Option<u32>,
-    /// `proxy_protocol` (SMTP): "none" (default), "v1" or "v2".
+    /// `proxy_protocol` (SMTP, tcp): "none" (default), "v1" or "v2".
     pub proxy_protocol: Option<Spanned<ProxyProtocol>>,
+    /// `client_address` (SMTP): "xclient" tells the backend who the client
+    /// is with XCLIENT instead of a PROXY header; "none" (default).
+    pub client_address: Option<Spanned<ClientAddress>>,
     /// `max_sessions`: sessions this backend takes at once (HAProxy's
     /// maxconn, but >= 1: unset is no limit, where maxconn says 0).
     pub max_sessions: Option<Spanned<u32>>,

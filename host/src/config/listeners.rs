@@ -13,6 +13,7 @@ use super::file::{ListenerSection, Pregreet, Protocol};
 use super::pools::PoolConfig;
 use super::tls::{self, TlsConfig};
 use super::{ConfigError, Errors, parse_addr, parse_count, parse_duration};
+use crate::attempts::MAX_QUEUE_WAIT;
 
 /// `hostname` unless set.
 pub const DEFAULT_HOSTNAME: &str = "gale";
@@ -182,12 +183,25 @@ fn validate_listener(
             .queue_size
             .as_ref()
             .map_or(DEFAULT_QUEUE_SIZE, |n| *n.get_ref()),
-        queue_timeout: parse_duration(
-            errors,
-            l.queue_timeout.as_ref(),
-            &format!("{key}.queue_timeout"),
-            DEFAULT_QUEUE_TIMEOUT,
-        )?,
+        queue_timeout: {
+            let key = format!("{key}.queue_timeout");
+            let t = parse_duration(
+                errors,
+                l.queue_timeout.as_ref(),
+                &key,
+                DEFAULT_QUEUE_TIMEOUT,
+            )?;
+            match &l.queue_timeout {
+                Some(v) if t > MAX_QUEUE_WAIT => {
+                    return Err(errors.spanned(
+                        v,
+                        &key,
+                        "at most 5m (an SMTP client waits 5 minutes for a greeting, RFC 5321 4.5.3.2)",
+                    ));
+                }
+                _ => t,
+            }
+        },
         connect_timeout: parse_duration(
             errors,
             l.connect_timeout.as_ref(),

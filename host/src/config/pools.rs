@@ -10,8 +10,8 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::file::{
-    BackendSection, ListenerSection, PluginSection, PoolSection, ProbeKind, Protocol,
-    ProxyProtocol, Role,
+    BackendSection, ClientAddress, ListenerSection, PluginSection, PoolSection, ProbeKind,
+    Protocol, ProxyProtocol, Role,
 };
 use super::health::{EjectionConfig, ProbeConfig, RetryOn, ejection, probe_config, retry_on};
 use super::plugins::{CandidateSpec, PluginDefaults, PluginSpec, candidate_mode, plugin_spec};
@@ -62,6 +62,9 @@ pub struct BackendConfig {
     /// 0 = primary; standby tiers are higher.
     pub priority: u32,
     pub proxy_protocol: ProxyProtocol,
+    /// SMTP: tell the backend the client's address with XCLIENT after its
+    /// greeting (see `smtp::xclient`).
+    pub xclient: bool,
     /// At most this many sessions at once (u32::MAX: no limit).
     pub max_sessions: u32,
     /// Where the backend's load agent answers (its address, this port),
@@ -187,6 +190,21 @@ fn validate_backend(
             .as_ref()
             .map(|p| *p.get_ref())
             .unwrap_or_default(),
+        xclient: match (&b.client_address, &b.proxy_protocol) {
+            (Some(c), Some(p))
+                if *c.get_ref() == ClientAddress::Xclient
+                    && *p.get_ref() != ProxyProtocol::None =>
+            {
+                return Err(errors.spanned(
+                    c,
+                    &format!("{key}.client_address"),
+                    "a backend learns the client from a PROXY header or from XCLIENT, not both: drop one",
+                ));
+            }
+            (c, _) => c
+                .as_ref()
+                .is_some_and(|c| *c.get_ref() == ClientAddress::Xclient),
+        },
         max_sessions: parse_count(
             errors,
             b.max_sessions.as_ref(),
@@ -209,7 +227,7 @@ fn validate_backend(
 
 /// The one protocol a pool serves: every listener naming it speaks it.
 /// A pool with no listener (published by `[dns]` only) or with listeners
-/// of both protocols has none, and keeps every key.
+/// of several protocols has none, and keeps every key.
 struct Served<'f> {
     protocol: Protocol,
     listeners: Vec<&'f str>,
@@ -245,6 +263,17 @@ impl<'f> Served<'f> {
                 format!("{served}, and {why}"),
             ))
         };
+        if self.protocol != Protocol::Smtp {
+            for (i, b) in pool.backends.iter().enumerate() {
+                if let Some(c) = &b.client_address {
+                    return refuse(
+                        c.span(),
+                        &format!("backends[{i}].client_address"),
+                        "only SMTP backends are told the client with XCLIENT",
+                    );
+                }
+            }
+        }
         match self.protocol {
             Protocol::Smtp | Protocol::Tcp => {
                 if let Some(k) = &pool.keepalive_timeout {

@@ -5,11 +5,11 @@
 //! directories, no environment, no arguments, no stdio and no sockets; it
 //! exists only because language runtimes link WASI for their own start-up.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use crate::queue::Slots;
+use crate::queue::Slot;
 
 use wasmtime::component::ResourceTable;
 use wasmtime::{CallHook, ResourceLimiter, StoreContextMut};
@@ -29,65 +29,44 @@ const MAX_RANDOM_BYTES: u64 = 64 << 10;
 /// Live per-backend numbers a balancer may read through `pool-state`.
 #[derive(Debug, Default)]
 pub struct LiveCounters {
-    /// One counter per backend. Shared with the generation before when the
-    /// backend is the same, so sessions still running there count against
-    /// `max_sessions` here too, and their end is seen here.
-    active: Vec<Arc<AtomicU32>>,
-    /// Told when a session leaves, for sessions queued on a full pool;
-    /// shared with the generation before like the counters.
-    slots: Arc<Slots>,
+    /// One per backend: its sessions and the sessions queued for it.
+    /// Shared with the generation before when the backend is the same, so
+    /// sessions still running there count against `max_sessions` here
+    /// too, and their end is seen (and wakes a queued session) here.
+    slots: Vec<Arc<Slot>>,
 }
 
 impl LiveCounters {
-    /// Counters given one by one, some of them shared.
-    pub fn from_counters(active: Vec<Arc<AtomicU32>>, slots: Arc<Slots>) -> Self {
-        Self { active, slots }
+    /// Slots given one by one, some of them shared.
+    pub fn from_slots(slots: Vec<Arc<Slot>>) -> Self {
+        Self { slots }
     }
 
-    pub fn slots(&self) -> &Arc<Slots> {
-        &self.slots
-    }
-
-    /// Backend `id`'s counter, to share with a later generation.
-    pub fn counter(&self, id: usize) -> Option<Arc<AtomicU32>> {
-        self.active.get(id).cloned()
+    /// Backend `id`'s slot, to share with a later generation or to queue on.
+    pub fn slot(&self, id: usize) -> Option<&Arc<Slot>> {
+        self.slots.get(id)
     }
 
     pub fn active(&self, id: usize) -> u32 {
-        self.active.get(id).map_or(0, |a| a.load(Ordering::Relaxed))
+        self.slots.get(id).map_or(0, |s| s.active())
     }
 
-    /// Whether `id` has fewer than `max` sessions (SeqCst: see
-    /// `Slots::freed`).
-    pub fn has_room(&self, id: usize, max: u32) -> bool {
-        self.active
-            .get(id)
-            .is_some_and(|a| a.load(Ordering::SeqCst) < max)
-    }
-
-    /// Count a session on `id` unless it already has `max`.
-    pub fn try_enter(&self, id: usize, max: u32) -> bool {
-        let Some(a) = self.active.get(id) else {
-            return false;
-        };
-        a.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (n < max).then_some(n + 1)
-        })
-        .is_ok()
-    }
-
-    pub fn enter(&self, id: usize) {
-        if let Some(a) = self.active.get(id) {
-            a.fetch_add(1, Ordering::Relaxed);
-        }
+    /// Count a session on `id` (see [`Slot::try_enter`]).
+    pub fn try_enter(&self, id: usize, max: u32, queued: bool) -> bool {
+        self.slots.get(id).is_some_and(|s| s.try_enter(max, queued))
     }
 
     pub fn leave(&self, id: usize) {
-        if let Some(a) = self.active.get(id) {
-            // SeqCst: ordered with a queued session's check for room (see
-            // `Slots::freed`).
-            a.fetch_sub(1, Ordering::SeqCst);
-            self.slots.freed();
+        if let Some(s) = self.slots.get(id) {
+            s.leave();
+        }
+    }
+
+    /// Wake every session queued on these backends to look again (a
+    /// reload may have raised their `max_sessions`).
+    pub fn wake_queued(&self) {
+        for s in &self.slots {
+            s.wake_all();
         }
     }
 }

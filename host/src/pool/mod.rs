@@ -219,21 +219,21 @@ impl Pool {
         Self::build_after(runtime, config, metrics, None)
     }
 
-    /// Like [`Pool::build`], sharing each backend's session counter with
-    /// `previous` when the backend is there too (same name and address).
+    /// Like [`Pool::build`], sharing each backend's session slot (its
+    /// sessions and the sessions queued for it) with `previous` when the
+    /// backend is there too (same name and address).
     pub fn build_after(
         runtime: &PluginRuntime,
         config: &PoolConfig,
         metrics: &Arc<Metrics>,
         previous: Option<&Pool>,
     ) -> Result<Pool, PluginError> {
-        let counters = config
+        let slots = config
             .backends
             .iter()
-            .map(|b| previous.and_then(|p| p.counter_of(b)).unwrap_or_default())
+            .map(|b| previous.and_then(|p| p.slot_of(b)).unwrap_or_default())
             .collect();
-        let slots = previous.map(|p| p.live.slots().clone()).unwrap_or_default();
-        let live = Arc::new(LiveCounters::from_counters(counters, slots));
+        let live = Arc::new(LiveCounters::from_slots(slots));
         let balancer = BalancerPlugin::load(
             runtime,
             &config.balancer,
@@ -586,12 +586,12 @@ impl Pool {
         }
     }
 
-    fn counter_of(&self, backend: &BackendConfig) -> Option<Arc<std::sync::atomic::AtomicU32>> {
+    fn slot_of(&self, backend: &BackendConfig) -> Option<Arc<crate::queue::Slot>> {
         let id = self
             .backends
             .iter()
             .position(|b| b.config.name == backend.name && b.config.address == backend.address)?;
-        self.live.counter(id)
+        self.live.slot(id).cloned()
     }
 
     /// (decisions, of which the balancer failed) since this pool was built.

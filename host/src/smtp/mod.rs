@@ -6,7 +6,8 @@
 //! the listener says `pregreet = "pass"` ([`pregreet`]); every reply gale
 //! writes itself is followed by a close that lets it arrive ([`refusal`]).
 //!
-//! Owns: client sockets, backend connections, greetings, PROXY headers.
+//! Owns: client sockets, backend connections, greetings, PROXY headers,
+//! XCLIENT ([`xclient`]).
 //! Does not touch: health verdicts (it reports failures to the pool) or
 //! the choice of backend (the pool's balancer makes it).
 
@@ -16,6 +17,7 @@ pub mod refusal;
 pub mod reply;
 mod session;
 mod transaction;
+mod xclient;
 
 use tokio::net::TcpListener;
 

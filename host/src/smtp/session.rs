@@ -11,10 +11,10 @@ use tokio::time::timeout;
 
 use super::reply::{Reply, ReplyError, read_reply};
 use super::transaction::{Event, Watch, enhanced_class};
-use super::{pregreet, proxy_header, refusal};
-use crate::attempts::{Attempts, Failure, FailureReason};
+use super::{pregreet, refusal};
+use crate::attempts::{Attempts, Failure, FailureReason, QueueStep};
 use crate::buffers::Charge;
-use crate::config::{ListenerConfig, Pregreet, ProxyProtocol};
+use crate::config::{BackendConfig, ListenerConfig, Pregreet, ProxyProtocol};
 use crate::generation::{Generation, ip_address};
 use crate::listener::canonical;
 use crate::plugin::types::{Protocol, RequestContext};
@@ -24,26 +24,30 @@ use crate::relay;
 /// Why a backend could not take the session.
 #[derive(Debug)]
 enum SetupFailure {
-    Connect(crate::connect::ConnectError),
-    /// Connected, but the PROXY header could not be written.
-    ProxyHeader(std::io::Error),
+    Connect(crate::connect::SessionConnectError),
     BannerTimeout,
     Greeting(ReplyError),
-    /// Greeted with something other than 220.
+    /// Greeted 220, but could not be told who the client is.
+    Xclient(super::xclient::XclientError),
+    /// Greeted with something other than 220: for the client when the
+    /// backend was told who it is (PROXY, or XCLIENT's reply).
     Refused(Reply),
+    /// A backend to be told the client by XCLIENT greeted gale itself
+    /// with something other than 220: nothing about the client.
+    RefusedBeforeXclient(Reply),
 }
 
 impl SetupFailure {
     /// As the request policy counts it. A refusal is about the client
-    /// when the backend knew who the client was (PROXY).
+    /// when the backend knew who the client was (`knows_client`: PROXY or
+    /// XCLIENT).
     fn failure(&self, knows_client: Option<IpAddr>) -> Failure {
         let (reason, detail) = match self {
-            SetupFailure::Connect(e) => return Failure::of_connect(e),
-            // The backend closed or reset at once: nothing reached it.
-            SetupFailure::ProxyHeader(e) => (FailureReason::Connect, format!("PROXY header: {e}")),
+            SetupFailure::Connect(e) => return Failure::of_session_connect(e),
             SetupFailure::BannerTimeout => (FailureReason::Timeout, "no greeting (timeout)".into()),
             SetupFailure::Greeting(e) => (FailureReason::Greeting, format!("greeting: {e}")),
-            SetupFailure::Refused(reply) => (
+            SetupFailure::Xclient(e) => (FailureReason::Greeting, e.to_string()),
+            SetupFailure::Refused(reply) | SetupFailure::RefusedBeforeXclient(reply) => (
                 FailureReason::Greeting,
                 format!("greeted {:?}", reply.first_line()),
             ),
@@ -51,7 +55,9 @@ impl SetupFailure {
         Failure {
             reason,
             code: match self {
-                SetupFailure::Refused(reply) => Some(reply.code),
+                SetupFailure::Refused(reply) | SetupFailure::RefusedBeforeXclient(reply) => {
+                    Some(reply.code)
+                }
                 _ => None,
             },
             detail,
@@ -132,7 +138,7 @@ pub async fn run(
                 ProxyProtocol::None => peer,
                 _ => canonical(client.local_addr().unwrap_or(peer)),
             };
-            match connect_and_greet(l, backend.address, backend.proxy_protocol, peer, local).await {
+            match connect_and_greet(l, backend, peer, local).await {
                 Ok((mut upstream, greeting)) => {
                     pool.welcomed(turn.id, started, peer.ip());
                     if let Some(early) = pregreet::spoke_early(&client).await {
@@ -214,8 +220,9 @@ pub async fn run(
                     return;
                 }
                 Err(attempt) => {
-                    let knows_client =
-                        (backend.proxy_protocol != ProxyProtocol::None).then(|| peer.ip());
+                    let knows_client = (backend.proxy_protocol != ProxyProtocol::None
+                        || backend.xclient)
+                        .then(|| peer.ip());
                     // Asked before the failure counts: it may take the
                     // backend out.
                     let vouched =
@@ -237,13 +244,17 @@ pub async fn run(
                 }
             }
         }
-        tokio::select! {
-            again = attempts.wait_for_slot() => if !again { break },
-            () = crate::listener::hung_up(&client) => {
-                counters.queue.gone.inc();
+        match attempts
+            .queue_unless(crate::listener::hung_up(&client))
+            .await
+        {
+            QueueStep::Again => continue,
+            QueueStep::Refuse => break,
+            QueueStep::Gone => {
                 tracing::info!(
                     listener = %l.name,
                     client = %peer,
+                    tried = %attempts.tried(),
                     duration_ms = started.elapsed().as_millis() as u64,
                     end = "the client left while queued",
                     "smtp session"
@@ -283,28 +294,36 @@ pub async fn run(
     );
 }
 
+/// A connection to `backend` that has greeted client `peer` with 220:
+/// the greeting, after the PROXY header or XCLIENT the backend wants.
 async fn connect_and_greet(
     l: &ListenerConfig,
-    address: SocketAddr,
-    proxy: ProxyProtocol,
+    backend: &BackendConfig,
     peer: SocketAddr,
     local: SocketAddr,
 ) -> Result<(TcpStream, Reply), SetupFailure> {
-    let mut upstream = crate::connect::connect(address, l.connect_timeout)
-        .await
-        .map_err(SetupFailure::Connect)?;
-    let header = proxy_header::for_client(proxy, peer, local);
-    if !header.is_empty() {
-        upstream
-            .write_all(&header)
-            .await
-            .map_err(SetupFailure::ProxyHeader)?;
-    }
-    let greeting = match timeout(l.banner_timeout, read_reply(&mut upstream)).await {
+    let mut upstream = crate::connect::connect_for_session(
+        backend.address,
+        l.connect_timeout,
+        backend.proxy_protocol,
+        peer,
+        local,
+    )
+    .await
+    .map_err(SetupFailure::Connect)?;
+    let mut greeting = match timeout(l.banner_timeout, read_reply(&mut upstream)).await {
         Err(_) => return Err(SetupFailure::BannerTimeout),
         Ok(Err(e)) => return Err(SetupFailure::Greeting(e)),
         Ok(Ok(r)) => r,
     };
+    if backend.xclient {
+        if greeting.code != 220 {
+            return Err(SetupFailure::RefusedBeforeXclient(greeting));
+        }
+        greeting = super::xclient::introduce(&mut upstream, &l.hostname, peer, l.banner_timeout)
+            .await
+            .map_err(SetupFailure::Xclient)?;
+    }
     if greeting.code != 220 {
         return Err(SetupFailure::Refused(greeting));
     }

@@ -42,7 +42,9 @@ use wait::Next;
 use super::headers::ClientOrigin;
 use super::metered::Metered;
 use super::proxy::{Proxy, RETRY_AFTER_SECS, is_idempotent, log_failure, loggable};
-use crate::attempts::{Attempts, Failure, FailureReason, HttpReply, HttpStep, HttpTries};
+use crate::attempts::{
+    Attempts, Failure, FailureReason, HttpReply, HttpStep, HttpTries, QueueStep,
+};
 use crate::buffers::Charge;
 use crate::config::ListenerConfig;
 use crate::generation::ip_address;
@@ -86,14 +88,22 @@ pub trait ClientStream {
     /// (TLS's close_notify) that a close must send. Plain TCP's goodbye is
     /// the FIN that closing the socket sends: no `shutdown` call needed.
     const SENDS_CLOSE_NOTIFY: bool;
+    /// The socket underneath (to see the client close while it waits).
+    fn tcp(&self) -> &TcpStream;
 }
 
 impl ClientStream for Metered<TcpStream> {
     const SENDS_CLOSE_NOTIFY: bool = false;
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref()
+    }
 }
 
 impl ClientStream for tokio_rustls::server::TlsStream<Metered<TcpStream>> {
     const SENDS_CLOSE_NOTIFY: bool = true;
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0.get_ref()
+    }
 }
 
 /// One client connection speaking HTTP/1.x.
@@ -422,8 +432,19 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
                         HttpStep::Reply(reply) => break 'tried reply,
                     }
                 }
-                if !attempts.wait_for_slot().await {
-                    break;
+                match attempts
+                    .queue_unless(crate::listener::hung_up(self.io.tcp()))
+                    .await
+                {
+                    QueueStep::Again => {}
+                    QueueStep::Refuse => break,
+                    QueueStep::Gone => {
+                        tracing::debug!(
+                            listener = %l.name, client = %self.origin.addr,
+                            method, path = loggable(&path), "http request: the client left while queued"
+                        );
+                        return false;
+                    }
                 }
             }
             tries.reply()

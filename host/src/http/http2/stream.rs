@@ -26,7 +26,9 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::WriteHalf;
 
 use super::message::{self, RequestBody};
-use crate::attempts::{Attempts, Failure, FailureReason, HttpReply, HttpStep, HttpTries, InFlight};
+use crate::attempts::{
+    Attempts, Failure, FailureReason, HttpReply, HttpStep, HttpTries, InFlight, QueueStep,
+};
 use crate::config::{BackendConfig, ListenerConfig};
 use crate::generation::ip_address;
 use crate::http::h1::chunked::Chunked;
@@ -127,11 +129,13 @@ pub(super) async fn serve(
     );
     let decided = tokio::select! {
         biased;
-        _ = poll_fn(|cx| respond.poll_reset(cx)) => {
-            tracing::debug!(listener = %l.name, client = %origin.addr, "http/2 stream reset by the client");
-            return;
-        }
-        decided = tries => decided,
+        _ = poll_fn(|cx| respond.poll_reset(cx)) => None,
+        decided = tries => Some(decided),
+    };
+    let Some(decided) = decided else {
+        attempts.client_left();
+        tracing::debug!(listener = %l.name, client = %origin.addr, "http/2 stream reset by the client");
+        return;
     };
     let body_read = match decided {
         Decided::Answer(answer) => {
@@ -381,7 +385,8 @@ impl<'a> Exchange<'a> {
                     HttpStep::Reply(reply) => return Decided::Reply(reply),
                 }
             }
-            if !attempts.wait_for_slot().await {
+            // A reset while queued ends the stream's future (see `serve`).
+            if attempts.queue_unless(std::future::pending()).await != QueueStep::Again {
                 break;
             }
         }
