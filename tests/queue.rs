@@ -285,10 +285,12 @@ fn http_requests_over_both_engines_wait_for_the_one_slot() {
     assert_eq!(outcome("timeout") + outcome("full") + outcome("gone"), 0.0);
     drop(gale);
 
-    // With no queue the request that finds the slot taken gets 503 at once.
+    // With no queue the request that finds the slot taken gets 503 at once
+    // (a backend of its own, holding the slot for 3 s).
+    let holding = HttpBackend::start("holding", Behaviour::Slow(3000));
     let gale = Gale::start(
-        &web(&[("slow", slow.address, 1)])
-            .set("pools.web.backends.slow.max_sessions", 1)
+        &web(&[("holding", holding.address, 1)])
+            .set("pools.web.backends.holding.max_sessions", 1)
             .set("listeners.web.queue_size", 0)
             .to_string(),
     );
@@ -298,7 +300,7 @@ fn http_requests_over_both_engines_wait_for_the_one_slot() {
         std::thread::spawn(move || curl(&[&url]))
     };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while slow.requests() < 4 {
+    while holding.requests() < 1 {
         assert!(Instant::now() < deadline, "the first request never arrived");
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -310,12 +312,13 @@ fn http_requests_over_both_engines_wait_for_the_one_slot() {
     let mut status = [0u8; 12];
     raw.read_exact(&mut status).unwrap();
     assert_eq!(&status, b"HTTP/1.1 503");
+    // At once: well before the held slot frees (3 s).
     assert!(
-        started.elapsed() < Duration::from_millis(300),
+        started.elapsed() < Duration::from_secs(2),
         "{:?}",
         started.elapsed()
     );
-    assert_eq!(first.join().unwrap().0, 200);
+    assert_eq!(first.join().unwrap(), (200, "holding".to_string()));
 }
 
 #[test]
@@ -399,4 +402,97 @@ fn a_freed_slot_goes_to_a_session_queued_for_that_backend() {
         "{greetings:?}"
     );
     drop(first);
+}
+
+#[test]
+fn bytes_a_client_sends_while_queued_are_kept_for_the_session() {
+    // SMTP: a client that speaks while queued is still caught speaking
+    // before the greeting once a slot frees.
+    let sink = SmtpSink::start(free_port());
+    let gale = Gale::start(
+        &Conf::new()
+            .admin()
+            .smtp("in", "mta")
+            .set("listeners.in.hostname", "gale.test")
+            .probe("mta", "tcp", "60s", "1s")
+            .backend("mta", "s", sink.address)
+            .set("pools.mta.backends.s.max_sessions", 1)
+            .to_string(),
+    );
+    let addr = gale.address("in");
+    let (mut holder, _) = first_line_kept(addr);
+    let mut bot = TcpStream::connect(addr).unwrap();
+    bot.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    wait_queued(&gale, 1.0);
+    bot.write_all(b"EHLO bot.test\r\n").unwrap();
+    holder.write_all(b"QUIT\r\n").unwrap();
+    drop(holder);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(&bot), &mut line).unwrap();
+    assert!(line.starts_with("554 5.5.1 gale.test"), "{line:?}");
+
+    // tcp: what the client sends first (a TLS ClientHello, say) reaches
+    // the backend once a slot frees.
+    let echo = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in echo.incoming() {
+            let Ok(s) = stream else { return };
+            std::thread::spawn(move || {
+                let mut line = String::new();
+                let mut reader = std::io::BufReader::new(&s);
+                while std::io::BufRead::read_line(&mut reader, &mut line).unwrap_or(0) > 0 {
+                    let _ = (&s).write_all(line.as_bytes());
+                    line.clear();
+                }
+            });
+        }
+    });
+    let gale = Gale::start(
+        &Conf::new()
+            .admin()
+            .listener("in", "tcp", "echo")
+            .probe("echo", "tcp", "60s", "1s")
+            .backend("echo", "e", echo_addr)
+            .set("pools.echo.backends.e.max_sessions", 1)
+            .to_string(),
+    );
+    let addr = gale.address("in");
+    let holder = TcpStream::connect(addr).unwrap();
+    wait_until_relayed(&gale);
+    let mut early = TcpStream::connect(addr).unwrap();
+    early
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    wait_queued(&gale, 1.0);
+    early.write_all(b"hello\r\n").unwrap();
+    // A half-close of a tcp client is its protocol, not a departure.
+    early.shutdown(std::net::Shutdown::Write).unwrap();
+    drop(holder);
+    let mut echoed = String::new();
+    early.read_to_string(&mut echoed).unwrap();
+    assert_eq!(echoed, "hello\r\n");
+}
+
+/// A client that holds a session: connected and greeted.
+fn first_line_kept(addr: SocketAddr) -> (TcpStream, String) {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(&s), &mut line).unwrap();
+    (s, line)
+}
+
+/// Until listener `in` has relayed one session to a backend.
+fn wait_until_relayed(gale: &Gale) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while value(
+        &scrape(gale),
+        "gale_sessions_total",
+        &[("outcome", "relayed")],
+    ) < 1.0
+    {
+        assert!(Instant::now() < deadline, "no session relayed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

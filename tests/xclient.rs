@@ -6,24 +6,10 @@
 
 mod support;
 
-use std::net::SocketAddr;
-use std::process::Command;
 use std::time::Duration;
 
 use support::conf::Conf;
-use support::process::{Gale, Postfix, SmtpSink, free_port, require};
-
-fn swaks_from(from: &str, addr: SocketAddr, to: &str) -> (bool, String) {
-    let out = Command::new(require("swaks"))
-        .args(["--server", &addr.to_string(), "--local-interface", from])
-        .args(["--from", "sender@client.test", "--to", to])
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
+use support::process::{Gale, Postfix, SmtpSink, free_port, swaks_from};
 
 #[test]
 fn postfix_judges_the_real_client_told_by_xclient() {
@@ -86,4 +72,25 @@ fn postfix_judges_the_real_client_told_by_xclient() {
             "{s}"
         );
     }
+}
+
+#[test]
+fn a_postfix_that_does_not_authorize_gale_is_an_outage_not_a_verdict_on_the_client() {
+    // gale is not among the hosts allowed to send XCLIENT: Postfix does
+    // not offer it, for any client; the client gets the 421 of an outage.
+    let postfix = Postfix::start_xclient(&["smtpd_authorized_xclient_hosts ="]);
+    let gale = Gale::start(
+        &Conf::new()
+            .smtp("in", "mta")
+            .set("listeners.in.hostname", "gale.test")
+            .probe("mta", "smtp", "60s", "2s")
+            .backend("mta", "postfix", postfix.address)
+            .set("pools.mta.backends.postfix.client_address", "xclient")
+            .to_string(),
+    );
+    let (ok, transcript) = swaks_from("127.0.0.2", gale.address("in"), "rcpt@example.test");
+    assert!(!ok, "{transcript}");
+    assert!(transcript.contains("421 4.3.2 gale.test"), "{transcript}");
+    let line = gale.wait_log("no backend could take it", Duration::from_secs(10));
+    assert!(line.contains("postfix: XCLIENT not offered"), "{line}");
 }

@@ -86,7 +86,7 @@ pub fn reply(l: &ListenerConfig, refusal: Refusal) -> Option<(u16, String)> {
             429,
             http_reply(
                 "429 Too Many Requests",
-                "Retry-After: 1\r\n",
+                "retry-after: 1\r\n",
                 "too many new connections from your address\n",
             ),
         )),
@@ -148,6 +148,21 @@ mod tests {
                 ip("198.51.100.7"),
                 now
             ),
+            Err(Refusal::Denied)
+        );
+    }
+
+    #[test]
+    fn a_network_written_ipv4_mapped_matches_ipv4_clients() {
+        let toml = "[listeners.in]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\npool = \"p\"\n\
+                    deny = [\"::ffff:192.0.2.0/120\"]\n[pools.p]\n";
+        let config = crate::config::Config::parse(std::path::Path::new("t.toml"), toml).unwrap();
+        let rules = &config.listeners[0].admission;
+        let mut rates = Buckets::default();
+        let now = Instant::now();
+        let client = ip("192.0.2.9");
+        assert_eq!(
+            check(rules, &mut rates, client, client, now),
             Err(Refusal::Denied)
         );
     }

@@ -267,10 +267,10 @@ pub struct InFlight {
 }
 
 impl InFlight {
-    /// Count a session on backend `id`, unless it already has `max` or
-    /// (`queued` false) its freed slots are kept for queued sessions.
-    pub fn enter(live: &Arc<LiveCounters>, id: usize, max: u32, queued: bool) -> Option<InFlight> {
-        live.try_enter(id, max, queued).then(|| InFlight {
+    /// Count a session on backend `id`, unless it has its `max_sessions`
+    /// or (`queued` false) its freed slots are kept for queued sessions.
+    pub fn enter(live: &Arc<LiveCounters>, id: usize, queued: bool) -> Option<InFlight> {
+        live.try_enter(id, queued).then(|| InFlight {
             live: live.clone(),
             id,
         })
@@ -369,10 +369,7 @@ impl<'p> Attempts<'p> {
             let slots = self
                 .order
                 .iter()
-                .filter_map(|&id| {
-                    let id = id as usize;
-                    Some((live.slot(id)?.clone(), self.pool.backend(id).max_sessions))
-                })
+                .filter_map(|&id| live.slot(id as usize).cloned())
                 .collect();
             match queue.enter(slots) {
                 Some(place) => self.place = Some(place),
@@ -389,11 +386,13 @@ impl<'p> Attempts<'p> {
             .checked_add(queue.timeout)
             .unwrap_or(since + MAX_QUEUE_WAIT);
         // The client's departure first: a slot freed at the same moment
-        // goes to a session that still has a client.
+        // goes to a session that still has a client. Both futures on the
+        // heap, for the rare session that waits: inline, their timer and
+        // readiness would be reserved in every session's task.
         let waited = tokio::select! {
             biased;
-            () = gone => None,
-            room = place.wait(deadline) => Some(room),
+            () = Box::pin(gone) => None,
+            room = Box::pin(place.wait(deadline)) => Some(room),
         };
         match waited {
             Some(true) => {
@@ -426,8 +425,9 @@ impl<'p> Attempts<'p> {
         }
     }
 
-    /// A backend took the session after it waited in the queue: it leaves
-    /// the queue, counted as `served`, and the wait is noted for the log.
+    /// A backend's slot was handed to the session after it waited in the
+    /// queue: it leaves the queue (passing on wake-ups it did not use),
+    /// counted as `served`, and the wait is noted for the log.
     fn leave_queue(&mut self) {
         if self.place.take().is_some() {
             self.counters.queue.served.inc();
@@ -469,7 +469,6 @@ impl<'p> Attempts<'p> {
     /// request, and the failure counts; the answer may still go to the
     /// client.
     pub fn answered_but_failed(&mut self, turn: &Turn<'p>, failure: Failure) {
-        self.leave_queue();
         let latency = self.note(turn, &failure);
         self.pool.count_session(turn.id);
         self.pool.traffic_failure(turn.id, latency, &failure);
@@ -485,7 +484,6 @@ impl<'p> Attempts<'p> {
     /// (an HTTP request logs only its failures: formatting on every
     /// request cost 5 % of its CPU); see [`Attempts::succeeded_noted`].
     pub fn succeeded(&mut self, turn: &Turn<'p>) {
-        self.leave_queue();
         self.pool.count_session(turn.id);
         self.pool
             .record_traffic_success(turn.id, turn.started, Depth::Session);
@@ -493,7 +491,6 @@ impl<'p> Attempts<'p> {
 
     /// [`Attempts::succeeded`], noted for the log (`what`: "220").
     pub fn succeeded_noted(&mut self, turn: &Turn<'p>, what: std::fmt::Arguments<'_>) {
-        self.leave_queue();
         let _ = write!(
             self.tried,
             "{}: {what} in {}ms",
@@ -524,8 +521,13 @@ impl<'p> Iterator for Attempts<'p> {
             self.next += 1;
             let backend = self.pool.backend(id);
             let queued = self.place.is_some();
-            match InFlight::enter(self.pool.live(), id, backend.max_sessions, queued) {
+            match InFlight::enter(self.pool.live(), id, queued) {
                 Some(in_flight) => {
+                    // It waits no more: an attempt that fails from here
+                    // is an outage, not a full pool.
+                    if queued {
+                        self.leave_queue();
+                    }
                     self.tried_one = true;
                     return Some(Turn {
                         id,

@@ -74,21 +74,22 @@ pub enum SessionConnectError {
     ProxyHeader(std::io::Error),
 }
 
-/// A connection to `address` within `limit` for the session of client
-/// `peer` (which connected to `local`), starting with the PROXY header
-/// `proxy` asks for.
+/// A connection to `address` within `limit` for the session of `client`
+/// (at `peer`), starting with the PROXY header `proxy` asks for.
 pub async fn connect_for_session(
     address: SocketAddr,
     limit: Duration,
     proxy: crate::config::ProxyProtocol,
+    client: &TcpStream,
     peer: SocketAddr,
-    local: SocketAddr,
 ) -> Result<TcpStream, SessionConnectError> {
     let mut upstream = connect(address, limit)
         .await
         .map_err(SessionConnectError::Connect)?;
-    let header = crate::smtp::proxy_header::for_client(proxy, peer, local);
-    if !header.is_empty() {
+    if proxy != crate::config::ProxyProtocol::None {
+        // Where the client connected to: a syscall only PROXY needs.
+        let local = crate::listener::canonical(client.local_addr().unwrap_or(peer));
+        let header = crate::smtp::proxy_header::for_client(proxy, peer, local);
         upstream
             .write_all(&header)
             .await

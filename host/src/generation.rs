@@ -182,6 +182,25 @@ impl ListenerCounters {
         UpgradedGuard(open)
     }
 
+    /// Count a client refused before its session began, with the `code`
+    /// gale replied: an HTTP status, a 421 (deferred) or a 5xx (refused).
+    pub fn refused_with(&self, protocol: ListenerProtocol, code: u16) {
+        match (protocol, code) {
+            (ListenerProtocol::Http, _) => {
+                self.status(code);
+                self.error_reply(code);
+            }
+            (_, 421) => {
+                self.deferred.inc();
+                self.replied_421.inc();
+            }
+            _ => {
+                self.refused.inc();
+                self.error_reply(code);
+            }
+        }
+    }
+
     /// Count a client refused on admission (rare, or a flood that costs
     /// far more than the lookup: the series is looked up each time).
     pub fn admission_refused(&self, refusal: crate::admission::Refusal) {

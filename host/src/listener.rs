@@ -26,6 +26,10 @@ use tokio_util::task::TaskTracker;
 use crate::buffers::Buffers;
 use crate::generation::Generation;
 
+/// Refused clients being answered at once, per listener (see
+/// `Accept::send_refusal`).
+const MAX_REFUSING: usize = 256;
+
 pub struct Accept {
     /// The listener's name in the config.
     pub name: String,
@@ -47,6 +51,7 @@ impl Accept {
     {
         let slots = Arc::new(Slots::default());
         let clients = Arc::new(Clients::default());
+        let refusing = Arc::new(AtomicUsize::new(0));
         // New sessions per client, for `client_rate`: here, so that a
         // reload keeps what each client has spent.
         let mut rates = crate::rate::Buckets::default();
@@ -93,11 +98,11 @@ impl Accept {
                 }
             };
             if let Err(refusal) = self.admit(&mut rates, peer.ip()) {
-                self.refuse_admission(client, peer, refusal);
+                self.refuse_admission(&refusing, client, peer, refusal);
                 continue;
             }
             let Some(from_client) = clients.enter(peer.ip(), self.per_client_limit()) else {
-                self.refuse(client, peer);
+                self.refuse(&refusing, client, peer);
                 continue;
             };
             self.sessions.spawn(Admitted {
@@ -123,7 +128,7 @@ impl Accept {
 
     /// A client over its cap: an SMTP client is told to come back later
     /// (its mail is deferred, not lost), an HTTP connection is closed.
-    fn refuse(&self, client: TcpStream, peer: SocketAddr) {
+    fn refuse(&self, refusing: &Arc<AtomicUsize>, client: TcpStream, peer: SocketAddr) {
         let generation = self.current.load();
         let Some((l, counters)) = generation.listener(&self.name) else {
             return;
@@ -132,11 +137,26 @@ impl Accept {
         if l.protocol != crate::config::Protocol::Smtp {
             return;
         }
-        counters.deferred.inc();
-        counters.replied_421.inc();
+        counters.refused_with(l.protocol, 421);
         let reply = crate::smtp::refusal::too_many_reply(&l.hostname);
+        self.send_refusal(refusing, client, reply);
+    }
+
+    /// Write `reply` to a refused client and close its connection so that
+    /// the reply arrives, in a task of its own; at most
+    /// [`MAX_REFUSING`] at once per listener (each may take a few seconds
+    /// for a client that does not read), past which the connection is
+    /// closed at once: refused clients cannot hold descriptors without
+    /// bound.
+    fn send_refusal(&self, refusing: &Arc<AtomicUsize>, client: TcpStream, reply: String) {
+        if refusing.fetch_add(1, Ordering::AcqRel) >= MAX_REFUSING {
+            refusing.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        let refusing = refusing.clone();
         self.sessions.spawn(async move {
             crate::smtp::refusal::refuse(client, reply.as_bytes()).await;
+            refusing.fetch_sub(1, Ordering::AcqRel);
         });
     }
 
@@ -158,6 +178,7 @@ impl Accept {
     /// has one) and a close that lets it arrive.
     fn refuse_admission(
         &self,
+        refusing: &Arc<AtomicUsize>,
         client: TcpStream,
         peer: SocketAddr,
         refusal: crate::admission::Refusal,
@@ -171,23 +192,8 @@ impl Accept {
         let Some((code, reply)) = crate::admission::reply(l, refusal) else {
             return;
         };
-        match (l.protocol, code) {
-            (crate::config::Protocol::Http, _) => {
-                counters.status(code);
-                counters.error_reply(code);
-            }
-            (_, 421) => {
-                counters.deferred.inc();
-                counters.replied_421.inc();
-            }
-            _ => {
-                counters.refused.inc();
-                counters.error_reply(code);
-            }
-        }
-        self.sessions.spawn(async move {
-            crate::smtp::refusal::refuse(client, reply.as_bytes()).await;
-        });
+        counters.refused_with(l.protocol, code);
+        self.send_refusal(refusing, client, reply);
     }
 
     /// The listener's `max_buffer_mb` in the current generation, in bytes.
@@ -207,6 +213,50 @@ impl Accept {
             .listener(&self.name)
             .map_or(0, |l| l.max_sessions as usize)
     }
+}
+
+/// Accept sessions on `listener` until `accept.shutdown` is cancelled,
+/// each served by `session` (SMTP, tcp) on the generation current when it
+/// was accepted, with the index of its listener there (`None`: the
+/// generation no longer has it) and its charge of the listener's buffers.
+pub async fn serve_sessions<F, Fut>(listener: TcpListener, accept: Accept, session: F)
+where
+    F: Fn(TcpStream, SocketAddr, Arc<Generation>, Option<usize>, crate::buffers::Charge) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (name, current) = (accept.name.clone(), accept.current.clone());
+    let buffers = accept.buffers.clone();
+    accept
+        .run(listener, move |client, peer| {
+            let generation = current.load_full();
+            let index = generation
+                .config
+                .listeners
+                .iter()
+                .position(|l| l.name == name);
+            // The session's future itself, not one wrapped in a block
+            // that would hold its arguments a second time.
+            session(client, peer, generation, index, buffers.charge())
+        })
+        .await;
+}
+
+/// The log line of a session whose client left while it was queued.
+pub fn log_left_queue(
+    protocol: &str,
+    listener: &str,
+    client: SocketAddr,
+    tried: &str,
+    started: std::time::Instant,
+) {
+    tracing::info!(
+        protocol,
+        listener,
+        client = %client,
+        tried,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "the client left while queued"
+    );
 }
 
 /// Returns once `ready()` holds, looking again each time `freed` is
@@ -441,24 +491,50 @@ impl Drop for FromClient {
     }
 }
 
-/// Until the client closes its side of `client` (a queued session's
-/// client gave up): the kernel's read-closed flag (EPOLLRDHUP), which
-/// bytes it sent first do not hide and which reading them is not needed
-/// for (they stay unread, for an SMTP pregreet check or an HTTP request
-/// body). A client that half-closes after its request counts as gone, as
-/// with HAProxy's `abortonclose`.
-pub async fn hung_up(client: &TcpStream) {
+/// Until the client of a queued session gives up: its connection reset,
+/// or (`half_close_is_gone`: SMTP, whose client has not been greeted, and
+/// HTTP, as HAProxy's `abortonclose`) its side closed. A tcp client's
+/// half-close may be its protocol (send, then wait for the answer), so
+/// there only a reset counts.
+///
+/// Watched through a duplicate of the socket's descriptor registered on
+/// its own: readiness cleared here (bytes the client sent while queued)
+/// is not cleared for the session, which reads them later (an SMTP
+/// pregreet check, an HTTP body, a TLS ClientHello). One descriptor more
+/// per queued session; without it (out of descriptors) the wait ends
+/// only with the queue's timeout.
+pub async fn hung_up(client: &TcpStream, half_close_is_gone: bool) {
+    use std::os::fd::AsFd;
+    let Ok(fd) = client.as_fd().try_clone_to_owned() else {
+        return std::future::pending().await;
+    };
+    // SAFETY: the AsyncFd owns `fd`, an open descriptor of its own that
+    // stays open and the same until the AsyncFd drops it.
+    let watch = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+    };
+    let Ok(watch) = watch else {
+        return std::future::pending().await;
+    };
     loop {
-        match client.ready(tokio::io::Interest::READABLE).await {
-            Ok(ready) if !ready.is_read_closed() => {
-                // Bytes, not a close: forget this readiness (the bytes
-                // stay in the socket) and wait for the next event.
-                let _ = client.try_io(tokio::io::Interest::READABLE, || {
-                    Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
-                });
-            }
-            _ => return,
+        let Ok(mut guard) = watch.readable().await else {
+            return;
+        };
+        let ready = guard.ready();
+        if ready.is_error()
+            || ready.is_write_closed()
+            || (half_close_is_gone && ready.is_read_closed())
+        {
+            return;
         }
+        if ready.is_read_closed() {
+            // A half-close that does not count. Read-closed stays set, so
+            // the registration cannot wait for anything after it: the
+            // queue's timeout ends the wait.
+            return std::future::pending().await;
+        }
+        // Bytes: wait for the next event on this registration only.
+        guard.clear_ready();
     }
 }
 

@@ -13,11 +13,14 @@
 //!   session queued for that backend, which may use it by construction
 //!   (it queued on the backends of its own order). While sessions are
 //!   queued for a backend, a newcomer does not take its freed slots: the
-//!   queue goes first.
+//!   queue goes first. The backend's `max_sessions` lives here too, set
+//!   by the generation that is current, so a reload that raises it lets
+//!   sessions queued on an older generation in.
 //! - [`Queue`], one per listener: `queue_size` places, `queue_timeout`,
 //!   and the metrics. A session keeps its [`Place`] from its first wait
-//!   until it has a backend or gives up, across wake-ups that found the
-//!   slot taken by another queued session.
+//!   until a backend's slot is handed to it or it gives up. A place that
+//!   goes passes on what it was woken for and did not use: a backend of
+//!   its order with room and sessions queued for it wakes one of them.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -29,29 +32,57 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 
-/// One backend's sessions, and the sessions queued for it.
-#[derive(Debug, Default)]
+/// One backend's sessions, its limit, and the sessions queued for it.
+#[derive(Debug)]
 pub struct Slot {
     active: AtomicU32,
+    /// `max_sessions` of the backend in the current generation.
+    max: AtomicU32,
     /// Sessions queued with this backend in their order: a slot that
     /// frees with none waiting costs one atomic load, no wake-up.
     waiting: AtomicU32,
     freed: Notify,
 }
 
+impl Default for Slot {
+    /// No limit until a generation sets one.
+    fn default() -> Self {
+        Slot::new(u32::MAX)
+    }
+}
+
 impl Slot {
+    pub fn new(max: u32) -> Slot {
+        Slot {
+            active: AtomicU32::new(0),
+            max: AtomicU32::new(max),
+            waiting: AtomicU32::new(0),
+            freed: Notify::new(),
+        }
+    }
+
     pub fn active(&self) -> u32 {
         self.active.load(Ordering::Relaxed)
     }
 
-    /// Count a session unless `max` are counted, or sessions are queued
-    /// for this backend and this one (`queued` false) is not among them.
-    pub fn try_enter(&self, max: u32, queued: bool) -> bool {
+    /// The backend's `max_sessions` from now on (a generation became
+    /// current); sessions queued for it look again.
+    pub fn set_max(&self, max: u32) {
+        if self.max.swap(max, Ordering::SeqCst) != max {
+            self.freed.notify_waiters();
+        }
+    }
+
+    /// Count a session unless `max_sessions` are counted, or sessions are
+    /// queued for this backend and this one (`queued` false) is not among
+    /// them.
+    pub fn try_enter(&self, queued: bool) -> bool {
         // SeqCst here and in `leave`, `has_room` and `Place::wait`: either
         // a waiter sees the freed slot, or the leaver sees the waiter.
         if !queued && self.waiting.load(Ordering::SeqCst) > 0 {
             return false;
         }
+        let max = self.max.load(Ordering::SeqCst);
         self.active
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 (n < max).then_some(n + 1)
@@ -60,22 +91,21 @@ impl Slot {
     }
 
     /// A session ended: wake the longest-waiting session queued for this
-    /// backend. (One woken while it gives up passes the wake-up on: tokio's
-    /// `Notify` forwards a `notify_one` its dropped waiter did not use.)
+    /// backend.
     pub fn leave(&self) {
         self.active.fetch_sub(1, Ordering::SeqCst);
-        if self.waiting.load(Ordering::SeqCst) > 0 {
+        self.wake_one_if_room();
+    }
+
+    /// Wake one queued session if this backend has room for it.
+    fn wake_one_if_room(&self) {
+        if self.waiting.load(Ordering::SeqCst) > 0 && self.has_room() {
             self.freed.notify_one();
         }
     }
 
-    fn has_room(&self, max: u32) -> bool {
-        self.active.load(Ordering::SeqCst) < max
-    }
-
-    /// Every queued session looks again (a reload changed the limits).
-    pub fn wake_all(&self) {
-        self.freed.notify_waiters();
+    fn has_room(&self) -> bool {
+        self.active.load(Ordering::SeqCst) < self.max.load(Ordering::SeqCst)
     }
 }
 
@@ -100,14 +130,14 @@ pub struct Queue {
 
 impl Queue {
     /// A place in this queue and in the queues of `slots` (the backends
-    /// the session may use, with their `max_sessions`), or `None` when
-    /// `queue_size` sessions wait already.
-    pub fn enter(&self, slots: Vec<(Arc<Slot>, u32)>) -> Option<Place> {
+    /// the session may use), or `None` when `queue_size` sessions wait
+    /// already.
+    pub fn enter(&self, slots: Vec<Arc<Slot>>) -> Option<Place> {
         if self.waiting.inc() >= i64::from(self.size) {
             self.waiting.dec();
             return None;
         }
-        for (slot, _) in &slots {
+        for slot in &slots {
             slot.waiting.fetch_add(1, Ordering::SeqCst);
         }
         Some(Place {
@@ -121,7 +151,7 @@ impl Queue {
 /// up; dropping it leaves every queue it was in.
 pub struct Place {
     listener: Gauge,
-    slots: Vec<(Arc<Slot>, u32)>,
+    slots: Vec<Arc<Slot>>,
 }
 
 impl Place {
@@ -134,7 +164,7 @@ impl Place {
             let mut wakeups: Vec<Pin<Box<tokio::sync::futures::Notified<'_>>>> = self
                 .slots
                 .iter()
-                .map(|(slot, _)| Box::pin(slot.freed.notified()))
+                .map(|slot| Box::pin(slot.freed.notified()))
                 .collect();
             for w in &mut wakeups {
                 w.as_mut().enable();
@@ -146,19 +176,27 @@ impl Place {
             if woken.is_err() {
                 return false;
             }
-            // Another queued session took it first: wait again.
+            // Another queued session took it first: wait again (at the
+            // back of the backends' wait lists).
         }
     }
 
     fn has_room(&self) -> bool {
-        self.slots.iter().any(|(slot, max)| slot.has_room(*max))
+        self.slots.iter().any(|slot| slot.has_room())
     }
 }
 
 impl Drop for Place {
+    /// Leaves every queue, and passes on a wake-up this session may have
+    /// used up without taking that backend's slot (it took another, or it
+    /// gave up): a backend of its order with room and sessions queued
+    /// for it wakes one of them.
     fn drop(&mut self) {
-        for (slot, _) in &self.slots {
+        for slot in &self.slots {
             slot.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+        for slot in &self.slots {
+            slot.wake_one_if_room();
         }
         self.listener.dec();
     }
@@ -203,23 +241,23 @@ mod tests {
 
     #[tokio::test]
     async fn a_freed_slot_wakes_a_session_queued_for_that_backend_only() {
-        let (x, y) = (Arc::new(Slot::default()), Arc::new(Slot::default()));
+        let (x, y) = (Arc::new(Slot::new(1)), Arc::new(Slot::new(1)));
         for s in [&x, &y] {
-            assert!(s.try_enter(1, false));
+            assert!(s.try_enter(false));
         }
         let q = Arc::new(queue(10));
         // One session may use x only, the other y only (their orders).
-        let on_x = q.enter(vec![(x.clone(), 1)]).unwrap();
-        let on_y = q.enter(vec![(y.clone(), 1)]).unwrap();
+        let on_x = q.enter(vec![x.clone()]).unwrap();
+        let on_y = q.enter(vec![y.clone()]).unwrap();
         assert_eq!(q.waiting.get(), 2);
         let waiter_x = tokio::spawn(async move { on_x.wait(far()).await });
         let waiter_y = tokio::spawn(async move { on_y.wait(far()).await });
         tokio::task::yield_now().await;
         // A newcomer does not take y's freed slot: the queue goes first.
         y.leave();
-        assert!(!y.try_enter(1, false));
+        assert!(!y.try_enter(false));
         assert!(waiter_y.await.unwrap());
-        assert!(y.try_enter(1, true));
+        assert!(y.try_enter(true));
         assert!(!waiter_x.is_finished());
         x.leave();
         assert!(waiter_x.await.unwrap());
@@ -229,24 +267,71 @@ mod tests {
 
     #[tokio::test]
     async fn the_wait_ends_at_the_deadline_and_a_full_queue_refuses() {
-        let x = Arc::new(Slot::default());
-        assert!(x.try_enter(1, false));
+        let x = Arc::new(Slot::new(1));
+        assert!(x.try_enter(false));
         let q = queue(1);
-        let place = q.enter(vec![(x.clone(), 1)]).unwrap();
+        let place = q.enter(vec![x.clone()]).unwrap();
         let started = Instant::now();
         assert!(!place.wait(started + Duration::from_millis(50)).await);
         assert!(started.elapsed() >= Duration::from_millis(45));
-        assert!(q.enter(vec![(x.clone(), 1)]).is_none(), "queue_size 1");
+        assert!(q.enter(vec![x.clone()]).is_none(), "queue_size 1");
         drop(place);
-        assert!(queue(0).enter(vec![(x.clone(), 1)]).is_none(), "no queue");
+        assert!(queue(0).enter(vec![x.clone()]).is_none(), "no queue");
         assert_eq!(q.waiting.get(), 0);
     }
 
     #[tokio::test]
     async fn room_seen_on_registering_ends_the_wait_at_once() {
-        let x = Arc::new(Slot::default());
+        let x = Arc::new(Slot::new(2));
         let q = queue(4);
-        let place = q.enter(vec![(x, 2)]).unwrap();
+        let place = q.enter(vec![x]).unwrap();
         assert!(place.wait(far()).await);
+    }
+
+    #[tokio::test]
+    async fn a_wake_up_used_for_another_backend_is_passed_on() {
+        // w1 may use x or y, w2 only y; both full; w1 waits longest.
+        let (x, y) = (Arc::new(Slot::new(1)), Arc::new(Slot::new(1)));
+        assert!(x.try_enter(false) && y.try_enter(false));
+        let q = queue(10);
+        let w1 = Arc::new(q.enter(vec![x.clone(), y.clone()]).unwrap());
+        let w2 = Arc::new(q.enter(vec![y.clone()]).unwrap());
+        let waiter1 = {
+            let w1 = w1.clone();
+            tokio::spawn(async move { w1.wait(far()).await })
+        };
+        tokio::task::yield_now().await;
+        let waiter2 = {
+            let w2 = w2.clone();
+            tokio::spawn(async move { w2.wait(far()).await })
+        };
+        tokio::task::yield_now().await;
+        // y frees: its wake-up goes to w1, the longest waiting...
+        y.leave();
+        assert!(waiter1.await.unwrap());
+        // ...which takes x, freed meanwhile, instead.
+        x.leave();
+        assert!(x.try_enter(true));
+        drop(w1);
+        // Leaving the queue, w1 passes y's wake-up on to w2.
+        let woken = tokio::time::timeout(Duration::from_secs(5), waiter2).await;
+        assert!(woken.expect("w2 was never woken").unwrap());
+        assert!(y.try_enter(true));
+    }
+
+    #[tokio::test]
+    async fn a_raised_limit_lets_queued_sessions_in() {
+        let x = Arc::new(Slot::new(1));
+        assert!(x.try_enter(false));
+        let q = queue(10);
+        let place = Arc::new(q.enter(vec![x.clone()]).unwrap());
+        let waiter = {
+            let place = place.clone();
+            tokio::spawn(async move { place.wait(far()).await })
+        };
+        tokio::task::yield_now().await;
+        x.set_max(2);
+        assert!(waiter.await.unwrap());
+        assert!(x.try_enter(true));
     }
 }

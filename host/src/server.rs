@@ -134,9 +134,10 @@ impl Server {
         generation.inherit(&self.current.load());
         let old = self.current.swap(generation.clone());
         generation.inherit(&old);
-        // Sessions queued for a backend whose max_sessions rose look again.
+        // Its limits hold from now on (sessions queued for a backend whose
+        // max_sessions rose look again).
         for pool in &generation.pools {
-            pool.live().wake_queued();
+            pool.apply_limits();
         }
         self.serve(pending);
         self.retire_listeners(&generation.config);

@@ -27,28 +27,15 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::attempts::{Attempts, Failure, QueueStep};
 use crate::buffers::Charge;
-use crate::config::{ListenerConfig, ProxyProtocol};
+use crate::config::ListenerConfig;
 use crate::generation::{Generation, ip_address};
-use crate::listener::{Accept, canonical};
+use crate::listener::Accept;
 use crate::plugin::types::{Protocol, RequestContext};
 use crate::relay;
 
 /// Accept connections on `listener` until `accept.shutdown` is cancelled.
-/// Each runs on the generation current when it was accepted.
 pub async fn serve(listener: TcpListener, accept: Accept) {
-    let (name, current) = (accept.name.clone(), accept.current.clone());
-    let buffers = accept.buffers.clone();
-    accept
-        .run(listener, move |client, peer| {
-            let generation = current.load_full();
-            let index = generation
-                .config
-                .listeners
-                .iter()
-                .position(|l| l.name == name);
-            run(client, peer, generation, index, buffers.charge())
-        })
-        .await;
+    crate::listener::serve_sessions(listener, accept, run).await;
 }
 
 /// Serve one client of the generation's listener number `listener`
@@ -81,17 +68,12 @@ async fn run(
     loop {
         while let Some(turn) = attempts.next() {
             let backend = turn.backend;
-            // Where the client connected to: a syscall only PROXY needs.
-            let local = match backend.proxy_protocol {
-                ProxyProtocol::None => peer,
-                _ => canonical(client.local_addr().unwrap_or(peer)),
-            };
             let connected = crate::connect::connect_for_session(
                 backend.address,
                 l.connect_timeout,
                 backend.proxy_protocol,
+                &client,
                 peer,
-                local,
             )
             .await;
             match connected {
@@ -126,20 +108,14 @@ async fn run(
             }
         }
         match attempts
-            .queue_unless(crate::listener::hung_up(&client))
+            .queue_unless(crate::listener::hung_up(&client, false))
             .await
         {
             QueueStep::Again => continue,
             QueueStep::Refuse => break,
             QueueStep::Gone => {
-                tracing::info!(
-                    listener = %l.name,
-                    client = %peer,
-                    tried = %attempts.tried(),
-                    duration_ms = started.elapsed().as_millis() as u64,
-                    end = "the client left while queued",
-                    "tcp session"
-                );
+                let tried = attempts.tried();
+                crate::listener::log_left_queue("tcp", &l.name, peer, tried, started);
                 return;
             }
         }

@@ -380,6 +380,20 @@ impl Drop for Nginx {
     }
 }
 
+/// One message by swaks through `server` from the loopback address `from`
+/// to `to`: whether swaks succeeded, and its transcript.
+pub fn swaks_from(from: &str, server: SocketAddr, to: &str) -> (bool, String) {
+    let out = Command::new(require("swaks"))
+        .args(["--server", &server.to_string(), "--local-interface", from])
+        .args(["--from", "sender@client.test", "--to", to])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 /// A self-signed certificate for `localhost` and 127.0.0.1 (P-256, one
 /// day) written into `dir` by openssl: (cert.pem, key.pem).
 pub fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {

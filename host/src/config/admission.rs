@@ -113,7 +113,9 @@ pub(super) fn validate(
     })
 }
 
-/// "192.0.2.0/24", "2001:db8::/32", or one address (a /32 or /128).
+/// "192.0.2.0/24", "2001:db8::/32", or one address (a /32 or /128);
+/// "::ffff:192.0.2.0/120" is the IPv4 network it maps. IPv4 clients match
+/// IPv4 networks only ("::/0" is every IPv6 client).
 /// Host bits set ("192.0.2.1/24") are refused: the operator meant either
 /// the address or the network, and gale cannot tell which.
 fn parse_network(
@@ -146,6 +148,15 @@ fn parse_network(
                 net.trunc()
             ),
         ));
+    }
+    // Clients are seen as IPv4 when they come as ::ffff:a.b.c.d (see
+    // `listener::canonical`): a network written that way means IPv4.
+    if let IpNet::V6(v6) = net
+        && v6.prefix_len() >= 96
+        && let Some(v4) = v6.addr().to_ipv4_mapped()
+        && let Ok(mapped) = ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+    {
+        return Ok(IpNet::V4(mapped));
     }
     Ok(net)
 }

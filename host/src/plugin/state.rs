@@ -52,8 +52,8 @@ impl LiveCounters {
     }
 
     /// Count a session on `id` (see [`Slot::try_enter`]).
-    pub fn try_enter(&self, id: usize, max: u32, queued: bool) -> bool {
-        self.slots.get(id).is_some_and(|s| s.try_enter(max, queued))
+    pub fn try_enter(&self, id: usize, queued: bool) -> bool {
+        self.slots.get(id).is_some_and(|s| s.try_enter(queued))
     }
 
     pub fn leave(&self, id: usize) {
@@ -62,11 +62,12 @@ impl LiveCounters {
         }
     }
 
-    /// Wake every session queued on these backends to look again (a
-    /// reload may have raised their `max_sessions`).
-    pub fn wake_queued(&self) {
-        for s in &self.slots {
-            s.wake_all();
+    /// The backends' `max_sessions`, in order, from now on: their
+    /// generation became current (sessions queued for a backend whose
+    /// limit rose look again).
+    pub fn set_limits(&self, limits: impl Iterator<Item = u32>) {
+        for (slot, max) in self.slots.iter().zip(limits) {
+            slot.set_max(max);
         }
     }
 }

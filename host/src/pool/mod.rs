@@ -228,10 +228,16 @@ impl Pool {
         metrics: &Arc<Metrics>,
         previous: Option<&Pool>,
     ) -> Result<Pool, PluginError> {
+        // A shared slot keeps the limit of the generation that is current
+        // until this one is (see `Pool::apply_limits`).
         let slots = config
             .backends
             .iter()
-            .map(|b| previous.and_then(|p| p.slot_of(b)).unwrap_or_default())
+            .map(|b| {
+                previous
+                    .and_then(|p| p.slot_of(b))
+                    .unwrap_or_else(|| Arc::new(crate::queue::Slot::new(b.max_sessions)))
+            })
             .collect();
         let live = Arc::new(LiveCounters::from_slots(slots));
         let balancer = BalancerPlugin::load(
@@ -584,6 +590,13 @@ impl Pool {
                 }
             }
         }
+    }
+
+    /// This pool's generation became current: its backends' limits hold
+    /// for every session, those of older generations included.
+    pub fn apply_limits(&self) {
+        self.live
+            .set_limits(self.backends.iter().map(|b| b.config.max_sessions));
     }
 
     fn slot_of(&self, backend: &BackendConfig) -> Option<Arc<crate::queue::Slot>> {

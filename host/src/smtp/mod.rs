@@ -26,21 +26,6 @@ pub use refusal::unavailable_reply;
 use crate::listener::Accept;
 
 /// Accept sessions on `listener` until `accept.shutdown` is cancelled.
-/// Each session runs on the generation current when it was accepted.
 pub async fn serve(listener: TcpListener, accept: Accept) {
-    let (name, current) = (accept.name.clone(), accept.current.clone());
-    let buffers = accept.buffers.clone();
-    accept
-        .run(listener, move |client, peer| {
-            let generation = current.load_full();
-            let index = generation
-                .config
-                .listeners
-                .iter()
-                .position(|l| l.name == name);
-            // The session's future itself, not one wrapped in a block
-            // that would hold its arguments a second time.
-            session::run(client, peer, generation, index, buffers.charge())
-        })
-        .await;
+    crate::listener::serve_sessions(listener, accept, session::run).await;
 }

@@ -16,7 +16,6 @@ use crate::attempts::{Attempts, Failure, FailureReason, QueueStep};
 use crate::buffers::Charge;
 use crate::config::{BackendConfig, ListenerConfig, Pregreet, ProxyProtocol};
 use crate::generation::{Generation, ip_address};
-use crate::listener::canonical;
 use crate::plugin::types::{Protocol, RequestContext};
 use crate::pool::{Depth, Pool};
 use crate::relay;
@@ -132,13 +131,7 @@ pub async fn run(
     loop {
         while let Some(turn) = attempts.next() {
             let backend = turn.backend;
-            // Where the client connected to: only PROXY headers need it, and it
-            // costs a syscall.
-            let local = match backend.proxy_protocol {
-                ProxyProtocol::None => peer,
-                _ => canonical(client.local_addr().unwrap_or(peer)),
-            };
-            match connect_and_greet(l, backend, peer, local).await {
+            match connect_and_greet(l, backend, &client, peer).await {
                 Ok((mut upstream, greeting)) => {
                     pool.welcomed(turn.id, started, peer.ip());
                     if let Some(early) = pregreet::spoke_early(&client).await {
@@ -245,20 +238,14 @@ pub async fn run(
             }
         }
         match attempts
-            .queue_unless(crate::listener::hung_up(&client))
+            .queue_unless(crate::listener::hung_up(&client, true))
             .await
         {
             QueueStep::Again => continue,
             QueueStep::Refuse => break,
             QueueStep::Gone => {
-                tracing::info!(
-                    listener = %l.name,
-                    client = %peer,
-                    tried = %attempts.tried(),
-                    duration_ms = started.elapsed().as_millis() as u64,
-                    end = "the client left while queued",
-                    "smtp session"
-                );
+                let tried = attempts.tried();
+                crate::listener::log_left_queue("smtp", &l.name, peer, tried, started);
                 return;
             }
         }
@@ -299,15 +286,15 @@ pub async fn run(
 async fn connect_and_greet(
     l: &ListenerConfig,
     backend: &BackendConfig,
+    client: &TcpStream,
     peer: SocketAddr,
-    local: SocketAddr,
 ) -> Result<(TcpStream, Reply), SetupFailure> {
     let mut upstream = crate::connect::connect_for_session(
         backend.address,
         l.connect_timeout,
         backend.proxy_protocol,
+        client,
         peer,
-        local,
     )
     .await
     .map_err(SetupFailure::Connect)?;

@@ -12,9 +12,13 @@
 //! the client itself: gale does not send them (nginx's mail proxy, which
 //! reads the client's EHLO before it connects, sends its HELO; gale
 //! holds the client before any greeting, so it has none to send).
-//! NAME=[UNAVAILABLE] keeps the backend from reusing gale's own host
-//! name; Postfix then does its own lookup or logs `unknown[addr]`, as
-//! behind PROXY.
+//! NAME=[UNAVAILABLE] keeps the backend from keeping gale's own host
+//! name for the client. Postfix takes it as the name `unknown` with a
+//! permanent lookup failure and does no lookup of its own (behind PROXY
+//! it does): `reject_unknown_client_hostname` would refuse every client,
+//! and access maps by client host name never match. An MTA that judges
+//! clients by name wants PROXY. (Postfix also does not count sessions
+//! from an XCLIENT host in its anvil connection limits.)
 //!
 //! A backend that does not answer EHLO or does not offer XCLIENT fails
 //! the attempt with that reason: a configuration error of the backend,

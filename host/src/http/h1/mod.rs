@@ -433,7 +433,7 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
                     }
                 }
                 match attempts
-                    .queue_unless(crate::listener::hung_up(self.io.tcp()))
+                    .queue_unless(crate::listener::hung_up(self.io.tcp(), true))
                     .await
                 {
                     QueueStep::Again => {}
