@@ -74,7 +74,16 @@ fn postfix_accepts_mail_and_logs_the_real_client_address() {
         );
     }
     // Probes (EHLO/QUIT over PROXY LOCAL/UNKNOWN) left no errors behind.
-    let log = postfix.maillog();
+    // (cleanup's warnings about this VM's clock running behind the file
+    // system's are about the machine, not the sessions.)
+    let log: String = postfix
+        .maillog()
+        .lines()
+        .filter(|l| {
+            !l.contains("file system clock is") && !l.contains("resetting file time stamps")
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
     for bad in [
         "improper command pipelining",
         "lost connection",
