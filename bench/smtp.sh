@@ -13,6 +13,14 @@
 # greeted with 220 through the proxy, then silent). Everything is on
 # loopback and every run is bounded by its message or session count.
 #
+# TLS rows (SMTPS, port 465): each proxy also terminates TLS (HAProxy
+# `bind ... ssl crt`, gale `tls = { cert, key }`; one P-256 certificate,
+# TLS 1.3) for the same sinks. smtp-source speaks no TLS, so a third
+# HAProxy on the clients' core wraps its sessions in TLS towards the
+# proxy under test (`ssl verify none no-ssl-reuse`: a full handshake per
+# connection, as from a sender seen for the first time): the same
+# client for both, its cost on the clients' core.
+#
 # THREADS=2: nothing pinned, gale with two worker threads, haproxy with
 # nbthread 2.
 #
@@ -27,7 +35,7 @@ LATENCY_SESSIONS=1000
 IDLE=${IDLE:-5000}
 THREADS=${THREADS:-1}
 
-for tool in smtp-source smtp-sink haproxy taskset python3; do
+for tool in smtp-source smtp-sink haproxy taskset python3 openssl; do
     command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install postfix haproxy util-linux)"; exit 1; }
 done
 case $THREADS in
@@ -69,13 +77,18 @@ PY
 stop() { kill "$1"; wait "$1" 2>/dev/null || true; local p keep=(); for p in "${pids[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done; pids=("${keep[@]}"); }
 
 S1=$(port); S2=$(port); HP=$(port); GP=$(port)
+# SMTPS on each proxy, and the TLS wrapper's plain ports in front of them.
+HTP=$(port); GTP=$(port); WH=$(port); WG=$(port)
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+    -subj /CN=bench.test -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+cat "$work/cert.pem" "$work/key.pem" >"$work/both.pem"
 # -m: sessions a sink serves at once (default 256; the rest would wait
 # unanswered in its backlog): every idle session could land on one sink.
 "${pin1[@]}" smtp-sink -u nobody -m "$CONNS" 127.0.0.1:"$S1" 1024 & pids+=($!)
 "${pin1[@]}" smtp-sink -u nobody -m "$CONNS" 127.0.0.1:"$S2" 1024 & pids+=($!)
 wait_port "$S1"; wait_port "$S2"
 
-start_haproxy() {   # name port; sets HAPROXY_PID
+start_haproxy() {   # name port [smtps-port]; sets HAPROXY_PID
     cat > "$work/$1.cfg" <<CFG
 global
     maxconn $CONNS
@@ -92,12 +105,37 @@ listen smtp
     server s1 127.0.0.1:$S1 check inter 2s
     server s2 127.0.0.1:$S2 check inter 2s
 CFG
+    [ -z "${3:-}" ] || cat >> "$work/$1.cfg" <<CFG
+listen smtps
+    bind 127.0.0.1:$3 ssl crt $work/both.pem
+    balance roundrobin
+    option smtpchk EHLO bench.test
+    server s1 127.0.0.1:$S1 check inter 2s
+    server s2 127.0.0.1:$S2 check inter 2s
+CFG
     "${pin0[@]}" haproxy -f "$work/$1.cfg" -db >"$work/$1.log" 2>&1 & pids+=($!)
     HAPROXY_PID=$!
 }
-start_haproxy haproxy "$HP"
+start_haproxy haproxy "$HP" "$HTP"
+# The TLS client side of the SMTPS rows, on the clients' core.
+cat > "$work/wrap.cfg" <<CFG
+global
+    maxconn $CONNS
+defaults
+    mode tcp
+    timeout connect 3s
+    timeout client 300s
+    timeout server 300s
+listen to-haproxy
+    bind 127.0.0.1:$WH
+    server h 127.0.0.1:$HTP ssl verify none no-ssl-reuse
+listen to-gale
+    bind 127.0.0.1:$WG
+    server g 127.0.0.1:$GTP ssl verify none no-ssl-reuse
+CFG
+"${pin1[@]}" haproxy -f "$work/wrap.cfg" -db >"$work/wrap.log" 2>&1 & pids+=($!)
 
-start_gale() {   # name port; sets GALE_PID
+start_gale() {   # name port [smtps-port]; sets GALE_PID
     cat > "$work/$1.toml" <<CFG
 [plugins]
 cache_dir = "$work/cache"
@@ -106,6 +144,12 @@ protocol = "smtp"
 address = "127.0.0.1:$2"
 pool = "sinks"
 max_sessions = $CONNS
+[listeners.smtps]
+protocol = "smtp"
+address = "127.0.0.1:${3:-0}"
+pool = "sinks"
+max_sessions = $CONNS
+tls = { cert = "$work/cert.pem", key = "$work/key.pem" }
 [pools.sinks]
 [pools.sinks.probe]
 kind = "smtp"
@@ -122,8 +166,8 @@ CFG
     TOKIO_WORKER_THREADS=$THREADS RUST_LOG=warn "${pin0[@]}" "$GALE" run --config "$work/$1.toml" >"$work/$1.log" 2>&1 & pids+=($!)
     GALE_PID=$!
 }
-start_gale gale "$GP"
-wait_port "$HP"; wait_port "$GP"
+start_gale gale "$GP" "$GTP"
+wait_port "$HP"; wait_port "$GP"; wait_port "$HTP"; wait_port "$GTP"; wait_port "$WH"; wait_port "$WG"
 sleep 1
 
 # One smtp-source run against port $2 with the proxy's pid in $3 (empty for
@@ -162,7 +206,8 @@ PY
 
 echo "$MESSAGES messages per run, $SESSIONS parallel sessions, 512-byte messages, $ROUNDS rounds"
 echo "mode: $MODE"
-declare -A PORT=([direct]=$S1 [haproxy]=$HP [gale]=$GP) PID=([direct]= [haproxy]=$HAPROXY_PID [gale]=$GALE_PID)
+declare -A PORT=([direct]=$S1 [haproxy]=$HP [gale]=$GP [haproxy-tls]=$WH [gale-tls]=$WG)
+declare -A PID=([direct]= [haproxy]=$HAPROXY_PID [gale]=$GALE_PID [haproxy-tls]=$HAPROXY_PID [gale-tls]=$GALE_PID)
 for round in $(seq "$ROUNDS"); do
     # Interleaved, and the proxies' order alternates, so drift in the
     # machine's speed hits every target alike; ratios are taken per round.
@@ -171,6 +216,11 @@ for round in $(seq "$ROUNDS"); do
         run "$round" "$who" new "${PORT[$who]}" "${PID[$who]}"
         run "$round" "$who" reuse "${PORT[$who]}" "${PID[$who]}" -d
         latency "$round" "$who" "${PORT[$who]}"
+    done
+    for who in "${order[@]/direct}"; do
+        [ -n "$who" ] || continue
+        run "$round" "$who-tls" new "${PORT[$who-tls]}" "${PID[$who-tls]}"
+        run "$round" "$who-tls" reuse "${PORT[$who-tls]}" "${PID[$who-tls]}" -d
     done
     echo "round $round of $ROUNDS done" >&2
 done
@@ -212,7 +262,8 @@ pct = lambda xs, q: xs[min(len(xs) - 1, int(len(xs) * q))]
 
 def row(name, value, better_high=True, proxies_only=False):
     """value(round, who) -> number; ratios are per round, then the median."""
-    med = {w: st.median(value(r, w) for r in rounds) for w in ("direct", "haproxy", "gale")}
+    whos = ("haproxy", "gale") if proxies_only else ("direct", "haproxy", "gale")
+    med = {w: st.median(value(r, w) for r in rounds) for w in whos}
     def ratio(other):
         rs = sorted((value(r, "gale") / value(r, other)) if better_high else (value(r, other) / value(r, "gale")) for r in rounds)
         return f"{st.median(rs):.2f} ({rs[0]:.2f}-{rs[-1]:.2f})"
@@ -228,6 +279,10 @@ row("proxy CPU µs per message, new connection", lambda r, w: runs["new"][(r, w)
 row("proxy CPU µs per message, reused", lambda r, w: runs["reuse"][(r, w)][1], False, True)
 row("session setup (connect to 220) p50, µs", lambda r, w: pct(lat[(r, w)], 0.5), False)
 row("session setup p99, µs", lambda r, w: pct(lat[(r, w)], 0.99), False)
+row("SMTPS (TLS terminated) msgs/s, new connection", lambda r, w: runs["new"][(r, w + "-tls")][0], True, True)
+row("SMTPS msgs/s, reused connections", lambda r, w: runs["reuse"][(r, w + "-tls")][0], True, True)
+row("SMTPS proxy CPU µs per message, new connection (full handshake)", lambda r, w: runs["new"][(r, w + "-tls")][1], False, True)
+row("SMTPS proxy CPU µs per message, reused", lambda r, w: runs["reuse"][(r, w + "-tls")][1], False, True)
 print()
 print("Ratios are medians of per-round ratios, with their range; for CPU and")
 print("latency the ratio is other/gale, so above 1 means gale is better.")

@@ -7,13 +7,12 @@
 mod support;
 
 use std::net::{SocketAddr, TcpListener};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use support::conf::Conf;
-use support::process::{Gale, Postfix, require, scrape, value};
+use support::process::{Gale, Postfix, scrape, swaks_smtps, value};
 
 /// A tcp listener `in` before pool `mta` of `backends`, each sent a PROXY
 /// v2 header; tcp probes every 10 s, so that sessions, not probes, find
@@ -31,23 +30,6 @@ fn config(backends: &[SocketAddr]) -> Conf {
             .set(&format!("pools.mta.backends.{name}.proxy_protocol"), "v2");
     }
     conf
-}
-
-/// One message over SMTPS through `server` from `client_ip`: swaks'
-/// transcript, or why it failed.
-fn swaks_smtps(server: SocketAddr, client_ip: &str, to: &str) -> Result<String, String> {
-    let out = Command::new(require("swaks"))
-        .args(["--server", &server.to_string(), "--tls-on-connect"])
-        .args(["--local-interface", client_ip, "--timeout", "10"])
-        .args(["--from", "sender@client.test", "--to", to])
-        .output()
-        .unwrap();
-    let transcript = String::from_utf8_lossy(&out.stdout).into_owned();
-    if out.status.success() {
-        Ok(transcript)
-    } else {
-        Err(transcript)
-    }
 }
 
 #[test]

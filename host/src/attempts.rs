@@ -115,6 +115,9 @@ impl Failure {
             crate::connect::SessionConnectError::ProxyHeader(e) => {
                 Failure::new(FailureReason::Connect, format!("PROXY header: {e}"))
             }
+            crate::connect::SessionConnectError::Tls(e) => {
+                Failure::new(FailureReason::Connect, e.to_string())
+            }
         }
     }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use socket2::{Domain, Socket, Type};
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
+use tokio_util::either::Either;
 
 /// Why no connection was made.
 #[derive(Debug)]
@@ -72,28 +73,39 @@ pub enum SessionConnectError {
     /// Connected, but the PROXY header could not be written: the backend
     /// closed or reset at once, nothing reached it.
     ProxyHeader(std::io::Error),
+    /// Connected, but no TLS session with a `tls = true` backend.
+    Tls(crate::tls::HandshakeError),
 }
 
-/// A connection to `address` within `limit` for the session of `client`
-/// (at `peer`), starting with the PROXY header `proxy` asks for.
+/// A connection to `backend` within `limit` (and its TLS handshake, if it
+/// speaks TLS, within `limit` again) for the session of `client` (at
+/// `peer`), starting with the PROXY header the backend asks for;
+/// `client_tls`: what the client's own handshake with gale settled.
 pub async fn connect_for_session(
-    address: SocketAddr,
+    backend: &crate::config::BackendConfig,
     limit: Duration,
-    proxy: crate::config::ProxyProtocol,
     client: &TcpStream,
     peer: SocketAddr,
-) -> Result<TcpStream, SessionConnectError> {
-    let mut upstream = connect(address, limit)
+    client_tls: Option<&crate::tls::Summary>,
+) -> Result<crate::tls::BackendStream, SessionConnectError> {
+    let mut upstream = connect(backend.address, limit)
         .await
         .map_err(SessionConnectError::Connect)?;
+    let proxy = backend.proxy_protocol;
     if proxy != crate::config::ProxyProtocol::None {
         // Where the client connected to: a syscall only PROXY needs.
         let local = crate::listener::canonical(client.local_addr().unwrap_or(peer));
-        let header = crate::smtp::proxy_header::for_client(proxy, peer, local);
+        let header = crate::smtp::proxy_header::for_client(proxy, peer, local, client_tls);
         upstream
             .write_all(&header)
             .await
             .map_err(SessionConnectError::ProxyHeader)?;
     }
-    Ok(upstream)
+    match &backend.tls {
+        None => Ok(Either::Left(upstream)),
+        Some(tls) => crate::tls::to_backend(upstream, tls, limit)
+            .await
+            .map(|tls| Either::Right(Box::new(tls)))
+            .map_err(SessionConnectError::Tls),
+    }
 }

@@ -158,6 +158,17 @@ impl ListenerCounters {
             .inc();
     }
 
+    /// Count a client whose TLS handshake failed (rare: looked up each
+    /// time).
+    pub fn tls_failed(&self) {
+        self.metrics
+            .tls_failures
+            .get_or_create(&ListenerLabels {
+                listener: self.listener.clone(),
+            })
+            .inc();
+    }
+
     /// Count an SMTP client that sent before its greeting, and what the
     /// listener did: `rejected` or `passed` (rare: looked up each time).
     pub fn pregreet(&self, action: &str) {

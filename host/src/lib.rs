@@ -19,6 +19,7 @@
 //! - [`smtp`]: SMTP listeners (retry while holding the client, 421).
 //! - [`health`]: active health probes.
 //! - [`http`]: HTTP listeners (reverse proxy).
+//! - [`tls`]: TLS on session streams (SMTPS clients, TLS backends).
 //! - [`tcp`]: tcp listeners (bytes as they are: implicit TLS passed
 //!   through, LMTP).
 //! - [`dns`]: DNS publishing of healthy members (embedded server).
@@ -57,3 +58,4 @@ pub mod scaffold;
 pub mod server;
 pub mod smtp;
 pub mod tcp;
+pub mod tls;

@@ -149,6 +149,8 @@ pub struct Metrics {
     pub error_replies: Family<ErrorReplyLabels, Counter>,
     /// SMTP clients that sent before they were greeted.
     pub pregreets: Family<PregreetLabels, Counter>,
+    /// Client TLS handshakes that failed or timed out (SMTPS).
+    pub tls_failures: Family<ListenerLabels, Counter>,
     pub bytes: Family<BytesLabels, Counter>,
     pub http_bytes: Family<BytesLabels, Counter>,
     /// Sessions or requests a backend took.
@@ -249,6 +251,12 @@ impl Metrics {
             "smtp_pregreets",
             "SMTP clients that sent before the greeting reached them (Postfix postscreen's pregreet test), by what the listener's pregreet setting did: rejected (554) or passed",
             pregreets.clone(),
+        );
+        let tls_failures = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "tls_handshake_failures",
+            "Client TLS handshakes on SMTP listeners that failed or timed out (banner_timeout); no backend was touched",
+            tls_failures.clone(),
         );
         let bytes = Family::<BytesLabels, Counter>::default();
         registry.register(
@@ -357,6 +365,7 @@ impl Metrics {
             requests,
             error_replies,
             pregreets,
+            tls_failures,
             bytes,
             http_bytes,
             backend_sessions,

@@ -69,11 +69,11 @@ async fn run(
         while let Some(turn) = attempts.next() {
             let backend = turn.backend;
             let connected = crate::connect::connect_for_session(
-                backend.address,
+                backend,
                 l.connect_timeout,
-                backend.proxy_protocol,
                 &client,
                 peer,
+                None,
             )
             .await;
             match connected {

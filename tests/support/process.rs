@@ -394,6 +394,23 @@ pub fn swaks_from(from: &str, server: SocketAddr, to: &str) -> (bool, String) {
     )
 }
 
+/// One message over SMTPS through `server` from `client_ip`: swaks'
+/// transcript, or why it failed.
+pub fn swaks_smtps(server: SocketAddr, client_ip: &str, to: &str) -> Result<String, String> {
+    let out = Command::new(require("swaks"))
+        .args(["--server", &server.to_string(), "--tls-on-connect"])
+        .args(["--local-interface", client_ip, "--timeout", "10"])
+        .args(["--from", "sender@client.test", "--to", to])
+        .output()
+        .unwrap();
+    let transcript = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() {
+        Ok(transcript)
+    } else {
+        Err(transcript)
+    }
+}
+
 /// A self-signed certificate for `localhost` and 127.0.0.1 (P-256, one
 /// day) written into `dir` by openssl: (cert.pem, key.pem).
 pub fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
@@ -417,11 +434,87 @@ pub fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
+/// A certificate for `names` (and 127.0.0.1) with subject `cn`, signed
+/// by a CA of its own made beside it in `dir`, as `prefix`*.pem: what a
+/// client that verifies (rustls, webpki) accepts once given the CA.
+pub struct Signed {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+pub fn ca_signed(dir: &Path, prefix: &str, cn: &str, names: &[&str]) -> Signed {
+    let file = |suffix: &str| dir.join(format!("{prefix}{suffix}"));
+    let (ca_key, ca, key, csr, cert, ext) = (
+        file("-ca.key"),
+        file("-ca.pem"),
+        file("-key.pem"),
+        file(".csr"),
+        file("-cert.pem"),
+        file(".ext"),
+    );
+    let path = |p: &PathBuf| p.display().to_string();
+    let openssl = |args: &[&str]| {
+        let made = Command::new(require("openssl"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            made.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+    };
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    let ca_subject = format!("/CN={cn} test CA");
+    let mut args = vec!["req", "-x509", "-days", "1", "-subj", &ca_subject];
+    args.extend(ec.split(' '));
+    let (ca_key_path, ca_path) = (path(&ca_key), path(&ca));
+    args.extend(["-keyout", &ca_key_path, "-out", &ca_path]);
+    openssl(&args);
+    let subject = format!("/CN={cn}");
+    let mut args = vec!["req", "-new", "-subj", &subject];
+    args.extend(ec.split(' '));
+    let (key_path, csr_path) = (path(&key), path(&csr));
+    args.extend(["-keyout", &key_path, "-out", &csr_path]);
+    openssl(&args);
+    let dns: String = names.iter().map(|n| format!(",DNS:{n}")).collect();
+    std::fs::write(
+        &ext,
+        format!(
+            "subjectAltName=IP:127.0.0.1{dns}\nbasicConstraints=CA:FALSE\n\
+             keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n"
+        ),
+    )
+    .unwrap();
+    let (ext_path, cert_path) = (path(&ext), path(&cert));
+    openssl(&[
+        "x509",
+        "-req",
+        "-days",
+        "1",
+        "-in",
+        &csr_path,
+        "-CA",
+        &ca_path,
+        "-CAkey",
+        &ca_key_path,
+        "-CAcreateserial",
+        "-extfile",
+        &ext_path,
+        "-out",
+        &cert_path,
+    ]);
+    Signed { ca, cert, key }
+}
+
 /// A Postfix instance of its own (config, queue, log) in a temp dir,
 /// listening on 127.0.0.1 with `smtpd_upstream_proxy_protocol = haproxy`,
 /// discarding what it accepts.
 pub struct Postfix {
     pub address: SocketAddr,
+    /// SMTPS: the CA of its certificate (for 127.0.0.1).
+    pub ca: Option<PathBuf>,
     dir: tempfile::TempDir,
 }
 
@@ -484,8 +577,14 @@ impl Postfix {
             Postfix::write_settings(d, settings);
         }
         let mut smtpd = String::from("smtpd");
+        let mut ca = None;
         if smtps {
-            let (cert, key) = self_signed(&d.join("conf"));
+            let Signed {
+                ca: signer,
+                cert,
+                key,
+            } = ca_signed(&d.join("conf"), "smtpd", "postfix.test", &["postfix.test"]);
+            ca = Some(signer);
             Postfix::write_settings(
                 d,
                 &[
@@ -529,7 +628,7 @@ impl Postfix {
             .unwrap();
         let log = std::fs::read_to_string(d.join("maillog")).unwrap_or_default();
         assert!(status.success(), "postfix did not start:\n{log}");
-        let postfix = Postfix { address, dir };
+        let postfix = Postfix { address, ca, dir };
         // Not a probe connection: smtpd would log the missing PROXY header.
         postfix.wait_log(&["daemon started"], Duration::from_secs(15));
         postfix

@@ -425,6 +425,7 @@ fn peers(
             xclient: false,
             max_sessions: DEFAULT_BACKEND_MAX_SESSIONS,
             agent_port: None,
+            tls: None,
         });
     }
     let builtin = |name: &str| PluginSpec {

@@ -274,7 +274,8 @@ pub struct ListenerSection {
     pub header_timeout: Option<Spanned<String>>,
     /// `response_timeout` (HTTP): wait for a backend's response headers.
     pub response_timeout: Option<Spanned<String>>,
-    /// `tls` (HTTP): serve HTTPS with this certificate.
+    /// `tls` (HTTP, SMTP): terminate TLS with this certificate (HTTPS;
+    /// SMTPS, implicit TLS on 465).
     pub tls: Option<Spanned<TlsSection>>,
 }
 
@@ -284,6 +285,21 @@ pub struct TlsSection {
     /// `cert`: PEM certificate chain, leaf first (relative to the config).
     pub cert: Spanned<String>,
     /// `key`: PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Spanned<String>,
+    /// `[[listeners.tls.sni]]`: more certificates, each served to clients
+    /// asking for one of its `names` (SNI); `cert`/`key` above serve the
+    /// rest.
+    #[serde(default)]
+    pub sni: Vec<SniSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SniSection {
+    /// `names`: host names (exact, any case) this certificate is for; each
+    /// must be one the certificate is valid for.
+    pub names: Spanned<Vec<String>>,
+    pub cert: Spanned<String>,
     pub key: Spanned<String>,
 }
 
@@ -433,6 +449,17 @@ pub struct BackendSection {
     /// `agent_port`: a load agent on the backend's address answers here
     /// (HAProxy's agent-check: "up", "down", "drain", "75%").
     pub agent_port: Option<Spanned<u16>>,
+    /// `tls` (SMTP, tcp): speak TLS to the backend from the first byte
+    /// (after the PROXY header), as to an MTA's smtps port.
+    pub tls: Option<Spanned<bool>>,
+    /// `tls_ca`: PEM certificates the backend's must chain to.
+    pub tls_ca: Option<Spanned<String>>,
+    /// `tls_verify`: false accepts any certificate (default true: then
+    /// `tls_ca` is required).
+    pub tls_verify: Option<Spanned<bool>>,
+    /// `tls_name`: the name sent as SNI and verified in the certificate
+    /// (default: the address's IP).
+    pub tls_name: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]

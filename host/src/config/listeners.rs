@@ -244,6 +244,11 @@ fn validate_listener(
                 base,
                 tls.get_ref(),
                 &format!("{key}.tls"),
+                // SMTPS has no ALPN name to offer (RFC 8314 defines none).
+                match l.protocol {
+                    Protocol::Http => &[b"h2", b"http/1.1"],
+                    _ => &[],
+                },
             )?),
         },
     })
@@ -289,13 +294,16 @@ fn refuse_other_protocol_keys(
             Protocol::Http,
             "only HTTP listeners wait for response headers (SMTP: banner_timeout)",
         ),
-        (
-            "tls",
-            l.tls.as_ref().map(Spanned::span),
-            Protocol::Http,
-            "only HTTP listeners terminate TLS (SMTP's STARTTLS passes through to the MTA)",
-        ),
     ];
+    if let Some(tls) = &l.tls
+        && l.protocol == Protocol::Tcp
+    {
+        return Err(errors.spanned(
+            tls,
+            &format!("{key}.tls"),
+            "a tcp listener passes TLS through to its backends; to terminate it, use an smtp or http listener",
+        ));
+    }
     for (name, span, applies_to, message) in keys {
         if let Some(span) = span
             && l.protocol != applies_to

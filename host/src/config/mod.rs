@@ -46,7 +46,7 @@ pub use plugins::{
     DEFAULT_ROLLBACK_WINDOW, PluginDefaults, PluginSource, PluginSpec,
 };
 pub use pools::{BackendConfig, PoolConfig};
-pub use tls::TlsConfig;
+pub use tls::{BackendTls, TlsConfig};
 use toml::Spanned;
 
 /// A validated configuration.

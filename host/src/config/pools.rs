@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use toml::Spanned;
@@ -15,6 +16,7 @@ use super::file::{
 };
 use super::health::{EjectionConfig, ProbeConfig, RetryOn, ejection, probe_config, retry_on};
 use super::plugins::{CandidateSpec, PluginDefaults, PluginSpec, candidate_mode, plugin_spec};
+use super::tls::BackendTls;
 use super::{ConfigError, Errors, parse_addr, parse_count, parse_duration};
 
 /// The balancer of a pool that names none.
@@ -70,6 +72,9 @@ pub struct BackendConfig {
     /// Where the backend's load agent answers (its address, this port),
     /// asked at every probe.
     pub agent_port: Option<u16>,
+    /// SMTP, tcp: TLS from the first byte after the PROXY header (an
+    /// MTA's smtps port); probes speak it too.
+    pub tls: Option<Arc<BackendTls>>,
 }
 
 /// Every `[pools.NAME]`, in name order; their `listeners` are filled in
@@ -125,8 +130,14 @@ fn validate_pool(
 
     let mut backends: Vec<BackendConfig> = Vec::with_capacity(pool.backends.len());
     for (i, b) in pool.backends.iter().enumerate() {
-        let backend =
-            validate_backend(errors, b, &format!("{key}.backends[{i}]"), &backends, name)?;
+        let backend = validate_backend(
+            errors,
+            base,
+            b,
+            &format!("{key}.backends[{i}]"),
+            &backends,
+            name,
+        )?;
         backends.push(backend);
     }
 
@@ -161,6 +172,7 @@ fn validate_pool(
 /// A backend of pool `pool`, whose backends before it are `before`.
 fn validate_backend(
     errors: &Errors<'_>,
+    base: &Path,
     b: &BackendSection,
     key: &str,
     before: &[BackendConfig],
@@ -177,9 +189,11 @@ fn validate_backend(
             format!("duplicate backend {name:?} in pool {pool:?}"),
         ));
     }
+    let address = parse_addr(errors, &b.address, &format!("{key}.address"))?;
     Ok(BackendConfig {
         name: name.clone(),
-        address: parse_addr(errors, &b.address, &format!("{key}.address"))?,
+        address,
+        tls: super::tls::backend(errors, base, b, address, key)?,
         weight: b.weight,
         priority: b.priority.unwrap_or(match b.role {
             Role::Primary => PRIMARY_PRIORITY,
@@ -313,6 +327,13 @@ impl<'f> Served<'f> {
                     );
                 }
                 for (i, b) in pool.backends.iter().enumerate() {
+                    if let Some(t) = &b.tls {
+                        return refuse(
+                            t.span(),
+                            &format!("backends[{i}].tls"),
+                            "gale speaks TLS only to SMTP and tcp backends",
+                        );
+                    }
                     if let Some(p) = &b.proxy_protocol {
                         return refuse(
                             p.span(),

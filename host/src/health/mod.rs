@@ -11,16 +11,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::time::timeout;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{ProbeConfig, ProbeKind, ProxyProtocol};
+use crate::config::{BackendConfig, ProbeConfig, ProbeKind};
 use crate::generation::Generation;
 use crate::plugin::types::{ProbeResult, ProbeSource};
 use crate::smtp::proxy_header;
 use crate::smtp::reply::read_reply;
+use crate::tls::BackendStream;
 
 mod agent;
 pub use agent::{AgentState, LoadReport, MAX_PERCENT};
@@ -62,7 +63,7 @@ pub fn spawn_probes(
                         Some(agent::ask(agent, probe.timeout).await)
                     };
                     let (result, report) = tokio::join!(
-                        probe_once(&probe, backend.address, backend.proxy_protocol),
+                        probe_once(&probe, &backend),
                         agent
                     );
                     match report {
@@ -86,14 +87,10 @@ pub fn spawn_probes(
     }
 }
 
-/// One probe, never longer than `probe.timeout`.
-pub async fn probe_once(
-    probe: &ProbeConfig,
-    address: SocketAddr,
-    proxy: ProxyProtocol,
-) -> ProbeResult {
+/// One probe of `backend`, never longer than `probe.timeout`.
+pub async fn probe_once(probe: &ProbeConfig, backend: &BackendConfig) -> ProbeResult {
     let started = Instant::now();
-    let outcome = timeout(probe.timeout, run_probe(probe, address, proxy)).await;
+    let outcome = timeout(probe.timeout, run_probe(probe, backend)).await;
     let (ok, code, detail) = match outcome {
         Err(_) => (false, None, "timeout".to_string()),
         Ok(Ok(code)) => (true, code, "ok".to_string()),
@@ -110,34 +107,50 @@ pub async fn probe_once(
 
 type ProbeOutcome = Result<Option<u16>, (Option<u16>, String)>;
 
-async fn run_probe(probe: &ProbeConfig, address: SocketAddr, proxy: ProxyProtocol) -> ProbeOutcome {
+async fn run_probe(probe: &ProbeConfig, backend: &BackendConfig) -> ProbeOutcome {
+    let address = backend.address;
     let mut stream = crate::connect::connect(address, probe.timeout)
         .await
         .map_err(|e| (None, format!("connect: {e}")))?;
     let local = stream.local_addr().map_err(|e| (None, e.to_string()))?;
-    let header = proxy_header::for_probe(proxy, local, address);
+    let header = proxy_header::for_probe(backend.proxy_protocol, local, address);
     if !header.is_empty() {
         stream
             .write_all(&header)
             .await
             .map_err(|e| (None, e.to_string()))?;
     }
-    match probe.kind {
-        // Nothing is read or written: the connect's own result decides
-        // (`connect` leaves SO_ERROR for the first I/O to report).
-        ProbeKind::Tcp => match stream.take_error() {
+    if probe.kind == ProbeKind::Tcp {
+        // Nothing is read or written, no handshake either: the connect's
+        // own result decides (`connect` leaves SO_ERROR for the first I/O
+        // to report).
+        return match stream.take_error() {
             Ok(None) => Ok(None),
             Ok(Some(e)) | Err(e) => Err((None, format!("connect: {}", e.kind()))),
-        },
+        };
+    }
+    // A TLS backend is probed over TLS, certificate checked as sessions
+    // check it: one whose certificate expired fails its probes.
+    let mut stream: BackendStream = match &backend.tls {
+        None => Either::Left(stream),
+        Some(tls) => Either::Right(Box::new(
+            crate::tls::to_backend(stream, tls, probe.timeout)
+                .await
+                .map_err(|e| (None, e.to_string()))?,
+        )),
+    };
+    match probe.kind {
         ProbeKind::Smtp => smtp_probe(&mut stream, probe).await,
         ProbeKind::Http => http_probe(&mut stream, probe, address).await,
+        // Answered before the handshake.
+        ProbeKind::Tcp => Ok(None),
     }
 }
 
 /// Banner, EHLO, then MAIL FROM, RCPT TO and RSET if the probe names
 /// addresses, then QUIT: one command at a time, as a polite client does,
 /// so the MTA logs nothing worse than an aborted transaction.
-async fn smtp_probe(stream: &mut TcpStream, probe: &ProbeConfig) -> ProbeOutcome {
+async fn smtp_probe(stream: &mut BackendStream, probe: &ProbeConfig) -> ProbeOutcome {
     let banner = read_reply(stream)
         .await
         .map_err(|e| (None, format!("banner: {e}")))?;
@@ -162,7 +175,7 @@ async fn smtp_probe(stream: &mut TcpStream, probe: &ProbeConfig) -> ProbeOutcome
 
 /// Send one command; its reply must be 2xx.
 async fn command(
-    stream: &mut TcpStream,
+    stream: &mut BackendStream,
     line: &str,
     name: &str,
 ) -> Result<(), (Option<u16>, String)> {
@@ -184,7 +197,7 @@ async fn command(
 
 /// A minimal HTTP/1.0 request; the status must fall in the expected range.
 async fn http_probe(
-    stream: &mut TcpStream,
+    stream: &mut BackendStream,
     probe: &ProbeConfig,
     address: SocketAddr,
 ) -> ProbeOutcome {

@@ -21,8 +21,11 @@ pub fn files_of(path: &Path, config: &Config) -> Vec<PathBuf> {
     let mut files = vec![path.to_path_buf()];
     // A renewed certificate is picked up like any other change.
     for tls in config.listeners.iter().filter_map(|l| l.tls.as_ref()) {
-        files.extend([tls.cert.clone(), tls.key.clone()]);
+        files.extend(tls.files.iter().cloned());
     }
+    // And a backend's renewed CA.
+    let backends = config.pools.iter().flat_map(|p| &p.backends);
+    files.extend(backends.filter_map(|b| b.tls.as_ref()?.ca.clone()));
     for pool in &config.pools {
         let candidate = pool.candidate.as_ref().map(|c| &c.plugin);
         for spec in [Some(&pool.balancer), Some(&pool.health), candidate]

@@ -11,8 +11,7 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, timeout, timeout_at};
 
 /// Time allowed to write the reply to a client that does not read.
@@ -45,7 +44,7 @@ pub fn pregreet_reply(hostname: &str) -> String {
 /// Write `reply`, half-close, read what the client still sends for up to
 /// [`DRAIN_TIME`] or [`DRAIN_BYTES`] (less if it closes first), then
 /// close. Returns whether the reply was written.
-pub async fn refuse(mut client: TcpStream, reply: &[u8]) -> bool {
+pub async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(mut client: S, reply: &[u8]) -> bool {
     let written = timeout(WRITE_LIMIT, async {
         client.write_all(reply).await?;
         client.shutdown().await
@@ -60,7 +59,7 @@ pub async fn refuse(mut client: TcpStream, reply: &[u8]) -> bool {
 
 /// Read and drop the client's bytes until it closes, [`DRAIN_TIME`] has
 /// passed or [`DRAIN_BYTES`] have come.
-async fn drain(client: &mut TcpStream) {
+async fn drain<S: AsyncRead + Unpin>(client: &mut S) {
     let deadline = Instant::now() + DRAIN_TIME;
     // On the heap: a buffer in the future would be reserved in every
     // session's task, refused or not.

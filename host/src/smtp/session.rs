@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
+use tokio_util::either::Either;
 
 use super::reply::{Reply, ReplyError, read_reply};
 use super::transaction::{Event, Watch, enhanced_class};
@@ -19,6 +20,7 @@ use crate::generation::{Generation, ip_address};
 use crate::plugin::types::{Protocol, RequestContext};
 use crate::pool::{Depth, Pool};
 use crate::relay;
+use crate::tls::{BackendStream, ClientStream, Summary};
 
 /// Why a backend could not take the session.
 #[derive(Debug)]
@@ -103,15 +105,60 @@ impl Verdict {
 /// Serve one client of the generation's listener number `listener`
 /// (`None`: a listener the generation no longer has, being retired).
 pub async fn run(
-    mut client: TcpStream,
+    client: TcpStream,
     peer: SocketAddr,
     generation: Arc<Generation>,
     listener: Option<usize>,
-    mut charge: Charge,
+    charge: Charge,
 ) {
     let Some(listener) = listener else {
         return;
     };
+    let l: &ListenerConfig = &generation.config.listeners[listener];
+    let Some(tls) = &l.tls else {
+        return serve(
+            Either::Left(client),
+            None,
+            peer,
+            &generation,
+            listener,
+            charge,
+        )
+        .await;
+    };
+    // SMTPS (RFC 8314): the handshake comes first, before any backend is
+    // touched, so that a client that never finishes one costs none. It
+    // has the backends' `banner_timeout`: the time a greeting may take.
+    // Boxed: its state would otherwise be reserved in every session.
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.clone());
+    let handshake = Box::pin(timeout(l.banner_timeout, acceptor.accept(client)));
+    let client = match handshake.await {
+        Ok(Ok(client)) => client,
+        failed => {
+            let why = match failed {
+                Ok(Err(e)) => e.to_string(),
+                _ => "timed out".to_string(),
+            };
+            generation.listener_counters[listener].tls_failed();
+            tracing::debug!(listener = %l.name, client = %peer, "TLS handshake failed: {why}");
+            return;
+        }
+    };
+    let summary = crate::tls::Summary::of(client.get_ref().1);
+    let client = Either::Right(Box::new(client));
+    serve(client, Some(summary), peer, &generation, listener, charge).await
+}
+
+/// Serve a client of listener number `listener`, its TLS (if any)
+/// settled as `tls` says.
+async fn serve(
+    mut client: ClientStream,
+    tls: Option<Summary>,
+    peer: SocketAddr,
+    generation: &Generation,
+    listener: usize,
+    mut charge: Charge,
+) {
     let started = Instant::now();
     let l: &ListenerConfig = &generation.config.listeners[listener];
     let pool: &Arc<Pool> = &generation.pools[l.pool];
@@ -131,10 +178,11 @@ pub async fn run(
     loop {
         while let Some(turn) = attempts.next() {
             let backend = turn.backend;
-            match connect_and_greet(l, backend, &client, peer).await {
+            match connect_and_greet(l, backend, &client, peer, tls.as_ref()).await {
                 Ok((mut upstream, greeting)) => {
                     pool.welcomed(turn.id, started, peer.ip());
-                    if let Some(early) = pregreet::spoke_early(&client).await {
+                    let early = pregreet::spoke_early(&mut client).await;
+                    if let Some(early) = &early {
                         let log = |action: &str| {
                             tracing::info!(
                                 listener = %l.name,
@@ -187,9 +235,12 @@ pub async fn run(
                             pool.traffic_failure(id, Duration::ZERO, &failure);
                         }
                     };
+                    // Bytes read off a TLS client to look for a pregreet,
+                    // passed on.
+                    let taken = early.map(|e| e.taken).unwrap_or_default();
                     let outcome = join(
                         (&mut client, &mut upstream),
-                        greeting,
+                        (greeting, taken),
                         l.idle_timeout,
                         &mut charge,
                         &mut report,
@@ -203,6 +254,7 @@ pub async fn run(
                         generation = generation.id,
                         client = %peer,
                         backend = %backend.name,
+                        tls = %tls.as_ref().map_or("no", |t| t.version),
                         tried = %attempts.tried(),
                         bytes_up = outcome.up,
                         bytes_down = outcome.down,
@@ -238,7 +290,7 @@ pub async fn run(
             }
         }
         match attempts
-            .queue_unless(crate::listener::hung_up(&client, true))
+            .queue_unless(crate::listener::hung_up(crate::tls::socket(&client), true))
             .await
         {
             QueueStep::Again => continue,
@@ -286,15 +338,16 @@ pub async fn run(
 async fn connect_and_greet(
     l: &ListenerConfig,
     backend: &BackendConfig,
-    client: &TcpStream,
+    client: &ClientStream,
     peer: SocketAddr,
-) -> Result<(TcpStream, Reply), SetupFailure> {
+    tls: Option<&Summary>,
+) -> Result<(BackendStream, Reply), SetupFailure> {
     let mut upstream = crate::connect::connect_for_session(
-        backend.address,
+        backend,
         l.connect_timeout,
-        backend.proxy_protocol,
-        client,
+        crate::tls::socket(client),
         peer,
+        tls,
     )
     .await
     .map_err(SetupFailure::Connect)?;
@@ -317,19 +370,21 @@ async fn connect_and_greet(
     Ok((upstream, greeting))
 }
 
-/// Forward the greeting, then relay both ways until both sides close (or
-/// the MTA hangs up after answering the client's QUIT: see
-/// `relay::Ending::BackendClosed`) or nothing moves for `idle`.
+/// Forward the greeting (and `taken`, what the client sent before it
+/// that was read off its TLS, to the backend), then relay both ways until
+/// both sides close (or the MTA hangs up after answering the client's
+/// QUIT: see `relay::Ending::BackendClosed`) or nothing moves for `idle`.
 async fn join(
-    (client, upstream): (&mut TcpStream, &mut TcpStream),
-    greeting: Reply,
+    (client, upstream): (&mut ClientStream, &mut BackendStream),
+    (greeting, taken): (Reply, Vec<u8>),
     idle: Duration,
     charge: &mut Charge,
     report: &mut (dyn FnMut(Event) + Send),
 ) -> relay::Relayed {
     let greeted = async {
         send(client, &greeting.raw, idle, "client").await?;
-        send(client, &greeting.rest, idle, "client").await
+        send(client, &greeting.rest, idle, "client").await?;
+        send(upstream, &taken, idle, "backend").await
     };
     if let Err(e) = greeted.await {
         return relay::Relayed {
@@ -345,6 +400,8 @@ async fn join(
         watch: Watch::default(),
         report,
     };
+    relay::Observer::client(&mut watching, &taken);
+    let taken = taken.len() as u64;
     let mut outcome = relay::relay(
         (client, upstream),
         relay::Ending::BackendClosed,
@@ -354,6 +411,7 @@ async fn join(
     )
     .await;
     outcome.down += sent;
+    outcome.up += taken;
     outcome
 }
 

@@ -34,10 +34,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use super::reply::{Reply, read_reply};
+use crate::tls::BackendStream;
 
 /// Why the backend could not be told who the client is.
 #[derive(Debug)]
@@ -65,7 +65,7 @@ impl std::fmt::Display for XclientError {
 /// to XCLIENT: its greeting for the client (any code, judged by the
 /// caller as a greeting).
 pub async fn introduce(
-    upstream: &mut TcpStream,
+    upstream: &mut BackendStream,
     hostname: &str,
     client: SocketAddr,
     limit: Duration,
@@ -84,7 +84,7 @@ pub async fn introduce(
 /// Write `line`, read the reply (nothing may follow it: the backend
 /// speaks only when spoken to).
 async fn exchange(
-    upstream: &mut TcpStream,
+    upstream: &mut BackendStream,
     line: String,
     limit: Duration,
 ) -> Result<Reply, XclientError> {

@@ -110,6 +110,9 @@ struct Proxied {
     probe: bool,
     client: SocketAddr,
     local: SocketAddr,
+    /// A TLS client, and the name it asked for (at most 253 bytes kept,
+    /// as rustls allows no longer).
+    tls: Option<Option<String>>,
 }
 
 /// The PROXY header encoder, round-tripped through `ppp`'s decoder: the
@@ -124,10 +127,21 @@ pub fn proxy_header(data: &[u8]) {
     } else {
         ProxyProtocol::V1
     };
+    let tls = p.tls.as_ref().map(|sni| gale::tls::Summary {
+        version: "TLSv1.3",
+        cipher: "TLS13_AES_128_GCM_SHA256",
+        sni: sni.as_ref().map(|s| {
+            let mut end = s.len().min(253);
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            Box::from(&s[..end])
+        }),
+    });
     let bytes = if p.probe {
         proxy_header::for_probe(kind, p.client, p.local)
     } else {
-        proxy_header::for_client(kind, p.client, p.local)
+        proxy_header::for_client(kind, p.client, p.local, tls.as_ref())
     };
     let (src, dst) = same_family(p.client, p.local);
     if p.v2 {
@@ -140,6 +154,19 @@ pub fn proxy_header(data: &[u8]) {
             assert_eq!(h.command, ppp::v2::Command::Proxy);
             assert_eq!(h.protocol, ppp::v2::Protocol::Stream);
             assert_eq!(h.addresses, ppp::v2::Addresses::from((src, dst)));
+            let tlvs: Vec<_> = h.tlvs().map(|t| t.expect("a TLV decodes")).collect();
+            let authority = tlvs
+                .iter()
+                .find(|t| t.kind == ppp::v2::Type::Authority as u8)
+                .map(|t| t.value.to_vec());
+            match &tls {
+                None => assert!(tlvs.is_empty()),
+                Some(tls) => {
+                    assert_eq!(tlvs[0].kind, ppp::v2::Type::SSL as u8);
+                    let sni = tls.sni.as_deref().map(|s| s.as_bytes().to_vec());
+                    assert_eq!(authority, sni);
+                }
+            }
         }
     } else {
         // 107 bytes is the longest v1 line a receiver must accept.
