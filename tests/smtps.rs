@@ -97,6 +97,10 @@ fn smtps_is_terminated_and_postfix_learns_the_client_from_proxy_v2() {
         value(&samples, "gale_sessions_total", &[("outcome", "relayed")]),
         6.0
     );
+    // With no backend left, the 421 is said inside the TLS.
+    drop(running);
+    let transcript = swaks_smtps(addr, "127.0.0.2", "late@example.test").unwrap_err();
+    assert!(transcript.contains("421 4.3.2"), "{transcript}");
 }
 
 /// What a backend of the test's own saw of each session: the PROXY v2
@@ -107,8 +111,9 @@ struct HeaderBackend {
 }
 
 impl HeaderBackend {
-    /// Reads a PROXY v2 header, greets 220, answers QUIT, closes.
-    fn start() -> HeaderBackend {
+    /// Reads a PROXY v2 header, greets 220 after `delay`, answers QUIT,
+    /// closes.
+    fn start(delay: Duration) -> HeaderBackend {
         let server = TcpListener::bind("127.0.0.1:0").unwrap();
         let address = server.local_addr().unwrap();
         let (tx, headers) = mpsc::channel();
@@ -128,6 +133,7 @@ impl HeaderBackend {
                         return;
                     }
                     let header = ppp::v2::Header::try_from(&whole[..]).unwrap().to_owned();
+                    std::thread::sleep(delay);
                     let _ = s.write_all(b"220 headers.test ESMTP\r\n");
                     let mut line = String::new();
                     let mut reader = BufReader::new(s.try_clone().unwrap());
@@ -197,15 +203,22 @@ fn sni_picks_the_certificate_and_proxy_v2_carries_the_tls_fields() {
     let dir = tempfile::tempdir().unwrap();
     let default = ca_signed(dir.path(), "default", "default.test", &["default.test"]);
     let submit = ca_signed(dir.path(), "submit", "submit.test", &["submit.test"]);
-    let backend = HeaderBackend::start();
+    // Its greeting takes 200 ms: long enough for a client that does not
+    // wait for it to be seen not waiting.
+    let backend = HeaderBackend::start(Duration::from_millis(200));
     let mut sni = toml::Table::new();
     sni.insert("names".into(), Value::Array(vec!["Submit.test".into()]));
     sni.insert("cert".into(), path(&submit.cert).into());
     sni.insert("key".into(), path(&submit.key).into());
-    let conf = smtps(&default, &[backend.address]).set(
-        "listeners.in.tls.sni",
-        Value::Array(vec![Value::Table(sni)]),
-    );
+    let conf = smtps(&default, &[backend.address])
+        .set(
+            "listeners.in.tls.sni",
+            Value::Array(vec![Value::Table(sni)]),
+        )
+        .smtp("pass", "mta")
+        .set("listeners.pass.pregreet", "pass")
+        .set("listeners.pass.tls.cert", path(&default.cert))
+        .set("listeners.pass.tls.key", path(&default.key));
     let gale = Gale::start(&conf.to_string());
     let addr = gale.address("in");
 
@@ -253,6 +266,22 @@ fn sni_picks_the_certificate_and_proxy_v2_carries_the_tls_fields() {
         let authority = tlvs_of(&header, ppp::v2::Type::Authority);
         assert_eq!(authority.as_deref(), name, "{name:?}");
     }
+
+    // A client that speaks before its greeting, inside its TLS, is refused
+    // as a plaintext one is.
+    let mut early = HeldSession::open(addr, None, true);
+    let refused = early.say("EHLO too.early", "554");
+    assert!(refused.starts_with("554 5.5.1"), "{refused}");
+    gale.wait_line(
+        &["smtp client spoke before the greeting", "EHLO too.early"],
+        Duration::from_secs(5),
+    );
+    // With pregreet = "pass", what was read off its TLS goes on to the
+    // backend after the greeting.
+    let mut early = HeldSession::open(gale.address("pass"), None, true);
+    early.say("EHLO passed.early", "220");
+    early.say("", "250");
+    early.say("QUIT", "221");
 }
 
 fn tlvs_of(header: &ppp::v2::Header<'_>, kind: ppp::v2::Type) -> Option<String> {
