@@ -18,18 +18,12 @@ use support::process::{Gale, Postfix, scrape, swaks_smtps, value};
 /// v2 header; tcp probes every 10 s, so that sessions, not probes, find
 /// a killed backend first.
 fn config(backends: &[SocketAddr]) -> Conf {
-    let mut conf = Conf::new()
+    Conf::new()
         .admin()
         .listener("in", "tcp", "mta")
         .set("listeners.in.connect_timeout", "500ms")
-        .probe("mta", "tcp", "10s", "500ms");
-    for (i, address) in backends.iter().enumerate() {
-        let name = format!("p{i}");
-        conf = conf
-            .backend("mta", &name, *address)
-            .set(&format!("pools.mta.backends.{name}.proxy_protocol"), "v2");
-    }
-    conf
+        .probe("mta", "tcp", "10s", "500ms")
+        .proxied_backends("mta", backends)
 }
 
 #[test]

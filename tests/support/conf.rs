@@ -83,6 +83,20 @@ impl Conf {
         self
     }
 
+    /// Backends `p0`, `p1`, ... at `addresses` in `pool`, each sent a
+    /// PROXY v2 header (as Postfix with `smtpd_upstream_proxy_protocol`
+    /// wants).
+    pub fn proxied_backends(mut self, pool: &str, addresses: &[SocketAddr]) -> Conf {
+        for (i, address) in addresses.iter().enumerate() {
+            let name = format!("p{i}");
+            self = self.backend(pool, &name, *address).set(
+                &format!("pools.{pool}.backends.{name}.proxy_protocol"),
+                "v2",
+            );
+        }
+        self
+    }
+
     /// Set the key at a dotted `path` (`server.drain_timeout`,
     /// `pools.mta.probe.kind`); in `pools.POOL.backends.NAME.KEY` the
     /// backend is found by its name.
