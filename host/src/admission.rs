@@ -14,8 +14,9 @@
 //!
 //! A refused SMTP client gets `554 5.7.1` for `allow`/`deny` (`421 4.7.0`
 //! with `deny_reply = 421`) and `421 4.7.0` for the rate; an HTTP client
-//! `403` or `429` with `Retry-After` (on an HTTPS listener, a close: the
-//! reply would first need a handshake); a tcp client a close.
+//! `403` or `429` with `Retry-After`; a tcp client a close, and so does a
+//! client of an HTTPS or SMTPS listener (the reply would first need a
+//! handshake).
 
 use std::net::IpAddr;
 use std::time::Instant;
@@ -67,6 +68,8 @@ pub fn check(
 pub fn reply(l: &ListenerConfig, refusal: Refusal) -> Option<(u16, String)> {
     let host = &l.hostname;
     match (l.protocol, refusal) {
+        // A reply would first need a handshake (HTTPS, SMTPS).
+        _ if l.tls.is_some() => None,
         (Protocol::Smtp, Refusal::Denied) => Some(match l.admission.deny_reply {
             DenyReply::Reject => (554, format!("554 5.7.1 {host} Access denied\r\n")),
             DenyReply::Defer => (
@@ -78,7 +81,6 @@ pub fn reply(l: &ListenerConfig, refusal: Refusal) -> Option<(u16, String)> {
             421,
             format!("421 4.7.0 {host} Too many new sessions from your address, slow down\r\n"),
         )),
-        (Protocol::Http, _) if l.tls.is_some() => None,
         (Protocol::Http, Refusal::Denied) => {
             Some((403, http_reply("403 Forbidden", "", "forbidden\n")))
         }

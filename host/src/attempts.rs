@@ -47,10 +47,13 @@ pub enum FailureReason {
     /// SMTP: greeted 220, then deferred a transaction for its own reasons
     /// (a `4.3` reply to MAIL FROM or DATA, a `421`).
     Deferred,
+    /// A `tls = true` backend: no TLS session (a handshake that failed or
+    /// timed out, a certificate refused).
+    Tls,
 }
 
 impl FailureReason {
-    pub const ALL: [FailureReason; 7] = [
+    pub const ALL: [FailureReason; 8] = [
         FailureReason::Connect,
         FailureReason::Timeout,
         FailureReason::Greeting,
@@ -58,6 +61,7 @@ impl FailureReason {
         FailureReason::Exchange,
         FailureReason::Status,
         FailureReason::Deferred,
+        FailureReason::Tls,
     ];
 
     pub fn label(self) -> &'static str {
@@ -69,6 +73,7 @@ impl FailureReason {
             FailureReason::Exchange => "exchange",
             FailureReason::Status => "status",
             FailureReason::Deferred => "deferred",
+            FailureReason::Tls => "tls",
         }
     }
 }
@@ -116,7 +121,7 @@ impl Failure {
                 Failure::new(FailureReason::Connect, format!("PROXY header: {e}"))
             }
             crate::connect::SessionConnectError::Tls(e) => {
-                Failure::new(FailureReason::Connect, e.to_string())
+                Failure::new(FailureReason::Tls, e.to_string())
             }
         }
     }
@@ -158,7 +163,8 @@ fn http_retries(retry_on: &RetryOn, failure: &Failure, replayable: bool) -> bool
         FailureReason::Full
         | FailureReason::Timeout
         | FailureReason::Greeting
-        | FailureReason::Deferred => false,
+        | FailureReason::Deferred
+        | FailureReason::Tls => false,
     }
 }
 

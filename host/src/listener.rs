@@ -127,14 +127,16 @@ impl Accept {
     }
 
     /// A client over its cap: an SMTP client is told to come back later
-    /// (its mail is deferred, not lost), an HTTP connection is closed.
+    /// (its mail is deferred, not lost), an HTTP, SMTPS or tcp connection
+    /// is closed.
     fn refuse(&self, refusing: &Arc<AtomicUsize>, client: TcpStream, peer: SocketAddr) {
         let generation = self.current.load();
         let Some((l, counters)) = generation.listener(&self.name) else {
             return;
         };
         tracing::debug!(listener = %self.name, client = %peer, "refused: max_sessions_per_client");
-        if l.protocol != crate::config::Protocol::Smtp {
+        // Over TLS the reply would first need a handshake.
+        if l.protocol != crate::config::Protocol::Smtp || l.tls.is_some() {
             return;
         }
         counters.refused_with(l.protocol, 421);

@@ -149,7 +149,7 @@ pub struct Metrics {
     pub error_replies: Family<ErrorReplyLabels, Counter>,
     /// SMTP clients that sent before they were greeted.
     pub pregreets: Family<PregreetLabels, Counter>,
-    /// Client TLS handshakes that failed or timed out (SMTPS).
+    /// Client TLS handshakes that failed or timed out (SMTPS, HTTPS).
     pub tls_failures: Family<ListenerLabels, Counter>,
     pub bytes: Family<BytesLabels, Counter>,
     pub http_bytes: Family<BytesLabels, Counter>,
@@ -255,7 +255,7 @@ impl Metrics {
         let tls_failures = Family::<ListenerLabels, Counter>::default();
         registry.register(
             "tls_handshake_failures",
-            "Client TLS handshakes on SMTP listeners that failed or timed out (banner_timeout); no backend was touched",
+            "Client TLS handshakes that failed or timed out (SMTPS: within banner_timeout, HTTPS: header_timeout); no backend was touched",
             tls_failures.clone(),
         );
         let bytes = Family::<BytesLabels, Counter>::default();
@@ -279,7 +279,7 @@ impl Metrics {
         let backend_failures = Family::<FailureLabels, Counter>::default();
         registry.register(
             "backend_failures",
-            "Attempts at a backend that failed: connect, timeout, greeting (not 220), full (max_sessions), exchange (HTTP: failed before a response), status (HTTP: answered 502, 503 or 504), deferred (SMTP, in the clear: a 4.3 reply to MAIL FROM, DATA or the end of a message, or a 421, after the greeting)",
+            "Attempts at a backend that failed: connect, timeout, greeting (not 220), full (max_sessions), exchange (HTTP: failed before a response), status (HTTP: answered 502, 503 or 504), deferred (SMTP, in the clear: a 4.3 reply to MAIL FROM, DATA or the end of a message, or a 421, after the greeting), tls (a tls = true backend: no TLS session)",
             backend_failures.clone(),
         );
         let backend_ejections = Family::<BackendLabels, Counter>::default();

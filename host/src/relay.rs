@@ -203,6 +203,12 @@ struct Direction {
     read_done: bool,
     /// The close has been passed on: nothing more to do.
     finished: bool,
+    /// Written since the writer was last flushed. A TLS stream takes bytes
+    /// into its own buffer even when the socket is full, and sends them
+    /// only when written to again or flushed: without a flush the end of
+    /// a message could wait there for the client's next command. (A flush
+    /// of a plain socket does nothing.)
+    unflushed: bool,
     bytes: u64,
     /// The side written to, for error messages.
     writer: &'static str,
@@ -217,6 +223,7 @@ impl Direction {
             pos: 0,
             read_done: false,
             finished: false,
+            unflushed: false,
             bytes: 0,
             writer,
             from_client,
@@ -244,6 +251,7 @@ impl Direction {
                 Poll::Ready(Ok(n)) => {
                     written += n;
                     self.bytes += n as u64;
+                    self.unflushed = true;
                     *moved = true;
                 }
                 Poll::Ready(Err(e)) => return Err(format!("{} write: {e}", self.writer)),
@@ -314,6 +322,16 @@ impl Direction {
                 // Caught up: the buffer goes until the writer lags again.
                 self.pending = Vec::new();
                 self.pos = 0;
+            }
+            if self.unflushed {
+                // Not read further until what was written has gone out.
+                match Pin::new(&mut *to).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => self.unflushed = false,
+                    Poll::Ready(Err(e)) => {
+                        return Poll::Ready(Err(format!("{} write: {e}", self.writer)));
+                    }
+                    Poll::Pending => return Poll::Pending,
+                }
             }
             if self.read_done {
                 // The other side reads nothing more once this one closed;
@@ -449,5 +467,37 @@ mod tests {
             assert_eq!(got, b"221 bye\r\n");
             assert_eq!(relayed.error, None);
         }
+    }
+
+    #[tokio::test]
+    async fn what_a_buffering_writer_took_is_flushed_without_waiting_for_more() {
+        // A TLS stream takes bytes into its own buffer even when its socket
+        // is full; a BufWriter stands in for it: without a flush the bytes
+        // would wait there until the client wrote again.
+        let ((mut client, mut client_peer), (upstream, mut backend)) = (pair().await, pair().await);
+        let mut upstream = tokio::io::BufWriter::new(upstream);
+        let metrics = prometheus_client::metrics::gauge::Gauge::default();
+        let mut charge = crate::buffers::Buffers::new(metrics).charge();
+        let mut blind = Blind;
+        let relaying = relay(
+            (&mut client, &mut upstream),
+            Ending::BothClosed,
+            Duration::from_secs(30),
+            &mut charge,
+            &mut blind,
+        );
+        let talking = async {
+            client_peer.write_all(b"DATA\r\n").await.unwrap();
+            let mut got = [0u8; 6];
+            // The client sends nothing more until it has been answered.
+            tokio::time::timeout(Duration::from_secs(5), backend.read_exact(&mut got))
+                .await
+                .expect("the bytes stayed in the writer's buffer")
+                .unwrap();
+            drop((client_peer, backend));
+            got
+        };
+        let (_, got) = tokio::join!(relaying, talking);
+        assert_eq!(&got, b"DATA\r\n");
     }
 }

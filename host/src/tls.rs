@@ -7,13 +7,18 @@
 
 use std::time::Duration;
 
-use rustls::ProtocolVersion;
+use rustls::{CipherSuite, ProtocolVersion};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::{client, server};
 use tokio_util::either::Either;
 
 use crate::config::BackendTls;
+
+/// What a TLS stream may hold of bytes written to it and not yet sent, at
+/// most (rustls's default is 64 KiB): past it a write takes less, and the
+/// relay keeps the rest where `max_buffer_mb` counts it.
+pub const SEND_BUFFER: usize = 16 * 1024;
 
 /// A client's connection: plain, or TLS gale terminates. Boxed: a TLS
 /// session's state is kilobytes, not to be reserved in every plain
@@ -38,7 +43,9 @@ pub fn socket(stream: &ClientStream) -> &TcpStream {
 pub struct Summary {
     /// "TLSv1.3", as OpenSSL (and so HAProxy and Postfix) name versions.
     pub version: &'static str,
-    /// The IANA name of the cipher suite ("TLS13_AES_256_GCM_SHA384").
+    /// The cipher suite as OpenSSL names it, and so HAProxy in its PROXY
+    /// v2 headers and Postfix in its logs ("TLS_AES_256_GCM_SHA384",
+    /// "ECDHE-RSA-AES128-GCM-SHA256").
     pub cipher: &'static str,
     /// The host name the client asked for, if any.
     pub sni: Option<Box<str>>,
@@ -54,10 +61,28 @@ impl Summary {
             },
             cipher: connection
                 .negotiated_cipher_suite()
-                .and_then(|s| s.suite().as_str())
-                .unwrap_or("unknown"),
+                .map_or("unknown", |s| openssl_name(s.suite())),
             sni: connection.server_name().map(Box::from),
         }
+    }
+}
+
+/// OpenSSL's name for `suite`, for each suite rustls offers (TLS 1.3's
+/// are the IANA names; rustls's own spelling, "TLS13_...", is its own).
+fn openssl_name(suite: CipherSuite) -> &'static str {
+    match suite {
+        CipherSuite::TLS13_AES_256_GCM_SHA384 => "TLS_AES_256_GCM_SHA384",
+        CipherSuite::TLS13_AES_128_GCM_SHA256 => "TLS_AES_128_GCM_SHA256",
+        CipherSuite::TLS13_CHACHA20_POLY1305_SHA256 => "TLS_CHACHA20_POLY1305_SHA256",
+        CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 => "ECDHE-ECDSA-AES256-GCM-SHA384",
+        CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 => "ECDHE-ECDSA-AES128-GCM-SHA256",
+        CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256 => {
+            "ECDHE-ECDSA-CHACHA20-POLY1305"
+        }
+        CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => "ECDHE-RSA-AES256-GCM-SHA384",
+        CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => "ECDHE-RSA-AES128-GCM-SHA256",
+        CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => "ECDHE-RSA-CHACHA20-POLY1305",
+        other => other.as_str().unwrap_or("unknown"),
     }
 }
 
@@ -85,7 +110,10 @@ pub async fn to_backend(
 ) -> Result<client::TlsStream<TcpStream>, HandshakeError> {
     let name: ServerName<'static> = tls.name.clone();
     match tokio::time::timeout(limit, tls.connector.connect(name, stream)).await {
-        Ok(Ok(stream)) => Ok(stream),
+        Ok(Ok(mut stream)) => {
+            stream.get_mut().1.set_buffer_limit(Some(SEND_BUFFER));
+            Ok(stream)
+        }
         Ok(Err(e)) => Err(HandshakeError::Failed(e)),
         Err(_) => Err(HandshakeError::TimedOut(limit)),
     }

@@ -286,7 +286,7 @@ pub struct TlsSection {
     pub cert: Spanned<String>,
     /// `key`: PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub key: Spanned<String>,
-    /// `[[listeners.tls.sni]]`: more certificates, each served to clients
+    /// `[[listeners.NAME.tls.sni]]`: more certificates, each served to clients
     /// asking for one of its `names` (SNI); `cert`/`key` above serve the
     /// rest.
     #[serde(default)]

@@ -91,12 +91,45 @@ pub(super) fn validate(
         .iter()
         .map(|(name, pool)| {
             let key = format!("pools.{name}");
+            refuse_tls_behind_http(errors, pool, name, listeners, &key)?;
             if let Some(served) = Served::by(listeners, name) {
                 served.refuse_other_protocol_keys(errors, pool, &key)?;
             }
             validate_pool(errors, base, defaults, name, pool, &key)
         })
         .collect()
+}
+
+/// HTTP requests go to backends in the clear: a pool behind any HTTP
+/// listener (even beside SMTP ones) cannot have a TLS backend, or its
+/// probes would pass while every request failed.
+fn refuse_tls_behind_http(
+    errors: &Errors<'_>,
+    pool: &PoolSection,
+    name: &str,
+    listeners: &BTreeMap<String, ListenerSection>,
+    key: &str,
+) -> Result<(), ConfigError> {
+    let http = listeners
+        .iter()
+        .find(|(_, l)| l.pool.get_ref() == name && l.protocol == Protocol::Http);
+    let Some((listener, _)) = http else {
+        return Ok(());
+    };
+    for (i, b) in pool.backends.iter().enumerate() {
+        if let Some(tls) = &b.tls
+            && *tls.get_ref()
+        {
+            return Err(errors.spanned(
+                tls,
+                &format!("{key}.backends[{i}].tls"),
+                format!(
+                    "HTTP listener {listener:?} serves this pool, and gale speaks TLS only to SMTP and tcp backends"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn validate_pool(
@@ -327,13 +360,6 @@ impl<'f> Served<'f> {
                     );
                 }
                 for (i, b) in pool.backends.iter().enumerate() {
-                    if let Some(t) = &b.tls {
-                        return refuse(
-                            t.span(),
-                            &format!("backends[{i}].tls"),
-                            "gale speaks TLS only to SMTP and tcp backends",
-                        );
-                    }
                     if let Some(p) = &b.proxy_protocol {
                         return refuse(
                             p.span(),

@@ -120,17 +120,17 @@ async fn run_probe(probe: &ProbeConfig, backend: &BackendConfig) -> ProbeOutcome
             .await
             .map_err(|e| (None, e.to_string()))?;
     }
-    if probe.kind == ProbeKind::Tcp {
-        // Nothing is read or written, no handshake either: the connect's
-        // own result decides (`connect` leaves SO_ERROR for the first I/O
-        // to report).
+    if probe.kind == ProbeKind::Tcp && backend.tls.is_none() {
+        // Nothing is read or written: the connect's own result decides
+        // (`connect` leaves SO_ERROR for the first I/O to report).
         return match stream.take_error() {
             Ok(None) => Ok(None),
             Ok(Some(e)) | Err(e) => Err((None, format!("connect: {}", e.kind()))),
         };
     }
-    // A TLS backend is probed over TLS, certificate checked as sessions
-    // check it: one whose certificate expired fails its probes.
+    // A TLS backend is probed over TLS (a tcp probe: the handshake alone),
+    // its certificate checked as sessions check it: one whose certificate
+    // expired fails its probes.
     let mut stream: BackendStream = match &backend.tls {
         None => Either::Left(stream),
         Some(tls) => Either::Right(Box::new(
@@ -142,7 +142,7 @@ async fn run_probe(probe: &ProbeConfig, backend: &BackendConfig) -> ProbeOutcome
     match probe.kind {
         ProbeKind::Smtp => smtp_probe(&mut stream, probe).await,
         ProbeKind::Http => http_probe(&mut stream, probe, address).await,
-        // Answered before the handshake.
+        // The handshake was the probe.
         ProbeKind::Tcp => Ok(None),
     }
 }
@@ -169,6 +169,7 @@ async fn smtp_probe(stream: &mut BackendStream, probe: &ProbeConfig) -> ProbeOut
         command(stream, "RSET", "RSET").await?;
     }
     let _ = stream.write_all(b"QUIT\r\n").await;
+    let _ = stream.flush().await;
     let _ = timeout(Duration::from_millis(500), read_reply(stream)).await;
     Ok(Some(220))
 }
@@ -179,10 +180,11 @@ async fn command(
     line: &str,
     name: &str,
 ) -> Result<(), (Option<u16>, String)> {
-    stream
-        .write_all(format!("{line}\r\n").as_bytes())
-        .await
-        .map_err(|e| (None, format!("{name}: {e}")))?;
+    let written = async {
+        stream.write_all(format!("{line}\r\n").as_bytes()).await?;
+        stream.flush().await
+    };
+    written.await.map_err(|e| (None, format!("{name}: {e}")))?;
     let reply = read_reply(stream)
         .await
         .map_err(|e| (None, format!("{name}: {e}")))?;
@@ -206,10 +208,11 @@ async fn http_probe(
         "{} {} HTTP/1.0\r\nHost: {}\r\nUser-Agent: gale-probe\r\n\r\n",
         probe.method, probe.path, address
     );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| (None, e.to_string()))?;
+    let written = async {
+        stream.write_all(request.as_bytes()).await?;
+        stream.flush().await
+    };
+    written.await.map_err(|e| (None, e.to_string()))?;
     let mut buf = [0u8; 64];
     let n = stream
         .read(&mut buf)

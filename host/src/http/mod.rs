@@ -128,8 +128,15 @@ impl Connection {
                 let next = self.serve_http1(stream, false).await;
                 debug_assert!(next.is_none());
             }
-            Ok(Err(e)) => tracing::debug!(client = %peer, "TLS handshake failed: {e}"),
-            Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
+            failed => {
+                match failed {
+                    Ok(Err(e)) => tracing::debug!(client = %peer, "TLS handshake failed: {e}"),
+                    _ => tracing::debug!(client = %peer, "TLS handshake timed out"),
+                }
+                if let Some((_, counters)) = self.proxy.current.load().listener(&self.proxy.name) {
+                    counters.tls_failed();
+                }
+            }
         }
     }
 

@@ -16,8 +16,9 @@
 //! `recvfrom` calls before, 1,602 after.
 //!
 //! A TLS client's bytes cannot be peeked at (they are records to
-//! decrypt): one read that does not wait takes what is there, and a
-//! client let through has them sent to the backend ahead of the relay.
+//! decrypt): one read that does not wait takes what is there (a system
+//! call the relay does not save), and a client let through has them sent
+//! to the backend ahead of the relay.
 
 use std::future::poll_fn;
 use std::pin::Pin;

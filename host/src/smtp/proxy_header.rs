@@ -6,9 +6,13 @@
 //!
 //! A v2 header for a client whose TLS gale terminated carries what its
 //! handshake settled, in the TLVs HAProxy sends with `send-proxy-v2-ssl`:
-//! `PP2_TYPE_SSL` (client flag
-//! `PP2_CLIENT_SSL`, verify 0 as no client certificate is asked for, then
-//! the version and cipher sub-TLVs) and the SNI as `PP2_TYPE_AUTHORITY`.
+//! `PP2_TYPE_SSL` (client flag `PP2_CLIENT_SSL`, then the version and
+//! cipher sub-TLVs, in OpenSSL's names) and the SNI as
+//! `PP2_TYPE_AUTHORITY`. Its `verify` field is 0: the spec reads 0 as "a
+//! client certificate presented and verified", but gale asks for none and
+//! sends 0 as HAProxy does then (OpenSSL's verify result with no
+//! certificate is X509_V_OK), so that receivers see the same header from
+//! either.
 
 use std::net::SocketAddr;
 
@@ -132,7 +136,7 @@ mod tests {
         let local: SocketAddr = "127.0.0.1:465".parse().unwrap();
         let tls = Summary {
             version: "TLSv1.3",
-            cipher: "TLS13_AES_256_GCM_SHA384",
+            cipher: "TLS_AES_256_GCM_SHA384",
             sni: Some("mx.example.org".into()),
         };
         let v2 = for_client(ProxyProtocol::V2, client, local, Some(&tls));
@@ -159,7 +163,7 @@ mod tests {
             subs,
             [
                 (v2::Type::SSLVersion as u8, "TLSv1.3"),
-                (v2::Type::SSLCipher as u8, "TLS13_AES_256_GCM_SHA384")
+                (v2::Type::SSLCipher as u8, "TLS_AES_256_GCM_SHA384")
             ]
         );
         assert_eq!(tlvs[1].kind, v2::Type::Authority as u8);

@@ -132,7 +132,7 @@ pub async fn run(
     // Boxed: its state would otherwise be reserved in every session.
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.clone());
     let handshake = Box::pin(timeout(l.banner_timeout, acceptor.accept(client)));
-    let client = match handshake.await {
+    let mut client = match handshake.await {
         Ok(Ok(client)) => client,
         failed => {
             let why = match failed {
@@ -144,6 +144,10 @@ pub async fn run(
             return;
         }
     };
+    client
+        .get_mut()
+        .1
+        .set_buffer_limit(Some(crate::tls::SEND_BUFFER));
     let summary = crate::tls::Summary::of(client.get_ref().1);
     let client = Either::Right(Box::new(client));
     serve(client, Some(summary), peer, &generation, listener, charge).await
@@ -401,7 +405,9 @@ async fn join(
         report,
     };
     relay::Observer::client(&mut watching, &taken);
-    let taken = taken.len() as u64;
+    let taken_bytes = taken.len() as u64;
+    // Not kept for the session either.
+    drop(taken);
     let mut outcome = relay::relay(
         (client, upstream),
         relay::Ending::BackendClosed,
@@ -411,7 +417,7 @@ async fn join(
     )
     .await;
     outcome.down += sent;
-    outcome.up += taken;
+    outcome.up += taken_bytes;
     outcome
 }
 
@@ -447,7 +453,12 @@ async fn send<W: AsyncWrite + Unpin>(
     idle: Duration,
     peer: &str,
 ) -> Result<(), String> {
-    match timeout(idle, w.write_all(data)).await {
+    // Flushed: a TLS stream may keep what it took in its own buffer.
+    let written = async {
+        w.write_all(data).await?;
+        w.flush().await
+    };
+    match timeout(idle, written).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(format!("{peer} write: {e}")),
         Err(_) => Err(format!("{peer} stopped reading (idle timeout)")),

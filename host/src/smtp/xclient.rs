@@ -89,8 +89,11 @@ async fn exchange(
     limit: Duration,
 ) -> Result<Reply, XclientError> {
     let said = async {
-        upstream
-            .write_all(line.as_bytes())
+        let written = async {
+            upstream.write_all(line.as_bytes()).await?;
+            upstream.flush().await
+        };
+        written
             .await
             .map_err(|e| XclientError::Exchange(format!("write: {e}")))?;
         read_reply(upstream)
