@@ -356,6 +356,28 @@ fn an_admission_plugin_that_traps_or_spins_admits_the_client_and_is_counted() {
         "admission plugin call failed, the client was admitted",
         Duration::from_secs(1),
     );
+    // /status lists each listener's plugin.
+    let (_, status) = curl(&[&format!("http://{}/status", gale.admin_address())]);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let listed: Vec<(&str, &str)> = status["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["hook"] == "admission")
+        .map(|p| {
+            (
+                p["listener"].as_str().unwrap(),
+                p["contract"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("spin", "gale:plugin/admitter@0.1.3"),
+            ("trap", "gale:plugin/admitter@0.1.3")
+        ]
+    );
 }
 
 #[test]
@@ -387,4 +409,45 @@ fn a_plugin_of_another_world_is_refused_as_the_admission_plugin() {
         msg.contains("does not implement world `gale:plugin/admission@0.1.3`"),
         "{msg}"
     );
+}
+
+#[test]
+fn a_reload_with_a_broken_admission_plugin_keeps_the_running_one() {
+    use support::in_process::InProcess;
+    let sink = SmtpSink::start(free_port());
+    let base = Conf::new()
+        .smtp("in", "mta")
+        .backend("mta", "sink", sink.address);
+    let with_plugin = |name: &str| {
+        (base.clone())
+            .set(
+                "listeners.in.admission_plugin.path",
+                support::plugin(name).display().to_string(),
+            )
+            .to_string()
+    };
+    let gale = InProcess::start(&with_plugin("admission-trap"));
+    let addr = gale.address("in");
+    let has_plugin = || gale.running.server.current.load().admission[0].is_some();
+    assert!(has_plugin());
+
+    gale.rewrite_config(&with_plugin("hostile-trap"));
+    let failed = gale.wait_reload(
+        |e| {
+            e.error
+                .as_deref()
+                .is_some_and(|e| e.contains("does not implement world `gale:plugin/admission"))
+        },
+        Duration::from_secs(20),
+    );
+    assert!(!failed.ok && failed.serving == 1, "{failed:?}");
+    assert_eq!(gale.generation(), 1);
+    assert!(has_plugin(), "the running plugin was dropped");
+    support::client::send_mail(addr);
+
+    gale.rewrite_config(&base.to_string());
+    let done = gale.wait_reload(|e| e.ok, Duration::from_secs(20));
+    assert_eq!(gale.generation(), done.generation);
+    assert!(!has_plugin());
+    support::client::send_mail(addr);
 }
