@@ -393,6 +393,32 @@ mod tests {
     }
 
     #[test]
+    fn a_plugins_refusal_is_one_smtp_line_an_http_status_or_a_close() {
+        let toml = "[listeners.in]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\npool = \"p\"\n\
+                    hostname = \"gale.test\"\n\
+                    [listeners.web]\nprotocol = \"http\"\naddress = \"127.0.0.1:0\"\npool = \"w\"\n\
+                    [listeners.raw]\nprotocol = \"tcp\"\naddress = \"127.0.0.1:0\"\npool = \"p\"\n\
+                    [pools.p]\n[pools.w]\n";
+        let config = crate::config::Config::parse(std::path::Path::new("t.toml"), toml).unwrap();
+        let l = |name: &str| config.listener(name).unwrap();
+        assert_eq!(
+            plugin_reply(l("in"), 554, "5.7.1 not here"),
+            Some((554, "554 5.7.1 not here\r\n".to_string()))
+        );
+        assert_eq!(
+            plugin_reply(l("in"), 421, ""),
+            Some((421, "421 gale.test Access denied\r\n".to_string()))
+        );
+        let (code, http) = plugin_reply(l("web"), 403, "go away").unwrap();
+        assert_eq!(code, 403);
+        assert!(http.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{http}");
+        assert!(http.ends_with("\r\n\r\ngo away\n"), "{http}");
+        let (_, odd) = plugin_reply(l("web"), 599, "").unwrap();
+        assert!(odd.starts_with("HTTP/1.1 599 Refused\r\n"), "{odd}");
+        assert_eq!(plugin_reply(l("raw"), 554, "x"), None);
+    }
+
+    #[test]
     fn the_rate_counts_per_client_key() {
         let rules = admission(&[], &[], 2);
         let mut rates = Buckets::default();

@@ -47,7 +47,7 @@ impl Accept {
     where
         F: Fn(TcpStream, SocketAddr) -> Fut + Send + Sync + 'static,
         Fut: Future + Send + 'static,
-        Fut::Output: Outcome + Send,
+        Fut::Output: Outcome,
     {
         // Shared with the tasks of listeners that have an admission
         // plugin: they start the session only once it has decided.
@@ -296,7 +296,8 @@ where
     F: Fn(TcpStream, SocketAddr) -> Fut,
     Fut: Future,
 {
-    let verdict = {
+    use crate::admission::Verdict;
+    let (verdict, half_close_is_gone) = {
         let generation = &gate.generation;
         let (l, counters) = (
             &generation.config.listeners[gate.index],
@@ -308,22 +309,23 @@ where
         let queued = u32::try_from(plugin.queued.get()).unwrap_or(0);
         let ctx = crate::admission::context(l, peer, counts.listener, counts.client, queued);
         let verdict = plugin.decide(l, &ctx, peer);
-        if let crate::admission::Verdict::Refuse(Some((code, _))) = &verdict {
+        if let Verdict::Refuse(Some((code, _))) = &verdict {
             counters.refused_with(l.protocol, *code);
         }
         // A tcp client's half-close may be its protocol (see `hung_up`).
         (verdict, l.protocol != crate::config::Protocol::Tcp)
     };
+    // Not held through a tarpit: a reload may retire it meanwhile.
     drop(gate);
     match verdict {
-        (crate::admission::Verdict::Admit, _) => {}
-        (crate::admission::Verdict::Refuse(reply), _) => {
+        Verdict::Admit => {}
+        Verdict::Refuse(reply) => {
             if let Some((_, reply)) = reply {
                 crate::smtp::refusal::refuse(client, reply.as_bytes()).await;
             }
             return Gated(None);
         }
-        (crate::admission::Verdict::Tarpit(hold), half_close_is_gone) => {
+        Verdict::Tarpit(hold) => {
             tokio::select! {
                 _ = tokio::time::sleep(hold) => {}
                 _ = hung_up(&client, half_close_is_gone) => {
@@ -602,9 +604,7 @@ impl Clients {
         *n += 1;
         Some(FromClient(self.clone(), ip))
     }
-}
 
-impl Clients {
     /// Sessions in flight from `ip` (its /64 for IPv6).
     pub(crate) fn sessions_of(&self, ip: IpAddr) -> u32 {
         let open = self.0.lock().unwrap_or_else(|p| p.into_inner());
