@@ -296,7 +296,7 @@ fn a_python_admission_plugin_refuses_one_address_and_tarpits_another_before_its_
 }
 
 #[test]
-fn an_admission_plugin_that_traps_or_spins_admits_the_client_and_is_counted() {
+fn an_admission_plugin_that_traps_spins_or_answers_garbage_admits_the_client_and_is_counted() {
     let sink = SmtpSink::start(free_port());
     let path = support::plugin("admission-trap").display().to_string();
     let gale = Gale::start(
@@ -304,13 +304,17 @@ fn an_admission_plugin_that_traps_or_spins_admits_the_client_and_is_counted() {
             .admin()
             .smtp("trap", "mta")
             .smtp("spin", "mta")
+            .smtp("garbage", "mta")
             .backend("mta", "sink", sink.address)
             .set("listeners.trap.admission_plugin.path", path.clone())
-            .set("listeners.spin.admission_plugin.path", path)
+            .set("listeners.spin.admission_plugin.path", path.clone())
             .set("listeners.spin.admission_plugin.settings.spin", true)
+            .set("listeners.garbage.admission_plugin.path", path)
+            // Not a refusal code: a malformed answer.
+            .set("listeners.garbage.admission_plugin.settings.code", 250)
             .to_string(),
     );
-    for listener in ["trap", "spin"] {
+    for listener in ["trap", "spin", "garbage"] {
         for _ in 0..2 {
             let (ok, transcript) = swaks_from("127.0.0.2", gale.address(listener), "b@x.test");
             assert!(ok, "{listener}: {transcript}");
@@ -329,8 +333,9 @@ fn an_admission_plugin_that_traps_or_spins_admits_the_client_and_is_counted() {
     // being set up.
     assert!(failures("trap", "trap") >= 1.0);
     assert!(failures("spin", "deadline") >= 1.0);
-    for listener in ["trap", "spin"] {
-        let all: f64 = ["trap", "deadline", "unavailable", "busy"]
+    assert!(failures("garbage", "malformed") >= 1.0);
+    for listener in ["trap", "spin", "garbage"] {
+        let all: f64 = ["trap", "deadline", "malformed", "unavailable", "busy"]
             .iter()
             .map(|r| failures(listener, r))
             .sum();
@@ -350,7 +355,7 @@ fn an_admission_plugin_that_traps_or_spins_admits_the_client_and_is_counted() {
             "gale_backend_sessions_total",
             &[("backend", "sink")]
         ),
-        4.0
+        6.0
     );
     gale.wait_log(
         "admission plugin call failed, the client was admitted",
@@ -374,6 +379,7 @@ fn an_admission_plugin_that_traps_or_spins_admits_the_client_and_is_counted() {
     assert_eq!(
         listed,
         [
+            ("garbage", "gale:plugin/admitter@0.1.3"),
             ("spin", "gale:plugin/admitter@0.1.3"),
             ("trap", "gale:plugin/admitter@0.1.3")
         ]

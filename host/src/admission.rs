@@ -250,7 +250,7 @@ impl PluginHook {
             Ok(AdmissionDecision::Tarpit(0)) => Verdict::Admit,
             Ok(AdmissionDecision::Tarpit(seconds)) => {
                 self.tarpits.inc();
-                let held = Duration::from_secs(seconds.into()).min(MAX_TARPIT);
+                let held = tarpit(seconds);
                 tracing::info!(listener = %l.name, %client, seconds = held.as_secs(), asked = seconds, "tarpit by the admission plugin");
                 Verdict::Tarpit(held)
             }
@@ -291,6 +291,11 @@ impl PluginHook {
             "admission plugin call failed, the client was admitted: {failure}"
         );
     }
+}
+
+/// How long a client is held for a plugin's `tarpit(seconds)`.
+fn tarpit(seconds: u32) -> Duration {
+    Duration::from_secs(seconds.into()).min(MAX_TARPIT)
 }
 
 /// The context an admission plugin gets for a client at `peer` of
@@ -416,6 +421,14 @@ mod tests {
         let (_, odd) = plugin_reply(l("web"), 599, "").unwrap();
         assert!(odd.starts_with("HTTP/1.1 599 Refused\r\n"), "{odd}");
         assert_eq!(plugin_reply(l("raw"), 554, "x"), None);
+    }
+
+    #[test]
+    fn a_tarpit_is_cut_to_a_minute() {
+        assert_eq!(tarpit(5), Duration::from_secs(5));
+        assert_eq!(tarpit(60), MAX_TARPIT);
+        assert_eq!(tarpit(61), MAX_TARPIT);
+        assert_eq!(tarpit(u32::MAX), MAX_TARPIT);
     }
 
     #[test]
