@@ -322,7 +322,7 @@ fn a_failing_candidate_costs_no_session() {
         candidate["source"],
         Value::from(sneaky.display().to_string())
     );
-    assert_eq!(candidate["contract"], "gale:plugin/selector@0.1.2");
+    assert_eq!(candidate["contract"], "gale:plugin/selector@0.1.3");
     let hooks: Vec<&str> = plugins
         .iter()
         .map(|p| p["hook"].as_str().unwrap())

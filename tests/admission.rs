@@ -168,3 +168,292 @@ fn http_clients_outside_allow_get_403_and_a_fast_one_429() {
     );
     assert_eq!(backend.requests(), 2 + 3 - slowed.len() as u64);
 }
+
+/// The Python admission plugin (`plugins/admission-python`) on SMTP
+/// listener `in` and HTTP listener `web`: 127.0.0.3 refused, 127.0.0.4
+/// held `tarpit_seconds`.
+fn python_conf(sink: SocketAddr, web_backend: SocketAddr, tarpit_seconds: u32) -> Conf {
+    let plugin = support::foreign_plugin("admission-python");
+    let path = plugin.display().to_string();
+    web(&[("a", web_backend, 1)])
+        .admin()
+        .smtp("in", "mta")
+        .set("listeners.in.hostname", "gale.test")
+        .backend("mta", "sink", sink)
+        .set("listeners.in.admission_plugin.path", path.clone())
+        .set("listeners.in.admission_plugin.settings.reject", "127.0.0.3")
+        .set(
+            "listeners.in.admission_plugin.settings.reject_text",
+            "5.7.1 Not from 127.0.0.3, says the policy",
+        )
+        .set("listeners.in.admission_plugin.settings.tarpit", "127.0.0.4")
+        .set(
+            "listeners.in.admission_plugin.settings.tarpit_seconds",
+            i64::from(tarpit_seconds),
+        )
+        .set("listeners.web.admission_plugin.path", path)
+        .set(
+            "listeners.web.admission_plugin.settings.reject",
+            "127.0.0.3",
+        )
+        .set("listeners.web.admission_plugin.settings.reject_code", 403)
+        .set(
+            "listeners.web.admission_plugin.settings.reject_text",
+            "not from here",
+        )
+}
+
+#[test]
+fn a_python_admission_plugin_refuses_one_address_and_tarpits_another_before_its_greeting() {
+    let sink = SmtpSink::start(free_port());
+    let backend = HttpBackend::start("a", Behaviour::Respond);
+    let tarpit = Duration::from_secs(2);
+    let gale = Gale::start(&python_conf(sink.address, backend.address, 2).to_string());
+    let addr = gale.address("in");
+
+    // Refused with the plugin's own code and text, before any backend.
+    let (ok, transcript) = swaks_from("127.0.0.3", addr, "b@example.test");
+    assert!(!ok, "{transcript}");
+    assert!(
+        transcript.contains("<** 554 5.7.1 Not from 127.0.0.3, says the policy"),
+        "{transcript}"
+    );
+    // Another address goes through to the backend.
+    let (ok, transcript) = swaks_from("127.0.0.2", addr, "b@example.test");
+    assert!(ok, "{transcript}");
+    assert!(transcript.contains("<-  220 "), "{transcript}");
+
+    // Tarpitted: the greeting comes only after the delay; meanwhile the
+    // listener greets others at once (the plugin and the hold are on the
+    // connection's own task, not on the accept loop).
+    let held = std::thread::spawn(move || {
+        let started = Instant::now();
+        let line = greeting_from("127.0.0.4", addr);
+        (line, started.elapsed())
+    });
+    gale.wait_log("tarpit by the admission plugin", Duration::from_secs(10));
+    let started = Instant::now();
+    let other = greeting_from("127.0.0.2", addr);
+    let other_took = started.elapsed();
+    assert!(other.starts_with("220 "), "{other}");
+    let (line, took) = held.join().unwrap();
+    eprintln!("tarpit {tarpit:?}: greeted after {took:?}; a client beside it after {other_took:?}");
+    assert!(line.starts_with("220 "), "{line}");
+    assert!(took >= tarpit, "greeted after {took:?}");
+    assert!(took < tarpit * 3, "greeted after {took:?}");
+    assert!(
+        other_took < tarpit / 2,
+        "a client beside the tarpit waited {other_took:?}"
+    );
+    // A tarpitted client that hangs up ends there: no backend sees it.
+    drop(connect_from("127.0.0.4", addr));
+    gale.wait_log("the client left during its tarpit", Duration::from_secs(10));
+
+    // HTTP: the plugin's status and text.
+    let url = format!("http://{}/", gale.address("web"));
+    let (status, body) = curl(&["--interface", "127.0.0.3", &url]);
+    assert_eq!((status, body.trim_end()), (403, "not from here"));
+    assert_eq!(curl(&["--interface", "127.0.0.2", &url]), (200, "a".into()));
+
+    let samples = scrape(&gale);
+    let on = |listener: &str, reason: &str| {
+        value(
+            &samples,
+            "gale_admission_refusals_total",
+            &[("listener", listener), ("reason", reason)],
+        )
+    };
+    assert_eq!(on("in", "plugin"), 1.0);
+    assert_eq!(on("web", "plugin"), 1.0);
+    assert_eq!(
+        value(
+            &samples,
+            "gale_admission_tarpits_total",
+            &[("listener", "in")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(&samples, "gale_error_replies_total", &[("code", "554")]),
+        1.0
+    );
+    // swaks from .2, the greeting beside the tarpit, the tarpitted one.
+    assert_eq!(
+        value(
+            &samples,
+            "gale_backend_sessions_total",
+            &[("backend", "sink")]
+        ),
+        3.0
+    );
+    assert_eq!(backend.requests(), 1);
+    assert!(
+        !samples
+            .iter()
+            .any(|s| s.metric == "gale_admission_plugin_failures_total"),
+        "the plugin failed"
+    );
+}
+
+#[test]
+fn an_admission_plugin_that_traps_spins_or_answers_garbage_admits_the_client_and_is_counted() {
+    let sink = SmtpSink::start(free_port());
+    let path = support::plugin("admission-trap").display().to_string();
+    let gale = Gale::start(
+        &Conf::new()
+            .admin()
+            .smtp("trap", "mta")
+            .smtp("spin", "mta")
+            .smtp("garbage", "mta")
+            .backend("mta", "sink", sink.address)
+            .set("listeners.trap.admission_plugin.path", path.clone())
+            .set("listeners.spin.admission_plugin.path", path.clone())
+            .set("listeners.spin.admission_plugin.settings.spin", true)
+            .set("listeners.garbage.admission_plugin.path", path)
+            // Not a refusal code: a malformed answer.
+            .set("listeners.garbage.admission_plugin.settings.code", 250)
+            .to_string(),
+    );
+    for listener in ["trap", "spin", "garbage"] {
+        for _ in 0..2 {
+            let (ok, transcript) = swaks_from("127.0.0.2", gale.address(listener), "b@x.test");
+            assert!(ok, "{listener}: {transcript}");
+        }
+    }
+    let samples = scrape(&gale);
+    let failures = |listener: &str, reason: &str| {
+        value(
+            &samples,
+            "gale_admission_plugin_failures_total",
+            &[("listener", listener), ("reason", reason)],
+        )
+    };
+    // Each call failed, and each client was admitted: by the plugin's
+    // own fault, or (the next call) by finding the fresh instance still
+    // being set up.
+    assert!(failures("trap", "trap") >= 1.0);
+    assert!(failures("spin", "deadline") >= 1.0);
+    assert!(failures("garbage", "malformed") >= 1.0);
+    for listener in ["trap", "spin", "garbage"] {
+        let all: f64 = ["trap", "deadline", "malformed", "unavailable", "busy"]
+            .iter()
+            .map(|r| failures(listener, r))
+            .sum();
+        assert_eq!(all, 2.0, "{listener}");
+    }
+    assert_eq!(
+        value(
+            &samples,
+            "gale_admission_refusals_total",
+            &[("reason", "plugin")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "gale_backend_sessions_total",
+            &[("backend", "sink")]
+        ),
+        6.0
+    );
+    gale.wait_log(
+        "admission plugin call failed, the client was admitted",
+        Duration::from_secs(1),
+    );
+    // /status lists each listener's plugin.
+    let (_, status) = curl(&[&format!("http://{}/status", gale.admin_address())]);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let listed: Vec<(&str, &str)> = status["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["hook"] == "admission")
+        .map(|p| {
+            (
+                p["listener"].as_str().unwrap(),
+                p["contract"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("garbage", "gale:plugin/admitter@0.1.3"),
+            ("spin", "gale:plugin/admitter@0.1.3"),
+            ("trap", "gale:plugin/admitter@0.1.3")
+        ]
+    );
+}
+
+#[test]
+fn a_plugin_of_another_world_is_refused_as_the_admission_plugin() {
+    let (rt, _cache) = support::runtime();
+    let balancer = support::plugin("hostile-trap");
+    let conf = Conf::new()
+        .smtp("in", "mta")
+        .backend("mta", "b", "127.0.0.1:31000".parse().unwrap())
+        .set(
+            "listeners.in.admission_plugin.path",
+            balancer.display().to_string(),
+        );
+    let err = gale::generation::Generation::build(
+        1,
+        &rt,
+        support::parse(&conf),
+        &std::sync::Arc::new(gale::metrics::Metrics::new()),
+    )
+    .err()
+    .expect("a balancer must not load as an admission plugin");
+    let msg = err.to_string();
+    assert!(
+        matches!(err, gale::plugin::PluginError::WrongWorld { .. }),
+        "{msg}"
+    );
+    assert!(msg.contains("in/admission"), "{msg}");
+    assert!(
+        msg.contains("does not implement world `gale:plugin/admission@0.1.3`"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_reload_with_a_broken_admission_plugin_keeps_the_running_one() {
+    use support::in_process::InProcess;
+    let sink = SmtpSink::start(free_port());
+    let base = Conf::new()
+        .smtp("in", "mta")
+        .backend("mta", "sink", sink.address);
+    let with_plugin = |name: &str| {
+        (base.clone())
+            .set(
+                "listeners.in.admission_plugin.path",
+                support::plugin(name).display().to_string(),
+            )
+            .to_string()
+    };
+    let gale = InProcess::start(&with_plugin("admission-trap"));
+    let addr = gale.address("in");
+    let has_plugin = || gale.running.server.current.load().admission[0].is_some();
+    assert!(has_plugin());
+
+    gale.rewrite_config(&with_plugin("hostile-trap"));
+    let failed = gale.wait_reload(
+        |e| {
+            e.error
+                .as_deref()
+                .is_some_and(|e| e.contains("does not implement world `gale:plugin/admission"))
+        },
+        Duration::from_secs(20),
+    );
+    assert!(!failed.ok && failed.serving == 1, "{failed:?}");
+    assert_eq!(gale.generation(), 1);
+    assert!(has_plugin(), "the running plugin was dropped");
+    support::client::send_mail(addr);
+
+    gale.rewrite_config(&base.to_string());
+    let done = gale.wait_reload(|e| e.ok, Duration::from_secs(20));
+    assert_eq!(gale.generation(), done.generation);
+    assert!(!has_plugin());
+    support::client::send_mail(addr);
+}

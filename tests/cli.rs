@@ -89,7 +89,7 @@ fn check_rejects_a_plugin_of_the_wrong_world() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("does not implement world `gale:plugin/balancer@0.1.2`"),
+        stderr.contains("does not implement world `gale:plugin/balancer@0.1.3`"),
         "{stderr}"
     );
 }

@@ -90,6 +90,31 @@ fn a_health_plugin_of_the_previous_world_loads_and_its_verdict_weight_applies() 
 }
 
 #[test]
+fn a_balancer_built_against_0_1_2_before_the_admission_world_still_decides() {
+    let previous =
+        std::fs::read_to_string(support::workspace().join("wit/previous/0.1.2/worlds.wit"))
+            .unwrap();
+    assert!(previous.contains("package gale:plugin@0.1.2;"));
+    assert!(
+        !previous.contains("world admission"),
+        "0.1.2 had no admission world"
+    );
+
+    let (rt, _cache) = runtime();
+    let path = plugin("contract-0-1-2");
+    let config = support::parse(&with_balancer(&path));
+    let pool = gale::pool::Pool::build(&rt, &config.pools[0], &Default::default())
+        .unwrap_or_else(|e| panic!("the 0.1.2 plugin was refused: {e}"));
+    assert_eq!(pool.plugins()[0].1.contract, "gale:plugin/selector@0.1.2");
+    // Its own order (the eligible ones rotated by one), not the fallback's.
+    for _ in 0..3 {
+        let decision = pool.select(&sample_context());
+        assert_eq!(decision.decider, Decider::Plugin, "{decision:?}");
+        assert_eq!(decision.order, [1, 2, 0]);
+    }
+}
+
+#[test]
 fn a_plugin_of_an_incompatible_contract_is_refused_naming_both_versions() {
     let (rt, _cache) = runtime();
     let path = plugin("contract-0-2-0");

@@ -363,7 +363,7 @@ fn plugin_check_names_the_world_runs_samples_and_fails_what_would_not_load() {
     let (ok, out) = gale_plugin(&["check", wrr.to_str().unwrap()]);
     assert!(ok, "{out}");
     assert!(
-        out.contains("world `balancer`: exports gale:plugin/selector@0.1.2"),
+        out.contains("world `balancer`: exports gale:plugin/selector@0.1.3"),
         "{out}"
     );
     // Primaries 3:1; the standby only follows them, for retries.

@@ -404,11 +404,11 @@ fn wrong_world_is_refused_at_load_naming_the_expected_world() {
     let msg = err.to_string();
     assert!(matches!(err, PluginError::WrongWorld { .. }), "{msg}");
     assert!(
-        msg.contains("does not implement world `gale:plugin/balancer@0.1.2`"),
+        msg.contains("does not implement world `gale:plugin/balancer@0.1.3`"),
         "{msg}"
     );
     assert!(
-        msg.contains("gale:plugin/evaluator@0.1.2 (world `health`)"),
+        msg.contains("gale:plugin/evaluator@0.1.3 (world `health`)"),
         "{msg}"
     );
 }

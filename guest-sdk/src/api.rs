@@ -10,7 +10,7 @@ pub mod __bindings {
     pub mod balancer {
         wit_bindgen::generate!({
             path: "../wit",
-            world: "gale:plugin/balancer@0.1.2",
+            world: "gale:plugin/balancer@0.1.3",
             default_bindings_module: "gale_sdk::__bindings::balancer",
             pub_export_macro: true,
             export_macro_name: "__export_balancer_world",
@@ -19,31 +19,47 @@ pub mod __bindings {
     pub mod health {
         wit_bindgen::generate!({
             path: "../wit",
-            world: "gale:plugin/health@0.1.2",
+            world: "gale:plugin/health@0.1.3",
             default_bindings_module: "gale_sdk::__bindings::health",
             pub_export_macro: true,
             export_macro_name: "__export_health_world",
             with: {
-                "gale:plugin/types@0.1.2": super::balancer::gale::plugin::types,
-                "gale:plugin/host@0.1.2": super::balancer::gale::plugin::host,
+                "gale:plugin/types@0.1.3": super::balancer::gale::plugin::types,
+                "gale:plugin/host@0.1.3": super::balancer::gale::plugin::host,
             },
         });
     }
     pub mod dns {
         wit_bindgen::generate!({
             path: "../wit",
-            world: "gale:plugin/dns@0.1.2",
+            world: "gale:plugin/dns@0.1.3",
             default_bindings_module: "gale_sdk::__bindings::dns",
             pub_export_macro: true,
             export_macro_name: "__export_dns_world",
             with: {
-                "gale:plugin/types@0.1.2": super::balancer::gale::plugin::types,
-                "gale:plugin/host@0.1.2": super::balancer::gale::plugin::host,
+                "gale:plugin/types@0.1.3": super::balancer::gale::plugin::types,
+                "gale:plugin/host@0.1.3": super::balancer::gale::plugin::host,
+            },
+        });
+    }
+    pub mod admission {
+        wit_bindgen::generate!({
+            path: "../wit",
+            world: "gale:plugin/admission@0.1.3",
+            default_bindings_module: "gale_sdk::__bindings::admission",
+            pub_export_macro: true,
+            export_macro_name: "__export_admission_world",
+            with: {
+                "gale:plugin/types@0.1.3": super::balancer::gale::plugin::types,
+                "gale:plugin/host@0.1.3": super::balancer::gale::plugin::host,
             },
         });
     }
 }
 
+pub use __bindings::admission::exports::gale::plugin::admitter::{
+    AdmissionContext, Decision, Rejection, Service,
+};
 pub use __bindings::balancer::gale::plugin::host::Level;
 pub use __bindings::balancer::gale::plugin::types::{
     Backend, BackendId, DnsRecord, DnsSnapshot, HealthVerdict, HttpRequest, IpAddress, Member,
@@ -54,14 +70,38 @@ pub use __bindings::health::gale::plugin::health_detail::{AgentState, LoadReport
 impl RequestContext {
     /// The client's address as a standard IP address.
     pub fn client_ip(&self) -> std::net::IpAddr {
-        match self.client_ip {
-            IpAddress::V4(bits) => std::net::Ipv4Addr::from_bits(bits).into(),
-            IpAddress::V6((hi, lo)) => {
-                std::net::Ipv6Addr::from_bits((u128::from(hi) << 64) | u128::from(lo)).into()
-            }
+        ip_of(self.client_ip)
+    }
+}
+impl AdmissionContext {
+    /// The client's address as a standard IP address.
+    pub fn client_ip(&self) -> std::net::IpAddr {
+        ip_of(self.client_ip)
+    }
+}
+
+fn ip_of(ip: IpAddress) -> std::net::IpAddr {
+    match ip {
+        IpAddress::V4(bits) => std::net::Ipv4Addr::from_bits(bits).into(),
+        IpAddress::V6((hi, lo)) => {
+            std::net::Ipv6Addr::from_bits((u128::from(hi) << 64) | u128::from(lo)).into()
         }
     }
 }
+
+impl Decision {
+    /// Refuse the client: SMTP gets `code text` as one reply line (e.g.
+    /// `Decision::reject(554, "5.7.1 not here")`), HTTP the status `code`
+    /// with `text` as its body, HTTPS and tcp a close. `code` must be 400
+    /// to 599; gale admits the client otherwise.
+    pub fn reject(code: u16, text: impl Into<String>) -> Decision {
+        Decision::Reject(Rejection {
+            code,
+            text: text.into(),
+        })
+    }
+}
+
 use __bindings::balancer::gale::plugin::{host, pool_state};
 
 /// Plugin settings: the key/value pairs under the plugin's `settings` table
@@ -171,6 +211,19 @@ pub trait DnsPolicy: Sized + 'static {
     fn plan(&mut self, snapshot: &DnsSnapshot) -> Vec<DnsRecord>;
 }
 
+/// Admission policy (world `admission`, contract 0.1.3): asked once per
+/// connection that the listener's own rules let in, before any backend is
+/// touched.
+pub trait AdmissionPolicy: Sized + 'static {
+    /// Build the policy from its settings; an error rejects the plugin.
+    fn new(settings: &Settings) -> Result<Self, String>;
+
+    /// Whether the client may go on: [`Decision::Accept`],
+    /// [`Decision::reject`], or [`Decision::Tarpit`] (seconds; gale caps
+    /// them at 60).
+    fn admit(&mut self, ctx: &AdmissionContext) -> Decision;
+}
+
 /// Log a message through gale's logger, tagged with this plugin.
 pub fn log(level: Level, message: &str) {
     host::log(level, message, &[]);
@@ -188,7 +241,7 @@ pub fn log_with(level: Level, message: &str, fields: &[(&str, &str)]) {
 
 /// Whether a log at `level` would be recorded: check it before building
 /// a costly message. (Added in contract 0.1.1. A plugin built with this
-/// SDK exports the 0.1.2 names and needs a gale of 0.1.2 or later.)
+/// SDK exports the 0.1.3 names and needs a gale of 0.1.3 or later.)
 pub fn log_enabled(level: Level) -> bool {
     host::log_enabled(level)
 }
@@ -362,6 +415,47 @@ macro_rules! export_health {
     ($($other:tt)*) => {
         ::core::compile_error!(
             "usage: gale_sdk::export_health!(MyPolicy); where MyPolicy implements gale_sdk::HealthPolicy"
+        );
+    };
+}
+
+/// Export an [`AdmissionPolicy`] implementation as this component's
+/// `admission` world: `gale_sdk::export_admission!(MyPolicy);` once, at
+/// the crate root.
+#[macro_export]
+macro_rules! export_admission {
+    ($policy:ty) => {
+        const _: () = {
+            fn __assert_admission<T: $crate::AdmissionPolicy>() {}
+            let _ = __assert_admission::<$policy>;
+
+            ::std::thread_local! {
+                static STATE: ::core::cell::RefCell<$crate::__rt::Single<$policy>> =
+                    const { ::core::cell::RefCell::new($crate::__rt::Single::new()) };
+            }
+            struct __GaleAdmission;
+            impl $crate::__bindings::admission::exports::gale::plugin::admitter::Guest for __GaleAdmission {
+                fn init(
+                    settings: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+                ) -> ::core::result::Result<(), ::std::string::String> {
+                    STATE.with_borrow_mut(|s| s.init(settings, <$policy as $crate::AdmissionPolicy>::new))
+                }
+                fn admit(ctx: $crate::AdmissionContext) -> $crate::Decision {
+                    STATE.with_borrow_mut(|s| match s.policy() {
+                        Some(p) => $crate::AdmissionPolicy::admit(p, &ctx),
+                        // Not initialised: the host's rules alone decide.
+                        None => $crate::Decision::Accept,
+                    })
+                }
+            }
+            $crate::__bindings::admission::__export_admission_world!(
+                __GaleAdmission with_types_in $crate::__bindings::admission
+            );
+        };
+    };
+    ($($other:tt)*) => {
+        ::core::compile_error!(
+            "usage: gale_sdk::export_admission!(MyPolicy); where MyPolicy implements gale_sdk::AdmissionPolicy"
         );
     };
 }

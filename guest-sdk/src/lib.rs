@@ -1,7 +1,7 @@
 //! Write gale policy plugins in Rust.
 //!
-//! A plugin is a type that implements one of [`Balancer`], [`HealthPolicy`]
-//! or [`DnsPolicy`], plus one macro call that exports it as a WebAssembly
+//! A plugin is a type that implements one of [`Balancer`], [`HealthPolicy`],
+//! [`DnsPolicy`] or [`AdmissionPolicy`], plus one macro call that exports it as a WebAssembly
 //! component for the matching world of the `gale:plugin` contract:
 //!
 //! ```ignore

@@ -17,12 +17,36 @@
 //! `403` or `429` with `Retry-After`; a tcp client a close, and so does a
 //! client of an HTTPS or SMTPS listener (the reply would first need a
 //! handshake).
+//!
+//! After these rules and `max_sessions_per_client`, a listener's
+//! `admission_plugin` (world `admission`) may refuse or tarpit the
+//! client ([`PluginHook`]). It runs on the connection's own task, never
+//! on the accept loop, so a slow plugin delays only the clients it
+//! decides about; and only on listeners that have one: the others pay
+//! for nothing but a look at an empty slot.
 
 use std::net::IpAddr;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 
 use crate::config::{Admission, DenyReply, ListenerConfig, Protocol};
+use crate::metrics::{AdmissionLabels, ListenerLabels, Metrics};
+use crate::plugin::{
+    AdmissionContext, AdmissionDecision, AdmissionPlugin, CallFailure, PluginError, PluginRuntime,
+    Service,
+};
 use crate::rate::Buckets;
+
+/// Longest tarpit: a plugin's longer ones are cut to this. A tarpitted
+/// client holds one of the listener's `max_sessions` (and a descriptor)
+/// all along, so a plugin that tarpits everyone for long would close the
+/// listener; a minute is more than a spam bot waits (most give up after
+/// 10 to 30 s) and less than any MTA's greeting timeout (RFC 5321
+/// 4.5.3.2.1: 5 minutes).
+pub const MAX_TARPIT: Duration = Duration::from_secs(60);
 
 /// Why a client was refused: the `reason` label of
 /// `gale_admission_refusals_total`.
@@ -32,6 +56,8 @@ pub enum Refusal {
     Denied,
     /// Over `client_rate`.
     Rate,
+    /// The listener's admission plugin said no.
+    Plugin,
 }
 
 impl Refusal {
@@ -39,6 +65,7 @@ impl Refusal {
         match self {
             Refusal::Denied => "deny",
             Refusal::Rate => "rate",
+            Refusal::Plugin => "plugin",
         }
     }
 }
@@ -93,6 +120,208 @@ pub fn reply(l: &ListenerConfig, refusal: Refusal) -> Option<(u16, String)> {
             ),
         )),
         (Protocol::Tcp, _) => None,
+        // The plugin's own words: [`plugin_reply`].
+        (_, Refusal::Plugin) => None,
+    }
+}
+
+/// What listener `l` writes to a client its admission plugin refused with
+/// `code` and `text` (already checked: 400 to 599, one printable line),
+/// with the code it counts: SMTP `code text` as one line, HTTP the status
+/// with `text` as the body; on TLS and tcp listeners nothing (a close),
+/// as for the built-in refusals.
+pub fn plugin_reply(l: &ListenerConfig, code: u16, text: &str) -> Option<(u16, String)> {
+    if l.tls.is_some() {
+        return None;
+    }
+    match l.protocol {
+        Protocol::Smtp if text.is_empty() => {
+            Some((code, format!("{code} {} Access denied\r\n", l.hostname)))
+        }
+        Protocol::Smtp => Some((code, format!("{code} {text}\r\n"))),
+        Protocol::Http => {
+            let reason = http::StatusCode::from_u16(code)
+                .ok()
+                .and_then(|s| s.canonical_reason())
+                .unwrap_or("Refused");
+            let body = if text.is_empty() { "refused" } else { text };
+            Some((
+                code,
+                http_reply(&format!("{code} {reason}"), "", &format!("{body}\n")),
+            ))
+        }
+        Protocol::Tcp => None,
+    }
+}
+
+/// What the plugin decided, as the listener carries it out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Go on (also every failed call: the fallback is to admit).
+    Admit,
+    /// Close, after `reply` if the protocol has one.
+    Refuse(Option<(u16, String)>),
+    /// Hold the client silently this long (at most [`MAX_TARPIT`]), then
+    /// go on.
+    Tarpit(Duration),
+}
+
+/// A listener's admission plugin with its counters, resolved once per
+/// generation.
+pub struct PluginHook {
+    plugin: AdmissionPlugin,
+    refusals: Counter,
+    tarpits: Counter,
+    /// Sessions of the listener waiting for a backend slot (the
+    /// listener's `gale_queued_sessions`).
+    pub queued: Gauge,
+    metrics: std::sync::Arc<Metrics>,
+    listener: String,
+    /// When a failure was last logged (ms since `LOG_ORIGIN`), and how many
+    /// were not since: a plugin that fails on every call logs once a second.
+    logged_ms: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl PluginHook {
+    /// Load listener `l`'s plugin (blocking) and ask it once about a
+    /// sample client: a plugin that traps or answers garbage is refused
+    /// here, with the generation that names it.
+    pub fn load(
+        runtime: &PluginRuntime,
+        l: &ListenerConfig,
+        metrics: &std::sync::Arc<Metrics>,
+        queued: Gauge,
+    ) -> Result<Option<Self>, PluginError> {
+        let Some(spec) = &l.admission.plugin else {
+            return Ok(None);
+        };
+        let name = format!("{}/admission", l.name);
+        let plugin = AdmissionPlugin::load(runtime, spec, &name)?;
+        plugin
+            .admit(&crate::plugin::check::admission_context(1, 0, 0))
+            .map_err(|failure| PluginError::SelfCheck {
+                plugin: name.clone(),
+                failure,
+            })?;
+        let labels = |reason: &str| AdmissionLabels {
+            listener: l.name.clone(),
+            reason: reason.to_string(),
+        };
+        Ok(Some(PluginHook {
+            plugin,
+            refusals: metrics
+                .admission_refusals
+                .get_or_create(&labels(Refusal::Plugin.label()))
+                .clone(),
+            tarpits: metrics
+                .admission_tarpits
+                .get_or_create(&ListenerLabels {
+                    listener: l.name.clone(),
+                })
+                .clone(),
+            queued,
+            metrics: metrics.clone(),
+            listener: l.name.clone(),
+            logged_ms: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }))
+    }
+
+    /// Which build runs, for `/status`.
+    pub fn info(&self) -> &crate::plugin::PluginInfo {
+        self.plugin.info()
+    }
+
+    /// Ask the plugin about `ctx` on listener `l` and count what it said.
+    /// Blocking for at most the plugin's deadline (twice, with a wait for
+    /// the instance), like a balancer's decision.
+    pub fn decide(
+        &self,
+        l: &ListenerConfig,
+        ctx: &AdmissionContext,
+        client: std::net::SocketAddr,
+    ) -> Verdict {
+        match self.plugin.admit(ctx) {
+            Ok(AdmissionDecision::Accept) => Verdict::Admit,
+            Ok(AdmissionDecision::Reject(r)) => {
+                self.refusals.inc();
+                tracing::info!(listener = %l.name, %client, code = r.code, text = %r.text, "refused by the admission plugin");
+                Verdict::Refuse(plugin_reply(l, r.code, &r.text))
+            }
+            Ok(AdmissionDecision::Tarpit(0)) => Verdict::Admit,
+            Ok(AdmissionDecision::Tarpit(seconds)) => {
+                self.tarpits.inc();
+                let held = tarpit(seconds);
+                tracing::info!(listener = %l.name, %client, seconds = held.as_secs(), asked = seconds, "tarpit by the admission plugin");
+                Verdict::Tarpit(held)
+            }
+            Err(failure) => {
+                self.failed(&failure);
+                Verdict::Admit
+            }
+        }
+    }
+
+    fn failed(&self, failure: &CallFailure) {
+        self.metrics
+            .admission_plugin_failures
+            .get_or_create(&AdmissionLabels {
+                listener: self.listener.clone(),
+                reason: failure.reason().to_string(),
+            })
+            .inc();
+        static LOG_ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        // Offset by a second so that the first failure is always logged.
+        let now = (LOG_ORIGIN.get_or_init(Instant::now).elapsed() + Duration::from_secs(1))
+            .as_millis() as u64;
+        let last = self.logged_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < 1000
+            || self
+                .logged_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        tracing::warn!(
+            listener = %self.listener,
+            plugin = self.plugin.name(),
+            reason = failure.reason(),
+            suppressed = self.suppressed.swap(0, Ordering::Relaxed),
+            "admission plugin call failed, the client was admitted: {failure}"
+        );
+    }
+}
+
+/// How long a client is held for a plugin's `tarpit(seconds)`.
+fn tarpit(seconds: u32) -> Duration {
+    Duration::from_secs(seconds.into()).min(MAX_TARPIT)
+}
+
+/// The context an admission plugin gets for a client at `peer` of
+/// listener `l`, with the listener's counts.
+pub fn context(
+    l: &ListenerConfig,
+    peer: std::net::SocketAddr,
+    listener_sessions: u32,
+    client_sessions: u32,
+    queued: u32,
+) -> AdmissionContext {
+    AdmissionContext {
+        client_ip: crate::generation::ip_address(peer.ip()),
+        client_port: peer.port(),
+        listener: l.name.clone(),
+        service: match l.protocol {
+            Protocol::Smtp => Service::Smtp,
+            Protocol::Http => Service::Http,
+            Protocol::Tcp => Service::Tcp,
+        },
+        tls: l.tls.is_some(),
+        listener_sessions,
+        client_sessions,
+        queued,
     }
 }
 
@@ -121,6 +350,7 @@ mod tests {
                 per_second,
                 burst: per_second,
             },
+            plugin: None,
         }
     }
 
@@ -167,6 +397,40 @@ mod tests {
             check(rules, &mut rates, client, client, now),
             Err(Refusal::Denied)
         );
+    }
+
+    #[test]
+    fn a_plugins_refusal_is_one_smtp_line_an_http_status_or_a_close() {
+        let toml = "[listeners.in]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:0\"\npool = \"p\"\n\
+                    hostname = \"gale.test\"\n\
+                    [listeners.web]\nprotocol = \"http\"\naddress = \"127.0.0.1:0\"\npool = \"w\"\n\
+                    [listeners.raw]\nprotocol = \"tcp\"\naddress = \"127.0.0.1:0\"\npool = \"p\"\n\
+                    [pools.p]\n[pools.w]\n";
+        let config = crate::config::Config::parse(std::path::Path::new("t.toml"), toml).unwrap();
+        let l = |name: &str| config.listener(name).unwrap();
+        assert_eq!(
+            plugin_reply(l("in"), 554, "5.7.1 not here"),
+            Some((554, "554 5.7.1 not here\r\n".to_string()))
+        );
+        assert_eq!(
+            plugin_reply(l("in"), 421, ""),
+            Some((421, "421 gale.test Access denied\r\n".to_string()))
+        );
+        let (code, http) = plugin_reply(l("web"), 403, "go away").unwrap();
+        assert_eq!(code, 403);
+        assert!(http.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{http}");
+        assert!(http.ends_with("\r\n\r\ngo away\n"), "{http}");
+        let (_, odd) = plugin_reply(l("web"), 599, "").unwrap();
+        assert!(odd.starts_with("HTTP/1.1 599 Refused\r\n"), "{odd}");
+        assert_eq!(plugin_reply(l("raw"), 554, "x"), None);
+    }
+
+    #[test]
+    fn a_tarpit_is_cut_to_a_minute() {
+        assert_eq!(tarpit(5), Duration::from_secs(5));
+        assert_eq!(tarpit(60), MAX_TARPIT);
+        assert_eq!(tarpit(61), MAX_TARPIT);
+        assert_eq!(tarpit(u32::MAX), MAX_TARPIT);
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub struct Generation {
     /// Counters of each listener (same order as `config.listeners`),
     /// resolved once.
     pub listener_counters: Vec<ListenerCounters>,
+    /// Each listener's admission plugin, if it has one (same order).
+    pub admission: Vec<Option<Arc<crate::admission::PluginHook>>>,
 }
 
 /// One listener's session, request and byte counters.
@@ -283,11 +285,25 @@ impl Generation {
                 Some(Arc::new(plugin))
             }
         };
-        let listener_counters = config
+        let listener_counters: Vec<ListenerCounters> = config
             .listeners
             .iter()
             .map(|l| ListenerCounters::new(metrics, l))
             .collect();
+        let admission = config
+            .listeners
+            .iter()
+            .zip(&listener_counters)
+            .map(|(l, counters)| {
+                let hook = crate::admission::PluginHook::load(
+                    runtime,
+                    l,
+                    metrics,
+                    counters.queue.waiting.clone(),
+                )?;
+                Ok(hook.map(Arc::new))
+            })
+            .collect::<Result<_, PluginError>>()?;
         Ok(Generation {
             id,
             config,
@@ -295,6 +311,7 @@ impl Generation {
             dns,
             metrics: metrics.clone(),
             listener_counters,
+            admission,
         })
     }
 

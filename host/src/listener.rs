@@ -45,10 +45,13 @@ impl Accept {
     /// client (and may name the task that serves the rest: [`Outcome`]).
     pub async fn run<F, Fut>(self, listener: TcpListener, connection: F)
     where
-        F: Fn(TcpStream, SocketAddr) -> Fut,
+        F: Fn(TcpStream, SocketAddr) -> Fut + Send + Sync + 'static,
         Fut: Future + Send + 'static,
         Fut::Output: Outcome,
     {
+        // Shared with the tasks of listeners that have an admission
+        // plugin: they start the session only once it has decided.
+        let connection = Arc::new(connection);
         let slots = Arc::new(Slots::default());
         let clients = Arc::new(Clients::default());
         let refusing = Arc::new(AtomicUsize::new(0));
@@ -97,21 +100,44 @@ impl Accept {
                     continue;
                 }
             };
-            if let Err(refusal) = self.admit(&mut rates, peer.ip()) {
-                self.refuse_admission(&refusing, client, peer, refusal);
-                continue;
-            }
+            let plugin = match self.admit(&mut rates, peer.ip()) {
+                Ok(plugin) => plugin,
+                Err(refusal) => {
+                    self.refuse_admission(&refusing, client, peer, refusal);
+                    continue;
+                }
+            };
             let Some(from_client) = clients.enter(peer.ip(), self.per_client_limit()) else {
                 self.refuse(&refusing, client, peer);
                 continue;
             };
+            let places = Some(Places {
+                _slot: slots.take(),
+                _client: from_client,
+                sessions: self.sessions.clone(),
+            });
+            let Some(plugin) = plugin else {
+                self.sessions.spawn(Admitted {
+                    task: connection(client, peer),
+                    places,
+                });
+                continue;
+            };
+            // Counted without this connection (it holds a place already).
+            let counts = Counts {
+                listener: slots.taken.load(Ordering::Acquire).saturating_sub(1) as u32,
+                client: clients.sessions_of(peer.ip()).saturating_sub(1),
+            };
             self.sessions.spawn(Admitted {
-                task: connection(client, peer),
-                places: Some(Places {
-                    _slot: slots.take(),
-                    _client: from_client,
-                    sessions: self.sessions.clone(),
-                }),
+                task: gated(
+                    plugin,
+                    counts,
+                    client,
+                    peer,
+                    connection.clone(),
+                    self.shutdown.clone(),
+                ),
+                places,
             });
         }
         tracing::info!(listener = %self.name, "listener stopped accepting");
@@ -163,17 +189,29 @@ impl Accept {
     }
 
     /// The listener's admission rules in the current generation, on a
-    /// client at `ip`.
+    /// client at `ip`; a client they let in is asked about with the
+    /// listener's admission plugin, if it has one (returned, to be asked
+    /// on the connection's own task).
     fn admit(
         &self,
         rates: &mut crate::rate::Buckets<IpAddr>,
         ip: IpAddr,
-    ) -> Result<(), crate::admission::Refusal> {
+    ) -> Result<Option<PluginGate>, crate::admission::Refusal> {
         let generation = self.current.load();
-        let Some(l) = generation.config.listener(&self.name) else {
-            return Ok(());
+        let Some(index) = generation
+            .config
+            .listeners
+            .iter()
+            .position(|l| l.name == self.name)
+        else {
+            return Ok(None);
         };
-        crate::admission::check(&l.admission, rates, ip, client_key(ip), Instant::now())
+        let l = &generation.config.listeners[index];
+        crate::admission::check(&l.admission, rates, ip, client_key(ip), Instant::now())?;
+        Ok(generation.admission[index].is_some().then(|| PluginGate {
+            generation: arc_swap::Guard::into_inner(generation),
+            index,
+        }))
     }
 
     /// A client the admission rules refused: its reply (if the protocol
@@ -217,13 +255,102 @@ impl Accept {
     }
 }
 
+/// A listener's admission plugin to ask about one client: the generation
+/// that has it, and the listener's index there.
+struct PluginGate {
+    generation: Arc<Generation>,
+    index: usize,
+}
+
+/// Sessions open when a client was accepted, not counting its own.
+struct Counts {
+    listener: u32,
+    client: u32,
+}
+
+/// What a connection whose listener has an admission plugin ends with:
+/// nothing when the plugin refused it or it left during a tarpit, else
+/// its session's outcome.
+struct Gated<O>(Option<O>);
+
+impl<O: Outcome> Outcome for Gated<O> {
+    type Next = O::Next;
+    fn next(self) -> Option<O::Next> {
+        self.0.and_then(Outcome::next)
+    }
+}
+
+/// Ask the listener's admission plugin about `client`, on the
+/// connection's own task (the call may take up to the plugin's deadline;
+/// the accept loop goes on meanwhile), and carry out its verdict before
+/// the session begins: a refusal (its reply, then a close), a tarpit (the
+/// client held without a byte; one that hangs up, or a shutdown, ends the
+/// connection there), or the session, started by `connection`.
+async fn gated<F, Fut>(
+    gate: PluginGate,
+    counts: Counts,
+    client: TcpStream,
+    peer: SocketAddr,
+    connection: Arc<F>,
+    shutdown: CancellationToken,
+) -> Gated<Fut::Output>
+where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: Future,
+{
+    use crate::admission::Verdict;
+    let (verdict, half_close_is_gone) = {
+        let generation = &gate.generation;
+        let (l, counters) = (
+            &generation.config.listeners[gate.index],
+            &generation.listener_counters[gate.index],
+        );
+        let Some(plugin) = &generation.admission[gate.index] else {
+            return Gated(Some(connection(client, peer).await));
+        };
+        let queued = u32::try_from(plugin.queued.get()).unwrap_or(0);
+        let ctx = crate::admission::context(l, peer, counts.listener, counts.client, queued);
+        let verdict = plugin.decide(l, &ctx, peer);
+        if let Verdict::Refuse(Some((code, _))) = &verdict {
+            counters.refused_with(l.protocol, *code);
+        }
+        // A tcp client's half-close may be its protocol (see `hung_up`).
+        (verdict, l.protocol != crate::config::Protocol::Tcp)
+    };
+    // Not held through a tarpit: a reload may retire it meanwhile.
+    drop(gate);
+    match verdict {
+        Verdict::Admit => {}
+        Verdict::Refuse(reply) => {
+            if let Some((_, reply)) = reply {
+                crate::smtp::refusal::refuse(client, reply.as_bytes()).await;
+            }
+            return Gated(None);
+        }
+        Verdict::Tarpit(hold) => {
+            tokio::select! {
+                _ = tokio::time::sleep(hold) => {}
+                _ = hung_up(&client, half_close_is_gone) => {
+                    tracing::info!(client = %peer, "the client left during its tarpit");
+                    return Gated(None);
+                }
+                _ = shutdown.cancelled() => return Gated(None),
+            }
+        }
+    }
+    Gated(Some(connection(client, peer).await))
+}
+
 /// Accept sessions on `listener` until `accept.shutdown` is cancelled,
 /// each served by `session` (SMTP, tcp) on the generation current when it
 /// was accepted, with the index of its listener there (`None`: the
 /// generation no longer has it) and its charge of the listener's buffers.
 pub async fn serve_sessions<F, Fut>(listener: TcpListener, accept: Accept, session: F)
 where
-    F: Fn(TcpStream, SocketAddr, Arc<Generation>, Option<usize>, crate::buffers::Charge) -> Fut,
+    F: Fn(TcpStream, SocketAddr, Arc<Generation>, Option<usize>, crate::buffers::Charge) -> Fut
+        + Send
+        + Sync
+        + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let (name, current) = (accept.name.clone(), accept.current.clone());
@@ -478,6 +605,12 @@ impl Clients {
         }
         *n += 1;
         Some(FromClient(self.clone(), ip))
+    }
+
+    /// Sessions in flight from `ip` (its /64 for IPv6).
+    pub(crate) fn sessions_of(&self, ip: IpAddr) -> u32 {
+        let open = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        open.get(&client_key(ip)).copied().unwrap_or(0)
     }
 }
 

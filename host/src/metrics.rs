@@ -71,7 +71,9 @@ pub struct PregreetLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AdmissionLabels {
     pub listener: String,
-    /// `deny` (the allow/deny networks) or `rate` (client_rate).
+    /// Refusals: `deny` (the allow/deny networks), `rate` (client_rate)
+    /// or `plugin` (the admission plugin). Plugin failures: the
+    /// [`crate::plugin::CallFailure`] reason.
     pub reason: String,
 }
 
@@ -167,6 +169,10 @@ pub struct Metrics {
     pub listener_buffers: Family<ListenerLabels, Gauge>,
     /// Clients refused on accept by a listener's admission rules.
     pub admission_refusals: Family<AdmissionLabels, Counter>,
+    /// Clients an admission plugin held before admitting them.
+    pub admission_tarpits: Family<ListenerLabels, Counter>,
+    /// Admission plugin calls that failed (the client was admitted).
+    pub admission_plugin_failures: Family<AdmissionLabels, Counter>,
     /// Sessions or requests waiting for a backend slot now (`queue.rs`).
     pub queued: Family<ListenerLabels, Gauge>,
     /// How waits in the queue ended.
@@ -309,8 +315,20 @@ impl Metrics {
         let admission_refusals = Family::<AdmissionLabels, Counter>::default();
         registry.register(
             "admission_refusals",
-            "Clients refused on accept by a listener's allow/deny networks (deny) or client_rate (rate)",
+            "Clients refused on accept by a listener's allow/deny networks (deny), client_rate (rate) or admission plugin (plugin)",
             admission_refusals.clone(),
+        );
+        let admission_tarpits = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "admission_tarpits",
+            "Clients an admission plugin held silently (tarpit) before admitting them",
+            admission_tarpits.clone(),
+        );
+        let admission_plugin_failures = Family::<AdmissionLabels, Counter>::default();
+        registry.register(
+            "admission_plugin_failures",
+            "Admission plugin calls that trapped, hit their deadline or memory cap, or answered garbage; the client was admitted",
+            admission_plugin_failures.clone(),
         );
         let queued = Family::<ListenerLabels, Gauge>::default();
         registry.register(
@@ -375,6 +393,8 @@ impl Metrics {
             retries,
             listener_buffers,
             admission_refusals,
+            admission_tarpits,
+            admission_plugin_failures,
             queued,
             queue_outcomes,
             upgrades,

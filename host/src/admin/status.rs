@@ -39,10 +39,14 @@ pub struct DnsStatus {
 
 #[derive(Debug, Serialize)]
 pub struct PluginStatus {
-    /// `balancer`, `health`, `candidate` or `dns`.
+    /// `balancer`, `health`, `candidate`, `dns` or `admission`.
     pub hook: &'static str,
-    /// The pool it decides for (the DNS plugin's is the published pool).
+    /// The pool it decides for (the DNS plugin's is the published pool;
+    /// an admission plugin's, the pool of its listener).
     pub pool: String,
+    /// An admission plugin's listener.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listener: Option<String>,
     #[serde(flatten)]
     pub info: PluginInfo,
 }
@@ -126,6 +130,7 @@ impl Status {
                 pool.plugins().into_iter().map(|(hook, info)| PluginStatus {
                     hook,
                     pool: pool.name.clone(),
+                    listener: None,
                     info: info.clone(),
                 })
             })
@@ -134,8 +139,19 @@ impl Status {
             plugins.push(PluginStatus {
                 hook: "dns",
                 pool: config.pools[dns.pool].name.clone(),
+                listener: None,
                 info: plugin.info().clone(),
             });
+        }
+        for (l, hook) in config.listeners.iter().zip(&generation.admission) {
+            if let Some(hook) = hook {
+                plugins.push(PluginStatus {
+                    hook: "admission",
+                    pool: config.pools[l.pool].name.clone(),
+                    listener: Some(l.name.clone()),
+                    info: hook.info().clone(),
+                });
+            }
         }
         Status {
             plugins,

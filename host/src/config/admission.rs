@@ -1,10 +1,14 @@
 //! A listener's admission rules: `allow`, `deny`, `deny_reply`,
-//! `client_rate`, `client_burst` (see [`crate::admission`]).
+//! `client_rate`, `client_burst`, `admission_plugin` (see
+//! [`crate::admission`]).
+
+use std::path::Path;
 
 use ipnet::IpNet;
 use toml::Spanned;
 
 use super::file::{ListenerSection, Protocol};
+use super::plugins::{PluginDefaults, PluginSpec, plugin_spec};
 use super::{ConfigError, Errors};
 use crate::rate::RateLimit;
 
@@ -20,6 +24,9 @@ pub struct Admission {
     /// New sessions per client address (IPv6: /64); `per_second` 0: no
     /// limit.
     pub rate: RateLimit,
+    /// `admission_plugin`: asked after the rules above (none: they alone
+    /// decide).
+    pub plugin: Option<PluginSpec>,
 }
 
 /// What an SMTP client refused by `allow`/`deny` is told.
@@ -40,6 +47,8 @@ const NO_LIMIT: RateLimit = RateLimit {
 
 pub(super) fn validate(
     errors: &Errors<'_>,
+    base: &Path,
+    defaults: &PluginDefaults,
     l: &ListenerSection,
     key: &str,
 ) -> Result<Admission, ConfigError> {
@@ -110,6 +119,19 @@ pub(super) fn validate(
         deny: networks(&l.deny, "deny")?,
         deny_reply,
         rate,
+        plugin: match &l.admission_plugin {
+            None => None,
+            // Which world the component exports is checked when it loads
+            // (a balancer here refuses the config or the reload then).
+            Some(section) => Some(plugin_spec(
+                errors,
+                base,
+                defaults,
+                Some(section),
+                &format!("{key}.admission_plugin"),
+                "",
+            )?),
+        },
     })
 }
 

@@ -258,6 +258,9 @@ pub struct ListenerSection {
     /// `client_burst`: new sessions a client may open at once before
     /// `client_rate` applies (default: `client_rate`).
     pub client_burst: Option<Spanned<u32>>,
+    /// `admission_plugin`: a plugin of the `admission` world asked about
+    /// each client the rules above let in (`{ path = ..., settings = ... }`).
+    pub admission_plugin: Option<Spanned<PluginSection>>,
     /// `connect_timeout`: per backend connection attempt.
     pub connect_timeout: Option<Spanned<String>>,
     /// `banner_timeout` (SMTP): wait for the backend's greeting.

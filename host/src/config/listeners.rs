@@ -10,6 +10,7 @@ use toml::Spanned;
 
 use super::admission::{self, Admission};
 use super::file::{ListenerSection, Pregreet, Protocol};
+use super::plugins::PluginDefaults;
 use super::pools::PoolConfig;
 use super::tls::{self, TlsConfig};
 use super::{ConfigError, Errors, parse_addr, parse_count, parse_duration};
@@ -83,12 +84,13 @@ pub struct ListenerConfig {
 pub(super) fn validate(
     errors: &Errors<'_>,
     base: &Path,
+    defaults: &PluginDefaults,
     sections: &BTreeMap<String, ListenerSection>,
     pools: &mut [PoolConfig],
 ) -> Result<Vec<ListenerConfig>, ConfigError> {
     let mut listeners: Vec<ListenerConfig> = Vec::with_capacity(sections.len());
     for (name, l) in sections {
-        let listener = validate_listener(errors, base, name, l, &listeners, pools)?;
+        let listener = validate_listener(errors, base, defaults, name, l, &listeners, pools)?;
         listeners.push(listener);
     }
     Ok(listeners)
@@ -98,6 +100,7 @@ pub(super) fn validate(
 fn validate_listener(
     errors: &Errors<'_>,
     base: &Path,
+    defaults: &PluginDefaults,
     name: &str,
     l: &ListenerSection,
     before: &[ListenerConfig],
@@ -236,7 +239,7 @@ fn validate_listener(
             &format!("{key}.response_timeout"),
             DEFAULT_RESPONSE_TIMEOUT,
         )?,
-        admission: admission::validate(errors, l, &key)?,
+        admission: admission::validate(errors, base, defaults, l, &key)?,
         tls: match &l.tls {
             None => None,
             Some(tls) => Some(tls::load(

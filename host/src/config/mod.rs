@@ -228,7 +228,7 @@ fn validate(file: FileConfig, path: &Path, errors: &Errors<'_>) -> Result<Config
     let plugins = plugins::validate(errors, base, &file.plugins)?;
     let admin = admin::validate(errors, file.admin.as_ref())?;
     let mut pools = pools::validate(errors, base, &plugins, &file.pools, &file.listeners)?;
-    let listeners = listeners::validate(errors, base, &file.listeners, &mut pools)?;
+    let listeners = listeners::validate(errors, base, &plugins, &file.listeners, &mut pools)?;
     let peers = dns::add_peers(errors, &plugins, file.peers.as_ref(), &mut pools)?;
     let server = server::validate(errors, &file.server)?;
     let dns = match &file.dns {

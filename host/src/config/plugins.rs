@@ -52,7 +52,7 @@ impl std::fmt::Display for PluginSource {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginSpec {
     pub source: PluginSource,
     pub settings: Vec<(String, String)>,

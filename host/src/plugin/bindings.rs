@@ -5,7 +5,7 @@
 pub mod balancer {
     wasmtime::component::bindgen!({
         path: "../wit",
-        world: "gale:plugin/balancer@0.1.2",
+        world: "gale:plugin/balancer@0.1.3",
         additional_derives: [PartialEq],
         // Host calls may trap: the watchdog ends a call that spends its
         // time in them (fuel only counts the guest's own instructions).
@@ -16,11 +16,11 @@ pub mod balancer {
 pub mod health {
     wasmtime::component::bindgen!({
         path: "../wit",
-        world: "gale:plugin/health@0.1.2",
+        world: "gale:plugin/health@0.1.3",
         imports: { default: trappable },
         with: {
-            "gale:plugin/types@0.1.2": super::balancer::gale::plugin::types,
-            "gale:plugin/host@0.1.2": super::balancer::gale::plugin::host,
+            "gale:plugin/types@0.1.3": super::balancer::gale::plugin::types,
+            "gale:plugin/host@0.1.3": super::balancer::gale::plugin::host,
         },
     });
 }
@@ -28,10 +28,22 @@ pub mod health {
 pub mod dns {
     wasmtime::component::bindgen!({
         path: "../wit",
-        world: "gale:plugin/dns@0.1.2",
+        world: "gale:plugin/dns@0.1.3",
         with: {
-            "gale:plugin/types@0.1.2": super::balancer::gale::plugin::types,
-            "gale:plugin/host@0.1.2": super::balancer::gale::plugin::host,
+            "gale:plugin/types@0.1.3": super::balancer::gale::plugin::types,
+            "gale:plugin/host@0.1.3": super::balancer::gale::plugin::host,
+        },
+    });
+}
+
+pub mod admission {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "gale:plugin/admission@0.1.3",
+        additional_derives: [PartialEq],
+        with: {
+            "gale:plugin/types@0.1.3": super::balancer::gale::plugin::types,
+            "gale:plugin/host@0.1.3": super::balancer::gale::plugin::host,
         },
     });
 }
@@ -41,11 +53,12 @@ pub use balancer::gale::plugin::types;
 
 /// The contract this host speaks (`wit/`). Plugins built against an
 /// earlier 0.1.x load too: see rule 1 at the top of `wit/types.wit`.
-pub const CONTRACT: &str = "0.1.2";
+pub const CONTRACT: &str = "0.1.3";
 
 /// Export interface each world must provide, and the world's short name.
-pub const WORLDS: [(&str, &str); 3] = [
-    ("balancer", "gale:plugin/selector@0.1.2"),
-    ("health", "gale:plugin/evaluator@0.1.2"),
-    ("dns", "gale:plugin/publisher@0.1.2"),
+pub const WORLDS: [(&str, &str); 4] = [
+    ("balancer", "gale:plugin/selector@0.1.3"),
+    ("health", "gale:plugin/evaluator@0.1.3"),
+    ("dns", "gale:plugin/publisher@0.1.3"),
+    ("admission", "gale:plugin/admitter@0.1.3"),
 ];

@@ -8,13 +8,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::admission::{AdmissionContext, Decision, Service};
 use super::types::{
     Backend, DnsSnapshot, HealthVerdict, IpAddress, Member, MemberKind, ProbeResult, ProbeSource,
     Protocol, RequestContext,
 };
 use super::{
-    BalancerPlugin, CallFailure, DnsPlugin, HealthPlugin, LiveCounters, PluginRuntime, PushedPool,
-    World, contract,
+    AdmissionPlugin, BalancerPlugin, CallFailure, DnsPlugin, HealthPlugin, LiveCounters,
+    PluginRuntime, PushedPool, World, contract,
 };
 use crate::config::{PluginSource, PluginSpec};
 
@@ -112,6 +113,11 @@ fn run(
             let plugin = DnsPlugin::load(runtime, &spec, &name)?;
             note_loaded(out, &spec);
             Ok(dns(&plugin, out))
+        }
+        World::Admission => {
+            let plugin = AdmissionPlugin::load(runtime, &spec, &name)?;
+            note_loaded(out, &spec);
+            Ok(admission(&plugin, out))
         }
     }
 }
@@ -321,4 +327,45 @@ fn dns(plugin: &DnsPlugin, out: &mut String) -> bool {
         }
         Err(failure) => failed(out, 0, &failure),
     }
+}
+
+/// A sample connection: client 198.51.100.`client` on an SMTP listener
+/// with `open` sessions, `mine` of them the client's.
+pub(crate) fn admission_context(client: u32, open: u32, mine: u32) -> AdmissionContext {
+    AdmissionContext {
+        client_ip: IpAddress::V4(0xc633_6400 + client),
+        client_port: 40000,
+        listener: "submission".to_string(),
+        service: Service::Smtp,
+        tls: false,
+        listener_sessions: open,
+        client_sessions: mine,
+        queued: 0,
+    }
+}
+
+fn admission(plugin: &AdmissionPlugin, out: &mut String) -> bool {
+    let _ = writeln!(
+        out,
+        "sample: SMTP listener `submission`, clients 198.51.100.0 to .7, 0 to 7 sessions open"
+    );
+    let mut times = Vec::new();
+    for i in 0..8u32 {
+        let started = Instant::now();
+        let answer = plugin.admit(&admission_context(i, i * 10, i));
+        times.push(started.elapsed());
+        match answer {
+            Ok(decision) => {
+                let said = match decision {
+                    Decision::Accept => "accept".to_string(),
+                    Decision::Reject(r) => format!("reject {} {}", r.code, r.text),
+                    Decision::Tarpit(s) => format!("tarpit {s} s"),
+                };
+                let _ = writeln!(out, "  client 198.51.100.{i} ({i} open): {said}");
+            }
+            Err(failure) => return failed(out, i, &failure),
+        }
+    }
+    timing(out, &mut times);
+    true
 }

@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use wasmtime::Store;
 use wasmtime::component::InstancePre;
 
-use super::bindings::{balancer, dns, health};
+use super::bindings::{admission, balancer, dns, health};
 use super::runtime::{Budget, PluginRuntime};
 use super::state::{LiveCounters, LogLimit, PluginState};
 use super::{CallFailure, PluginError, World};
@@ -78,6 +78,12 @@ impl_exports!(
     dns::DnsPre<PluginState>,
     World::Dns,
     gale_plugin_publisher
+);
+impl_exports!(
+    admission::Admission,
+    admission::AdmissionPre<PluginState>,
+    World::Admission,
+    gale_plugin_admitter
 );
 
 /// A running instance and its store.

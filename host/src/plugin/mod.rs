@@ -8,6 +8,7 @@
 //! health state or sockets; callers decide what a failed call falls back
 //! to (the pool uses the built-in weighted round-robin).
 
+mod admission;
 mod balancer;
 mod bindings;
 pub mod builtin;
@@ -23,6 +24,10 @@ mod runtime;
 mod state;
 mod watchdog;
 
+pub use admission::{
+    AdmissionContext, AdmissionPlugin, Decision as AdmissionDecision, MAX_REPLY_TEXT, Rejection,
+    Service,
+};
 pub use balancer::{BalancerPlugin, PushedPool};
 pub use bindings::types;
 pub use cache::default_dir as default_cache_dir;
@@ -37,12 +42,15 @@ pub enum World {
     Balancer,
     Health,
     Dns,
+    /// Since contract 0.1.3.
+    Admission,
 }
 
 impl World {
-    /// The world of a short name: `balancer`, `health` or `dns`.
+    /// The world of a short name: `balancer`, `health`, `dns` or
+    /// `admission`.
     pub fn named(name: &str) -> Option<World> {
-        [World::Balancer, World::Health, World::Dns]
+        [World::Balancer, World::Health, World::Dns, World::Admission]
             .into_iter()
             .find(|w| w.name() == name)
     }
@@ -52,6 +60,7 @@ impl World {
             World::Balancer => "balancer",
             World::Health => "health",
             World::Dns => "dns",
+            World::Admission => "admission",
         }
     }
 

@@ -1,0 +1,103 @@
+"""Admission by client address for gale, in Python (world `admission`).
+
+Settings (all optional; addresses are written as gale shows them, IPv4
+dotted, IPv6 in its short form):
+
+  reject          addresses to refuse, separated by spaces or commas
+  reject_code     the refusal's code (default 554)
+  reject_text     its text (default "5.7.1 Access denied by policy")
+  tarpit          addresses to hold before they may go on
+  tarpit_seconds  how long (default 5; gale holds at most 60)
+  max_client_sessions
+                  refuse a client that has this many sessions open already
+                  with 421 4.7.0 (default 0: no limit)
+
+Every other client is accepted.
+"""
+
+import ipaddress
+from typing import List, Set, Tuple
+
+from componentize_py_types import Err
+from wit_world import exports
+from wit_world.exports.admitter import (
+    AdmissionContext,
+    Decision,
+    Decision_Accept,
+    Decision_Reject,
+    Decision_Tarpit,
+    Rejection,
+)
+from wit_world.imports import host
+from wit_world.imports.types import IpAddress_V4
+
+
+class Policy:
+    """The plugin's state, in one module-level object: componentize-py
+    makes a new `Admitter` for every call into the component."""
+
+    def __init__(self) -> None:
+        self.reject: Set[str] = set()
+        self.reject_code = 554
+        self.reject_text = "5.7.1 Access denied by policy"
+        self.tarpit: Set[str] = set()
+        self.tarpit_seconds = 5
+        self.max_client_sessions = 0
+
+
+POLICY = Policy()
+
+KEYS = ("reject", "reject_code", "reject_text", "tarpit", "tarpit_seconds",
+        "max_client_sessions")
+
+
+def addresses(key: str, value: str) -> Set[str]:
+    out = set()
+    for word in value.replace(",", " ").split():
+        try:
+            out.add(str(ipaddress.ip_address(word)))
+        except ValueError:
+            raise Err(f"setting `{key}`: `{word}` is not an IP address")
+    return out
+
+
+def number(key: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise Err(f"setting `{key}`: `{value}` is not a number")
+
+
+def client(ctx: AdmissionContext) -> str:
+    ip = ctx.client_ip
+    if isinstance(ip, IpAddress_V4):
+        return str(ipaddress.IPv4Address(ip.value))
+    hi, lo = ip.value
+    return str(ipaddress.IPv6Address((hi << 64) | lo))
+
+
+class Admitter(exports.Admitter):
+    def init(self, settings: List[Tuple[str, str]]) -> None:
+        for key, value in settings:
+            if key not in KEYS:
+                raise Err(f"unknown setting `{key}`")
+            if key in ("reject", "tarpit"):
+                setattr(POLICY, key, addresses(key, value))
+            elif key == "reject_text":
+                POLICY.reject_text = value
+            else:
+                setattr(POLICY, key, number(key, value))
+        host.log(host.Level.INFO, "admission-python ready",
+                 [("reject", str(len(POLICY.reject))),
+                  ("tarpit", str(len(POLICY.tarpit)))])
+
+    def admit(self, ctx: AdmissionContext) -> Decision:
+        who = client(ctx)
+        if who in POLICY.reject:
+            return Decision_Reject(Rejection(POLICY.reject_code, POLICY.reject_text))
+        limit = POLICY.max_client_sessions
+        if limit and ctx.client_sessions >= limit:
+            return Decision_Reject(Rejection(421, "4.7.0 Too many sessions from your address"))
+        if who in POLICY.tarpit:
+            return Decision_Tarpit(POLICY.tarpit_seconds)
+        return Decision_Accept()
