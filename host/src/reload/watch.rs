@@ -40,7 +40,11 @@ pub fn files_of(path: &Path, config: &Config) -> Vec<PathBuf> {
     if let Some(PluginSource::File(file)) = config.dns.as_ref().map(|d| &d.plugin.source) {
         files.push(file.clone());
     }
-    for spec in config.listeners.iter().filter_map(|l| l.admission.plugin.as_ref()) {
+    for spec in config
+        .listeners
+        .iter()
+        .filter_map(|l| l.admission.plugin.as_ref())
+    {
         if let PluginSource::File(file) = &spec.source {
             files.push(file.clone());
         }
