@@ -457,3 +457,45 @@ fn a_reload_with_a_broken_admission_plugin_keeps_the_running_one() {
     assert!(!has_plugin());
     support::client::send_mail(addr);
 }
+
+#[test]
+fn a_slow_admission_plugin_holds_no_worker_that_other_listeners_need() {
+    let sink = SmtpSink::start(free_port());
+    let path = support::plugin("admission-trap").display().to_string();
+    let gale = Gale::start(
+        &Conf::new()
+            .admin()
+            .smtp("spin", "mta")
+            .smtp("free", "mta")
+            .backend("mta", "sink", sink.address)
+            .set("listeners.spin.admission_plugin.path", path)
+            .set("listeners.spin.admission_plugin.settings.spin", true)
+            .set("listeners.spin.admission_plugin.deadline", "500ms")
+            .to_string(),
+    );
+    let spin = gale.address("spin");
+    // Six clients at once: calls that spin for their 500 ms deadline (on
+    // blocking threads, at most four), or find the instance busy.
+    let clients: Vec<_> = (0..6)
+        .map(|_| std::thread::spawn(move || greeting_from("127.0.0.2", spin)))
+        .collect();
+    // Meanwhile the other listener greets at once, every time.
+    let free = gale.address("free");
+    let mut slowest = Duration::ZERO;
+    let sampling = Instant::now();
+    while sampling.elapsed() < Duration::from_millis(800) {
+        let started = Instant::now();
+        let line = greeting_from("127.0.0.5", free);
+        assert!(line.starts_with("220 "), "{line}");
+        slowest = slowest.max(started.elapsed());
+    }
+    for client in clients {
+        let line = client.join().unwrap();
+        assert!(line.starts_with("220 "), "admitted by the fallback: {line}");
+    }
+    eprintln!("slowest greeting beside the spinning plugin: {slowest:?}");
+    assert!(
+        slowest < Duration::from_millis(250),
+        "a greeting on another listener took {slowest:?}"
+    );
+}

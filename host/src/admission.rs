@@ -48,6 +48,13 @@ use crate::rate::Buckets;
 /// 4.5.3.2.1: 5 minutes).
 pub const MAX_TARPIT: Duration = Duration::from_secs(60);
 
+/// Admission plugin calls of one listener in flight at most. The plugin
+/// has one instance, which takes one call at a time: more would only
+/// wait for it, each holding a thread. A client past them is admitted at
+/// once and the call counted as `busy`, as a call that waited its
+/// deadline for the instance would be.
+pub const MAX_CALLS: usize = 4;
+
 /// Why a client was refused: the `reason` label of
 /// `gale_admission_refusals_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,6 +177,10 @@ pub enum Verdict {
 /// generation.
 pub struct PluginHook {
     plugin: AdmissionPlugin,
+    /// Calls in flight, at most [`MAX_CALLS`]: each runs on a blocking
+    /// thread of its own, so that a slow plugin holds no worker of the
+    /// runtime (the sessions of every listener run there).
+    calls: std::sync::Arc<tokio::sync::Semaphore>,
     refusals: Counter,
     tarpits: Counter,
     /// Sessions of the listener waiting for a backend slot (the
@@ -210,6 +221,7 @@ impl PluginHook {
         };
         Ok(Some(PluginHook {
             plugin,
+            calls: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CALLS)),
             refusals: metrics
                 .admission_refusals
                 .get_or_create(&labels(Refusal::Plugin.label()))
@@ -233,6 +245,16 @@ impl PluginHook {
         self.plugin.info()
     }
 
+    /// A permit for a call, or `None` (counted as `busy`): [`MAX_CALLS`]
+    /// are in flight.
+    pub fn call_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let permit = self.calls.clone().try_acquire_owned().ok();
+        if permit.is_none() {
+            self.failed(&CallFailure::Busy);
+        }
+        permit
+    }
+
     /// Ask the plugin about `ctx` on listener `l` and count what it said.
     /// Blocking for at most the plugin's deadline (twice, with a wait for
     /// the instance), like a balancer's decision.
@@ -246,7 +268,7 @@ impl PluginHook {
             Ok(AdmissionDecision::Accept) => Verdict::Admit,
             Ok(AdmissionDecision::Reject(r)) => {
                 self.refusals.inc();
-                tracing::info!(listener = %l.name, %client, code = r.code, text = %r.text, "refused by the admission plugin");
+                tracing::debug!(listener = %l.name, %client, code = r.code, text = %r.text, "refused by the admission plugin");
                 Verdict::Refuse(plugin_reply(l, r.code, &r.text))
             }
             Ok(AdmissionDecision::Tarpit(0)) => Verdict::Admit,

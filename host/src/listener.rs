@@ -299,24 +299,40 @@ where
     Fut: Future,
 {
     use crate::admission::Verdict;
-    let (verdict, half_close_is_gone) = {
+    let index = gate.index;
+    let asked = {
         let generation = &gate.generation;
-        let (l, counters) = (
-            &generation.config.listeners[gate.index],
-            &generation.listener_counters[gate.index],
-        );
-        let Some(plugin) = &generation.admission[gate.index] else {
+        let l = &generation.config.listeners[index];
+        let Some(plugin) = &generation.admission[index] else {
             return Gated(Some(connection(client, peer).await));
         };
         let queued = u32::try_from(plugin.queued.get()).unwrap_or(0);
         let ctx = crate::admission::context(l, peer, counts.listener, counts.client, queued);
-        let verdict = plugin.decide(l, &ctx, peer);
-        if let Verdict::Refuse(Some((code, _))) = &verdict {
-            counters.refused_with(l.protocol, *code);
-        }
-        // A tcp client's half-close may be its protocol (see `hung_up`).
-        (verdict, l.protocol != crate::config::Protocol::Tcp)
+        plugin.call_permit().map(|permit| (permit, ctx))
     };
+    // On a blocking thread: the call may take up to twice the plugin's
+    // deadline (a wait for its instance, then its run), and the runtime's
+    // workers serve every listener's sessions meanwhile.
+    let verdict = match asked {
+        None => Verdict::Admit,
+        Some((permit, ctx)) => {
+            let generation = gate.generation.clone();
+            tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                let l = &generation.config.listeners[index];
+                let plugin = generation.admission[index].as_ref();
+                plugin.map_or(Verdict::Admit, |plugin| plugin.decide(l, &ctx, peer))
+            })
+            .await
+            .unwrap_or(Verdict::Admit)
+        }
+    };
+    let l = &gate.generation.config.listeners[index];
+    if let Verdict::Refuse(Some((code, _))) = &verdict {
+        gate.generation.listener_counters[index].refused_with(l.protocol, *code);
+    }
+    // A tcp client's half-close may be its protocol (see `hung_up`).
+    let half_close_is_gone = l.protocol != crate::config::Protocol::Tcp;
     // Not held through a tarpit: a reload may retire it meanwhile.
     drop(gate);
     match verdict {

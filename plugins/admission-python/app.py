@@ -61,11 +61,26 @@ def addresses(key: str, value: str) -> Set[str]:
     return out
 
 
+# What each number may be: a value the contract cannot carry (a negative
+# or 2**32 seconds) would trap at the boundary, and a code outside 4xx/5xx
+# is refused by gale; both would admit every client (gale's fallback), so
+# they are refused here, at load.
+RANGES = {
+    "reject_code": (400, 599),
+    "tarpit_seconds": (0, 2**32 - 1),
+    "max_client_sessions": (0, 2**32 - 1),
+}
+
+
 def number(key: str, value: str) -> int:
     try:
-        return int(value)
+        n = int(value)
     except ValueError:
         raise Err(f"setting `{key}`: `{value}` is not a number")
+    low, high = RANGES.get(key, (0, 2**32 - 1))
+    if not low <= n <= high:
+        raise Err(f"setting `{key}`: {n} is not from {low} to {high}")
+    return n
 
 
 def client(ctx: AdmissionContext) -> str:
