@@ -103,7 +103,9 @@ pub async fn connect_for_session(
     }
     match &backend.tls {
         None => Ok(Either::Left(upstream)),
-        Some(tls) => crate::tls::to_backend(upstream, tls, limit)
+        // Boxed: a handshake's state (kilobytes) would otherwise be
+        // reserved in every session's task, plain backends' too.
+        Some(tls) => Box::pin(crate::tls::to_backend(upstream, tls, limit))
             .await
             .map(|tls| Either::Right(Box::new(tls)))
             .map_err(SessionConnectError::Tls),

@@ -115,42 +115,50 @@ pub async fn run(
         return;
     };
     let l: &ListenerConfig = &generation.config.listeners[listener];
-    let Some(tls) = &l.tls else {
-        return serve(
-            Either::Left(client),
-            None,
-            peer,
-            &generation,
-            listener,
-            charge,
-        )
-        .await;
+    let (client, tls) = match &l.tls {
+        None => (Either::Left(client), None),
+        Some(tls) => match handshake(client, tls, l, peer).await {
+            Some((client, summary)) => (Either::Right(client), Some(summary)),
+            None => {
+                generation.listener_counters[listener].tls_failed();
+                return;
+            }
+        },
     };
-    // SMTPS (RFC 8314): the handshake comes first, before any backend is
-    // touched, so that a client that never finishes one costs none. It
-    // has the backends' `banner_timeout`: the time a greeting may take.
-    // Boxed: its state would otherwise be reserved in every session.
+    // One await of the session: two would each be kept in this task.
+    serve(client, tls, peer, &generation, listener, charge).await
+}
+
+/// SMTPS (RFC 8314): the client's handshake, first, before any backend is
+/// touched, so that a client that never finishes one costs none. It has
+/// the backends' `banner_timeout`: the time a greeting may take.
+async fn handshake(
+    client: TcpStream,
+    tls: &crate::config::TlsConfig,
+    l: &ListenerConfig,
+    peer: SocketAddr,
+) -> Option<(Box<tokio_rustls::server::TlsStream<TcpStream>>, Summary)> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.clone());
+    // Boxed: its state (kilobytes) would otherwise be reserved in every
+    // session's task, plain ones' too.
     let handshake = Box::pin(timeout(l.banner_timeout, acceptor.accept(client)));
     let mut client = match handshake.await {
-        Ok(Ok(client)) => client,
-        failed => {
-            let why = match failed {
-                Ok(Err(e)) => e.to_string(),
-                _ => "timed out".to_string(),
-            };
-            generation.listener_counters[listener].tls_failed();
-            tracing::debug!(listener = %l.name, client = %peer, "TLS handshake failed: {why}");
-            return;
+        Ok(Ok(client)) => Box::new(client),
+        Ok(Err(e)) => {
+            tracing::debug!(listener = %l.name, client = %peer, "TLS handshake failed: {e}");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(listener = %l.name, client = %peer, "TLS handshake timed out");
+            return None;
         }
     };
     client
         .get_mut()
         .1
         .set_buffer_limit(Some(crate::tls::SEND_BUFFER));
-    let summary = crate::tls::Summary::of(client.get_ref().1);
-    let client = Either::Right(Box::new(client));
-    serve(client, Some(summary), peer, &generation, listener, charge).await
+    let summary = Summary::of(client.get_ref().1);
+    Some((client, summary))
 }
 
 /// Serve a client of listener number `listener`, its TLS (if any)
