@@ -192,9 +192,10 @@ fn python_conf(sink: SocketAddr, web_backend: SocketAddr, tarpit_seconds: u32) -
             i64::from(tarpit_seconds),
         )
         .set("listeners.web.admission_plugin.path", path)
+        // Networks too.
         .set(
             "listeners.web.admission_plugin.settings.reject",
-            "127.0.0.3",
+            "127.0.0.3/32, 2001:db8:1:2::/64",
         )
         .set("listeners.web.admission_plugin.settings.reject_code", 403)
         .set(

@@ -1,12 +1,14 @@
 """Admission by client address for gale, in Python (world `admission`).
 
-Settings (all optional; addresses are written as gale shows them, IPv4
-dotted, IPv6 in its short form):
+Settings (all optional):
 
-  reject          addresses to refuse, separated by spaces or commas
+  reject          addresses or networks to refuse (192.0.2.7,
+                  198.51.100.0/24, 2001:db8:1:2::/64), separated by spaces
+                  or commas: an IPv6 host is handed a /64 and can move
+                  within it, so list its /64 to keep it out
   reject_code     the refusal's code (default 554)
   reject_text     its text (default "5.7.1 Access denied by policy")
-  tarpit          addresses to hold before they may go on
+  tarpit          addresses or networks to hold before they may go on
   tarpit_seconds  how long (default 5; gale holds at most 60)
   max_client_sessions
                   refuse a client that has this many sessions open already
@@ -16,7 +18,7 @@ Every other client is accepted.
 """
 
 import ipaddress
-from typing import List, Set, Tuple
+from typing import List, Tuple, Union
 
 from componentize_py_types import Err
 from wit_world import exports
@@ -32,15 +34,19 @@ from wit_world.imports import host
 from wit_world.imports.types import IpAddress_V4
 
 
+Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+
 class Policy:
     """The plugin's state, in one module-level object: componentize-py
     makes a new `Admitter` for every call into the component."""
 
     def __init__(self) -> None:
-        self.reject: Set[str] = set()
+        self.reject: List[Network] = []
         self.reject_code = 554
         self.reject_text = "5.7.1 Access denied by policy"
-        self.tarpit: Set[str] = set()
+        self.tarpit: List[Network] = []
         self.tarpit_seconds = 5
         self.max_client_sessions = 0
 
@@ -51,14 +57,20 @@ KEYS = ("reject", "reject_code", "reject_text", "tarpit", "tarpit_seconds",
         "max_client_sessions")
 
 
-def addresses(key: str, value: str) -> Set[str]:
-    out = set()
+def addresses(key: str, value: str) -> List["Network"]:
+    out = []
     for word in value.replace(",", " ").split():
         try:
-            out.add(str(ipaddress.ip_address(word)))
+            # An address alone is a /32 or /128.
+            out.append(ipaddress.ip_network(word))
         except ValueError:
-            raise Err(f"setting `{key}`: `{word}` is not an IP address")
+            raise Err(f"setting `{key}`: `{word}` is not an IP address or network"
+                      " (host bits set?)")
     return out
+
+
+def listed(ip: "Address", networks: List["Network"]) -> bool:
+    return any(ip in net for net in networks)
 
 
 # What each number may be: a value the contract cannot carry (a negative
@@ -83,12 +95,12 @@ def number(key: str, value: str) -> int:
     return n
 
 
-def client(ctx: AdmissionContext) -> str:
+def client(ctx: AdmissionContext) -> "Address":
     ip = ctx.client_ip
     if isinstance(ip, IpAddress_V4):
-        return str(ipaddress.IPv4Address(ip.value))
+        return ipaddress.IPv4Address(ip.value)
     hi, lo = ip.value
-    return str(ipaddress.IPv6Address((hi << 64) | lo))
+    return ipaddress.IPv6Address((hi << 64) | lo)
 
 
 class Admitter(exports.Admitter):
@@ -108,11 +120,11 @@ class Admitter(exports.Admitter):
 
     def admit(self, ctx: AdmissionContext) -> Decision:
         who = client(ctx)
-        if who in POLICY.reject:
+        if listed(who, POLICY.reject):
             return Decision_Reject(Rejection(POLICY.reject_code, POLICY.reject_text))
         limit = POLICY.max_client_sessions
         if limit and ctx.client_sessions >= limit:
             return Decision_Reject(Rejection(421, "4.7.0 Too many sessions from your address"))
-        if who in POLICY.tarpit:
+        if listed(who, POLICY.tarpit):
             return Decision_Tarpit(POLICY.tarpit_seconds)
         return Decision_Accept()
