@@ -500,3 +500,40 @@ fn a_slow_admission_plugin_holds_no_worker_that_other_listeners_need() {
         "a greeting on another listener took {slowest:?}"
     );
 }
+
+#[test]
+fn a_burst_of_connections_does_not_get_past_the_plugin() {
+    // More at once than the plugin's calls in flight: the rest wait for a
+    // turn instead of being admitted.
+    let sink = SmtpSink::start(free_port());
+    let path = support::plugin("admission-trap").display().to_string();
+    let gale = Gale::start(
+        &Conf::new()
+            .admin()
+            .smtp("in", "mta")
+            .backend("mta", "sink", sink.address)
+            .set("listeners.in.admission_plugin.path", path)
+            .set("listeners.in.admission_plugin.settings.code", 554)
+            .to_string(),
+    );
+    let addr = gale.address("in");
+    let clients: Vec<_> = (0..40)
+        .map(|_| std::thread::spawn(move || greeting_from("127.0.0.2", addr)))
+        .collect();
+    let lines: Vec<String> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.starts_with("554 5.7.1 from a broken plugin")),
+        "{lines:#?}"
+    );
+    let samples = scrape(&gale);
+    assert_eq!(
+        value(
+            &samples,
+            "gale_admission_refusals_total",
+            &[("reason", "plugin")]
+        ),
+        40.0
+    );
+}

@@ -20,10 +20,11 @@
 //!
 //! After these rules and `max_sessions_per_client`, a listener's
 //! `admission_plugin` (world `admission`) may refuse or tarpit the
-//! client ([`PluginHook`]). It runs on the connection's own task, never
-//! on the accept loop, so a slow plugin delays only the clients it
-//! decides about; and only on listeners that have one: the others pay
-//! for nothing but a look at an empty slot.
+//! client ([`PluginHook`]). It runs on a blocking thread for the
+//! connection ([`MAX_CALLS`] at once per listener), never on the accept
+//! loop nor on the runtime's workers, so a slow plugin delays only the
+//! clients it decides about; and only on listeners that have one: the
+//! others pay for nothing but a look at an empty slot.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,12 +49,20 @@ use crate::rate::Buckets;
 /// 4.5.3.2.1: 5 minutes).
 pub const MAX_TARPIT: Duration = Duration::from_secs(60);
 
-/// Admission plugin calls of one listener in flight at most. The plugin
-/// has one instance, which takes one call at a time: more would only
-/// wait for it, each holding a thread. A client past them is admitted at
-/// once and the call counted as `busy`, as a call that waited its
-/// deadline for the instance would be.
+/// Admission plugin calls of one listener in flight at most, each on a
+/// blocking thread. The plugin has one instance, which takes one call at
+/// a time: more would only wait for it, each holding a thread. The
+/// clients past them wait (on their tasks, holding no thread) for a turn,
+/// up to [`TURN_WAIT`]; one that waits longer is admitted and the call
+/// counted as `busy`. (Admitting at once would let a burst of connections
+/// past the policy.)
 pub const MAX_CALLS: usize = 4;
+
+/// How long a client waits for a turn at its listener's admission plugin,
+/// at least: a burst of hundreds is decided at a fast plugin's pace
+/// (tens of µs a call). A plugin whose calls take twice its deadline
+/// (its run and its wait for the instance) gets that long instead.
+pub const TURN_WAIT: Duration = Duration::from_secs(1);
 
 /// Why a client was refused: the `reason` label of
 /// `gale_admission_refusals_total`.
@@ -245,14 +254,26 @@ impl PluginHook {
         self.plugin.info()
     }
 
-    /// A permit for a call, or `None` (counted as `busy`): [`MAX_CALLS`]
-    /// are in flight.
-    pub fn call_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        let permit = self.calls.clone().try_acquire_owned().ok();
-        if permit.is_none() {
-            self.failed(&CallFailure::Busy);
+    /// A permit for a call, within [`TURN_WAIT`] (or twice `deadline`, the
+    /// plugin's, if longer), else `None` (counted as `busy`): [`MAX_CALLS`]
+    /// stayed in flight all along.
+    pub async fn call_permit(
+        &self,
+        deadline: Duration,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let wait = TURN_WAIT.max(deadline.saturating_mul(2));
+        match tokio::time::timeout(wait, self.calls.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Some(permit),
+            _ => {
+                self.failed(&CallFailure::Busy);
+                None
+            }
         }
-        permit
+    }
+
+    /// A call that panicked on its thread: counted, the client admitted.
+    pub fn panicked(&self) {
+        self.failed(&CallFailure::Trap("the call panicked".into()));
     }
 
     /// Ask the plugin about `ctx` on listener `l` and count what it said.

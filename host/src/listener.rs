@@ -191,7 +191,7 @@ impl Accept {
     /// The listener's admission rules in the current generation, on a
     /// client at `ip`; a client they let in is asked about with the
     /// listener's admission plugin, if it has one (returned, to be asked
-    /// on the connection's own task).
+    /// off the accept loop: see `gated`).
     fn admit(
         &self,
         rates: &mut crate::rate::Buckets<IpAddr>,
@@ -280,9 +280,10 @@ impl<O: Outcome> Outcome for Gated<O> {
     }
 }
 
-/// Ask the listener's admission plugin about `client`, on the
-/// connection's own task (the call may take up to the plugin's deadline;
-/// the accept loop goes on meanwhile), and carry out its verdict before
+/// Ask the listener's admission plugin about `client` from the
+/// connection's own task, the call itself on a blocking thread (it may
+/// take up to twice the plugin's deadline; the accept loop and the
+/// runtime's workers go on meanwhile), and carry out its verdict before
 /// the session begins: a refusal (its reply, then a close), a tarpit (the
 /// client held without a byte; one that hangs up, or a shutdown, ends the
 /// connection there), or the session, started by `connection`.
@@ -308,7 +309,12 @@ where
         };
         let queued = u32::try_from(plugin.queued.get()).unwrap_or(0);
         let ctx = crate::admission::context(l, peer, counts.listener, counts.client, queued);
-        plugin.call_permit().map(|permit| (permit, ctx))
+        let wait = l
+            .admission
+            .plugin
+            .as_ref()
+            .map_or(Duration::ZERO, |p| p.deadline);
+        plugin.call_permit(wait).await.map(|permit| (permit, ctx))
     };
     // On a blocking thread: the call may take up to twice the plugin's
     // deadline (a wait for its instance, then its run), and the runtime's
@@ -324,7 +330,12 @@ where
                 plugin.map_or(Verdict::Admit, |plugin| plugin.decide(l, &ctx, peer))
             })
             .await
-            .unwrap_or(Verdict::Admit)
+            .unwrap_or_else(|_| {
+                if let Some(plugin) = &gate.generation.admission[index] {
+                    plugin.panicked();
+                }
+                Verdict::Admit
+            })
         }
     };
     let l = &gate.generation.config.listeners[index];

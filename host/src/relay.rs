@@ -164,7 +164,10 @@ where
                 if let Some(e) = first_error.take() {
                     return Poll::Ready(Some(e));
                 }
-                let stuck = [&up, &down].into_iter().find(|d| d.has_pending());
+                // Bytes a TLS stream took and could not send count too.
+                let stuck = [&up, &down]
+                    .into_iter()
+                    .find(|d| d.has_pending() || d.unflushed);
                 return Poll::Ready(Some(match stuck {
                     Some(d) => format!("{} stopped reading (idle timeout)", d.writer),
                     None => "idle timeout".to_string(),
