@@ -10,6 +10,7 @@ pub mod http;
 pub mod in_process;
 pub mod named;
 pub mod process;
+pub mod route53;
 pub mod smtp;
 pub mod websocket;
 
