@@ -1,117 +1,423 @@
-//! Route 53 publishing, against `moto_server` on loopback as the API (see
-//! `support/route53.rs`). First the harness itself: a zone, a weighted
-//! record planted and read back, the proxy refusing the first change
-//! calls (Throttling, PriorRequestNotComplete) and holding a change
-//! PENDING, and moto refusing every key once authentication is on.
+//! Route 53 publishing by the running binary, against `moto_server` on
+//! loopback as the API (`support/route53.rs`): weighted records follow
+//! the backends' health while a record someone else owns in the same name
+//! stays untouched; three instances with `[peers]` each write their own
+//! record, remove a dead one only after its hold, and leave the zone
+//! alone while all are up; with health checks nobody removes anybody;
+//! throttled change calls go through once; a wrong zone or refused
+//! credentials are a clear error while mail still flows.
 
 mod support;
 
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
 use serde_json::{Value, json};
+use toml::Table;
 
-use support::route53::{Moto, Route53Proxy, try_change, try_records, weighted};
+use support::conf::Conf;
+use support::process::{Gale, SmtpSink, curl, free_port, require};
+use support::route53::{Moto, Route53Proxy, weighted};
 
-/// A batch of one `action` on a weighted A record of mx.example.test.
-fn weighted_a(action: &str, set_id: &str, weight: u64, address: &str) -> Value {
+const NAME: &str = "mx.example.test.";
+const SECRET: &str = "never-logged-secret-key-0123456789";
+
+/// Credentials from the environment, the first link of the standard
+/// chain; nothing else of the chain is asked (no profile, no instance
+/// metadata on loopback tests).
+fn aws_env() -> [(&'static str, &'static str); 5] {
+    [
+        ("AWS_ACCESS_KEY_ID", "AKIDGALETEST"),
+        ("AWS_SECRET_ACCESS_KEY", SECRET),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("AWS_CONFIG_FILE", "/nonexistent"),
+        ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent"),
+    ]
+}
+
+fn start(conf: Conf) -> Gale {
+    Gale::start_with_env(&conf.to_string(), &aws_env())
+}
+
+/// `conf` publishing `pool` as mx.example.test. to `zone` at `endpoint`,
+/// read back every second.
+fn to_route53(conf: Conf, pool: &str, endpoint: &str, zone: &str) -> Conf {
+    conf.set("dns.zone", "example.test.")
+        .set("dns.name", NAME)
+        .set("dns.ttl", 30)
+        .set("dns.pool", pool)
+        .set("dns.debounce", "300ms")
+        .set("dns.provider", "route53")
+        .set("dns.route53.hosted_zone_id", zone)
+        .set("dns.route53.endpoint_url", endpoint)
+        .set("dns.route53.timeout", "2s")
+        .set("dns.route53.reconcile", "1s")
+}
+
+/// An SMTP listener on pool `mta` of smtp-sinks (name, address, weight)
+/// probed over TCP every 200 ms (out after 3 failures).
+fn pool(backends: &[(&str, SocketAddr, u32)]) -> Conf {
+    let mut conf = Conf::new()
+        .smtp("smtp", "mta")
+        .probe("mta", "tcp", "200ms", "200ms")
+        .admin();
+    for &(name, address, weight) in backends {
+        conf = conf.backend("mta", name, address).set(
+            &format!("pools.mta.backends.{name}.weight"),
+            i64::from(weight),
+        );
+    }
+    conf
+}
+
+type Set = (String, String, u64, Option<String>);
+
+fn set(id: &str, value: &str, weight: u64) -> Set {
+    (id.to_string(), value.to_string(), weight, None)
+}
+
+/// Poll `read` until it equals `wanted`; how long that took.
+fn wait_sets(read: impl Fn() -> Vec<Set>, wanted: &[Set], limit: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let now = read();
+        if now == wanted {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "after {limit:?} the zone holds {now:?}, not {wanted:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A weighted A record of mx.example.test. that gale does not own.
+fn foreign(action: &str, weight: u64) -> Value {
     json!({"Changes": [{
         "Action": action,
         "ResourceRecordSet": {
-            "Name": "mx.example.test.",
-            "Type": "A",
-            "SetIdentifier": set_id,
-            "Weight": weight,
-            "TTL": 60,
-            "ResourceRecords": [{"Value": address}],
+            "Name": NAME, "Type": "A", "SetIdentifier": "other",
+            "Weight": weight, "TTL": 60,
+            "ResourceRecords": [{"Value": "192.0.2.77"}],
         },
     }]})
 }
 
-fn set(set_id: &str, address: &str, weight: u64) -> (String, String, u64, Option<String>) {
-    (set_id.to_string(), address.to_string(), weight, None)
+fn status(gale: &Gale) -> Value {
+    let (code, body) = curl(&[&format!("http://{}/status", gale.admin_address())]);
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn metric(gale: &Gale, line_start: &str) -> f64 {
+    let (_, body) = curl(&[&format!("http://{}/metrics", gale.admin_address())]);
+    body.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 #[test]
-fn harness_plants_reads_and_throttles_through_the_proxy() {
+fn weighted_records_follow_health_and_leave_others_alone() {
     let moto = Moto::start();
     let zone = moto.create_zone("example.test");
-    assert!(!zone.starts_with('/'), "{zone}");
-    moto.change(&zone, weighted_a("CREATE", "other", 7, "192.0.2.77"));
-    assert_eq!(
-        weighted(&moto.records(&zone), "mx.example.test"),
-        vec![set("other", "192.0.2.77", 7)]
-    );
-    assert!(moto.health_checks().is_empty());
-
-    // The first two change calls are refused without reaching moto; the
-    // third goes through, once.
-    let proxy = Route53Proxy::start(&moto.endpoint(), 2, "Throttling");
-    let batch = weighted_a("UPSERT", "gale-a", 5, "192.0.2.10");
-    for attempt in 1..=2 {
-        let refused = try_change(&proxy.endpoint(), &zone, &batch).unwrap_err();
-        assert!(
-            refused.contains("Throttling"),
-            "attempt {attempt}: {refused}"
-        );
-        assert_eq!(
-            weighted(&moto.records(&zone), "mx.example.test").len(),
-            1,
-            "a refused change reached moto"
-        );
-    }
-    try_change(&proxy.endpoint(), &zone, &batch).unwrap();
-    assert_eq!(proxy.counts(), (1, 2));
-    let changes = proxy.changes();
-    assert_eq!(changes.len(), 1, "{changes:?}");
-    assert!(
-        changes[0].contains("<SetIdentifier>gale-a</SetIdentifier>"),
-        "{changes:?}"
-    );
-    // Reads go through the proxy as they came (the signature included).
-    assert_eq!(
-        weighted(
-            &try_records(&proxy.endpoint(), &zone).unwrap(),
-            "mx.example.test."
-        ),
-        vec![
-            set("gale-a", "192.0.2.10", 5),
-            set("other", "192.0.2.77", 7)
-        ]
-    );
-    assert_eq!(proxy.counts(), (1, 2), "a read counted as a change");
-}
-
-#[test]
-fn proxy_answers_prior_request_not_complete_and_pending() {
-    let moto = Moto::start();
-    let zone = moto.create_zone("example.test");
-    let proxy = Route53Proxy::start_with(&moto.endpoint(), 1, "PriorRequestNotComplete", 2);
-    let batch = weighted_a("UPSERT", "gale-a", 5, "192.0.2.10");
-    let refused = try_change(&proxy.endpoint(), &zone, &batch).unwrap_err();
-    assert!(refused.contains("PriorRequestNotComplete"), "{refused}");
-    let info = try_change(&proxy.endpoint(), &zone, &batch).unwrap();
-    assert_eq!(info["Status"], "PENDING", "{info}");
-    let stats = proxy.stats();
-    assert_eq!(stats["changes_forwarded"], 1, "{stats}");
-    assert_eq!(stats["changes_throttled"], 1, "{stats}");
-    assert_eq!(
-        weighted(&moto.records(&zone), "mx.example.test"),
-        vec![set("gale-a", "192.0.2.10", 5)]
-    );
-}
-
-#[test]
-fn moto_refuses_every_key_once_authentication_is_on() {
-    let moto = Moto::start();
-    let zone = moto.create_zone("example.test");
-    moto.enforce_auth(true);
-    let refused = try_records(&moto.endpoint(), &zone).unwrap_err();
-    assert!(refused.contains("HTTP 403"), "{refused}");
-    let refused = try_change(
+    moto.change(&zone, foreign("CREATE", 7));
+    let port = free_port();
+    let a: SocketAddr = format!("127.0.0.21:{port}").parse().unwrap();
+    let b: SocketAddr = format!("127.0.0.22:{port}").parse().unwrap();
+    let _sink_a = SmtpSink::start_at(a);
+    let sink_b = SmtpSink::start_at(b);
+    let gale = start(to_route53(
+        pool(&[("a", a, 3), ("b", b, 5)]),
+        "mta",
         &moto.endpoint(),
         &zone,
-        &weighted_a("UPSERT", "gale-a", 5, "192.0.2.10"),
-    )
-    .unwrap_err();
-    assert!(refused.contains("HTTP 403"), "{refused}");
+    ));
+    let read = || weighted(&moto.records(&zone), NAME);
+    let other = set("other", "192.0.2.77", 7);
+    let both = [
+        set("gale/a", "127.0.0.21", 3),
+        set("gale/b", "127.0.0.22", 5),
+        other.clone(),
+    ];
+    wait_sets(read, &both, Duration::from_secs(10));
+    let records = moto.records(&zone);
+    let ttl = records
+        .iter()
+        .find(|r| r["SetIdentifier"] == "gale/a")
+        .map(|r| r["TTL"].clone());
+    assert_eq!(ttl, Some(json!(30)), "{records:?}");
+
+    // fall (3) x interval (200 ms) + debounce (300 ms), and a read.
+    drop(sink_b);
+    let gone = wait_sets(
+        read,
+        &[set("gale/a", "127.0.0.21", 3), other.clone()],
+        Duration::from_secs(5),
+    );
+    eprintln!("a dead backend's record left Route 53 {gone:?} after it was killed");
+    let _sink_b = SmtpSink::start_at(b);
+    let back = wait_sets(read, &both, Duration::from_secs(5));
+    eprintln!("and came back {back:?} after it returned");
+
+    let dns = status(&gale)["dns"].clone();
+    assert_eq!(dns["provider"], "route53", "{dns}");
+    assert_eq!(dns["change"]["status"], "INSYNC", "{dns}");
+    assert_eq!(dns["published"].as_array().map(Vec::len), Some(2), "{dns}");
+    assert!(dns["last_error"].is_null(), "{dns}");
+    assert!(
+        metric(
+            &gale,
+            "gale_dns_updates_total{provider=\"route53\",result=\"applied\"}"
+        ) >= 3.0
+    );
+}
+
+#[test]
+fn throttled_changes_go_through_once() {
+    let moto = Moto::start();
+    let zone = moto.create_zone("example.test");
+    for code in ["Throttling", "PriorRequestNotComplete"] {
+        // Three refusals, then the change reaches moto; the last two
+        // status questions are answered PENDING.
+        let proxy = Route53Proxy::start_with(&moto.endpoint(), 3, code, 2);
+        let port = free_port();
+        let a: SocketAddr = format!("127.0.0.23:{port}").parse().unwrap();
+        let _sink = SmtpSink::start_at(a);
+        let gale = start(
+            to_route53(pool(&[("a", a, 1)]), "mta", &proxy.endpoint(), &zone)
+                // Once applied the zone holds still: no second change.
+                .set("dns.route53.reconcile", "300ms"),
+        );
+        let read = || weighted(&moto.records(&zone), NAME);
+        wait_sets(
+            read,
+            &[set("gale/a", "127.0.0.23", 1)],
+            Duration::from_secs(10),
+        );
+        // PENDING, then INSYNC, as /status tells it.
+        let started = Instant::now();
+        let mut seen = Vec::new();
+        loop {
+            let change = status(&gale)["dns"]["change"]["status"].clone();
+            if seen.last() != Some(&change) {
+                seen.push(change.clone());
+            }
+            if change == "INSYNC" {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(15), "{seen:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(seen.first(), Some(&json!("PENDING")), "{code}: {seen:?}");
+        assert_eq!(proxy.counts(), (1, 3), "{code}: applied once");
+        assert_eq!(
+            metric(
+                &gale,
+                "gale_dns_updates_total{provider=\"route53\",result=\"throttled\"}"
+            ),
+            3.0
+        );
+        drop(gale);
+        // The next round starts from an empty zone again.
+        moto.change(
+            &zone,
+            json!({"Changes": [{"Action": "DELETE", "ResourceRecordSet": {
+                "Name": NAME, "Type": "A", "SetIdentifier": "gale/a", "Weight": 1,
+                "TTL": 30, "ResourceRecords": [{"Value": "127.0.0.23"}]}}]}),
+        );
+    }
+}
+
+/// Instance `n` of three on 127.0.0.{2,3,4}:`port` publishing
+/// `pool = "peers"`, each probing the others over TCP every 200 ms.
+fn instance(n: u8, port: u16, backend: SocketAddr, endpoint: &str, zone: &str) -> Conf {
+    let members: Vec<Table> = (2..=4)
+        .filter(|o| *o != n)
+        .map(|other| {
+            Table::from_iter([
+                ("name".to_string(), format!("gale-{other}").into()),
+                (
+                    "address".to_string(),
+                    format!("127.0.0.{other}:{port}").into(),
+                ),
+            ])
+        })
+        .collect();
+    let conf = Conf::new()
+        .smtp("smtp", "mta")
+        .set("listeners.smtp.address", format!("127.0.0.{n}:{port}"))
+        .backend("mta", "mta", backend)
+        .set("peers.address", format!("127.0.0.{n}"))
+        .set("peers.name", format!("gale-{n}"))
+        .set("peers.probe.kind", "tcp")
+        .set("peers.probe.interval", "200ms")
+        .set("peers.probe.timeout", "200ms")
+        .set("peers.members", members);
+    to_route53(conf, "peers", endpoint, zone).set("dns.route53.peer_hold", "1s")
+}
+
+#[test]
+fn three_instances_write_their_own_records_and_remove_a_dead_one_after_its_hold() {
+    let moto = Moto::start();
+    let zone = moto.create_zone("example.test");
+    // Counts the change calls of all three.
+    let proxy = Route53Proxy::start(&moto.endpoint(), 0, "Throttling");
+    let sink = SmtpSink::start(free_port());
+    let port = free_port();
+    let config = |n| instance(n, port, sink.address, &proxy.endpoint(), &zone);
+    let _two = start(config(2));
+    let _three = start(config(3));
+    let mut four = start(config(4));
+    let read = || weighted(&moto.records(&zone), NAME);
+    let all: Vec<Set> = (2..=4)
+        .map(|n| set(&format!("gale/gale-{n}"), &format!("127.0.0.{n}"), 1))
+        .collect();
+    wait_sets(read, &all, Duration::from_secs(10));
+
+    // All up: each reads the zone every second and writes nothing.
+    let (before, _) = proxy.counts();
+    std::thread::sleep(Duration::from_secs(10));
+    let (after, _) = proxy.counts();
+    assert_eq!(after, before, "change calls while all were up");
+
+    four.child.kill().unwrap();
+    four.child.wait().unwrap();
+    // fall (3) x interval (200 ms) + debounce (300 ms) + peer_hold (1 s),
+    // and a read.
+    let gone = wait_sets(read, &all[..2], Duration::from_secs(6));
+    eprintln!("a dead instance's record left Route 53 {gone:?} after it was killed");
+    let _four = start(config(4));
+    let back = wait_sets(read, &all, Duration::from_secs(10));
+    eprintln!("and came back {back:?} after it restarted");
+}
+
+#[test]
+fn with_health_checks_each_instance_keeps_its_own_record() {
+    let moto = Moto::start();
+    let zone = moto.create_zone("example.test");
+    let sink = SmtpSink::start(free_port());
+    let port = free_port();
+    let config = |n| {
+        instance(n, port, sink.address, &moto.endpoint(), &zone)
+            .set("dns.route53.health_check.kind", "tcp")
+            .set("dns.route53.health_check.port", i64::from(port))
+    };
+    let _two = start(config(2));
+    let _three = start(config(3));
+    let mut four = start(config(4));
+    let checks = |n: u8| -> Option<String> {
+        moto.health_checks()
+            .iter()
+            .find(|c| c["HealthCheckConfig"]["IPAddress"] == format!("127.0.0.{n}"))
+            .map(|c| {
+                assert_eq!(c["HealthCheckConfig"]["Type"], "TCP", "{c}");
+                assert_eq!(c["HealthCheckConfig"]["Port"], json!(port), "{c}");
+                c["Id"].as_str().unwrap().to_string()
+            })
+    };
+    let read = || weighted(&moto.records(&zone), NAME);
+    let started = Instant::now();
+    let ids = loop {
+        let ids: Vec<Option<String>> = (2..=4).map(checks).collect();
+        if ids.iter().all(Option::is_some) {
+            break ids;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{ids:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let all: Vec<Set> = (2..=4)
+        .zip(&ids)
+        .map(|(n, id)| {
+            (
+                format!("gale/gale-{n}"),
+                format!("127.0.0.{n}"),
+                1,
+                id.clone(),
+            )
+        })
+        .collect();
+    wait_sets(read, &all, Duration::from_secs(10));
+    assert_eq!(moto.health_checks().len(), 3, "one check per instance");
+
+    // Route 53's checkers decide: the survivors leave the dead one's record.
+    four.child.kill().unwrap();
+    four.child.wait().unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(read(), all);
+    // A restart finds its check again instead of making another.
+    let _four = start(config(4));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(read(), all);
+    assert_eq!(moto.health_checks().len(), 3);
+}
+
+#[test]
+fn a_wrong_zone_or_refused_credentials_are_errors_and_mail_still_flows() {
+    let moto = Moto::start();
+    let zone = moto.create_zone("example.test");
+    let port = free_port();
+    let a: SocketAddr = format!("127.0.0.24:{port}").parse().unwrap();
+    let _sink = SmtpSink::start_at(a);
+
+    let wrong = start(to_route53(
+        pool(&[("a", a, 1)]),
+        "mta",
+        &moto.endpoint(),
+        "ZNOSUCHZONE1",
+    ));
+    let line = wrong.wait_log("dns update refused", Duration::from_secs(10));
+    assert!(line.contains("NoSuchHostedZone"), "{line}");
+    assert!(line.contains("ZNOSUCHZONE1"), "{line}");
+    let error = status(&wrong)["dns"]["last_error"].clone();
+    assert!(
+        error
+            .as_str()
+            .is_some_and(|e| e.contains("NoSuchHostedZone")),
+        "{error}"
+    );
+    swaks(&wrong);
+
+    moto.change(&zone, foreign("CREATE", 7));
+    moto.enforce_auth(true);
+    let refused = start(to_route53(
+        pool(&[("a", a, 1)]),
+        "mta",
+        &moto.endpoint(),
+        &zone,
+    ));
+    let line = refused.wait_log("dns update refused", Duration::from_secs(10));
+    assert!(line.contains("403"), "{line}");
+    assert!(!line.contains(SECRET), "the secret was logged: {line}");
+    assert!(
+        refused.log_lines(SECRET).is_empty(),
+        "the secret was logged"
+    );
+    assert!(
+        status(&refused)["dns"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("403"))
+    );
+    swaks(&refused);
     moto.enforce_auth(false);
-    assert!(weighted(&moto.records(&zone), "mx.example.test").is_empty());
+    assert_eq!(
+        weighted(&moto.records(&zone), NAME),
+        vec![set("other", "192.0.2.77", 7)],
+        "nothing changed"
+    );
+}
+
+/// A message through gale's `smtp` listener is accepted.
+fn swaks(gale: &Gale) {
+    let out = std::process::Command::new(require("swaks"))
+        .args(["--server", &gale.address("smtp").to_string()])
+        .args(["--from", "a@client.test", "--to", "b@example.test"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }

@@ -95,6 +95,14 @@ impl Server {
                     stop.clone(),
                 ));
             }
+            crate::config::DnsProvider::Route53(r) => {
+                tracing::info!(hosted_zone = %r.hosted_zone_id, zone = %config.zone, name = %config.name, owner = %r.owner, "dns records go to route53");
+                self.background.spawn(crate::dns::route53::run(
+                    self.current.clone(),
+                    self.dns.clone(),
+                    stop.clone(),
+                ));
+            }
             crate::config::DnsProvider::Rfc2136(r) => {
                 tracing::info!(server = %r.server, zone = %config.zone, name = %config.name, key = %r.key_name, "dns updates go to a server");
                 self.background.spawn(crate::dns::rfc2136::run(

@@ -73,7 +73,15 @@ impl Gale {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("gale.toml");
         std::fs::write(&config, toml).unwrap();
-        Gale::launch_limited("run", config, dir, Some(nofile))
+        Gale::launch_limited("run", config, dir, Some(nofile), &[])
+    }
+
+    /// Like [`Gale::start`], with these environment variables set.
+    pub fn start_with_env(toml: &str, env: &[(&str, &str)]) -> Gale {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("gale.toml");
+        std::fs::write(&config, toml).unwrap();
+        Gale::launch_limited("run", config, dir, None, env)
     }
 
     /// Like [`Gale::start`], with its plugins compiled beforehand (by
@@ -99,7 +107,7 @@ impl Gale {
     }
 
     fn launch(command: &str, config: PathBuf, dir: tempfile::TempDir) -> Gale {
-        Gale::launch_limited(command, config, dir, None)
+        Gale::launch_limited(command, config, dir, None, &[])
     }
 
     fn launch_limited(
@@ -107,8 +115,10 @@ impl Gale {
         config: PathBuf,
         dir: tempfile::TempDir,
         nofile: Option<u64>,
+        env: &[(&str, &str)],
     ) -> Gale {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_gale"));
+        cmd.envs(env.iter().copied());
         if let Some(n) = nofile {
             use std::os::unix::process::CommandExt;
             // SAFETY: setrlimit is async-signal-safe, and the closure

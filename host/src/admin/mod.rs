@@ -210,6 +210,15 @@ async fn first_byte(stream: &TcpStream) -> bool {
 type Reply = Response<Full<Bytes>>;
 
 async fn route(admin: &Admin, token: Option<&AdminToken>, req: Request<Incoming>) -> Reply {
+    // What a load balancer's or Route 53's health checker asks: whether
+    // this gale is up, and nothing else, so it needs no token and no
+    // particular Host.
+    if req.uri().path() == "/health" {
+        return match *req.method() {
+            Method::GET | Method::HEAD => text(StatusCode::OK, "ok\n"),
+            _ => not_allowed("GET"),
+        };
+    }
     let token = token.map(AdminToken::expose);
     if token.is_none() && !page::local_host(&req) {
         return text(

@@ -14,6 +14,7 @@ use super::pools::{
     BackendConfig, DEFAULT_BACKEND_MAX_SESSIONS, DEFAULT_BALANCER, DEFAULT_HEALTH,
     DEFAULT_KEEPALIVE_TIMEOUT, PRIMARY_PRIORITY, PoolConfig,
 };
+pub use super::route53::Route53Config;
 use super::{ConfigError, Errors, parse_addr, parse_count, parse_duration};
 use toml::Spanned;
 
@@ -62,6 +63,8 @@ pub enum Provider {
     },
     /// gale sends DNS UPDATEs to a server.
     Rfc2136(Rfc2136Config),
+    /// gale writes weighted records to Amazon Route 53.
+    Route53(Box<Route53Config>),
 }
 
 impl Provider {
@@ -69,6 +72,7 @@ impl Provider {
         match self {
             Provider::Embedded { .. } => "embedded",
             Provider::Rfc2136(_) => "rfc2136",
+            Provider::Route53(_) => "route53",
         }
     }
 }
@@ -130,6 +134,7 @@ pub(super) fn validate(
     defaults: &PluginDefaults,
     section: &DnsSection,
     pools: &[PoolConfig],
+    peers: Option<&PeersConfig>,
 ) -> Result<DnsConfig, ConfigError> {
     let zone = dns_name(errors, &section.zone, "dns.zone")?;
     let name = dns_name(errors, &section.name, "dns.name")?;
@@ -184,6 +189,22 @@ pub(super) fn validate(
                 ));
             };
             Provider::Rfc2136(rfc2136(errors, base, r)?)
+        }
+        DnsProvider::Route53 => {
+            let Some(r) = &section.route53 else {
+                return Err(errors.spanned(
+                    &section.zone,
+                    "dns.route53",
+                    "provider \"route53\" needs [dns.route53] with the hosted_zone_id",
+                ));
+            };
+            let publishes_peers = peers.is_some_and(|p| p.pool == pool);
+            Provider::Route53(Box::new(super::route53::validate(
+                errors,
+                r,
+                peers,
+                publishes_peers,
+            )?))
         }
     };
     Ok(DnsConfig {
@@ -368,6 +389,8 @@ pub struct PeersConfig {
     /// Index into `Config::pools` of the pool `peers` (the other
     /// instances, probed like backends).
     pub pool: usize,
+    /// How many instances publish the name, this one included.
+    pub instances: usize,
 }
 
 /// The name of the pool `[peers]` becomes.
@@ -460,6 +483,7 @@ fn peers(
         address,
         weight: section.weight.unwrap_or(DEFAULT_PEER_WEIGHT),
         pool,
+        instances: pool_config.backends.len() + 1,
     };
     Ok((me, pool_config))
 }

@@ -89,6 +89,8 @@ pub struct DnsSection {
     pub embedded: Option<EmbeddedDnsSection>,
     /// `[dns.rfc2136]`: gale updates a DNS server (RFC 2136, TSIG).
     pub rfc2136: Option<Rfc2136Section>,
+    /// `[dns.route53]`: gale writes weighted records to Amazon Route 53.
+    pub route53: Option<Route53Section>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -97,6 +99,51 @@ pub enum DnsProvider {
     #[default]
     Embedded,
     Rfc2136,
+    Route53,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route53Section {
+    /// `hosted_zone_id`: the hosted zone holding `dns.zone`, e.g.
+    /// "Z0123456789ABCDEFGHIJ".
+    pub hosted_zone_id: Spanned<String>,
+    /// `region`: the SDK's region (default: from the environment or
+    /// profile, else us-east-1; Route 53 itself is global).
+    pub region: Option<Spanned<String>>,
+    /// `endpoint_url`: another endpoint than AWS's (a test server, a
+    /// Route 53-compatible API).
+    pub endpoint_url: Option<Spanned<String>>,
+    /// `owner`: gale's records are those whose set identifier starts with
+    /// "OWNER/" (default "gale").
+    pub owner: Option<Spanned<String>>,
+    /// `timeout`: for one API call.
+    pub timeout: Option<Spanned<String>>,
+    /// `reconcile`: how often the zone is read back and corrected.
+    pub reconcile: Option<Spanned<String>>,
+    /// `peer_hold`: with `pool = "peers"` and no health check, how long a
+    /// peer must fail its probes before the others remove its record.
+    pub peer_hold: Option<Spanned<String>>,
+    /// `health_check`: with `pool = "peers"`, each instance attaches a
+    /// Route 53 health check of itself to its own record.
+    pub health_check: Option<Spanned<HealthCheckSection>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSection {
+    /// `kind`: "tcp" (a connection to `port`) or "http" (GET `path`).
+    pub kind: Spanned<String>,
+    /// `port`: this instance's port the checkers connect to.
+    pub port: Spanned<u16>,
+    /// `path`: for "http" (default "/health", answered by the admin
+    /// listener without a token).
+    pub path: Option<Spanned<String>>,
+    /// `interval`: "10s" or "30s" (Route 53 knows no other).
+    pub interval: Option<Spanned<String>>,
+    /// `failure_threshold`: failed checks in a row that take the record
+    /// out of answers, 1 to 10 (default 3).
+    pub failure_threshold: Option<Spanned<u8>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -23,6 +23,7 @@ pub mod health;
 pub mod listeners;
 pub mod plugins;
 pub mod pools;
+pub mod route53;
 pub mod server;
 pub mod tls;
 
@@ -233,7 +234,14 @@ fn validate(file: FileConfig, path: &Path, errors: &Errors<'_>) -> Result<Config
     let server = server::validate(errors, &file.server)?;
     let dns = match &file.dns {
         None => None,
-        Some(section) => Some(dns::validate(errors, base, &plugins, section, &pools)?),
+        Some(section) => Some(dns::validate(
+            errors,
+            base,
+            &plugins,
+            section,
+            &pools,
+            peers.as_ref(),
+        )?),
     };
     Ok(Config {
         source: path.to_path_buf(),

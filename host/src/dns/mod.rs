@@ -14,6 +14,7 @@
 
 pub mod embedded;
 pub mod rfc2136;
+pub mod route53;
 pub mod rrl;
 mod signed;
 
@@ -58,6 +59,14 @@ pub struct Report {
     pub held_back: Option<String>,
     /// The provider's last failure, until it succeeds again.
     pub last_error: Option<String>,
+    /// The provider's last change and its status (`route53`: PENDING
+    /// until Route 53 says INSYNC).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub change: Option<route53::ChangeView>,
+    /// What the provider leaves as it is for now, and why (`route53`
+    /// among peers: a failed peer's hold, no majority seen).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub provider_held: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -68,6 +77,10 @@ pub struct RecordView {
     pub value: String,
     pub ttl: u32,
     pub weight: u32,
+    /// Which member's record it is (Route 53 keeps it as the set
+    /// identifier, after the owner).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub set_id: String,
 }
 
 impl RecordView {
@@ -83,6 +96,7 @@ impl RecordView {
             value: r.value.clone(),
             ttl: r.ttl,
             weight: r.weight,
+            set_id: r.set_id.clone(),
         }
     }
 }
@@ -101,6 +115,20 @@ impl DnsState {
         report.published = records.iter().map(RecordView::of).collect();
         report.last_error = None;
         self.published.store(records);
+    }
+
+    /// The provider sent change `id`, or learnt its status.
+    pub fn change_status(&self, id: &str, status: &str) {
+        self.report.lock().unwrap_or_else(|p| p.into_inner()).change =
+            Some(route53::ChangeView::new(id, status));
+    }
+
+    /// What the provider leaves as it is for now, and why.
+    pub fn set_provider_held(&self, held: Vec<String>) {
+        self.report
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .provider_held = held;
     }
 
     /// The provider failed; the published records are as they were.
