@@ -149,6 +149,13 @@ fn with_a_token_every_call_must_carry_it() {
         401
     );
     assert_eq!(curl(&["-X", "POST", &url(&gale, "/reload")]).0, 401);
+    // The one exception, for health checkers (Route 53's among them): "ok"
+    // and nothing else, whatever the Host.
+    assert_eq!(
+        curl(&["-H", "Host: checker.example", &url(&gale, "/health")]),
+        (200, "ok\n".to_string())
+    );
+    assert_eq!(curl(&["-X", "POST", &url(&gale, "/health")]).0, 405);
     let (code, body) = curl(&["-H", "Authorization: Bearer s3cret", &status_url]);
     assert_eq!(code, 200, "{body}");
     let s: Value = serde_json::from_str(&body).unwrap();

@@ -267,8 +267,8 @@ fn three_instances_write_their_own_records_and_remove_a_dead_one_after_its_hold(
     let sink = SmtpSink::start(free_port());
     let port = free_port();
     let config = |n| instance(n, port, sink.address, &proxy.endpoint(), &zone);
-    let _two = start(config(2));
-    let _three = start(config(3));
+    let two = start(config(2));
+    let three = start(config(3));
     let mut four = start(config(4));
     let read = || weighted(&moto.records(&zone), NAME);
     let all: Vec<Set> = (2..=4)
@@ -288,9 +288,55 @@ fn three_instances_write_their_own_records_and_remove_a_dead_one_after_its_hold(
     // and a read.
     let gone = wait_sets(read, &all[..2], Duration::from_secs(6));
     eprintln!("a dead instance's record left Route 53 {gone:?} after it was killed");
-    let _four = start(config(4));
+    let four = start(config(4));
     let back = wait_sets(read, &all, Duration::from_secs(10));
     eprintln!("and came back {back:?} after it restarted");
+
+    // All restart at once: no record is removed (nobody sees a majority
+    // before its peers' probes pass, and no hold runs out), and none is
+    // written (each finds its own as it would write it).
+    let (before, _) = proxy.counts();
+    drop((two, three, four));
+    let restarted = [start(config(2)), start(config(3)), start(config(4))];
+    for gale in &restarted {
+        gale.wait_log("route53", Duration::from_secs(5));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(read(), all, "after all restarted");
+    assert_eq!(proxy.counts().0, before, "change calls after the restart");
+    let [_two, _three, four] = restarted;
+
+    // A network split: instance 4 runs on, but neither side reaches the
+    // other (it listens on another port, and looks for its peers on
+    // ports nobody listens on). The two remove it after its hold; alone,
+    // it sees 1 of 3 and removes nobody, nor does it put its own record
+    // back: nothing fights.
+    drop(four);
+    let unreachable: Vec<Table> = [2, 3]
+        .map(|other| {
+            Table::from_iter([
+                ("name".to_string(), format!("gale-{other}").into()),
+                (
+                    "address".to_string(),
+                    format!("127.0.0.{other}:{}", free_port()).into(),
+                ),
+            ])
+        })
+        .into();
+    let _split = start(
+        config(4)
+            .set(
+                "listeners.smtp.address",
+                format!("127.0.0.4:{}", free_port()),
+            )
+            .set("peers.members", unreachable),
+    );
+    wait_sets(read, &all[..2], Duration::from_secs(6));
+    std::thread::sleep(Duration::from_secs(2));
+    let (before, _) = proxy.counts();
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(proxy.counts().0, before, "change calls after the split");
+    assert_eq!(read(), all[..2], "the split instance changed the zone");
 }
 
 #[test]
