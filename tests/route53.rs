@@ -1,7 +1,7 @@
 //! Route 53 publishing by the running binary, against `moto_server` on
 //! loopback as the API (`support/route53.rs`): weighted records follow
 //! the backends' health while a record someone else owns in the same name
-//! stays untouched; three instances with `[peers]` each write their own
+//! stays untouched, and one deleted behind gale's back is restored; three instances with `[peers]` each write their own
 //! record, remove a dead one only after its hold, and leave the zone
 //! alone while all are up; with health checks nobody removes anybody;
 //! throttled change calls go through once; a wrong zone or refused
@@ -161,17 +161,31 @@ fn weighted_records_follow_health_and_leave_others_alone() {
     let back = wait_sets(read, &both, Duration::from_secs(5));
     eprintln!("and came back {back:?} after it returned");
 
+    // Drift: someone deletes gale's record behind its back; the next
+    // read-back (reconcile = 1 s) puts it right.
+    let applied = || {
+        metric(
+            &gale,
+            "gale_dns_updates_total{provider=\"route53\",result=\"applied\"}",
+        )
+    };
+    let before = applied();
+    moto.change(
+        &zone,
+        json!({"Changes": [{"Action": "DELETE", "ResourceRecordSet": {
+            "Name": NAME, "Type": "A", "SetIdentifier": "gale/a", "Weight": 3,
+            "TTL": 30, "ResourceRecords": [{"Value": "127.0.0.21"}]}}]}),
+    );
+    let restored = wait_sets(read, &both, Duration::from_secs(5));
+    eprintln!("a record deleted behind gale's back was restored {restored:?} later");
+    assert_eq!(applied(), before + 1.0, "one change put it back");
+
     let dns = status(&gale)["dns"].clone();
     assert_eq!(dns["provider"], "route53", "{dns}");
     assert_eq!(dns["change"]["status"], "INSYNC", "{dns}");
     assert_eq!(dns["published"].as_array().map(Vec::len), Some(2), "{dns}");
     assert!(dns["last_error"].is_null(), "{dns}");
-    assert!(
-        metric(
-            &gale,
-            "gale_dns_updates_total{provider=\"route53\",result=\"applied\"}"
-        ) >= 3.0
-    );
+    assert!(applied() >= 4.0);
 }
 
 #[test]

@@ -177,6 +177,19 @@ pub fn render(status: &Value) -> String {
                 let _ = writeln!(out, "  {}: {}", key.replace('_', " "), s(&dns[key]));
             }
         }
+        let change = &dns["change"];
+        if !change.is_null() {
+            let _ = writeln!(
+                out,
+                "  change {}: {} ({})",
+                s(&change["id"]),
+                s(&change["status"]),
+                s(&change["at"])
+            );
+        }
+        for why in dns["provider_held"].as_array().into_iter().flatten() {
+            let _ = writeln!(out, "  provider waits: {}", s(why));
+        }
     }
     let last = &status["reloads"]["last_reload"];
     if !last.is_null() {

@@ -171,6 +171,9 @@ pub async fn run(
                 next_sync = Some(synced.wake.map_or(reconcile, |w| w.min(reconcile)));
             }
             Ok(Err(e)) => {
+                // The check may be gone (deleted by hand): find or make
+                // it again on the next try.
+                health_check = None;
                 let (result, retry) = match &e {
                     ApiError::Refused(_) => ("refused", config.reconcile.min(MAX_BACKOFF)),
                     ApiError::Throttled(_) => ("failed", backoff),
