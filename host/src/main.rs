@@ -48,6 +48,9 @@ enum Command {
     /// Write or check a plugin.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// See what `[dns]` publishes.
+    #[command(subcommand)]
+    Dns(DnsCommand),
     /// Show a running gale's listeners, backends (health, admin state,
     /// weight, sessions, last probe), DNS records and last reload, from
     /// its admin API.
@@ -98,6 +101,26 @@ enum PluginCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum DnsCommand {
+    /// Print the records the config would publish with the health a
+    /// running gale reports (every member healthy when none answers) and
+    /// the changes against what the provider has, writing nothing. Exit 1
+    /// when the provider cannot be read.
+    Plan {
+        #[arg(short, long, default_value = "config/gale.toml")]
+        config: PathBuf,
+        /// The running gale's admin listener (default: the config's
+        /// [admin] address).
+        #[arg(short, long)]
+        admin: Option<std::net::SocketAddr>,
+        /// Bearer token, when the admin listener requires one (default:
+        /// the config's admin.token).
+        #[arg(long, env = "GALE_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+}
+
 fn parse_setting(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -138,6 +161,11 @@ fn main() -> ExitCode {
             dir,
             sdk,
         }) => plugin_new(lang, &name, &dir, sdk),
+        Command::Dns(DnsCommand::Plan {
+            config,
+            admin,
+            token,
+        }) => dns_plan(&config, gale::dns::plan::Options { admin, token }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -246,4 +274,17 @@ fn status(admin: std::net::SocketAddr, token: Option<&str>, json: bool) -> anyho
         print!("{}", gale::admin::table::render(&doc));
     }
     Ok(())
+}
+
+fn dns_plan(path: &Path, options: gale::dns::plan::Options) -> anyhow::Result<()> {
+    let (_runtime, generation, _) = gale::control::load(path)?;
+    if generation.config.dns.is_none() {
+        anyhow::bail!("{}: no [dns]: gale publishes no records", path.display());
+    }
+    let report = gale::dns::plan::plan(&generation, &options);
+    print!("{}", report.text);
+    match report.error {
+        None => Ok(()),
+        Some(error) => anyhow::bail!("{error}"),
+    }
 }

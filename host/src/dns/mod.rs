@@ -13,6 +13,7 @@
 //! verdicts (read from the pool) or the plan (the plugin's).
 
 pub mod embedded;
+pub mod plan;
 pub mod rfc2136;
 pub mod route53;
 pub mod rrl;
@@ -161,10 +162,25 @@ pub fn sample_snapshot(config: &DnsConfig) -> DnsSnapshot {
     }
 }
 
-/// The `[dns]` pool's backends as DNS members; for the pool `peers`, the
-/// other instances and this one (healthy as far as it can tell: it is
-/// running).
+/// The `[dns]` pool's backends as DNS members, as healthy as the pool
+/// says.
 fn members(generation: &Generation, config: &DnsConfig) -> Vec<Member> {
+    let pool = &generation.pools[config.pool];
+    // A drained or disabled backend leaves DNS too.
+    members_as(generation, config, |id| {
+        pool.is_healthy(id) && pool.takes_sessions(id)
+    })
+}
+
+/// The `[dns]` pool's backends as DNS members, backend `id` healthy when
+/// `in_dns(id)` (`gale dns plan` asks a running gale); for the pool
+/// `peers`, the other instances and this one (healthy as far as it can
+/// tell: it is running).
+fn members_as(
+    generation: &Generation,
+    config: &DnsConfig,
+    in_dns: impl Fn(usize) -> bool,
+) -> Vec<Member> {
     let pool = &generation.pools[config.pool];
     let peers = generation
         .config
@@ -190,8 +206,7 @@ fn members(generation: &Generation, config: &DnsConfig) -> Vec<Member> {
                 name: b.name.clone(),
                 address: b.address.ip().to_string(),
                 weight: b.weight,
-                // A drained or disabled backend leaves DNS too.
-                healthy: pool.is_healthy(id) && pool.takes_sessions(id),
+                healthy: in_dns(id),
                 kind,
             }
         }))

@@ -42,7 +42,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(4);
 const MAX_RACES: usize = 5;
 
 #[derive(Debug)]
-enum SyncError {
+pub(super) enum SyncError {
     /// Worth retrying soon: no answer, a network error.
     Unreachable(String),
     /// The server said no: wrong key, no update permission, bad zone.
@@ -148,7 +148,7 @@ pub async fn run(
     }
 }
 
-fn signer(server: &Rfc2136Config) -> Result<TSigner, SyncError> {
+pub(super) fn signer(server: &Rfc2136Config) -> Result<TSigner, SyncError> {
     let algorithm = match server.algorithm {
         TsigAlgorithm::HmacSha256 => HickoryAlgorithm::HmacSha256,
         TsigAlgorithm::HmacSha384 => HickoryAlgorithm::HmacSha384,
@@ -262,7 +262,7 @@ fn classify(error: String) -> SyncError {
 }
 
 /// The server's `rtype` set for `name`, from a verified answer.
-async fn read(
+pub(super) async fn read(
     server: &Rfc2136Config,
     signer: &TSigner,
     name: &Name,
@@ -289,7 +289,7 @@ async fn read(
     Ok(have)
 }
 
-fn set(name: &Name, rtype: RecordType, wanted: &[DnsRecord]) -> RecordSet {
+pub(super) fn set(name: &Name, rtype: RecordType, wanted: &[DnsRecord]) -> RecordSet {
     let mut set = RecordSet::with_ttl(name.clone(), rtype, 0);
     for r in wanted {
         let data = match (r.rtype, rtype, r.value.parse::<IpAddr>()) {
@@ -305,7 +305,7 @@ fn set(name: &Name, rtype: RecordType, wanted: &[DnsRecord]) -> RecordSet {
 
 /// Same addresses and TTL (DNS carries no weights: every address is
 /// published once).
-fn same(a: &RecordSet, b: &RecordSet) -> bool {
+pub(super) fn same(a: &RecordSet, b: &RecordSet) -> bool {
     let data = |s: &RecordSet| {
         let mut v: Vec<String> = s
             .records_without_rrsigs()
