@@ -265,7 +265,7 @@ fn dns_plan_lists_the_route53_batch_gale_would_send_and_writes_nothing() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("  other A 192.0.2.77 w7 (not gale's)\n"),
+        stdout.contains("  other A 192.0.2.77 w7 ttl 30 (not gale's)\n"),
         "{stdout}"
     );
     assert!(

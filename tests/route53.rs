@@ -147,7 +147,14 @@ fn weighted_records_follow_health_and_leave_others_alone() {
         .iter()
         .find(|r| r["SetIdentifier"] == "gale/a")
         .map(|r| r["TTL"].clone());
-    assert_eq!(ttl, Some(json!(30)), "{records:?}");
+    // Route 53 gives a weighted group the TTL last written: gale writes
+    // the one the other owner's set has (60), not its own (30).
+    assert_eq!(ttl, Some(json!(60)), "{records:?}");
+    let other_ttl = records
+        .iter()
+        .find(|r| r["SetIdentifier"] == "other")
+        .map(|r| r["TTL"].clone());
+    assert_eq!(other_ttl, Some(json!(60)), "{records:?}");
 
     // fall (3) x interval (200 ms) + debounce (300 ms), and a read.
     drop(sink_b);
@@ -174,7 +181,7 @@ fn weighted_records_follow_health_and_leave_others_alone() {
         &zone,
         json!({"Changes": [{"Action": "DELETE", "ResourceRecordSet": {
             "Name": NAME, "Type": "A", "SetIdentifier": "gale/a", "Weight": 3,
-            "TTL": 30, "ResourceRecords": [{"Value": "127.0.0.21"}]}}]}),
+            "TTL": 60, "ResourceRecords": [{"Value": "127.0.0.21"}]}}]}),
     );
     let restored = wait_sets(read, &both, Duration::from_secs(5));
     eprintln!("a record deleted behind gale's back was restored {restored:?} later");
@@ -185,6 +192,12 @@ fn weighted_records_follow_health_and_leave_others_alone() {
     assert_eq!(dns["change"]["status"], "INSYNC", "{dns}");
     assert_eq!(dns["published"].as_array().map(Vec::len), Some(2), "{dns}");
     assert!(dns["last_error"].is_null(), "{dns}");
+    assert!(
+        dns["provider_held"][0]
+            .as_str()
+            .is_some_and(|h| h.contains("TTL is 60")),
+        "{dns}"
+    );
     assert!(applied() >= 4.0);
 }
 

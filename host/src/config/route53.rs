@@ -85,20 +85,29 @@ pub struct HealthCheck {
 }
 
 /// A planned set-id as gale writes it after the owner: letters, digits
-/// and `-_.:` kept, anything else `_`, at most 64 characters (Route 53
-/// takes 128 in all, and escapes what it does not like in its answers).
+/// and `-_.:` as they are, any other byte as `%XX` (so two names never
+/// meet); past 64 characters (Route 53 takes 128 in all), the first 47
+/// and a hash of the whole.
 pub fn set_id(planned: &str) -> String {
-    planned
-        .chars()
-        .take(64)
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.:".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
+    use std::fmt::Write;
+    let mut out = String::new();
+    for b in planned.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.:".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    if out.len() > 64 {
+        use sha2::Digest;
+        let hash = sha2::Sha256::digest(planned.as_bytes());
+        out.truncate(47);
+        out.push('~');
+        for b in &hash[..8] {
+            let _ = write!(out, "{b:02x}");
+        }
+    }
+    out
 }
 
 pub(super) fn validate(

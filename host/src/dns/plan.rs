@@ -480,7 +480,7 @@ async fn from_route53(
         let _ = writeln!(out, "  {}", weighted(w));
     }
     for other in &read.foreign {
-        let _ = writeln!(out, "  {other} (not gale's)");
+        let _ = writeln!(out, "  {} (not gale's)", other.describe());
     }
     let mut held = Vec::new();
     // The provider finds or creates this instance's health check before
@@ -499,7 +499,14 @@ async fn from_route53(
         ));
     }
     let sets = changes::wanted_sets(route53, wanted, health_check);
-    let plan = changes::plan(route53, &sets, &read.owned, &HashMap::new(), Instant::now());
+    let plan = changes::plan(
+        route53,
+        &sets,
+        &read.owned,
+        &read.foreign,
+        &HashMap::new(),
+        Instant::now(),
+    );
     held.extend(plan.held);
     Ok(Changes {
         changes: plan

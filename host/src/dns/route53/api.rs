@@ -51,8 +51,9 @@ pub struct Read {
     pub owned: Vec<Weighted>,
     /// The same, exactly as Route 53 returned them (what a DELETE sends).
     pub raw: Vec<ResourceRecordSet>,
-    /// Everybody else's A and AAAA sets under the name, described.
-    pub foreign: Vec<String>,
+    /// Everybody else's A and AAAA sets under the name, by their whole
+    /// set identifier ("-" for a set without one).
+    pub foreign: Vec<Weighted>,
 }
 
 pub struct Api {
@@ -150,27 +151,31 @@ impl Api {
             .map(|r| r.value().to_string())
             .collect();
         values.sort();
+        let ttl = set.ttl().unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32;
+        let weight = set.weight().unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32;
+        let health_check = set.health_check_id().map(str::to_string);
         let owned = set
             .set_identifier()
             .and_then(|id| self.config.owned(id))
-            .zip(set.weight());
-        let Some((set_id, weight)) = owned else {
-            read.foreign.push(format!(
-                "{} {} {}{}",
-                set.set_identifier().unwrap_or("(no set identifier)"),
-                set.r#type(),
-                values.join(","),
-                set.weight().map(|w| format!(" w{w}")).unwrap_or_default()
-            ));
+            .filter(|_| set.weight().is_some());
+        let Some(set_id) = owned else {
+            read.foreign.push(Weighted {
+                set_id: set.set_identifier().unwrap_or("-").to_string(),
+                rtype,
+                values,
+                ttl,
+                weight,
+                health_check,
+            });
             return;
         };
         read.owned.push(Weighted {
             set_id: set_id.to_string(),
             rtype,
             values,
-            ttl: set.ttl().unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32,
-            weight: weight.clamp(0, i64::from(u32::MAX)) as u32,
-            health_check: set.health_check_id().map(str::to_string),
+            ttl,
+            weight,
+            health_check,
         });
         read.raw.push(set.clone());
     }
@@ -381,7 +386,16 @@ where
                 "Throttling" | "PriorRequestNotComplete" | "ThrottlingException" => {
                     ApiError::Throttled(why)
                 }
-                "InvalidChangeBatch" => ApiError::Conflict(why),
+                // A DELETE of a set changed or removed since it was read:
+                // read again. Anything else about the batch (a record of
+                // another kind under the name) will not pass by retrying.
+                "InvalidChangeBatch"
+                    if ["not found", "do not match", "does not match"]
+                        .iter()
+                        .any(|w| message.to_ascii_lowercase().contains(w)) =>
+                {
+                    ApiError::Conflict(why)
+                }
                 _ if status >= 500 => ApiError::Unreachable(why),
                 _ => ApiError::Refused(why),
             }

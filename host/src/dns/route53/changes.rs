@@ -139,10 +139,12 @@ pub fn plan(
     config: &Route53Config,
     wanted: &[Weighted],
     owned: &[Weighted],
+    foreign: &[Weighted],
     down: &HashMap<String, Instant>,
     now: Instant,
 ) -> Plan {
     let mut plan = Plan::default();
+    let wanted = &group_ttl(&mut plan, wanted, foreign);
     if wanted.is_empty() {
         // Never publish an empty set (the guardrail upstream does not let
         // one through; this keeps the provider safe on its own).
@@ -195,6 +197,32 @@ pub fn plan(
         remove_failed_peers(&mut plan, peers, wanted, owned, down, now);
     }
     plan
+}
+
+/// Route 53 gives every weighted set of one name and type the TTL last
+/// written: a set gale writes with its own TTL would change the TTL of
+/// sets others own. So where others' sets are there, gale writes theirs.
+fn group_ttl(plan: &mut Plan, wanted: &[Weighted], foreign: &[Weighted]) -> Vec<Weighted> {
+    let mut wanted = wanted.to_vec();
+    for w in &mut wanted {
+        let Some(other) = foreign.iter().find(|f| f.rtype == w.rtype) else {
+            continue;
+        };
+        if other.ttl != w.ttl {
+            let note = format!(
+                "the {} group's TTL is {} (sets gale does not own have it): gale writes {}, not its ttl = {}",
+                rtype_name(w.rtype),
+                other.ttl,
+                other.ttl,
+                w.ttl
+            );
+            if !plan.held.contains(&note) {
+                plan.held.push(note);
+            }
+            w.ttl = other.ttl;
+        }
+    }
+    wanted
 }
 
 fn upsert_changed(plan: &mut Plan, wanted: &[Weighted], owned: &[Weighted]) {
@@ -314,6 +342,7 @@ mod tests {
             &config(None),
             &wanted,
             &owned,
+            &[],
             &HashMap::new(),
             Instant::now(),
         );
@@ -329,11 +358,19 @@ mod tests {
             &config(None),
             &owned,
             &owned,
+            &[],
             &HashMap::new(),
             Instant::now(),
         );
         assert!(same.changes.is_empty());
-        let empty = super::plan(&config(None), &[], &owned, &HashMap::new(), Instant::now());
+        let empty = super::plan(
+            &config(None),
+            &[],
+            &owned,
+            &[],
+            &HashMap::new(),
+            Instant::now(),
+        );
         assert!(empty.changes.is_empty(), "never an empty set");
     }
 
@@ -349,6 +386,7 @@ mod tests {
             &config(Some(rules("g4", false))),
             &wanted,
             &owned,
+            &[],
             &HashMap::new(),
             Instant::now(),
         );
@@ -367,13 +405,14 @@ mod tests {
         let mut down = HashMap::new();
         note_down(&mut down, &owned, &wanted);
         let start = down["g4"];
-        let early = plan(&config, &wanted, &owned, &down, start);
+        let early = plan(&config, &wanted, &owned, &[], &down, start);
         assert!(early.changes.is_empty());
         assert_eq!(early.wake, Some(start + Duration::from_secs(10)));
         let due = plan(
             &config,
             &wanted,
             &owned,
+            &[],
             &down,
             start + Duration::from_secs(10),
         );
@@ -383,6 +422,7 @@ mod tests {
             &config,
             &wanted[..1],
             &owned,
+            &[],
             &down,
             start + Duration::from_secs(60),
         );
@@ -398,16 +438,18 @@ mod tests {
             &config,
             std::slice::from_ref(&me),
             &owned,
+            &[],
             &HashMap::new(),
             Instant::now(),
         );
         assert!(cut_off.changes.is_empty(), "{cut_off:?}");
         let all = [owned[0].clone(), owned[1].clone(), me.clone()];
-        let back = plan(&config, &all, &owned, &HashMap::new(), Instant::now());
+        let back = plan(&config, &all, &owned, &[], &HashMap::new(), Instant::now());
         assert_eq!(back.changes, vec![Change::Upsert(me.clone())]);
         let first = plan(
             &config,
             std::slice::from_ref(&me),
+            &[],
             &[],
             &HashMap::new(),
             Instant::now(),
@@ -429,10 +471,41 @@ mod tests {
             &config,
             std::slice::from_ref(&me),
             &owned,
+            &[],
             &down,
             long_ago + Duration::from_secs(600),
         );
         assert_eq!(plan.changes, vec![Change::Upsert(me)]);
+    }
+
+    #[test]
+    fn gale_writes_the_ttl_of_the_weighted_group_others_share() {
+        let mut other = set("other", "192.0.2.77", 7);
+        other.ttl = 60;
+        let plan = plan(
+            &config(None),
+            &[set("a", "192.0.2.1", 1)],
+            &[],
+            &[other],
+            &HashMap::new(),
+            Instant::now(),
+        );
+        let mut a = set("a", "192.0.2.1", 1);
+        a.ttl = 60;
+        assert_eq!(plan.changes, vec![Change::Upsert(a)]);
+        assert!(plan.held[0].contains("TTL is 60"), "{:?}", plan.held);
+    }
+
+    #[test]
+    fn set_ids_of_different_names_never_meet() {
+        use crate::config::route53::set_id;
+        assert_eq!(set_id("mta-a.1"), "mta-a.1");
+        assert_ne!(set_id("mta a"), set_id("mta_a"));
+        assert_eq!(set_id("mta a"), "mta%20a");
+        assert_ne!(set_id("mta%20a"), set_id("mta a"));
+        let long = "x".repeat(100);
+        assert_eq!(set_id(&long).len(), 64);
+        assert_ne!(set_id(&long), set_id(&"x".repeat(101)));
     }
 
     #[test]

@@ -230,7 +230,14 @@ async fn sync(
     for race in 0.. {
         let read = api.read(throttles).await?;
         changes::note_down(down, &read.owned, &wanted);
-        let plan = changes::plan(config, &wanted, &read.owned, down, Instant::now());
+        let plan = changes::plan(
+            config,
+            &wanted,
+            &read.owned,
+            &read.foreign,
+            down,
+            Instant::now(),
+        );
         if plan.changes.is_empty() {
             return Ok(Synced {
                 owned: read.owned,
