@@ -16,8 +16,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use toml::Table;
-
 use support::conf::Conf;
 use support::named::{KEY_NAME, KEY_SECRET, Named, addresses, dig};
 use support::process::{Gale, curl, free_port, require};
@@ -315,32 +313,12 @@ fn an_update_made_while_the_server_is_down_lands_when_it_returns() {
     eprintln!("update landed {landed:?} after the server came back");
 }
 
-/// Instance `n` of three on 127.0.0.{2,3,4}:`port`, each probing the
-/// other two and publishing the healthy ones (itself included) to BIND.
+/// Instance `n` of three (`Conf::peer_instance`), each publishing the
+/// healthy ones (itself included) to BIND.
 fn instance(n: u8, port: u16, backend: SocketAddr, named: SocketAddr) -> String {
-    let members: Vec<Table> = (2..=4)
-        .filter(|o| *o != n)
-        .map(|other| {
-            Table::from_iter([
-                ("name".to_string(), format!("gale-{other}").into()),
-                (
-                    "address".to_string(),
-                    format!("127.0.0.{other}:{port}").into(),
-                ),
-            ])
-        })
-        .collect();
     let conf = Conf::new()
-        .smtp("smtp", "mta")
-        .set("listeners.smtp.address", format!("127.0.0.{n}:{port}"))
-        .backend("mta", "mta", backend)
-        .set("pools.mta.backends.mta.weight", 1)
-        .set("peers.address", format!("127.0.0.{n}"))
-        .set("peers.name", format!("gale-{n}"))
-        .set("peers.probe.kind", "tcp")
-        .set("peers.probe.interval", "200ms")
-        .set("peers.probe.timeout", "200ms")
-        .set("peers.members", members);
+        .peer_instance(n, port, backend)
+        .set("pools.mta.backends.mta.weight", 1);
     to_bind(publish(conf, "peers"), named, KEY_SECRET).to_string()
 }
 

@@ -257,31 +257,10 @@ fn throttled_changes_go_through_once() {
     }
 }
 
-/// Instance `n` of three on 127.0.0.{2,3,4}:`port` publishing
-/// `pool = "peers"`, each probing the others over TCP every 200 ms.
+/// Instance `n` of three (`Conf::peer_instance`) publishing
+/// `pool = "peers"` to `zone` at `endpoint`.
 fn instance(n: u8, port: u16, backend: SocketAddr, endpoint: &str, zone: &str) -> Conf {
-    let members: Vec<Table> = (2..=4)
-        .filter(|o| *o != n)
-        .map(|other| {
-            Table::from_iter([
-                ("name".to_string(), format!("gale-{other}").into()),
-                (
-                    "address".to_string(),
-                    format!("127.0.0.{other}:{port}").into(),
-                ),
-            ])
-        })
-        .collect();
-    let conf = Conf::new()
-        .smtp("smtp", "mta")
-        .set("listeners.smtp.address", format!("127.0.0.{n}:{port}"))
-        .backend("mta", "mta", backend)
-        .set("peers.address", format!("127.0.0.{n}"))
-        .set("peers.name", format!("gale-{n}"))
-        .set("peers.probe.kind", "tcp")
-        .set("peers.probe.interval", "200ms")
-        .set("peers.probe.timeout", "200ms")
-        .set("peers.members", members);
+    let conf = Conf::new().peer_instance(n, port, backend);
     to_route53(conf, "peers", endpoint, zone).set("dns.route53.peer_hold", "1s")
 }
 

@@ -52,6 +52,34 @@ impl Conf {
         self.set("admin.address", "127.0.0.1:0")
     }
 
+    /// Instance `n` (2, 3 or 4) of three gale instances on
+    /// 127.0.0.{2,3,4}: its SMTP listener `smtp` on `port` before pool
+    /// `mta` of `backend`, and `[peers]` naming the other two, probed over
+    /// TCP every 200 ms. Publishing `pool = "peers"` is the caller's.
+    pub fn peer_instance(self, n: u8, port: u16, backend: SocketAddr) -> Conf {
+        let members: Vec<Value> = (2..=4)
+            .filter(|other| *other != n)
+            .map(|other| {
+                Value::Table(Table::from_iter([
+                    ("name".to_string(), format!("gale-{other}").into()),
+                    (
+                        "address".to_string(),
+                        format!("127.0.0.{other}:{port}").into(),
+                    ),
+                ]))
+            })
+            .collect();
+        self.smtp("smtp", "mta")
+            .set("listeners.smtp.address", format!("127.0.0.{n}:{port}"))
+            .backend("mta", "mta", backend)
+            .set("peers.address", format!("127.0.0.{n}"))
+            .set("peers.name", format!("gale-{n}"))
+            .set("peers.probe.kind", "tcp")
+            .set("peers.probe.interval", "200ms")
+            .set("peers.probe.timeout", "200ms")
+            .set("peers.members", members)
+    }
+
     /// Pool `name`, empty if it is new.
     pub fn pool(mut self, name: &str) -> Conf {
         table(&mut self.root, &format!("pools.{name}"));

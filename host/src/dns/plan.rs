@@ -22,12 +22,12 @@ use std::fmt::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use hickory_proto::rr::{Name, RecordSet, RecordType as RrType};
+use hickory_proto::rr::{Name, RecordType as RrType};
 use serde::Deserialize;
 
 use super::rfc2136::{self, SyncError};
 use super::route53::api::Api;
-use super::route53::changes::{self, Change, Weighted, rtype_name};
+use super::route53::changes::{self, Change, rtype_name};
 use crate::config::dns::Rfc2136Config;
 use crate::config::route53::Route53Config;
 use crate::config::{DnsConfig, DnsProvider};
@@ -402,14 +402,7 @@ async fn from_rfc2136(
         };
         have_sets.push((rtype, have));
     }
-    let data = |s: &RecordSet| {
-        let mut v: Vec<String> = s
-            .records_without_rrsigs()
-            .map(|r| r.data.to_string())
-            .collect();
-        v.sort();
-        v
-    };
+    let data = rfc2136::addresses;
     let _ = writeln!(
         out,
         "provider has: (server {}, read signed with key {})",
@@ -477,7 +470,7 @@ async fn from_route53(
         let _ = writeln!(out, "  nothing");
     }
     for w in &read.owned {
-        let _ = writeln!(out, "  {}", weighted(w));
+        let _ = writeln!(out, "  {}", w.describe());
     }
     for other in &read.foreign {
         let _ = writeln!(out, "  {} (not gale's)", other.describe());
@@ -519,21 +512,4 @@ async fn from_route53(
             .collect(),
         held,
     })
-}
-
-/// A set gale owns, like a wanted record.
-fn weighted(w: &Weighted) -> String {
-    let check = w
-        .health_check
-        .as_deref()
-        .map(|h| format!(" check {h}"))
-        .unwrap_or_default();
-    format!(
-        "{} {} w{} ttl {} set {}{check}",
-        rtype_name(w.rtype),
-        w.values.join(","),
-        w.weight,
-        w.ttl,
-        w.set_id
-    )
 }

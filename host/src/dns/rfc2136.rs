@@ -306,13 +306,15 @@ pub(super) fn set(name: &Name, rtype: RecordType, wanted: &[DnsRecord]) -> Recor
 /// Same addresses and TTL (DNS carries no weights: every address is
 /// published once).
 pub(super) fn same(a: &RecordSet, b: &RecordSet) -> bool {
-    let data = |s: &RecordSet| {
-        let mut v: Vec<String> = s
-            .records_without_rrsigs()
-            .map(|r| r.data.to_string())
-            .collect();
-        v.sort();
-        v
-    };
-    data(a) == data(b) && (a.is_empty() || a.ttl() == b.ttl())
+    addresses(a) == addresses(b) && (a.is_empty() || a.ttl() == b.ttl())
+}
+
+/// A set's addresses, sorted.
+pub(super) fn addresses(set: &RecordSet) -> Vec<String> {
+    let mut v: Vec<String> = set
+        .records_without_rrsigs()
+        .map(|r| r.data.to_string())
+        .collect();
+    v.sort();
+    v
 }
