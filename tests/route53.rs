@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use toml::Table;
 
 use support::conf::Conf;
-use support::process::{Gale, SmtpSink, curl, free_port, require};
+use support::process::{Gale, SmtpSink, curl, free_port, swaks_from};
 use support::route53::{Moto, Route53Proxy, weighted};
 
 const NAME: &str = "mx.example.test.";
@@ -102,6 +102,20 @@ fn foreign(action: &str, weight: u64) -> Value {
             "ResourceRecords": [{"Value": "192.0.2.77"}],
         },
     }]})
+}
+
+/// Wait until `gale`'s `/status` shows `records` published (its first
+/// sync is done).
+fn wait_published(gale: &Gale, records: usize) {
+    let started = Instant::now();
+    loop {
+        let dns = status(gale)["dns"].clone();
+        if dns["published"].as_array().map(Vec::len) == Some(records) {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{dns}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn status(gale: &Gale) -> Value {
@@ -258,10 +272,11 @@ fn throttled_changes_go_through_once() {
 }
 
 /// Instance `n` of three (`Conf::peer_instance`) publishing
-/// `pool = "peers"` to `zone` at `endpoint`.
+/// `pool = "peers"` to `zone` at `endpoint`, a failed peer removed after
+/// 3 s.
 fn instance(n: u8, port: u16, backend: SocketAddr, endpoint: &str, zone: &str) -> Conf {
-    let conf = Conf::new().peer_instance(n, port, backend);
-    to_route53(conf, "peers", endpoint, zone).set("dns.route53.peer_hold", "1s")
+    let conf = Conf::new().peer_instance(n, port, backend).admin();
+    to_route53(conf, "peers", endpoint, zone).set("dns.route53.peer_hold", "3s")
 }
 
 #[test]
@@ -290,27 +305,41 @@ fn three_instances_write_their_own_records_and_remove_a_dead_one_after_its_hold(
 
     four.child.kill().unwrap();
     four.child.wait().unwrap();
-    // fall (3) x interval (200 ms) + debounce (300 ms) + peer_hold (1 s),
-    // and a read.
-    let gone = wait_sets(read, &all[..2], Duration::from_secs(6));
+    let killed = Instant::now();
+    // Out of the others' plans after fall (3) x interval (200 ms) +
+    // debounce (300 ms); its record stays for peer_hold (3 s) more.
+    let at = |d: u64| killed + Duration::from_millis(d);
+    std::thread::sleep(at(2500).saturating_duration_since(Instant::now()));
+    assert_eq!(read(), all, "removed before its hold ran out");
+    wait_sets(read, &all[..2], Duration::from_secs(5));
+    let gone = killed.elapsed();
     eprintln!("a dead instance's record left Route 53 {gone:?} after it was killed");
     let four = start(config(4));
     let back = wait_sets(read, &all, Duration::from_secs(10));
     eprintln!("and came back {back:?} after it restarted");
 
-    // All restart at once: no record is removed (nobody sees a majority
-    // before its peers' probes pass, and no hold runs out), and none is
-    // written (each finds its own as it would write it).
+    // All restart at once: no record is removed (no hold runs out before
+    // the peers' probes pass), and none is written (each finds its own as
+    // it would write it).
     let (before, _) = proxy.counts();
     drop((two, three, four));
-    let restarted = [start(config(2)), start(config(3)), start(config(4))];
+    let restarted: Vec<Gale> = std::thread::scope(|s| {
+        let starting: Vec<_> = (2..=4).map(|n| s.spawn(move || start(config(n)))).collect();
+        starting.into_iter().map(|t| t.join().unwrap()).collect()
+    });
     for gale in &restarted {
-        gale.wait_log("route53", Duration::from_secs(5));
+        wait_published(gale, 3);
     }
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(4));
     assert_eq!(read(), all, "after all restarted");
-    assert_eq!(proxy.counts().0, before, "change calls after the restart");
-    let [_two, _three, four] = restarted;
+    assert_eq!(
+        proxy.counts().0,
+        before,
+        "change calls after the restart: {:?}",
+        proxy.changes()
+    );
+    let mut restarted = restarted.into_iter();
+    let (_two, _three, four) = (restarted.next(), restarted.next(), restarted.next());
 
     // A network split: instance 4 runs on, but neither side reaches the
     // other (it listens on another port, and looks for its peers on
@@ -329,7 +358,7 @@ fn three_instances_write_their_own_records_and_remove_a_dead_one_after_its_hold(
             ])
         })
         .into();
-    let _split = start(
+    let split = start(
         config(4)
             .set(
                 "listeners.smtp.address",
@@ -337,12 +366,22 @@ fn three_instances_write_their_own_records_and_remove_a_dead_one_after_its_hold(
             )
             .set("peers.members", unreachable),
     );
-    wait_sets(read, &all[..2], Duration::from_secs(6));
-    std::thread::sleep(Duration::from_secs(2));
+    wait_sets(read, &all[..2], Duration::from_secs(8));
     let (before, _) = proxy.counts();
     std::thread::sleep(Duration::from_secs(4));
-    assert_eq!(proxy.counts().0, before, "change calls after the split");
+    assert_eq!(
+        proxy.counts().0,
+        before,
+        "change calls after the split: {:?}",
+        proxy.changes()
+    );
     assert_eq!(read(), all[..2], "the split instance changed the zone");
+    let held = status(&split)["dns"]["provider_held"].clone();
+    assert!(
+        held.to_string()
+            .contains("it sees 1 of 3 instances, not a majority"),
+        "{held}"
+    );
 }
 
 #[test]
@@ -399,8 +438,12 @@ fn with_health_checks_each_instance_keeps_its_own_record() {
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(read(), all);
     // A restart finds its check again instead of making another.
-    let _four = start(config(4));
-    std::thread::sleep(Duration::from_secs(2));
+    let four = start(config(4));
+    four.wait_log(
+        "route53 health check of this instance",
+        Duration::from_secs(5),
+    );
+    wait_published(&four, 3);
     assert_eq!(read(), all);
     assert_eq!(moto.health_checks().len(), 3);
 }
@@ -462,14 +505,6 @@ fn a_wrong_zone_or_refused_credentials_are_errors_and_mail_still_flows() {
 
 /// A message through gale's `smtp` listener is accepted.
 fn swaks(gale: &Gale) {
-    let out = std::process::Command::new(require("swaks"))
-        .args(["--server", &gale.address("smtp").to_string()])
-        .args(["--from", "a@client.test", "--to", "b@example.test"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let (ok, transcript) = swaks_from("127.0.0.1", gale.address("smtp"), "b@example.test");
+    assert!(ok, "{transcript}");
 }

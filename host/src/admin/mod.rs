@@ -216,7 +216,7 @@ async fn route(admin: &Admin, token: Option<&AdminToken>, req: Request<Incoming>
     if req.uri().path() == "/health" {
         return match *req.method() {
             Method::GET | Method::HEAD => text(StatusCode::OK, "ok\n"),
-            _ => not_allowed("GET"),
+            _ => not_allowed("GET, HEAD"),
         };
     }
     let token = token.map(AdminToken::expose);

@@ -199,6 +199,16 @@ pub(super) fn validate(
                 ));
             };
             let publishes_peers = peers.is_some_and(|p| p.pool == pool);
+            if let Some(me) = peers.filter(|p| publishes_peers && !p.named) {
+                return Err(errors.spanned(
+                    &section.pool,
+                    "peers.name",
+                    format!(
+                        "with provider \"route53\" each instance writes the record named after it: set [peers] name (the default {:?} would be every instance's)",
+                        me.name
+                    ),
+                ));
+            }
             Provider::Route53(Box::new(super::route53::validate(
                 errors,
                 r,
@@ -389,8 +399,10 @@ pub struct PeersConfig {
     /// Index into `Config::pools` of the pool `peers` (the other
     /// instances, probed like backends).
     pub pool: usize,
-    /// How many instances publish the name, this one included.
-    pub instances: usize,
+    /// The other instances' names.
+    pub members: Vec<String>,
+    /// `name` was set (not the default).
+    pub named: bool,
 }
 
 /// The name of the pool `[peers]` becomes.
@@ -483,8 +495,23 @@ fn peers(
         address,
         weight: section.weight.unwrap_or(DEFAULT_PEER_WEIGHT),
         pool,
-        instances: pool_config.backends.len() + 1,
+        members: pool_config
+            .backends
+            .iter()
+            .map(|b| b.name.clone())
+            .collect(),
+        named: section.name.is_some(),
     };
+    if me.members.contains(&me.name) {
+        return Err(errors.spanned(
+            &section.address,
+            "peers.name",
+            format!(
+                "this instance is named {:?}, like one of its members: each instance needs its own name",
+                me.name
+            ),
+        ));
+    }
     Ok((me, pool_config))
 }
 

@@ -117,7 +117,7 @@ pub struct Route53Section {
     /// `owner`: gale's records are those whose set identifier starts with
     /// "OWNER/" (default "gale").
     pub owner: Option<Spanned<String>>,
-    /// `timeout`: for one API call.
+    /// `timeout`: for one attempt of one API call.
     pub timeout: Option<Spanned<String>>,
     /// `reconcile`: how often the zone is read back and corrected.
     pub reconcile: Option<Spanned<String>>,

@@ -13,8 +13,8 @@ use toml::Spanned;
 
 /// `owner` unless set.
 pub const DEFAULT_OWNER: &str = "gale";
-/// `timeout` unless set: one API call, retries of a throttled one
-/// included.
+/// `timeout` unless set: one attempt of one API call (a throttled call
+/// is tried up to 6 times; a whole sync is cut at 4 × `timeout`).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// `reconcile` unless set: reads are cheap, but Route 53 allows five
 /// requests a second per account, shared by every instance.
@@ -65,6 +65,8 @@ impl Route53Config {
 pub struct PeerRules {
     /// This instance's name: its own record's set-id.
     pub me: String,
+    /// The other instances' names (as set-ids).
+    pub peers: Vec<String>,
     /// How many instances there are, this one included.
     pub instances: usize,
     /// With a health check, no instance removes another's record.
@@ -163,7 +165,8 @@ pub(super) fn validate(
     let peers = match (publishes_peers, peers) {
         (true, Some(me)) => Some(PeerRules {
             me: set_id(&me.name),
-            instances: me.instances,
+            peers: me.members.iter().map(|m| set_id(m)).collect(),
+            instances: me.members.len() + 1,
             health_check: match &section.health_check {
                 Some(h) => Some(health_check(errors, h, me.address)?),
                 None => None,

@@ -141,6 +141,18 @@ impl DnsState {
     }
 }
 
+/// Count one `gale_dns_updates_total{provider, result}`.
+pub(crate) fn count_update(generation: &Generation, provider: &str, result: &str) {
+    generation
+        .metrics
+        .dns_updates
+        .get_or_create(&crate::metrics::DnsLabels {
+            provider: provider.to_string(),
+            result: result.to_string(),
+        })
+        .inc();
+}
+
 /// What a self-check asks a DNS plugin: two members, one healthy.
 pub fn sample_snapshot(config: &DnsConfig) -> DnsSnapshot {
     let member = |name: &str, address: &str, healthy| Member {
@@ -310,14 +322,7 @@ pub async fn run(
         window.1 += diff;
         changed = None;
         if let crate::config::DnsProvider::Embedded { .. } = config.provider {
-            generation
-                .metrics
-                .dns_updates
-                .get_or_create(&crate::metrics::DnsLabels {
-                    provider: "embedded".to_string(),
-                    result: "applied".to_string(),
-                })
-                .inc();
+            count_update(&generation, "embedded", "applied");
         }
         apply(&state, config, wanted, &published);
     }

@@ -17,7 +17,6 @@
 //! UPDATE, no ChangeResourceRecordSets, no CreateHealthCheck) or the
 //! running gale (one GET `/status`).
 
-use std::collections::HashMap;
 use std::fmt::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -27,7 +26,7 @@ use serde::Deserialize;
 
 use super::rfc2136::{self, SyncError};
 use super::route53::api::Api;
-use super::route53::changes::{self, Change, rtype_name};
+use super::route53::changes::{self, Change, PeerView, rtype_name};
 use crate::config::dns::Rfc2136Config;
 use crate::config::route53::Route53Config;
 use crate::config::{DnsConfig, DnsProvider};
@@ -497,7 +496,12 @@ async fn from_route53(
         &sets,
         &read.owned,
         &read.foreign,
-        &HashMap::new(),
+        &PeerView {
+            // The members the running gale reports healthy stand in for
+            // those whose last probe passed.
+            probed: sets.iter().map(|w| w.set_id.clone()).collect(),
+            ..PeerView::default()
+        },
         Instant::now(),
     );
     held.extend(plan.held);

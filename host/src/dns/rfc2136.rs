@@ -96,16 +96,7 @@ pub async fn run(
             wait = None;
             continue;
         }
-        let count = |result: &str| {
-            generation
-                .metrics
-                .dns_updates
-                .get_or_create(&crate::metrics::DnsLabels {
-                    provider: "rfc2136".to_string(),
-                    result: result.to_string(),
-                })
-                .inc();
-        };
+        let count = |result: &str| super::count_update(&generation, "rfc2136", result);
         match tokio::time::timeout(server.timeout * 4, sync(config, server, &wanted)).await {
             Ok(Ok(changed)) => {
                 if changed {

@@ -345,6 +345,18 @@ impl Pool {
         self.backends[id].healthy.load(Ordering::Acquire)
     }
 
+    /// Whether backend `id`'s last probe passed: not merely "not failed
+    /// yet", as a backend that was never probed counts as healthy.
+    pub fn last_probe_passed(&self, id: usize) -> bool {
+        self.backends[id]
+            .history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .probes
+            .back()
+            .is_some_and(|(r, _)| r.ok)
+    }
+
     /// Backend `id` took a session or request.
     pub fn count_session(&self, id: usize) {
         self.backends[id].sessions.inc();

@@ -23,6 +23,11 @@ use super::changes::{Change, Weighted};
 use crate::config::route53::{HealthCheck, Route53Config};
 use crate::plugin::types::RecordType;
 
+/// Pages of one name's sets read at most (Route 53 gives up to 300 sets
+/// a page): a name with more, or an endpoint that pages forever, is an
+/// error, not memory spent.
+const MAX_PAGES: usize = 10;
+
 /// Tries of one throttled call, and the first wait between them.
 const THROTTLE_TRIES: u32 = 6;
 const THROTTLE_FIRST_WAIT: Duration = Duration::from_millis(200);
@@ -42,6 +47,16 @@ pub enum ApiError {
     /// no longer matches), or the batch is not valid there.
     #[error("{0}")]
     Conflict(String),
+}
+
+impl ApiError {
+    /// Its `result` in `gale_dns_updates_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ApiError::Refused(_) => "refused",
+            ApiError::Throttled(_) | ApiError::Unreachable(_) | ApiError::Conflict(_) => "failed",
+        }
+    }
 }
 
 /// The name's sets in the zone, as read.
@@ -105,7 +120,15 @@ impl Api {
         let mut read = Read::default();
         let mut start: Option<(String, RrType, Option<String>)> =
             Some((self.name.clone(), RrType::A, None));
+        let mut pages = 0;
         while let Some((name, rtype, identifier)) = start.take() {
+            pages += 1;
+            if pages > MAX_PAGES {
+                return Err(ApiError::Refused(format!(
+                    "{} has more than {MAX_PAGES} pages of record sets",
+                    self.name
+                )));
+            }
             let page = throttled(throttles, || {
                 self.client
                     .list_resource_record_sets()
@@ -126,14 +149,20 @@ impl Api {
             }
             if page.is_truncated()
                 && !past
-                && let (Some(name), Some(rtype)) =
+                && let (Some(next), Some(next_type)) =
                     (page.next_record_name(), page.next_record_type())
             {
-                start = Some((
-                    name.to_string(),
-                    rtype.clone(),
+                let next = (
+                    next.to_string(),
+                    next_type.clone(),
                     page.next_record_identifier().map(str::to_string),
-                ));
+                );
+                if next == (name, rtype, identifier) {
+                    return Err(ApiError::Refused(
+                        "the endpoint pages back to where it started".into(),
+                    ));
+                }
+                start = Some(next);
             }
         }
         Ok(read)
@@ -377,8 +406,10 @@ where
             let status = service.raw().status().as_u16();
             let code = service.err().code().unwrap_or("");
             let message = service.err().message().unwrap_or("");
-            let why = if code.is_empty() {
+            let why = if code.is_empty() && status == 403 {
                 format!("HTTP {status} from Route 53 (no error code: check the credentials)")
+            } else if code.is_empty() {
+                format!("HTTP {status} from Route 53 (no error code: check endpoint_url)")
             } else {
                 format!("{code}: {message} (HTTP {status})")
             };

@@ -16,7 +16,6 @@
 pub mod api;
 pub mod changes;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -24,7 +23,7 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
 use self::api::{Api, ApiError, Read};
-use self::changes::{Change, Weighted};
+use self::changes::{Change, PeerView, Weighted};
 use super::DnsState;
 use crate::config::DnsProvider;
 use crate::config::route53::Route53Config;
@@ -35,8 +34,12 @@ use crate::plugin::types::DnsRecord;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Reads and retries when the zone keeps changing under gale.
 const MAX_RACES: usize = 3;
-/// How often a PENDING change's status is asked.
+/// A PENDING change's status is asked after this, then twice as long
+/// each time, up to `MAX_STATUS_POLL` (a change takes about a minute;
+/// every instance of a fleet shares the account's five requests a
+/// second).
 const STATUS_POLL: Duration = Duration::from_secs(2);
+const MAX_STATUS_POLL: Duration = Duration::from_secs(30);
 /// After this a change still PENDING is left to the next sync.
 const STATUS_GIVE_UP: Duration = Duration::from_secs(300);
 
@@ -44,10 +47,28 @@ const STATUS_GIVE_UP: Duration = Duration::from_secs(300);
 struct Synced {
     /// gale's sets in the zone now.
     owned: Vec<Weighted>,
-    /// The change sent, if one was.
+    /// The change sent, if one was: its id and status.
     change: Option<(String, String)>,
     held: Vec<String>,
     wake: Option<Instant>,
+}
+
+/// A change still PENDING: when it was sent, when to ask next, and the
+/// wait after that.
+struct Pending {
+    id: String,
+    sent: Instant,
+    next: Instant,
+    wait: Duration,
+}
+
+/// The client for the config it was made for.
+struct Client {
+    config: Route53Config,
+    name: String,
+    api: Api,
+    /// This instance's health check, once found or made.
+    health_check: Option<String>,
 }
 
 /// Keep the zone's weighted sets as wanted until shutdown.
@@ -56,15 +77,13 @@ pub async fn run(
     state: Arc<DnsState>,
     shutdown: CancellationToken,
 ) {
-    let mut api: Option<(Route53Config, String, Api)> = None;
-    let mut health_check: Option<String> = None;
-    let mut down: HashMap<String, Instant> = HashMap::new();
+    let mut client: Option<Client> = None;
+    let mut view = PeerView::default();
     let mut backoff = Duration::from_millis(500);
     let mut next_sync: Option<Instant> = None;
-    // A change still PENDING, and when to ask its status next.
-    let mut pending: Option<(String, Instant, Instant)> = None;
+    let mut pending: Option<Pending> = None;
     loop {
-        let wake = [next_sync, pending.as_ref().map(|p| p.2)]
+        let wake = [next_sync, pending.as_ref().map(|p| p.next)]
             .into_iter()
             .flatten()
             .min();
@@ -94,49 +113,54 @@ pub async fn run(
             continue;
         };
         let config: &Route53Config = config;
-        if api
+        if client
             .as_ref()
-            .is_none_or(|(c, name, _)| c != config || name != &dns.name)
+            .is_none_or(|c| &c.config != config || c.name != dns.name)
         {
-            api = Some((
-                config.clone(),
-                dns.name.clone(),
-                Api::new(config, &dns.name).await,
-            ));
-            health_check = None;
+            // Loading the credential chain may ask the network (instance
+            // metadata): bounded like a call, and abandoned at shutdown.
+            let made = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                made = tokio::time::timeout(config.timeout, Api::new(config, &dns.name)) => made,
+            };
+            let Ok(api) = made else {
+                let why = format!("route53: no SDK config within {:?}", config.timeout);
+                tracing::warn!("dns update failed: {why}");
+                state.failed(why);
+                next_sync = Some(Instant::now() + backoff);
+                continue;
+            };
+            client = Some(Client {
+                config: config.clone(),
+                name: dns.name.clone(),
+                api,
+                health_check: None,
+            });
         }
-        let (_, _, client) = api.as_ref().expect("set above");
-        let count = |result: &str| {
-            generation
-                .metrics
-                .dns_updates
-                .get_or_create(&crate::metrics::DnsLabels {
-                    provider: "route53".to_string(),
-                    result: result.to_string(),
-                })
-                .inc();
-        };
+        let client = client.as_mut().expect("set above");
+        let count = |result: &str| super::count_update(&generation, "route53", result);
         let throttles = || count("throttled");
-        if let Some((id, since, next)) = &mut pending
-            && Instant::now() >= *next
+        if let Some(p) = &mut pending
+            && Instant::now() >= p.next
         {
-            match tokio::time::timeout(config.timeout * 2, client.status(id, &throttles)).await {
+            let asked = tokio::time::timeout(config.timeout, client.api.status(&p.id, &throttles));
+            let status = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                status = asked => status,
+            };
+            match status {
                 Ok(Ok(status)) => {
-                    state.change_status(id, &status);
-                    if status == "INSYNC" || since.elapsed() > STATUS_GIVE_UP {
+                    state.change_status(&p.id, &status);
+                    if status == "INSYNC" || p.sent.elapsed() > STATUS_GIVE_UP {
                         pending = None;
-                    } else {
-                        *next = Instant::now() + STATUS_POLL;
                     }
                 }
-                Ok(Err(e)) => {
-                    tracing::debug!("route53 change {id}: no status: {e}");
-                    *next = Instant::now() + STATUS_POLL;
-                }
-                Err(_) => {
-                    tracing::debug!("route53 change {id}: no status in time");
-                    *next = Instant::now() + STATUS_POLL;
-                }
+                Ok(Err(e)) => tracing::debug!("route53 change {}: no status: {e}", p.id),
+                Err(_) => tracing::debug!("route53 change {}: no status in time", p.id),
+            }
+            if let Some(p) = &mut pending {
+                p.wait = (p.wait * 2).min(MAX_STATUS_POLL);
+                p.next = Instant::now() + p.wait;
             }
         }
         if !woken && next_sync.is_none_or(|s| Instant::now() < s) {
@@ -148,94 +172,101 @@ pub async fn run(
             next_sync = None;
             continue;
         }
-        let round = sync(
-            config,
-            client,
-            &mut health_check,
-            &mut down,
-            &wanted,
-            &throttles,
+        if let Some(peers) = &generation.config.peers {
+            view.probed = probed(&generation, peers.pool);
+        }
+        // Dropped at shutdown: the next start reads before it writes.
+        let round = tokio::time::timeout(
+            config.timeout * 4,
+            sync(client, &mut view, &wanted, &throttles),
         );
-        match tokio::time::timeout(config.timeout * 4, round).await {
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            result = round => result,
+        };
+        let failure = match result {
             Ok(Ok(synced)) => {
                 if let Some((id, status)) = &synced.change {
                     count("applied");
                     state.change_status(id, status);
-                    pending = (status != "INSYNC")
-                        .then(|| (id.clone(), Instant::now(), Instant::now() + STATUS_POLL));
+                    pending = (status != "INSYNC").then(|| Pending {
+                        id: id.clone(),
+                        sent: Instant::now(),
+                        next: Instant::now() + STATUS_POLL,
+                        wait: STATUS_POLL,
+                    });
                 }
                 state.set_provider_held(synced.held);
                 state.set_published(Arc::new(records(&synced.owned, &dns.name)));
                 backoff = Duration::from_millis(500);
                 let reconcile = Instant::now() + config.reconcile;
                 next_sync = Some(synced.wake.map_or(reconcile, |w| w.min(reconcile)));
+                continue;
             }
-            Ok(Err(e)) => {
-                // The check may be gone (deleted by hand): find or make
-                // it again on the next try.
-                health_check = None;
-                let (result, retry) = match &e {
-                    ApiError::Refused(_) => ("refused", config.reconcile.min(MAX_BACKOFF)),
-                    ApiError::Throttled(_) => ("failed", backoff),
-                    ApiError::Unreachable(_) | ApiError::Conflict(_) => ("failed", backoff),
-                };
-                count(result);
-                let why = format!("route53 zone {}: {e}", config.hosted_zone_id);
-                if result == "refused" {
-                    tracing::error!(retry_in = ?retry, "dns update refused: {why}");
-                } else {
-                    tracing::warn!(retry_in = ?retry, "dns update failed: {why}");
-                }
-                state.failed(why);
-                next_sync = Some(Instant::now() + retry);
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-            Err(_) => {
-                count("failed");
-                let why = format!(
-                    "route53 zone {}: no answer within {:?}",
-                    config.hosted_zone_id,
-                    config.timeout * 4
-                );
-                tracing::warn!(retry_in = ?backoff, "dns update failed: {why}");
-                state.failed(why);
-                next_sync = Some(Instant::now() + backoff);
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
+            Ok(Err(e)) => e,
+            Err(_) => ApiError::Unreachable(format!("no answer within {:?}", config.timeout * 4)),
+        };
+        // The check may be gone (deleted by hand): find or make it again
+        // on the next try.
+        client.health_check = None;
+        let retry = match failure {
+            ApiError::Refused(_) => config.reconcile.min(MAX_BACKOFF),
+            _ => backoff,
+        };
+        count(failure.label());
+        let why = format!("route53 zone {}: {failure}", config.hosted_zone_id);
+        if let ApiError::Refused(_) = failure {
+            tracing::error!(retry_in = ?retry, "dns update refused: {why}");
+        } else {
+            tracing::warn!(retry_in = ?retry, "dns update failed: {why}");
         }
+        state.failed(why);
+        next_sync = Some(Instant::now() + retry);
+        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// The peers whose last probe passed, as set-ids.
+fn probed(generation: &Generation, pool: usize) -> Vec<String> {
+    let pool = &generation.pools[pool];
+    (0..pool.len())
+        .filter(|&id| pool.last_probe_passed(id))
+        .map(|id| crate::config::route53::set_id(&pool.backend(id).name))
+        .collect()
 }
 
 /// Read the zone, plan, send the changes; again if the zone changed in
 /// between.
 async fn sync(
-    config: &Route53Config,
-    api: &Api,
-    health_check: &mut Option<String>,
-    down: &mut HashMap<String, Instant>,
+    client: &mut Client,
+    view: &mut PeerView,
     wanted: &[DnsRecord],
     throttles: &(dyn Fn() + Sync),
 ) -> Result<Synced, ApiError> {
-    if let Some(check) = config.peers.as_ref().and_then(|p| {
-        p.health_check
-            .as_ref()
-            .map(|c| (p.me.as_str(), c))
-            .filter(|_| health_check.is_none())
-    }) {
-        let id = api.health_check(check.0, check.1, throttles).await?;
+    let config = &client.config;
+    let check = config
+        .peers
+        .as_ref()
+        .and_then(|p| Some((p, p.health_check.as_ref()?)));
+    if let Some((peers, check)) = check
+        && client.health_check.is_none()
+    {
+        let id = client.api.health_check(&peers.me, check, throttles).await?;
         tracing::info!(health_check = %id, "route53 health check of this instance");
-        *health_check = Some(id);
+        client.health_check = Some(id);
     }
-    let wanted = changes::wanted_sets(config, wanted, health_check.as_deref());
+    let wanted = changes::wanted_sets(config, wanted, client.health_check.as_deref());
     for race in 0.. {
-        let read = api.read(throttles).await?;
-        changes::note_down(down, &read.owned, &wanted);
+        let read = client.api.read(throttles).await?;
+        if let Some(peers) = &config.peers {
+            view.note(&peers.me, peers.hold, &read.owned, &wanted);
+        }
         let plan = changes::plan(
             config,
             &wanted,
             &read.owned,
             &read.foreign,
-            down,
+            view,
             Instant::now(),
         );
         if plan.changes.is_empty() {
@@ -246,9 +277,19 @@ async fn sync(
                 wake: plan.wake,
             });
         }
-        match api.submit(&plan.changes, &read, throttles).await {
+        match client.api.submit(&plan.changes, &read, throttles).await {
             Ok(change) => {
                 log(&plan.changes, &read, &change.0);
+                if let Some(peers) = &config.peers {
+                    let own_missing = !read.owned.iter().any(|o| o.set_id == peers.me);
+                    let writes_own = plan
+                        .changes
+                        .iter()
+                        .any(|c| matches!(c, Change::Upsert(w) if w.set_id == peers.me));
+                    if own_missing && writes_own {
+                        view.written_back = Some(Instant::now());
+                    }
+                }
                 return Ok(Synced {
                     owned: after(&read, &plan.changes),
                     change: Some(change),
