@@ -4,7 +4,8 @@
 //! stays untouched, and one deleted behind gale's back is restored; three instances with `[peers]` each write their own
 //! record, remove a dead one only after its hold, and leave the zone
 //! alone while all are up; with health checks nobody removes anybody;
-//! throttled change calls go through once; a wrong zone or refused
+//! throttled change calls go through once, and a batch refused as stale
+//! is read again and sent once; a wrong zone or refused
 //! credentials are a clear error while mail still flows.
 
 mod support;
@@ -269,6 +270,39 @@ fn throttled_changes_go_through_once() {
                 "TTL": 30, "ResourceRecords": [{"Value": "127.0.0.23"}]}}]}),
         );
     }
+}
+
+#[test]
+fn a_batch_refused_as_stale_is_read_again_and_sent_once() {
+    let moto = Moto::start();
+    let zone = moto.create_zone("example.test");
+    // The first change is answered as Route 53 answers a DELETE of a set
+    // changed since it was read.
+    let proxy = Route53Proxy::start(&moto.endpoint(), 1, "InvalidChangeBatch");
+    let port = free_port();
+    let a: SocketAddr = format!("127.0.0.25:{port}").parse().unwrap();
+    let _sink = SmtpSink::start_at(a);
+    let gale = start(to_route53(
+        pool(&[("a", a, 1)]),
+        "mta",
+        &proxy.endpoint(),
+        &zone,
+    ));
+    wait_sets(
+        || weighted(&moto.records(&zone), NAME),
+        &[set("gale/a", "127.0.0.25", 1)],
+        Duration::from_secs(10),
+    );
+    gale.wait_log("reading the zone again", Duration::from_secs(1));
+    assert_eq!(proxy.counts(), (1, 1));
+    assert_eq!(
+        metric(
+            &gale,
+            "gale_dns_updates_total{provider=\"route53\",result=\"failed\"}"
+        ),
+        0.0,
+        "a race is not a failure"
+    );
 }
 
 /// Instance `n` of three (`Conf::peer_instance`) publishing

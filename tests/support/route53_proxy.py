@@ -55,6 +55,9 @@ ERROR_BODY = (
 MESSAGES = {
     "Throttling": "Rate exceeded",
     "PriorRequestNotComplete": "The request was rejected because Route 53 was still processing a prior request.",
+    # What Route 53 says to a DELETE of a set changed or removed since it
+    # was read.
+    "InvalidChangeBatch": "[Tried to delete resource record set [name='mx.example.test.', type='A', set-identifier='gale/a'] but it was not found]",
 }
 PENDING_BODY = (
     '<?xml version="1.0"?>'
@@ -216,7 +219,7 @@ def main():
     parser.add_argument(
         "--throttle-code",
         default="Throttling",
-        choices=["Throttling", "PriorRequestNotComplete"],
+        choices=["Throttling", "PriorRequestNotComplete", "InvalidChangeBatch"],
     )
     parser.add_argument("--pending", type=int, default=0)
     args = parser.parse_args()
