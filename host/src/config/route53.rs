@@ -25,6 +25,11 @@ pub const DEFAULT_PEER_HOLD: Duration = Duration::from_secs(30);
 pub const DEFAULT_HEALTH_PATH: &str = "/health";
 /// `health_check.failure_threshold` unless set (Route 53's own default).
 pub const DEFAULT_FAILURE_THRESHOLD: u8 = 3;
+/// The longest `timeout`, `reconcile` and `peer_hold` (a hold doubled
+/// 32 times stays far from any overflow).
+const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+const MAX_PERIOD: Duration = Duration::from_secs(3600);
+
 /// Route 53 takes weights up to this.
 pub const MAX_WEIGHT: u32 = 255;
 /// A set identifier is at most 128 characters: the owner leaves room for
@@ -171,11 +176,12 @@ pub(super) fn validate(
                 Some(h) => Some(health_check(errors, h, me.address)?),
                 None => None,
             },
-            hold: parse_duration(
+            hold: bounded(
                 errors,
                 section.peer_hold.as_ref(),
                 "dns.route53.peer_hold",
                 DEFAULT_PEER_HOLD,
+                MAX_PERIOD,
             )?,
         }),
         _ => {
@@ -194,20 +200,40 @@ pub(super) fn validate(
         region: section.region.as_ref().map(|r| r.get_ref().clone()),
         endpoint_url,
         owner,
-        timeout: parse_duration(
+        timeout: bounded(
             errors,
             section.timeout.as_ref(),
             "dns.route53.timeout",
             DEFAULT_TIMEOUT,
+            MAX_TIMEOUT,
         )?,
-        reconcile: parse_duration(
+        reconcile: bounded(
             errors,
             section.reconcile.as_ref(),
             "dns.route53.reconcile",
             DEFAULT_RECONCILE,
+            MAX_PERIOD,
         )?,
         peers,
     })
+}
+
+fn bounded(
+    errors: &Errors<'_>,
+    value: Option<&Spanned<String>>,
+    key: &str,
+    default: Duration,
+    max: Duration,
+) -> Result<Duration, ConfigError> {
+    let d = parse_duration(errors, value, key, default)?;
+    match value {
+        Some(v) if d > max => Err(errors.spanned(
+            v,
+            key,
+            format!("at most {}", humantime::format_duration(max)),
+        )),
+        _ => Ok(d),
+    }
 }
 
 fn health_check(

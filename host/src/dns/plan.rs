@@ -496,12 +496,9 @@ async fn from_route53(
         &sets,
         &read.owned,
         &read.foreign,
-        &PeerView {
-            // The members the running gale reports healthy stand in for
-            // those whose last probe passed.
-            probed: sets.iter().map(|w| w.set_id.clone()).collect(),
-            ..PeerView::default()
-        },
+        // The members the running gale reports healthy stand in for
+        // those whose last probe passed.
+        &PeerView::seeing(sets.iter().map(|w| w.set_id.clone()).collect()),
         Instant::now(),
     );
     held.extend(plan.held);
@@ -512,6 +509,7 @@ async fn from_route53(
             .map(|c| match c {
                 Change::Upsert(w) => format!("UPSERT {}", w.describe()),
                 Change::Delete(i) => format!("DELETE {}", read.owned[*i].describe()),
+                Change::Keep(i) => format!("KEEP {} (as read)", read.owned[*i].describe()),
             })
             .collect(),
         held,

@@ -177,7 +177,7 @@ impl Api {
         let mut values: Vec<String> = set
             .resource_records()
             .iter()
-            .map(|r| r.value().to_string())
+            .map(|r| super::changes::canonical(r.value()))
             .collect();
         values.sort();
         let ttl = set.ttl().unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32;
@@ -218,17 +218,20 @@ impl Api {
     ) -> Result<(String, String), ApiError> {
         let mut batch = ChangeBatch::builder().comment("gale");
         for change in changes {
-            let (action, set) = match change {
-                Change::Upsert(w) => (ChangeAction::Upsert, self.record_set(w)?),
-                Change::Delete(i) => (ChangeAction::Delete, read.raw[*i].clone()),
+            let sent = match change {
+                Change::Upsert(w) => vec![(ChangeAction::Upsert, self.record_set(w)?)],
+                Change::Delete(i) => vec![(ChangeAction::Delete, read.raw[*i].clone())],
+                Change::Keep(i) => vec![(ChangeAction::Upsert, read.raw[*i].clone())],
             };
-            batch = batch.changes(
-                SdkChange::builder()
-                    .action(action)
-                    .resource_record_set(set)
-                    .build()
-                    .map_err(|e| ApiError::Refused(e.to_string()))?,
-            );
+            for (action, set) in sent {
+                batch = batch.changes(
+                    SdkChange::builder()
+                        .action(action)
+                        .resource_record_set(set)
+                        .build()
+                        .map_err(|e| ApiError::Refused(e.to_string()))?,
+                );
+            }
         }
         let batch = batch
             .build()

@@ -6,21 +6,21 @@
 //! Among peers (`pool = "peers"`), each instance writes only its own
 //! record. Without health checks, an instance removes another's record
 //! only when all of these hold:
-//! - the other is a configured peer, and has failed its probes for
+//! - the other is a configured peer whose probes have failed for
 //!   `peer_hold` (a record that reappears starts a new hold);
 //! - this instance sees a strict majority of the instances (itself and
 //!   the peers whose last probe passed), so one split off from the rest
 //!   removes nobody;
+//! - its own record is in the same batch, as read or written back (so of
+//!   two instances removing each other at once, the later stays in);
 //! - a record of the fleet stays (this holds for every plan).
 //!
 //! An instance whose own record is missing writes it back only when it
 //! sees a majority and has seen every peer that still has a record pass a
-//! probe (or no record of the fleet is left). If others remove it again,
-//! the next write-back waits twice the hold, then four times, up to 32:
-//! instances that disagree about who is up (A and B cannot reach each
-//! other, C reaches both) settle instead of fighting. With health checks,
-//! each instance keeps its own record and Route 53's checkers decide;
-//! nobody removes anybody.
+//! probe, or when every record left is one it may remove. If others
+//! remove it again, the next write-back waits twice the hold, then four
+//! times, up to 32. With health checks, each instance keeps its own
+//! record and Route 53's checkers decide; nobody removes anybody.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -62,6 +62,15 @@ impl Weighted {
     }
 }
 
+/// An address as gale writes and compares it: Route 53 keeps the text a
+/// value was first written with (`2001:0db8::a`), so values read are
+/// compared in one form.
+pub fn canonical(value: &str) -> String {
+    value
+        .parse::<std::net::IpAddr>()
+        .map_or_else(|_| value.to_string(), |ip| ip.to_string())
+}
+
 pub fn rtype_name(rtype: RecordType) -> &'static str {
     match rtype {
         RecordType::A => "A",
@@ -76,6 +85,11 @@ pub enum Change {
     Upsert(Weighted),
     /// The owned record at this index, exactly as read.
     Delete(usize),
+    /// The owned record at this index written again exactly as read
+    /// (an UPSERT): a batch that removes others always leaves this
+    /// instance's own record in, so two instances removing each other at
+    /// once leave the later one in, never neither.
+    Keep(usize),
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -103,7 +117,7 @@ pub fn wanted_sets(
             .iter_mut()
             .find(|s| s.rtype == r.rtype && s.set_id == set_id)
         {
-            Some(set) => set.values.push(r.value.clone()),
+            Some(set) => set.values.push(canonical(&r.value)),
             None => sets.push(Weighted {
                 health_check: config
                     .peers
@@ -112,7 +126,7 @@ pub fn wanted_sets(
                     .and(health_check.map(str::to_string)),
                 set_id,
                 rtype: r.rtype,
-                values: vec![r.value.clone()],
+                values: vec![canonical(&r.value)],
                 ttl: r.ttl,
                 weight: r.weight.min(crate::config::route53::MAX_WEIGHT),
             }),
@@ -128,58 +142,130 @@ pub fn wanted_sets(
 /// What this instance knows of its peers, kept between syncs.
 #[derive(Debug, Default)]
 pub struct PeerView {
-    /// Peers whose record is in the zone but not wanted (they fail their
-    /// probes), and since when.
-    pub down: HashMap<String, Instant>,
+    /// Peers whose probes fail (their pool verdict is "down"): not those
+    /// merely drained or weighted 0 on this instance.
+    pub failing: Vec<String>,
     /// Peers whose last probe passed. Not the same as "healthy": a peer
     /// never probed yet counts as healthy, but has not been seen.
     pub probed: Vec<String>,
-    /// This instance's own record, written back by it: when, how many
-    /// times in a row others removed it again, and when it may next.
-    pub written_back: Option<Instant>,
-    pub undone: u32,
-    pub write_back_after: Option<Instant>,
+    /// Failing peers' records in the zone, since when.
+    down: HashMap<String, Instant>,
+    /// This instance's own record, written back by it: when; how many
+    /// times in a row others removed it again; when it may next.
+    written_back: Option<Instant>,
+    undone: u32,
+    write_back_after: Option<Instant>,
 }
 
+/// The longest a write-back waits after others undid it, in holds.
+const MAX_BACKOFF_HOLDS: u32 = 32;
+
 impl PeerView {
-    /// Update from a read of the zone: a peer's record not wanted starts
-    /// (or keeps) its hold, and one that is gone or wanted again forgets
-    /// it, so a record that comes back gets a whole hold again. An own
-    /// record written back and then removed by others backs off the next
-    /// write-back (twice the hold, four times, ... up to 32).
-    pub fn note(&mut self, me: &str, hold: Duration, owned: &[Weighted], wanted: &[Weighted]) {
-        let now = Instant::now();
-        let failing = |id: &str| {
-            id != me
-                && owned.iter().any(|o| o.set_id == id)
-                && !wanted.iter().any(|w| w.set_id == id)
-        };
-        self.down.retain(|id, _| failing(id));
-        for o in owned {
-            if failing(&o.set_id) {
-                self.down.entry(o.set_id.clone()).or_insert(now);
+    /// A view that has seen `probed` pass their probes, and nothing else
+    /// (what `gale dns plan` knows from a running gale).
+    pub fn seeing(probed: Vec<String>) -> Self {
+        PeerView {
+            probed,
+            ..PeerView::default()
+        }
+    }
+
+    /// Update from a read of the zone. A failing peer's record starts (or
+    /// keeps) its hold; one that is gone or healthy again forgets it, so a
+    /// record that comes back gets a whole hold. An own record written
+    /// back and then removed by others backs off the next write-back
+    /// (twice the hold, four times, ... up to 32); it counts as kept once
+    /// it has stayed for `settle` (a hold and a reconcile: long enough
+    /// for every peer to have read it), and the backoff ends when every
+    /// peer passes its probes (the split healed).
+    pub fn read(&mut self, rules: &PeerRules, settle: Duration, owned: &[Weighted], now: Instant) {
+        let failing = |id: &str| self.failing.iter().any(|f| f == id);
+        let there = |id: &str| owned.iter().any(|o| o.set_id == id);
+        let keep: Vec<String> = self
+            .down
+            .keys()
+            .filter(|id| failing(id) && there(id))
+            .cloned()
+            .collect();
+        self.down.retain(|id, _| keep.contains(id));
+        for id in self.failing.clone() {
+            if there(&id) {
+                self.down.entry(id).or_insert(now);
             }
         }
-        let own_there = owned.iter().any(|o| o.set_id == me);
         match self.written_back {
-            Some(_) if !own_there => {
+            Some(_) if !there(&rules.me) => {
                 self.undone += 1;
-                self.write_back_after = Some(now + hold * 2u32.pow(self.undone.min(5)));
+                let wait = rules
+                    .hold
+                    .saturating_mul(2u32.saturating_pow(self.undone).min(MAX_BACKOFF_HOLDS));
+                self.write_back_after = now.checked_add(wait);
                 self.written_back = None;
                 tracing::warn!(
                     times = self.undone,
-                    "route53: others removed this instance's record again; the next write-back waits {:?}",
-                    self.write_back_after.map(|t| t - now).unwrap_or_default()
+                    "route53: others removed this instance's record again; the next write-back waits {wait:?}"
                 );
             }
-            Some(at) if at.elapsed() >= hold => {
+            Some(at) if now.saturating_duration_since(at) >= settle => {
                 self.written_back = None;
                 self.undone = 0;
             }
             _ => {}
         }
+        if rules.peers.iter().all(|p| self.probed.contains(p)) {
+            self.write_back_after = None;
+            self.undone = 0;
+        }
+    }
+
+    /// `changes` were applied: a deleted peer's record, if it comes back,
+    /// gets a whole hold; an own record written back is watched.
+    pub fn sent(&mut self, me: &str, changes: &[Change], owned: &[Weighted], now: Instant) {
+        for c in changes {
+            if let Change::Delete(i) = c {
+                self.down.remove(&owned[*i].set_id);
+            }
+        }
+        let own_missing = !owned.iter().any(|o| o.set_id == me);
+        let writes_own = changes
+            .iter()
+            .any(|c| matches!(c, Change::Upsert(w) if w.set_id == me));
+        if own_missing && writes_own {
+            self.written_back = Some(now);
+        }
+    }
+
+    /// How many instances this one sees, itself included, and whether
+    /// that is a strict majority.
+    fn sees(&self, rules: &PeerRules) -> (usize, bool) {
+        let seen = 1 + rules
+            .peers
+            .iter()
+            .filter(|p| self.probed.contains(p))
+            .count();
+        (seen, seen * 2 > rules.instances)
+    }
+
+    /// A peer's record may go: it is a configured peer whose probes have
+    /// failed for the hold.
+    fn due(&self, rules: &PeerRules, id: &str, now: Instant) -> Result<(), Option<Instant>> {
+        if !rules.peers.iter().any(|p| p == id) {
+            return Err(None);
+        }
+        match self.down.get(id) {
+            None => Err(None),
+            Some(since) => match since.checked_add(rules.hold) {
+                Some(due) if now < due => Err(Some(due)),
+                None => Err(None),
+                Some(_) => Ok(()),
+            },
+        }
     }
 }
+
+/// How soon an instance that keeps its own record out looks again (a
+/// read; the fleet shares five requests a second).
+const HELD_LOOK: Duration = Duration::from_secs(5);
 
 /// The changes that make the zone's owned records what `wanted` asks,
 /// within the rules in the module's comment.
@@ -192,7 +278,8 @@ pub fn plan(
     now: Instant,
 ) -> Plan {
     let mut plan = Plan::default();
-    let wanted = &group_ttl(&mut plan, wanted, foreign);
+    let me = config.peers.as_ref().map(|p| p.me.as_str());
+    let wanted = &group_ttl(&mut plan, wanted, owned, foreign, me);
     if wanted.is_empty() {
         // Never publish an empty set (the guardrail upstream does not let
         // one through; this keeps the provider safe on its own).
@@ -207,31 +294,15 @@ pub fn plan(
                 }
             }
         }
-        Some(peers) => {
-            own_record(&mut plan, peers, wanted, owned, view, now);
-            if peers.health_check.is_none() {
-                remove_failed_peers(&mut plan, peers, wanted, owned, view, now);
-            }
-        }
+        Some(peers) => among_peers(&mut plan, peers, wanted, owned, view, now),
     }
     keep_one(&mut plan, owned);
     plan
 }
 
-/// How many instances this one sees, itself included, and whether that
-/// is a strict majority.
-fn sees(peers: &PeerRules, view: &PeerView) -> (usize, bool) {
-    let seen = 1 + peers
-        .peers
-        .iter()
-        .filter(|p| view.probed.contains(p))
-        .count();
-    (seen, seen * 2 > peers.instances)
-}
-
-/// This instance's own record: updated when it changed; written back when
-/// missing only where the rules allow.
-fn own_record(
+/// The plan of one instance among peers: its own record, and failed
+/// peers' records.
+fn among_peers(
     plan: &mut Plan,
     peers: &PeerRules,
     wanted: &[Weighted],
@@ -244,16 +315,52 @@ fn own_record(
         .filter(|w| w.set_id == peers.me)
         .cloned()
         .collect();
-    let missing = !owned.iter().any(|o| o.set_id == peers.me);
-    let why_not = if !missing || peers.health_check.is_some() || owned.is_empty() {
+    let own_there = owned.iter().any(|o| o.set_id == peers.me);
+    let (seen, majority) = view.sees(peers);
+    // Failed peers' records this instance may remove.
+    let mut removable = Vec::new();
+    for (i, o) in owned.iter().enumerate() {
+        if o.set_id == peers.me || peers.health_check.is_some() {
+            continue;
+        }
+        match view.due(peers, &o.set_id, now) {
+            Ok(()) if majority => removable.push(i),
+            Ok(()) => plan.held.push(format!(
+                "{} fails its probes, but this instance sees only {seen} of {} instances: it removes nobody",
+                o.set_id, peers.instances
+            )),
+            Err(Some(due)) => {
+                plan.wake = Some(plan.wake.map_or(due, |w| w.min(due)));
+                plan.held.push(format!(
+                    "{} fails its probes: its record goes in {}",
+                    o.set_id,
+                    seconds(due - now)
+                ));
+            }
+            Err(None) if !peers.peers.contains(&o.set_id) => plan.held.push(format!(
+                "{} is not a configured peer: its record is left alone",
+                o.set_id
+            )),
+            Err(None) => {}
+        }
+    }
+    // Its own record: updated when it changed; written back when missing
+    // only where the rules allow.
+    let why_not = if own_there
+        || mine.is_empty()
+        || peers.health_check.is_some()
+        || owned
+            .iter()
+            .enumerate()
+            .all(|(i, _)| removable.contains(&i))
+    {
         None
     } else if let Some(after) = view.write_back_after.filter(|t| now < *t) {
         Some(format!(
             "others removed it again after it was written back: next try in {}",
             seconds(after - now)
         ))
-    } else if !sees(peers, view).1 {
-        let (seen, _) = sees(peers, view);
+    } else if !majority {
         Some(format!(
             "it sees {seen} of {} instances, not a majority",
             peers.instances
@@ -261,14 +368,21 @@ fn own_record(
     } else {
         owned
             .iter()
-            .find(|o| o.set_id != peers.me && !view.probed.contains(&o.set_id))
-            .map(|unseen| format!("{} has a record and has not passed a probe", unseen.set_id))
+            .enumerate()
+            .find(|(i, o)| {
+                o.set_id != peers.me && !removable.contains(i) && !view.probed.contains(&o.set_id)
+            })
+            .map(|(_, unseen)| format!("{} has a record and has not passed a probe", unseen.set_id))
     };
+    let writes_back = !own_there && why_not.is_none() && !mine.is_empty();
     match why_not {
         None => upsert_changed(plan, &mine, owned),
-        Some(why) => plan
-            .held
-            .push(format!("{}'s own record stays out: {why}", peers.me)),
+        Some(why) => {
+            plan.held
+                .push(format!("{}'s own record stays out: {why}", peers.me));
+            let look = now + HELD_LOOK;
+            plan.wake = Some(plan.wake.map_or(look, |w| w.min(look)));
+        }
     }
     for (i, o) in owned.iter().enumerate() {
         if o.set_id == peers.me && !wanted.iter().any(|w| w.key() == o.key()) {
@@ -276,22 +390,63 @@ fn own_record(
             plan.changes.push(Change::Delete(i));
         }
     }
+    if removable.is_empty() {
+        return;
+    }
+    // Removing others only with its own record in the same batch: as read
+    // (a Touch, which fails if someone removed it meanwhile) or written
+    // back; never beside an update of it (one change per set a batch).
+    let own_untouched = own_there
+        && !plan.changes.iter().any(|c| match c {
+            Change::Upsert(w) => w.set_id == peers.me,
+            Change::Delete(i) | Change::Keep(i) => owned[*i].set_id == peers.me,
+        });
+    if own_untouched {
+        for (i, o) in owned.iter().enumerate() {
+            if o.set_id == peers.me {
+                plan.changes.push(Change::Keep(i));
+            }
+        }
+    } else if !writes_back {
+        plan.held.push(format!(
+            "{} removes nobody while its own record is out or changing",
+            peers.me
+        ));
+        return;
+    }
+    plan.changes
+        .extend(removable.into_iter().map(Change::Delete));
 }
 
 /// Route 53 gives every weighted set of one name and type the TTL last
 /// written: a set gale writes with its own TTL would change the TTL of
-/// sets others own. So where others' sets are there, gale writes theirs.
-fn group_ttl(plan: &mut Plan, wanted: &[Weighted], foreign: &[Weighted]) -> Vec<Weighted> {
+/// sets others own. So where others' sets are there, gale writes theirs;
+/// among peers, everybody takes the TTL of the peer first by name, so
+/// instances whose `ttl` differ do not rewrite each other.
+fn group_ttl(
+    plan: &mut Plan,
+    wanted: &[Weighted],
+    owned: &[Weighted],
+    foreign: &[Weighted],
+    me: Option<&str>,
+) -> Vec<Weighted> {
     let mut wanted = wanted.to_vec();
     for w in &mut wanted {
-        let Some(other) = foreign.iter().find(|f| f.rtype == w.rtype) else {
+        let first_peer = me.and_then(|me| {
+            owned
+                .iter()
+                .filter(|o| o.rtype == w.rtype && o.set_id.as_str() < me)
+                .min_by(|a, b| a.set_id.cmp(&b.set_id))
+        });
+        let Some(other) = foreign.iter().find(|f| f.rtype == w.rtype).or(first_peer) else {
             continue;
         };
         if other.ttl != w.ttl {
             let note = format!(
-                "the {} group's TTL is {} (sets gale does not own have it): gale writes {}, not its ttl = {}",
+                "the {} group's TTL is {} ({}'s): gale writes {}, not its ttl = {}",
                 rtype_name(w.rtype),
                 other.ttl,
+                other.set_id,
                 other.ttl,
                 w.ttl
             );
@@ -308,49 +463,6 @@ fn upsert_changed(plan: &mut Plan, wanted: &[Weighted], owned: &[Weighted]) {
     for w in wanted {
         if !owned.iter().any(|o| o == w) {
             plan.changes.push(Change::Upsert(w.clone()));
-        }
-    }
-}
-
-/// Other instances' records whose instance has failed its probes for
-/// `peer_hold`, removed by an instance that sees a majority. Records of
-/// names that are not configured peers are left alone.
-fn remove_failed_peers(
-    plan: &mut Plan,
-    peers: &PeerRules,
-    wanted: &[Weighted],
-    owned: &[Weighted],
-    view: &PeerView,
-    now: Instant,
-) {
-    let (seen, majority) = sees(peers, view);
-    for (i, o) in owned.iter().enumerate() {
-        if o.set_id == peers.me || wanted.iter().any(|w| w.set_id == o.set_id) {
-            continue;
-        }
-        if !peers.peers.contains(&o.set_id) {
-            plan.held.push(format!(
-                "{} is not a configured peer: its record is left alone",
-                o.set_id
-            ));
-            continue;
-        }
-        let since = view.down.get(&o.set_id).copied().unwrap_or(now);
-        let due = since + peers.hold;
-        if now < due {
-            plan.wake = Some(plan.wake.map_or(due, |w| w.min(due)));
-            plan.held.push(format!(
-                "{} fails its probes: its record goes in {}",
-                o.set_id,
-                seconds(due - now)
-            ));
-        } else if !majority {
-            plan.held.push(format!(
-                "{} fails its probes, but this instance sees only {seen} of {} instances: it removes nobody",
-                o.set_id, peers.instances
-            ));
-        } else {
-            plan.changes.push(Change::Delete(i));
         }
     }
 }
@@ -431,11 +543,10 @@ mod tests {
 
     /// Having probed `probed` (their last probe passed).
     fn view(probed: &[&str]) -> PeerView {
-        PeerView {
-            probed: probed.iter().map(|p| p.to_string()).collect(),
-            ..PeerView::default()
-        }
+        PeerView::seeing(probed.iter().map(|p| p.to_string()).collect())
     }
+
+    const HOLD: Duration = Duration::from_secs(10);
 
     #[test]
     fn a_lone_publisher_upserts_what_changed_and_deletes_what_is_not_wanted() {
@@ -479,20 +590,22 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_peer_goes_after_its_hold_when_a_majority_is_seen() {
-        let config = config(Some(rules("g2", false)));
+    fn a_failed_peer_goes_after_its_hold_with_the_remover_s_own_record_as_read() {
+        let rules = rules("g2", false);
+        let config = config(Some(rules.clone()));
         let owned = [g(2), g(3), g(4)];
         let wanted = [g(2), g(3)];
         let mut view = view(&["g3"]);
-        view.note("g2", Duration::from_secs(10), &owned, &wanted);
-        let start = view.down["g4"];
+        view.failing = vec!["g4".into()];
+        let start = Instant::now();
+        view.read(&rules, HOLD, &owned, start);
         let early = plan(&config, &wanted, &owned, &[], &view, start);
         assert!(early.changes.is_empty());
-        assert_eq!(early.wake, Some(start + Duration::from_secs(10)));
-        let due = start + Duration::from_secs(10);
+        assert_eq!(early.wake, Some(start + HOLD));
+        let due = start + HOLD;
         assert_eq!(
             plan(&config, &wanted, &owned, &[], &view, due).changes,
-            vec![Change::Delete(2)]
+            vec![Change::Keep(0), Change::Delete(2)]
         );
         // Split off alone: it sees 1 of 3, and removes nobody.
         view.probed.clear();
@@ -501,14 +614,38 @@ mod tests {
     }
 
     #[test]
+    fn a_drained_peer_is_not_a_failed_one() {
+        let rules = rules("g2", false);
+        let config = config(Some(rules.clone()));
+        let owned = [g(2), g(3), g(4)];
+        let mut view = view(&["g3", "g4"]);
+        let start = Instant::now();
+        view.read(&rules, HOLD, &owned, start);
+        // g4 is not wanted (drained here), but its probes pass.
+        let later = plan(
+            &config,
+            &[g(2), g(3)],
+            &owned,
+            &[],
+            &view,
+            start + HOLD * 10,
+        );
+        assert!(later.changes.is_empty(), "{later:?}");
+    }
+
+    #[test]
     fn a_record_that_comes_back_gets_a_whole_hold_again() {
+        let rules = rules("g2", false);
         let mut view = view(&["g3"]);
-        let hold = Duration::from_secs(10);
-        view.note("g2", hold, &[g(2), g(3), g(4)], &[g(2), g(3)]);
+        view.failing = vec!["g4".into()];
+        let start = Instant::now();
+        view.read(&rules, HOLD, &[g(2), g(3), g(4)], start);
         assert!(view.down.contains_key("g4"));
-        // Gone from the zone: forgotten.
-        view.note("g2", hold, &[g(2), g(3)], &[g(2), g(3)]);
+        // Gone from the zone (or deleted by this instance): forgotten.
+        view.read(&rules, HOLD, &[g(2), g(3)], start + HOLD);
         assert!(view.down.is_empty());
+        view.read(&rules, HOLD, &[g(2), g(3), g(4)], start + HOLD * 2);
+        assert_eq!(view.down["g4"], start + HOLD * 2);
     }
 
     #[test]
@@ -529,38 +666,60 @@ mod tests {
     }
 
     #[test]
-    fn a_write_back_others_undo_backs_off() {
-        let config = config(Some(rules("g4", false)));
-        let hold = Duration::from_secs(10);
+    fn a_live_instance_replaces_a_dead_last_record() {
+        // Only g4's record is left, and g4 is dead; g2 sees g3.
+        let rules = rules("g2", false);
+        let config = config(Some(rules.clone()));
+        let mut view = view(&["g3"]);
+        view.failing = vec!["g4".into()];
+        let start = Instant::now();
+        view.read(&rules, HOLD, &[g(4)], start);
+        let plan = plan(&config, &[g(2), g(3)], &[g(4)], &[], &view, start + HOLD);
+        assert_eq!(plan.changes, vec![Change::Upsert(g(2)), Change::Delete(0)]);
+    }
+
+    #[test]
+    fn a_write_back_others_undo_backs_off_until_the_split_heals() {
+        let rules = rules("g4", false);
+        let config = config(Some(rules.clone()));
         let owned = [g(2), g(3)];
         let all = [g(2), g(3), g(4)];
         let mut view = view(&["g2", "g3"]);
-        view.written_back = Some(Instant::now());
-        // Read again: it is gone.
-        view.note("g4", hold, &owned, &all);
+        let start = Instant::now();
+        view.sent("g4", &[Change::Upsert(g(4))], &owned, start);
+        // Read again: it is gone; g3 cannot be reached any more.
+        view.probed = vec!["g2".into()];
+        view.read(&rules, HOLD, &owned, start + HOLD);
         assert_eq!(view.undone, 1);
-        let now = Instant::now();
-        let waits = plan(&config, &all, &owned, &[], &view, now);
+        view.probed = vec!["g2".into(), "g3".into()];
+        let waits = plan(&config, &all, &owned, &[], &view, start + HOLD);
         assert!(waits.changes.is_empty(), "{waits:?}");
-        let later = now + hold * 2;
+        let later = start + HOLD * 3;
         assert_eq!(
             plan(&config, &all, &owned, &[], &view, later).changes,
             vec![Change::Upsert(g(4))]
         );
+        // Every peer passes its probes again: the backoff ends.
+        view.read(&rules, HOLD, &owned, start + HOLD);
+        assert_eq!(view.write_back_after, None);
     }
 
     #[test]
     fn records_of_names_that_are_not_peers_are_left_alone() {
-        let config = config(Some(rules("g2", false)));
-        let stranger = set("g5", "192.0.2.5", 1);
-        let owned = [g(2), g(3), stranger];
+        let rules = rules("g2", false);
+        let config = config(Some(rules.clone()));
+        let owned = [g(2), g(3), set("g5", "192.0.2.5", 1)];
+        let mut view = view(&["g3"]);
+        view.failing = vec!["g5".into()];
+        let start = Instant::now();
+        view.read(&rules, HOLD, &owned, start);
         let plan = plan(
             &config,
             &[g(2), g(3)],
             &owned,
             &[],
-            &view(&["g3"]),
-            Instant::now() + Duration::from_secs(3600),
+            &view,
+            start + HOLD * 100,
         );
         assert!(plan.changes.is_empty(), "{plan:?}");
         assert!(plan.held[0].contains("not a configured peer"), "{plan:?}");
@@ -585,6 +744,30 @@ mod tests {
     }
 
     #[test]
+    fn peers_take_the_ttl_of_the_first_peer_by_name() {
+        let config = config(Some(rules("g3", false)));
+        let mut g2 = g(2);
+        g2.ttl = 60;
+        let mut g3 = g(3);
+        g3.ttl = 60;
+        let plan = plan(
+            &config,
+            &[g(3)],
+            &[g2, g3],
+            &[],
+            &view(&["g2"]),
+            Instant::now(),
+        );
+        assert!(plan.changes.is_empty(), "{plan:?}");
+    }
+
+    #[test]
+    fn addresses_are_compared_in_one_form() {
+        assert_eq!(canonical("2001:0db8::000a"), "2001:db8::a");
+        assert_eq!(canonical("192.0.2.1"), "192.0.2.1");
+    }
+
+    #[test]
     fn with_health_checks_nobody_removes_anybody() {
         let config = config(Some(rules("g2", true)));
         let owned = [g(3), g(4)];
@@ -592,7 +775,8 @@ mod tests {
         me.health_check = Some("hc-2".into());
         let mut view = view(&[]);
         let long_ago = Instant::now();
-        view.down = [("g3".to_string(), long_ago), ("g4".to_string(), long_ago)].into();
+        view.failing = vec!["g3".into(), "g4".into()];
+        view.read(&rules("g2", true), HOLD, &owned, long_ago);
         let plan = plan(
             &config,
             std::slice::from_ref(&me),

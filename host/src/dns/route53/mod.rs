@@ -173,7 +173,7 @@ pub async fn run(
             continue;
         }
         if let Some(peers) = &generation.config.peers {
-            view.probed = probed(&generation, peers.pool);
+            (view.probed, view.failing) = peer_health(&generation, peers.pool);
         }
         // Dropped at shutdown: the next start reads before it writes.
         let round = tokio::time::timeout(
@@ -226,13 +226,20 @@ pub async fn run(
     }
 }
 
-/// The peers whose last probe passed, as set-ids.
-fn probed(generation: &Generation, pool: usize) -> Vec<String> {
+/// The peers whose last probe passed, and those whose probes fail, as
+/// set-ids.
+fn peer_health(generation: &Generation, pool: usize) -> (Vec<String>, Vec<String>) {
     let pool = &generation.pools[pool];
-    (0..pool.len())
-        .filter(|&id| pool.last_probe_passed(id))
-        .map(|id| crate::config::route53::set_id(&pool.backend(id).name))
-        .collect()
+    let id = |b: usize| crate::config::route53::set_id(&pool.backend(b).name);
+    let probed = (0..pool.len())
+        .filter(|&b| pool.last_probe_passed(b))
+        .map(id)
+        .collect();
+    let failing = (0..pool.len())
+        .filter(|&b| !pool.is_healthy(b))
+        .map(id)
+        .collect();
+    (probed, failing)
 }
 
 /// Read the zone, plan, send the changes; again if the zone changed in
@@ -259,7 +266,12 @@ async fn sync(
     for race in 0.. {
         let read = client.api.read(throttles).await?;
         if let Some(peers) = &config.peers {
-            view.note(&peers.me, peers.hold, &read.owned, &wanted);
+            // Kept once every peer has had a hold and a read to see it.
+            let settle = peers
+                .hold
+                .saturating_add(config.reconcile)
+                .saturating_mul(2);
+            view.read(peers, settle, &read.owned, Instant::now());
         }
         let plan = changes::plan(
             config,
@@ -281,14 +293,7 @@ async fn sync(
             Ok(change) => {
                 log(&plan.changes, &read, &change.0);
                 if let Some(peers) = &config.peers {
-                    let own_missing = !read.owned.iter().any(|o| o.set_id == peers.me);
-                    let writes_own = plan
-                        .changes
-                        .iter()
-                        .any(|c| matches!(c, Change::Upsert(w) if w.set_id == peers.me));
-                    if own_missing && writes_own {
-                        view.written_back = Some(Instant::now());
-                    }
+                    view.sent(&peers.me, &plan.changes, &read.owned, Instant::now());
                 }
                 return Ok(Synced {
                     owned: after(&read, &plan.changes),
@@ -313,6 +318,8 @@ fn log(changes: &[Change], read: &Read, id: &str) {
         match c {
             Change::Upsert(w) => upserted.push(w.describe()),
             Change::Delete(i) => deleted.push(read.owned[*i].describe()),
+            // Its own record as read: no change.
+            Change::Keep(_) => {}
         }
     }
     tracing::info!(
