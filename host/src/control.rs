@@ -164,7 +164,11 @@ impl Control {
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<usize> {
         tokio::pin!(shutdown);
         let mut probation = tokio::time::interval(PROBATION_TICK);
-        let mut status = tokio::time::interval(notify::STATUS_EVERY);
+        // READY=1 carried the first status line.
+        let mut status = tokio::time::interval_at(
+            tokio::time::Instant::now() + notify::STATUS_EVERY,
+            notify::STATUS_EVERY,
+        );
         loop {
             let (trigger, reply) = tokio::select! {
                 _ = &mut shutdown => break,
@@ -212,8 +216,8 @@ impl Control {
         tracing::info!("shutting down: no new sessions");
         let server = &self.running.server;
         self.notifier.stopping(&format!(
-            "draining: {} sessions in flight (generation {})",
-            server.sessions_in_flight(),
+            "draining: {} in flight (generation {})",
+            notify::sessions(server.sessions_in_flight()),
             server.current.load().id
         ));
         let cut = self
@@ -222,7 +226,8 @@ impl Control {
             .await;
         self.demo_stop.cancel();
         self.notifier.status(&format!(
-            "stopped; {cut} sessions cut by the drain deadline"
+            "stopped; {} cut by the drain deadline",
+            notify::sessions(cut)
         ));
         self.notifier.flush().await;
         Ok(cut)

@@ -203,8 +203,8 @@ impl Notifier {
                 _ = tick.tick(), if self.enabled() => {
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                     self.status(&format!(
-                        "draining: {} sessions in flight (generation {generation}), at most {} s left",
-                        server.sessions_in_flight(),
+                        "draining: {} in flight (generation {generation}), at most {} s left",
+                        sessions(server.sessions_in_flight()),
                         left.as_secs()
                     ));
                 }
@@ -301,12 +301,19 @@ fn one_line(status: &str) -> String {
 /// flight, and how the last reload or rollback went, if there was one.
 pub fn serving(server: &Server, last_change: Option<&str>) -> String {
     let generation = server.current.load().id;
-    let sessions = server.sessions_in_flight();
+    let sessions = sessions(server.sessions_in_flight());
     match last_change {
-        Some(change) => {
-            format!("serving generation {generation}, {sessions} sessions in flight; {change}")
-        }
-        None => format!("serving generation {generation}, {sessions} sessions in flight"),
+        Some(change) => format!("serving generation {generation}, {sessions} in flight; {change}"),
+        None => format!("serving generation {generation}, {sessions} in flight"),
+    }
+}
+
+/// "1 session", "2 sessions".
+pub fn sessions(n: usize) -> String {
+    if n == 1 {
+        "1 session".to_string()
+    } else {
+        format!("{n} sessions")
     }
 }
 
