@@ -560,3 +560,80 @@ fn sockets_gale_cannot_use_stop_its_start_naming_them() {
         "{text}"
     );
 }
+
+#[test]
+fn passed_sockets_stay_with_gale_through_reloads_that_drop_change_or_restore_their_listener() {
+    let sink = SmtpSink::start(free_port());
+    let in_address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin_address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let with_in = |protocol: &str, address: SocketAddr| {
+        smtp_conf(sink.address)
+            .set("listeners.in.protocol", protocol)
+            .set("listeners.in.address", address.to_string())
+            .set("admin.address", admin_address.to_string())
+            .to_string()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gale.toml");
+    std::fs::write(&config, with_in("smtp", in_address)).unwrap();
+    let mut wrapper = socket_activate(
+        in_address,
+        &["--fdname=in:admin"],
+        &[("GALE_CACHE_DIR", &dir.path().join("cache"))],
+    );
+    wrapper.splice(3..3, ["-l".into(), admin_address.to_string().into()]);
+    let gale = Gale::start_via(&wrapper, config, dir, || {
+        drop(connect_when_listening(in_address));
+    });
+
+    // [admin] took the socket named admin.
+    let admin = gale.wait_log("admin listening", Duration::from_secs(5));
+    assert!(
+        admin.contains(&format!("address={admin_address}"))
+            && admin.contains("socket=\"passed by the service manager\""),
+        "{admin}"
+    );
+    let (code, _) = support::process::curl(&["-s", &format!("http://{admin_address}/status")]);
+    assert_eq!(code, 200);
+    send_mail(in_address);
+
+    // A reload without listener `in`: its socket stays open, unused, and
+    // the log says so.
+    gale.rewrite_config(
+        &smtp_conf(sink.address)
+            .set("admin.address", admin_address.to_string())
+            .to_string()
+            .replace("[listeners.in]", "[listeners.other]"),
+    );
+    gale.wait_log("reloaded generation=2", Duration::from_secs(20));
+    gale.wait_line(
+        &["socket `in` (", "is taken by no listener now"],
+        Duration::from_secs(1),
+    );
+
+    // `in` back, as a tcp listener: the same socket again (gale could not
+    // bind the address itself while the socket is open).
+    gale.rewrite_config(&with_in("tcp", in_address));
+    gale.wait_log("reloaded generation=3", Duration::from_secs(20));
+    send_mail(in_address);
+    gale.wait_line(&["tcp session", "listener=in"], Duration::from_secs(10));
+
+    // And smtp again, through a protocol change on a kept socket.
+    gale.rewrite_config(&with_in("smtp", in_address));
+    gale.wait_log("reloaded generation=4", Duration::from_secs(20));
+    send_mail(in_address);
+
+    // A reload that moves `in` elsewhere than its socket fails, and the
+    // running generation goes on serving on the socket.
+    let elsewhere: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    gale.rewrite_config(&with_in("smtp", elsewhere));
+    let failed = gale.wait_log("reload failed", Duration::from_secs(20));
+    assert!(
+        failed.contains(&format!(
+            "listener in: the service manager passed its socket bound to {in_address}, but the config says address = \"{elsewhere}\""
+        )),
+        "{failed}"
+    );
+    send_mail(in_address);
+    assert!(gale.log_lines("cannot bind").is_empty());
+}
