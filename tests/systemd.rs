@@ -366,6 +366,12 @@ fn proc_status(pid: u32, key: &str) -> Vec<String> {
 
 #[test]
 fn gale_serves_port_25_passed_by_systemd_as_nobody_and_keeps_it_across_reloads() {
+    // SAFETY: geteuid takes nothing and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "binding port 25 and becoming nobody need root (tests/run runs as root in CI)"
+    );
     let sink = SmtpSink::start(free_port());
     let address = port_25();
     // Everything gale reads or writes belongs to nobody, as under a
@@ -636,4 +642,41 @@ fn passed_sockets_stay_with_gale_through_reloads_that_drop_change_or_restore_the
     );
     send_mail(in_address);
     assert!(gale.log_lines("cannot bind").is_empty());
+}
+
+#[test]
+fn a_service_manager_that_stops_reading_stalls_no_session() {
+    let sink = SmtpSink::start(free_port());
+    // A notify socket nobody reads, and a ping every millisecond: its
+    // queue is full within a second, and gale's sends would block.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify");
+    let _unread = UnixDatagram::bind(&path).unwrap();
+    let gale = Gale::start_with_env(
+        &smtp_conf(sink.address).to_string(),
+        &[
+            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "2000"),
+        ],
+    );
+    gale.wait_log(
+        "the service manager is not reading notify messages; dropping them",
+        Duration::from_secs(10),
+    );
+    let started = Instant::now();
+    for _ in 0..20 {
+        send_mail(gale.address("in"));
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "20 sessions took {:?}",
+        started.elapsed()
+    );
+    // A reload and its notifications go through too (dropped, not waited for).
+    signal(gale.child.id(), "HUP");
+    gale.wait_line(
+        &["reloaded generation=2", "SIGHUP"],
+        Duration::from_secs(20),
+    );
+    send_mail(gale.address("in"));
 }
