@@ -152,13 +152,7 @@ impl Server {
     }
 
     async fn install(&self, generation: Arc<Generation>) -> anyhow::Result<Arc<Generation>> {
-        // A passed socket left unused stays open (gale cannot get it back
-        // once closed), so its clients wait in the backlog: say so.
-        for socket in self.sockets.unclaimed(&generation.config)? {
-            tracing::warn!(
-                "socket {socket} passed by the service manager is taken by no listener now; connections to it wait unanswered"
-            );
-        }
+        let unclaimed = self.sockets.unclaimed(&generation.config)?;
         let pending = self.bind_new(&generation.config).await?;
         // Before anyone can see it, and again right after the swap for
         // results recorded in between: no window where a backend known
@@ -173,6 +167,13 @@ impl Server {
         }
         self.serve(pending);
         self.retire_listeners(&generation.config);
+        // A passed socket left unused stays open (gale could not get it
+        // back once closed), so its clients wait in the backlog: say so.
+        for socket in unclaimed {
+            tracing::warn!(
+                "socket {socket} passed by the service manager is taken by no listener now; connections to it wait unanswered"
+            );
+        }
         let probes = self.stop_background.child_token();
         crate::health::spawn_probes(&generation, &self.background, &probes);
         let previous = std::mem::replace(
