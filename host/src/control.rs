@@ -2,8 +2,10 @@
 //! loads the config and its plugins, starts the server and the admin API,
 //! drops root, then reloads on SIGHUP, on a change to any file the config
 //! names and on `POST /reload`, rolls back a generation that fails its
-//! probation, and on shutdown drains. It lives in the library so tests can
-//! run a whole gale in their own process and stop it when they choose.
+//! probation, and on shutdown drains. Under systemd it tells the service
+//! manager each of those steps (`crate::systemd`). It lives in the library
+//! so tests can run a whole gale in their own process and stop it when
+//! they choose.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -23,6 +25,7 @@ use crate::metrics::Metrics;
 use crate::plugin::PluginRuntime;
 use crate::reload::{self, FileWatcher, Reloader};
 use crate::server::Server;
+use crate::systemd::{Notifier, PassedSockets, notify};
 
 /// How often a generation on probation is checked for rollback.
 const PROBATION_TICK: Duration = Duration::from_millis(250);
@@ -42,6 +45,10 @@ pub struct Control {
     hangup: tokio::signal::unix::Signal,
     /// Stops the demo backends (`gale demo`) after the drain.
     demo_stop: CancellationToken,
+    /// Tells systemd about readiness, reloads and the drain.
+    notifier: Notifier,
+    /// How the last reload or rollback went, for the status line.
+    last_change: Option<String>,
 }
 
 /// What the outside may look at while the loop runs: the server (its
@@ -69,6 +76,21 @@ impl Control {
     /// Load `path` and start serving it; with `demo`, the demo backends
     /// the shipped config names are started in this process first.
     pub async fn start(path: &Path, demo: bool) -> anyhow::Result<Control> {
+        Control::start_with(path, demo, PassedSockets::none()).await
+    }
+
+    /// Like [`Control::start`], with the sockets the service manager
+    /// passed (`gale run` under socket activation).
+    pub async fn start_with(
+        path: &Path,
+        demo: bool,
+        sockets: PassedSockets,
+    ) -> anyhow::Result<Control> {
+        // First: systemd's watchdog runs from the moment gale is started,
+        // and compiling plugins may take seconds (off the workers, so the
+        // pings go on meanwhile).
+        let notifier = Notifier::from_env();
+        notifier.spawn_watchdog();
         let path = path.to_path_buf();
         // Compiling plugins is CPU work: keep it off the async workers.
         let (runtime, generation, metrics) = {
@@ -84,7 +106,7 @@ impl Control {
         }
         let files = reload::files_of(&path, &generation.config);
         let reloader = Reloader::new(&path, runtime, metrics.clone(), id);
-        let server = Arc::new(Server::start(generation).await?);
+        let server = Arc::new(Server::start_with(generation, Arc::new(sockets)).await?);
         let (reload_tx, reload_requests) = mpsc::channel(8);
         let admin = Arc::new(Admin::new(
             server.clone(),
@@ -115,6 +137,7 @@ impl Control {
         };
         running.set_admin(admin_listener.as_ref());
         tracing::info!(generation = id, pools, listeners = ?running.server.addresses(), "gale is ready");
+        notifier.ready(&notify::serving(&running.server, None));
         Ok(Control {
             path,
             running,
@@ -125,6 +148,8 @@ impl Control {
             watcher,
             hangup,
             demo_stop,
+            notifier,
+            last_change: None,
         })
     }
 
@@ -139,9 +164,18 @@ impl Control {
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<usize> {
         tokio::pin!(shutdown);
         let mut probation = tokio::time::interval(PROBATION_TICK);
+        // READY=1 carried the first status line.
+        let mut status = tokio::time::interval_at(
+            tokio::time::Instant::now() + notify::STATUS_EVERY,
+            notify::STATUS_EVERY,
+        );
         loop {
             let (trigger, reply) = tokio::select! {
                 _ = &mut shutdown => break,
+                _ = status.tick(), if self.notifier.enabled() => {
+                    self.notifier.status(&self.status_line());
+                    continue;
+                }
                 _ = self.hangup.recv() => ("SIGHUP", None),
                 _ = changed(self.watcher.as_mut()) => ("file change", None),
                 Some(reply) = self.reload_requests.recv() => ("admin", Some(reply)),
@@ -150,11 +184,21 @@ impl Control {
                         // The admin listener follows the restored config:
                         // its address and its token, together.
                         self.follow_admin(restored.config.admin.as_ref()).await;
+                        self.last_change = Some(format!("rolled back to generation {} (see the log)", restored.id));
+                        self.notifier.status(&self.status_line());
                     }
                     continue;
                 }
             };
+            self.notifier.reloading();
             let result = self.reloader.reload(&self.running.server, trigger).await;
+            // Ready again either way: a failed reload leaves the running
+            // generation serving.
+            self.last_change = Some(match &result {
+                Ok(id) => format!("reload to generation {id} ({trigger}) ok"),
+                Err(e) => format!("reload ({trigger}) failed: {e:#}"),
+            });
+            self.notifier.ready(&self.status_line());
             if result.is_ok() {
                 let config = self.running.server.current.load_full().config.clone();
                 if let Some(w) = self.watcher.as_mut() {
@@ -170,9 +214,28 @@ impl Control {
             admin.stop();
         }
         tracing::info!("shutting down: no new sessions");
-        let cut = self.running.server.shutdown().await;
+        let server = &self.running.server;
+        self.notifier.stopping(&format!(
+            "draining: {} in flight (generation {})",
+            notify::sessions(server.sessions_in_flight()),
+            server.current.load().id
+        ));
+        let cut = self
+            .notifier
+            .while_draining(server, server.shutdown())
+            .await;
         self.demo_stop.cancel();
+        self.notifier.status(&format!(
+            "stopped; {} cut by the drain deadline",
+            notify::sessions(cut)
+        ));
+        self.notifier.flush().await;
         Ok(cut)
+    }
+
+    /// What `systemctl status` shows while gale serves.
+    fn status_line(&self) -> String {
+        notify::serving(&self.running.server, self.last_change.as_deref())
     }
 
     async fn follow_admin(&mut self, wanted: Option<&AdminConfig>) {

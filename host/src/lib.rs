@@ -32,6 +32,9 @@
 //! - [`reload`]: builds the next generation on SIGHUP or a file change.
 //! - [`control`]: the loop around the server (reloads, rollback, the
 //!   admin API, shutdown) that `gale run` runs and tests run in-process.
+//! - [`systemd`]: the service manager's protocols: readiness, reload and
+//!   stop notifications, the watchdog, sockets passed by socket
+//!   activation.
 
 pub mod admin;
 pub mod admission;
@@ -57,5 +60,6 @@ pub mod reload;
 pub mod scaffold;
 pub mod server;
 pub mod smtp;
+pub mod systemd;
 pub mod tcp;
 pub mod tls;

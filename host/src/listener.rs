@@ -559,19 +559,46 @@ pub fn bind(address: SocketAddr, sockets: ClientSockets) -> std::io::Result<TcpL
     // As tokio's own bind: a restarted gale rebinds at once.
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
+    set_client_options(&socket, address, sockets)?;
+    socket.bind(&address.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Serve on a socket the service manager bound and is listening on
+/// (`crate::systemd::sockets`), with the options [`bind`] sets. Here they
+/// come after `listen`: connections queued before gale started (the one
+/// that started it, under on-demand activation) lack them unless the
+/// `.socket` unit set them too (`NoDelay=true`, `DeferAcceptSec=1`).
+pub fn adopt(
+    socket: std::net::TcpListener,
+    sockets: ClientSockets,
+) -> std::io::Result<TcpListener> {
+    let address = socket.local_addr()?;
+    let socket = socket2::Socket::from(socket);
+    set_client_options(&socket, address, sockets)?;
+    // The service manager passes it blocking; tokio needs it not to be.
+    socket.set_nonblocking(true)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// What every client socket of a listener needs (see [`bind`]).
+fn set_client_options(
+    socket: &socket2::Socket,
+    address: SocketAddr,
+    sockets: ClientSockets,
+) -> std::io::Result<()> {
     socket.set_tcp_nodelay(true)?;
     if let Some(timeout) = sockets.user_timeout {
         socket.set_tcp_user_timeout(Some(timeout))?;
     }
     // Only a speed-up: a kernel without it still serves.
     if sockets.client_speaks_first
-        && let Err(e) = set_defer_accept(&socket, DEFER_ACCEPT_SECS)
+        && let Err(e) = set_defer_accept(socket, DEFER_ACCEPT_SECS)
     {
         tracing::warn!(%address, "cannot defer accepting (TCP_DEFER_ACCEPT): {e}");
     }
-    socket.bind(&address.into())?;
-    socket.listen(1024)?;
-    TcpListener::from_std(socket.into())
+    Ok(())
 }
 
 /// `TCP_DEFER_ACCEPT` (socket2 has no call for it).

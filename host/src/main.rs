@@ -207,6 +207,11 @@ fn check(path: &Path) -> anyhow::Result<()> {
 }
 
 fn run(path: &Path, demo: bool) -> anyhow::Result<()> {
+    // SAFETY: no thread other than this one exists yet (the runtime is
+    // built below; logging and argument parsing start none), and nothing
+    // has opened a descriptor that could be one the service manager
+    // passed: it takes them and edits the environment alone.
+    let sockets = unsafe { gale::systemd::PassedSockets::take_from_env() }?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -215,7 +220,7 @@ fn run(path: &Path, demo: bool) -> anyhow::Result<()> {
         // Before "gale is ready" (logged by start): a SIGTERM sent once
         // that line is out must drain, not kill.
         let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-        let control = gale::control::Control::start(path, demo).await?;
+        let control = gale::control::Control::start_with(path, demo, sockets).await?;
         let shutdown = async move {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}

@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Protocol};
 use crate::generation::Generation;
+use crate::systemd::PassedSockets;
 
 pub struct Server {
     /// The generation new sessions start on.
@@ -29,6 +30,9 @@ pub struct Server {
     pub dns: Arc<crate::dns::DnsState>,
     /// Where the embedded DNS server answers (UDP and TCP), if it runs.
     dns_address: Option<SocketAddr>,
+    /// Sockets the service manager passed, which listeners of their
+    /// names take instead of binding.
+    sockets: Arc<PassedSockets>,
 }
 
 /// A listener socket and its accept loop.
@@ -39,6 +43,8 @@ struct Bound {
     configured: SocketAddr,
     /// The address the kernel gave.
     address: SocketAddr,
+    /// The socket came from the service manager.
+    passed: bool,
     stop: CancellationToken,
 }
 
@@ -50,6 +56,16 @@ struct Pending {
 impl Server {
     /// Bind every listener and start serving `generation`.
     pub async fn start(generation: Generation) -> anyhow::Result<Server> {
+        Server::start_with(generation, Arc::new(PassedSockets::none())).await
+    }
+
+    /// Like [`Server::start`], with the sockets the service manager
+    /// passed: each must be taken by a listener (or `[admin]`).
+    pub async fn start_with(
+        generation: Generation,
+        sockets: Arc<PassedSockets>,
+    ) -> anyhow::Result<Server> {
+        sockets.check_all_claimed(&generation.config)?;
         let mut server = Server {
             current: Arc::new(ArcSwap::new(Arc::new(generation))),
             listeners: Mutex::new(Vec::new()),
@@ -60,6 +76,7 @@ impl Server {
             stop_background: CancellationToken::new(),
             dns: Arc::default(),
             dns_address: None,
+            sockets,
         };
         let generation = server.current.load_full();
         server.start_dns(&generation).await?;
@@ -135,6 +152,7 @@ impl Server {
     }
 
     async fn install(&self, generation: Arc<Generation>) -> anyhow::Result<Arc<Generation>> {
+        let unclaimed = self.sockets.unclaimed(&generation.config)?;
         let pending = self.bind_new(&generation.config).await?;
         // Before anyone can see it, and again right after the swap for
         // results recorded in between: no window where a backend known
@@ -149,6 +167,13 @@ impl Server {
         }
         self.serve(pending);
         self.retire_listeners(&generation.config);
+        // A passed socket left unused stays open (gale could not get it
+        // back once closed), so its clients wait in the backlog: say so.
+        for socket in unclaimed {
+            tracing::warn!(
+                "socket {socket} passed by the service manager is taken by no listener now; connections to it wait unanswered"
+            );
+        }
         let probes = self.stop_background.child_token();
         crate::health::spawn_probes(&generation, &self.background, &probes);
         let previous = std::mem::replace(
@@ -185,8 +210,20 @@ impl Server {
                     client_speaks_first: false,
                 },
             };
-            let socket = crate::listener::bind(l.address, sockets)
-                .with_context(|| format!("listener {}: cannot bind {}", l.name, l.address))?;
+            let (socket, passed) = match self.sockets.for_listener(&l.name, l.address)? {
+                Some(passed) => (
+                    crate::listener::adopt(passed, sockets).with_context(|| {
+                        format!("listener {}: the socket passed for it", l.name)
+                    })?,
+                    true,
+                ),
+                None => (
+                    crate::listener::bind(l.address, sockets).with_context(|| {
+                        format!("listener {}: cannot bind {}", l.name, l.address)
+                    })?,
+                    false,
+                ),
+            };
             let address = socket.local_addr()?;
             let stop = self.stop_accepting.child_token();
             let b = Bound {
@@ -194,6 +231,7 @@ impl Server {
                 protocol: l.protocol,
                 configured: l.address,
                 address,
+                passed,
                 stop,
             };
             bound.push((b, socket));
@@ -207,7 +245,11 @@ impl Server {
         for (b, socket) in pending.bound {
             // Logged before "gale is ready": tests and scripts read the port
             // the kernel chose from this line.
-            tracing::info!(listener = %b.name, address = %b.address, "listening");
+            if b.passed {
+                tracing::info!(listener = %b.name, address = %b.address, socket = "passed by the service manager", "listening");
+            } else {
+                tracing::info!(listener = %b.name, address = %b.address, "listening");
+            }
             let accept = crate::listener::Accept {
                 name: b.name.clone(),
                 current: self.current.clone(),
@@ -260,6 +302,17 @@ impl Server {
             .iter()
             .map(|b| (b.name.clone(), b.address))
             .collect()
+    }
+
+    /// The sockets the service manager passed (none outside systemd).
+    pub fn sockets(&self) -> &PassedSockets {
+        &self.sockets
+    }
+
+    /// Sessions (and refusals being written) not ended yet, on every
+    /// generation.
+    pub fn sessions_in_flight(&self) -> usize {
+        self.sessions.len()
     }
 
     /// The embedded DNS server's bound address (UDP and TCP).

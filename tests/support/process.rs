@@ -106,6 +106,26 @@ impl Gale {
         Gale::launch("demo", config.to_path_buf(), tempfile::tempdir().unwrap())
     }
 
+    /// `gale run --config CONFIG` started by `wrapper` (a command line
+    /// that runs what follows it, such as `systemd-socket-activate -l
+    /// ADDR setpriv ... --`), which must pass gale the environment it
+    /// needs (`GALE_CACHE_DIR`, `RUST_LOG`) itself. `trigger` runs once
+    /// the wrapper is spawned, before waiting for "gale is ready": under
+    /// on-demand socket activation gale starts on the first connection.
+    pub fn start_via(
+        wrapper: &[std::ffi::OsString],
+        config: PathBuf,
+        dir: tempfile::TempDir,
+        trigger: impl FnOnce(),
+    ) -> Gale {
+        let mut cmd = Command::new(&wrapper[0]);
+        cmd.args(&wrapper[1..])
+            .arg(env!("CARGO_BIN_EXE_gale"))
+            .args(["run", "--config"])
+            .arg(&config);
+        Gale::spawn(cmd, config, dir, trigger)
+    }
+
     fn launch(command: &str, config: PathBuf, dir: tempfile::TempDir) -> Gale {
         Gale::launch_limited(command, config, dir, None, &[])
     }
@@ -118,6 +138,18 @@ impl Gale {
         env: &[(&str, &str)],
     ) -> Gale {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_gale"));
+        // A test run under a service manager must not make gale talk to
+        // it: only tests that set them on purpose pass these.
+        for inherited in [
+            "NOTIFY_SOCKET",
+            "WATCHDOG_USEC",
+            "WATCHDOG_PID",
+            "LISTEN_PID",
+            "LISTEN_FDS",
+            "LISTEN_FDNAMES",
+        ] {
+            cmd.env_remove(inherited);
+        }
         cmd.envs(env.iter().copied());
         if let Some(n) = nofile {
             use std::os::unix::process::CommandExt;
@@ -136,11 +168,22 @@ impl Gale {
                 });
             }
         }
-        let mut child = cmd
-            .args([command, "--config"])
+        cmd.args([command, "--config"])
             .arg(&config)
             .env("GALE_CACHE_DIR", dir.path().join("cache"))
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info");
+        Gale::spawn(cmd, config, dir, || {})
+    }
+
+    /// Spawn `cmd` (gale, or what starts it), run `trigger`, and wait
+    /// until gale says it is ready.
+    fn spawn(
+        mut cmd: Command,
+        config: PathBuf,
+        dir: tempfile::TempDir,
+        trigger: impl FnOnce(),
+    ) -> Gale {
+        let mut child = cmd
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
@@ -159,6 +202,7 @@ impl Gale {
             }
             let _ = tx.send(String::new());
         });
+        trigger();
         let ready = rx
             .recv_timeout(Duration::from_secs(60))
             .expect("gale did not start in 60 s");

@@ -119,15 +119,31 @@ impl Handle {
     }
 }
 
-/// Bind `config.address` and serve the admin API on it, checking
-/// `config.token`, until the handle stops.
+/// Bind `config.address` (or take the socket the service manager passed
+/// as `admin`) and serve the admin API on it, checking `config.token`,
+/// until the handle stops.
 pub async fn start(config: &AdminConfig, admin: Arc<Admin>) -> anyhow::Result<Handle> {
     let address = config.address;
-    let socket = TcpListener::bind(address)
-        .await
-        .with_context(|| format!("admin listener: cannot bind {address}"))?;
+    let passed = admin
+        .server
+        .sockets()
+        .for_listener(crate::systemd::sockets::ADMIN, address)?;
+    let socket = match passed {
+        Some(socket) => {
+            socket.set_nonblocking(true)?;
+            let socket = TcpListener::from_std(socket)?;
+            tracing::info!(address = %socket.local_addr()?, socket = "passed by the service manager", "admin listening");
+            socket
+        }
+        None => {
+            let socket = TcpListener::bind(address)
+                .await
+                .with_context(|| format!("admin listener: cannot bind {address}"))?;
+            tracing::info!(address = %socket.local_addr()?, "admin listening");
+            socket
+        }
+    };
     let bound = socket.local_addr()?;
-    tracing::info!(address = %bound, "admin listening");
     let stop = CancellationToken::new();
     let token: Token = Arc::new(ArcSwap::from_pointee(config.token.clone()));
     tokio::spawn(serve(socket, admin, token.clone(), stop.clone()));
