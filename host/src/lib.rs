@@ -27,6 +27,7 @@
 //! - [`admission`]: who may open sessions on a listener, and how often.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`demo`]: in-process demo backends for `gale demo`.
+//! - [`manpage`]: gale(1), rendered from the CLI definitions (`gale man`).
 //! - [`server`]: binds listeners, starts probes, swaps generations,
 //!   drains on shutdown.
 //! - [`reload`]: builds the next generation on SIGHUP or a file change.
@@ -49,6 +50,7 @@ pub mod generation;
 pub mod health;
 pub mod http;
 pub mod listener;
+pub mod manpage;
 pub mod metrics;
 pub mod plugin;
 pub mod pool;

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use gale::plugin::PluginRuntime;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -13,11 +13,18 @@ use tokio::signal::unix::{SignalKind, signal};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// gale balances SMTP and HTTP sessions across a fleet of MTAs; which
-/// backend takes a session, when a backend is healthy and what DNS
-/// publishes are decided by WebAssembly plugins.
+/// Load balancer for mail-sending fleets, with policies as WebAssembly
+/// plugins.
+///
+/// gale takes each SMTP, HTTP or tcp client connection, picks a backend of
+/// a pool and joins the two. Which backend takes a session, when a backend
+/// is healthy and what DNS publishes are decided by WebAssembly plugins;
+/// the built-in ones are inside this binary. `gale run` serves a config,
+/// reloads it on SIGHUP and drains on SIGTERM; `gale check` validates one.
+/// `man gale` documents every command, the signals, the environment and
+/// the files.
 #[derive(Parser)]
-#[command(name = "gale", version, about, long_about = None)]
+#[command(name = "gale", version, subcommand_value_name = "COMMAND")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -25,24 +32,40 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run gale with a config file.
+    /// Serve a config: its listeners, pools, plugins and admin API.
+    ///
+    /// Reloads on SIGHUP, on `POST /reload` and when the config or a file
+    /// it names changes (a config that does not load keeps the running
+    /// one). On SIGTERM or SIGINT stops accepting and lets sessions finish
+    /// for `[server] drain_timeout`. Logs to standard error; RUST_LOG sets
+    /// the level (default: info).
     Run {
-        /// The TOML config (see config/gale.toml for every key).
-        #[arg(short, long, default_value = "config/gale.toml")]
+        /// The TOML config; config/gale.toml in the source tree (the
+        /// package's /etc/gale/gale.toml) explains every key.
+        #[arg(short, long, value_name = "FILE", default_value = "config/gale.toml")]
         config: PathBuf,
     },
-    /// Run gale on the shipped config with demo SMTP backends started in
-    /// the same process (in-memory sinks; one goes down and comes back
-    /// every 10 s). Send mail with
-    /// `swaks --server 127.0.0.1:2525 --to you@example.test` and watch the log.
+    /// Serve the shipped config with demo backends in the same process.
+    ///
+    /// The backends the config names are started as in-memory SMTP sinks
+    /// and small web servers; the second of each pool goes down and comes
+    /// back every 10 s. Send mail with
+    /// `swaks --server 127.0.0.1:2525 --to you@example.test` and watch the
+    /// log. Not for production: the sinks keep nothing.
     Demo {
-        #[arg(short, long, default_value = "config/gale.toml")]
+        /// The config whose backends are played by the demo.
+        #[arg(short, long, value_name = "FILE", default_value = "config/gale.toml")]
         config: PathBuf,
     },
-    /// Validate a config and load every plugin it names, then exit:
-    /// 0 when gale would start with it, 1 with the reason otherwise.
+    /// Validate a config and load every plugin it names, then exit.
+    ///
+    /// Binds nothing. Exit status 0 when gale would start with the config
+    /// (its pools, listeners and admin address are printed), 1 with the
+    /// reason otherwise (a config error names the file, line, column and
+    /// dotted key).
     Check {
-        #[arg(short, long, default_value = "config/gale.toml")]
+        /// The TOML config to check.
+        #[arg(short, long, value_name = "FILE", default_value = "config/gale.toml")]
         config: PathBuf,
     },
     /// Write or check a plugin.
@@ -51,45 +74,59 @@ enum Command {
     /// See what `[dns]` publishes.
     #[command(subcommand)]
     Dns(DnsCommand),
-    /// Show a running gale's listeners, backends (health, admin state,
-    /// weight, sessions, last probe), DNS records and last reload, from
-    /// its admin API.
+    /// Show a running gale's listeners, backends, DNS records and last
+    /// reload.
+    ///
+    /// Asks the admin API (`GET /status`) and prints each listener, each
+    /// backend's health, admin state, weight, sessions, failures and last
+    /// probe, the plugins, the DNS records and the last reload.
     Status {
         /// The admin listener's address.
-        #[arg(short, long, default_value = "127.0.0.1:9090")]
+        #[arg(short, long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
         admin: std::net::SocketAddr,
         /// Bearer token, when the admin listener requires one.
         #[arg(long, env = "GALE_ADMIN_TOKEN", hide_env_values = true)]
         token: Option<String>,
-        /// Print the JSON document instead of tables.
+        /// Print the JSON document of /status instead of tables.
         #[arg(long)]
         json: bool,
     },
+    /// Write the man page (roff) to standard output; the package build
+    /// installs it as gale(1).
+    #[command(hide = true)]
+    Man,
 }
 
 #[derive(Subcommand)]
 enum PluginCommand {
-    /// Say which world a component implements, whether this gale runs its
-    /// contract version, and run it on sample inputs, printing what it
-    /// decides. Exit 1 when it would not load or fails a call.
+    /// Check a plugin component and run it on sample inputs.
+    ///
+    /// Says which world the component implements and whether this gale
+    /// runs its contract version, then calls it on sample inputs and
+    /// prints what it decides. Exit status 1 when it would not load or a
+    /// call fails.
     Check {
         /// The component (.wasm).
         file: PathBuf,
-        /// A setting handed to the plugin's init, as KEY=VALUE (repeat).
-        #[arg(short, long = "setting", value_parser = parse_setting)]
+        /// A setting handed to the plugin's init (repeat for more).
+        #[arg(short, long = "setting", value_name = "KEY=VALUE", value_parser = parse_setting)]
         settings: Vec<(String, String)>,
         /// CPU deadline of one call.
-        #[arg(long, default_value = "1ms", value_parser = humantime::parse_duration)]
+        #[arg(long, value_name = "DURATION", default_value = "1ms", value_parser = humantime::parse_duration)]
         deadline: std::time::Duration,
         /// Memory cap of the instance, in MiB.
-        #[arg(long, default_value_t = 64)]
+        #[arg(long, value_name = "MIB", default_value_t = 64)]
         memory_mb: u32,
     },
-    /// Write a balancer skeleton in DIR/NAME that builds as it is and
-    /// passes `gale plugin check`.
+    /// Write a balancer plugin skeleton.
+    ///
+    /// Creates DIR/NAME with a balancer that builds as it is and passes
+    /// `gale plugin check`, and prints the commands that build it.
     New {
+        /// The plugin's language.
         #[arg(long, value_enum)]
         lang: gale::scaffold::Lang,
+        /// The plugin's name, and the directory created for it.
         name: String,
         /// Where to create NAME/.
         #[arg(long, default_value = ".")]
@@ -103,16 +140,19 @@ enum PluginCommand {
 
 #[derive(Subcommand)]
 enum DnsCommand {
-    /// Print the records the config would publish with the health a
-    /// running gale reports (every member healthy when none answers) and
-    /// the changes against what the provider has, writing nothing. Exit 1
-    /// when the provider cannot be read.
+    /// Print the records the config would publish, and the changes, writing
+    /// nothing.
+    ///
+    /// The records are planned with the health a running gale reports
+    /// (every member healthy when none answers) and compared with what the
+    /// provider has. Exit status 1 when the provider cannot be read.
     Plan {
-        #[arg(short, long, default_value = "config/gale.toml")]
+        /// The TOML config whose [dns] is planned.
+        #[arg(short, long, value_name = "FILE", default_value = "config/gale.toml")]
         config: PathBuf,
         /// The running gale's admin listener (default: the config's
         /// [admin] address).
-        #[arg(short, long)]
+        #[arg(short, long, value_name = "ADDR")]
         admin: Option<std::net::SocketAddr>,
         /// Bearer token, when the admin listener requires one (default:
         /// the config's admin.token).
@@ -166,6 +206,10 @@ fn main() -> ExitCode {
             admin,
             token,
         }) => dns_plan(&config, gale::dns::plan::Options { admin, token }),
+        Command::Man => {
+            print!("{}", gale::manpage::render(Cli::command()));
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
