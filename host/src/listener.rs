@@ -402,14 +402,14 @@ pub fn log_left_queue(
     protocol: &str,
     listener: &str,
     client: SocketAddr,
-    tried: &str,
+    tried: crate::attempts::Steps<'_>,
     started: std::time::Instant,
 ) {
     tracing::info!(
         protocol,
         listener,
         client = %client,
-        tried,
+        tried = tried.to_string().as_str(),
         duration_ms = started.elapsed().as_millis() as u64,
         "the client left while queued"
     );

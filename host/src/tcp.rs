@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::attempts::{Attempts, Failure, QueueStep};
+use crate::attempts::{Attempts, Failure, QueueStep, Took};
 use crate::buffers::Charge;
 use crate::config::ListenerConfig;
 use crate::generation::{Generation, ip_address};
@@ -78,7 +78,7 @@ async fn run(
             .await;
             match connected {
                 Ok(mut upstream) => {
-                    attempts.succeeded_noted(&turn, format_args!("connected"));
+                    attempts.succeeded_noted(&turn, Took::Connected);
                     counters.relayed.inc();
                     let outcome = relay::relay(
                         (&mut client, &mut upstream),

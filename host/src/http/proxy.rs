@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::attempts::Steps;
 use crate::config::ListenerConfig;
 use crate::generation::Generation;
 use arc_swap::ArcSwap;
@@ -51,7 +52,7 @@ pub(super) fn log_failure(
     method: &str,
     path: &str,
     status: u16,
-    tried: &str,
+    tried: Steps<'_>,
     started: Instant,
 ) {
     tracing::warn!(

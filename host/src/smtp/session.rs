@@ -13,7 +13,7 @@ use tokio_util::either::Either;
 use super::reply::{Reply, ReplyError, read_reply};
 use super::transaction::{Event, Watch, enhanced_class};
 use super::{pregreet, refusal};
-use crate::attempts::{Attempts, Failure, FailureReason, QueueStep};
+use crate::attempts::{Attempts, Failure, FailureReason, QueueStep, Took};
 use crate::buffers::Charge;
 use crate::config::{BackendConfig, ListenerConfig, Pregreet, ProxyProtocol};
 use crate::generation::{Generation, ip_address};
@@ -222,7 +222,7 @@ async fn serve(
                         }
                         log("passed to the backend");
                     }
-                    attempts.succeeded_noted(&turn, format_args!("220"));
+                    attempts.succeeded_noted(&turn, Took::Greeted);
                     counters.relayed.inc();
                     // What the backend answers to MAIL FROM and DATA is health
                     // evidence too (a full spool greets 220, then defers).
