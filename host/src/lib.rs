@@ -1,6 +1,7 @@
 //! gale: a load balancer for mail-sending fleets whose policies are
 //! WebAssembly components.
 //!
+//! - [`logging`]: the log subscriber, text or JSON lines.
 //! - [`admin`]: the admin API (`/status`, `/metrics`, `POST /reload`).
 //! - [`config`]: the TOML file, parsed strictly and validated.
 //! - [`plugin`]: the wasmtime runtime that runs policy plugins under a
@@ -46,6 +47,7 @@ pub mod generation;
 pub mod health;
 pub mod http;
 pub mod listener;
+pub mod logging;
 pub mod metrics;
 pub mod plugin;
 pub mod pool;
