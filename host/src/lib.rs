@@ -1,6 +1,8 @@
 //! gale: a load balancer for mail-sending fleets whose policies are
 //! WebAssembly components.
 //!
+//! - [`access`]: the access lines of sessions and requests (their JSON
+//!   records).
 //! - [`logging`]: the log subscriber, text or JSON lines.
 //! - [`admin`]: the admin API (`/status`, `/metrics`, `POST /reload`).
 //! - [`config`]: the TOML file, parsed strictly and validated.
@@ -34,6 +36,7 @@
 //! - [`control`]: the loop around the server (reloads, rollback, the
 //!   admin API, shutdown) that `gale run` runs and tests run in-process.
 
+pub mod access;
 pub mod admin;
 pub mod admission;
 pub mod attempts;

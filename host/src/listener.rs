@@ -397,7 +397,7 @@ where
         .await;
 }
 
-/// The log line of a session whose client left while it was queued.
+/// The text log line of a session whose client left while it was queued.
 pub fn log_left_queue(
     protocol: &str,
     listener: &str,
@@ -405,6 +405,10 @@ pub fn log_left_queue(
     tried: crate::attempts::Steps<'_>,
     started: std::time::Instant,
 ) {
+    // In JSON the session's access line says it.
+    if crate::access::json() {
+        return;
+    }
     tracing::info!(
         protocol,
         listener,

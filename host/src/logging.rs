@@ -3,7 +3,7 @@
 //!
 //! Owns: the subscriber and the JSON line format. Does not touch: what is
 //! logged where (each module logs its own events; the access lines are
-//! `crate::access`'s).
+//! [`crate::access`]'s).
 //!
 //! A JSON line is flat: `ts` (RFC 3339, UTC, milliseconds), `level`
 //! (`error`, `warn`, `info`, `debug`, `trace`), `target` (the module, or
@@ -33,9 +33,6 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::config::LogFormat;
-
-/// The target of access lines (`crate::access` to come).
-const ACCESS_TARGET: &str = "gale::access";
 
 /// The format the subscriber was installed with.
 static RUNNING: OnceLock<LogFormat> = OnceLock::new();
@@ -107,7 +104,7 @@ where
 fn line(event: &Event<'_>, ts: &str) -> String {
     let meta = event.metadata();
     let mut fields = Fields {
-        access: meta.target() == ACCESS_TARGET,
+        access: meta.target() == crate::access::TARGET,
         ..Fields::default()
     };
     event.record(&mut fields);
