@@ -93,6 +93,7 @@ fn shipped_config_states_the_defaults() {
         plugins::DEFAULT_ROLLBACK_WINDOW
     );
     assert_eq!(config.drain_timeout, server::DEFAULT_DRAIN_TIMEOUT);
+    assert_eq!(config.log, gale::config::LogConfig::default());
 
     let smtp = config.listener("submission").unwrap();
     assert_eq!(smtp.max_sessions, listeners::DEFAULT_MAX_SESSIONS);

@@ -7,8 +7,9 @@
 //! `max_sessions` is skipped (and counted as `full`), attempts after the
 //! first count as retries, every failed attempt is counted with one typed
 //! [`FailureReason`] and reported to the pool's health rules, a success
-//! ends the backend's failure run, and the `tried=` log line says what
-//! happened at each backend.
+//! ends the backend's failure run, and [`Steps`] keep what happened at
+//! each backend and in the queue: the `tried=` text of the log lines and
+//! the `attempts` array of the JSON access lines ([`crate::access`]).
 //!
 //! An SMTP client has received nothing until a backend greets, so every
 //! failure moves on. For HTTP, [`HttpTries`] holds the rules both engines
@@ -16,7 +17,6 @@
 //! may have been acted on is never replayed) and what the client gets
 //! when no backend answered.
 
-use std::fmt::Write as _;
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -267,6 +267,157 @@ impl HttpTries {
     }
 }
 
+/// How one step of a session's or request's way to a backend ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The backend took it: an SMTP greeting, a tcp connection, an HTTP
+    /// response passed on.
+    Took(Took),
+    /// The attempt failed, or (`Full`) the backend was skipped.
+    Failed(FailureReason),
+    /// A wait in the listener's queue that ended with a freed slot.
+    Queued,
+    /// A wait in the queue that reached `queue_timeout`.
+    QueueTimeout,
+    /// The queue was full (or there is none).
+    QueueFull,
+}
+
+/// What a backend that took a session or request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Took {
+    /// SMTP: it greeted `220`.
+    Greeted,
+    /// tcp: it accepted the connection.
+    Connected,
+    /// HTTP: it answered with this status.
+    Answered(u16),
+}
+
+impl Outcome {
+    /// The `outcome` of an entry of the JSON `attempts` array.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Took(_) => "ok",
+            Outcome::Failed(reason) => reason.label(),
+            Outcome::Queued => "queued",
+            Outcome::QueueTimeout => "queue_timeout",
+            Outcome::QueueFull => "queue_full",
+        }
+    }
+}
+
+/// One step: a backend tried or skipped, or a wait in the queue. 32
+/// bytes: an SMTP session keeps its steps while it relays (for its log
+/// line at the end), so they are kept small and the text is written only
+/// when a line is.
+#[derive(Debug)]
+struct Step {
+    /// Why it failed, as the protocol said (`None`: nothing to add to the
+    /// outcome).
+    detail: Option<Box<str>>,
+    /// The backend's index in the pool; [`QUEUE`] for a wait.
+    backend: u32,
+    /// How long it took; 0 for a skip.
+    ms: u32,
+    outcome: Outcome,
+}
+
+/// [`Step::backend`] of a wait in the queue.
+const QUEUE: u32 = u32::MAX;
+
+/// The steps of one session or request, with the pool that names their
+/// backends: `Display` is the `tried=` text of the log lines
+/// (`b1: connect: connection refused in 0ms; b2: 220 in 3ms`), `Serialize`
+/// the `attempts` array of the access lines.
+#[derive(Clone, Copy)]
+pub struct Steps<'a> {
+    steps: &'a [Step],
+    /// `None` only with no steps.
+    pool: Option<&'a Pool>,
+}
+
+impl Steps<'_> {
+    /// Those of a request gale answered before it tried any backend.
+    pub const NONE: Steps<'static> = Steps {
+        steps: &[],
+        pool: None,
+    };
+
+    fn backend(&self, step: &Step) -> Option<&str> {
+        let pool = self.pool?;
+        (step.backend != QUEUE).then(|| pool.backend(step.backend as usize).name.as_str())
+    }
+
+    /// The step's text after the backend's name: what `tried=` shows and
+    /// the access line's `detail`.
+    fn detail(step: &Step) -> std::borrow::Cow<'_, str> {
+        match (&step.detail, step.outcome) {
+            (Some(detail), _) => detail.as_ref().into(),
+            (None, Outcome::Took(Took::Greeted)) => "220".into(),
+            (None, Outcome::Took(Took::Connected)) => "connected".into(),
+            (None, Outcome::Took(Took::Answered(status))) => format!("answered {status}").into(),
+            (None, Outcome::Failed(FailureReason::Full)) => "at max_sessions".into(),
+            (None, Outcome::Failed(reason)) => reason.label().into(),
+            (None, Outcome::Queued | Outcome::QueueTimeout | Outcome::QueueFull) => "".into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Steps<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, step) in self.steps.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            let ms = step.ms;
+            match (self.backend(step), step.outcome) {
+                (None, Outcome::QueueFull) => f.write_str("queue full")?,
+                (None, Outcome::QueueTimeout) => write!(f, "queued {ms}ms: queue_timeout")?,
+                (None, _) => write!(f, "queued {ms}ms")?,
+                (Some(name), Outcome::Failed(FailureReason::Full)) => {
+                    write!(f, "{name}: at max_sessions")?
+                }
+                (Some(name), _) => write!(f, "{name}: {} in {ms}ms", Steps::detail(step))?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl serde::Serialize for Steps<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        let mut seq = s.serialize_seq(Some(self.steps.len()))?;
+        for step in self.steps {
+            struct One<'a>(&'a Steps<'a>, &'a Step);
+            impl serde::Serialize for One<'_> {
+                fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                    let One(steps, step) = self;
+                    let backend = steps.backend(step);
+                    let mut map = s.serialize_map(None)?;
+                    if let Some(name) = backend {
+                        map.serialize_entry("backend", name)?;
+                    }
+                    map.serialize_entry("outcome", step.outcome.label())?;
+                    if backend.is_some() {
+                        map.serialize_entry("detail", &Steps::detail(step))?;
+                    }
+                    map.serialize_entry("ms", &step.ms)?;
+                    map.end()
+                }
+            }
+            seq.serialize_element(&One(self, step))?;
+        }
+        seq.end()
+    }
+}
+
+/// Milliseconds for a step, saturating (a step of 49 days says so).
+fn millis(d: std::time::Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
 /// A session or request counted on a backend (for `max_sessions` and the
 /// balancers' `active-sessions`) until dropped; it may outlive the
 /// attempt, in a response body still streaming.
@@ -297,7 +448,7 @@ pub struct Turn<'p> {
     pub id: usize,
     pub backend: &'p BackendConfig,
     pub in_flight: InFlight,
-    started: Instant,
+    pub started: Instant,
 }
 
 /// The backends of one session or request, tried in the balancer's order:
@@ -308,7 +459,7 @@ pub struct Attempts<'p> {
     order: &'p [u32],
     next: usize,
     counters: &'p ListenerCounters,
-    tried: String,
+    steps: Vec<Step>,
     /// Some backend was tried (not only skipped as full).
     tried_one: bool,
     /// When every backend was first found full, if it was.
@@ -351,7 +502,7 @@ impl<'p> Attempts<'p> {
             order,
             next: 0,
             counters,
-            tried: String::new(),
+            steps: Vec::new(),
             tried_one: false,
             queued_at: None,
             place: None,
@@ -384,7 +535,7 @@ impl<'p> Attempts<'p> {
                 Some(place) => self.place = Some(place),
                 None => {
                     queue.full.inc();
-                    self.tried.push_str("queue full; ");
+                    self.push(QUEUE, Outcome::QueueFull, 0, None);
                     return QueueStep::Refuse;
                 }
             }
@@ -411,11 +562,7 @@ impl<'p> Attempts<'p> {
             }
             Some(false) => {
                 queue.timed_out.inc();
-                let _ = write!(
-                    self.tried,
-                    "queued {}ms: queue_timeout; ",
-                    since.elapsed().as_millis()
-                );
+                self.push(QUEUE, Outcome::QueueTimeout, millis(since.elapsed()), None);
                 self.place = None;
                 QueueStep::Refuse
             }
@@ -441,7 +588,7 @@ impl<'p> Attempts<'p> {
         if self.place.take().is_some() {
             self.counters.queue.served.inc();
             if let Some(since) = self.queued_at {
-                let _ = write!(self.tried, "queued {}ms; ", since.elapsed().as_millis());
+                self.push(QUEUE, Outcome::Queued, millis(since.elapsed()), None);
             }
         }
     }
@@ -456,14 +603,29 @@ impl<'p> Attempts<'p> {
     /// Note `failure` at `turn`'s backend for the log; how long it took.
     fn note(&mut self, turn: &Turn<'p>, failure: &Failure) -> std::time::Duration {
         let latency = turn.started.elapsed();
-        let _ = write!(
-            self.tried,
-            "{}: {} in {}ms; ",
-            turn.backend.name,
-            failure.detail,
-            latency.as_millis()
+        let outcome = Outcome::Failed(failure.reason);
+        self.push(
+            turn.id as u32,
+            outcome,
+            millis(latency),
+            Some(&failure.detail),
         );
         latency
+    }
+
+    /// Note a step.
+    fn push(&mut self, backend: u32, outcome: Outcome, ms: u32, detail: Option<&str>) {
+        // Most sessions have one step, kept while they relay: room for
+        // exactly one, not the four a first push would make.
+        if self.steps.capacity() == 0 {
+            self.steps.reserve_exact(1);
+        }
+        self.steps.push(Step {
+            detail: detail.map(Into::into),
+            backend,
+            ms,
+            outcome,
+        });
     }
 
     /// `turn`'s backend refused the client, and it vouches for that
@@ -498,20 +660,40 @@ impl<'p> Attempts<'p> {
             .record_traffic_success(turn.id, turn.started, Depth::Session);
     }
 
-    /// [`Attempts::succeeded`], noted for the log (`what`: "220").
-    pub fn succeeded_noted(&mut self, turn: &Turn<'p>, what: std::fmt::Arguments<'_>) {
-        let _ = write!(
-            self.tried,
-            "{}: {what} in {}ms",
-            turn.backend.name,
-            turn.started.elapsed().as_millis()
-        );
+    /// [`Attempts::succeeded`], noted for the log: an SMTP or tcp
+    /// session, whose steps are kept while it relays.
+    pub fn succeeded_noted(&mut self, turn: &Turn<'p>, took: Took) {
+        self.note_success(turn, took);
+        // No spare room kept for the session's lifetime.
+        self.steps.shrink_to_fit();
         self.succeeded(turn);
     }
 
-    /// What happened at each backend tried, for the session's log line.
-    pub fn tried(&self) -> &str {
-        self.tried.trim_end_matches("; ")
+    /// Note that `turn`'s backend took the session or request, now, for
+    /// a log line about to be written (an HTTP request notes it only
+    /// then: see [`Attempts::succeeded`]).
+    pub fn note_success(&mut self, turn: &Turn<'p>, took: Took) {
+        self.note_took(turn.id, turn.started, took);
+    }
+
+    /// [`Attempts::note_success`] for a turn begun `started` at backend
+    /// `id`, once the turn itself is gone.
+    pub fn note_took(&mut self, id: usize, started: Instant, took: Took) {
+        self.push(
+            id as u32,
+            Outcome::Took(took),
+            millis(started.elapsed()),
+            None,
+        );
+    }
+
+    /// What happened at each backend tried and in the queue, for the
+    /// session's or request's log line.
+    pub fn tried(&self) -> Steps<'_> {
+        Steps {
+            steps: &self.steps,
+            pool: Some(self.pool),
+        }
     }
 }
 
@@ -547,7 +729,7 @@ impl<'p> Iterator for Attempts<'p> {
                 }
                 None if self.rewalk => {}
                 None => {
-                    let _ = write!(self.tried, "{}: at max_sessions; ", backend.name);
+                    self.push(id as u32, Outcome::Failed(FailureReason::Full), 0, None);
                     self.pool.count_failure(id, FailureReason::Full);
                 }
             }

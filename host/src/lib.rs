@@ -1,6 +1,9 @@
 //! gale: a load balancer for mail-sending fleets whose policies are
 //! WebAssembly components.
 //!
+//! - [`access`]: the access lines of sessions and requests (their JSON
+//!   records).
+//! - [`logging`]: the log subscriber, text or JSON lines.
 //! - [`admin`]: the admin API (`/status`, `/metrics`, `POST /reload`).
 //! - [`config`]: the TOML file, parsed strictly and validated.
 //! - [`plugin`]: the wasmtime runtime that runs policy plugins under a
@@ -37,6 +40,7 @@
 //!   stop notifications, the watchdog, sockets passed by socket
 //!   activation.
 
+pub mod access;
 pub mod admin;
 pub mod admission;
 pub mod attempts;
@@ -50,6 +54,7 @@ pub mod generation;
 pub mod health;
 pub mod http;
 pub mod listener;
+pub mod logging;
 pub mod manpage;
 pub mod metrics;
 pub mod plugin;

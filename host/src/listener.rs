@@ -397,19 +397,23 @@ where
         .await;
 }
 
-/// The log line of a session whose client left while it was queued.
+/// The text log line of a session whose client left while it was queued.
 pub fn log_left_queue(
     protocol: &str,
     listener: &str,
     client: SocketAddr,
-    tried: &str,
+    tried: crate::attempts::Steps<'_>,
     started: std::time::Instant,
 ) {
+    // In JSON the session's access line says it.
+    if crate::access::json() {
+        return;
+    }
     tracing::info!(
         protocol,
         listener,
         client = %client,
-        tried,
+        tried = tried.to_string().as_str(),
         duration_ms = started.elapsed().as_millis() as u64,
         "the client left while queued"
     );

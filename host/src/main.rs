@@ -168,15 +168,15 @@ fn parse_setting(s: &str) -> Result<(String, String), String> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    // Before anything logs: a server's lines are in its config's `[log]
+    // format` (text if that cannot be read: loading it says why); the
+    // other commands are for people at a terminal.
+    let format = match &cli.command {
+        Command::Run { config } | Command::Demo { config } => gale::logging::format_of(config),
+        _ => Default::default(),
+    };
+    gale::logging::init(format);
     let result = match cli.command {
         Command::Run { config } => run(&config, false),
         Command::Demo { config } => run(&config, true),
@@ -214,7 +214,12 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("gale: {e:#}");
+            // Where every line is JSON, so is the reason gale stopped.
+            if gale::logging::running() == gale::config::LogFormat::Json {
+                tracing::error!("gale: {e:#}");
+            } else {
+                eprintln!("gale: {e:#}");
+            }
             ExitCode::FAILURE
         }
     }

@@ -25,7 +25,8 @@ use std::time::Instant;
 
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::attempts::{Attempts, Failure, QueueStep};
+use crate::access;
+use crate::attempts::{Attempts, Failure, QueueStep, Took};
 use crate::buffers::Charge;
 use crate::config::ListenerConfig;
 use crate::generation::{Generation, ip_address};
@@ -78,7 +79,7 @@ async fn run(
             .await;
             match connected {
                 Ok(mut upstream) => {
-                    attempts.succeeded_noted(&turn, format_args!("connected"));
+                    attempts.succeeded_noted(&turn, Took::Connected);
                     counters.relayed.inc();
                     let outcome = relay::relay(
                         (&mut client, &mut upstream),
@@ -90,6 +91,21 @@ async fn run(
                     .await;
                     counters.bytes_up.inc_by(outcome.up);
                     counters.bytes_down.inc_by(outcome.down);
+                    let end = outcome.error.as_deref().unwrap_or("closed");
+                    if access::json() {
+                        let line = access::Common {
+                            backend: Some(&backend.name),
+                            bytes_up: outcome.up,
+                            bytes_down: outcome.down,
+                            ..record(&l.name, &generation, peer, &attempts, started, end)
+                        };
+                        access::emit(
+                            tracing::Level::INFO,
+                            "tcp session",
+                            &access::Tcp { common: line },
+                        );
+                        return;
+                    }
                     tracing::info!(
                         listener = %l.name,
                         generation = generation.id,
@@ -99,7 +115,7 @@ async fn run(
                         bytes_up = outcome.up,
                         bytes_down = outcome.down,
                         duration_ms = started.elapsed().as_millis() as u64,
-                        end = %outcome.error.as_deref().unwrap_or("closed"),
+                        end = %end,
                         "tcp session"
                     );
                     return;
@@ -116,11 +132,22 @@ async fn run(
             QueueStep::Gone => {
                 let tried = attempts.tried();
                 crate::listener::log_left_queue("tcp", &l.name, peer, tried, started);
+                if access::json() {
+                    let end = "left while queued";
+                    let line = record(&l.name, &generation, peer, &attempts, started, end);
+                    let message = "the client left while queued";
+                    access::emit(tracing::Level::INFO, message, &access::Tcp { common: line });
+                }
                 return;
             }
         }
     }
     counters.deferred.inc();
+    if access::json() {
+        let line = record(&l.name, &generation, peer, &attempts, started, "closed");
+        let message = "tcp session: no backend could take it";
+        return access::emit(tracing::Level::WARN, message, &access::Tcp { common: line });
+    }
     tracing::warn!(
         listener = %l.name,
         generation = generation.id,
@@ -130,4 +157,27 @@ async fn run(
         end = "closed",
         "tcp session: no backend could take it"
     );
+}
+
+/// A tcp session's access record, as if no backend took it.
+fn record<'a>(
+    listener: &'a str,
+    generation: &Generation,
+    peer: SocketAddr,
+    attempts: &'a Attempts<'a>,
+    started: Instant,
+    end: &'a str,
+) -> access::Common<'a> {
+    access::Common {
+        kind: access::Kind::Tcp,
+        client: peer,
+        listener,
+        generation: generation.id,
+        backend: None,
+        attempts: attempts.tried(),
+        bytes_up: 0,
+        bytes_down: 0,
+        duration_ms: started.elapsed().as_millis() as u64,
+        end,
+    }
 }

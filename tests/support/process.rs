@@ -195,7 +195,10 @@ impl Gale {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if line.contains("gale is ready") || line.starts_with("gale: ") {
+                // A start that failed says why in its last line, text
+                // or JSON.
+                let failed = line.starts_with("gale: ") || line.contains(r#""message":"gale: "#);
+                if line.contains("gale is ready") || failed {
                     let _ = tx.send(line.clone());
                 }
                 sink.lock().unwrap().push(line);
@@ -215,15 +218,10 @@ impl Gale {
             .lock()
             .unwrap()
             .iter()
-            .filter(|l| l.contains(" listening ") && l.contains("listener="))
-            .map(|l| {
-                let field = |k: &str| {
-                    l.split_whitespace()
-                        .find_map(|w| w.strip_prefix(k))
-                        .unwrap_or_else(|| panic!("no {k} in {l}"))
-                        .to_string()
-                };
-                (field("listener="), field("address=").parse().unwrap())
+            .filter(|l| field(l, "message").as_deref() == Some("listening"))
+            .filter_map(|l| {
+                let address = field(l, "address")?.parse().unwrap();
+                Some((field(l, "listener")?, address))
             })
             .collect();
         Gale {
@@ -246,8 +244,7 @@ impl Gale {
     /// The admin listener's bound address.
     pub fn admin_address(&self) -> SocketAddr {
         let line = self.wait_log("admin listening", Duration::from_secs(10));
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix("address="))
+        field(&line, "address")
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("no address in {line}"))
     }
@@ -307,6 +304,29 @@ impl Gale {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// Field `key` of a log line, text (`key=value`; `message` the text
+/// after the target) or JSON (`[log] format = "json"`).
+pub fn field(line: &str, key: &str) -> Option<String> {
+    if line.starts_with('{') {
+        let value: serde_json::Value = serde_json::from_str(line).ok()?;
+        return match &value[key] {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Null => None,
+            other => Some(other.to_string()),
+        };
+    }
+    if key == "message" {
+        // `  INFO gale::server: listening listener=in ...`
+        let (_, rest) = line.split_once(": ")?;
+        let words = rest.split_whitespace().take_while(|w| !w.contains('='));
+        return Some(words.collect::<Vec<_>>().join(" "));
+    }
+    let prefix = format!("{key}=");
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(prefix.as_str()))
+        .map(|v| v.trim_matches('"').to_string())
 }
 
 impl Drop for Gale {

@@ -30,6 +30,30 @@ pub struct FileConfig {
     pub dns: Option<DnsSection>,
     /// `[peers]`: the other gale instances behind the same DNS name.
     pub peers: Option<PeersSection>,
+    /// `[log]`: the log's format and the HTTP access lines' sampling.
+    #[serde(default)]
+    pub log: LogSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// `format`: "text" (default) or "json"; read at start only.
+    pub format: Option<LogFormat>,
+    /// `http_sample`: the share of HTTP requests whose access line is
+    /// written at `info` (0 to 1).
+    pub http_sample: Option<Spanned<f64>>,
+}
+
+/// How log lines are written (`[log] format`).
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// tracing's human-readable lines: `LEVEL target: message key=value`.
+    #[default]
+    Text,
+    /// One JSON object per line (see `crate::logging`).
+    Json,
 }
 
 #[derive(Debug, Deserialize)]

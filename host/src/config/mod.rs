@@ -21,6 +21,7 @@ pub mod dns;
 mod file;
 pub mod health;
 pub mod listeners;
+pub mod log;
 pub mod plugins;
 pub mod pools;
 pub mod route53;
@@ -36,12 +37,13 @@ pub use admin::{AdminConfig, AdminToken};
 pub use admission::{Admission, DenyReply};
 pub use dns::{DnsConfig, PeersConfig, Provider as DnsProvider};
 use file::FileConfig;
-pub use file::{Pregreet, ProbeKind, Protocol, ProxyProtocol, Role};
+pub use file::{LogFormat, Pregreet, ProbeKind, Protocol, ProxyProtocol, Role};
 pub use health::{
     DEFAULT_BASE_EJECTION_TIME, DEFAULT_MAX_EJECTION_PERCENT, DEFAULT_MAX_EJECTION_TIME,
     EjectionConfig, ProbeConfig, RetryOn,
 };
 pub use listeners::ListenerConfig;
+pub use log::LogConfig;
 pub use plugins::{
     CandidateMode, CandidateSpec, DEFAULT_DEADLINE, DEFAULT_MEMORY_MB, DEFAULT_ROLLBACK_SHARE,
     DEFAULT_ROLLBACK_WINDOW, PluginDefaults, PluginSource, PluginSpec,
@@ -66,6 +68,8 @@ pub struct Config {
     pub dns: Option<DnsConfig>,
     /// `[peers]`: this instance among the others behind its DNS name.
     pub peers: Option<PeersConfig>,
+    /// `[log]`.
+    pub log: LogConfig,
 }
 
 /// A configuration that cannot be used, with where and why.
@@ -232,6 +236,7 @@ fn validate(file: FileConfig, path: &Path, errors: &Errors<'_>) -> Result<Config
     let listeners = listeners::validate(errors, base, &plugins, &file.listeners, &mut pools)?;
     let peers = dns::add_peers(errors, &plugins, file.peers.as_ref(), &mut pools)?;
     let server = server::validate(errors, &file.server)?;
+    let log = log::validate(errors, &file.log)?;
     let dns = match &file.dns {
         None => None,
         Some(section) => Some(dns::validate(
@@ -253,5 +258,6 @@ fn validate(file: FileConfig, path: &Path, errors: &Errors<'_>) -> Result<Config
         admin,
         listeners,
         pools,
+        log,
     })
 }

@@ -105,6 +105,7 @@ impl Reloader {
         match result {
             Ok(previous) => {
                 let generation = server.current.load_full();
+                let format = generation.config.log.format;
                 let until = Instant::now() + generation.config.plugins.rollback_window;
                 *self.probation.lock().unwrap_or_else(|p| p.into_inner()) = Some(Probation {
                     generation,
@@ -119,6 +120,15 @@ impl Reloader {
                     took_ms = started.elapsed().as_millis() as u64,
                     "reloaded"
                 );
+                // Every thread writes through the subscriber installed at
+                // start: a new format waits for the next one.
+                if format != crate::logging::running() {
+                    tracing::warn!(
+                        wanted = ?format,
+                        running = ?crate::logging::running(),
+                        "log.format changed: it takes effect when gale restarts"
+                    );
+                }
                 Ok(id)
             }
             Err(e) => {

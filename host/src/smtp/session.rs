@@ -13,7 +13,8 @@ use tokio_util::either::Either;
 use super::reply::{Reply, ReplyError, read_reply};
 use super::transaction::{Event, Watch, enhanced_class};
 use super::{pregreet, refusal};
-use crate::attempts::{Attempts, Failure, FailureReason, QueueStep};
+use crate::access::{self, QueueIds};
+use crate::attempts::{Attempts, Failure, FailureReason, QueueStep, Took};
 use crate::buffers::Charge;
 use crate::config::{BackendConfig, ListenerConfig, Pregreet, ProxyProtocol};
 use crate::generation::{Generation, ip_address};
@@ -218,19 +219,28 @@ async fn serve(
                             counters.error_reply(554);
                             let reply = refusal::pregreet_reply(&l.hostname);
                             refusal::refuse(client, reply.as_bytes()).await;
+                            // In text, the line above says it all.
+                            attempts.note_success(&turn, Took::Greeted);
+                            let line = Line::new(l, generation, peer, &tls, &attempts, started);
+                            let message = "smtp session: the client spoke before the greeting";
+                            line.json(tracing::Level::INFO, message, "rejected with 554");
                             return;
                         }
                         log("passed to the backend");
                     }
-                    attempts.succeeded_noted(&turn, format_args!("220"));
+                    attempts.succeeded_noted(&turn, Took::Greeted);
                     counters.relayed.inc();
                     // What the backend answers to MAIL FROM and DATA is health
                     // evidence too (a full spool greets 220, then defers).
                     let (id, client_ip) = (turn.id, peer.ip());
+                    let mut queue_ids = QueueIds::default();
                     let mut report = |event: Event| match event {
                         // The session's start stands in for the message's: no
                         // clock read per message.
-                        Event::Accepted => {
+                        Event::Accepted { queue_id } => {
+                            if let Some(queue_id) = queue_id {
+                                queue_ids.push(queue_id);
+                            }
                             pool.record_traffic_success(id, started, Depth::Transaction)
                         }
                         Event::Deferred {
@@ -261,19 +271,14 @@ async fn serve(
                     counters.bytes_up.inc_by(outcome.up);
                     counters.bytes_down.inc_by(outcome.down);
                     let end = outcome.error.as_deref().unwrap_or("closed");
-                    tracing::info!(
-                        listener = %l.name,
-                        generation = generation.id,
-                        client = %peer,
-                        backend = %backend.name,
-                        tls = %tls.as_ref().map_or("no", |t| t.version),
-                        tried = %attempts.tried(),
-                        bytes_up = outcome.up,
-                        bytes_down = outcome.down,
-                        duration_ms = started.elapsed().as_millis() as u64,
-                        end = %end,
-                        "smtp session"
-                    );
+                    let mut line = Line::new(l, generation, peer, &tls, &attempts, started);
+                    line.relayed = Some(Relayed {
+                        backend: &backend.name,
+                        up: outcome.up,
+                        down: outcome.down,
+                        queue_ids: queue_ids.as_slice(),
+                    });
+                    line.write(tracing::Level::INFO, "smtp session", end);
                     return;
                 }
                 Err(attempt) => {
@@ -310,6 +315,12 @@ async fn serve(
             QueueStep::Gone => {
                 let tried = attempts.tried();
                 crate::listener::log_left_queue("smtp", &l.name, peer, tried, started);
+                let line = Line::new(l, generation, peer, &tls, &attempts, started);
+                line.json(
+                    tracing::Level::INFO,
+                    "the client left while queued",
+                    "left while queued",
+                );
                 return;
             }
         }
@@ -320,29 +331,134 @@ async fn serve(
         // back.
         counters.refused.inc();
         let sent = refusal::refuse(client, &reply.raw).await;
-        tracing::info!(
-            listener = %l.name,
-            generation = generation.id,
-            client = %peer,
-            tried = %attempts.tried(),
-            duration_ms = started.elapsed().as_millis() as u64,
-            end = if sent { "refused by the backends" } else { "refusal not delivered" },
-            "smtp session: the backends refused this client"
+        Line::new(l, generation, peer, &tls, &attempts, started).write(
+            tracing::Level::INFO,
+            "smtp session: the backends refused this client",
+            if sent {
+                "refused by the backends"
+            } else {
+                "refusal not delivered"
+            },
         );
         return;
     }
     counters.deferred.inc();
     counters.replied_421.inc();
     let sent = refusal::refuse(client, refusal::unavailable_reply(&l.hostname).as_bytes()).await;
-    tracing::warn!(
-        listener = %l.name,
-        generation = generation.id,
-        client = %peer,
-        tried = %attempts.tried(),
-        duration_ms = started.elapsed().as_millis() as u64,
-        end = if sent { "deferred with 421" } else { "421 not delivered" },
-        "smtp session: no backend could take it"
+    Line::new(l, generation, peer, &tls, &attempts, started).write(
+        tracing::Level::WARN,
+        "smtp session: no backend could take it",
+        if sent {
+            "deferred with 421"
+        } else {
+            "421 not delivered"
+        },
     );
+}
+
+/// A session's last line: its access record in JSON, in text the line
+/// it has always had.
+struct Line<'a> {
+    l: &'a ListenerConfig,
+    generation: u64,
+    peer: SocketAddr,
+    /// An SMTPS client's TLS version.
+    tls: Option<&'static str>,
+    attempts: &'a Attempts<'a>,
+    started: Instant,
+    /// Set when a backend took the session.
+    relayed: Option<Relayed<'a>>,
+}
+
+/// What a session a backend took adds to its line.
+struct Relayed<'a> {
+    backend: &'a str,
+    up: u64,
+    down: u64,
+    queue_ids: &'a [Box<str>],
+}
+
+impl<'a> Line<'a> {
+    fn new(
+        l: &'a ListenerConfig,
+        generation: &Generation,
+        peer: SocketAddr,
+        tls: &Option<Summary>,
+        attempts: &'a Attempts<'a>,
+        started: Instant,
+    ) -> Self {
+        Line {
+            l,
+            generation: generation.id,
+            peer,
+            tls: tls.as_ref().map(|t| t.version),
+            attempts,
+            started,
+            relayed: None,
+        }
+    }
+
+    /// Write the line, `message` at `level`, the session ended as `end`
+    /// says.
+    fn write(&self, level: tracing::Level, message: &str, end: &str) {
+        if access::json() {
+            return self.json(level, message, end);
+        }
+        let duration_ms = self.started.elapsed().as_millis() as u64;
+        match &self.relayed {
+            Some(r) => access::event_at!(
+                level,
+                listener = %self.l.name,
+                generation = self.generation,
+                client = %self.peer,
+                backend = %r.backend,
+                tls = %self.tls.unwrap_or("no"),
+                tried = %self.attempts.tried(),
+                bytes_up = r.up,
+                bytes_down = r.down,
+                duration_ms,
+                end = %end,
+                "{message}"
+            ),
+            // `end` quoted, as these lines always had it.
+            None => access::event_at!(
+                level,
+                listener = %self.l.name,
+                generation = self.generation,
+                client = %self.peer,
+                tried = %self.attempts.tried(),
+                duration_ms,
+                end,
+                "{message}"
+            ),
+        }
+    }
+
+    /// The access record, in JSON only (in text a line of its own says
+    /// it).
+    fn json(&self, level: tracing::Level, message: &str, end: &str) {
+        if !access::json() {
+            return;
+        }
+        let r = self.relayed.as_ref();
+        let record = access::Smtp {
+            common: access::Common {
+                kind: access::Kind::Smtp,
+                client: self.peer,
+                listener: &self.l.name,
+                generation: self.generation,
+                backend: r.map(|r| r.backend),
+                attempts: self.attempts.tried(),
+                bytes_up: r.map_or(0, |r| r.up),
+                bytes_down: r.map_or(0, |r| r.down),
+                duration_ms: self.started.elapsed().as_millis() as u64,
+                end,
+            },
+            tls: self.tls,
+            queue_ids: r.map_or(&[], |r| r.queue_ids),
+        };
+        access::emit(level, message, &record);
+    }
 }
 
 /// A connection to `backend` that has greeted client `peer` with 220:

@@ -9,7 +9,9 @@
 //! the order) and judges the replies that say something about the
 //! backend:
 //!
-//! - a `250` to the end of a message (or to `BDAT ... LAST`) is a success;
+//! - a `250` to the end of a message (or to `BDAT ... LAST`) is a success,
+//!   and carries the backend's queue id when it says `queued as ID`
+//!   (Postfix), for the session's access line;
 //! - a `4xx` with an enhanced code of class `4.3` (mail system) to MAIL
 //!   FROM, DATA, a BDAT chunk or the end of a message is a failure, and so
 //!   is a `421 4.3.x`; at most one per session, so that one client cannot
@@ -38,8 +40,9 @@ const PREFIX: usize = 64;
 /// A reply that says something about the backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// A message or transaction was accepted.
-    Accepted,
+    /// A message or transaction was accepted, with the backend's queue id
+    /// if its reply named one (see [`crate::access::QueueIds`]).
+    Accepted { queue_id: Option<Box<str>> },
     /// The backend deferred for its own reasons; `per_client`: it may be
     /// about this client (a `421` outside class 4.3).
     Deferred {
@@ -353,7 +356,9 @@ impl Watch {
                     Some(_) => None,
                 }
             }
-            Asked::EndOfData | Asked::Bdat { last: true } if code == 250 => Some(Event::Accepted),
+            Asked::EndOfData | Asked::Bdat { last: true } if code == 250 => Some(Event::Accepted {
+                queue_id: crate::access::QueueIds::parse(text, first.len == PREFIX),
+            }),
             Asked::Mail { .. } | Asked::Data | Asked::EndOfData | Asked::Bdat { .. }
                 if (400..500).contains(&code) && system =>
             {
@@ -439,12 +444,15 @@ mod tests {
         (events, watch.is_on())
     }
 
+    /// A message accepted by a reply without a queue id.
+    const ACCEPTED: Event = Event::Accepted { queue_id: None };
+
     fn deferred(code: u16, per_client: bool) -> impl Fn(&Event) -> bool {
         move |e| matches!(e, Event::Deferred { code: c, per_client: p, .. } if *c == code && *p == per_client)
     }
 
     #[test]
-    fn an_accepted_message_is_one_success() {
+    fn an_accepted_message_is_one_success_with_its_queue_id() {
         let (events, on) = run(&[
             ("EHLO c\r\n", "250-mx\r\n250 PIPELINING\r\n"),
             (
@@ -452,10 +460,15 @@ mod tests {
                 "250 ok\r\n250 ok\r\n354 go\r\n",
             ),
             ("Subject: x\r\n\r\nMAIL FROM:<not a command>\r\n.\r", ""),
-            ("\n", "250 2.0.0 queued\r\n"),
+            ("\n", "250 2.0.0 Ok: queued as 4F2A1B2C3D\r\n"),
             ("QUIT\r\n", "221 bye\r\n"),
         ]);
-        assert_eq!(events, vec![Event::Accepted]);
+        assert_eq!(
+            events,
+            vec![Event::Accepted {
+                queue_id: Some("4F2A1B2C3D".into())
+            }]
+        );
         assert!(on);
     }
 
@@ -560,7 +573,7 @@ mod tests {
             ("BDAT 15 LAST\r\nMAIL FROM:<x", ""),
             (">\r\n", "250 2.0.0 queued\r\n"),
         ]);
-        assert_eq!(events, vec![Event::Accepted]);
+        assert_eq!(events, vec![ACCEPTED]);
         assert!(on);
     }
 
@@ -574,7 +587,7 @@ mod tests {
             ("BDAT\t6\tLAST\r\nRCPT\r\n", "250 queued\r\n"),
             ("RCPT TO:<x>\r\n", "451 4.3.0 lookup failure\r\n"),
         ]);
-        assert_eq!(events, vec![Event::Accepted, Event::Accepted]);
+        assert_eq!(events, vec![ACCEPTED, ACCEPTED]);
         assert!(on);
     }
 

@@ -41,9 +41,10 @@ use wait::Next;
 
 use super::headers::ClientOrigin;
 use super::metered::Metered;
-use super::proxy::{Proxy, RETRY_AFTER_SECS, is_idempotent, log_failure, loggable};
+use super::proxy::{Line, Proxy, RETRY_AFTER_SECS, is_idempotent, log_failure, loggable};
+use crate::access;
 use crate::attempts::{
-    Attempts, Failure, FailureReason, HttpReply, HttpStep, HttpTries, QueueStep,
+    Attempts, Failure, FailureReason, HttpReply, HttpStep, HttpTries, QueueStep, Took,
 };
 use crate::buffers::Charge;
 use crate::config::ListenerConfig;
@@ -142,6 +143,10 @@ struct Work {
     rbuf: BytesMut,
     /// The head being written.
     out: Vec<u8>,
+    /// Body bytes read from the client and sent on, and sent to it, for
+    /// the access line.
+    up: u64,
+    down: u64,
 }
 
 /// A [`Work`] made at its first mutable use (the first parse of a
@@ -182,8 +187,9 @@ struct Switch {
 
 /// How one attempt at a backend ended.
 enum Outcome {
-    /// A response went to the client; whether its connection stays open.
-    Answered(bool),
+    /// A response went to the client: whether its connection stays open,
+    /// and why the response was cut short, if it was.
+    Answered { keep: bool, cut: Option<String> },
     /// The backend switched protocols as the client asked (`101`):
     /// nothing of its answer was sent yet.
     Switched(TcpStream),
@@ -332,6 +338,14 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
                 text: "listener is being removed\n",
                 retry_after: false,
             };
+            let mut line = Line::new(&self.proxy.name, generation.id, self.origin.addr, started);
+            line.status = Some(reply.status);
+            line.down = reply.text.len() as u64;
+            line.end = reply.text.trim_end();
+            line.json(
+                access::http_level(&generation.config.log, true),
+                "http request failed",
+            );
             return self.reply(reply).await;
         };
         let pool = &generation.pools[l.pool];
@@ -354,9 +368,11 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
             }),
         };
         let decision = pool.select(&ctx);
-        let Some(HttpRequest { method, path, .. }) = ctx.http else {
+        let Some(HttpRequest { method, host, path }) = ctx.http else {
             unreachable!("set above")
         };
+        let request = (method.as_str(), host.as_str(), path.as_str());
+        let log = &generation.config.log;
         let replayable = is_idempotent(&method);
         let mut attempts = Attempts::new(pool, &decision.order, l.max_attempts, counters);
         let mut tries = HttpTries::default();
@@ -371,23 +387,49 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
                     let more = attempts.remaining();
                     let drops = |status| HttpTries::drops(&retry_on, status, replayable, more);
                     let failure = match self.attempt(backend.address, l, keepalive, drops).await {
-                        Outcome::Answered(keep) => {
+                        Outcome::Answered { keep, cut } => {
                             let status = self.work.resp.code;
                             match Failure::of_status(status) {
                                 None => attempts.succeeded(&turn),
                                 Some(failure) => attempts.answered_but_failed(&turn, failure),
                             }
                             counters.status(status);
-                            tracing::debug!(
-                                listener = %l.name, client = %self.origin.addr, backend = %backend.name,
-                                method, path = loggable(&path), status,
-                                ms = started.elapsed().as_millis() as u64, "http request"
-                            );
+                            let level = access::http_level(log, status >= 500);
+                            if !access::json() {
+                                access::event_at!(
+                                    level,
+                                    listener = %l.name, client = %self.origin.addr, backend = %backend.name,
+                                    method, path = loggable(&path), status,
+                                    ms = started.elapsed().as_millis() as u64, "http request"
+                                );
+                            } else if access::enabled(level) {
+                                // Noted only for a line (see `Attempts::succeeded`);
+                                // a gateway error was noted as a failure.
+                                if Failure::of_status(status).is_none() {
+                                    attempts.note_success(&turn, Took::Answered(status));
+                                }
+                                let mut line = self.line(l, &generation, request, started);
+                                line.backend = Some(&backend.name);
+                                line.attempts = attempts.tried();
+                                line.status = Some(status);
+                                line.end = cut.as_deref().unwrap_or("done");
+                                line.json(level, "http request");
+                            }
                             return keep;
                         }
                         Outcome::Switched(stream) => {
                             attempts.succeeded(&turn);
                             counters.status(101);
+                            let level = access::http_level(log, false);
+                            if access::json() && access::enabled(level) {
+                                attempts.note_success(&turn, Took::Answered(101));
+                                let mut line = self.line(l, &generation, request, started);
+                                line.backend = Some(&backend.name);
+                                line.attempts = attempts.tried();
+                                line.status = Some(101);
+                                line.end = "switched protocols";
+                                line.json(level, "http request");
+                            }
                             // Joined by `serve` once this exchange's state (the
                             // generation, the head's strings) is gone: an
                             // upgraded connection may stay open for hours.
@@ -405,10 +447,21 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
                             return false;
                         }
                         Outcome::ClientFailed(refusal, why) => {
-                            tracing::warn!(
-                                listener = %l.name, client = %self.origin.addr, backend = %backend.name,
-                                method, path = loggable(&path), "http request failed: client {why}"
-                            );
+                            if access::json() {
+                                let end = format!("client {why}");
+                                let mut line = self.line(l, &generation, request, started);
+                                line.backend = Some(&backend.name);
+                                line.attempts = attempts.tried();
+                                line.status = refusal.map(|r| r.status().0);
+                                line.down += refusal.map_or(0, |r| r.text().len() as u64);
+                                line.end = &end;
+                                line.json(tracing::Level::WARN, "http request failed");
+                            } else {
+                                tracing::warn!(
+                                    listener = %l.name, client = %self.origin.addr, backend = %backend.name,
+                                    method, path = loggable(&path), "http request failed: client {why}"
+                                );
+                            }
                             if let Some(refusal) = refusal {
                                 self.refuse(refusal, &why).await;
                             }
@@ -443,6 +496,10 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
                             listener = %l.name, client = %self.origin.addr,
                             method, path = loggable(&path), "http request: the client left while queued"
                         );
+                        let mut line = self.line(l, &generation, request, started);
+                        line.attempts = attempts.tried();
+                        line.end = "left while queued";
+                        line.json(access::http_level(log, false), "http request");
                         return false;
                     }
                 }
@@ -458,7 +515,31 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
             attempts.tried(),
             started,
         );
+        let mut line = self.line(l, &generation, request, started);
+        line.attempts = attempts.tried();
+        line.status = Some(reply.status);
+        line.down += reply.text.len() as u64;
+        line.end = reply.text.trim_end();
+        line.json(tracing::Level::WARN, "http request failed");
         self.reply(reply).await
+    }
+
+    /// The access line of the request (`method`, `host`, `path`) begun
+    /// `started` on listener `l`, with the body bytes moved so far.
+    fn line<'a>(
+        &self,
+        l: &'a ListenerConfig,
+        generation: &crate::generation::Generation,
+        (method, host, path): (&'a str, &'a str, &'a str),
+        started: std::time::Instant,
+    ) -> Line<'a> {
+        let mut line = Line::new(&l.name, generation.id, self.origin.addr, started);
+        line.method = Some(method);
+        line.host = Some(host);
+        line.path = Some(path);
+        line.up = self.work.up;
+        line.down = self.work.down;
+        line
     }
 
     /// One try at the backend at `addr`.
@@ -497,15 +578,15 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
             // From here on the request cannot go to another backend.
             self.buf.advance(self.work.req.len);
             self.head_in_buf = false;
+            let w = &mut *self.work;
             let send = send_body(
                 &mut self.io,
                 &mut self.buf,
                 &mut to_backend,
-                self.work.req.body,
-                self.work.req.expect_continue,
+                (w.req.body, w.req.expect_continue),
                 idle,
+                &mut w.up,
             );
-            let w = &mut *self.work;
             let recv = read_response_head(&mut from_backend, &mut w.rbuf, &mut w.resp, asked);
             // An early answer goes to the client, which is then closed.
             match body_and_head(send, recv, l.response_timeout).await {
@@ -548,11 +629,10 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
         let relayed = relay_body(
             &mut self.io,
             &mut from_backend,
-            &mut w.rbuf,
-            &w.out,
-            w.resp.body,
-            dechunk,
+            (&mut w.rbuf, &w.out),
+            (w.resp.body, dechunk),
             idle,
+            &mut w.down,
         )
         .await;
         match relayed {
@@ -560,11 +640,17 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
                 if clean && !self.unread_body && self.work.resp.reusable {
                     self.proxy.idle.release(addr, backend, keepalive);
                 }
-                Outcome::Answered(!close)
+                Outcome::Answered {
+                    keep: !close,
+                    cut: None,
+                }
             }
             Err(why) => {
                 tracing::debug!(client = %self.origin.addr, backend = %addr, "response cut short: {why}");
-                Outcome::Answered(false)
+                Outcome::Answered {
+                    keep: false,
+                    cut: Some(format!("response cut short: {why}")),
+                }
             }
         }
     }
@@ -643,10 +729,25 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
         written && !close
     }
 
-    /// Answer a request gale cannot take, then close.
+    /// Answer a request gale cannot take, then close. `why` is empty when
+    /// nothing was logged about it yet (its head was refused).
     async fn refuse(&mut self, refusal: Refusal, why: &str) {
         if why.is_empty() {
             tracing::debug!(client = %self.origin.addr, "refused: {}", refusal.text().trim_end());
+            if access::json() {
+                // Refused as its head came: no method or path to trust,
+                // no time spent.
+                let generation = self.proxy.current.load();
+                let now = std::time::Instant::now();
+                let mut line = Line::new(&self.proxy.name, generation.id, self.origin.addr, now);
+                line.status = Some(refusal.status().0);
+                line.down = refusal.text().len() as u64;
+                line.end = refusal.text().trim_end();
+                line.json(
+                    access::http_level(&generation.config.log, true),
+                    "http request refused",
+                );
+            }
         }
         self.linger = true;
         self.count_status(refusal.status().0);

@@ -81,15 +81,16 @@ pub(in crate::http) async fn body_and_head<C>(
 }
 
 /// Stream the request body from the client (what is already in `buf`
-/// first) to the backend; `buf` keeps whatever follows the body.
+/// first) to the backend, counting its bytes in `sent` (the data, not
+/// the chunk framing); `buf` keeps whatever follows the body.
 #[inline]
 pub(super) async fn send_body<C: AsyncRead + AsyncWrite + Unpin>(
     client: &mut C,
     buf: &mut BytesMut,
     backend: &mut WriteHalf<'_>,
-    framing: Framing,
-    expect_continue: bool,
+    (framing, expect_continue): (Framing, bool),
     idle: Duration,
+    sent: &mut u64,
 ) -> Result<(), BodyError<ClientBroke>> {
     // The client waits for this before it sends the body; gale answers it
     // itself and does not pass `Expect` on.
@@ -115,10 +116,11 @@ pub(super) async fn send_body<C: AsyncRead + AsyncWrite + Unpin>(
             Framing::Length(_) => {
                 let n = left.min(buf.len() as u64);
                 left -= n;
+                *sent += n;
                 (n as usize, left == 0)
             }
             Framing::Chunked => {
-                let n = chunks.scan(buf, |_| {}).map_err(|e| {
+                let n = chunks.scan(buf, |r| *sent += r.len() as u64).map_err(|e| {
                     BodyError::Client((
                         Some(Refusal::Malformed("malformed chunked body\n")),
                         e.to_string(),
@@ -204,17 +206,17 @@ pub(in crate::http) async fn read_response_head(
 }
 
 /// Write the response head in `head` and stream the body after it from
-/// the backend to the client. `Ok(true)`: the body ended cleanly and the
-/// backend connection can take another request.
+/// the backend to the client, counting the body's bytes in `sent` (the
+/// data, not the chunk framing). `Ok(true)`: the body ended cleanly and
+/// the backend connection can take another request.
 #[inline]
 pub(super) async fn relay_body<C: AsyncWrite + Unpin>(
     client: &mut C,
     backend: &mut ReadHalf<'_>,
-    rbuf: &mut BytesMut,
-    head: &[u8],
-    framing: Framing,
-    dechunk: bool,
+    (rbuf, head): (&mut BytesMut, &[u8]),
+    (framing, dechunk): (Framing, bool),
     idle: Duration,
+    sent: &mut u64,
 ) -> Result<bool, String> {
     let mut head = head;
     let mut left = match framing {
@@ -235,6 +237,7 @@ pub(super) async fn relay_body<C: AsyncWrite + Unpin>(
             Framing::Chunked => {
                 let n = chunks
                     .scan(input, |r| {
+                        *sent += r.len() as u64;
                         if dechunk {
                             data.extend_from_slice(&input[r]);
                         }
@@ -245,6 +248,9 @@ pub(super) async fn relay_body<C: AsyncWrite + Unpin>(
             Framing::Close => (input.len(), false),
         };
         let body = if dechunk { &data[..] } else { &input[..take] };
+        if framing != Framing::Chunked {
+            *sent += body.len() as u64;
+        }
         write_two(client, head, body, done, idle)
             .await
             .map_err(|e| format!("writing to the client: {e}"))?;

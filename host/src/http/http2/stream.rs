@@ -26,8 +26,9 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::WriteHalf;
 
 use super::message::{self, RequestBody};
+use crate::access;
 use crate::attempts::{
-    Attempts, Failure, FailureReason, HttpReply, HttpStep, HttpTries, InFlight, QueueStep,
+    Attempts, Failure, FailureReason, HttpReply, HttpStep, HttpTries, InFlight, QueueStep, Took,
 };
 use crate::config::{BackendConfig, ListenerConfig};
 use crate::generation::ip_address;
@@ -37,7 +38,7 @@ use crate::http::h1::{
     BodyAndHead, BodyError, body_and_head, read_body, read_response_head, timeout_unless_ready,
 };
 use crate::http::headers::{self, ClientOrigin};
-use crate::http::proxy::{Proxy, RETRY_AFTER_SECS, is_idempotent, log_failure, loggable};
+use crate::http::proxy::{Line, Proxy, RETRY_AFTER_SECS, is_idempotent, log_failure, loggable};
 use crate::plugin::types::{HttpRequest, Protocol, RequestContext};
 
 /// Serve one stream until its response has been sent, or the client
@@ -58,12 +59,18 @@ pub(super) async fn serve(
     // Per request, not per connection: a kept-alive connection follows
     // reloads.
     let generation = proxy.current.load_full();
+    let log = &generation.config.log;
     let Some((l, counters)) = generation.listener(&proxy.name) else {
         let reply = HttpReply {
             status: 503,
             text: "listener is being removed\n",
             retry_after: false,
         };
+        let mut line = Line::new(&proxy.name, generation.id, origin.addr, started);
+        line.status = Some(reply.status);
+        line.down = reply.text.len() as u64;
+        line.end = reply.text.trim_end();
+        line.json(access::http_level(log, true), "http request failed");
         local_reply(&mut respond, reply);
         return drain(request.into_body()).await;
     };
@@ -72,6 +79,17 @@ pub(super) async fn serve(
     if let Some(refused) = refusal(&head, ended, room) {
         counters.status(refused.status);
         counters.error_reply(refused.status);
+        if access::json() {
+            let mut line = Line::new(&l.name, generation.id, origin.addr, started);
+            line.method = Some(head.method.as_str());
+            let host = String::from_utf8_lossy(message::host(&head));
+            line.host = Some(&host);
+            line.path = head.uri.path_and_query().map(|p| p.as_str());
+            line.status = Some(refused.status);
+            line.down = refused.text.len() as u64;
+            line.end = refused.text.trim_end();
+            line.json(access::http_level(log, true), "http request refused");
+        }
         local_reply(&mut respond, refused);
         return drain(recv).await;
     }
@@ -119,6 +137,7 @@ pub(super) async fn serve(
         touched: false,
         sent_whole: ended,
         out: Vec::new(),
+        up: 0,
     };
     let mut attempts = Attempts::new(pool, &decision.order, l.max_attempts, counters);
     let tries = exchange.tries(
@@ -132,27 +151,56 @@ pub(super) async fn serve(
         _ = poll_fn(|cx| respond.poll_reset(cx)) => None,
         decided = tries => Some(decided),
     };
+    let line = |exchange| request_line(l, &generation, &method, exchange, started);
     let Some(decided) = decided else {
         attempts.client_left();
         tracing::debug!(listener = %l.name, client = %origin.addr, "http/2 stream reset by the client");
+        let mut line = line(&exchange);
+        line.attempts = attempts.tried();
+        line.end = "reset by the client";
+        line.json(access::http_level(log, false), "http request");
         return;
     };
     let body_read = match decided {
         Decided::Answer(answer) => {
             let (status, backend) = (answer.resp.code, answer.backend);
+            let (answer_id, turn_started) = (answer.id, answer.started);
             counters.status(status);
-            match answer
-                .relay(&mut respond, &proxy, exchange.sent_whole)
-                .await
-            {
-                Ok(()) => tracing::debug!(
-                    listener = %l.name, client = %origin.addr, backend = %backend.name,
-                    method, path = loggable(&exchange.target), status,
-                    ms = started.elapsed().as_millis() as u64, "http request"
-                ),
-                Err(why) => tracing::debug!(
-                    client = %origin.addr, backend = %backend.name, "response cut short: {why}"
-                ),
+            let mut down = 0;
+            let relayed = answer
+                .relay(&mut respond, &proxy, exchange.sent_whole, &mut down)
+                .await;
+            let level = access::http_level(log, status >= 500);
+            if access::json() {
+                if access::enabled(level) {
+                    // Noted only for a line (see `Attempts::succeeded`); a
+                    // gateway error was noted as a failure.
+                    if Failure::of_status(status).is_none() {
+                        attempts.note_took(answer_id, turn_started, Took::Answered(status));
+                    }
+                    let end = relayed
+                        .err()
+                        .map(|why| format!("response cut short: {why}"));
+                    let mut line = line(&exchange);
+                    line.backend = Some(&backend.name);
+                    line.attempts = attempts.tried();
+                    line.status = Some(status);
+                    line.down = down;
+                    line.end = end.as_deref().unwrap_or("done");
+                    line.json(level, "http request");
+                }
+            } else {
+                match relayed {
+                    Ok(()) => access::event_at!(
+                        level,
+                        listener = %l.name, client = %origin.addr, backend = %backend.name,
+                        method, path = loggable(&exchange.target), status,
+                        ms = started.elapsed().as_millis() as u64, "http request"
+                    ),
+                    Err(why) => tracing::debug!(
+                        client = %origin.addr, backend = %backend.name, "response cut short: {why}"
+                    ),
+                }
             }
             exchange.sent_whole
         }
@@ -167,22 +215,67 @@ pub(super) async fn serve(
                 tried,
                 started,
             );
+            let mut line = line(&exchange);
+            line.attempts = tried;
+            line.status = Some(reply.status);
+            line.down = reply.text.len() as u64;
+            line.end = reply.text.trim_end();
+            line.json(tracing::Level::WARN, "http request failed");
             counters.status(reply.status);
             counters.error_reply(reply.status);
             local_reply(&mut respond, reply);
             exchange.sent_whole
         }
-        Decided::ClientFailed(reply) => {
+        Decided::ClientFailed(reply, backend) => {
+            if access::json() {
+                let mut line = line(&exchange);
+                line.backend = Some(&backend.name);
+                line.attempts = attempts.tried();
+                line.status = Some(reply.status);
+                line.down = reply.text.len() as u64;
+                line.end = "client: its body stalled";
+                line.json(tracing::Level::WARN, "http request failed");
+            } else {
+                tracing::warn!(
+                    listener = %l.name, client = %origin.addr, backend = %backend.name,
+                    method, path = loggable(&exchange.target),
+                    "http request failed: the client's body stalled"
+                );
+            }
             counters.status(reply.status);
             counters.error_reply(reply.status);
             local_reply(&mut respond, reply);
             true
         }
-        Decided::Gone => true,
+        Decided::Gone => {
+            let mut line = line(&exchange);
+            line.attempts = attempts.tried();
+            line.end = "reset by the client";
+            line.json(access::http_level(log, false), "http request");
+            true
+        }
     };
     if !body_read {
         drain(exchange.recv).await;
     }
+}
+
+/// The access line of `exchange`, a request of listener `l` begun
+/// `started`, with its body bytes so far; what happened is for the caller
+/// to add.
+fn request_line<'a>(
+    l: &'a ListenerConfig,
+    generation: &crate::generation::Generation,
+    method: &'a str,
+    exchange: &'a Exchange<'_>,
+    started: Instant,
+) -> Line<'a> {
+    let mut line = Line::new(&l.name, generation.id, exchange.origin.addr, started);
+    line.method = Some(method);
+    line.host = Some(&exchange.host);
+    line.path = Some(&exchange.target);
+    line.up = exchange.up;
+    line
 }
 
 /// How much of a request body no backend took is read after the answer
@@ -285,8 +378,9 @@ enum Decided<'p> {
     Answer(Answer<'p>),
     /// No backend answered: gale answers this.
     Reply(HttpReply),
-    /// The client's body stalled (logged): gale answers this.
-    ClientFailed(HttpReply),
+    /// The client's body stalled on its way to this backend: gale answers
+    /// this.
+    ClientFailed(HttpReply, &'p BackendConfig),
     /// The client broke its stream off: nothing goes to it.
     Gone,
 }
@@ -308,6 +402,8 @@ struct Exchange<'a> {
     sent_whole: bool,
     /// The request head being written.
     out: Vec<u8>,
+    /// Body bytes sent on to a backend, for the access line.
+    up: u64,
 }
 
 /// How one attempt at a backend ended.
@@ -355,6 +451,8 @@ impl<'a> Exchange<'a> {
                         }
                         return Decided::Answer(Answer {
                             backend: turn.backend,
+                            id: turn.id,
+                            started: turn.started,
                             connection: backend,
                             keepalive,
                             idle: l.idle_timeout,
@@ -364,15 +462,10 @@ impl<'a> Exchange<'a> {
                         });
                     }
                     // A reset is the client's word (debug, as resets are); a
-                    // stalled body is worth a warning.
+                    // stalled body is worth a warning (`serve` writes it).
                     Attempt::ClientFailed(None) => return Decided::Gone,
                     Attempt::ClientFailed(Some(reply)) => {
-                        tracing::warn!(
-                            listener = %l.name, client = %self.origin.addr, backend = %turn.backend.name,
-                            method = %self.head.method, path = loggable(&self.target),
-                            "http request failed: the client's body stalled"
-                        );
-                        return Decided::ClientFailed(reply);
+                        return Decided::ClientFailed(reply, turn.backend);
                     }
                     Attempt::Failed(failure) => failure,
                 };
@@ -438,7 +531,13 @@ impl<'a> Exchange<'a> {
             tokio::time::timeout(l.response_timeout, recv).await
         } else {
             self.touched = true;
-            let send = send_body(&mut self.recv, &mut to_backend, self.body, idle);
+            let send = send_body(
+                &mut self.recv,
+                &mut to_backend,
+                self.body,
+                idle,
+                &mut self.up,
+            );
             let recv = read_response_head(&mut from_backend, &mut rbuf, &mut resp, asked);
             match body_and_head(send, recv, l.response_timeout).await {
                 BodyAndHead::Head(head, whole) => {
@@ -474,6 +573,7 @@ async fn send_body(
     to_backend: &mut WriteHalf<'_>,
     body: RequestBody,
     idle: Duration,
+    sent: &mut u64,
 ) -> Result<(), BodyError<Option<HttpReply>>> {
     let chunked = body == RequestBody::Chunked;
     loop {
@@ -512,6 +612,7 @@ async fn send_body(
             Err(_) => return Err(BodyError::Backend(format!("stuck for {idle:?}"))),
         }
         let _ = recv.flow_control().release_capacity(len);
+        *sent += len as u64;
     }
     if chunked {
         match timeout_unless_ready(idle, to_backend.write_all(b"0\r\n\r\n")).await {
@@ -527,6 +628,9 @@ async fn send_body(
 /// streaming its body needs.
 struct Answer<'p> {
     backend: &'p BackendConfig,
+    /// The backend's index in the pool, and when its attempt began.
+    id: usize,
+    started: Instant,
     connection: TcpStream,
     keepalive: Duration,
     idle: Duration,
@@ -541,12 +645,13 @@ impl Answer<'_> {
     /// Send the response head, then its body as it comes from the
     /// backend; the backend connection goes back to the pool if the
     /// exchange ended cleanly on it (`sent_whole`: the request's body
-    /// went whole).
+    /// went whole). The body's bytes are counted in `sent`.
     async fn relay(
         mut self,
         respond: &mut SendResponse<Bytes>,
         proxy: &Proxy,
         sent_whole: bool,
+        sent: &mut u64,
     ) -> Result<(), String> {
         let head = self.rbuf.split_to(self.resp.len).freeze();
         let response = message::response(&head, &self.resp);
@@ -560,7 +665,7 @@ impl Answer<'_> {
             self.rbuf.is_empty()
         } else {
             let (backend, rbuf) = (&mut self.connection, &mut self.rbuf);
-            relay_body(&mut send, backend, rbuf, self.resp.body, self.idle).await?
+            relay_body(&mut send, backend, rbuf, (self.resp.body, self.idle), sent).await?
         };
         if clean && sent_whole && self.resp.reusable {
             let addr = self.backend.address;
@@ -577,8 +682,8 @@ async fn relay_body(
     send: &mut SendStream<Bytes>,
     backend: &mut TcpStream,
     rbuf: &mut BytesMut,
-    framing: Framing,
-    idle: Duration,
+    (framing, idle): (Framing, Duration),
+    sent: &mut u64,
 ) -> Result<bool, String> {
     let mut left = match framing {
         Framing::Length(n) => n,
@@ -604,7 +709,9 @@ async fn relay_body(
             }
             Framing::Close => (taken(rbuf, rbuf.len()), false),
         };
+        let len = data.len() as u64;
         send_data(send, data, done, idle).await?;
+        *sent += len;
         if done {
             // Bytes past the end of the response: the connection is out
             // of step.
