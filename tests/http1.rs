@@ -551,3 +551,26 @@ fn client_fields_that_speak_for_the_proxy_never_reach_the_backend() {
         "{head}"
     );
 }
+
+#[test]
+fn userinfo_in_the_host_and_overlong_methods_are_refused() {
+    let (backend, gale) = echo();
+    // A password in the target would go on to the backend and the log.
+    for request in [
+        &b"GET http://user:s3cret@api.test/x HTTP/1.1\r\nHost: api.test\r\n\r\n"[..],
+        b"GET /x HTTP/1.1\r\nHost: user:s3cret@api.test\r\n\r\n",
+    ] {
+        assert_refused(&gale, request);
+    }
+    let long = format!("{} / HTTP/1.1\r\nHost: t\r\n\r\n", "M".repeat(33));
+    let mut conn = HttpConnection::open(gale.address("web")).unwrap();
+    conn.send(long.as_bytes()).unwrap();
+    assert_eq!(conn.response(false).unwrap().status, 501);
+    // A 32-byte method is one (the backend answers it).
+    let mut conn = HttpConnection::open(gale.address("web")).unwrap();
+    let method = "M".repeat(32);
+    conn.send(format!("{method} / HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .unwrap();
+    assert_eq!(conn.response(false).unwrap().status, 200);
+    assert_eq!(backend.requests(), 1);
+}

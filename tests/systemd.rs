@@ -523,6 +523,24 @@ fn failing_start(options: &[&str], socket: SocketAddr, listener: &str) -> String
 }
 
 #[test]
+fn socket_activation_variables_meant_for_another_process_are_ignored() {
+    // A wrapper that forked instead of exec'ing leaves its own LISTEN_*
+    // (systemd always sets LISTEN_FDNAMES): gale takes nothing, starts,
+    // and binds its listener itself.
+    let sink = SmtpSink::start(free_port());
+    let gale = Gale::start_with_env(
+        &smtp_conf(sink.address).to_string(),
+        &[
+            ("LISTEN_PID", "1"),
+            ("LISTEN_FDS", "1"),
+            ("LISTEN_FDNAMES", "in"),
+        ],
+    );
+    assert!(gale.log_lines("passed by").is_empty());
+    send_mail(gale.address("in"));
+}
+
+#[test]
 fn sockets_gale_cannot_use_stop_its_start_naming_them() {
     let at = |port: u16| -> SocketAddr { format!("127.0.0.1:{port}").parse().unwrap() };
 

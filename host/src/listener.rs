@@ -593,14 +593,19 @@ fn set_client_options(
     sockets: ClientSockets,
 ) -> std::io::Result<()> {
     socket.set_tcp_nodelay(true)?;
-    if let Some(timeout) = sockets.user_timeout {
-        socket.set_tcp_user_timeout(Some(timeout))?;
-    }
+    // Set either way, off included: a socket passed by the service
+    // manager or an upgraded gale may carry another protocol's options
+    // (an SMTP listener on a socket deferring accepts would greet each
+    // client a second late).
+    socket.set_tcp_user_timeout(sockets.user_timeout)?;
+    let defer = if sockets.client_speaks_first {
+        DEFER_ACCEPT_SECS
+    } else {
+        0
+    };
     // Only a speed-up: a kernel without it still serves.
-    if sockets.client_speaks_first
-        && let Err(e) = set_defer_accept(socket, DEFER_ACCEPT_SECS)
-    {
-        tracing::warn!(%address, "cannot defer accepting (TCP_DEFER_ACCEPT): {e}");
+    if let Err(e) = set_defer_accept(socket, defer) {
+        tracing::warn!(%address, "cannot set TCP_DEFER_ACCEPT to {defer} s: {e}");
     }
     Ok(())
 }
@@ -798,6 +803,27 @@ mod tests {
             // retransmission schedule.
             assert_eq!(defer_accept(&listener) > 0, deferred, "{sockets:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn an_adopted_socket_loses_options_its_new_protocol_does_not_want() {
+        // A passed socket an HTTP listener had (or a .socket unit's
+        // DeferAcceptSec=), taken by an SMTP listener: gale greets first,
+        // so a deferred accept would hold every greeting back.
+        let http = ClientSockets {
+            user_timeout: Some(Duration::from_secs(30)),
+            client_speaks_first: true,
+        };
+        let smtp = ClientSockets {
+            user_timeout: None,
+            client_speaks_first: false,
+        };
+        let listener = bind("127.0.0.1:0".parse().unwrap(), http).unwrap();
+        assert!(defer_accept(&listener) > 0);
+        let adopted = adopt(listener.into_std().unwrap(), smtp).unwrap();
+        assert_eq!(defer_accept(&adopted), 0);
+        let socket = socket2::SockRef::from(&adopted);
+        assert_eq!(socket.tcp_user_timeout().unwrap(), None);
     }
 
     #[test]

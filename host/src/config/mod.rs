@@ -234,6 +234,18 @@ fn validate(file: FileConfig, path: &Path, errors: &Errors<'_>) -> Result<Config
     let admin = admin::validate(errors, file.admin.as_ref())?;
     let mut pools = pools::validate(errors, base, &plugins, &file.pools, &file.listeners)?;
     let listeners = listeners::validate(errors, base, &plugins, &file.listeners, &mut pools)?;
+    if let (Some(a), Some(section)) = (&admin, &file.admin)
+        && let Some(l) = listeners
+            .iter()
+            // Port 0 asks the kernel for a free port each time: no clash.
+            .find(|l| l.address == a.address && a.address.port() != 0)
+    {
+        return Err(errors.spanned(
+            &section.address,
+            "admin.address",
+            format!("{} is already used by listener {:?}", a.address, l.name),
+        ));
+    }
     let peers = dns::add_peers(errors, &plugins, file.peers.as_ref(), &mut pools)?;
     let server = server::validate(errors, &file.server)?;
     let log = log::validate(errors, &file.log)?;

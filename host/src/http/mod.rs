@@ -37,6 +37,10 @@ const MAX_HEADERS: usize = 100;
 /// Bytes buffered per connection, which bounds the size of a request's
 /// headers (`431` beyond it).
 const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// The longest request method gale takes (501 past it): WebDAV's are up
+/// to 16 bytes, and a longer one would go into every log line of the
+/// request.
+pub const MAX_METHOD_LEN: usize = 32;
 /// How long data sent to a client may go unacknowledged before its
 /// connection is dropped (`TCP_USER_TIMEOUT`, set on the listening socket:
 /// see `listener::bind`): a client that vanishes (no FIN, no RST) with a

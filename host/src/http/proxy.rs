@@ -60,7 +60,7 @@ pub(super) fn log_failure(
     tracing::warn!(
         listener = %l.name,
         client = %peer,
-        %method,
+        method = loggable(method),
         path = loggable(path),
         status,
         tried = %tried,
@@ -127,7 +127,7 @@ impl<'a> Line<'a> {
                 duration_ms: self.started.elapsed().as_millis() as u64,
                 end: self.end,
             },
-            method: self.method,
+            method: self.method.map(loggable),
             host: self.host.filter(|h| !h.is_empty()).map(loggable),
             path: self.path.map(loggable),
             status: self.status,

@@ -317,6 +317,31 @@ pub fn sessions(n: usize) -> String {
     }
 }
 
+/// What the status line says of a failed reload: where the config is
+/// wrong (`FILE:LINE:COL: KEY`), not what it says there. `systemctl
+/// status` shows the line to every local user, and a type error quotes
+/// the value (an admin token, a TSIG key); the log has the whole reason.
+pub fn failure(e: &anyhow::Error) -> String {
+    let text = format!("{e:#}");
+    let parts: Vec<&str> = text.split(": ").collect();
+    let at = parts.iter().position(|part| {
+        let mut numbers = part.rsplit(':');
+        let col = numbers.next().is_some_and(|n| n.parse::<u32>().is_ok());
+        let line = numbers.next().is_some_and(|n| n.parse::<u32>().is_ok());
+        col && line && numbers.next().is_some()
+    });
+    match at {
+        Some(i) if i + 1 < parts.len() => {
+            format!(
+                "{}: {} (the reason is in the log)",
+                parts[..=i].join(": "),
+                parts[i + 1]
+            )
+        }
+        _ => "the reason is in the log".to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,6 +356,19 @@ mod tests {
         let cut = one_line(&long);
         assert!(cut.len() <= MAX_STATUS + '…'.len_utf8(), "{}", cut.len());
         assert!(cut.ends_with('…'));
+    }
+
+    #[test]
+    fn a_failed_reload_shows_where_not_what() {
+        let e = anyhow::anyhow!(
+            "/etc/gale/gale.toml:11:9: admin.token: invalid type: integer `98765432109876`, expected a string"
+        );
+        assert_eq!(
+            failure(&e),
+            "/etc/gale/gale.toml:11:9: admin.token (the reason is in the log)"
+        );
+        let e = anyhow::anyhow!("plugin mta/balancer: cannot compile").context("reload");
+        assert_eq!(failure(&e), "the reason is in the log");
     }
 
     #[test]

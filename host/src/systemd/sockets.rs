@@ -57,10 +57,36 @@ use crate::config::Config;
 /// The name that gives a socket to `[admin]`.
 pub const ADMIN: &str = "admin";
 
-/// Sockets the service manager passed, until gale exits.
+/// Sockets the service manager passed, or the gale this one took over
+/// from (`crate::upgrade`), until gale exits.
 #[derive(Debug, Default)]
 pub struct PassedSockets {
+    from: Source,
     sockets: Vec<Passed>,
+    /// `[admin]`'s socket, taken over from another gale (the service
+    /// manager passes it by the name [`ADMIN`], among `sockets`).
+    admin: Option<Passed>,
+    /// The embedded DNS server's UDP and TCP sockets, taken over from
+    /// another gale.
+    dns: Option<(std::net::UdpSocket, std::net::TcpListener)>,
+}
+
+/// Who passed the sockets, for messages.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    #[default]
+    ServiceManager,
+    /// A binary upgrade: the gale of this pid handed them over.
+    Upgrade { pid: u32 },
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::ServiceManager => f.write_str("the service manager"),
+            Source::Upgrade { pid } => write!(f, "the gale upgraded from (pid {pid})"),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -75,15 +101,16 @@ struct Passed {
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
     #[error("reading the sockets passed by the service manager (LISTEN_FDS, LISTEN_FDNAMES): {0}")]
-    Environment(#[source] std::io::Error),
+    Environment(std::io::Error),
     #[error(
         "the service manager passed {count} socket(s) without names (no LISTEN_FDNAMES): name each after the listener it is for with FileDescriptorName= in the .socket unit"
     )]
     Unnamed { count: usize },
     #[error(
-        "socket `{name}` passed by the service manager (fd {fd}) {why}; gale takes listening TCP sockets only"
+        "socket `{name}` passed by {from} (fd {fd}) {why}; gale takes listening TCP sockets only"
     )]
     Invalid {
+        from: Source,
         name: String,
         fd: RawFd,
         why: String,
@@ -97,6 +124,10 @@ pub enum SocketError {
         second: RawFd,
     },
     #[error(
+        "the service manager passed one socket twice, as `{first}` and as `{second}`: a socket serves one listener"
+    )]
+    SameSocket { first: String, second: String },
+    #[error(
         "no listener takes {sockets} passed by the service manager ({listeners}): FileDescriptorName= must be the name of a listener, or `admin` for [admin]"
     )]
     Unclaimed { sockets: String, listeners: String },
@@ -105,18 +136,20 @@ pub enum SocketError {
     )]
     Ambiguous,
     #[error(
-        "listener {listener}: the service manager passed its socket bound to {passed}, but the config says address = \"{configured}\": make the config and the .socket unit's ListenStream= agree"
+        "listener {listener}: {from} passed its socket bound to {passed}, but the config says address = \"{configured}\": {fix}"
     )]
     Address {
+        from: Source,
+        fix: &'static str,
         listener: String,
         passed: SocketAddr,
         configured: SocketAddr,
     },
-    #[error("duplicating the socket `{name}` passed by the service manager: {source}")]
+    #[error("duplicating the socket `{name}` passed by {from}: {error}")]
     Duplicate {
+        from: Source,
         name: String,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -136,23 +169,41 @@ impl PassedSockets {
     /// nothing in the process may own descriptors 3 to 3 + `LISTEN_FDS`
     /// yet: call it first thing in `main`.
     pub unsafe fn take_from_env() -> Result<PassedSockets, SocketError> {
-        let named = std::env::var_os("LISTEN_FDNAMES").is_some();
+        // Descriptors first, names only when there are some (as
+        // sd_listen_fds_with_names(3)): variables meant for another
+        // process (LISTEN_PID not gale's, left by a wrapper that forked)
+        // are no error, only removed.
+        let fds = sd_notify::listen_fds();
+        let names = std::env::var("LISTEN_FDNAMES").ok();
         // SAFETY: the caller's (no other thread reads the environment).
-        let fds = unsafe { sd_notify::listen_fds_with_names_and_unset_env() }
-            .map_err(SocketError::Environment)?;
+        unsafe {
+            std::env::remove_var("LISTEN_PID");
+            std::env::remove_var("LISTEN_FDS");
+            std::env::remove_var("LISTEN_FDNAMES");
+        }
+        let fds: Vec<RawFd> = fds.map_err(SocketError::Environment)?.collect();
+        if fds.is_empty() {
+            return Ok(PassedSockets::none());
+        }
+        let Some(names) = names else {
+            return Err(SocketError::Unnamed { count: fds.len() });
+        };
+        let names: Vec<&str> = names.split(':').collect();
+        if names.len() != fds.len() {
+            return Err(SocketError::Environment(std::io::Error::other(format!(
+                "LISTEN_FDS passes {} sockets but LISTEN_FDNAMES names {}",
+                fds.len(),
+                names.len()
+            ))));
+        }
         let mut passed = Vec::with_capacity(fds.len());
-        for (fd, name) in fds {
+        for (fd, name) in fds.into_iter().zip(names) {
             // SAFETY: LISTEN_PID is this process, so these descriptors
             // were passed for it to own (sd_listen_fds(3)), and the caller
-            // guarantees nothing else took them. One that is not open
-            // fails the checks in `take` below.
+            // guarantees nothing else took them; each is open (the
+            // crate's FD_CLOEXEC on it succeeded).
             let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-            passed.push((owned, name));
-        }
-        if !named && !passed.is_empty() {
-            return Err(SocketError::Unnamed {
-                count: passed.len(),
-            });
+            passed.push((owned, name.to_string()));
         }
         PassedSockets::take(passed)
     }
@@ -160,9 +211,23 @@ impl PassedSockets {
     /// Check each descriptor and keep the listening TCP sockets.
     fn take(fds: Vec<(OwnedFd, String)>) -> Result<PassedSockets, SocketError> {
         let mut sockets: Vec<Passed> = Vec::with_capacity(fds.len());
+        // (device, inode) of each: two descriptors of one socket under
+        // two names would make two listeners serve it by turns.
+        let mut seen: Vec<((u64, u64), String)> = Vec::with_capacity(fds.len());
         for (owned, name) in fds {
+            if let Ok(stat) = rustix::fs::fstat(&owned) {
+                let id = (stat.st_dev, stat.st_ino);
+                if let Some((_, first)) = seen.iter().find(|(s, _)| *s == id) {
+                    return Err(SocketError::SameSocket {
+                        first: first.clone(),
+                        second: name,
+                    });
+                }
+                seen.push((id, name.clone()));
+            }
             let fd = owned.as_raw_fd();
             let invalid = |why: String| SocketError::Invalid {
+                from: Source::ServiceManager,
                 name: name.clone(),
                 fd,
                 why,
@@ -184,29 +249,116 @@ impl PassedSockets {
                 socket: socket.into(),
             });
         }
-        Ok(PassedSockets { sockets })
+        Ok(PassedSockets {
+            sockets,
+            ..PassedSockets::default()
+        })
+    }
+
+    /// Sockets a gale being upgraded handed over (`crate::upgrade`):
+    /// listening TCP sockets by listener name, `[admin]`'s and the
+    /// embedded DNS server's. They are not checked as the service
+    /// manager's are (the same program bound them), and none has to be
+    /// claimed: one the new config does not take stays open, unused.
+    pub fn handed_over(
+        pid: u32,
+        listeners: Vec<(String, std::net::TcpListener)>,
+        admin: Option<std::net::TcpListener>,
+        dns: Option<(std::net::UdpSocket, std::net::TcpListener)>,
+    ) -> std::io::Result<PassedSockets> {
+        let passed = |name: String, socket: std::net::TcpListener| {
+            Ok::<_, std::io::Error>(Passed {
+                name,
+                fd: socket.as_raw_fd(),
+                address: socket.local_addr()?,
+                socket,
+            })
+        };
+        let sockets = listeners
+            .into_iter()
+            .map(|(name, socket)| passed(name, socket))
+            .collect::<Result<_, _>>()?;
+        let admin = admin.map(|s| passed(ADMIN.to_string(), s)).transpose()?;
+        Ok(PassedSockets {
+            from: Source::Upgrade { pid },
+            sockets,
+            admin,
+            dns,
+        })
     }
 
     pub fn is_empty(&self) -> bool {
-        self.sockets.is_empty()
+        self.sockets.is_empty() && self.admin.is_none() && self.dns.is_none()
     }
 
-    /// A duplicate of the socket passed for listener `name` (or
-    /// [`ADMIN`]), or `None` when none was: the listener binds its
-    /// address itself. An error when the socket is bound elsewhere than
-    /// `configured`.
+    /// Who passed them.
+    pub fn source(&self) -> Source {
+        self.from
+    }
+
+    /// A duplicate of the socket passed for listener `name`, or `None`
+    /// when none was: the listener binds its address itself. An error
+    /// when the socket is bound elsewhere than `configured`.
     pub fn for_listener(
         &self,
         name: &str,
         configured: SocketAddr,
     ) -> Result<Option<std::net::TcpListener>, SocketError> {
-        let Some(passed) = self.sockets.iter().find(|s| s.name == name) else {
+        let passed = self.sockets.iter().find(|s| s.name == name);
+        self.duplicate(passed, name, configured)
+    }
+
+    /// [`Self::for_listener`] for `[admin]`.
+    pub fn for_admin(
+        &self,
+        configured: SocketAddr,
+    ) -> Result<Option<std::net::TcpListener>, SocketError> {
+        let passed = match &self.admin {
+            Some(admin) => Some(admin),
+            None if self.from == Source::ServiceManager => {
+                self.sockets.iter().find(|s| s.name == ADMIN)
+            }
+            None => None,
+        };
+        self.duplicate(passed, "[admin]", configured)
+    }
+
+    /// Duplicates of the embedded DNS server's sockets, when they were
+    /// handed over bound to `configured`.
+    pub fn for_dns(
+        &self,
+        configured: SocketAddr,
+    ) -> std::io::Result<Option<(std::net::UdpSocket, std::net::TcpListener)>> {
+        let Some((udp, tcp)) = &self.dns else {
             return Ok(None);
         };
-        // The IP and port: the flow label of an IPv6 address is no part
-        // of where a socket listens.
-        if (passed.address.ip(), passed.address.port()) != (configured.ip(), configured.port()) {
+        if !same_place(udp.local_addr()?, configured) {
+            tracing::info!(was = %udp.local_addr()?, now = %configured, "dns: the server moved; binding its new address");
+            return Ok(None);
+        }
+        Ok(Some((udp.try_clone()?, tcp.try_clone()?)))
+    }
+
+    fn duplicate(
+        &self,
+        passed: Option<&Passed>,
+        name: &str,
+        configured: SocketAddr,
+    ) -> Result<Option<std::net::TcpListener>, SocketError> {
+        let Some(passed) = passed else {
+            return Ok(None);
+        };
+        if !same_place(passed.address, configured) {
             return Err(SocketError::Address {
+                from: self.from,
+                fix: match self.from {
+                    Source::ServiceManager => {
+                        "make the config and the .socket unit's ListenStream= agree"
+                    }
+                    Source::Upgrade { .. } => {
+                        "upgrade with the config the running gale serves, and move the listener by a reload before or after"
+                    }
+                },
                 listener: name.to_string(),
                 passed: passed.address,
                 configured,
@@ -215,9 +367,10 @@ impl PassedSockets {
         let socket = passed
             .socket
             .try_clone()
-            .map_err(|source| SocketError::Duplicate {
+            .map_err(|error| SocketError::Duplicate {
+                from: self.from,
                 name: name.to_string(),
-                source,
+                error,
             })?;
         Ok(Some(socket))
     }
@@ -234,6 +387,9 @@ impl PassedSockets {
     /// `[admin]` listener.
     fn unclaimed_by(&self, listeners: &[&str], admin: bool) -> Result<Vec<String>, SocketError> {
         let has_listener = |name: &str| listeners.contains(&name);
+        // Only the service manager names `[admin]`'s socket like a
+        // listener's; a gale handing over keeps it apart.
+        let admin = admin && self.from == Source::ServiceManager;
         if admin && has_listener(ADMIN) && self.sockets.iter().any(|s| s.name == ADMIN) {
             return Err(SocketError::Ambiguous);
         }
@@ -246,7 +402,12 @@ impl PassedSockets {
     }
 
     /// At start: every socket must be claimed by a listener of `config`.
+    /// (A gale handing over may pass sockets the new config no longer
+    /// takes: they stay open, unused, as after a reload.)
     pub fn check_all_claimed(&self, config: &Config) -> Result<(), SocketError> {
+        if self.from != Source::ServiceManager {
+            return Ok(());
+        }
         let unclaimed = self.unclaimed(config)?;
         if unclaimed.is_empty() {
             return Ok(());
@@ -269,6 +430,14 @@ impl PassedSockets {
             listeners,
         })
     }
+}
+
+/// A socket bound to `bound` serves a listener configured at
+/// `configured`: the same IP, and the same port unless the config says 0
+/// (any port). The flow label of an IPv6 address is no part of where a
+/// socket listens.
+fn same_place(bound: SocketAddr, configured: SocketAddr) -> bool {
+    bound.ip() == configured.ip() && (configured.port() == 0 || bound.port() == configured.port())
 }
 
 /// The address of a listening TCP socket; why it is not one otherwise.
@@ -395,6 +564,17 @@ mod tests {
     fn two_sockets_of_one_name_are_refused() {
         let e = error(vec![owned(listening(), "in"), owned(listening(), "in")]);
         assert!(e.contains("two sockets named `in`"), "{e}");
+    }
+
+    #[test]
+    fn one_socket_under_two_names_is_refused() {
+        let socket = listening();
+        let twin = socket.try_clone().unwrap();
+        let e = error(vec![owned(socket, "in"), owned(twin, ADMIN)]);
+        assert!(
+            e.contains("one socket twice, as `in` and as `admin`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -235,6 +235,9 @@ pub fn parse_request(buf: &[u8], req: &mut Request) -> Result<bool, Refusal> {
     if s.framing_lookalike {
         return Err(Refusal::Malformed(headers::LOOKALIKE_REFUSED));
     }
+    if method.len() > crate::http::MAX_METHOD_LEN {
+        return Err(Refusal::NotImplemented("method too long\n"));
+    }
     req.len = len;
     req.method = range(buf, method.as_bytes());
     req.http10 = minor == 0;
@@ -292,6 +295,15 @@ pub fn parse_request(buf: &[u8], req: &mut Request) -> Result<bool, Refusal> {
     }
     if req.host.is_none() && !req.http10 {
         return Err(Refusal::Malformed("HTTP/1.1 request without Host\n"));
+    }
+    // `user:password@host`: an error (RFC 9110 §4.2.4), and a password
+    // that would go on to the backend and into the access log.
+    if req
+        .host
+        .as_ref()
+        .is_some_and(|h| buf[h.clone()].contains(&b'@'))
+    {
+        return Err(Refusal::Malformed("userinfo in the request's host\n"));
     }
     // Only a WebSocket handshake switches: any other upgrade (h2c above
     // all, whose requests would then bypass the balancer and the proxy

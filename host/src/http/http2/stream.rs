@@ -353,6 +353,18 @@ fn refusal(head: &http::request::Parts, ended: bool, room: bool) -> Option<HttpR
         Some(Some(n)) if ended && n > 0 => return bad("Content-Length without a body\n"),
         _ => {}
     }
+    if head.method.as_str().len() > crate::http::MAX_METHOD_LEN {
+        return Some(HttpReply {
+            status: 501,
+            text: "method too long\n",
+            retry_after: false,
+        });
+    }
+    // `user:password@host`: an error (RFC 9113 §8.3.1), and a password
+    // that would go on to the backend and into the access log.
+    if message::host(head).contains(&b'@') {
+        return bad("userinfo in the request's host\n");
+    }
     // An absolute-form `:path` would reach an HTTP/1.1 backend as a
     // target whose authority it routes by (RFC 9112 §3.2.2), past the
     // host the balancer, `Host` and `Forwarded` name.
