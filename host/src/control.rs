@@ -26,6 +26,7 @@ use crate::plugin::PluginRuntime;
 use crate::reload::{self, FileWatcher, Reloader};
 use crate::server::Server;
 use crate::systemd::{Notifier, PassedSockets, notify};
+use crate::upgrade;
 
 /// How often a generation on probation is checked for rollback.
 const PROBATION_TICK: Duration = Duration::from_millis(250);
@@ -49,6 +50,8 @@ pub struct Control {
     notifier: Notifier,
     /// How the last reload or rollback went, for the status line.
     last_change: Option<String>,
+    /// Requests of the task answering binary upgrades, when it runs.
+    upgrades: Option<mpsc::Receiver<upgrade::Ask>>,
 }
 
 /// What the outside may look at while the loop runs: the server (its
@@ -150,12 +153,35 @@ impl Control {
             demo_stop,
             notifier,
             last_change: None,
+            upgrades: None,
         })
     }
 
     /// The server and the admin address, for whoever watches the loop.
     pub fn running(&self) -> Running {
         self.running.clone()
+    }
+
+    /// Answer binary upgrades on `listener` (`crate::upgrade`): a new
+    /// gale that takes the sockets over and serves makes this one stop
+    /// accepting and drain, as on SIGTERM.
+    pub fn serve_upgrades(&mut self, listener: std::os::unix::net::UnixListener) {
+        let (tx, rx) = mpsc::channel(1);
+        tokio::spawn(upgrade::serve(listener, tx));
+        self.upgrades = Some(rx);
+    }
+
+    /// Duplicates of every socket this gale serves on, for a new gale.
+    fn offer(&self) -> std::io::Result<upgrade::Offered> {
+        let server = &self.running.server;
+        let mut sockets = server.listening()?;
+        if let Some(admin) = &self.admin_listener {
+            sockets.push((upgrade::Role::Admin, admin.socket()?));
+        }
+        Ok(upgrade::Offered {
+            generation: server.current.load().id,
+            sockets,
+        })
     }
 
     /// Reload and roll back until `shutdown` completes, then stop
@@ -169,9 +195,20 @@ impl Control {
             tokio::time::Instant::now() + notify::STATUS_EVERY,
             notify::STATUS_EVERY,
         );
+        let mut handed_over = None;
         loop {
             let (trigger, reply) = tokio::select! {
                 _ = &mut shutdown => break,
+                Some(ask) = asked(self.upgrades.as_mut()) => match ask {
+                    upgrade::Ask::Sockets(reply) => {
+                        let _ = reply.send(self.offer());
+                        continue;
+                    }
+                    upgrade::Ask::HandOver { to, reply } => {
+                        handed_over = Some((to, reply));
+                        break;
+                    }
+                },
                 _ = status.tick(), if self.notifier.enabled() => {
                     self.notifier.status(&self.status_line());
                     continue;
@@ -196,7 +233,7 @@ impl Control {
             // generation serving.
             self.last_change = Some(match &result {
                 Ok(id) => format!("reload to generation {id} ({trigger}) ok"),
-                Err(e) => format!("reload ({trigger}) failed: {e:#}"),
+                Err(e) => format!("reload ({trigger}) failed: {}", notify::failure(e)),
             });
             self.notifier.ready(&self.status_line());
             if result.is_ok() {
@@ -210,11 +247,23 @@ impl Control {
                 let _ = reply.send(result.map_err(|e| format!("{e:#}")));
             }
         }
-        if let Some(admin) = &self.admin_listener {
+        // Its descriptor closes too: during the drain the admin address
+        // refuses connections (or, after an upgrade, the new gale answers).
+        if let Some(admin) = self.admin_listener.take() {
             admin.stop();
         }
-        tracing::info!("shutting down: no new sessions");
         let server = &self.running.server;
+        server.stop_accepting();
+        match handed_over {
+            Some((to, reply)) => {
+                tracing::info!(
+                    pid = to,
+                    "upgraded: the new gale serves; this one accepts nothing more and drains"
+                );
+                let _ = reply.send(server.sessions_in_flight());
+            }
+            None => tracing::info!("shutting down: no new sessions"),
+        }
         self.notifier.stopping(&format!(
             "draining: {} in flight (generation {})",
             notify::sessions(server.sessions_in_flight()),
@@ -241,6 +290,14 @@ impl Control {
     async fn follow_admin(&mut self, wanted: Option<&AdminConfig>) {
         self.admin_listener = move_admin(self.admin_listener.take(), wanted, &self.admin).await;
         self.running.set_admin(self.admin_listener.as_ref());
+    }
+}
+
+/// The next upgrade request; never, when upgrades are not served.
+async fn asked(upgrades: Option<&mut mpsc::Receiver<upgrade::Ask>>) -> Option<upgrade::Ask> {
+    match upgrades {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -39,6 +39,8 @@
 //! - [`systemd`]: the service manager's protocols: readiness, reload and
 //!   stop notifications, the watchdog, sockets passed by socket
 //!   activation.
+//! - [`upgrade`]: binary upgrade: a new gale takes over a running one's
+//!   sockets over a Unix socket, and the old one drains.
 
 pub mod access;
 pub mod admin;
@@ -70,3 +72,4 @@ pub mod smtp;
 pub mod systemd;
 pub mod tcp;
 pub mod tls;
+pub mod upgrade;

@@ -44,6 +44,16 @@ enum Command {
         /// package's /etc/gale/gale.toml) explains every key.
         #[arg(short, long, value_name = "FILE", default_value = "config/gale.toml")]
         config: PathBuf,
+        /// Answer binary upgrades on this Unix socket (made mode 0600):
+        /// a gale started with `--upgrade` and the same path takes over
+        /// the listening sockets, and this one drains and exits.
+        #[arg(long, value_name = "PATH", env = "GALE_UPGRADE_SOCKET")]
+        upgrade_socket: Option<PathBuf>,
+        /// Take over from the gale answering on `--upgrade-socket`: serve
+        /// on its sockets, then tell it to drain. Nothing is refused
+        /// meanwhile; if this gale cannot start, the old one serves on.
+        #[arg(long, requires = "upgrade_socket")]
+        upgrade: bool,
     },
     /// Serve the shipped config with demo backends in the same process.
     ///
@@ -173,13 +183,17 @@ fn main() -> ExitCode {
     // format` (text if that cannot be read: loading it says why); the
     // other commands are for people at a terminal.
     let format = match &cli.command {
-        Command::Run { config } | Command::Demo { config } => gale::logging::format_of(config),
+        Command::Run { config, .. } | Command::Demo { config } => gale::logging::format_of(config),
         _ => Default::default(),
     };
     gale::logging::init(format);
     let result = match cli.command {
-        Command::Run { config } => run(&config, false),
-        Command::Demo { config } => run(&config, true),
+        Command::Run {
+            config,
+            upgrade_socket,
+            upgrade,
+        } => run(&config, false, upgrade_socket.as_deref(), upgrade),
+        Command::Demo { config } => run(&config, true, None, false),
         Command::Check { config } => check(&config),
         Command::Status { admin, token, json } => status(admin, token.as_deref(), json),
         Command::Plugin(PluginCommand::Check {
@@ -207,8 +221,11 @@ fn main() -> ExitCode {
             token,
         }) => dns_plan(&config, gale::dns::plan::Options { admin, token }),
         Command::Man => {
-            print!("{}", gale::manpage::render(Cli::command()));
-            Ok(())
+            use std::io::Write;
+            // Not print!: a full or closed stdout is an error, not a panic.
+            std::io::stdout()
+                .write_all(gale::manpage::render(Cli::command()).as_bytes())
+                .context("writing the man page")
         }
     };
     match result {
@@ -255,12 +272,33 @@ fn check(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(path: &Path, demo: bool) -> anyhow::Result<()> {
+fn run(
+    path: &Path,
+    demo: bool,
+    upgrade_socket: Option<&Path>,
+    upgrade: bool,
+) -> anyhow::Result<()> {
     // SAFETY: no thread other than this one exists yet (the runtime is
     // built below; logging and argument parsing start none), and nothing
     // has opened a descriptor that could be one the service manager
     // passed: it takes them and edits the environment alone.
-    let sockets = unsafe { gale::systemd::PassedSockets::take_from_env() }?;
+    let mut sockets = unsafe { gale::systemd::PassedSockets::take_from_env() }?;
+    let mut upgrades = match upgrade_socket {
+        None => None,
+        Some(path) if upgrade => {
+            if !sockets.is_empty() {
+                anyhow::bail!(
+                    "--upgrade takes the sockets of the running gale; the service manager passed some too (restart the unit instead)"
+                );
+            }
+            let takeover = gale::upgrade::take_over(path)?;
+            Some(gale::upgrade::Start::TakeOver(Box::new(takeover)))
+        }
+        Some(path) => Some(gale::upgrade::Start::Listen(gale::upgrade::listen(path)?)),
+    };
+    if let Some(start) = upgrades.as_mut().filter(|_| upgrade) {
+        sockets = start.sockets();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -269,7 +307,18 @@ fn run(path: &Path, demo: bool) -> anyhow::Result<()> {
         // Before "gale is ready" (logged by start): a SIGTERM sent once
         // that line is out must drain, not kill.
         let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-        let control = gale::control::Control::start_with(path, demo, sockets).await?;
+        let mut control = gale::control::Control::start_with(path, demo, sockets).await?;
+        match upgrades {
+            None => {}
+            Some(gale::upgrade::Start::Listen(listener)) => control.serve_upgrades(listener),
+            // Serving: the old gale may stop accepting now.
+            Some(gale::upgrade::Start::TakeOver(takeover)) => match takeover.ready().await {
+                Ok(listener) => control.serve_upgrades(listener),
+                Err(e) => tracing::error!(
+                    "{e:#}; this gale serves, but answers no upgrade until restarted"
+                ),
+            },
+        }
         let shutdown = async move {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}

@@ -18,7 +18,12 @@ use clap_mangen::roff::{Inline, Roff, bold, italic, roman};
 pub fn render(cli: clap::Command) -> String {
     let mut cli = cli.bin_name("gale").disable_help_subcommand(true);
     cli.build();
-    let man = clap_mangen::Man::new(cli.clone())
+    // The description without Markdown backticks too (see `plain`).
+    let mut described = cli.clone();
+    if let Some(about) = cli.get_long_about() {
+        described = described.long_about(plain(&about.to_string()));
+    }
+    let man = clap_mangen::Man::new(described)
         .title("GALE")
         .manual("gale manual");
     let mut head = Vec::new();
@@ -178,6 +183,15 @@ fn sections(roff: &mut Roff) {
                 "Drain: stop accepting, let sessions finish for [server] \
                  drain_timeout (default 30s), then exit.",
             ),
+            (
+                "Binary upgrade",
+                "No signal: gale run --upgrade-socket PATH --upgrade, started \
+                 beside a gale run with the same --upgrade-socket, takes its \
+                 listening sockets over that Unix socket and serves on them; \
+                 the old gale then stops accepting, drains as on SIGTERM and \
+                 exits. No connection is refused meanwhile; a new gale that \
+                 cannot start exits and the old one serves on.",
+            ),
         ],
     );
     tagged(
@@ -229,8 +243,10 @@ fn sections(roff: &mut Roff) {
             ),
             (
                 "/usr/share/doc/gale/examples/gale.socket",
-                "An example socket unit: systemd binds port 25 and passes it to \
-                 the listener whose name is the socket's FileDescriptorName.",
+                "An example socket unit: systemd binds the listener's port \
+                 (the shipped config's 127.0.0.1:2525; 25 in production) and \
+                 passes it to the listener whose name is the socket's \
+                 FileDescriptorName.",
             ),
         ],
     );
@@ -248,8 +264,9 @@ fn sections(roff: &mut Roff) {
     paragraphs(
         roff,
         "0 on success (gale run: after a drain), 1 on an error, which is \
-         printed on standard error as gale: followed by the reason; 2 for a \
-         command line clap rejects.",
+         printed on standard error as gale: followed by the reason (with \
+         [log] format = \"json\", as a JSON line whose message says so); 2 \
+         for a command line clap rejects.",
     );
     roff.control("SH", ["EXAMPLES"]);
     for (what, command) in [

@@ -4,6 +4,7 @@
 //! ends the rest.
 
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
@@ -30,6 +31,8 @@ pub struct Server {
     pub dns: Arc<crate::dns::DnsState>,
     /// Where the embedded DNS server answers (UDP and TCP), if it runs.
     dns_address: Option<SocketAddr>,
+    /// Its sockets, duplicated, for a binary upgrade to hand over.
+    dns_sockets: Option<(OwnedFd, OwnedFd)>,
     /// Sockets the service manager passed, which listeners of their
     /// names take instead of binding.
     sockets: Arc<PassedSockets>,
@@ -43,9 +46,28 @@ struct Bound {
     configured: SocketAddr,
     /// The address the kernel gave.
     address: SocketAddr,
-    /// The socket came from the service manager.
+    /// The socket came from the service manager or an upgraded gale.
     passed: bool,
+    /// The listening socket, duplicated, for a binary upgrade to hand
+    /// over; `None` once accepting has stopped.
+    socket: Option<OwnedFd>,
     stop: CancellationToken,
+}
+
+/// A socket a binary upgrade hands over, and what it is for.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// The TCP listener of this name.
+    Listener(String),
+    /// `[admin]`'s TCP listener.
+    Admin,
+    /// The embedded DNS server's UDP socket.
+    DnsUdp,
+    /// The embedded DNS server's TCP listener.
+    DnsTcp,
+    /// The Unix socket upgrades are asked for on.
+    Upgrade,
 }
 
 /// Sockets bound for a generation that is not swapped in yet.
@@ -76,6 +98,7 @@ impl Server {
             stop_background: CancellationToken::new(),
             dns: Arc::default(),
             dns_address: None,
+            dns_sockets: None,
             sockets,
         };
         let generation = server.current.load_full();
@@ -98,11 +121,18 @@ impl Server {
         let stop = self.stop_background.child_token();
         match &config.provider {
             crate::config::DnsProvider::Embedded { address, .. } => {
-                let (udp, tcp) = crate::dns::embedded::bind(*address)
-                    .await
-                    .with_context(|| format!("dns: cannot bind {address} (UDP and TCP)"))?;
+                let (udp, tcp) = match self.sockets.for_dns(*address)? {
+                    Some((udp, tcp)) => crate::dns::embedded::adopt(udp, tcp)?,
+                    None => crate::dns::embedded::bind(*address)
+                        .await
+                        .with_context(|| format!("dns: cannot bind {address} (UDP and TCP)"))?,
+                };
                 let bound = udp.local_addr()?;
                 self.dns_address = Some(bound);
+                self.dns_sockets = Some((
+                    udp.as_fd().try_clone_to_owned()?,
+                    tcp.as_fd().try_clone_to_owned()?,
+                ));
                 tracing::info!(address = %bound, zone = %config.zone, name = %config.name, "dns server listening");
                 self.background.spawn(crate::dns::embedded::serve(
                     udp,
@@ -171,7 +201,8 @@ impl Server {
         // back once closed), so its clients wait in the backlog: say so.
         for socket in unclaimed {
             tracing::warn!(
-                "socket {socket} passed by the service manager is taken by no listener now; connections to it wait unanswered"
+                "socket {socket} passed by {} is taken by no listener now; connections to it wait unanswered",
+                self.sockets.source()
             );
         }
         let probes = self.stop_background.child_token();
@@ -232,6 +263,7 @@ impl Server {
                 configured: l.address,
                 address,
                 passed,
+                socket: Some(socket.as_fd().try_clone_to_owned()?),
                 stop,
             };
             bound.push((b, socket));
@@ -246,7 +278,8 @@ impl Server {
             // Logged before "gale is ready": tests and scripts read the port
             // the kernel chose from this line.
             if b.passed {
-                tracing::info!(listener = %b.name, address = %b.address, socket = "passed by the service manager", "listening");
+                let from = self.sockets.source();
+                tracing::info!(listener = %b.name, address = %b.address, socket = ?format!("passed by {from}"), "listening");
             } else {
                 tracing::info!(listener = %b.name, address = %b.address, "listening");
             }
@@ -328,11 +361,47 @@ impl Server {
             .map(|(_, a)| a)
     }
 
+    /// Duplicates of every socket gale serves on now (listeners and the
+    /// embedded DNS server's), for a binary upgrade to hand over.
+    pub fn listening(&self) -> std::io::Result<Vec<(Role, OwnedFd)>> {
+        let mut sockets = Vec::new();
+        for b in self
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            if let Some(socket) = &b.socket {
+                sockets.push((Role::Listener(b.name.clone()), socket.try_clone()?));
+            }
+        }
+        if let Some((udp, tcp)) = &self.dns_sockets {
+            sockets.push((Role::DnsUdp, udp.try_clone()?));
+            sockets.push((Role::DnsTcp, tcp.try_clone()?));
+        }
+        Ok(sockets)
+    }
+
+    /// Stop accepting new sessions: the accept loops end and close their
+    /// sockets (each closes for good unless another process holds it: a
+    /// gale that took over, or the service manager).
+    pub fn stop_accepting(&self) {
+        self.stop_accepting.cancel();
+        for b in self
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter_mut()
+        {
+            b.socket = None;
+        }
+    }
+
     /// Stop accepting, wait up to the config's drain timeout for sessions
     /// in flight, then stop everything. Returns how many sessions were cut.
     pub async fn shutdown(&self) -> usize {
         let drain = self.current.load().config.drain_timeout;
-        self.stop_accepting.cancel();
+        self.stop_accepting();
         self.sessions.close();
         let open = self.sessions.len();
         if open > 0 {

@@ -126,6 +126,60 @@ impl Gale {
         Gale::spawn(cmd, config, dir, trigger)
     }
 
+    /// `gale run` on `toml` answering binary upgrades on `socket`.
+    pub fn start_upgradable(toml: &str, socket: &Path) -> Gale {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("gale.toml");
+        std::fs::write(&config, toml).unwrap();
+        let mut cmd = Gale::command(Path::new(env!("CARGO_BIN_EXE_gale")));
+        cmd.args(["run", "--config"])
+            .arg(&config)
+            .arg("--upgrade-socket")
+            .arg(socket)
+            .env("GALE_CACHE_DIR", dir.path().join("cache"))
+            .env("RUST_LOG", "info");
+        Gale::spawn(cmd, config, dir, || {})
+    }
+
+    /// The command line of a gale (`binary`) taking over from `self`
+    /// through `socket`, on `self`'s config and plugin cache.
+    pub fn take_over_command(&self, binary: &Path, socket: &Path) -> Command {
+        let mut cmd = Gale::command(binary);
+        cmd.args(["run", "--config"])
+            .arg(&self.config)
+            .arg("--upgrade-socket")
+            .arg(socket)
+            .arg("--upgrade")
+            .env("GALE_CACHE_DIR", self._dir.path().join("cache"))
+            .env("RUST_LOG", "info");
+        cmd
+    }
+
+    /// Run `cmd` (see [`Gale::take_over_command`]) and wait until it
+    /// serves.
+    pub fn take_over(&self, cmd: Command) -> Gale {
+        let dir = tempfile::tempdir().unwrap();
+        Gale::spawn(cmd, self.config.clone(), dir, || {})
+    }
+
+    /// `binary` without the service manager's variables: a test run
+    /// under a service manager must not make gale talk to it; only tests
+    /// that set them on purpose pass these.
+    fn command(binary: &Path) -> Command {
+        let mut cmd = Command::new(binary);
+        for inherited in [
+            "NOTIFY_SOCKET",
+            "WATCHDOG_USEC",
+            "WATCHDOG_PID",
+            "LISTEN_PID",
+            "LISTEN_FDS",
+            "LISTEN_FDNAMES",
+        ] {
+            cmd.env_remove(inherited);
+        }
+        cmd
+    }
+
     fn launch(command: &str, config: PathBuf, dir: tempfile::TempDir) -> Gale {
         Gale::launch_limited(command, config, dir, None, &[])
     }
@@ -137,19 +191,7 @@ impl Gale {
         nofile: Option<u64>,
         env: &[(&str, &str)],
     ) -> Gale {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gale"));
-        // A test run under a service manager must not make gale talk to
-        // it: only tests that set them on purpose pass these.
-        for inherited in [
-            "NOTIFY_SOCKET",
-            "WATCHDOG_USEC",
-            "WATCHDOG_PID",
-            "LISTEN_PID",
-            "LISTEN_FDS",
-            "LISTEN_FDNAMES",
-        ] {
-            cmd.env_remove(inherited);
-        }
+        let mut cmd = Gale::command(Path::new(env!("CARGO_BIN_EXE_gale")));
         cmd.envs(env.iter().copied());
         if let Some(n) = nofile {
             use std::os::unix::process::CommandExt;

@@ -102,11 +102,20 @@ pub struct Handle {
     pub configured: SocketAddr,
     token: Token,
     stop: CancellationToken,
+    /// The listening socket, duplicated, for a binary upgrade to hand
+    /// over.
+    socket: Arc<std::os::fd::OwnedFd>,
 }
 
 impl Handle {
     pub fn stop(&self) {
         self.stop.cancel();
+    }
+
+    /// Another descriptor of the listening socket (a binary upgrade
+    /// hands it over).
+    pub fn socket(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        self.socket.try_clone()
     }
 
     /// The token this listener checks from now on.
@@ -124,15 +133,13 @@ impl Handle {
 /// until the handle stops.
 pub async fn start(config: &AdminConfig, admin: Arc<Admin>) -> anyhow::Result<Handle> {
     let address = config.address;
-    let passed = admin
-        .server
-        .sockets()
-        .for_listener(crate::systemd::sockets::ADMIN, address)?;
+    let passed = admin.server.sockets().for_admin(address)?;
     let socket = match passed {
         Some(socket) => {
             socket.set_nonblocking(true)?;
             let socket = TcpListener::from_std(socket)?;
-            tracing::info!(address = %socket.local_addr()?, socket = "passed by the service manager", "admin listening");
+            let from = admin.server.sockets().source();
+            tracing::info!(address = %socket.local_addr()?, socket = ?format!("passed by {from}"), "admin listening");
             socket
         }
         None => {
@@ -144,6 +151,7 @@ pub async fn start(config: &AdminConfig, admin: Arc<Admin>) -> anyhow::Result<Ha
         }
     };
     let bound = socket.local_addr()?;
+    let duplicate = Arc::new(std::os::fd::AsFd::as_fd(&socket).try_clone_to_owned()?);
     let stop = CancellationToken::new();
     let token: Token = Arc::new(ArcSwap::from_pointee(config.token.clone()));
     tokio::spawn(serve(socket, admin, token.clone(), stop.clone()));
@@ -152,6 +160,7 @@ pub async fn start(config: &AdminConfig, admin: Arc<Admin>) -> anyhow::Result<Ha
         configured: address,
         token,
         stop,
+        socket: duplicate,
     })
 }
 

@@ -57,6 +57,16 @@ pub async fn bind(address: SocketAddr) -> std::io::Result<(UdpSocket, TcpListene
     Err(last.unwrap_or_else(|| std::io::Error::other("no port free for both UDP and TCP")))
 }
 
+/// Serve on sockets a gale being upgraded bound (`crate::upgrade`).
+pub fn adopt(
+    udp: std::net::UdpSocket,
+    tcp: std::net::TcpListener,
+) -> std::io::Result<(UdpSocket, TcpListener)> {
+    udp.set_nonblocking(true)?;
+    tcp.set_nonblocking(true)?;
+    Ok((UdpSocket::from_std(udp)?, TcpListener::from_std(tcp)?))
+}
+
 /// Answer queries until shutdown.
 pub async fn serve(
     udp: UdpSocket,

@@ -268,9 +268,13 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
                 self.buf.advance(self.work.req.len);
                 self.head_in_buf = false;
             }
-            // `keep` is false when the listener was over `max_buffer_mb`
-            // as the response went out (its head said so).
-            if !keep || self.shutdown.is_cancelled() {
+            // `keep` is false when the answer's head said the connection
+            // closes (gale shutting down, the listener over
+            // `max_buffer_mb`, ...). One that said keep-alive is kept
+            // even if gale began to drain since: the client may be
+            // sending its next request already, which then gets the
+            // close (see `DRAIN_IDLE_GRACE`).
+            if !keep {
                 break;
             }
             self.go_idle();

@@ -18,6 +18,9 @@ use crate::http::MAX_HEADER_BYTES;
 /// Read size for the first bytes of a request, read into the stack (see
 /// `Client::poll_first`): a typical head, cookies and all, in one read.
 const FIRST_READ_SIZE: usize = 4096;
+/// How long an idle kept-alive connection stays open once gale drains,
+/// for a request the client sent before it could see the close.
+const DRAIN_IDLE_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 /// The first bytes of every HTTP/2 connection (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -95,8 +98,22 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
                     Poll::Ready(Err(_)) => return Poll::Ready(Ok(Next::Closed)),
                     Poll::Pending => {}
                 }
-                if timeout.as_mut().poll(cx).is_ready() || cancelled.as_mut().poll(cx).is_ready() {
+                if timeout.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Ok(Next::Closed));
+                }
+                if cancelled.as_mut().poll(cx).is_ready() {
+                    // Draining (shutdown, or a binary upgrade): the client
+                    // cannot know, and may have sent its next request
+                    // already; closing now would lose it, as a reset.
+                    // It gets DRAIN_IDLE_GRACE to come, and its answer
+                    // says `Connection: close`.
+                    let grace = tokio::time::Instant::now() + DRAIN_IDLE_GRACE;
+                    if timeout.deadline() > grace {
+                        timeout.as_mut().reset(grace);
+                        if timeout.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Ok(Next::Closed));
+                        }
+                    }
                 }
                 return Poll::Pending;
             }
