@@ -206,7 +206,7 @@ fn an_upgrade_under_load_refuses_nothing_and_the_old_gale_drains_then_exits() {
         "{:?}",
         new.log_lines("listening")
     );
-    old.wait_log("upgraded: the new gale serves", Duration::from_secs(5));
+    old.wait_log("upgraded: the new gale takes over", Duration::from_secs(5));
     // Both loads were still running: the upgrade happened under them.
     assert!(
         running(&source) && running(&load),
@@ -269,56 +269,103 @@ fn running(child: &Child) -> bool {
     !stat.is_empty() && !stat.contains(") Z ")
 }
 
+/// `gale run` with `args` after the config, as `binary`: its stderr, and
+/// whether it succeeded.
+fn gale_run(binary: &Path, config: &Path, args: &[&std::ffi::OsStr]) -> (bool, String) {
+    let out = Command::new(binary)
+        .args(["run", "--config"])
+        .arg(config)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
-fn a_new_gale_that_cannot_start_leaves_the_old_one_serving() {
+fn a_new_gale_that_cannot_start_leaves_the_old_one_serving_and_refuses_nothing() {
     let sinks = [SmtpSink::start(free_port())];
     let nginx = Nginx::start(free_port(), "www");
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("upgrade.sock");
-    let old = Gale::start_upgradable(&config(&[&sinks[0]], &nginx), &socket);
+    let toml = config(&[&sinks[0]], &nginx);
+    let old = Gale::start_upgradable(&toml, &socket);
     let smtp = old.address("in");
-
-    // A second gale on the same socket without --upgrade is refused.
-    let out = Command::new(env!("CARGO_BIN_EXE_gale"))
-        .args(["run", "--config"])
-        .arg(&old.config)
-        .arg("--upgrade-socket")
-        .arg(&socket)
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && said.contains("start with --upgrade"),
-        "{said}"
-    );
-
     let binary = new_binary(dir.path());
-    // A config the new binary does not accept: it exits, the old serves on.
+    let upgrade = [socket.as_os_str(), "--upgrade".as_ref()];
+    let upgrade = [&["--upgrade-socket".as_ref()][..], &upgrade[..]].concat();
+
+    // A second gale on the same socket without --upgrade is refused, and
+    // --upgrade-socket never removes a file that is not a socket.
+    let (ok, said) = gale_run(
+        &binary,
+        &old.config,
+        &["--upgrade-socket".as_ref(), socket.as_os_str()],
+    );
+    assert!(!ok && said.contains("start with --upgrade"), "{said}");
+    let precious = dir.path().join("precious.txt");
+    std::fs::write(&precious, "keep").unwrap();
+    let (ok, said) = gale_run(
+        &binary,
+        &old.config,
+        &["--upgrade-socket".as_ref(), precious.as_os_str()],
+    );
+    assert!(!ok && said.contains("not a socket"), "{said}");
+    assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep");
+
+    // Under load, new gales that fail: one whose config does not load,
+    // and three that fail late, after taking the sockets (their [admin]
+    // address is taken): none accepted a connection it then dropped.
+    let source = smtp_source(smtp, 1500);
+    wait_metric(&old, "gale_sessions_total", "in", 50.0);
     let broken = dir.path().join("broken.toml");
     std::fs::write(&broken, "[listeners.in]\nadress = \"127.0.0.1:1\"\n").unwrap();
-    let out = Command::new(&binary)
-        .args(["run", "--config"])
-        .arg(&broken)
-        .arg("--upgrade-socket")
-        .arg(&socket)
-        .arg("--upgrade")
-        .env("RUST_LOG", "info")
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && said.contains("broken.toml:2"),
-        "{said}"
+    let (ok, said) = gale_run(&binary, &broken, &upgrade);
+    assert!(!ok && said.contains("broken.toml:2"), "{said}");
+    // The admin listener elsewhere: found once the listeners are bound.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let late = dir.path().join("late.toml");
+    std::fs::write(
+        &late,
+        toml.replace(
+            "[admin]\naddress = \"127.0.0.1:0\"",
+            &format!("[admin]\naddress = \"{}\"", taken.local_addr().unwrap()),
+        ),
+    )
+    .unwrap();
+    assert_ne!(
+        std::fs::read_to_string(&late).unwrap(),
+        toml,
+        "the admin address was not replaced"
     );
-    let why = old.wait_log("binary upgrade not done", Duration::from_secs(5));
-    assert!(why.contains("ended before serving"), "{why}");
+    for _ in 0..3 {
+        let (ok, said) = gale_run(&binary, &late, &upgrade);
+        assert!(!ok && said.contains("listener [admin]"), "{said}");
+    }
+    assert!(
+        running(&source),
+        "the load ended before the failed upgrades; make it longer"
+    );
+    let (ok, _, errors) = finished(source, "smtp-source", Duration::from_secs(60));
+    assert!(
+        ok && errors.trim().is_empty(),
+        "smtp-source saw errors:\n{errors}"
+    );
+    let failed = old.wait_count("binary upgrade not done", 4, Duration::from_secs(5));
+    assert!(
+        failed.iter().all(|l| l.contains("ended before serving")),
+        "{failed:?}"
+    );
     // The check that a gale answers (the second start above) was no
-    // request: only the failed upgrade was logged.
-    assert_eq!(old.log_lines("binary upgrade not done").len(), 1);
-    let (ok, said) = swaks_from("127.0.0.1", smtp, "b@example.test");
-    assert!(ok, "{said}");
+    // request: only the failed upgrades were logged.
+    assert_eq!(old.log_lines("binary upgrade not done").len(), 4);
 
-    // Someone of another uid, even with the file opened to all.
+    // Strangers: a request from another uid, even with the socket file
+    // opened to all, and a process of this uid that sends a byte and
+    // waits (it holds upgrades for 5 s, not longer).
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
     let out = Command::new(require("setpriv"))
         .args([
@@ -332,9 +379,7 @@ fn a_new_gale_that_cannot_start_leaves_the_old_one_serving() {
         .arg(env!("CARGO_BIN_EXE_gale"))
         .args(["run", "--config"])
         .arg(&old.config)
-        .arg("--upgrade-socket")
-        .arg(&socket)
-        .arg("--upgrade")
+        .args(&upgrade)
         .env("GALE_CACHE_DIR", dir.path().join("nobody-cache"))
         .output()
         .unwrap();
@@ -344,10 +389,90 @@ fn a_new_gale_that_cannot_start_leaves_the_old_one_serving() {
         "{said}"
     );
     old.wait_log("refused a request from uid 65534", Duration::from_secs(5));
+    let mut trickle = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    trickle.write_all(b"G").unwrap();
 
     // And the upgrade socket still hands over to a gale that starts.
+    let started = Instant::now();
     let new = old.take_over(old.take_over_command(&binary, &socket));
-    new.wait_log("took over", Duration::from_secs(10));
+    new.wait_log("took over: the old gale stopped", Duration::from_secs(10));
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "{:?}",
+        started.elapsed()
+    );
+    old.wait_log("no request line within 5s", Duration::from_secs(1));
     let (ok, said) = swaks_from("127.0.0.1", smtp, "b@example.test");
     assert!(ok, "{said}");
+    drop(trickle);
+}
+
+#[test]
+fn idle_gales_upgrade_again_and_again_and_the_last_reloads_like_any_gale() {
+    let sinks = [SmtpSink::start(free_port())];
+    let nginx = Nginx::start(free_port(), "www");
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    let binary = new_binary(dir.path());
+    // Every gale runs the first one's config and plugin cache, which
+    // lives as long as the first `Gale`.
+    let mut first = Gale::start_upgradable(&config(&[&sinks[0]], &nginx), &socket);
+    let smtp = first.address("in");
+    // No session to drain: each old gale exits at once, and must still
+    // have told its successor, which answers the next upgrade.
+    let mut gale = first.take_over(first.take_over_command(&binary, &socket));
+    let status = wait_exit(&mut first.child, Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+    for round in 0..5 {
+        let took = gale.wait_log("took over", Duration::from_secs(10));
+        assert!(
+            took.contains("took over: the old gale stopped"),
+            "round {round}: {took}"
+        );
+        let mut old = std::mem::replace(
+            &mut gale,
+            first.take_over(first.take_over_command(&binary, &socket)),
+        );
+        let status = wait_exit(&mut old.child, Duration::from_secs(10));
+        assert!(status.success(), "round {round}: {status}");
+    }
+    gale.wait_log("took over: the old gale stopped", Duration::from_secs(10));
+    let (ok, said) = swaks_from("127.0.0.1", smtp, "b@example.test");
+    assert!(ok, "{said}");
+
+    // Its listeners are its own now: a reload moves one and removes
+    // another, whose port then refuses connections.
+    let web = gale.address("web");
+    let moved = free_port();
+    let mut table: toml::Table = std::fs::read_to_string(&gale.config)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let listeners = table["listeners"].as_table_mut().unwrap();
+    listeners.remove("web").unwrap();
+    listeners["in"]
+        .as_table_mut()
+        .unwrap()
+        .insert("address".to_string(), format!("127.0.0.1:{moved}").into());
+    let next = table.to_string();
+    gale.rewrite_config(&next);
+    gale.wait_log("reloaded", Duration::from_secs(20));
+    let moved: SocketAddr = format!("127.0.0.1:{moved}").parse().unwrap();
+    let (ok, said) = swaks_from("127.0.0.1", moved, "b@example.test");
+    assert!(ok, "{said}");
+    for gone in [smtp, web] {
+        let refused = TcpStream::connect_timeout(&gone, Duration::from_secs(2));
+        assert!(refused.is_err(), "{gone} still accepts after the reload");
+    }
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "still running after {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

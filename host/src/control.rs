@@ -171,6 +171,12 @@ impl Control {
         self.upgrades = Some(rx);
     }
 
+    /// Start accepting, after a binary upgrade's take-over (see
+    /// `Server::open`); nothing else opens a server that is not open.
+    pub fn open(&self) {
+        self.running.server.open();
+    }
+
     /// Duplicates of every socket this gale serves on, for a new gale.
     fn offer(&self) -> std::io::Result<upgrade::Offered> {
         let server = &self.running.server;
@@ -204,8 +210,8 @@ impl Control {
                         let _ = reply.send(self.offer());
                         continue;
                     }
-                    upgrade::Ask::HandOver { to, reply } => {
-                        handed_over = Some((to, reply));
+                    upgrade::Ask::HandOver { to, stream } => {
+                        handed_over = Some((to, stream));
                         break;
                     }
                 },
@@ -247,6 +253,8 @@ impl Control {
                 let _ = reply.send(result.map_err(|e| format!("{e:#}")));
             }
         }
+        // A gale asking for the sockets from now on is refused.
+        self.upgrades = None;
         // Its descriptor closes too: during the drain the admin address
         // refuses connections (or, after an upgrade, the new gale answers).
         if let Some(admin) = self.admin_listener.take() {
@@ -255,12 +263,17 @@ impl Control {
         let server = &self.running.server;
         server.stop_accepting();
         match handed_over {
-            Some((to, reply)) => {
+            Some((to, stream)) => {
+                let sessions = server.sessions_in_flight();
                 tracing::info!(
                     pid = to,
-                    "upgraded: the new gale serves; this one accepts nothing more and drains"
+                    sessions,
+                    "upgraded: the new gale takes over; this one accepts nothing more and drains"
                 );
-                let _ = reply.send(server.sessions_in_flight());
+                // The new gale starts accepting on this word.
+                if let Err(e) = upgrade::Ask::draining(stream, sessions).await {
+                    tracing::warn!(pid = to, "telling the new gale it may accept: {e}");
+                }
             }
             None => tracing::info!("shutting down: no new sessions"),
         }

@@ -36,6 +36,9 @@ pub struct Accept {
     pub current: Arc<ArcSwap<Generation>>,
     pub sessions: TaskTracker,
     pub shutdown: CancellationToken,
+    /// Accepting starts once this is cancelled (at once, except in a
+    /// binary upgrade: once the old gale has stopped accepting).
+    pub open: CancellationToken,
     /// What the listener's connections hold in buffers.
     pub buffers: Buffers,
 }
@@ -52,6 +55,10 @@ impl Accept {
         // Shared with the tasks of listeners that have an admission
         // plugin: they start the session only once it has decided.
         let connection = Arc::new(connection);
+        tokio::select! {
+            _ = self.open.cancelled() => {}
+            _ = self.shutdown.cancelled() => return,
+        }
         let slots = Arc::new(Slots::default());
         let clients = Arc::new(Clients::default());
         let refusing = Arc::new(AtomicUsize::new(0));

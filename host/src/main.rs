@@ -283,21 +283,21 @@ fn run(
     // has opened a descriptor that could be one the service manager
     // passed: it takes them and edits the environment alone.
     let mut sockets = unsafe { gale::systemd::PassedSockets::take_from_env() }?;
-    let mut upgrades = match upgrade_socket {
-        None => None,
-        Some(path) if upgrade => {
+    // A binary upgrade: answer one, or take over from the gale answering.
+    let (mut takeover, mut upgrades) = (None, None);
+    match (upgrade_socket, upgrade) {
+        (None, _) => {}
+        (Some(path), true) => {
             if !sockets.is_empty() {
                 anyhow::bail!(
                     "--upgrade takes the sockets of the running gale; the service manager passed some too (restart the unit instead)"
                 );
             }
-            let takeover = gale::upgrade::take_over(path)?;
-            Some(gale::upgrade::Start::TakeOver(Box::new(takeover)))
+            let mut from = gale::upgrade::take_over(path)?;
+            sockets = from.sockets();
+            takeover = Some(from);
         }
-        Some(path) => Some(gale::upgrade::Start::Listen(gale::upgrade::listen(path)?)),
-    };
-    if let Some(start) = upgrades.as_mut().filter(|_| upgrade) {
-        sockets = start.sockets();
+        (Some(path), false) => upgrades = Some(gale::upgrade::listen(path)?),
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -308,16 +308,23 @@ fn run(
         // that line is out must drain, not kill.
         let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut control = gale::control::Control::start_with(path, demo, sockets).await?;
-        match upgrades {
-            None => {}
-            Some(gale::upgrade::Start::Listen(listener)) => control.serve_upgrades(listener),
-            // Serving: the old gale may stop accepting now.
-            Some(gale::upgrade::Start::TakeOver(takeover)) => match takeover.ready().await {
-                Ok(listener) => control.serve_upgrades(listener),
-                Err(e) => tracing::error!(
-                    "{e:#}; this gale serves, but answers no upgrade until restarted"
-                ),
-            },
+        if let Some(from) = takeover {
+            if signalled(&mut term) {
+                // Stopped while starting: the old gale, never told this
+                // one is ready, serves on; this one accepted nothing.
+                tracing::info!(
+                    pid = from.pid,
+                    "SIGTERM before taking over: the old gale serves on"
+                );
+                drop(from);
+                control.run(std::future::ready(())).await?;
+                return Ok(());
+            }
+            upgrades = Some(from.ready().await);
+            control.open();
+        }
+        if let Some(listener) = upgrades {
+            control.serve_upgrades(listener);
         }
         let shutdown = async move {
             tokio::select! {
@@ -328,6 +335,12 @@ fn run(
         control.run(shutdown).await?;
         Ok(())
     })
+}
+
+/// Whether `signal` has come since it was installed (without waiting).
+fn signalled(signal: &mut tokio::signal::unix::Signal) -> bool {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    signal.poll_recv(&mut cx).is_ready()
 }
 
 fn plugin_check(file: &Path, options: gale::plugin::check::Options) -> anyhow::Result<()> {

@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, Protocol};
 use crate::generation::Generation;
 use crate::systemd::PassedSockets;
+use crate::systemd::sockets::Source;
 
 pub struct Server {
     /// The generation new sessions start on.
@@ -33,9 +34,12 @@ pub struct Server {
     dns_address: Option<SocketAddr>,
     /// Its sockets, duplicated, for a binary upgrade to hand over.
     dns_sockets: Option<(OwnedFd, OwnedFd)>,
-    /// Sockets the service manager passed, which listeners of their
-    /// names take instead of binding.
-    sockets: Arc<PassedSockets>,
+    /// Sockets the service manager passed (or a gale being upgraded),
+    /// which listeners of their names take instead of binding.
+    sockets: Mutex<Arc<PassedSockets>>,
+    /// Cancelled once listeners may accept: at once, except after a
+    /// binary upgrade's take-over (see [`Server::open`]).
+    open: CancellationToken,
 }
 
 /// A listener socket and its accept loop.
@@ -82,12 +86,18 @@ impl Server {
     }
 
     /// Like [`Server::start`], with the sockets the service manager
-    /// passed: each must be taken by a listener (or `[admin]`).
+    /// passed: each must be taken by a listener (or `[admin]`). With
+    /// sockets a gale being upgraded handed over, nothing is accepted
+    /// until [`Server::open`].
     pub async fn start_with(
         generation: Generation,
         sockets: Arc<PassedSockets>,
     ) -> anyhow::Result<Server> {
         sockets.check_all_claimed(&generation.config)?;
+        let open = CancellationToken::new();
+        if !matches!(sockets.source(), Source::Upgrade { .. }) {
+            open.cancel();
+        }
         let mut server = Server {
             current: Arc::new(ArcSwap::new(Arc::new(generation))),
             listeners: Mutex::new(Vec::new()),
@@ -99,7 +109,8 @@ impl Server {
             dns: Arc::default(),
             dns_address: None,
             dns_sockets: None,
-            sockets,
+            sockets: Mutex::new(sockets),
+            open,
         };
         let generation = server.current.load_full();
         server.start_dns(&generation).await?;
@@ -121,7 +132,7 @@ impl Server {
         let stop = self.stop_background.child_token();
         match &config.provider {
             crate::config::DnsProvider::Embedded { address, .. } => {
-                let (udp, tcp) = match self.sockets.for_dns(*address)? {
+                let (udp, tcp) = match self.sockets().for_dns(*address)? {
                     Some((udp, tcp)) => crate::dns::embedded::adopt(udp, tcp)?,
                     None => crate::dns::embedded::bind(*address)
                         .await
@@ -182,7 +193,8 @@ impl Server {
     }
 
     async fn install(&self, generation: Arc<Generation>) -> anyhow::Result<Arc<Generation>> {
-        let unclaimed = self.sockets.unclaimed(&generation.config)?;
+        let sockets = self.sockets();
+        let unclaimed = sockets.unclaimed(&generation.config)?;
         let pending = self.bind_new(&generation.config).await?;
         // Before anyone can see it, and again right after the swap for
         // results recorded in between: no window where a backend known
@@ -202,7 +214,7 @@ impl Server {
         for socket in unclaimed {
             tracing::warn!(
                 "socket {socket} passed by {} is taken by no listener now; connections to it wait unanswered",
-                self.sockets.source()
+                sockets.source()
             );
         }
         let probes = self.stop_background.child_token();
@@ -218,6 +230,7 @@ impl Server {
     /// Bind the listeners of `config` that are not bound already at
     /// the same address.
     async fn bind_new(&self, config: &Config) -> anyhow::Result<Pending> {
+        let passed = self.sockets();
         let mut bound = Vec::new();
         for l in &config.listeners {
             let kept = self
@@ -241,7 +254,7 @@ impl Server {
                     client_speaks_first: false,
                 },
             };
-            let (socket, passed) = match self.sockets.for_listener(&l.name, l.address)? {
+            let (socket, passed) = match passed.for_listener(&l.name, l.address)? {
                 Some(passed) => (
                     crate::listener::adopt(passed, sockets).with_context(|| {
                         format!("listener {}: the socket passed for it", l.name)
@@ -278,7 +291,7 @@ impl Server {
             // Logged before "gale is ready": tests and scripts read the port
             // the kernel chose from this line.
             if b.passed {
-                let from = self.sockets.source();
+                let from = self.sockets().source();
                 tracing::info!(listener = %b.name, address = %b.address, socket = ?format!("passed by {from}"), "listening");
             } else {
                 tracing::info!(listener = %b.name, address = %b.address, "listening");
@@ -288,6 +301,7 @@ impl Server {
                 current: self.current.clone(),
                 sessions: self.sessions.clone(),
                 shutdown: b.stop.clone(),
+                open: self.open.clone(),
                 buffers: crate::buffers::Buffers::new(
                     self.current
                         .load()
@@ -337,9 +351,32 @@ impl Server {
             .collect()
     }
 
-    /// The sockets the service manager passed (none outside systemd).
-    pub fn sockets(&self) -> &PassedSockets {
-        &self.sockets
+    /// The sockets the service manager passed (none outside systemd),
+    /// or a gale being upgraded handed over until [`Server::open`].
+    pub fn sockets(&self) -> Arc<PassedSockets> {
+        self.sockets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Start accepting after a binary upgrade's take-over, once the old
+    /// gale has stopped (clients wait in the backlog meanwhile), and let
+    /// go of the handed-over sockets no listener took: from now on this
+    /// gale binds and closes its listeners' sockets as if it had always
+    /// run (a reload may move one; a removed one closes).
+    pub fn open(&self) {
+        let mut sockets = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
+        if matches!(sockets.source(), Source::Upgrade { .. }) {
+            *sockets = Arc::new(PassedSockets::none());
+        }
+        drop(sockets);
+        self.open.cancel();
+    }
+
+    /// Resolves once listeners may accept (see [`Server::open`]).
+    pub async fn opened(&self) {
+        self.open.cancelled().await
     }
 
     /// Sessions (and refusals being written) not ended yet, on every

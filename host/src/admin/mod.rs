@@ -165,6 +165,12 @@ pub async fn start(config: &AdminConfig, admin: Arc<Admin>) -> anyhow::Result<Ha
 }
 
 async fn serve(socket: TcpListener, admin: Arc<Admin>, token: Token, stop: CancellationToken) {
+    // After a binary upgrade's take-over, the old gale answers until it
+    // stops (see `Server::open`).
+    tokio::select! {
+        _ = admin.server.opened() => {}
+        _ = stop.cancelled() => return,
+    }
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let clients = Arc::new(Clients::default());
     loop {

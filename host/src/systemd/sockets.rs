@@ -441,7 +441,7 @@ fn same_place(bound: SocketAddr, configured: SocketAddr) -> bool {
 }
 
 /// The address of a listening TCP socket; why it is not one otherwise.
-fn check(socket: &Socket) -> Result<SocketAddr, String> {
+pub(crate) fn check(socket: &Socket) -> Result<SocketAddr, String> {
     let ty = socket.r#type().map_err(|e| match e.raw_os_error() {
         Some(libc::ENOTSOCK) => "is not a socket".to_string(),
         Some(libc::EBADF) => "is not open".to_string(),
