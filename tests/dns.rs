@@ -119,14 +119,6 @@ fn to_bind(conf: Conf, server: SocketAddr, secret: &str) -> Conf {
         .set("dns.rfc2136.reconcile", "1s")
 }
 
-fn dns_address(gale: &Gale) -> SocketAddr {
-    let line = gale.wait_log("dns server listening", Duration::from_secs(10));
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix("address="))
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line}"))
-}
-
 /// Wait until both transports answer exactly `want`; how long it took.
 fn wait_for(server: SocketAddr, want: &[&str], limit: Duration) -> Duration {
     let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
@@ -156,7 +148,7 @@ fn only_healthy_members_are_answered_and_a_dead_one_comes_back() {
         ])
         .to_string(),
     );
-    let server = dns_address(&gale);
+    let server = gale.dns_address();
     wait_for(
         server,
         &["127.0.0.2", "127.0.0.3", "127.0.0.4"],
@@ -203,7 +195,7 @@ fn only_healthy_members_are_answered_and_a_dead_one_comes_back() {
 fn the_last_records_stay_when_every_member_is_down() {
     let mut a = Backend::start("127.0.0.5:0");
     let gale = Gale::start(&config(&[("a", a.address, 1)]).to_string());
-    let server = dns_address(&gale);
+    let server = gale.dns_address();
     wait_for(server, &["127.0.0.5"], Duration::from_secs(5));
     a.kill();
     gale.wait_log("left rotation", Duration::from_secs(3));
@@ -222,7 +214,7 @@ fn weights_show_in_which_address_comes_first() {
     let gale = Gale::start(
         &config(&[("light", light.address, 1), ("heavy", heavy.address, 3)]).to_string(),
     );
-    let server = dns_address(&gale);
+    let server = gale.dns_address();
     wait_for(server, &["127.0.0.6", "127.0.0.7"], Duration::from_secs(5));
 
     let dir = tempfile::tempdir().unwrap();
@@ -384,7 +376,7 @@ fn changes_past_max_changes_wait_and_status_says_why() {
         .admin()
         .to_string();
     let gale = Gale::start(&toml);
-    let server = dns_address(&gale);
+    let server = gale.dns_address();
     // The first publication spends this minute's two changes.
     wait_for(server, &["127.0.0.8", "127.0.0.9"], Duration::from_secs(5));
     let status = format!("http://{}/status", gale.admin_address());

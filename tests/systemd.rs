@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use support::client::{Session, send_mail};
 use support::conf::Conf;
-use support::process::{Gale, SmtpSink, free_port, require, signal};
+use support::process::{Gale, SmtpSink, free_port, require, signal, wait_exit};
 
 /// The messages gale sent to a notify socket, one datagram (its lines)
 /// at a time, as a service manager receives them.
@@ -337,17 +337,6 @@ fn connect_when_listening(address: SocketAddr) -> TcpStream {
             Ok(stream) => return stream,
             Err(e) => assert!(Instant::now() < deadline, "{address}: {e}"),
         }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn wait_exit(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "still running after {limit:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }

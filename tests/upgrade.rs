@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use support::conf::Conf;
 use support::named::dig;
-use support::process::{Gale, Nginx, SmtpSink, free_port, require, scrape, swaks_from, value};
+use support::process::{
+    Gale, Nginx, SmtpSink, free_port, require, scrape, swaks_from, value, wait_exit,
+};
 
 /// SMTP listener `in` on pool `mta` (two smtp-sinks), HTTP listener
 /// `web` on pool `www` (nginx), the admin API and the embedded DNS
@@ -45,14 +47,6 @@ fn new_binary(dir: &Path) -> PathBuf {
     let copy = dir.join("gale-new");
     std::fs::copy(env!("CARGO_BIN_EXE_gale"), &copy).unwrap();
     copy
-}
-
-fn dns_address(gale: &Gale) -> SocketAddr {
-    let line = gale.wait_log("dns server listening", Duration::from_secs(10));
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix("address="))
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line}"))
 }
 
 /// An SMTP session opened through gale and left waiting after EHLO.
@@ -176,7 +170,7 @@ fn an_upgrade_under_load_refuses_nothing_and_the_old_gale_drains_then_exits() {
     let socket = dir.path().join("upgrade.sock");
     let mut old = Gale::start_upgradable(&config(&[&sinks[0], &sinks[1]], &nginx), &socket);
     let (smtp, web, admin) = (old.address("in"), old.address("web"), old.admin_address());
-    let dns = dns_address(&old);
+    let dns = old.dns_address();
     // Private: only gale's uid and root may ask it for its sockets.
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "{mode:o}");
@@ -200,7 +194,7 @@ fn an_upgrade_under_load_refuses_nothing_and_the_old_gale_drains_then_exits() {
     assert_eq!(new.address("in"), smtp);
     assert_eq!(new.address("web"), web);
     assert_eq!(new.admin_address(), admin);
-    assert_eq!(dns_address(&new), dns);
+    assert_eq!(new.dns_address(), dns);
     assert!(
         new.log_lines("passed by the gale upgraded from").len() >= 3,
         "{:?}",
@@ -463,16 +457,5 @@ fn idle_gales_upgrade_again_and_again_and_the_last_reloads_like_any_gale() {
     for gone in [smtp, web] {
         let refused = TcpStream::connect_timeout(&gone, Duration::from_secs(2));
         assert!(refused.is_err(), "{gone} still accepts after the reload");
-    }
-}
-
-fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "still running after {limit:?}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -41,6 +41,18 @@ pub fn wait_listening(addr: SocketAddr, what: &str) {
     }
 }
 
+/// Wait for `child` to exit, at most `limit`.
+pub fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "still running after {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn signal(pid: u32, sig: &str) {
     let ok = Command::new("kill")
         .args([&format!("-{sig}"), &pid.to_string()])
@@ -284,6 +296,14 @@ impl Gale {
     }
 
     /// The admin listener's bound address.
+    /// Where the embedded DNS server answers (from its log line).
+    pub fn dns_address(&self) -> SocketAddr {
+        let line = self.wait_log("dns server listening", Duration::from_secs(10));
+        field(&line, "address")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line}"))
+    }
+
     pub fn admin_address(&self) -> SocketAddr {
         let line = self.wait_log("admin listening", Duration::from_secs(10));
         field(&line, "address")
