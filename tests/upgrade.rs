@@ -187,7 +187,7 @@ fn an_upgrade_under_load_refuses_nothing_and_the_old_gale_drains_then_exits() {
     let binary = new_binary(dir.path());
     let started = Instant::now();
     let new = old.take_over(old.take_over_command(&binary, &socket));
-    let took = new.wait_log("took over", Duration::from_secs(10));
+    let took = new.wait_log("took over: the old gale stopped", Duration::from_secs(10));
     eprintln!("took over in {:?}: {took}", started.elapsed());
     assert!(took.contains(&format!("pid={}", old.child.id())), "{took}");
     // The new gale serves on the same addresses, the sockets it was given.
@@ -263,13 +263,19 @@ fn running(child: &Child) -> bool {
     !stat.is_empty() && !stat.contains(") Z ")
 }
 
-/// `gale run` with `args` after the config, as `binary`: its stderr, and
-/// whether it succeeded.
-fn gale_run(binary: &Path, config: &Path, args: &[&std::ffi::OsStr]) -> (bool, String) {
+/// `gale run` with `args` after the config, as `binary`, with `cache`
+/// for its plugins: its stderr, and whether it succeeded.
+fn gale_run(
+    binary: &Path,
+    config: &Path,
+    cache: &Path,
+    args: &[&std::ffi::OsStr],
+) -> (bool, String) {
     let out = Command::new(binary)
         .args(["run", "--config"])
         .arg(config)
         .args(args)
+        .env("GALE_CACHE_DIR", cache)
         .env("RUST_LOG", "info")
         .output()
         .unwrap();
@@ -289,6 +295,8 @@ fn a_new_gale_that_cannot_start_leaves_the_old_one_serving_and_refuses_nothing()
     let old = Gale::start_upgradable(&toml, &socket);
     let smtp = old.address("in");
     let binary = new_binary(dir.path());
+    // The old gale's plugin cache: the new ones start in milliseconds.
+    let cache = old.config.parent().unwrap().join("cache");
     let upgrade = [socket.as_os_str(), "--upgrade".as_ref()];
     let upgrade = [&["--upgrade-socket".as_ref()][..], &upgrade[..]].concat();
 
@@ -297,6 +305,7 @@ fn a_new_gale_that_cannot_start_leaves_the_old_one_serving_and_refuses_nothing()
     let (ok, said) = gale_run(
         &binary,
         &old.config,
+        &cache,
         &["--upgrade-socket".as_ref(), socket.as_os_str()],
     );
     assert!(!ok && said.contains("start with --upgrade"), "{said}");
@@ -305,28 +314,30 @@ fn a_new_gale_that_cannot_start_leaves_the_old_one_serving_and_refuses_nothing()
     let (ok, said) = gale_run(
         &binary,
         &old.config,
+        &cache,
         &["--upgrade-socket".as_ref(), precious.as_os_str()],
     );
     assert!(!ok && said.contains("not a socket"), "{said}");
     assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep");
 
     // Under load, new gales that fail: one whose config does not load,
-    // and three that fail late, after taking the sockets (their [admin]
-    // address is taken): none accepted a connection it then dropped.
-    let source = smtp_source(smtp, 1500);
+    // and three that fail late, after binding the listeners (their
+    // [admin] is elsewhere): none accepted a connection it then dropped.
+    let source = smtp_source(smtp, 6000);
     wait_metric(&old, "gale_sessions_total", "in", 50.0);
     let broken = dir.path().join("broken.toml");
     std::fs::write(&broken, "[listeners.in]\nadress = \"127.0.0.1:1\"\n").unwrap();
-    let (ok, said) = gale_run(&binary, &broken, &upgrade);
+    let (ok, said) = gale_run(&binary, &broken, &cache, &upgrade);
     assert!(!ok && said.contains("broken.toml:2"), "{said}");
-    // The admin listener elsewhere: found once the listeners are bound.
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // [admin] at another address than the socket handed over for it:
+    // found when the admin listener starts, after the listeners.
+    let elsewhere = free_port();
     let late = dir.path().join("late.toml");
     std::fs::write(
         &late,
         toml.replace(
             "[admin]\naddress = \"127.0.0.1:0\"",
-            &format!("[admin]\naddress = \"{}\"", taken.local_addr().unwrap()),
+            &format!("[admin]\naddress = \"127.0.0.1:{elsewhere}\""),
         ),
     )
     .unwrap();
@@ -336,7 +347,7 @@ fn a_new_gale_that_cannot_start_leaves_the_old_one_serving_and_refuses_nothing()
         "the admin address was not replaced"
     );
     for _ in 0..3 {
-        let (ok, said) = gale_run(&binary, &late, &upgrade);
+        let (ok, said) = gale_run(&binary, &late, &cache, &upgrade);
         assert!(!ok && said.contains("listener [admin]"), "{said}");
     }
     assert!(

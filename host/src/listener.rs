@@ -581,20 +581,27 @@ pub fn bind(address: SocketAddr, sockets: ClientSockets) -> std::io::Result<TcpL
 /// come after `listen`: connections queued before gale started (the one
 /// that started it, under on-demand activation) lack them unless the
 /// `.socket` unit set them too (`NoDelay=true`, `DeferAcceptSec=1`).
+///
+/// Without `sockets`, the options stay as they are: a socket a gale being
+/// upgraded still accepts on (they are the socket's, shared by both
+/// processes) gets them once that gale has stopped, from
+/// [`set_client_options`].
 pub fn adopt(
     socket: std::net::TcpListener,
-    sockets: ClientSockets,
+    sockets: Option<ClientSockets>,
 ) -> std::io::Result<TcpListener> {
     let address = socket.local_addr()?;
     let socket = socket2::Socket::from(socket);
-    set_client_options(&socket, address, sockets)?;
+    if let Some(sockets) = sockets {
+        set_client_options(&socket, address, sockets)?;
+    }
     // The service manager passes it blocking; tokio needs it not to be.
     socket.set_nonblocking(true)?;
     TcpListener::from_std(socket.into())
 }
 
 /// What every client socket of a listener needs (see [`bind`]).
-fn set_client_options(
+pub(crate) fn set_client_options(
     socket: &socket2::Socket,
     address: SocketAddr,
     sockets: ClientSockets,
@@ -827,7 +834,7 @@ mod tests {
         };
         let listener = bind("127.0.0.1:0".parse().unwrap(), http).unwrap();
         assert!(defer_accept(&listener) > 0);
-        let adopted = adopt(listener.into_std().unwrap(), smtp).unwrap();
+        let adopted = adopt(listener.into_std().unwrap(), Some(smtp)).unwrap();
         assert_eq!(defer_accept(&adopted), 0);
         let socket = socket2::SockRef::from(&adopted);
         assert_eq!(socket.tcp_user_timeout().unwrap(), None);

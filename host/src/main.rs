@@ -320,7 +320,15 @@ fn run(
                 control.run(std::future::ready(())).await?;
                 return Ok(());
             }
-            upgrades = Some(from.ready().await);
+            match from.ready().await {
+                Ok(listener) => upgrades = Some(listener),
+                Err(e) => {
+                    // Never two gales accepting: this one, which has
+                    // accepted nothing, steps back.
+                    control.run(std::future::ready(())).await?;
+                    return Err(e);
+                }
+            }
             control.open();
         }
         if let Some(listener) = upgrades {

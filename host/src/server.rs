@@ -55,6 +55,10 @@ struct Bound {
     /// The listening socket, duplicated, for a binary upgrade to hand
     /// over; `None` once accepting has stopped.
     socket: Option<OwnedFd>,
+    /// The client socket options to set at [`Server::open`]: a socket
+    /// taken over from a gale that still accepts on it is left as it is
+    /// until then (the options are the socket's, shared by both).
+    deferred: Option<crate::listener::ClientSockets>,
     stop: CancellationToken,
 }
 
@@ -145,13 +149,21 @@ impl Server {
                     tcp.as_fd().try_clone_to_owned()?,
                 ));
                 tracing::info!(address = %bound, zone = %config.zone, name = %config.name, "dns server listening");
-                self.background.spawn(crate::dns::embedded::serve(
+                let serve = crate::dns::embedded::serve(
                     udp,
                     tcp,
                     self.current.clone(),
                     self.dns.clone(),
                     stop.clone(),
-                ));
+                );
+                // Like the listeners: not before `open` (a binary upgrade).
+                let (open, stopped) = (self.open.clone(), stop.clone());
+                self.background.spawn(async move {
+                    tokio::select! {
+                        _ = open.cancelled() => serve.await,
+                        _ = stopped.cancelled() => {}
+                    }
+                });
             }
             crate::config::DnsProvider::Route53(r) => {
                 tracing::info!(hosted_zone = %r.hosted_zone_id, zone = %config.zone, name = %config.name, owner = %r.owner, "dns records go to route53");
@@ -254,11 +266,12 @@ impl Server {
                     client_speaks_first: false,
                 },
             };
+            let upgrading = matches!(passed.source(), Source::Upgrade { .. });
             let (socket, passed) = match passed.for_listener(&l.name, l.address)? {
                 Some(passed) => (
-                    crate::listener::adopt(passed, sockets).with_context(|| {
-                        format!("listener {}: the socket passed for it", l.name)
-                    })?,
+                    crate::listener::adopt(passed, (!upgrading).then_some(sockets)).with_context(
+                        || format!("listener {}: the socket passed for it", l.name),
+                    )?,
                     true,
                 ),
                 None => (
@@ -277,6 +290,7 @@ impl Server {
                 address,
                 passed,
                 socket: Some(socket.as_fd().try_clone_to_owned()?),
+                deferred: (passed && upgrading).then_some(sockets),
                 stop,
             };
             bound.push((b, socket));
@@ -371,6 +385,19 @@ impl Server {
             *sockets = Arc::new(PassedSockets::none());
         }
         drop(sockets);
+        for b in self
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter_mut()
+        {
+            if let (Some(options), Some(socket)) = (b.deferred.take(), &b.socket) {
+                let socket = socket2::SockRef::from(socket);
+                if let Err(e) = crate::listener::set_client_options(&socket, b.address, options) {
+                    tracing::warn!(listener = %b.name, "setting the socket's options: {e}");
+                }
+            }
+        }
         self.open.cancel();
     }
 

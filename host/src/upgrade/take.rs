@@ -15,6 +15,8 @@ use crate::systemd::PassedSockets;
 
 /// How long the new process waits for each answer of the old one.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long it waits for `DRAINING` once it said `READY`.
+const DRAINING_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What the new process received from the old one.
 pub struct TakeOver {
@@ -136,10 +138,11 @@ impl TakeOver {
     }
 
     /// Tell the old process this one is ready, and wait until it has
-    /// stopped accepting: this gale may accept then. Returns the upgrade
-    /// socket to answer the next upgrade on, also when the old process
-    /// did not answer as it should (it gave its copy up either way).
-    pub async fn ready(self) -> UnixListener {
+    /// stopped accepting: this gale may accept then, and answers the next
+    /// upgrade on the socket returned. An error when the old process
+    /// still runs without having said so (it gave up on this one, or was
+    /// told to stop meanwhile): this gale must not serve beside it.
+    pub async fn ready(self) -> anyhow::Result<UnixListener> {
         let TakeOver {
             pid,
             listener,
@@ -148,6 +151,9 @@ impl TakeOver {
             ..
         } = self;
         let answer = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+            // As long as a reload of the old gale may take (its control
+            // loop answers between reloads).
+            old.set_read_timeout(Some(DRAINING_TIMEOUT))?;
             wire::say(&old, b"READY")?;
             let mut line = String::new();
             BufReader::new(&old)
@@ -162,17 +168,33 @@ impl TakeOver {
             Ok(line) if line.starts_with("DRAINING ") => {
                 let sessions = line.trim().trim_start_matches("DRAINING ");
                 tracing::info!(pid, sessions, upgrade_socket = %path.display(), "took over: the old gale stopped accepting and drains its sessions");
+                Ok(listener)
             }
-            Ok(line) => tracing::warn!(
-                pid,
-                "took over, but the old gale answered {:?} instead of DRAINING: it may still accept",
+            // It died between READY and DRAINING: nobody accepts but us.
+            _ if gone(pid).await => {
+                tracing::warn!(pid, "took over: the old gale ended without a word");
+                Ok(listener)
+            }
+            Ok(line) => bail!(
+                "the gale of pid {pid} did not hand over (it answered {:?}) and still runs",
                 line.trim()
             ),
-            Err(e) => tracing::warn!(
-                pid,
-                "took over, but the old gale did not say it drains ({e:#}): it may still accept"
-            ),
+            Err(e) => bail!("the gale of pid {pid} did not hand over ({e:#}) and still runs"),
         }
-        listener
     }
+}
+
+/// Whether process `pid` has ended, looked at for up to a second (a
+/// process that closed its sockets may take a moment to be gone).
+async fn gone(pid: u32) -> bool {
+    let Some(pid) = rustix::process::Pid::from_raw(pid as i32) else {
+        return false;
+    };
+    for _ in 0..20 {
+        if rustix::process::test_kill_process(pid) == Err(rustix::io::Errno::SRCH) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
 }
