@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::access;
-use crate::attempts::Steps;
-use crate::config::ListenerConfig;
+use crate::attempts::{HttpReply, Steps};
 use crate::generation::Generation;
 use arc_swap::ArcSwap;
 
@@ -43,30 +42,29 @@ pub(super) fn is_idempotent(method: &str) -> bool {
 
 pub(super) use crate::access::loggable;
 
-/// The text line of a request no backend answered (in JSON its access
-/// line says it).
-pub(super) fn log_failure(
-    l: &ListenerConfig,
-    peer: SocketAddr,
-    method: &str,
-    path: &str,
-    status: u16,
-    tried: Steps<'_>,
+/// The reply to a request on a listener the current generation no longer
+/// has (a reload removed it while the connection was open), with its
+/// access line.
+pub(super) fn listener_removed(
+    name: &str,
+    generation: &Generation,
+    client: SocketAddr,
     started: Instant,
-) {
-    if crate::access::json() {
-        return;
-    }
-    tracing::warn!(
-        listener = %l.name,
-        client = %peer,
-        method = loggable(method),
-        path = loggable(path),
-        status,
-        tried = %tried,
-        ms = started.elapsed().as_millis() as u64,
-        "http request failed"
+) -> HttpReply {
+    let reply = HttpReply {
+        status: 503,
+        text: "listener is being removed\n",
+        retry_after: false,
+    };
+    let mut line = Line::new(name, generation.id, client, started);
+    line.status = Some(reply.status);
+    line.down = reply.text.len() as u64;
+    line.end = reply.text.trim_end();
+    line.json(
+        access::http_level(&generation.config.log, true),
+        "http request failed",
     );
+    reply
 }
 
 /// What one HTTP request's access line says, whichever engine served it.
@@ -133,5 +131,75 @@ impl<'a> Line<'a> {
             status: self.status,
         };
         access::emit(level, message, &record);
+    }
+
+    /// The access line of a request `backend` answered with `status`, at
+    /// `level`: in JSON, or as the text line (which names the end only
+    /// when it is not `done`: a response cut short).
+    pub fn answered(mut self, backend: &'a str, status: u16, end: &'a str, level: tracing::Level) {
+        self.backend = Some(backend);
+        self.status = Some(status);
+        self.end = end;
+        if access::json() {
+            return self.json(level, "http request");
+        }
+        let (method, path) = (self.method.unwrap_or(""), self.path.unwrap_or(""));
+        let ms = self.started.elapsed().as_millis() as u64;
+        if end == "done" {
+            access::event_at!(
+                level,
+                listener = %self.listener, client = %self.client, backend,
+                method = loggable(method), path = loggable(path), status, ms, "http request"
+            );
+        } else {
+            access::event_at!(
+                level,
+                listener = %self.listener, client = %self.client, backend,
+                method = loggable(method), path = loggable(path), status, ms, end, "http request"
+            );
+        }
+    }
+
+    /// The access line of a request no backend answered, which gale
+    /// answers with `reply`: at `warn`, the attempts said.
+    pub fn failed(mut self, reply: HttpReply) {
+        self.status = Some(reply.status);
+        self.down += reply.text.len() as u64;
+        self.end = reply.text.trim_end();
+        if access::json() {
+            return self.json(tracing::Level::WARN, "http request failed");
+        }
+        tracing::warn!(
+            listener = %self.listener,
+            client = %self.client,
+            method = loggable(self.method.unwrap_or("")),
+            path = loggable(self.path.unwrap_or("")),
+            status = reply.status,
+            tried = %self.attempts,
+            ms = self.started.elapsed().as_millis() as u64,
+            "http request failed"
+        );
+    }
+
+    /// The access line of a request the client failed while `backend`
+    /// had it (`why`, after "client "), answered with `reply` if any: at
+    /// `warn`.
+    pub fn client_failed(self, backend: &'a str, reply: Option<(u16, &str)>, why: &str) {
+        if !access::json() {
+            tracing::warn!(
+                listener = %self.listener, client = %self.client, backend,
+                method = loggable(self.method.unwrap_or("")),
+                path = loggable(self.path.unwrap_or("")),
+                "http request failed: client {why}"
+            );
+            return;
+        }
+        let end = format!("client {why}");
+        let mut line: Line<'_> = self;
+        line.backend = Some(backend);
+        line.status = reply.map(|(status, _)| status);
+        line.down += reply.map_or(0, |(_, text)| text.len() as u64);
+        line.end = &end;
+        line.json(tracing::Level::WARN, "http request failed");
     }
 }

@@ -41,7 +41,7 @@ use wait::Next;
 
 use super::headers::ClientOrigin;
 use super::metered::Metered;
-use super::proxy::{Line, Proxy, RETRY_AFTER_SECS, is_idempotent, log_failure, loggable};
+use super::proxy::{Line, Proxy, RETRY_AFTER_SECS, is_idempotent, listener_removed, loggable};
 use crate::access;
 use crate::attempts::{
     Attempts, Failure, FailureReason, HttpReply, HttpStep, HttpTries, QueueStep, Took,
@@ -238,12 +238,14 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
         let cancelled = self.shutdown.clone().cancelled_owned();
         tokio::pin!(cancelled);
         loop {
+            // For the access line of a head refused as it came.
+            let waiting = std::time::Instant::now();
             match self.read_head(cancelled.as_mut()).await {
                 Ok(Next::Request) => {}
                 Ok(Next::Closed) => break,
                 Ok(Next::Http2) => return Served::Http2,
                 Err(refusal) => {
-                    Box::pin(self.refuse(refusal, "")).await;
+                    Box::pin(self.refuse(refusal, "", waiting)).await;
                     break;
                 }
             }
@@ -252,7 +254,7 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
             // The response head and body will need a buffer: counted now,
             // the exact figure once the exchange is over.
             if !self.charge.buffers().has_room(BACKEND_READ_SIZE) {
-                Box::pin(self.refuse(Refusal::Overloaded, "")).await;
+                Box::pin(self.refuse(Refusal::Overloaded, "", waiting)).await;
                 break;
             }
             self.charge.set(self.held() + BACKEND_READ_SIZE);
@@ -337,19 +339,7 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
         // follows reloads.
         let generation = self.proxy.current.load_full();
         let Some((l, counters)) = generation.listener(&self.proxy.name) else {
-            let reply = HttpReply {
-                status: 503,
-                text: "listener is being removed\n",
-                retry_after: false,
-            };
-            let mut line = Line::new(&self.proxy.name, generation.id, self.origin.addr, started);
-            line.status = Some(reply.status);
-            line.down = reply.text.len() as u64;
-            line.end = reply.text.trim_end();
-            line.json(
-                access::http_level(&generation.config.log, true),
-                "http request failed",
-            );
+            let reply = listener_removed(&self.proxy.name, &generation, self.origin.addr, started);
             return self.reply(reply).await;
         };
         let pool = &generation.pools[l.pool];
@@ -399,26 +389,19 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
                             }
                             counters.status(status);
                             let level = access::http_level(log, status >= 500);
-                            if !access::json() {
-                                access::event_at!(
-                                    level,
-                                    listener = %l.name, client = %self.origin.addr, backend = %backend.name,
-                                    method, path = loggable(&path), status,
-                                    ms = started.elapsed().as_millis() as u64, "http request"
-                                );
-                            } else if access::enabled(level) {
-                                // Noted only for a line (see `Attempts::succeeded`);
-                                // a gateway error was noted as a failure.
-                                if Failure::of_status(status).is_none() {
-                                    attempts.note_success(&turn, Took::Answered(status));
-                                }
-                                let mut line = self.line(l, &generation, request, started);
-                                line.backend = Some(&backend.name);
-                                line.attempts = attempts.tried();
-                                line.status = Some(status);
-                                line.end = cut.as_deref().unwrap_or("done");
-                                line.json(level, "http request");
+                            // Noted only for a JSON line (see
+                            // `Attempts::succeeded`); a gateway error was
+                            // noted as a failure.
+                            if access::json()
+                                && access::enabled(level)
+                                && Failure::of_status(status).is_none()
+                            {
+                                attempts.note_success(&turn, Took::Answered(status));
                             }
+                            let mut line = self.line(l, &generation, request, started);
+                            line.attempts = attempts.tried();
+                            let end = cut.as_deref().unwrap_or("done");
+                            line.answered(&backend.name, status, end, level);
                             return keep;
                         }
                         Outcome::Switched(stream) => {
@@ -451,23 +434,12 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
                             return false;
                         }
                         Outcome::ClientFailed(refusal, why) => {
-                            if access::json() {
-                                let end = format!("client {why}");
-                                let mut line = self.line(l, &generation, request, started);
-                                line.backend = Some(&backend.name);
-                                line.attempts = attempts.tried();
-                                line.status = refusal.map(|r| r.status().0);
-                                line.down += refusal.map_or(0, |r| r.text().len() as u64);
-                                line.end = &end;
-                                line.json(tracing::Level::WARN, "http request failed");
-                            } else {
-                                tracing::warn!(
-                                    listener = %l.name, client = %self.origin.addr, backend = %backend.name,
-                                    method, path = loggable(&path), "http request failed: client {why}"
-                                );
-                            }
+                            let mut line = self.line(l, &generation, request, started);
+                            line.attempts = attempts.tried();
+                            let reply = refusal.map(|r| (r.status().0, r.text()));
+                            line.client_failed(&backend.name, reply, &why);
                             if let Some(refusal) = refusal {
-                                self.refuse(refusal, &why).await;
+                                self.refuse(refusal, &why, started).await;
                             }
                             return false;
                         }
@@ -510,21 +482,9 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
             }
             tries.reply()
         };
-        log_failure(
-            l,
-            self.origin.addr,
-            &method,
-            &path,
-            reply.status,
-            attempts.tried(),
-            started,
-        );
         let mut line = self.line(l, &generation, request, started);
         line.attempts = attempts.tried();
-        line.status = Some(reply.status);
-        line.down += reply.text.len() as u64;
-        line.end = reply.text.trim_end();
-        line.json(tracing::Level::WARN, "http request failed");
+        line.failed(reply);
         self.reply(reply).await
     }
 
@@ -734,16 +694,17 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
     }
 
     /// Answer a request gale cannot take, then close. `why` is empty when
-    /// nothing was logged about it yet (its head was refused).
-    async fn refuse(&mut self, refusal: Refusal, why: &str) {
+    /// nothing was logged about it yet (its head was refused, after gale
+    /// began `waiting` for it).
+    async fn refuse(&mut self, refusal: Refusal, why: &str, waiting: std::time::Instant) {
         if why.is_empty() {
             tracing::debug!(client = %self.origin.addr, "refused: {}", refusal.text().trim_end());
             if access::json() {
-                // Refused as its head came: no method or path to trust,
-                // no time spent.
+                // Refused as its head came: no method or path to trust;
+                // its duration is the wait for the head.
                 let generation = self.proxy.current.load();
-                let now = std::time::Instant::now();
-                let mut line = Line::new(&self.proxy.name, generation.id, self.origin.addr, now);
+                let client = self.origin.addr;
+                let mut line = Line::new(&self.proxy.name, generation.id, client, waiting);
                 line.status = Some(refusal.status().0);
                 line.down = refusal.text().len() as u64;
                 line.end = refusal.text().trim_end();

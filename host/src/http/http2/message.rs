@@ -1,14 +1,16 @@
 //! An HTTP/2 request as the HTTP/1.1 head a backend gets, and a backend's
 //! HTTP/1.1 response head as the fields of an HTTP/2 response: the rules
 //! of the HTTP/1 engine's heads (`h1::head`, `super::super::headers`) over
-//! the `http` types h2 hands over.
+//! the `http` types h2 hands over; and the requests h2 lets through that
+//! those rules refuse ([`refusal`]).
 
 use std::io::Write;
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, COOKIE, HOST};
-use http::{HeaderName, HeaderValue, StatusCode};
+use http::{HeaderName, HeaderValue, Method, StatusCode};
 
+use crate::attempts::HttpReply;
 use crate::http::h1::head::{self, Framing};
 use crate::http::headers::{self, ClientOrigin};
 
@@ -145,6 +147,84 @@ pub(super) fn response(buf: &Bytes, resp: &head::Response) -> http::Response<()>
     response
 }
 
+/// A request h2 let through that gale does not pass on (or cannot now:
+/// without `room` in the listener's `max_buffer_mb`): `None` if it may
+/// go to a backend.
+pub(super) fn refusal(head: &http::request::Parts, ended: bool, room: bool) -> Option<HttpReply> {
+    if !room {
+        return Some(HttpReply {
+            status: 503,
+            text: head::Refusal::Overloaded.text(),
+            retry_after: true,
+        });
+    }
+    let bad = |text| {
+        Some(HttpReply {
+            status: 400,
+            text,
+            retry_after: false,
+        })
+    };
+    if head.method == Method::CONNECT {
+        return Some(HttpReply {
+            status: 501,
+            text: "CONNECT is not supported\n",
+            retry_after: false,
+        });
+    }
+    // The rules gale's HTTP/1 engine holds (`headers::framing_lookalike`):
+    // a `content_length` beside the framing gale writes could frame the
+    // body another way for a CGI-style backend.
+    if head
+        .headers
+        .keys()
+        .any(|k| headers::framing_lookalike(k.as_str().as_bytes()))
+    {
+        return bad(headers::LOOKALIKE_REFUSED);
+    }
+    // h2 refuses conflicting lengths only.
+    if head.headers.get_all(CONTENT_LENGTH).iter().count() > 1 {
+        return bad("two Content-Length fields\n");
+    }
+    // gale writes the length it parsed (h2 takes an empty one for 0), and
+    // a body announced but ended with the headers would leave a backend
+    // waiting for it.
+    match head.headers.get(CONTENT_LENGTH).map(content_length) {
+        Some(None) => return bad("malformed Content-Length\n"),
+        Some(Some(n)) if ended && n > 0 => return bad("Content-Length without a body\n"),
+        _ => {}
+    }
+    if head.method.as_str().len() > crate::http::MAX_METHOD_LEN {
+        return Some(HttpReply {
+            status: 501,
+            text: "method too long\n",
+            retry_after: false,
+        });
+    }
+    // `user:password@host`: an error (RFC 9113 §8.3.1), and a password
+    // that would go on to the backend and into the access log.
+    if host(head).contains(&b'@') {
+        return bad("userinfo in the request's host\n");
+    }
+    // An absolute-form `:path` would reach an HTTP/1.1 backend as a
+    // target whose authority it routes by (RFC 9112 §3.2.2), past the
+    // host the balancer, `Host` and `Forwarded` name.
+    let target = head.uri.path_and_query().map_or("/", |p| p.as_str());
+    if !(target.starts_with('/') || target == "*" && head.method == Method::OPTIONS) {
+        return bad("the request target must be a path\n");
+    }
+    // What the HTTP/1 engine allows: with `Host` and the three proxy
+    // fields gale writes, at most `MAX_HEADERS` (cookies go as one).
+    if forwarded_fields(head) > crate::http::MAX_HEADERS - 4 {
+        return Some(HttpReply {
+            status: 431,
+            text: "too many request header fields\n",
+            retry_after: false,
+        });
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,5 +272,79 @@ mod tests {
         let names: Vec<_> = response.headers().keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["set-cookie"]);
         assert_eq!(response.headers().get_all("set-cookie").iter().count(), 2);
+    }
+
+    /// A request as h2 hands over one without `:authority` (with `Host`
+    /// instead): its `:path` taken as it came. `None` where h2 could not
+    /// build it either (it resets such a stream itself).
+    fn parts(method: &str, path: &str, fields: &[(&str, &str)]) -> Option<http::request::Parts> {
+        let mut uri = http::uri::Parts::default();
+        uri.path_and_query = Some(http::uri::PathAndQuery::try_from(path).ok()?);
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(http::Uri::from_parts(uri).ok()?)
+            .header("host", "mail.test");
+        for (name, value) in fields {
+            request = request.header(*name, *value);
+        }
+        Some(request.body(()).ok()?.into_parts().0)
+    }
+
+    fn status(head: Option<http::request::Parts>, ended: bool) -> Option<u16> {
+        let head = head.expect("a request h2 hands over");
+        refusal(&head, ended, true).map(|r| r.status)
+    }
+
+    #[test]
+    fn only_a_path_goes_to_a_backend_as_the_target() {
+        assert_eq!(status(parts("GET", "/open?id=1", &[]), true), None);
+        // The backend would route by this authority, not the host gale
+        // and its balancer saw: refused here if h2 lets it through.
+        for (method, path) in [
+            ("GET", "http://admin.internal/x"),
+            ("GET", "*"),
+            ("OPTIONS", "x"),
+        ] {
+            if let Some(head) = parts(method, path, &[]) {
+                assert_eq!(status(Some(head), true), Some(400), "{method} {path}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_length_must_be_a_number_and_match_an_ended_stream() {
+        assert_eq!(
+            status(parts("POST", "/", &[("content-length", "0")]), true),
+            None
+        );
+        assert_eq!(
+            status(parts("POST", "/", &[("content-length", "5")]), false),
+            None
+        );
+        assert_eq!(
+            status(parts("POST", "/", &[("content-length", "5")]), true),
+            Some(400)
+        );
+        assert_eq!(
+            status(parts("POST", "/", &[("content-length", "")]), false),
+            Some(400)
+        );
+        assert_eq!(
+            status(parts("POST", "/", &[("content-length", "+5")]), false),
+            Some(400)
+        );
+    }
+
+    #[test]
+    fn fields_past_what_the_http1_engine_takes_are_refused() {
+        let names: Vec<String> = (0..97).map(|i| format!("x-field-{i}")).collect();
+        let fields: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "1")).collect();
+        // Host and 95 more go; Host and 96 more do not.
+        assert_eq!(status(parts("GET", "/", &fields[..95]), true), None);
+        assert_eq!(status(parts("GET", "/", &fields[..96]), true), Some(431));
+        // Cookies go as one field.
+        let mut cookies = fields[..94].to_vec();
+        cookies.extend([("cookie", "a=1"); 10]);
+        assert_eq!(status(parts("GET", "/", &cookies), true), None);
     }
 }

@@ -37,8 +37,8 @@ use crate::http::h1::head::{self, Framing};
 use crate::http::h1::{
     BodyAndHead, BodyError, body_and_head, read_body, read_response_head, timeout_unless_ready,
 };
-use crate::http::headers::{self, ClientOrigin};
-use crate::http::proxy::{Line, Proxy, RETRY_AFTER_SECS, is_idempotent, log_failure, loggable};
+use crate::http::headers::ClientOrigin;
+use crate::http::proxy::{Line, Proxy, RETRY_AFTER_SECS, is_idempotent, listener_removed};
 use crate::plugin::types::{HttpRequest, Protocol, RequestContext};
 
 /// Serve one stream until its response has been sent, or the client
@@ -61,22 +61,13 @@ pub(super) async fn serve(
     let generation = proxy.current.load_full();
     let log = &generation.config.log;
     let Some((l, counters)) = generation.listener(&proxy.name) else {
-        let reply = HttpReply {
-            status: 503,
-            text: "listener is being removed\n",
-            retry_after: false,
-        };
-        let mut line = Line::new(&proxy.name, generation.id, origin.addr, started);
-        line.status = Some(reply.status);
-        line.down = reply.text.len() as u64;
-        line.end = reply.text.trim_end();
-        line.json(access::http_level(log, true), "http request failed");
+        let reply = listener_removed(&proxy.name, &generation, origin.addr, started);
         local_reply(&mut respond, reply);
         return drain(request.into_body()).await;
     };
     let (head, recv) = request.into_parts();
     let ended = recv.is_end_stream();
-    if let Some(refused) = refusal(&head, ended, room) {
+    if let Some(refused) = message::refusal(&head, ended, room) {
         counters.status(refused.status);
         counters.error_reply(refused.status);
         if access::json() {
@@ -171,77 +162,39 @@ pub(super) async fn serve(
                 .relay(&mut respond, &proxy, exchange.sent_whole, &mut down)
                 .await;
             let level = access::http_level(log, status >= 500);
-            if access::json() {
-                if access::enabled(level) {
-                    // Noted only for a line (see `Attempts::succeeded`); a
-                    // gateway error was noted as a failure.
-                    if Failure::of_status(status).is_none() {
-                        attempts.note_took(answer_id, turn_started, Took::Answered(status));
-                    }
-                    let end = relayed
-                        .err()
-                        .map(|why| format!("response cut short: {why}"));
-                    let mut line = line(&exchange);
-                    line.backend = Some(&backend.name);
-                    line.attempts = attempts.tried();
-                    line.status = Some(status);
-                    line.down = down;
-                    line.end = end.as_deref().unwrap_or("done");
-                    line.json(level, "http request");
-                }
-            } else {
-                match relayed {
-                    Ok(()) => access::event_at!(
-                        level,
-                        listener = %l.name, client = %origin.addr, backend = %backend.name,
-                        method, path = loggable(&exchange.target), status,
-                        ms = started.elapsed().as_millis() as u64, "http request"
-                    ),
-                    Err(why) => tracing::debug!(
-                        client = %origin.addr, backend = %backend.name, "response cut short: {why}"
-                    ),
-                }
+            // Noted only for a JSON line (see `Attempts::succeeded`); a
+            // gateway error was noted as a failure.
+            if access::json() && access::enabled(level) && Failure::of_status(status).is_none() {
+                attempts.note_took(answer_id, turn_started, Took::Answered(status));
             }
+            let end = relayed
+                .err()
+                .map(|why| format!("response cut short: {why}"));
+            let mut line = line(&exchange);
+            line.attempts = attempts.tried();
+            line.down = down;
+            line.answered(
+                &backend.name,
+                status,
+                end.as_deref().unwrap_or("done"),
+                level,
+            );
             exchange.sent_whole
         }
         Decided::Reply(reply) => {
-            let tried = attempts.tried();
-            log_failure(
-                l,
-                origin.addr,
-                &method,
-                &exchange.target,
-                reply.status,
-                tried,
-                started,
-            );
             let mut line = line(&exchange);
-            line.attempts = tried;
-            line.status = Some(reply.status);
-            line.down = reply.text.len() as u64;
-            line.end = reply.text.trim_end();
-            line.json(tracing::Level::WARN, "http request failed");
+            line.attempts = attempts.tried();
+            line.failed(reply);
             counters.status(reply.status);
             counters.error_reply(reply.status);
             local_reply(&mut respond, reply);
             exchange.sent_whole
         }
         Decided::ClientFailed(reply, backend) => {
-            if access::json() {
-                let mut line = line(&exchange);
-                line.backend = Some(&backend.name);
-                line.attempts = attempts.tried();
-                line.status = Some(reply.status);
-                line.down = reply.text.len() as u64;
-                line.end = "client: its body stalled";
-                line.json(tracing::Level::WARN, "http request failed");
-            } else {
-                tracing::warn!(
-                    listener = %l.name, client = %origin.addr, backend = %backend.name,
-                    method, path = loggable(&exchange.target),
-                    "http request failed: the client's body stalled"
-                );
-            }
+            let mut line = line(&exchange);
+            line.attempts = attempts.tried();
+            let answered = Some((reply.status, reply.text));
+            line.client_failed(&backend.name, answered, "stalled sending its body");
             counters.status(reply.status);
             counters.error_reply(reply.status);
             local_reply(&mut respond, reply);
@@ -300,88 +253,6 @@ async fn drain(mut recv: RecvStream) {
         }
     };
     let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
-}
-
-/// A request h2 let through that gale does not pass on (or cannot now:
-/// without `room` in the listener's `max_buffer_mb`): `None` if it may
-/// go to a backend.
-fn refusal(head: &http::request::Parts, ended: bool, room: bool) -> Option<HttpReply> {
-    if !room {
-        return Some(HttpReply {
-            status: 503,
-            text: head::Refusal::Overloaded.text(),
-            retry_after: true,
-        });
-    }
-    let bad = |text| {
-        Some(HttpReply {
-            status: 400,
-            text,
-            retry_after: false,
-        })
-    };
-    if head.method == Method::CONNECT {
-        return Some(HttpReply {
-            status: 501,
-            text: "CONNECT is not supported\n",
-            retry_after: false,
-        });
-    }
-    // The rules gale's HTTP/1 engine holds (`headers::framing_lookalike`):
-    // a `content_length` beside the framing gale writes could frame the
-    // body another way for a CGI-style backend.
-    if head
-        .headers
-        .keys()
-        .any(|k| headers::framing_lookalike(k.as_str().as_bytes()))
-    {
-        return bad(headers::LOOKALIKE_REFUSED);
-    }
-    // h2 refuses conflicting lengths only.
-    if head.headers.get_all(CONTENT_LENGTH).iter().count() > 1 {
-        return bad("two Content-Length fields\n");
-    }
-    // gale writes the length it parsed (h2 takes an empty one for 0), and
-    // a body announced but ended with the headers would leave a backend
-    // waiting for it.
-    match head
-        .headers
-        .get(CONTENT_LENGTH)
-        .map(message::content_length)
-    {
-        Some(None) => return bad("malformed Content-Length\n"),
-        Some(Some(n)) if ended && n > 0 => return bad("Content-Length without a body\n"),
-        _ => {}
-    }
-    if head.method.as_str().len() > crate::http::MAX_METHOD_LEN {
-        return Some(HttpReply {
-            status: 501,
-            text: "method too long\n",
-            retry_after: false,
-        });
-    }
-    // `user:password@host`: an error (RFC 9113 §8.3.1), and a password
-    // that would go on to the backend and into the access log.
-    if message::host(head).contains(&b'@') {
-        return bad("userinfo in the request's host\n");
-    }
-    // An absolute-form `:path` would reach an HTTP/1.1 backend as a
-    // target whose authority it routes by (RFC 9112 §3.2.2), past the
-    // host the balancer, `Host` and `Forwarded` name.
-    let target = head.uri.path_and_query().map_or("/", |p| p.as_str());
-    if !(target.starts_with('/') || target == "*" && head.method == Method::OPTIONS) {
-        return bad("the request target must be a path\n");
-    }
-    // What the HTTP/1 engine allows: with `Host` and the three proxy
-    // fields gale writes, at most `MAX_HEADERS` (cookies go as one).
-    if message::forwarded_fields(head) > crate::http::MAX_HEADERS - 4 {
-        return Some(HttpReply {
-            status: 431,
-            text: "too many request header fields\n",
-            retry_after: false,
-        });
-    }
-    None
 }
 
 /// What the tries of one request came to.
@@ -807,84 +678,5 @@ fn local_reply(respond: &mut SendResponse<Bytes>, reply: HttpReply) {
     // A few dozen bytes: h2 queues them whatever the client's window.
     if let Ok(mut send) = respond.send_response(response, false) {
         let _ = send.send_data(Bytes::from_static(reply.text.as_bytes()), true);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A request as h2 hands over one without `:authority` (with `Host`
-    /// instead): its `:path` taken as it came. `None` where h2 could not
-    /// build it either (it resets such a stream itself).
-    fn parts(method: &str, path: &str, fields: &[(&str, &str)]) -> Option<http::request::Parts> {
-        let mut uri = http::uri::Parts::default();
-        uri.path_and_query = Some(http::uri::PathAndQuery::try_from(path).ok()?);
-        let mut request = http::Request::builder()
-            .method(method)
-            .uri(http::Uri::from_parts(uri).ok()?)
-            .header("host", "mail.test");
-        for (name, value) in fields {
-            request = request.header(*name, *value);
-        }
-        Some(request.body(()).ok()?.into_parts().0)
-    }
-
-    fn status(head: Option<http::request::Parts>, ended: bool) -> Option<u16> {
-        let head = head.expect("a request h2 hands over");
-        refusal(&head, ended, true).map(|r| r.status)
-    }
-
-    #[test]
-    fn only_a_path_goes_to_a_backend_as_the_target() {
-        assert_eq!(status(parts("GET", "/open?id=1", &[]), true), None);
-        // The backend would route by this authority, not the host gale
-        // and its balancer saw: refused here if h2 lets it through.
-        for (method, path) in [
-            ("GET", "http://admin.internal/x"),
-            ("GET", "*"),
-            ("OPTIONS", "x"),
-        ] {
-            if let Some(head) = parts(method, path, &[]) {
-                assert_eq!(status(Some(head), true), Some(400), "{method} {path}");
-            }
-        }
-    }
-
-    #[test]
-    fn a_length_must_be_a_number_and_match_an_ended_stream() {
-        assert_eq!(
-            status(parts("POST", "/", &[("content-length", "0")]), true),
-            None
-        );
-        assert_eq!(
-            status(parts("POST", "/", &[("content-length", "5")]), false),
-            None
-        );
-        assert_eq!(
-            status(parts("POST", "/", &[("content-length", "5")]), true),
-            Some(400)
-        );
-        assert_eq!(
-            status(parts("POST", "/", &[("content-length", "")]), false),
-            Some(400)
-        );
-        assert_eq!(
-            status(parts("POST", "/", &[("content-length", "+5")]), false),
-            Some(400)
-        );
-    }
-
-    #[test]
-    fn fields_past_what_the_http1_engine_takes_are_refused() {
-        let names: Vec<String> = (0..97).map(|i| format!("x-field-{i}")).collect();
-        let fields: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "1")).collect();
-        // Host and 95 more go; Host and 96 more do not.
-        assert_eq!(status(parts("GET", "/", &fields[..95]), true), None);
-        assert_eq!(status(parts("GET", "/", &fields[..96]), true), Some(431));
-        // Cookies go as one field.
-        let mut cookies = fields[..94].to_vec();
-        cookies.extend([("cookie", "a=1"); 10]);
-        assert_eq!(status(parts("GET", "/", &cookies), true), None);
     }
 }
