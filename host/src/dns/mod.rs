@@ -88,12 +88,7 @@ impl RecordView {
     fn of(r: &DnsRecord) -> Self {
         RecordView {
             name: r.name.clone(),
-            rtype: match r.rtype {
-                RecordType::A => "A",
-                RecordType::Aaaa => "AAAA",
-                RecordType::Cname => "CNAME",
-                RecordType::Txt => "TXT",
-            },
+            rtype: r.rtype.name(),
             value: r.value.clone(),
             ttl: r.ttl,
             weight: r.weight,

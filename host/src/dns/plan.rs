@@ -26,7 +26,7 @@ use serde::Deserialize;
 
 use super::rfc2136::{self, SyncError};
 use super::route53::api::Api;
-use super::route53::changes::{self, Change, PeerView, rtype_name};
+use super::route53::changes::{self, Change, PeerView};
 use crate::config::dns::Rfc2136Config;
 use crate::config::route53::Route53Config;
 use crate::config::{DnsConfig, DnsProvider};
@@ -320,7 +320,7 @@ fn record(r: &DnsRecord) -> String {
     };
     format!(
         "{} {} w{} ttl {}{set}",
-        rtype_name(r.rtype),
+        r.rtype.name(),
         r.value,
         r.weight,
         r.ttl

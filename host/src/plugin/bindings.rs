@@ -62,3 +62,15 @@ pub const WORLDS: [(&str, &str); 4] = [
     ("dns", "gale:plugin/publisher@0.1.3"),
     ("admission", "gale:plugin/admitter@0.1.3"),
 ];
+
+impl types::RecordType {
+    /// The type as DNS and the Route 53 API write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            types::RecordType::A => "A",
+            types::RecordType::Aaaa => "AAAA",
+            types::RecordType::Cname => "CNAME",
+            types::RecordType::Txt => "TXT",
+        }
+    }
+}
