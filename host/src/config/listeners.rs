@@ -13,7 +13,9 @@ use super::file::{ListenerSection, Pregreet, Protocol};
 use super::plugins::PluginDefaults;
 use super::pools::PoolConfig;
 use super::tls::{self, TlsConfig};
-use super::{ConfigError, Errors, parse_addr, parse_count, parse_duration};
+use super::{
+    ConfigError, Errors, address_taken, parse_addr, parse_count, parse_duration, same_port,
+};
 use crate::attempts::MAX_QUEUE_WAIT;
 
 /// `hostname` unless set.
@@ -109,16 +111,9 @@ fn validate_listener(
     let key = format!("listeners.{name}");
     refuse_other_protocol_keys(errors, l, &key)?;
     let address = parse_addr(errors, &l.address, &format!("{key}.address"))?;
-    if let Some(other) = before
-        .iter()
-        // Port 0 asks the kernel for a free port each time: no clash.
-        .find(|o| o.address == address && address.port() != 0)
-    {
-        return Err(errors.spanned(
-            &l.address,
-            &format!("{key}.address"),
-            format!("{address} is already used by listener {:?}", other.name),
-        ));
+    if let Some(other) = before.iter().find(|o| same_port(o.address, address)) {
+        let key = format!("{key}.address");
+        return Err(address_taken(errors, &l.address, &key, address, other));
     }
     let pool = pools
         .iter()

@@ -226,6 +226,40 @@ fn parse_addr(
     })
 }
 
+/// Whether listening sockets at `a` and `b` cannot both be bound: the
+/// same port (not 0, which asks the kernel for a free one each time) on
+/// the same address, or on an address the other's wildcard covers
+/// (`0.0.0.0` every IPv4 one; `[::]`, dual-stack as gale binds it, every
+/// one).
+pub fn same_port(a: SocketAddr, b: SocketAddr) -> bool {
+    let covers = |wild: std::net::IpAddr, other: std::net::IpAddr| {
+        wild.is_unspecified() && (wild.is_ipv6() || other.is_ipv4())
+    };
+    a.port() == b.port()
+        && a.port() != 0
+        && (a.ip() == b.ip() || covers(a.ip(), b.ip()) || covers(b.ip(), a.ip()))
+}
+
+/// The error for `key` at `address`, which listener `other` has (see
+/// [`same_port`]).
+fn address_taken(
+    errors: &Errors<'_>,
+    value: &Spanned<String>,
+    key: &str,
+    address: SocketAddr,
+    other: &ListenerConfig,
+) -> ConfigError {
+    let why = if address == other.address {
+        format!("{address} is already used by listener {:?}", other.name)
+    } else {
+        format!(
+            "{address} takes the port of listener {:?} ({}): both cannot be bound",
+            other.name, other.address
+        )
+    };
+    errors.spanned(value, key, why)
+}
+
 /// Each section in turn; a section that refers to another (a listener to
 /// its pool, `[dns]` to the pool it publishes) comes after it.
 fn validate(file: FileConfig, path: &Path, errors: &Errors<'_>) -> Result<Config, ConfigError> {
@@ -235,15 +269,14 @@ fn validate(file: FileConfig, path: &Path, errors: &Errors<'_>) -> Result<Config
     let mut pools = pools::validate(errors, base, &plugins, &file.pools, &file.listeners)?;
     let listeners = listeners::validate(errors, base, &plugins, &file.listeners, &mut pools)?;
     if let (Some(a), Some(section)) = (&admin, &file.admin)
-        && let Some(l) = listeners
-            .iter()
-            // Port 0 asks the kernel for a free port each time: no clash.
-            .find(|l| l.address == a.address && a.address.port() != 0)
+        && let Some(l) = listeners.iter().find(|l| same_port(l.address, a.address))
     {
-        return Err(errors.spanned(
+        return Err(address_taken(
+            errors,
             &section.address,
             "admin.address",
-            format!("{} is already used by listener {:?}", a.address, l.name),
+            a.address,
+            l,
         ));
     }
     let peers = dns::add_peers(errors, &plugins, file.peers.as_ref(), &mut pools)?;
