@@ -249,6 +249,7 @@ fn with_http_sample_0_a_2xx_request_has_no_line_and_a_503_still_has() {
             .set("log.format", "json")
             .set("log.http_sample", 0.0)
             .http("web", "web")
+            .set("listeners.web.header_timeout", "1s")
             .backend("web", "web", web.address)
             .http("gone", "gone")
             // Probed half an interval after the start: still in rotation.
@@ -281,6 +282,21 @@ fn with_http_sample_0_a_2xx_request_has_no_line_and_a_503_still_has() {
         20,
         "the 2xx requests were served, and not logged"
     );
+
+    // A head that never ends gets 408 after `header_timeout`; its line
+    // (gale's own reply: always) is timed from when gale began to wait.
+    let mut slow = TcpStream::connect(gale.address("web")).unwrap();
+    slow.write_all(b"GET /slow HTTP/1.1\r\nHost: web.test\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    slow.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    let refused = &access(&gale, "http", 2)[1];
+    has_exactly(refused, &["status"], &[]);
+    assert_eq!(refused["message"], "http request refused");
+    assert_eq!(refused["status"], 408);
+    let waited = refused["duration_ms"].as_u64().unwrap();
+    assert!((1000..5000).contains(&waited), "{refused:#?}");
 }
 
 /// `gale run` on `toml`, which must fail: its stderr.

@@ -143,8 +143,10 @@ async fn run(
         }
     }
     counters.deferred.inc();
+    // Not `closed`, which says a relayed session ended as it should.
+    let end = "no backend, closed";
     if access::json() {
-        let line = record(&l.name, &generation, peer, &attempts, started, "closed");
+        let line = record(&l.name, &generation, peer, &attempts, started, end);
         let message = "tcp session: no backend could take it";
         return access::emit(tracing::Level::WARN, message, &access::Tcp { common: line });
     }
@@ -154,7 +156,7 @@ async fn run(
         client = %peer,
         tried = %attempts.tried(),
         duration_ms = started.elapsed().as_millis() as u64,
-        end = "closed",
+        end,
         "tcp session: no backend could take it"
     );
 }
