@@ -309,24 +309,26 @@ fn run(
         let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut control = gale::control::Control::start_with(path, demo, sockets).await?;
         if let Some(from) = takeover {
-            if signalled(&mut term) {
+            let taken = if signalled(&mut term) {
                 // Stopped while starting: the old gale, never told this
-                // one is ready, serves on; this one accepted nothing.
+                // one is ready, serves on.
                 tracing::info!(
                     pid = from.pid,
                     "SIGTERM before taking over: the old gale serves on"
                 );
+                // Hung up: the old gale stops waiting for this one.
                 drop(from);
-                control.run(std::future::ready(())).await?;
-                return Ok(());
-            }
-            match from.ready().await {
-                Ok(listener) => upgrades = Some(listener),
-                Err(e) => {
+                Ok(None)
+            } else {
+                from.ready().await.map(Some)
+            };
+            match taken {
+                Ok(Some(listener)) => upgrades = Some(listener),
+                stepped_back => {
                     // Never two gales accepting: this one, which has
                     // accepted nothing, steps back.
                     control.run(std::future::ready(())).await?;
-                    return Err(e);
+                    return stepped_back.map(drop);
                 }
             }
             control.open();
