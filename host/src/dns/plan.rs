@@ -449,7 +449,15 @@ async fn from_route53(
     wanted: &[DnsRecord],
 ) -> Result<Changes, String> {
     let zone = &route53.hosted_zone_id;
-    let api = Api::new(route53, &config.name).await;
+    // Region and credentials may come from the instance metadata service:
+    // bounded as the provider loop bounds it.
+    let Ok(api) = tokio::time::timeout(route53.timeout, Api::new(route53, &config.name)).await
+    else {
+        return Err(format!(
+            "route53 zone {zone}: no region or credentials within {:?}",
+            route53.timeout
+        ));
+    };
     let read = match tokio::time::timeout(route53.timeout * 4, api.read(&|| {})).await {
         Ok(Ok(read)) => read,
         Ok(Err(e)) => return Err(format!("route53 zone {zone}: {e}")),
