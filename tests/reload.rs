@@ -399,6 +399,52 @@ fn a_moved_listener_is_rebound_and_the_others_keep_their_sockets() {
 }
 
 #[test]
+fn a_listener_that_changes_protocol_keeps_its_socket() {
+    let sink = SmtpSink::start(free_port());
+    let web = HttpBackend::start("web", Behaviour::Respond);
+    // A fixed port: with port 0 every bind gets a new one, and nothing
+    // would be in the way.
+    let address = format!("127.0.0.1:{}", free_port());
+    let speaking = |protocol: &str, pool: &str| {
+        Conf::new()
+            .listener("in", protocol, pool)
+            .set("listeners.in.address", address.as_str())
+            .backend("mta", "a", sink.address)
+            .backend("web", "web", web.address)
+            .to_string()
+    };
+    let gale = Gale::start(&speaking("smtp", "mta"));
+    let at = gale.address("in");
+    // A session of the SMTP listener, open across the change.
+    let mut open = Session::open(at);
+    open.command("EHLO client.test\r\n", "250");
+
+    gale.rewrite_config(&speaking("http", "web"));
+    let _ = gale.wait_log("reloaded generation=2", Duration::from_secs(20));
+    let (code, body) = curl(&["-s", &format!("http://{at}/")]);
+    assert_eq!((code, body.as_str()), (200, "web"));
+    open.send_mail();
+
+    // And back, as an operator undoing it would.
+    gale.rewrite_config(&speaking("smtp", "mta"));
+    let _ = gale.wait_log("reloaded generation=3", Duration::from_secs(20));
+    send_mail(at);
+    let listening = gale.log_lines(" listening ");
+    assert_eq!(listening.len(), 3, "{listening:#?}");
+    assert!(
+        listening
+            .iter()
+            .all(|l| l.contains(&format!("address={at}"))),
+        "{listening:#?}"
+    );
+    assert!(
+        gale.log_lines("reload failed").is_empty(),
+        "{:#?}",
+        gale.log_lines("reload failed")
+    );
+}
+
+#[test]
 fn a_plugin_version_failing_on_traffic_is_rolled_back() {
     let (a, b) = (SmtpSink::start(free_port()), SmtpSink::start(free_port()));
     let dir = tempfile::tempdir().unwrap();

@@ -325,10 +325,25 @@ impl Generation {
         }
     }
 
-    /// The listener named `name` and its counters, in one lookup.
-    pub fn listener(&self, name: &str) -> Option<(&ListenerConfig, &ListenerCounters)> {
-        let i = self.config.listeners.iter().position(|l| l.name == name)?;
+    /// The listener named `name` and its counters, in one lookup, if it
+    /// still speaks `protocol`: to a connection an SMTP listener accepted
+    /// before a reload made it an HTTP one, its listener is gone (its
+    /// session must not use the new protocol's pool and settings).
+    pub fn listener(
+        &self,
+        name: &str,
+        protocol: ListenerProtocol,
+    ) -> Option<(&ListenerConfig, &ListenerCounters)> {
+        let i = self.listener_index(name, protocol)?;
         Some((&self.config.listeners[i], &self.listener_counters[i]))
+    }
+
+    /// Where [`Generation::listener`]'s listener is in the config.
+    pub fn listener_index(&self, name: &str, protocol: ListenerProtocol) -> Option<usize> {
+        self.config
+            .listeners
+            .iter()
+            .position(|l| l.name == name && l.protocol == protocol)
     }
 
     pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {

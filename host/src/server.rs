@@ -219,8 +219,10 @@ impl Server {
         for pool in &generation.pools {
             pool.apply_limits();
         }
-        self.serve(pending);
+        // Stopped first: a socket that changes protocol is accepted on
+        // by its new loop only.
         self.retire_listeners(&generation.config);
+        self.serve(pending);
         // A passed socket left unused stays open (gale could not get it
         // back once closed), so its clients wait in the backlog: say so.
         for socket in unclaimed {
@@ -240,17 +242,26 @@ impl Server {
     }
 
     /// Bind the listeners of `config` that are not bound already at
-    /// the same address.
+    /// the same address. One whose address another listener has now (a
+    /// listener whose protocol or name changed, or two that swapped
+    /// addresses) takes a duplicate of that socket: binding it again
+    /// would fail, and closing it first would refuse connections.
     async fn bind_new(&self, config: &Config) -> anyhow::Result<Pending> {
         let passed = self.sockets();
         let mut bound = Vec::new();
         for l in &config.listeners {
-            let kept = self
-                .listeners
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .any(|b| b.name == l.name && b.configured == l.address && b.protocol == l.protocol);
+            let (kept, taken) = {
+                let listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+                let kept = listeners.iter().any(|b| {
+                    b.name == l.name && b.configured == l.address && b.protocol == l.protocol
+                });
+                // Port 0 asks the kernel for a new port each time.
+                let taken = listeners
+                    .iter()
+                    .find(|b| b.configured == l.address && l.address.port() != 0)
+                    .and_then(|b| Some((b.socket.as_ref()?.try_clone(), b.deferred.is_some())));
+                (kept, taken)
+            };
             if kept {
                 continue;
             }
@@ -267,14 +278,34 @@ impl Server {
                 },
             };
             let upgrading = matches!(passed.source(), Source::Upgrade { .. });
-            let (socket, passed) = match passed.for_listener(&l.name, l.address)? {
-                Some(passed) => (
-                    crate::listener::adopt(passed, (!upgrading).then_some(sockets)).with_context(
-                        || format!("listener {}: the socket passed for it", l.name),
-                    )?,
-                    true,
-                ),
-                None => (
+            // Options a socket still shared with an upgraded gale gets at
+            // `open` (see `Bound::deferred`).
+            let mut deferred = None;
+            let (socket, passed) = match (passed.for_listener(&l.name, l.address)?, taken) {
+                (Some(passed), _) => {
+                    deferred = upgrading.then_some(sockets);
+                    let socket = crate::listener::adopt(passed, (!upgrading).then_some(sockets))
+                        .with_context(|| {
+                            format!("listener {}: the socket passed for it", l.name)
+                        })?;
+                    (socket, true)
+                }
+                (None, Some((socket, shared))) => {
+                    let socket = socket.with_context(|| {
+                        format!(
+                            "listener {}: duplicating the socket at {}",
+                            l.name, l.address
+                        )
+                    })?;
+                    deferred = shared.then_some(sockets);
+                    let options = (!shared).then_some(sockets);
+                    let socket =
+                        crate::listener::adopt(socket.into(), options).with_context(|| {
+                            format!("listener {}: the socket at {}", l.name, l.address)
+                        })?;
+                    (socket, false)
+                }
+                (None, None) => (
                     crate::listener::bind(l.address, sockets).with_context(|| {
                         format!("listener {}: cannot bind {}", l.name, l.address)
                     })?,
@@ -290,7 +321,7 @@ impl Server {
                 address,
                 passed,
                 socket: Some(socket.as_fd().try_clone_to_owned()?),
-                deferred: (passed && upgrading).then_some(sockets),
+                deferred,
                 stop,
             };
             bound.push((b, socket));
@@ -312,6 +343,7 @@ impl Server {
             }
             let accept = crate::listener::Accept {
                 name: b.name.clone(),
+                protocol: b.protocol,
                 current: self.current.clone(),
                 sessions: self.sessions.clone(),
                 shutdown: b.stop.clone(),

@@ -29,6 +29,7 @@ use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
 use crate::buffers::Buffers;
+use crate::config::Protocol;
 use crate::listener::Accept;
 pub use proxy::Proxy;
 
@@ -64,12 +65,11 @@ pub async fn serve(listener: TcpListener, accept: Accept) {
         .run(listener, move |client, peer| {
             let generation = current.load();
             let (header_timeout, tls) = generation
-                .config
-                .listener(&name)
-                .map_or((Duration::from_secs(10), None), |l| {
+                .listener(&name, Protocol::Http)
+                .map_or((Duration::from_secs(10), None), |(l, _)| {
                     (l.header_timeout, l.tls.as_ref().map(|t| t.server.clone()))
                 });
-            let client = match generation.listener(&name) {
+            let client = match generation.listener(&name, Protocol::Http) {
                 Some((_, c)) => {
                     metered::Metered::new(client, c.bytes_up.clone(), c.bytes_down.clone())
                 }
@@ -137,7 +137,12 @@ impl Connection {
                     Ok(Err(e)) => tracing::debug!(client = %peer, "TLS handshake failed: {e}"),
                     _ => tracing::debug!(client = %peer, "TLS handshake timed out"),
                 }
-                if let Some((_, counters)) = self.proxy.current.load().listener(&self.proxy.name) {
+                if let Some((_, counters)) = self
+                    .proxy
+                    .current
+                    .load()
+                    .listener(&self.proxy.name, Protocol::Http)
+                {
                     counters.tls_failed();
                 }
             }

@@ -41,6 +41,8 @@ const MAX_REFUSING: usize = 256;
 pub struct Accept {
     /// The listener's name in the config.
     pub name: String,
+    /// Its protocol: a reload that changes it makes another listener.
+    pub protocol: crate::config::Protocol,
     pub current: Arc<ArcSwap<Generation>>,
     pub sessions: TaskTracker,
     pub shutdown: CancellationToken,
@@ -95,7 +97,10 @@ impl Accept {
                     !self.buffers.over()
                 }) => {}
             }
+            // Stopped first: a reload that hands this socket to another
+            // listener (its protocol changed) has it accepted there only.
             let accepted = tokio::select! {
+                biased;
                 _ = self.shutdown.cancelled() => break,
                 a = listener.accept() => a,
             };
@@ -162,9 +167,8 @@ impl Accept {
     fn per_client_limit(&self) -> u32 {
         self.current
             .load()
-            .config
-            .listener(&self.name)
-            .map_or(u32::MAX, |l| l.max_sessions_per_client)
+            .listener(&self.name, self.protocol)
+            .map_or(u32::MAX, |(l, _)| l.max_sessions_per_client)
     }
 
     /// A client over its cap: an SMTP client is told to come back later
@@ -172,7 +176,7 @@ impl Accept {
     /// is closed.
     fn refuse(&self, refusing: &Arc<AtomicUsize>, client: TcpStream, peer: SocketAddr) {
         let generation = self.current.load();
-        let Some((l, counters)) = generation.listener(&self.name) else {
+        let Some((l, counters)) = generation.listener(&self.name, self.protocol) else {
             return;
         };
         tracing::debug!(listener = %self.name, client = %peer, "refused: max_sessions_per_client");
@@ -213,12 +217,7 @@ impl Accept {
         ip: IpAddr,
     ) -> Result<Option<PluginGate>, crate::admission::Refusal> {
         let generation = self.current.load();
-        let Some(index) = generation
-            .config
-            .listeners
-            .iter()
-            .position(|l| l.name == self.name)
-        else {
+        let Some(index) = generation.listener_index(&self.name, self.protocol) else {
             return Ok(None);
         };
         let l = &generation.config.listeners[index];
@@ -239,7 +238,7 @@ impl Accept {
         refusal: crate::admission::Refusal,
     ) {
         let generation = self.current.load();
-        let Some((l, counters)) = generation.listener(&self.name) else {
+        let Some((l, counters)) = generation.listener(&self.name, self.protocol) else {
             return;
         };
         counters.admission_refused(refusal);
@@ -255,18 +254,16 @@ impl Accept {
     fn max_buffer(&self) -> Option<u64> {
         self.current
             .load()
-            .config
-            .listener(&self.name)
-            .and_then(|l| l.max_buffer)
+            .listener(&self.name, self.protocol)
+            .and_then(|(l, _)| l.max_buffer)
     }
 
     /// The listener's `max_sessions` in the current generation.
     fn max_sessions(&self) -> usize {
         self.current
             .load()
-            .config
-            .listener(&self.name)
-            .map_or(0, |l| l.max_sessions as usize)
+            .listener(&self.name, self.protocol)
+            .map_or(0, |(l, _)| l.max_sessions as usize)
     }
 }
 
@@ -395,16 +392,12 @@ where
         + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let (name, current) = (accept.name.clone(), accept.current.clone());
-    let buffers = accept.buffers.clone();
+    let (name, protocol) = (accept.name.clone(), accept.protocol);
+    let (current, buffers) = (accept.current.clone(), accept.buffers.clone());
     accept
         .run(listener, move |client, peer| {
             let generation = current.load_full();
-            let index = generation
-                .config
-                .listeners
-                .iter()
-                .position(|l| l.name == name);
+            let index = generation.listener_index(&name, protocol);
             // The session's future itself, not one wrapped in a block
             // that would hold its arguments a second time.
             session(client, peer, generation, index, buffers.charge())

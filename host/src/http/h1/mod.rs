@@ -48,6 +48,7 @@ use crate::attempts::{
 };
 use crate::buffers::Charge;
 use crate::config::ListenerConfig;
+use crate::config::Protocol as ListenerProtocol;
 use crate::generation::ip_address;
 use crate::plugin::types::{HttpRequest, Protocol, RequestContext};
 
@@ -338,7 +339,8 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
         // Per request, not per connection: a kept-alive connection
         // follows reloads.
         let generation = self.proxy.current.load_full();
-        let Some((l, counters)) = generation.listener(&self.proxy.name) else {
+        let Some((l, counters)) = generation.listener(&self.proxy.name, ListenerProtocol::Http)
+        else {
             let reply = listener_removed(&self.proxy.name, &generation, self.origin.addr, started);
             return self.reply(reply).await;
         };
@@ -729,7 +731,12 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
     /// Count an error response gale wrote itself (rare: the listener's counters
     /// are looked up each time).
     fn count_status(&self, status: u16) {
-        if let Some((_, counters)) = self.proxy.current.load().listener(&self.proxy.name) {
+        if let Some((_, counters)) = self
+            .proxy
+            .current
+            .load()
+            .listener(&self.proxy.name, ListenerProtocol::Http)
+        {
             counters.status(status);
             counters.error_reply(status);
         }

@@ -30,6 +30,7 @@ use crate::access;
 use crate::attempts::{
     Attempts, Failure, FailureReason, HttpReply, HttpStep, HttpTries, InFlight, QueueStep, Took,
 };
+use crate::config::Protocol as ListenerProtocol;
 use crate::config::{BackendConfig, ListenerConfig};
 use crate::generation::ip_address;
 use crate::http::h1::chunked::Chunked;
@@ -60,7 +61,7 @@ pub(super) async fn serve(
     // reloads.
     let generation = proxy.current.load_full();
     let log = &generation.config.log;
-    let Some((l, counters)) = generation.listener(&proxy.name) else {
+    let Some((l, counters)) = generation.listener(&proxy.name, ListenerProtocol::Http) else {
         let reply = listener_removed(&proxy.name, &generation, origin.addr, started);
         local_reply(&mut respond, reply);
         return drain(request.into_body()).await;
