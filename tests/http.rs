@@ -300,8 +300,9 @@ fn sigterm_lets_a_request_in_flight_finish() {
 #[test]
 fn backend_connections_are_reused_within_the_keepalive_timeout_only() {
     // Backend connections opened for 5 sequential requests from separate
-    // clients (the probe's own connections excluded: interval 10 s, and
-    // counted from after the first request).
+    // clients (the probe's own connections excluded: the first one is
+    // waited for, the next comes 10 s later; counted from after the first
+    // request).
     let opened = |keepalive: Option<&str>| {
         let backend = HttpBackend::start("a", Behaviour::Respond);
         let toml = web(&[("a", backend.address, 1)]);
@@ -316,6 +317,13 @@ fn backend_connections_are_reused_within_the_keepalive_timeout_only() {
                 .connections
                 .load(std::sync::atomic::Ordering::SeqCst)
         };
+        // The first probe (a TCP connect at start) counted before any
+        // request: under load it can come after the first answer.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while connections() == 0 {
+            assert!(std::time::Instant::now() < deadline, "no probe in 10 s");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         assert_eq!(curl(&[&url(&gale)]).0, 200);
         let before = connections();
         for _ in 0..4 {
