@@ -636,6 +636,23 @@ fn passed_sockets_stay_with_gale_through_reloads_that_drop_change_or_restore_the
     gale.wait_log("reloaded generation=4", Duration::from_secs(20));
     send_mail(in_address);
 
+    // `in` renamed at its address: the new name keeps the socket, still
+    // the service manager's, and nothing is said to be left unused.
+    gale.rewrite_config(
+        &with_in("smtp", in_address).replace("[listeners.in]", "[listeners.renamed]"),
+    );
+    gale.wait_log("reloaded generation=5", Duration::from_secs(20));
+    gale.wait_line(
+        &[
+            "listening",
+            "listener=renamed",
+            "passed by the service manager",
+        ],
+        Duration::from_secs(1),
+    );
+    send_mail(in_address);
+    assert_eq!(gale.log_lines("is taken by no listener now").len(), 1);
+
     // A reload that moves `in` elsewhere than its socket fails, and the
     // running generation goes on serving on the socket.
     let elsewhere: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();

@@ -80,7 +80,10 @@ pub enum Role {
 
 /// Sockets bound for a generation that is not swapped in yet.
 struct Pending {
-    bound: Vec<(Bound, TcpListener)>,
+    /// Each with the client socket options to set once the reload is
+    /// committed (on a socket another listener accepted on: see
+    /// [`Server::bind_new`]).
+    bound: Vec<(Bound, TcpListener, Option<crate::listener::ClientSockets>)>,
 }
 
 impl Server {
@@ -206,8 +209,21 @@ impl Server {
 
     async fn install(&self, generation: Arc<Generation>) -> anyhow::Result<Arc<Generation>> {
         let sockets = self.sockets();
-        let unclaimed = sockets.unclaimed(&generation.config)?;
-        let pending = self.bind_new(&generation.config).await?;
+        // A listener renamed at the address of a passed socket keeps it.
+        let config = &generation.config;
+        let held = |at: SocketAddr| {
+            config
+                .listeners
+                .iter()
+                .any(|l| l.address == at && at.port() != 0)
+        };
+        let unclaimed = sockets.unclaimed_but(config, held)?;
+        let pending = self.bind_new(config).await?;
+        // Stopped before the swap: what the old loop of a listener that
+        // goes (or changes protocol) still accepts meanwhile is served by
+        // the generation that has it, and a socket that changes protocol
+        // is then accepted on by its new loop only.
+        self.retire_listeners(config);
         // Before anyone can see it, and again right after the swap for
         // results recorded in between: no window where a backend known
         // dead looks healthy.
@@ -219,9 +235,6 @@ impl Server {
         for pool in &generation.pools {
             pool.apply_limits();
         }
-        // Stopped first: a socket that changes protocol is accepted on
-        // by its new loop only.
-        self.retire_listeners(&generation.config);
         self.serve(pending);
         // A passed socket left unused stays open (gale could not get it
         // back once closed), so its clients wait in the backlog: say so.
@@ -245,7 +258,9 @@ impl Server {
     /// the same address. One whose address another listener has now (a
     /// listener whose protocol or name changed, or two that swapped
     /// addresses) takes a duplicate of that socket: binding it again
-    /// would fail, and closing it first would refuse connections.
+    /// would fail, and closing it first would refuse connections. Its
+    /// options change only in [`Server::serve`], once the reload cannot
+    /// fail: the other listener serves on it until then.
     async fn bind_new(&self, config: &Config) -> anyhow::Result<Pending> {
         let passed = self.sockets();
         let mut bound = Vec::new();
@@ -255,11 +270,13 @@ impl Server {
                 let kept = listeners.iter().any(|b| {
                     b.name == l.name && b.configured == l.address && b.protocol == l.protocol
                 });
-                // Port 0 asks the kernel for a new port each time.
+                // Port 0 asks the kernel for a new port each time. (Reloads
+                // come after `open`: no socket is shared with an upgraded
+                // gale by then.)
                 let taken = listeners
                     .iter()
                     .find(|b| b.configured == l.address && l.address.port() != 0)
-                    .and_then(|b| Some((b.socket.as_ref()?.try_clone(), b.deferred.is_some())));
+                    .and_then(|b| Some((b.socket.as_ref()?.try_clone(), b.passed)));
                 (kept, taken)
             };
             if kept {
@@ -278,32 +295,29 @@ impl Server {
                 },
             };
             let upgrading = matches!(passed.source(), Source::Upgrade { .. });
-            // Options a socket still shared with an upgraded gale gets at
-            // `open` (see `Bound::deferred`).
-            let mut deferred = None;
+            // Options to set once the reload is committed.
+            let mut later = None;
             let (socket, passed) = match (passed.for_listener(&l.name, l.address)?, taken) {
                 (Some(passed), _) => {
-                    deferred = upgrading.then_some(sockets);
                     let socket = crate::listener::adopt(passed, (!upgrading).then_some(sockets))
                         .with_context(|| {
                             format!("listener {}: the socket passed for it", l.name)
                         })?;
                     (socket, true)
                 }
-                (None, Some((socket, shared))) => {
+                (None, Some((socket, passed))) => {
                     let socket = socket.with_context(|| {
                         format!(
                             "listener {}: duplicating the socket at {}",
                             l.name, l.address
                         )
                     })?;
-                    deferred = shared.then_some(sockets);
-                    let options = (!shared).then_some(sockets);
+                    later = Some(sockets);
                     let socket =
-                        crate::listener::adopt(socket.into(), options).with_context(|| {
+                        crate::listener::adopt(socket.into(), None).with_context(|| {
                             format!("listener {}: the socket at {}", l.name, l.address)
                         })?;
-                    (socket, false)
+                    (socket, passed)
                 }
                 (None, None) => (
                     crate::listener::bind(l.address, sockets).with_context(|| {
@@ -321,18 +335,26 @@ impl Server {
                 address,
                 passed,
                 socket: Some(socket.as_fd().try_clone_to_owned()?),
-                deferred,
+                // Options a socket still shared with an upgraded gale gets
+                // at `open`.
+                deferred: (passed && upgrading).then_some(sockets),
                 stop,
             };
-            bound.push((b, socket));
+            bound.push((b, socket, later));
         }
         Ok(Pending { bound })
     }
 
-    /// Start accepting on freshly bound sockets.
+    /// Start accepting on the sockets [`Server::bind_new`] got.
     fn serve(&self, pending: Pending) {
         let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
-        for (b, socket) in pending.bound {
+        for (b, socket, options) in pending.bound {
+            if let Some(options) = options {
+                let socket = socket2::SockRef::from(&socket);
+                if let Err(e) = crate::listener::set_client_options(&socket, b.address, options) {
+                    tracing::warn!(listener = %b.name, "setting the socket's options: {e}");
+                }
+            }
             // Logged before "gale is ready": tests and scripts read the port
             // the kernel chose from this line.
             if b.passed {
@@ -364,13 +386,15 @@ impl Server {
                 Protocol::Http => self.background.spawn(crate::http::serve(socket, accept)),
                 Protocol::Tcp => self.background.spawn(crate::tcp::serve(socket, accept)),
             };
-            // A listener that moved: the old socket stops in retire_listeners.
+            // A listener that moved: the old socket stopped in
+            // retire_listeners.
             listeners.push(b);
         }
     }
 
-    /// Stop accepting on listeners the current config no longer has at
-    /// their address; their sessions carry on.
+    /// Stop accepting on listeners `config` (the one being installed) no
+    /// longer has at their address with their protocol; their sessions
+    /// carry on.
     fn retire_listeners(&self, config: &Config) {
         let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
         listeners.retain(|b| {

@@ -228,16 +228,16 @@ fn parse_addr(
 
 /// Whether listening sockets at `a` and `b` cannot both be bound: the
 /// same port (not 0, which asks the kernel for a free one each time) on
-/// the same address, or on an address the other's wildcard covers
-/// (`0.0.0.0` every IPv4 one; `[::]`, dual-stack as gale binds it, every
+/// the same address (an IPv4-mapped one, `[::ffff:a.b.c.d]`, is the IPv4
+/// address), or on an address the other's wildcard covers (`0.0.0.0`
+/// every IPv4 one; `[::]`, dual-stack as `listener::bind` makes it, every
 /// one).
 pub fn same_port(a: SocketAddr, b: SocketAddr) -> bool {
+    let (x, y) = (a.ip().to_canonical(), b.ip().to_canonical());
     let covers = |wild: std::net::IpAddr, other: std::net::IpAddr| {
         wild.is_unspecified() && (wild.is_ipv6() || other.is_ipv4())
     };
-    a.port() == b.port()
-        && a.port() != 0
-        && (a.ip() == b.ip() || covers(a.ip(), b.ip()) || covers(b.ip(), a.ip()))
+    a.port() == b.port() && a.port() != 0 && (x == y || covers(x, y) || covers(y, x))
 }
 
 /// The error for `key` at `address`, which listener `other` has (see

@@ -40,6 +40,12 @@ pub fn bind(address: SocketAddr, sockets: ClientSockets) -> std::io::Result<TcpL
     let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
     // As tokio's own bind: a restarted gale rebinds at once.
     socket.set_reuse_address(true)?;
+    // `[::]` takes IPv4 clients too, whatever the machine's default
+    // (`net.ipv6.bindv6only`): the config check counts on it
+    // (`config::same_port`).
+    if address.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
     socket.set_nonblocking(true)?;
     set_client_options(&socket, address, sockets)?;
     socket.bind(&address.into())?;
@@ -48,7 +54,9 @@ pub fn bind(address: SocketAddr, sockets: ClientSockets) -> std::io::Result<TcpL
 }
 
 /// Serve on a socket the service manager bound and is listening on
-/// (`crate::systemd::sockets`), with the options [`bind`] sets. Here they
+/// (`crate::systemd::sockets`), or that another listener has (a reload
+/// changed its name or protocol: `Server::bind_new`), with the options
+/// [`bind`] sets. Here they
 /// come after `listen`: connections queued before gale started (the one
 /// that started it, under on-demand activation) lack them unless the
 /// `.socket` unit set them too (`NoDelay=true`, `DeferAcceptSec=1`).

@@ -379,13 +379,30 @@ impl PassedSockets {
     /// takes (`name (address, fd N)` each), or an error when a socket
     /// named [`ADMIN`] could go to two listeners.
     pub fn unclaimed(&self, config: &Config) -> Result<Vec<String>, SocketError> {
-        let listeners: Vec<&str> = config.listeners.iter().map(|l| l.name.as_str()).collect();
-        self.unclaimed_by(&listeners, config.admin.is_some())
+        self.unclaimed_but(config, |_| false)
     }
 
-    /// [`Self::unclaimed`] for these listener names, with or without an
-    /// `[admin]` listener.
-    fn unclaimed_by(&self, listeners: &[&str], admin: bool) -> Result<Vec<String>, SocketError> {
+    /// [`Self::unclaimed`], less the sockets at an address `held` says a
+    /// listener serves anyway (after a reload renamed the listener that
+    /// took one: it keeps the socket, see `Server::bind_new`).
+    pub fn unclaimed_but(
+        &self,
+        config: &Config,
+        held: impl Fn(SocketAddr) -> bool,
+    ) -> Result<Vec<String>, SocketError> {
+        let listeners: Vec<&str> = config.listeners.iter().map(|l| l.name.as_str()).collect();
+        let mut unclaimed = self.unclaimed_by(&listeners, config.admin.is_some())?;
+        unclaimed.retain(|(address, _)| !held(*address));
+        Ok(unclaimed.into_iter().map(|(_, what)| what).collect())
+    }
+
+    /// The sockets no listener of these names claims (nor `[admin]`, if
+    /// there is one): each with its address and what the log says of it.
+    fn unclaimed_by(
+        &self,
+        listeners: &[&str],
+        admin: bool,
+    ) -> Result<Vec<(SocketAddr, String)>, SocketError> {
         let has_listener = |name: &str| listeners.contains(&name);
         // Only the service manager names `[admin]`'s socket like a
         // listener's; a gale handing over keeps it apart.
@@ -397,7 +414,12 @@ impl PassedSockets {
             .sockets
             .iter()
             .filter(|s| !(has_listener(&s.name) || admin && s.name == ADMIN))
-            .map(|s| format!("`{}` ({}, fd {})", s.name, s.address, s.fd))
+            .map(|s| {
+                (
+                    s.address,
+                    format!("`{}` ({}, fd {})", s.name, s.address, s.fd),
+                )
+            })
             .collect())
     }
 
@@ -588,7 +610,7 @@ mod tests {
         let unclaimed = passed.unclaimed_by(&["in", "web"], true).unwrap();
         assert_eq!(unclaimed.len(), 1, "{unclaimed:?}");
         assert!(
-            unclaimed[0].starts_with("`typo` (127.0.0.1:"),
+            unclaimed[0].1.starts_with("`typo` (127.0.0.1:"),
             "{unclaimed:?}"
         );
         // Without [admin], `admin` is unclaimed too.

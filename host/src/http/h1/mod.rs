@@ -611,13 +611,11 @@ impl<IO: AsyncRead + AsyncWrite + ClientStream + Unpin> Client<IO> {
                     cut: None,
                 }
             }
-            Err(why) => {
-                tracing::debug!(client = %self.origin.addr, backend = %addr, "response cut short: {why}");
-                Outcome::Answered {
-                    keep: false,
-                    cut: Some(format!("response cut short: {why}")),
-                }
-            }
+            // The request's line says so (`Line::answered`).
+            Err(why) => Outcome::Answered {
+                keep: false,
+                cut: Some(format!("response cut short: {why}")),
+            },
         }
     }
 
