@@ -429,6 +429,8 @@ fn a_listener_that_changes_protocol_keeps_its_socket() {
     // socket as it was: an HTTP listener's options would hold each SMTP
     // client a second (a deferred accept waits for the client's bytes).
     let in_use = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // `zz` is bound after `in` (listeners go in name order), so the
+    // reload fails after `in` took the socket's duplicate.
     let failing = speaking("http", "web").listener("zz", "http", "web").set(
         "listeners.zz.address",
         in_use.local_addr().unwrap().to_string(),
@@ -445,8 +447,12 @@ fn a_listener_that_changes_protocol_keeps_its_socket() {
     gale.rewrite_config(&speaking("http", "web").to_string());
     let reloaded = gale.wait_count("reloaded generation=", 1, Duration::from_secs(20));
     assert_eq!(reloaded.len(), 1, "{reloaded:#?}");
-    let (code, body) = curl(&["-s", &format!("http://{at}/")]);
-    assert_eq!((code, body.as_str()), (200, "web"));
+    // Several: with an SMTP loop still accepting on the socket, some
+    // would get a greeting.
+    for _ in 0..5 {
+        let (code, body) = curl(&["-s", &format!("http://{at}/")]);
+        assert_eq!((code, body.as_str()), (200, "web"));
+    }
     open.send_mail();
 
     // And back, as an operator undoing it would.

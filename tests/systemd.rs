@@ -666,6 +666,33 @@ fn passed_sockets_stay_with_gale_through_reloads_that_drop_change_or_restore_the
     );
     send_mail(in_address);
     assert!(gale.log_lines("cannot bind").is_empty());
+
+    // A protocol change that fails (another listener on a port in use)
+    // leaves the passed socket's options as they were: an HTTP
+    // listener's deferred accept would hold each SMTP client a second.
+    // (As `in`, the name the service manager gave the socket, the HTTP
+    // listener takes it as passed, not as `renamed`'s duplicate.)
+    let in_use = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let failing = format!(
+        "{}\n[listeners.zz]\nprotocol = \"tcp\"\naddress = \"{}\"\npool = \"mta\"\n",
+        with_in("http", in_address),
+        in_use.local_addr().unwrap()
+    );
+    gale.rewrite_config(&failing);
+    let failed = gale.wait_count("reload failed", 2, Duration::from_secs(20));
+    assert!(failed[1].contains("Address already in use"), "{failed:#?}");
+    let greeted_in = || {
+        let asked = Instant::now();
+        let mut session = Session::open(in_address);
+        let took = asked.elapsed();
+        session.command("QUIT\r\n", "221");
+        took
+    };
+    let fastest = (0..3).map(|_| greeted_in()).min().unwrap();
+    assert!(
+        fastest < Duration::from_millis(800),
+        "greeted in {fastest:?} after a failed reload"
+    );
 }
 
 #[test]

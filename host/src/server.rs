@@ -219,10 +219,14 @@ impl Server {
         };
         let unclaimed = sockets.unclaimed_but(config, held)?;
         let pending = self.bind_new(config).await?;
-        // Stopped before the swap: what the old loop of a listener that
-        // goes (or changes protocol) still accepts meanwhile is served by
-        // the generation that has it, and a socket that changes protocol
-        // is then accepted on by its new loop only.
+        // Stopped before the swap, so that what the old loop of a listener
+        // that goes (or changes name or protocol) accepts in its last
+        // moments is most likely served by the generation that has it: a
+        // connection accepted just as the loop stops, or let through by an
+        // admission plugin after a tarpit, finds its listener gone and is
+        // closed (as when a reload removes a listener). A socket that
+        // changes hands starts with fresh counts for `max_sessions` and
+        // the per-client limits: the old loop's sessions are not in them.
         self.retire_listeners(config);
         // Before anyone can see it, and again right after the swap for
         // results recorded in between: no window where a backend known
@@ -265,23 +269,20 @@ impl Server {
         let passed = self.sockets();
         let mut bound = Vec::new();
         for l in &config.listeners {
-            let (kept, taken) = {
+            let taken = {
                 let listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
                 let kept = listeners.iter().any(|b| {
                     b.name == l.name && b.configured == l.address && b.protocol == l.protocol
                 });
-                // Port 0 asks the kernel for a new port each time. (Reloads
-                // come after `open`: no socket is shared with an upgraded
-                // gale by then.)
-                let taken = listeners
+                if kept {
+                    continue;
+                }
+                // Port 0 asks the kernel for a new port each time.
+                listeners
                     .iter()
                     .find(|b| b.configured == l.address && l.address.port() != 0)
-                    .and_then(|b| Some((b.socket.as_ref()?.try_clone(), b.passed)));
-                (kept, taken)
+                    .and_then(|b| Some((b.socket.as_ref()?.try_clone(), b.passed)))
             };
-            if kept {
-                continue;
-            }
             let sockets = match l.protocol {
                 Protocol::Http => crate::listener::ClientSockets {
                     user_timeout: Some(crate::http::DEAD_PEER_TIMEOUT),
@@ -294,38 +295,41 @@ impl Server {
                     client_speaks_first: false,
                 },
             };
+            // A socket gale did not bind here gets its options later: set
+            // now they would change a socket that a gale being upgraded
+            // still accepts on (they are set at `open`), or that a listener
+            // of the running generation accepts on while this reload may
+            // still fail (they are set in `serve`).
             let upgrading = matches!(passed.source(), Source::Upgrade { .. });
-            // Options to set once the reload is committed.
-            let mut later = None;
-            let (socket, passed) = match (passed.for_listener(&l.name, l.address)?, taken) {
-                (Some(passed), _) => {
-                    let socket = crate::listener::adopt(passed, (!upgrading).then_some(sockets))
-                        .with_context(|| {
+            let (socket, passed, bound_here) =
+                match (passed.for_listener(&l.name, l.address)?, taken) {
+                    (Some(passed), _) => {
+                        let socket = crate::listener::adopt(passed).with_context(|| {
                             format!("listener {}: the socket passed for it", l.name)
                         })?;
-                    (socket, true)
-                }
-                (None, Some((socket, passed))) => {
-                    let socket = socket.with_context(|| {
-                        format!(
-                            "listener {}: duplicating the socket at {}",
-                            l.name, l.address
-                        )
-                    })?;
-                    later = Some(sockets);
-                    let socket =
-                        crate::listener::adopt(socket.into(), None).with_context(|| {
+                        (socket, true, false)
+                    }
+                    (None, Some((socket, passed))) => {
+                        let socket = socket.with_context(|| {
+                            format!(
+                                "listener {}: duplicating the socket at {}",
+                                l.name, l.address
+                            )
+                        })?;
+                        let socket = crate::listener::adopt(socket.into()).with_context(|| {
                             format!("listener {}: the socket at {}", l.name, l.address)
                         })?;
-                    (socket, passed)
-                }
-                (None, None) => (
-                    crate::listener::bind(l.address, sockets).with_context(|| {
-                        format!("listener {}: cannot bind {}", l.name, l.address)
-                    })?,
-                    false,
-                ),
-            };
+                        (socket, passed, false)
+                    }
+                    (None, None) => {
+                        let socket =
+                            crate::listener::bind(l.address, sockets).with_context(|| {
+                                format!("listener {}: cannot bind {}", l.name, l.address)
+                            })?;
+                        (socket, false, true)
+                    }
+                };
+            let later = (!bound_here && !upgrading).then_some(sockets);
             let address = socket.local_addr()?;
             let stop = self.stop_accepting.child_token();
             let b = Bound {
@@ -335,9 +339,7 @@ impl Server {
                 address,
                 passed,
                 socket: Some(socket.as_fd().try_clone_to_owned()?),
-                // Options a socket still shared with an upgraded gale gets
-                // at `open`.
-                deferred: (passed && upgrading).then_some(sockets),
+                deferred: (!bound_here && upgrading).then_some(sockets),
                 stop,
             };
             bound.push((b, socket, later));
@@ -437,7 +439,8 @@ impl Server {
     /// run (a reload may move one; a removed one closes).
     pub fn open(&self) {
         let mut sockets = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
-        if matches!(sockets.source(), Source::Upgrade { .. }) {
+        let upgraded = matches!(sockets.source(), Source::Upgrade { .. });
+        if upgraded {
             *sockets = Arc::new(PassedSockets::none());
         }
         drop(sockets);
@@ -447,6 +450,11 @@ impl Server {
             .unwrap_or_else(|p| p.into_inner())
             .iter_mut()
         {
+            // Its own now (a reload that renames the listener must not
+            // say "passed by the service manager").
+            if upgraded {
+                b.passed = false;
+            }
             if let (Some(options), Some(socket)) = (b.deferred.take(), &b.socket) {
                 let socket = socket2::SockRef::from(socket);
                 if let Err(e) = crate::listener::set_client_options(&socket, b.address, options) {

@@ -97,8 +97,9 @@ impl Accept {
                     !self.buffers.over()
                 }) => {}
             }
-            // Stopped first: a reload that hands this socket to another
-            // listener (its protocol changed) has it accepted there only.
+            // Stopped first: once a reload hands this socket to another
+            // listener (its name or protocol changed), the next accept is
+            // that listener's.
             let accepted = tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => break,

@@ -43,7 +43,7 @@ pub fn bind(address: SocketAddr, sockets: ClientSockets) -> std::io::Result<TcpL
     // `[::]` takes IPv4 clients too, whatever the machine's default
     // (`net.ipv6.bindv6only`): the config check counts on it
     // (`config::same_port`).
-    if address.is_ipv6() {
+    if address.is_ipv6() && address.ip().is_unspecified() {
         socket.set_only_v6(false)?;
     }
     socket.set_nonblocking(true)?;
@@ -53,27 +53,17 @@ pub fn bind(address: SocketAddr, sockets: ClientSockets) -> std::io::Result<TcpL
     TcpListener::from_std(socket.into())
 }
 
-/// Serve on a socket the service manager bound and is listening on
-/// (`crate::systemd::sockets`), or that another listener has (a reload
-/// changed its name or protocol: `Server::bind_new`), with the options
-/// [`bind`] sets. Here they
-/// come after `listen`: connections queued before gale started (the one
-/// that started it, under on-demand activation) lack them unless the
-/// `.socket` unit set them too (`NoDelay=true`, `DeferAcceptSec=1`).
-///
-/// Without `sockets`, the options stay as they are: a socket a gale being
-/// upgraded still accepts on (they are the socket's, shared by both
-/// processes) gets them once that gale has stopped, from
-/// [`set_client_options`].
-pub fn adopt(
-    socket: std::net::TcpListener,
-    sockets: Option<ClientSockets>,
-) -> std::io::Result<TcpListener> {
-    let address = socket.local_addr()?;
+/// Serve on a socket gale did not bind: one the service manager bound
+/// and listens on (`crate::systemd::sockets`), one an upgraded gale
+/// handed over, or one another listener has (a reload changed its name or
+/// protocol: `Server::bind_new`). Its options stay as they are until the
+/// caller sets what [`bind`] sets, with [`set_client_options`], once no
+/// other listener or gale accepts on it. Connections queued before that
+/// lack them (under on-demand activation, the one that started gale)
+/// unless the `.socket` unit set them too (`NoDelay=true`,
+/// `DeferAcceptSec=1`).
+pub fn adopt(socket: std::net::TcpListener) -> std::io::Result<TcpListener> {
     let socket = socket2::Socket::from(socket);
-    if let Some(sockets) = sockets {
-        set_client_options(&socket, address, sockets)?;
-    }
     // The service manager passes it blocking; tokio needs it not to be.
     socket.set_nonblocking(true)?;
     TcpListener::from_std(socket.into())
@@ -209,7 +199,10 @@ mod tests {
         };
         let listener = bind("127.0.0.1:0".parse().unwrap(), http).unwrap();
         assert!(defer_accept(&listener) > 0);
-        let adopted = adopt(listener.into_std().unwrap(), Some(smtp)).unwrap();
+        let adopted = adopt(listener.into_std().unwrap()).unwrap();
+        assert!(defer_accept(&adopted) > 0, "adopted as it was");
+        let address = adopted.local_addr().unwrap();
+        set_client_options(&socket2::SockRef::from(&adopted), address, smtp).unwrap();
         assert_eq!(defer_accept(&adopted), 0);
         let socket = socket2::SockRef::from(&adopted);
         assert_eq!(socket.tcp_user_timeout().unwrap(), None);
