@@ -680,6 +680,7 @@ fn passed_sockets_stay_with_gale_through_reloads_that_drop_change_or_restore_the
     );
     gale.rewrite_config(&failing);
     let failed = gale.wait_count("reload failed", 2, Duration::from_secs(20));
+    assert_eq!(failed.len(), 2, "{:#?}", gale.log_lines(""));
     assert!(failed[1].contains("Address already in use"), "{failed:#?}");
     let greeted_in = || {
         let asked = Instant::now();

@@ -81,7 +81,7 @@ pub enum Role {
 /// Sockets bound for a generation that is not swapped in yet.
 struct Pending {
     /// Each with the client socket options to set once the reload is
-    /// committed (on a socket another listener accepted on: see
+    /// committed (on a socket gale did not bind, outside an upgrade: see
     /// [`Server::bind_new`]).
     bound: Vec<(Bound, TcpListener, Option<crate::listener::ClientSockets>)>,
 }

@@ -42,8 +42,10 @@ pub fn bind(address: SocketAddr, sockets: ClientSockets) -> std::io::Result<TcpL
     socket.set_reuse_address(true)?;
     // `[::]` takes IPv4 clients too, whatever the machine's default
     // (`net.ipv6.bindv6only`): the config check counts on it
-    // (`config::same_port`).
-    if address.is_ipv6() && address.ip().is_unspecified() {
+    // (`config::same_port`). An IPv4-mapped address can only be bound so.
+    if let std::net::IpAddr::V6(ip) = address.ip()
+        && (ip.is_unspecified() || ip.to_ipv4_mapped().is_some())
+    {
         socket.set_only_v6(false)?;
     }
     socket.set_nonblocking(true)?;
