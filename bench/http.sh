@@ -378,7 +378,8 @@ if (( IDLE > 0 )); then
             [ "$who" = nginx ] && procs=$(family "$NGINX_PID")
             target=$p1
             if [ "$kind" = h2 ]; then wait_h2 "$p2"; target=$p2; fi
-            got=$("${pin1[@]}" python3 bench/idle.py "$kind" "$target" "$IDLE" "$(echo $procs | tr ' ' ',')")
+            got=$("${pin1[@]}" python3 bench/idle.py "$kind" "$target" "$IDLE" "$(echo $procs | tr ' ' ',')") ||
+                { echo "idle $kind: bench/idle.py failed against $who" >&2; exit 1; }
             echo "$kind $who $got" >>"$work/idle"
             stop "$pid"
         done

@@ -240,7 +240,8 @@ if (( IDLE > 0 )); then
             gale) start_gale gale-idle "$p"; pid=$GALE_PID ;;
         esac
         wait_port "$p"; wait_greeted "$p"
-        got=$("${pin1[@]}" python3 bench/idle.py smtp "$p" "$IDLE" "$pid")
+        got=$("${pin1[@]}" python3 bench/idle.py smtp "$p" "$IDLE" "$pid") ||
+            { echo "idle smtp: bench/idle.py failed against $who" >&2; exit 1; }
         echo "$who $got" >>"$work/idle"
         stop "$pid"
     done
