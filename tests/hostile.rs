@@ -7,7 +7,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use support::client::{HttpConnection, Load, Session};
+use support::client::{HttpConnection, Load, Session, greeting_time};
 use support::conf::Conf;
 use support::http::{Behaviour, HttpBackend};
 use support::process::{Gale, SmtpSink, curl, free_port};
@@ -17,15 +17,6 @@ use support::process::{Gale, SmtpSink, curl, free_port};
 fn smtp_pool(conf: Conf, name: &str, sink: SocketAddr) -> Conf {
     conf.smtp(name, name)
         .backend(name, &format!("{name}-sink"), sink)
-}
-
-/// Time from connecting to the greeting.
-fn greeting_time(addr: SocketAddr) -> Duration {
-    let started = Instant::now();
-    let mut session = Session::open(addr);
-    let took = started.elapsed();
-    session.command("QUIT\r\n", "221");
-    took
 }
 
 fn fallbacks(gale: &Gale, pool: &str) -> f64 {

@@ -8,7 +8,7 @@ mod support;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use support::client::{Load, Session, send_mail};
+use support::client::{Load, Session, greeting_time, send_mail};
 use support::conf::Conf;
 use support::http::{Behaviour, HttpBackend};
 use support::in_process::InProcess;
@@ -414,13 +414,6 @@ fn a_listener_that_changes_protocol_keeps_its_socket() {
     };
     let gale = Gale::start(&speaking("smtp", "mta").to_string());
     let at = gale.address("in");
-    let greeted_in = || {
-        let asked = Instant::now();
-        let mut session = Session::open(at);
-        let took = asked.elapsed();
-        session.command("QUIT\r\n", "221");
-        took
-    };
     // A session of the SMTP listener, open across the change.
     let mut open = Session::open(at);
     open.command("EHLO client.test\r\n", "250");
@@ -438,7 +431,7 @@ fn a_listener_that_changes_protocol_keeps_its_socket() {
     gale.rewrite_config(&failing.to_string());
     let failed = gale.wait_log("reload failed", Duration::from_secs(20));
     assert!(failed.contains("Address already in use"), "{failed}");
-    let fastest = (0..3).map(|_| greeted_in()).min().unwrap();
+    let fastest = (0..3).map(|_| greeting_time(at)).min().unwrap();
     assert!(
         fastest < Duration::from_millis(800),
         "greeted in {fastest:?} after a failed reload"
@@ -461,7 +454,7 @@ fn a_listener_that_changes_protocol_keeps_its_socket() {
     assert_eq!(reloaded.len(), 2, "{reloaded:#?}");
     send_mail(at);
     // The HTTP listener's options went with it.
-    let fastest = (0..3).map(|_| greeted_in()).min().unwrap();
+    let fastest = (0..3).map(|_| greeting_time(at)).min().unwrap();
     assert!(
         fastest < Duration::from_millis(800),
         "greeted in {fastest:?} once SMTP again"

@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use support::client::{Session, send_mail};
+use support::client::{Session, greeting_time, send_mail};
 use support::conf::Conf;
 use support::process::{Gale, SmtpSink, free_port, require, signal, wait_exit};
 
@@ -682,14 +682,7 @@ fn passed_sockets_stay_with_gale_through_reloads_that_drop_change_or_restore_the
     let failed = gale.wait_count("reload failed", 2, Duration::from_secs(20));
     assert_eq!(failed.len(), 2, "{:#?}", gale.log_lines(""));
     assert!(failed[1].contains("Address already in use"), "{failed:#?}");
-    let greeted_in = || {
-        let asked = Instant::now();
-        let mut session = Session::open(in_address);
-        let took = asked.elapsed();
-        session.command("QUIT\r\n", "221");
-        took
-    };
-    let fastest = (0..3).map(|_| greeted_in()).min().unwrap();
+    let fastest = (0..3).map(|_| greeting_time(in_address)).min().unwrap();
     assert!(
         fastest < Duration::from_millis(800),
         "greeted in {fastest:?} after a failed reload"

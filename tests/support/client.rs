@@ -158,6 +158,15 @@ pub fn send_mail(addr: SocketAddr) {
     Session::open(addr).send_mail();
 }
 
+/// Time from connecting to the greeting (the session then QUITs).
+pub fn greeting_time(addr: SocketAddr) -> Duration {
+    let started = Instant::now();
+    let mut session = Session::open(addr);
+    let took = started.elapsed();
+    session.command("QUIT\r\n", "221");
+    took
+}
+
 /// A kept-alive HTTP/1.1 client connection; responses must carry a
 /// Content-Length (the in-test backends' do).
 pub struct HttpConnection {
